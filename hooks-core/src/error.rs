@@ -1,0 +1,183 @@
+//! Errors, one type per concern: loading a hook, calling one, and an event that failed.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::{FailurePolicy, HookRecord, Report};
+
+/// A hook file that could not be loaded: not executable, bad ELF, wrong ABI, invalid
+/// WASM, ... Carries the file and the reason; the underlying error is its `source`.
+///
+/// ```
+/// use hooks_core::LoadError;
+/// let err = LoadError::new("/etc/libvirt/hooks/qemu.d/x.so", "dylib", "wrong ABI version 7, expected 1");
+/// assert_eq!(err.to_string(), "cannot load hook `/etc/libvirt/hooks/qemu.d/x.so` (dylib): wrong ABI version 7, expected 1");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load hook `{}` ({backend}): {reason}", path.display())]
+pub struct LoadError {
+    /// The file.
+    pub path: PathBuf,
+    /// The backend that tried to load it.
+    pub backend: String,
+    /// What was wrong, in a few words.
+    pub reason: String,
+    /// The underlying error, if any.
+    #[source]
+    pub source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl LoadError {
+    /// A load error without an underlying cause.
+    pub fn new(path: impl Into<PathBuf>, backend: impl Into<String>, reason: impl Into<String>) -> Self {
+        LoadError {
+            path: path.into(),
+            backend: backend.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+/// Why a hook could not be run (as opposed to running and failing).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// The hook's file could not be loaded.
+    #[error(transparent)]
+    Load(std::sync::Arc<LoadError>),
+    /// The hook's process could not be started for a reason other than exec failing
+    /// (which libvirt reports as exit status 126/127).
+    #[error("failed to spawn `{}`", path.display())]
+    Spawn {
+        /// The program.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to a running hook failed.
+    #[error("i/o error while running the hook")]
+    Io(#[source] std::io::Error),
+    /// A backend-specific error (dylib, wasm, ...).
+    #[error("{backend} backend error")]
+    Backend {
+        /// The backend's name.
+        backend: String,
+        /// Its error.
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+}
+
+impl HookError {
+    /// Whether the hook could not even be loaded.
+    pub fn is_load(&self) -> bool {
+        matches!(self, HookError::Load(_))
+    }
+}
+
+impl From<LoadError> for HookError {
+    fn from(err: LoadError) -> Self {
+        HookError::Load(std::sync::Arc::new(err))
+    }
+}
+
+/// Formats an error with its whole `source` chain, `a: b: c`.
+pub fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// An event at which at least one hook failed.
+///
+/// `Display` is libvirt's message for the last failure (the one libvirt reports), e.g.
+/// `Hook script execution failed: internal error: Child process (LC_ALL=C PATH=... /etc/libvirt/hooks/qemu vm prepare begin -) unexpected exit status 1: <stderr>`.
+/// The full [`Report`] is kept: every hook ran, and each has its record.
+#[derive(Debug, Clone)]
+pub struct HookFailure {
+    report: Box<Report>,
+}
+
+impl HookFailure {
+    pub(crate) fn new(report: Report) -> Self {
+        debug_assert!(report.failed_hook().is_some());
+        HookFailure {
+            report: Box::new(report),
+        }
+    }
+
+    /// What libvirt does with this failure.
+    pub fn policy(&self) -> FailurePolicy {
+        self.report.policy
+    }
+
+    /// Whether libvirt would stop the operation (abort, or kill the object).
+    pub fn is_fatal(&self) -> bool {
+        self.report.policy.is_fatal()
+    }
+
+    /// The record of the failure libvirt reports (the last one).
+    pub fn failed_hook(&self) -> &HookRecord {
+        self.report
+            .failed_hook()
+            .expect("a HookFailure always has a failed hook")
+    }
+
+    /// Every failed hook, in run order.
+    pub fn failures(&self) -> impl Iterator<Item = &HookRecord> {
+        self.report.hooks.iter().filter(|r| !r.success)
+    }
+
+    /// The whole report.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Takes the report.
+    pub fn into_report(self) -> Report {
+        *self.report
+    }
+}
+
+impl fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.report.failed_hook().and_then(|r| r.message.as_deref()) {
+            Some(msg) => f.write_str(msg),
+            None => f.write_str("Hook script execution failed"),
+        }
+    }
+}
+
+impl StdError for HookFailure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_sources() {
+        let err = HookError::Spawn {
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(libc_enoent()),
+        };
+        assert!(chain(&err).starts_with("failed to spawn `/x`: "));
+    }
+
+    fn libc_enoent() -> i32 {
+        2
+    }
+}

@@ -1,0 +1,282 @@
+//! Reports: one record per hook called for an event. Serializable with serde_json.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Driver, FailurePolicy, Hook, HookEvent, HookOutcome, HookStatus};
+
+/// How a hook ended, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StatusRecord {
+    /// Exited with a status.
+    Exited {
+        /// The exit status.
+        code: i32,
+    },
+    /// Killed by a signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// Stopped by its timeout.
+    TimedOut {
+        /// The timeout in milliseconds.
+        after_ms: u64,
+    },
+    /// Crashed (panic, trap).
+    Crashed {
+        /// What happened.
+        message: String,
+    },
+    /// Could not be run.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+impl From<&HookStatus> for StatusRecord {
+    fn from(status: &HookStatus) -> Self {
+        match status {
+            HookStatus::Exited(code) => StatusRecord::Exited { code: *code },
+            HookStatus::Signaled(signal) => StatusRecord::Signaled { signal: *signal },
+            HookStatus::TimedOut(after) => StatusRecord::TimedOut {
+                after_ms: after.as_millis() as u64,
+            },
+            HookStatus::Crashed(message) => StatusRecord::Crashed {
+                message: message.clone(),
+            },
+            HookStatus::Failed(err) => StatusRecord::Failed {
+                message: crate::error::chain(err),
+            },
+        }
+    }
+}
+
+/// Which document a hook read on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputSource {
+    /// `/dev/null`.
+    None,
+    /// The event's own document.
+    Original,
+    /// The output of an earlier hook (filter chaining).
+    Chained,
+}
+
+/// What one hook did for one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HookRecord {
+    /// The hook's name (a file-backed hook's full path).
+    pub name: String,
+    /// The backend that ran it.
+    pub backend: String,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// How it ended.
+    pub status: StatusRecord,
+    /// libvirt's message for a failure, naming the hook, its status and its stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Wall time in microseconds.
+    pub duration_us: u64,
+    /// Its stdout, lossily as UTF-8.
+    pub stdout: String,
+    /// Its stderr, lossily as UTF-8.
+    pub stderr: String,
+    /// Whether stdout was cut at the cap.
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at the cap.
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    /// What it read on stdin.
+    pub input: InputSource,
+    /// Whether its stdout became the current document (filter events).
+    #[serde(default)]
+    pub replaced_document: bool,
+    /// Anything unusual (background process kept the pipes open, output capped, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl HookRecord {
+    pub(crate) fn new(
+        hook: &dyn Hook,
+        event: &dyn HookEvent,
+        outcome: HookOutcome,
+        input: InputSource,
+        filters: bool,
+    ) -> Self {
+        let mut warnings = outcome.warnings;
+        let mut success = outcome.status.is_success();
+        let cap_note = |stream: &str| format!("{stream} was cut at the output cap");
+        if outcome.stdout_truncated {
+            warnings.push(cap_note("stdout"));
+            if filters && success {
+                // A cut document must never be passed on as the new XML.
+                success = false;
+            }
+        }
+        if outcome.stderr_truncated {
+            warnings.push(cap_note("stderr"));
+        }
+        let stderr = String::from_utf8_lossy(&outcome.stderr).into_owned();
+        let message = (!success).then(|| {
+            let what = match &outcome.command {
+                Some(cmd) => format!("Child process ({cmd})"),
+                None => format!(
+                    "{} hook ({} {} {} {} {})",
+                    hook.backend(),
+                    hook.name(),
+                    event.object(),
+                    event.op(),
+                    event.subop(),
+                    event.extra()
+                ),
+            };
+            let status = if outcome.status.is_success() {
+                "output: its stdout exceeded the output cap, so the filtered document is incomplete".to_owned()
+            } else {
+                outcome.status.describe()
+            };
+            let detail = stderr.trim_end();
+            if detail.is_empty() {
+                format!("Hook script execution failed: internal error: {what} unexpected {status}")
+            } else {
+                format!("Hook script execution failed: internal error: {what} unexpected {status}: {detail}")
+            }
+        });
+        HookRecord {
+            name: hook.name().to_owned(),
+            backend: hook.backend().to_owned(),
+            success,
+            status: StatusRecord::from(&outcome.status),
+            message,
+            duration_us: outcome.duration.as_micros() as u64,
+            stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+            stderr,
+            stdout_truncated: outcome.stdout_truncated,
+            stderr_truncated: outcome.stderr_truncated,
+            input,
+            replaced_document: false,
+            warnings,
+        }
+    }
+}
+
+/// The result of firing one event: what the event was and one record per hook called,
+/// in run order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// The driver.
+    pub driver: Driver,
+    /// The four arguments, lossily as UTF-8.
+    pub object: String,
+    /// The operation.
+    pub op: String,
+    /// The sub-operation.
+    pub subop: String,
+    /// The extra argument.
+    pub extra: String,
+    /// What a failure does.
+    pub policy: FailurePolicy,
+    /// Whether hook output may replace the document.
+    pub filters: bool,
+    /// One record per hook called.
+    pub hooks: Vec<HookRecord>,
+    /// For filter events, the resulting document (the original when no hook changed it).
+    #[serde(default, with = "lossy_bytes", skip_serializing_if = "Option::is_none")]
+    pub document: Option<Vec<u8>>,
+    /// Whether a hook replaced the document.
+    #[serde(default)]
+    pub document_changed: bool,
+}
+
+impl Report {
+    pub(crate) fn for_event(event: &dyn HookEvent) -> Self {
+        Report {
+            driver: event.driver(),
+            object: event.object().to_owned(),
+            op: event.op().to_owned(),
+            subop: event.subop().to_owned(),
+            extra: event.extra().to_owned(),
+            policy: event.on_failure(),
+            filters: event.filters_input(),
+            hooks: Vec::new(),
+            document: None,
+            document_changed: false,
+        }
+    }
+
+    /// Whether every hook succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.hooks.iter().all(|r| r.success)
+    }
+
+    /// The failure libvirt reports: the last one.
+    pub fn failed_hook(&self) -> Option<&HookRecord> {
+        self.hooks.iter().rev().find(|r| !r.success)
+    }
+
+    /// Total wall time of the hooks.
+    pub fn duration(&self) -> Duration {
+        Duration::from_micros(self.hooks.iter().map(|r| r.duration_us).sum())
+    }
+
+    /// The event's four arguments joined as libvirt passes them.
+    pub fn args_line(&self) -> String {
+        format!("{} {} {} {}", self.object, self.op, self.subop, self.extra)
+    }
+}
+
+/// `1.5s`, `250ms`, `42µs`: short human durations for messages.
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if us >= 1_000_000 {
+        let s = d.as_secs_f64();
+        if s.fract() == 0.0 {
+            format!("{s:.0}s")
+        } else {
+            format!("{}s", format!("{s:.3}").trim_end_matches('0'))
+        }
+    } else if us >= 1000 {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    } else {
+        format!("{us}µs")
+    }
+}
+
+mod lossy_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&*String::from_utf8_lossy(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(String::into_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_micros(2500)), "2.5ms");
+        assert_eq!(format_duration(Duration::from_micros(42)), "42µs");
+    }
+}

@@ -1,0 +1,175 @@
+//! Test doubles for driver test suites: swap real backends for these.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use hooks_core::{Driver, QemuEvent, RegistryBuilder, testing::RecordingHook};
+//! let rec = Arc::new(RecordingHook::new("rec"));
+//! let registry = RegistryBuilder::new().shared_hook(Some(Driver::Qemu), rec.clone()).build();
+//! registry.fire_blocking(&QemuEvent::Started { name: "vm".into(), xml: "<domain/>\n".into() }).unwrap();
+//! assert_eq!(rec.calls()[0].args, ["vm", "started", "begin", "-"]);
+//! ```
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Driver, Hook, HookEvent, HookOutcome, Invocation};
+
+type OutcomeFn = Box<dyn Fn() -> HookOutcome + Send + Sync>;
+type MatchFn = Box<dyn Fn(&dyn HookEvent) -> bool + Send + Sync>;
+
+/// A hook with scripted outcomes.
+pub struct MockHook {
+    name: String,
+    script: Mutex<VecDeque<HookOutcome>>,
+    fallback: OutcomeFn,
+    filter: Option<MatchFn>,
+    calls: AtomicUsize,
+}
+
+impl fmt::Debug for MockHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockHook")
+            .field("name", &self.name)
+            .field("calls", &self.call_count())
+            .finish()
+    }
+}
+
+impl MockHook {
+    /// A hook that always succeeds and prints nothing.
+    pub fn succeeding(name: impl Into<String>) -> Self {
+        Self::always(name, HookOutcome::success)
+    }
+
+    /// A hook that returns what `outcome` builds, every time.
+    pub fn always(name: impl Into<String>, outcome: impl Fn() -> HookOutcome + Send + Sync + 'static) -> Self {
+        MockHook {
+            name: name.into(),
+            script: Mutex::new(VecDeque::new()),
+            fallback: Box::new(outcome),
+            filter: None,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// A hook that returns these outcomes in turn, then succeeds.
+    pub fn scripted(name: impl Into<String>, outcomes: impl IntoIterator<Item = HookOutcome>) -> Self {
+        let hook = Self::succeeding(name);
+        *hook.script.lock().unwrap_or_else(|p| p.into_inner()) = outcomes.into_iter().collect();
+        hook
+    }
+
+    /// Only called for events this predicate accepts.
+    pub fn matching(mut self, filter: impl Fn(&dyn HookEvent) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
+    }
+
+    /// How many times it was called.
+    pub fn call_count(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl Hook for MockHook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn backend(&self) -> &str {
+        "mock"
+    }
+    fn matches(&self, event: &dyn HookEvent) -> bool {
+        self.filter.as_ref().is_none_or(|f| f(event))
+    }
+    async fn call(&self, _inv: &Invocation) -> HookOutcome {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let scripted = self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        scripted.unwrap_or_else(|| (self.fallback)())
+    }
+}
+
+/// One call seen by a [`RecordingHook`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCall {
+    /// The driver.
+    pub driver: Driver,
+    /// `[object, op, subop, extra]`, lossily as UTF-8.
+    pub args: [String; 4],
+    /// The same, exactly as passed.
+    pub os_args: [OsString; 4],
+    /// stdin (`None`: `/dev/null`).
+    pub input: Option<Vec<u8>>,
+    /// The time limit it was given.
+    pub timeout: Option<Duration>,
+}
+
+/// A hook that records every invocation and returns a configurable outcome (success by
+/// default).
+pub struct RecordingHook {
+    name: String,
+    calls: Mutex<Vec<RecordedCall>>,
+    respond: OutcomeFn,
+}
+
+impl fmt::Debug for RecordingHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordingHook")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordingHook {
+    /// A recording hook that always succeeds.
+    pub fn new(name: impl Into<String>) -> Self {
+        RecordingHook {
+            name: name.into(),
+            calls: Mutex::new(Vec::new()),
+            respond: Box::new(HookOutcome::success),
+        }
+    }
+
+    /// Returns what `outcome` builds instead of success.
+    pub fn returning(mut self, outcome: impl Fn() -> HookOutcome + Send + Sync + 'static) -> Self {
+        self.respond = Box::new(outcome);
+        self
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `"object op subop extra"` per call: handy for asserting sequences.
+    pub fn lines(&self) -> Vec<String> {
+        self.calls().iter().map(|c| c.args.join(" ")).collect()
+    }
+}
+
+#[async_trait]
+impl Hook for RecordingHook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn backend(&self) -> &str {
+        "recording"
+    }
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        let call = RecordedCall {
+            driver: inv.driver(),
+            args: inv.args().each_ref().map(|a| a.to_string_lossy().into_owned()),
+            os_args: inv.args().clone(),
+            input: inv.input().map(<[u8]>::to_vec),
+            timeout: inv.timeout(),
+        };
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
+        (self.respond)()
+    }
+}
