@@ -1,0 +1,90 @@
+//! `hookctl check` for exec hooks: would this file run, or would libvirt get 126/127?
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use hooks_core::LoadError;
+
+/// Checks that an exec hook would start: it is executable by us, and it is an ELF
+/// binary or a `#!` script whose interpreter exists and is executable.
+///
+/// # Errors
+/// A [`LoadError`] saying what is wrong and which exit status libvirt would see.
+pub fn check_executable(path: &Path) -> Result<(), LoadError> {
+    let fail = |reason: String| LoadError::new(path, "exec", reason);
+    if !is_executable(path) {
+        return Err(fail(
+            "not executable by this user: libvirt would get exit status 126".into(),
+        ));
+    }
+    let mut head = [0u8; 256];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| fail("cannot read it".into()).with_source(e))?;
+    let head = &head[..n];
+    if head.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    let Some(rest) = head.strip_prefix(b"#!") else {
+        return Err(fail(
+            "no `#!` line and not an ELF binary: hooks run without a shell, so libvirt would get exit status 126"
+                .into(),
+        ));
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let interpreter = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .ok_or_else(|| fail("`#!` line names no interpreter: libvirt would get exit status 126".into()))?;
+    let interpreter = Path::new(std::ffi::OsStr::from_bytes(interpreter));
+    if !interpreter.exists() {
+        return Err(fail(format!(
+            "interpreter `{}` does not exist: libvirt would get exit status 127",
+            interpreter.display()
+        )));
+    }
+    if !is_executable(interpreter) {
+        return Err(fail(format!(
+            "interpreter `{}` is not executable: libvirt would get exit status 126",
+            interpreter.display()
+        )));
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access only reads the NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn explains_each_broken_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(check_executable(&script(tmp.path(), "ok", "#!/bin/sh\nexit 0\n")).is_ok());
+        assert!(check_executable(&script(tmp.path(), "ok-env", "#! /usr/bin/env bash\n")).is_ok());
+        let err = check_executable(&script(tmp.path(), "noshebang", "echo hi\n")).unwrap_err();
+        assert!(err.to_string().contains("exit status 126"), "{err}");
+        let err = check_executable(&script(tmp.path(), "missing", "#!/no/such/interp\n")).unwrap_err();
+        assert!(err.to_string().contains("`/no/such/interp` does not exist"), "{err}");
+        assert!(err.to_string().contains("127"));
+    }
+}
