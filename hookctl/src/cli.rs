@@ -1,0 +1,169 @@
+//! Argument parsing and dispatch to the subcommands; exit codes 0/1/2.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hooks_core::Driver;
+
+use crate::commands;
+
+const EXAMPLES: &str = "\
+Examples:
+  hookctl --hooks-dir examples/hooks simulate qemu start demo --input examples/domain.xml
+  hookctl run qemu web1 prepare begin - --input /tmp/web1.xml --timeout 30
+  hookctl run qemu web1 migrate begin - --input web1.xml > rewritten.xml
+  hookctl run daemon - reload begin SIGHUP --json
+  hookctl list qemu
+  hookctl check
+
+Exit status: 0 every hook succeeded (or the operation would go through), 1 a hook failed
+(or the operation would be refused), 2 usage error or unreadable hooks dir.";
+
+/// Run, simulate, list and check libvirt hooks (daemon, qemu, lxc, libxl, bhyve, network).
+#[derive(Debug, Parser)]
+#[command(name = "hookctl", version, after_help = EXAMPLES)]
+pub(crate) struct Cli {
+    /// The hooks directory.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/etc/libvirt/hooks")]
+    pub(crate) hooks_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Fire one event through <DIR>/<DRIVER> and <DIR>/<DRIVER>.d/ exactly as libvirt would.
+    #[command(after_help = "Positional values may start with `-` (`-` is the usual \"none\"); `--` ends the options.")]
+    Run(RunArgs),
+    /// Run a whole lifecycle sequence and print each step: test hooks without a hypervisor.
+    #[command(after_help = "Scenarios: start, stop, restore, migrate-in, migrate-out, reconnect; \
+for the daemon driver: start, reload, shutdown (OBJECT may be omitted).")]
+    Simulate(SimulateArgs),
+    /// Print the run order per driver, each entry's backend, and skipped entries with the reason.
+    List(ListArgs),
+    /// Load every hook and name each broken file and why.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InputArgs {
+    /// The document on the hooks' stdin (`-` reads this program's stdin). Without it,
+    /// domain and network hooks get empty input and daemon hooks /dev/null.
+    #[arg(long, value_name = "FILE|-")]
+    pub(crate) input: Option<PathBuf>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Kill a hook (and its process group) that runs longer than this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Driver,
+    /// The object: domain or network name, `-` for the daemon.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) object: OsString,
+    /// The operation (prepare, start, started, stopped, release, migrate, restore, reconnect, ...).
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) op: OsString,
+    /// The sub-operation: begin, end or -.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) subop: OsString,
+    /// The extra argument: -, a release reason, SIGHUP, ...
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) extra: OsString,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Driver,
+    /// start, stop, restore, migrate-in, migrate-out, reconnect (daemon: start, reload, shutdown).
+    pub(crate) scenario: String,
+    /// The domain or network name.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) object: Option<String>,
+    /// The release reason for `stop` (qemu): unknown, shutdown, destroyed, crashed,
+    /// migrated, saved, failed, "from snapshot", daemon.
+    #[arg(long, value_name = "R", default_value = "destroyed")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only this driver.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Only this driver.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+}
+
+fn parse_driver(s: &str) -> Result<Driver, String> {
+    s.parse::<Driver>().map_err(|e| e.to_string())
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("`{s}`: the timeout must be a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// An error that ends the program with exit status 2 (usage, unreadable dir or input).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// What a subcommand returns: whether everything succeeded (0) or a hook failed (1).
+pub(crate) type Outcome = Result<bool, UsageError>;
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let hooks_dir = std::path::absolute(&cli.hooks_dir).unwrap_or(cli.hooks_dir.clone());
+    let result = match cli.command {
+        Command::Run(args) => commands::run::exec(&hooks_dir, args),
+        Command::Simulate(args) => commands::simulate::exec(&hooks_dir, args),
+        Command::List(args) => commands::list::exec(&hooks_dir, args),
+        Command::Check(args) => commands::check::exec(&hooks_dir, args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(UsageError(msg)) => {
+            eprintln!("hookctl: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The hooks dir must be a readable directory; libvirt would simply run nothing, but
+/// here a wrong path is almost always a typo.
+pub(crate) fn require_dir(dir: &Path) -> Result<(), UsageError> {
+    match std::fs::read_dir(dir) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(UsageError(format!("cannot read hooks dir `{}`: {e}", dir.display()))),
+    }
+}

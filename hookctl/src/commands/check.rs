@@ -1,0 +1,51 @@
+//! `hookctl check`: load every hook and say which files are broken and why.
+
+use std::path::Path;
+
+use hooks_core::{error_chain, Driver, HooksDir};
+
+use crate::cli::{require_dir, CheckArgs, Outcome};
+
+pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
+    require_dir(dir)?;
+    let hooks = HooksDir::new(dir);
+    let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
+    let (mut sound, mut broken) = (0, 0);
+    for driver in drivers {
+        let entries = match hooks.scan(driver) {
+            Ok(entries) => entries,
+            Err(e) => {
+                broken += 1;
+                eprintln!(
+                    "broken: {}: cannot read directory: {e}",
+                    hooks.drop_in_dir(driver).display()
+                );
+                continue;
+            }
+        };
+        for entry in entries {
+            let Some(loader) = entry.loader() else { continue };
+            match loader.check(&entry.path) {
+                Ok(()) => {
+                    sound += 1;
+                    println!(
+                        "ok      {:<8} {:<6} {}",
+                        driver.as_str(),
+                        loader.backend(),
+                        entry.path.display()
+                    );
+                }
+                Err(e) => {
+                    broken += 1;
+                    eprintln!("broken: {}", error_chain(&e));
+                }
+            }
+        }
+    }
+    if broken > 0 {
+        eprintln!("hookctl: {broken} broken hook file(s), {sound} sound");
+    } else {
+        println!("all {sound} hook file(s) are sound");
+    }
+    Ok(broken == 0)
+}

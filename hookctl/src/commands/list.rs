@@ -1,0 +1,109 @@
+//! `hookctl list`: the run order per driver, and what is skipped and why.
+
+use std::path::Path;
+
+use hooks_core::{Disposition, Driver, EntryRole, HooksDir};
+use serde::Serialize;
+
+use crate::cli::{require_dir, ListArgs, Outcome};
+use crate::output;
+
+#[derive(Serialize)]
+struct DriverListing {
+    driver: Driver,
+    entries: Vec<Entry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    path: String,
+    role: EntryRole,
+    /// Position in the run order, for entries that run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+}
+
+pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
+    require_dir(dir)?;
+    let hooks = HooksDir::new(dir);
+    let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
+    let listings: Vec<DriverListing> = drivers.into_iter().map(|d| listing(&hooks, d)).collect();
+    if args.json {
+        output::json(&listings);
+        return Ok(true);
+    }
+    let mut text = String::new();
+    for l in &listings {
+        if l.entries.is_empty() && l.error.is_none() && args.driver.is_none() {
+            continue;
+        }
+        text.push_str(&format!("{}:\n", l.driver));
+        if let Some(e) = &l.error {
+            text.push_str(&format!("  error: {e}\n"));
+        }
+        if l.entries.is_empty() {
+            text.push_str("  (no hooks)\n");
+        }
+        for e in &l.entries {
+            match (e.order, e.backend, &e.skipped) {
+                (Some(n), Some(backend), _) => text.push_str(&format!("  {n:>3}. {backend:<6} {}\n", e.path)),
+                (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
+                _ => {}
+            }
+        }
+    }
+    if text.is_empty() {
+        text = format!("no hooks in {}\n", dir.display());
+    }
+    output::stdout(text.as_bytes());
+    Ok(true)
+}
+
+fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
+    match hooks.scan(driver) {
+        Ok(entries) => {
+            let mut order = 0;
+            let entries = entries
+                .into_iter()
+                .map(|e| {
+                    let path = e.path.display().to_string();
+                    match e.disposition {
+                        Disposition::Hook(loader) => {
+                            order += 1;
+                            Entry {
+                                path,
+                                role: e.role,
+                                order: Some(order),
+                                backend: Some(loader.backend()),
+                                skipped: None,
+                            }
+                        }
+                        Disposition::Skipped(why) => Entry {
+                            path,
+                            role: e.role,
+                            order: None,
+                            backend: None,
+                            skipped: Some(why),
+                        },
+                    }
+                })
+                .collect();
+            DriverListing {
+                driver,
+                entries,
+                error: None,
+            }
+        }
+        Err(e) => DriverListing {
+            driver,
+            entries: Vec::new(),
+            error: Some(format!("cannot read `{}`: {e}", hooks.drop_in_dir(driver).display())),
+        },
+    }
+}

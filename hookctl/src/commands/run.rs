@@ -1,0 +1,56 @@
+//! `hookctl run`: one event, exactly as libvirt fires it.
+
+use std::path::Path;
+
+use hooks_core::{HookEvent, RawEvent};
+
+use crate::cli::{require_dir, Outcome, RunArgs};
+use crate::output;
+
+pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
+    require_dir(dir)?;
+    let input = super::read_input(args.input.input.as_deref())?;
+    let mut event = RawEvent::from_os_args(args.driver, [args.object, args.op, args.subop, args.extra]);
+    if input.is_some() {
+        event = event.with_input(input);
+    }
+    if !event.is_known() {
+        eprintln!(
+            "hookctl: note: libvirt never calls {} hooks with op `{}`; a failure is treated as fatal",
+            event.driver(),
+            event.op()
+        );
+    }
+    let registry = super::registry(dir, args.input.timeout);
+    let (report, ok) = match registry.fire_blocking(&event) {
+        Ok(report) => (report, true),
+        Err(failure) => (failure.into_report(), false),
+    };
+    report.hooks.iter().for_each(output::warnings);
+    if args.input.json {
+        output::json(&report);
+    } else if ok {
+        if let Some(doc) = &report.document {
+            output::stdout(doc);
+        }
+    }
+    if report.hooks.is_empty() {
+        eprintln!("hookctl: note: no {} hooks in `{}`", event.driver(), dir.display());
+    }
+    if !ok {
+        for rec in report.hooks.iter().filter(|r| !r.success) {
+            if let Some(msg) = &rec.message {
+                eprintln!("{msg}");
+            }
+        }
+        let failed = report.hooks.iter().filter(|r| !r.success).count();
+        eprintln!(
+            "hookctl: {failed} of {} hooks failed for `{} {}`: {}",
+            report.hooks.len(),
+            report.driver,
+            report.args_line(),
+            report.policy.consequence()
+        );
+    }
+    Ok(ok)
+}

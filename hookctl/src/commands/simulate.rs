@@ -1,0 +1,104 @@
+//! `hookctl simulate`: a whole lifecycle sequence, step by step.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hooks_core::{Driver, Guest, Lifecycle, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
+
+use crate::cli::{require_dir, Outcome, SimulateArgs, UsageError};
+use crate::output;
+
+pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
+    require_dir(dir)?;
+    let scenario = Scenario::parse_for(args.driver, &args.scenario).map_err(UsageError)?;
+    let object = match (args.driver, args.object) {
+        (_, Some(o)) => o,
+        (Driver::Daemon, None) => "-".to_owned(),
+        (d, None) => {
+            return Err(UsageError(format!(
+                "simulate {d} {scenario} needs an OBJECT (the guest's name)"
+            )))
+        }
+    };
+    let reason: ReleaseReason = args
+        .reason
+        .parse()
+        .map_err(|e: hooks_core::UnknownReleaseReason| UsageError(e.to_string()))?;
+    let xml = super::read_input(args.input.input.as_deref())?.unwrap_or_default();
+    let guest = Guest::new(args.driver, object, String::from_utf8_lossy(&xml));
+    let registry = super::registry(dir, args.input.timeout);
+    let seq = pollster::block_on(Lifecycle::new(&registry).run(scenario, &guest, reason))
+        .map_err(|e| UsageError(e.to_string()))?;
+    for step in &seq.steps {
+        step.report.hooks.iter().for_each(output::warnings);
+    }
+    if args.input.json {
+        output::json(&seq);
+    } else {
+        output::stdout(render(&seq, &guest, dir).as_bytes());
+    }
+    Ok(seq.proceeds())
+}
+
+fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
+    let mut out = String::new();
+    let who = if guest.driver == Driver::Daemon {
+        "daemon".to_owned()
+    } else {
+        format!("{} {}", guest.driver, guest.name)
+    };
+    let _ = writeln!(out, "simulate {who}: {} (hooks in {})", seq.scenario, dir.display());
+    for step in &seq.steps {
+        let r = &step.report;
+        let cleanup = if step.cleanup { "  (cleanup)" } else { "" };
+        let _ = writeln!(
+            out,
+            "\n  {} {} {} {} {}{cleanup}",
+            r.driver, r.object, r.op, r.subop, r.extra
+        );
+        if r.hooks.is_empty() {
+            let _ = writeln!(out, "    (no hooks)");
+        }
+        for rec in &r.hooks {
+            let name = output::short(&rec.name, dir);
+            let time = hooks_core::format_duration(std::time::Duration::from_micros(rec.duration_us));
+            if rec.success {
+                let rewrote = if rec.replaced_document { "  rewrote the XML" } else { "" };
+                let _ = writeln!(out, "    ok      {:<5} {name:<40} {time:>8}{rewrote}", rec.backend);
+            } else {
+                let why = output::first_line(&rec.stderr);
+                let sep = if why.is_empty() { "" } else { ": " };
+                let _ = writeln!(
+                    out,
+                    "    FAILED  {:<5} {name:<40} {time:>8}  {}{sep}{why}",
+                    rec.backend,
+                    output::status(rec)
+                );
+            }
+        }
+        match step.result {
+            StepResult::Ok => {}
+            StepResult::FailureIgnored => {
+                let _ = writeln!(
+                    out,
+                    "    warning: {}",
+                    r.policy.consequence().replace("would", "ignores")
+                );
+            }
+            StepResult::Fatal => {
+                let _ = writeln!(out, "    -> {}", r.policy.consequence());
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let op = seq.scenario.as_str();
+    let _ = match &seq.verdict {
+        Verdict::Proceed => writeln!(out, "result: {op} of {who} would go through"),
+        Verdict::Aborted { message } => writeln!(out, "result: {op} of {who} would be REFUSED\n  {message}"),
+        Verdict::Killed { message } => writeln!(out, "result: {who} would be KILLED\n  {message}"),
+    };
+    if let (Some(xml), true) = (&seq.xml, seq.steps.first().is_some_and(|s| s.report.document_changed)) {
+        let _ = writeln!(out, "\nthe guest starts with this XML (rewritten by a hook):\n{xml}");
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! `hookctl`: run, simulate, list and check libvirt-style hooks.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    #[cfg(feature = "exec")]
+    hooks_exec::link();
+    if let Ok(filter) = std::env::var("HOOKCTL_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    cli::main()
+}
