@@ -1,0 +1,57 @@
+//! Runs the toy driver against the sample hooks dir: `cargo run -p mini-driver`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hooks_core::RegistryBuilder;
+use mini_driver::MiniDriver;
+
+#[tokio::main]
+async fn main() {
+    hooks_exec::link();
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let hooks_dir = std::env::args()
+        .nth(1)
+        .map_or_else(|| examples.join("hooks"), PathBuf::from);
+    let read =
+        |name: &str| std::fs::read_to_string(examples.join(name)).unwrap_or_else(|e| panic!("examples/{name}: {e}"));
+    let registry = RegistryBuilder::new()
+        .hooks_dir(&hooks_dir)
+        .timeout(Some(Duration::from_secs(30)))
+        .build();
+    let driver = MiniDriver::new(registry);
+    println!("mini-driver with hooks from {}", hooks_dir.display());
+
+    driver.define("demo", &read("domain.xml"));
+    driver.define("nobody", &read("domain-no-owner.xml"));
+    for name in ["demo", "nobody"] {
+        match driver.start(name).await {
+            Ok(seq) => println!("start {name}: running ({} hook events)", seq.steps.len()),
+            Err(e) => println!("start {name}: refused\n  {e}"),
+        }
+    }
+    match driver.destroy("demo").await {
+        Ok(_) => println!("destroy demo: off"),
+        Err(e) => println!("destroy demo: {e}"),
+    }
+    match driver
+        .migrate_in(
+            "incoming",
+            &read("domain.xml").replace("<name>demo<", "<name>incoming<"),
+        )
+        .await
+    {
+        Ok(_) => {
+            let xml = driver.xml("incoming").unwrap_or_default();
+            let bridge = xml.lines().find(|l| l.contains("bridge=")).unwrap_or("").trim();
+            println!("migrate-in incoming: running with {bridge}");
+        }
+        Err(e) => println!("migrate-in incoming: refused\n  {e}"),
+    }
+    for line in driver.actions.lock().unwrap().iter() {
+        println!("  driver did: {line}");
+    }
+}
