@@ -303,7 +303,7 @@ fn lifecycle_sequences_with_real_scripts() {
         lc.stop(&guest, ReleaseReason::FromSnapshot).await.unwrap();
         lc.restore(&guest).await.unwrap();
         lc.migrate_out(&guest).await.unwrap();
-        lc.daemon_start(&[guest.clone()]).await;
+        lc.daemon_start(std::slice::from_ref(&guest)).await;
         lc.daemon_reload().await;
         lc.daemon_shutdown().await;
     });

@@ -20,7 +20,7 @@ pub struct LoadError {
     /// The file.
     pub path: PathBuf,
     /// The backend that tried to load it.
-    pub backend: String,
+    pub backend: &'static str,
     /// What was wrong, in a few words.
     pub reason: String,
     /// The underlying error, if any.
@@ -30,10 +30,10 @@ pub struct LoadError {
 
 impl LoadError {
     /// A load error without an underlying cause.
-    pub fn new(path: impl Into<PathBuf>, backend: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(path: impl Into<PathBuf>, backend: &'static str, reason: impl Into<String>) -> Self {
         LoadError {
             path: path.into(),
-            backend: backend.into(),
+            backend,
             reason: reason.into(),
             source: None,
         }
@@ -70,7 +70,7 @@ pub enum HookError {
     #[error("{backend} backend error")]
     Backend {
         /// The backend's name.
-        backend: String,
+        backend: &'static str,
         /// Its error.
         #[source]
         source: Box<dyn StdError + Send + Sync>,

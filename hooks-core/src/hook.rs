@@ -130,7 +130,7 @@ pub trait Hook: Send + Sync {
     fn name(&self) -> &str;
 
     /// Which backend runs it (`exec`, `dylib`, `wasm`, `native`, `mock`, ...).
-    fn backend(&self) -> &str {
+    fn backend(&self) -> &'static str {
         "native"
     }
 
@@ -156,7 +156,7 @@ macro_rules! forward_hook {
             fn name(&self) -> &str {
                 (**self).name()
             }
-            fn backend(&self) -> &str {
+            fn backend(&self) -> &'static str {
                 (**self).backend()
             }
             fn path(&self) -> Option<&Path> {

@@ -265,7 +265,7 @@ impl HooksDir {
 /// fails and names the file, while the other hooks still run.
 pub(crate) struct BrokenHook {
     name: String,
-    backend: String,
+    backend: &'static str,
     path: PathBuf,
     error: Arc<LoadError>,
 }
@@ -274,7 +274,7 @@ impl BrokenHook {
     pub(crate) fn new(error: LoadError) -> Self {
         BrokenHook {
             name: error.path.display().to_string(),
-            backend: error.backend.clone(),
+            backend: error.backend,
             path: error.path.clone(),
             error: Arc::new(error),
         }
@@ -286,8 +286,8 @@ impl Hook for BrokenHook {
     fn name(&self) -> &str {
         &self.name
     }
-    fn backend(&self) -> &str {
-        &self.backend
+    fn backend(&self) -> &'static str {
+        self.backend
     }
     fn path(&self) -> Option<&Path> {
         Some(&self.path)

@@ -100,8 +100,11 @@ impl RegistryBuilder {
 /// Which drivers had hooks at the last (re)load, per source, and the hooks loaded since.
 struct State {
     present: Vec<u8>,
-    loaded: Mutex<HashMap<PathBuf, (FileStamp, Arc<dyn Hook>)>>,
+    loaded: Mutex<HashMap<PathBuf, LoadedHook>>,
 }
+
+/// A hook loaded from a file, valid while the file's stamp is unchanged.
+type LoadedHook = (FileStamp, Arc<dyn Hook>);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -255,7 +258,7 @@ impl Registry {
         for (source, present) in self.sources.iter().zip(&state.present) {
             match source {
                 Source::Hook { driver: d, hook } => {
-                    if d.is_none_or(|d| d == driver) && hook.matches(event) {
+                    if d.is_none_or(|d| d == driver) && (**hook).matches(event) {
                         hooks.push(Arc::clone(hook));
                     }
                 }
@@ -264,7 +267,7 @@ impl Registry {
                         for entry in entries {
                             if let Some(loader) = entry.loader() {
                                 let hook = state.load(loader, &entry.path);
-                                if hook.matches(event) {
+                                if (*hook).matches(event) {
                                     hooks.push(hook);
                                 }
                             }
@@ -298,6 +301,9 @@ impl Registry {
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;
         for hook in &hooks {
+            // Through the trait object itself: `Arc<dyn Hook>`'s forwarding impl would
+            // box a second future on every call.
+            let hook: &dyn Hook = hook.as_ref();
             let chained = filters && all_ok && current.is_some();
             let (outcome, input) = {
                 let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
@@ -318,7 +324,7 @@ impl Registry {
             let new_document =
                 (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
                     .then(|| Arc::<[u8]>::from(outcome.stdout.as_slice()));
-            let mut record = HookRecord::new(hook.as_ref(), event, outcome, input, filters);
+            let mut record = HookRecord::new(hook, event, outcome, input, filters);
             if !record.success {
                 tracing::info!(hook = %record.name, message = record.message.as_deref().unwrap_or(""), "hook failed");
                 all_ok = false;

@@ -1,5 +1,6 @@
 //! Reports: one record per hook called for an event. Serializable with serde_json.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -75,7 +76,7 @@ pub struct HookRecord {
     /// The hook's name (a file-backed hook's full path).
     pub name: String,
     /// The backend that ran it.
-    pub backend: String,
+    pub backend: Cow<'static, str>,
     /// Whether it succeeded.
     pub success: bool,
     /// How it ended.
@@ -126,7 +127,7 @@ impl HookRecord {
         if outcome.stderr_truncated {
             warnings.push(cap_note("stderr"));
         }
-        let stderr = String::from_utf8_lossy(&outcome.stderr).into_owned();
+        let stderr = into_text(outcome.stderr);
         let message = (!success).then(|| {
             let what = match &outcome.command {
                 Some(cmd) => format!("Child process ({cmd})"),
@@ -154,12 +155,12 @@ impl HookRecord {
         });
         HookRecord {
             name: hook.name().to_owned(),
-            backend: hook.backend().to_owned(),
+            backend: Cow::Borrowed(hook.backend()),
             success,
             status: StatusRecord::from(&outcome.status),
             message,
             duration_us: outcome.duration.as_micros() as u64,
-            stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+            stdout: into_text(outcome.stdout),
             stderr,
             stdout_truncated: outcome.stdout_truncated,
             stderr_truncated: outcome.stderr_truncated,
@@ -168,6 +169,11 @@ impl HookRecord {
             warnings,
         }
     }
+}
+
+/// Output as text without copying it when it is UTF-8 already (the usual case).
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The result of firing one event: what the event was and one record per hook called,

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct MockHook {
     fallback: OutcomeFn,
     filter: Option<MatchFn>,
     calls: AtomicUsize,
+    scripted: AtomicBool,
 }
 
 impl fmt::Debug for MockHook {
@@ -55,13 +56,16 @@ impl MockHook {
             fallback: Box::new(outcome),
             filter: None,
             calls: AtomicUsize::new(0),
+            scripted: AtomicBool::new(false),
         }
     }
 
     /// A hook that returns these outcomes in turn, then succeeds.
     pub fn scripted(name: impl Into<String>, outcomes: impl IntoIterator<Item = HookOutcome>) -> Self {
         let hook = Self::succeeding(name);
-        *hook.script.lock().unwrap_or_else(|p| p.into_inner()) = outcomes.into_iter().collect();
+        let script: VecDeque<_> = outcomes.into_iter().collect();
+        hook.scripted.store(!script.is_empty(), Ordering::Release);
+        *hook.script.lock().unwrap_or_else(|p| p.into_inner()) = script;
         hook
     }
 
@@ -82,7 +86,7 @@ impl Hook for MockHook {
     fn name(&self) -> &str {
         &self.name
     }
-    fn backend(&self) -> &str {
+    fn backend(&self) -> &'static str {
         "mock"
     }
     fn matches(&self, event: &dyn HookEvent) -> bool {
@@ -90,7 +94,15 @@ impl Hook for MockHook {
     }
     async fn call(&self, _inv: &Invocation) -> HookOutcome {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let scripted = self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        // Most mocks are never scripted: skip the lock for them.
+        let scripted = if self.scripted.load(Ordering::Acquire) {
+            let mut script = self.script.lock().unwrap_or_else(|p| p.into_inner());
+            let next = script.pop_front();
+            self.scripted.store(!script.is_empty(), Ordering::Release);
+            next
+        } else {
+            None
+        };
         scripted.unwrap_or_else(|| (self.fallback)())
     }
 }
@@ -158,7 +170,7 @@ impl Hook for RecordingHook {
     fn name(&self) -> &str {
         &self.name
     }
-    fn backend(&self) -> &str {
+    fn backend(&self) -> &'static str {
         "recording"
     }
     async fn call(&self, inv: &Invocation) -> HookOutcome {

@@ -263,7 +263,7 @@ impl Hook for ExecHook {
         &self.name
     }
 
-    fn backend(&self) -> &str {
+    fn backend(&self) -> &'static str {
         "exec"
     }
 

@@ -163,7 +163,7 @@ impl MiniDriver {
 mod tests {
     use super::*;
     use hooks_core::testing::{MockHook, RecordingHook};
-    use hooks_core::{HookEvent, HookOutcome, RegistryBuilder};
+    use hooks_core::{HookOutcome, RegistryBuilder};
     use std::sync::Arc;
 
     fn driver(extra: Option<MockHook>) -> (MiniDriver, Arc<RecordingHook>) {

@@ -1,0 +1,328 @@
+//! `hookctl` end to end: arguments, exit codes, stdout/stderr contracts.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn hookctl(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("hookctl").unwrap();
+    cmd.arg("--hooks-dir").arg(dir);
+    cmd
+}
+
+fn script(dir: &Path, rel: &str, body: &str) -> PathBuf {
+    let p = dir.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, body).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+#[test]
+fn run_succeeds_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu", "#!/bin/sh\ncat >/dev/null\necho ignored\n");
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "prepare", "begin", "-"])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr("");
+}
+
+#[test]
+fn run_failure_exits_1_with_libvirts_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = script(
+        tmp.path(),
+        "qemu.d/20-refuse",
+        "#!/bin/sh\necho 'refused: no owner' >&2\nexit 1\n",
+    );
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(contains(
+            "Hook script execution failed: internal error: Child process (LC_ALL=C",
+        ))
+        .stderr(contains(format!(
+            "{} vm prepare begin -) unexpected exit status 1: refused: no owner",
+            hook.display()
+        )))
+        .stderr(contains("libvirt would abort the operation"));
+}
+
+#[test]
+fn ignored_failures_still_exit_1_and_say_libvirt_ignores_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu", "#!/bin/sh\nexit 4\n");
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "release", "end", "destroyed"])
+        .assert()
+        .code(1)
+        .stderr(contains("unexpected exit status 4"))
+        .stderr(contains("libvirt would ignore the failure"));
+}
+
+#[test]
+fn filter_events_print_the_resulting_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu.d/10", "#!/bin/sh\nsed s/old/new/\n");
+    let input = tmp.path().join("in.xml");
+    fs::write(&input, "<domain>old</domain>\n").unwrap();
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "migrate", "begin", "-", "--input"])
+        .arg(&input)
+        .assert()
+        .success()
+        .stdout("<domain>new</domain>\n");
+    // Unchanged: the original comes back.
+    script(tmp.path(), "qemu.d/10", "#!/bin/sh\ncat >/dev/null\n");
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "restore", "begin", "-", "--input", "-"])
+        .write_stdin("<domain>old</domain>\n")
+        .assert()
+        .success()
+        .stdout("<domain>old</domain>\n");
+}
+
+#[test]
+fn json_report_has_one_record_per_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "daemon", "#!/bin/sh\necho out; echo err >&2\n");
+    script(tmp.path(), "daemon.d/x", "#!/bin/sh\nexit 3\n");
+    let out = hookctl(tmp.path())
+        .args(["run", "daemon", "-", "reload", "begin", "SIGHUP", "--json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["policy"], "ignore");
+    assert_eq!(report["hooks"].as_array().unwrap().len(), 2);
+    assert_eq!(report["hooks"][0]["stdout"], "out\n");
+    assert_eq!(report["hooks"][0]["input"], "none");
+    assert_eq!(report["hooks"][1]["status"]["code"], 3);
+}
+
+#[test]
+fn positional_values_may_start_with_a_dash_and_double_dash_ends_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("args");
+    script(
+        tmp.path(),
+        "qemu",
+        &format!("#!/bin/sh\ncat >/dev/null\necho \"$@\" > '{}'\n", out.display()),
+    );
+    hookctl(tmp.path())
+        .args(["run", "qemu", "-weird", "release", "end", "-"])
+        .assert()
+        .success();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "-weird release end -\n");
+    hookctl(tmp.path())
+        .args(["run", "--json", "--", "qemu", "--json", "prepare", "begin", "-"])
+        .assert()
+        .success();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "--json prepare begin -\n");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    hookctl(tmp.path()).args(["run", "qemu", "vm"]).assert().code(2);
+    hookctl(tmp.path())
+        .args(["run", "xen", "vm", "prepare", "begin", "-"])
+        .assert()
+        .code(2)
+        .stderr(contains("unknown driver `xen`"));
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "prepare", "begin", "-", "--timeout", "0"])
+        .assert()
+        .code(2);
+    hookctl(&tmp.path().join("missing"))
+        .args(["run", "qemu", "vm", "prepare", "begin", "-"])
+        .assert()
+        .code(2)
+        .stderr(contains("cannot read hooks dir"));
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "prepare", "begin", "-", "--input", "/no/such/file"])
+        .assert()
+        .code(2)
+        .stderr(contains("cannot read input `/no/such/file`"));
+    hookctl(tmp.path())
+        .args(["simulate", "qemu", "fly", "vm"])
+        .assert()
+        .code(2)
+        .stderr(contains("unknown scenario `fly`"));
+    hookctl(tmp.path())
+        .args(["simulate", "lxc", "restore", "ct"])
+        .assert()
+        .code(2)
+        .stderr(contains("lxc has no `restore` hook"));
+}
+
+#[test]
+fn a_hanging_hook_with_a_timeout_returns_promptly() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu", "#!/bin/sh\nsleep 600\n");
+    let start = Instant::now();
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "start", "begin", "-", "--timeout", "0.3"])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .code(1)
+        .stderr(contains("unexpected timeout after 300.0ms"));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_background_child_or_flood_does_not_block_hookctl() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu.d/1-bg", "#!/bin/sh\n(sleep 60) &\nexit 0\n");
+    script(tmp.path(), "qemu.d/2-flood", "#!/bin/sh\nhead -c 30000000 /dev/zero\n");
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "prepare", "begin", "-"])
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .success()
+        .stderr(contains("background process"))
+        .stderr(contains("stdout was cut at the output cap"));
+}
+
+#[test]
+fn env_is_exactly_lc_all_and_whitelisted_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("env");
+    script(
+        tmp.path(),
+        "qemu",
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\ntr '\\0' '\\n' < /proc/$$/environ > '{}'\n",
+            out.display()
+        ),
+    );
+    hookctl(tmp.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/root")
+        .env("SECRET_TOKEN", "leak")
+        .env("TMPDIR", "/tmp")
+        .env("LANG", "de_DE.UTF-8")
+        .args(["run", "qemu", "vm", "prepare", "begin", "-"])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(out).unwrap(),
+        "LC_ALL=C\nPATH=/usr/bin:/bin\nHOME=/root\nTMPDIR=/tmp\n"
+    );
+}
+
+#[test]
+fn list_shows_order_backends_and_skips() {
+    hookctl(&examples().join("hooks"))
+        .args(["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("1. exec").and(contains("qemu.d/10-log")))
+        .stdout(contains("3. exec").and(contains("qemu.d/30-migrate-rewrite")))
+        .stdout(contains("README.txt  (not executable)"));
+    let out = hookctl(&examples().join("hooks"))
+        .args(["list", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let listing: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let qemu = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["driver"] == "qemu")
+        .unwrap();
+    assert_eq!(qemu["entries"][0]["order"], 1);
+    assert_eq!(qemu["entries"][3]["skipped"], "not executable");
+}
+
+#[test]
+fn check_names_each_broken_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu.d/good", "#!/bin/sh\nexit 0\n");
+    let plain = script(tmp.path(), "qemu.d/no-shebang", "exit 0\n");
+    let interp = script(tmp.path(), "network", "#!/usr/bin/no-such-python\n");
+    hookctl(tmp.path())
+        .arg("check")
+        .assert()
+        .code(1)
+        .stdout(contains("qemu.d/good"))
+        .stderr(contains(format!("`{}` (exec): no `#!` line", plain.display())))
+        .stderr(contains(format!(
+            "`{}` (exec): interpreter `/usr/bin/no-such-python` does not exist",
+            interp.display()
+        )))
+        .stderr(contains("2 broken hook file(s), 1 sound"));
+    hookctl(&examples().join("hooks"))
+        .arg("check")
+        .assert()
+        .success()
+        .stdout(contains("all 4 hook file(s) are sound"));
+}
+
+#[test]
+fn simulate_the_readme_example() {
+    let ex = examples();
+    hookctl(&ex.join("hooks"))
+        .args(["simulate", "qemu", "start", "demo", "--input"])
+        .arg(ex.join("domain.xml"))
+        .assert()
+        .success()
+        .stdout(contains("qemu demo prepare begin -"))
+        .stdout(contains("qemu demo started begin -"))
+        .stdout(contains("result: start of qemu demo would go through"));
+    hookctl(&ex.join("hooks"))
+        .args(["simulate", "qemu", "start", "nobody", "--input"])
+        .arg(ex.join("domain-no-owner.xml"))
+        .assert()
+        .code(1)
+        .stdout(contains("FAILED  exec  qemu.d/20-require-owner"))
+        .stdout(contains("qemu nobody release end failed  (cleanup)"))
+        .stdout(contains("would be REFUSED"));
+}
+
+#[test]
+fn simulate_daemon_without_object_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "daemon", "#!/bin/sh\nexit 0\n");
+    let out = hookctl(tmp.path())
+        .args(["simulate", "daemon", "reload", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let seq: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(seq["verdict"]["verdict"], "proceed");
+    assert_eq!(seq["steps"][0]["report"]["extra"], "SIGHUP");
+}
+
+#[test]
+fn help_has_examples() {
+    Command::cargo_bin("hookctl")
+        .unwrap()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(contains("Examples:"))
+        .stdout(contains("simulate qemu start demo"));
+}

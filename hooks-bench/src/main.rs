@@ -1,0 +1,186 @@
+//! The reporter: measures the library against baselines in the same run and prints the
+//! ratios as JSON. `cargo run --release -p hooks-bench [-- --quick]`.
+//!
+//! Library and baseline runs are interleaved round by round, and medians are compared,
+//! so machine noise hits both sides alike.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hooks_bench::{
+    dir_registry, direct_call, domain_xml, exec_registry, mock_registry, prepare_event, raw_spawn, Scripts,
+    TRIVIAL_SCRIPT,
+};
+use hooks_core::testing::MockHook;
+use hooks_core::{Hook, HookEvent, Invocation};
+use serde_json::json;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> f64 {
+    let start = Instant::now();
+    black_box(f());
+    start.elapsed().as_secs_f64()
+}
+
+/// Alternates `a` and `b` for `rounds` rounds; returns their median times in seconds.
+fn interleaved(rounds: usize, mut a: impl FnMut() -> bool, mut b: impl FnMut() -> bool) -> (f64, f64) {
+    let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for i in 0..rounds {
+        if i % 2 == 0 {
+            ta.push(time(&mut a));
+            tb.push(time(&mut b));
+        } else {
+            tb.push(time(&mut b));
+            ta.push(time(&mut a));
+        }
+    }
+    (median(ta), median(tb))
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--mock-loop") {
+        // For profilers: only the mock registry path.
+        let (r, ev) = (mock_registry(100), prepare_event());
+        for _ in 0..2000 {
+            black_box(r.fire_blocking(&ev).is_ok());
+        }
+        return;
+    }
+    let scale = if quick { 10 } else { 1 };
+    let ev = prepare_event();
+    let xml = domain_xml();
+
+    // 1. Registry overhead per hook, with mocks; baseline: the same mock called directly.
+    let batch = 1000;
+    let (with_100, with_0) = {
+        let (r100, r0) = (mock_registry(100), mock_registry(0));
+        interleaved(
+            2000 / scale,
+            || (0..10).all(|_| r100.fire_blocking(&ev).is_ok()),
+            || (0..10).all(|_| r0.fire_blocking(&ev).is_ok()),
+        )
+    };
+    let per_hook_ns = (with_100 - with_0) / 10.0 / 100.0 * 1e9;
+    let hook: Arc<dyn Hook> = Arc::new(MockHook::succeeding("direct"));
+    let inv = Invocation::from_event(&ev);
+    let direct_ns = median(
+        (0..200 / scale)
+            .map(|_| time(|| (0..batch).all(|_| direct_call(&hook, &inv))) / batch as f64 * 1e9)
+            .collect(),
+    );
+    // The mock's own cost: calls awaited back to back in one task, no registry.
+    let bare_ns = median(
+        (0..200 / scale)
+            .map(|_| {
+                time(|| {
+                    pollster::block_on(async {
+                        for _ in 0..batch {
+                            black_box(hook.as_ref().call(&inv).await);
+                        }
+                    })
+                }) / batch as f64
+                    * 1e9
+            })
+            .collect(),
+    );
+    let overhead_ns = per_hook_ns - bare_ns;
+    let empty_fire_ns = with_0 / 10.0 * 1e9;
+
+    // 2. One exec hook: the registry vs std's Command (posix_spawn) on the same script.
+    let scripts = Scripts::new().expect("fixture dir");
+    let script = scripts.script("single/qemu", TRIVIAL_SCRIPT).expect("script");
+    let registry = exec_registry(&script, None);
+    let rounds = 1500 / scale;
+    let (reg_s, raw_s) = interleaved(
+        rounds,
+        || registry.fire_blocking(&ev).is_ok(),
+        || raw_spawn(&script, xml.as_bytes()),
+    );
+    let dir_registry_single = dir_registry(&scripts.path().join("single"));
+    let (dir_s, raw2_s) = interleaved(
+        rounds,
+        || dir_registry_single.fire_blocking(&ev).is_ok(),
+        || raw_spawn(&script, xml.as_bytes()),
+    );
+    let timed = exec_registry(&script, Some(Duration::from_secs(30)));
+    let (timed_s, raw3_s) = interleaved(
+        rounds,
+        || timed.fire_blocking(&ev).is_ok(),
+        || raw_spawn(&script, xml.as_bytes()),
+    );
+
+    // 3. Twenty `.d` scripts through the registry vs a plain sequential spawn loop.
+    let many: Vec<_> = (0..20)
+        .map(|i| {
+            scripts
+                .script(&format!("many/qemu.d/{i:02}-hook"), TRIVIAL_SCRIPT)
+                .expect("script")
+        })
+        .collect();
+    let many_registry = dir_registry(&scripts.path().join("many"));
+    let (many_reg_s, many_raw_s) = interleaved(
+        150 / scale,
+        || many_registry.fire_blocking(&ev).is_ok_and(|r| r.hooks.len() == 20),
+        || many.iter().all(|p| raw_spawn(p, xml.as_bytes())),
+    );
+
+    // 4. A hung hook with a timeout: how long after the timeout does the caller get back?
+    let hang = scripts.script("hang/qemu", "#!/bin/sh\nsleep 1000\n").expect("script");
+    let timeout = Duration::from_millis(100);
+    let hung = exec_registry(&hang, Some(timeout));
+    let overshoot_ms: Vec<f64> = (0..20 / (scale / 5).max(1))
+        .map(|_| (time(|| hung.fire_blocking(&ev).is_err()) - timeout.as_secs_f64()) * 1e3)
+        .collect();
+    let max_overshoot = overshoot_ms.iter().copied().fold(0.0, f64::max);
+
+    let report = json!({
+        "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
+        "mock_registry": {
+            "per_hook_ns": per_hook_ns,
+            "bare_mock_call_ns": bare_ns,
+            "registry_overhead_per_hook_ns": overhead_ns,
+            "one_call_with_its_own_block_on_ns": direct_ns,
+            "ratio_vs_bare_call": per_hook_ns / bare_ns,
+            "empty_fire_ns": empty_fire_ns,
+            "target_overhead_per_hook_ns": 100,
+            "met": overhead_ns <= 100.0,
+        },
+        "exec_one_script": {
+            "registry_us": reg_s * 1e6,
+            "raw_std_command_us": raw_s * 1e6,
+            "ratio": reg_s / raw_s,
+            "hooks_dir_registry_us": dir_s * 1e6,
+            "hooks_dir_ratio": dir_s / raw2_s,
+            "with_timeout_us": timed_s * 1e6,
+            "with_timeout_ratio": timed_s / raw3_s,
+            "target_ratio": 1.03,
+            "met": reg_s / raw_s <= 1.03,
+        },
+        "exec_20_drop_ins": {
+            "registry_ms": many_reg_s * 1e3,
+            "spawn_loop_ms": many_raw_s * 1e3,
+            "ratio": many_reg_s / many_raw_s,
+        },
+        "timeout": {
+            "timeout_ms": timeout.as_millis() as u64,
+            "median_overshoot_ms": median(overshoot_ms.clone()),
+            "max_overshoot_ms": max_overshoot,
+            "target_overshoot_ms": 20,
+            "met": max_overshoot <= 20.0,
+        },
+        "event": format!("{} {} {} {} {}", ev.driver(), ev.object(), ev.op(), ev.subop(), ev.extra()),
+        "quick": quick,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+}
