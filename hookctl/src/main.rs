@@ -9,6 +9,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     #[cfg(feature = "exec")]
     hooks_exec::link();
+    #[cfg(feature = "dylib")]
+    hooks_dylib::link();
     if let Ok(filter) = std::env::var("HOOKCTL_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

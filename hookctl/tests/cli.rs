@@ -326,3 +326,53 @@ fn help_has_examples() {
         .stdout(contains("Examples:"))
         .stdout(contains("simulate qemu start demo"));
 }
+
+/// The fixture plugin cargo builds as a dev-dependency next to this test binary.
+fn fixture_plugin() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("libfixture_plugin.so")
+}
+
+#[test]
+fn native_plugins_run_list_and_check_beside_scripts() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu.d/10-script", "#!/bin/sh\ncat >/dev/null\n");
+    let so = tmp.path().join("qemu.d/20-native.so");
+    fs::copy(fixture_plugin(), &so).unwrap();
+    fs::set_permissions(&so, fs::Permissions::from_mode(0o644)).unwrap();
+    let junk = tmp.path().join("qemu.d/30-junk.so");
+    fs::write(&junk, "not elf").unwrap();
+
+    hookctl(tmp.path())
+        .args(["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("1. exec").and(contains("2. dylib")).and(contains("3. dylib")));
+    hookctl(tmp.path())
+        .arg("check")
+        .assert()
+        .code(1)
+        .stdout(contains("20-native.so"))
+        .stderr(contains(format!(
+            "`{}` (dylib): not a loadable shared object",
+            junk.display()
+        )));
+    fs::remove_file(&junk).unwrap();
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "migrate", "begin", "-", "--input", "-"])
+        .write_stdin("<domain><source bridge='br-legacy'/></domain>")
+        .assert()
+        .success()
+        .stdout("<domain><source bridge='br0'/></domain>");
+    hookctl(tmp.path())
+        .args(["run", "qemu", "exit-9", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "dylib hook ({} exit-9 prepare begin -) unexpected exit status 9: failing as asked with 9",
+            so.display()
+        )));
+}

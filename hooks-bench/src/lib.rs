@@ -86,6 +86,23 @@ pub fn exec_registry(path: &Path, timeout: Option<Duration>) -> Registry {
     RegistryBuilder::new().hook(Driver::Qemu, hook).build()
 }
 
+/// The fixture plugin's `.so`, which cargo builds beside this binary (in `deps/`).
+pub fn fixture_plugin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("libfixture_plugin.so"), dir.join("deps/libfixture_plugin.so")]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// A registry with `n` hooks backed by one native plugin.
+pub fn dylib_registry(so: &Path, n: usize) -> Result<Registry, hooks_core::LoadError> {
+    let hook = hooks_dylib::DylibHook::load(so)?;
+    Ok((0..n)
+        .fold(RegistryBuilder::new(), |b, _| b.hook(Driver::Qemu, hook.clone()))
+        .build())
+}
+
 /// A registry over a hooks dir (re-read on every fire, as libvirt does).
 pub fn dir_registry(dir: &Path) -> Registry {
     RegistryBuilder::new().hooks_dir(dir).build()

@@ -49,6 +49,14 @@ fn interleaved(rounds: usize, mut a: impl FnMut() -> bool, mut b: impl FnMut() -
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--dylib-loop") {
+        let so = hooks_bench::fixture_plugin().expect("fixture plugin");
+        let (r, ev) = (hooks_bench::dylib_registry(&so, 1).expect("loads"), prepare_event());
+        for _ in 0..100_000 {
+            black_box(r.fire_blocking(&ev).is_ok());
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--mock-loop") {
         // For profilers: only the mock registry path.
         let (r, ev) = (mock_registry(100), prepare_event());
@@ -135,6 +143,41 @@ fn main() {
         || many.iter().all(|p| raw_spawn(p, xml.as_bytes())),
     );
 
+    // 5. One native plugin through the registry vs the exec of /bin/true, same run.
+    let dylib = hooks_bench::fixture_plugin().map(|so| {
+        let plugin = hooks_bench::dylib_registry(&so, 1).expect("fixture plugin loads");
+        let (fifty, none) = (hooks_bench::dylib_registry(&so, 50).expect("loads"), mock_registry(0));
+        let (t50, t0) = interleaved(
+            2000 / scale,
+            || fifty.fire_blocking(&ev).is_ok(),
+            || none.fire_blocking(&ev).is_ok(),
+        );
+        let per_hook_ns = (t50 - t0) / 50.0 * 1e9;
+        let true_registry = exec_registry(std::path::Path::new("/bin/true"), None);
+        let calls = 10_000;
+        let per_call_ns = median(
+            (0..100 / scale)
+                .map(|_| time(|| (0..calls).all(|_| plugin.fire_blocking(&ev).is_ok())) / calls as f64 * 1e9)
+                .collect(),
+        );
+        let true_ns = median(
+            (0..300 / scale)
+                .map(|_| time(|| true_registry.fire_blocking(&ev).is_ok()) * 1e9)
+                .collect(),
+        );
+        json!({
+            "event_with_one_plugin_ns": per_call_ns,
+            "per_plugin_call_in_registry_ns": per_hook_ns,
+            "exec_bin_true_ns": true_ns,
+            "speedup_vs_exec": true_ns / per_call_ns,
+            "target_per_call_ns": 300,
+            "target_speedup": 2000,
+            "met_per_call": per_hook_ns <= 300.0,
+            "met_whole_event": per_call_ns <= 300.0,
+            "met_speedup": true_ns / per_call_ns >= 2000.0,
+        })
+    });
+
     // 4. A hung hook with a timeout: how long after the timeout does the caller get back?
     let hang = scripts.script("hang/qemu", "#!/bin/sh\nsleep 1000\n").expect("script");
     let timeout = Duration::from_millis(100);
@@ -179,6 +222,7 @@ fn main() {
             "target_overshoot_ms": 20,
             "met": max_overshoot <= 20.0,
         },
+        "dylib": dylib.unwrap_or_else(|| json!({"skipped": "fixture plugin not built"})),
         "event": format!("{} {} {} {} {}", ev.driver(), ev.object(), ev.op(), ev.subop(), ev.extra()),
         "quick": quick,
     });

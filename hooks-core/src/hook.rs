@@ -1,6 +1,9 @@
 //! The `Hook` trait and what a hook is called with.
 
-use std::ffi::{OsStr, OsString};
+use std::borrow::Cow;
+use std::ffi::{CStr, OsStr};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +12,105 @@ use async_trait::async_trait;
 
 use crate::{Driver, HookEvent, HookOutcome};
 
+/// libvirt's four arguments `[object, op, subop, extra]` in one NUL-separated buffer:
+/// built once per event, shared by every hook, and usable as C strings as they are.
+///
+/// A NUL cannot pass through exec or a C string, and libvirt's arguments never hold
+/// one, so an argument is cut at its first NUL.
+///
+/// ```
+/// use hooks_core::EventArgs;
+/// let args = EventArgs::new(["vm", "release", "end", "from snapshot"]);
+/// assert_eq!(args.get(3), "from snapshot");
+/// assert_eq!(args.c_str(1).to_bytes(), b"release");
+/// assert_eq!(args.to_string(), "vm release end from snapshot");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventArgs {
+    buf: Box<[u8]>,
+    starts: [u32; 4],
+}
+
+impl EventArgs {
+    /// Packs four arguments.
+    pub fn new<S: AsRef<OsStr>>(args: [S; 4]) -> Self {
+        let mut buf = Vec::with_capacity(args.iter().map(|a| a.as_ref().len() + 1).sum());
+        let mut starts = [0u32; 4];
+        for (start, arg) in starts.iter_mut().zip(&args) {
+            *start = buf.len() as u32;
+            let bytes = arg.as_ref().as_bytes();
+            buf.extend_from_slice(&bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]);
+            buf.push(0);
+        }
+        EventArgs {
+            buf: buf.into_boxed_slice(),
+            starts,
+        }
+    }
+
+    fn with_nul(&self, i: usize) -> &[u8] {
+        let start = self.starts[i] as usize;
+        let end = self.starts.get(i + 1).map_or(self.buf.len(), |&s| s as usize);
+        &self.buf[start..end]
+    }
+
+    /// Argument `i` (0 object, 1 op, 2 subop, 3 extra) exactly as passed.
+    ///
+    /// # Panics
+    /// If `i > 3`.
+    pub fn get(&self, i: usize) -> &OsStr {
+        let b = self.with_nul(i);
+        OsStr::from_bytes(&b[..b.len() - 1])
+    }
+
+    /// Argument `i` as a C string, for exec argv and the plugin ABI.
+    ///
+    /// # Panics
+    /// If `i > 3`.
+    pub fn c_str(&self, i: usize) -> &CStr {
+        CStr::from_bytes_with_nul(self.with_nul(i)).expect("each argument ends with its only NUL")
+    }
+
+    /// Argument `i` as text, lossily.
+    ///
+    /// # Panics
+    /// If `i > 3`.
+    pub fn lossy(&self, i: usize) -> Cow<'_, str> {
+        self.get(i).to_string_lossy()
+    }
+
+    /// The packed buffer and where each argument starts in it: argument `i` is the
+    /// NUL-terminated string at `buf[starts[i]..]`. For FFI callers that hand out C
+    /// string pointers without re-scanning.
+    pub fn raw_parts(&self) -> (&[u8], [usize; 4]) {
+        (&self.buf, self.starts.map(|s| s as usize))
+    }
+
+    /// The four arguments in order.
+    pub fn iter(&self) -> impl Iterator<Item = &OsStr> {
+        (0..4).map(|i| self.get(i))
+    }
+}
+
+impl fmt::Display for EventArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.lossy(0),
+            self.lossy(1),
+            self.lossy(2),
+            self.lossy(3)
+        )
+    }
+}
+
+impl fmt::Debug for EventArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// What one hook is called with: libvirt's four arguments, the document on stdin, and
 /// the time limit the caller asks for.
 ///
@@ -16,7 +118,7 @@ use crate::{Driver, HookEvent, HookOutcome};
 #[derive(Debug, Clone)]
 pub struct Invocation {
     driver: Driver,
-    args: Arc<[OsString; 4]>,
+    args: Arc<EventArgs>,
     input: Option<Arc<[u8]>>,
     timeout: Option<Duration>,
 }
@@ -26,15 +128,21 @@ impl Invocation {
     /// (`None` means `/dev/null`).
     ///
     /// ```
-    /// use hooks_core::{Driver, Invocation};
-    /// let inv = Invocation::new(Driver::Qemu, ["vm", "prepare", "begin", "-"].map(Into::into), Some(b"<domain/>\n".to_vec().into()));
+    /// use hooks_core::{Driver, EventArgs, Invocation};
+    /// let args = EventArgs::new(["vm", "prepare", "begin", "-"]);
+    /// let inv = Invocation::new(Driver::Qemu, args, Some(b"<domain/>\n".to_vec().into()));
     /// assert_eq!(inv.op(), "prepare");
     /// assert_eq!(inv.input(), Some(&b"<domain/>\n"[..]));
     /// ```
-    pub fn new(driver: Driver, args: [OsString; 4], input: Option<Arc<[u8]>>) -> Self {
+    pub fn new(driver: Driver, args: EventArgs, input: Option<Arc<[u8]>>) -> Self {
+        Self::shared(driver, Arc::new(args), input)
+    }
+
+    /// An invocation sharing already packed arguments.
+    pub fn shared(driver: Driver, args: Arc<EventArgs>, input: Option<Arc<[u8]>>) -> Self {
         Invocation {
             driver,
-            args: Arc::new(args),
+            args,
             input,
             timeout: None,
         }
@@ -44,7 +152,7 @@ impl Invocation {
     pub fn from_event(event: &dyn HookEvent) -> Self {
         Self::new(
             event.driver(),
-            event.os_args().map(OsStr::to_owned),
+            EventArgs::new(event.os_args()),
             event.input().map(Arc::from),
         )
     }
@@ -66,18 +174,23 @@ impl Invocation {
     }
 
     /// `[object, op, subop, extra]` exactly as passed (bytes need not be UTF-8).
-    pub fn args(&self) -> &[OsString; 4] {
+    pub fn args(&self) -> &EventArgs {
+        &self.args
+    }
+
+    /// The shared arguments.
+    pub fn args_shared(&self) -> &Arc<EventArgs> {
         &self.args
     }
 
     /// The object (domain/network name, or `-`), lossily as UTF-8.
-    pub fn object(&self) -> std::borrow::Cow<'_, str> {
-        self.args[0].to_string_lossy()
+    pub fn object(&self) -> Cow<'_, str> {
+        self.args.lossy(0)
     }
 
     /// The operation, lossily as UTF-8.
-    pub fn op(&self) -> std::borrow::Cow<'_, str> {
-        self.args[1].to_string_lossy()
+    pub fn op(&self) -> Cow<'_, str> {
+        self.args.lossy(1)
     }
 
     /// The document for stdin; `None` means `/dev/null`.

@@ -23,6 +23,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod compiled;
 mod driver;
 mod error;
 mod event;
@@ -38,13 +39,14 @@ pub mod testing;
 
 pub use inventory;
 
+pub use self::compiled::{compiled_hooks, CompiledHook};
 pub use self::driver::{Driver, UnknownDriver};
 pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError};
 pub use self::event::{libvirt_event_spec, EventSpec, FailurePolicy, HookEvent, InputKind, RawEvent};
 pub use self::events::{
     BhyveEvent, DaemonEvent, LibxlEvent, LxcEvent, NetworkEvent, QemuEvent, ReleaseReason, UnknownReleaseReason,
 };
-pub use self::hook::{Hook, Invocation};
+pub use self::hook::{EventArgs, Hook, Invocation};
 pub use self::lifecycle::{
     DriverAction, Guest, Lifecycle, Scenario, Sequence, Step, StepResult, UnsupportedScenario, Verdict,
 };

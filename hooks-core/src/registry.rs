@@ -67,6 +67,23 @@ impl RegistryBuilder {
         self
     }
 
+    /// Adds every hook compiled into the program with
+    /// [`compiled_hook!`](crate::compiled_hook), in their documented order (ascending
+    /// `order`, then name), at this position.
+    pub fn compiled_hooks(mut self) -> Self {
+        for reg in crate::compiled_hooks() {
+            let hook = reg.make();
+            if reg.drivers().is_empty() {
+                self = self.shared_hook(None, hook);
+            } else {
+                for &driver in reg.drivers() {
+                    self = self.shared_hook(Some(driver), Arc::clone(&hook));
+                }
+            }
+        }
+        self
+    }
+
     /// Adds a libvirt hooks directory, with every backend linked into the program.
     pub fn hooks_dir(self, dir: impl Into<PathBuf>) -> Self {
         self.hooks_dir_with(HooksDir::new(dir))
@@ -296,7 +313,7 @@ impl Registry {
         let base = Invocation::from_event(event).with_timeout(self.timeout);
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
-        let mut report = Report::for_event(event);
+        let mut report = Report::new(event, Arc::clone(base.args_shared()), filters);
         report.hooks.reserve_exact(hooks.len());
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;
@@ -305,21 +322,24 @@ impl Registry {
             // box a second future on every call.
             let hook: &dyn Hook = hook.as_ref();
             let chained = filters && all_ok && current.is_some();
-            let (outcome, input) = {
-                let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
-                if chained {
-                    (
-                        hook.call(&base.with_input(current.clone())).instrument(span).await,
-                        InputSource::Chained,
-                    )
-                } else {
-                    let input = if original.is_some() {
-                        InputSource::Original
-                    } else {
-                        InputSource::None
-                    };
-                    (hook.call(&base).instrument(span).await, input)
-                }
+            let input = match (chained, &original) {
+                (true, _) => InputSource::Chained,
+                (false, Some(_)) => InputSource::Original,
+                (false, None) => InputSource::None,
+            };
+            let chained_inv;
+            let inv = if chained {
+                chained_inv = base.with_input(current.clone());
+                &chained_inv
+            } else {
+                &base
+            };
+            let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
+            // An instrumented future costs even with no subscriber; skip it then.
+            let outcome = if span.is_disabled() {
+                hook.call(inv).await
+            } else {
+                hook.call(inv).instrument(span).await
             };
             let new_document =
                 (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
@@ -351,7 +371,19 @@ impl Registry {
     /// # Errors
     /// As [`Registry::fire`].
     pub fn fire_blocking(&self, event: &dyn HookEvent) -> Result<Report, HookFailure> {
-        pollster::block_on(self.fire(event))
+        block_on(self.fire(event))
+    }
+}
+
+/// Runs a future to completion on this thread. Hooks called outside a runtime finish on
+/// their first poll (exec and native hooks block right there), so that poll needs no
+/// waker; anything that does wait falls back to a parking executor.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => pollster::block_on(fut),
     }
 }
 
@@ -543,5 +575,23 @@ mod tests {
         registry.reload(); // would deadlock here if reload waited for the fire
         tx.send(()).unwrap();
         assert!(running.await.unwrap().is_ok());
+    }
+}
+
+#[cfg(test)]
+mod compiled_tests {
+    use crate::testing::RecordingHook;
+    use crate::{compiled_hook, DaemonEvent, RegistryBuilder};
+
+    compiled_hook!(name: "z-late", drivers: [], order: 5, hook: RecordingHook::new("z-late"));
+    compiled_hook!(name: "a-early", drivers: [Daemon], order: -5, hook: RecordingHook::new("a-early"));
+    compiled_hook!(name: "b-same-order", drivers: [Daemon, Qemu], order: 5, hook: RecordingHook::new("b-same-order"));
+
+    #[test]
+    fn compiled_hooks_run_by_order_then_name() {
+        let registry = RegistryBuilder::new().compiled_hooks().build();
+        let report = registry.fire_blocking(&DaemonEvent::Start).unwrap();
+        let names: Vec<_> = report.hooks.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a-early", "b-same-order", "z-late"]);
     }
 }

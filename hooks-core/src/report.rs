@@ -1,11 +1,12 @@
 //! Reports: one record per hook called for an event. Serializable with serde_json.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Driver, FailurePolicy, Hook, HookEvent, HookOutcome, HookStatus};
+use crate::{Driver, EventArgs, FailurePolicy, Hook, HookEvent, HookOutcome, HookStatus};
 
 /// How a hook ended, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,20 +178,14 @@ fn into_text(bytes: Vec<u8>) -> String {
 }
 
 /// The result of firing one event: what the event was and one record per hook called,
-/// in run order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// in run order. Serializes with the four arguments as `object`, `op`, `subop`, `extra`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "ReportRepr<'static>")]
 #[non_exhaustive]
 pub struct Report {
     /// The driver.
     pub driver: Driver,
-    /// The four arguments, lossily as UTF-8.
-    pub object: String,
-    /// The operation.
-    pub op: String,
-    /// The sub-operation.
-    pub subop: String,
-    /// The extra argument.
-    pub extra: String,
+    args: Arc<EventArgs>,
     /// What a failure does.
     pub policy: FailurePolicy,
     /// Whether hook output may replace the document.
@@ -198,27 +193,96 @@ pub struct Report {
     /// One record per hook called.
     pub hooks: Vec<HookRecord>,
     /// For filter events, the resulting document (the original when no hook changed it).
-    #[serde(default, with = "lossy_bytes", skip_serializing_if = "Option::is_none")]
     pub document: Option<Vec<u8>>,
     /// Whether a hook replaced the document.
-    #[serde(default)]
     pub document_changed: bool,
 }
 
+/// The serialized form.
+#[derive(Serialize, Deserialize)]
+struct ReportRepr<'a> {
+    driver: Driver,
+    object: Cow<'a, str>,
+    op: Cow<'a, str>,
+    subop: Cow<'a, str>,
+    extra: Cow<'a, str>,
+    policy: FailurePolicy,
+    filters: bool,
+    hooks: Cow<'a, [HookRecord]>,
+    #[serde(default, with = "lossy_bytes", skip_serializing_if = "Option::is_none")]
+    document: Option<Cow<'a, [u8]>>,
+    #[serde(default)]
+    document_changed: bool,
+}
+
+impl From<ReportRepr<'_>> for Report {
+    fn from(r: ReportRepr<'_>) -> Self {
+        Report {
+            driver: r.driver,
+            args: Arc::new(EventArgs::new([&*r.object, &*r.op, &*r.subop, &*r.extra])),
+            policy: r.policy,
+            filters: r.filters,
+            hooks: r.hooks.into_owned(),
+            document: r.document.map(Cow::into_owned),
+            document_changed: r.document_changed,
+        }
+    }
+}
+
+impl Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ReportRepr {
+            driver: self.driver,
+            object: self.object(),
+            op: self.op(),
+            subop: self.subop(),
+            extra: self.extra(),
+            policy: self.policy,
+            filters: self.filters,
+            hooks: Cow::Borrowed(&self.hooks),
+            document: self.document.as_deref().map(Cow::Borrowed),
+            document_changed: self.document_changed,
+        }
+        .serialize(s)
+    }
+}
+
 impl Report {
-    pub(crate) fn for_event(event: &dyn HookEvent) -> Self {
+    pub(crate) fn new(event: &dyn HookEvent, args: Arc<EventArgs>, filters: bool) -> Self {
         Report {
             driver: event.driver(),
-            object: event.object().to_owned(),
-            op: event.op().to_owned(),
-            subop: event.subop().to_owned(),
-            extra: event.extra().to_owned(),
+            args,
             policy: event.on_failure(),
-            filters: event.filters_input(),
+            filters,
             hooks: Vec::new(),
             document: None,
             document_changed: false,
         }
+    }
+
+    /// The four arguments as passed.
+    pub fn args(&self) -> &EventArgs {
+        &self.args
+    }
+
+    /// The object, lossily as UTF-8.
+    pub fn object(&self) -> Cow<'_, str> {
+        self.args.lossy(0)
+    }
+
+    /// The operation.
+    pub fn op(&self) -> Cow<'_, str> {
+        self.args.lossy(1)
+    }
+
+    /// The sub-operation.
+    pub fn subop(&self) -> Cow<'_, str> {
+        self.args.lossy(2)
+    }
+
+    /// The extra argument.
+    pub fn extra(&self) -> Cow<'_, str> {
+        self.args.lossy(3)
     }
 
     /// Whether every hook succeeded.
@@ -238,7 +302,7 @@ impl Report {
 
     /// The event's four arguments joined as libvirt passes them.
     pub fn args_line(&self) -> String {
-        format!("{} {} {} {}", self.object, self.op, self.subop, self.extra)
+        self.args.to_string()
     }
 }
 
@@ -260,17 +324,19 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 mod lossy_bytes {
+    use std::borrow::Cow;
+
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &Option<Cow<'_, [u8]>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(b) => s.serialize_some(&*String::from_utf8_lossy(b)),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Ok(Option::<String>::deserialize(d)?.map(String::into_bytes))
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'static, [u8]>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(|s| Cow::Owned(s.into_bytes())))
     }
 }
 

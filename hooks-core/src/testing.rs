@@ -176,8 +176,8 @@ impl Hook for RecordingHook {
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let call = RecordedCall {
             driver: inv.driver(),
-            args: inv.args().each_ref().map(|a| a.to_string_lossy().into_owned()),
-            os_args: inv.args().clone(),
+            args: [0, 1, 2, 3].map(|i| inv.args().lossy(i).into_owned()),
+            os_args: [0, 1, 2, 3].map(|i| inv.args().get(i).to_owned()),
             input: inv.input().map(<[u8]>::to_vec),
             timeout: inv.timeout(),
         };

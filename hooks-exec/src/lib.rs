@@ -135,7 +135,7 @@ impl ExecHook {
     fn job(&self, inv: &Invocation) -> Job {
         let mut argv = Vec::with_capacity(5);
         argv.push((*self.program).clone());
-        argv.extend(inv.args().iter().map(|a| cstring(a)));
+        argv.extend((0..4).map(|i| inv.args().c_str(i).to_owned()));
         let timeout = match (self.options.timeout, inv.timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

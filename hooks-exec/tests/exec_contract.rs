@@ -18,7 +18,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn inv(input: Option<&[u8]>) -> Invocation {
     Invocation::new(
         Driver::Qemu,
-        ["vm1", "prepare", "begin", "-"].map(Into::into),
+        hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
         input.map(Into::into),
     )
 }

@@ -5,7 +5,43 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use hooks_core::{Driver, Guest, Lifecycle, Registry, ReleaseReason, Sequence, Verdict};
+use async_trait::async_trait;
+use hooks_core::{
+    compiled_hook, Driver, Guest, Hook, HookOutcome, Invocation, Lifecycle, Registry, ReleaseReason, Sequence, Verdict,
+};
+
+/// A hook compiled into the driver binary: an in-memory audit trail of every qemu and
+/// daemon hook event, picked up by `RegistryBuilder::compiled_hooks()`.
+#[derive(Debug, Default)]
+pub struct AuditTrail;
+
+static AUDIT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl AuditTrail {
+    /// Every event seen so far, as `driver object op subop extra`.
+    pub fn entries() -> Vec<String> {
+        AUDIT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[async_trait]
+impl Hook for AuditTrail {
+    fn name(&self) -> &str {
+        "mini-driver/audit-trail"
+    }
+
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        let args: Vec<_> = inv.args().iter().map(|a| a.to_string_lossy()).collect();
+        AUDIT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{} {}", inv.driver(), args.join(" ")));
+        HookOutcome::success()
+    }
+}
+
+// Runs before anything from the hooks dir (order -100), for qemu and daemon events.
+compiled_hook!(name: "mini-driver/audit-trail", drivers: [Qemu, Daemon], order: -100, hook: AuditTrail);
 
 /// A guest's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +211,16 @@ mod tests {
         let d = MiniDriver::new(b.build());
         d.define("vm", "<domain><name>vm</name></domain>\n");
         (d, rec)
+    }
+
+    #[tokio::test]
+    async fn the_compiled_in_audit_trail_sees_every_event() {
+        let d = MiniDriver::new(RegistryBuilder::new().compiled_hooks().build());
+        d.define("audited", "<domain/>\n");
+        d.start("audited").await.unwrap();
+        let trail = AuditTrail::entries();
+        assert!(trail.contains(&"qemu audited prepare begin -".to_owned()), "{trail:?}");
+        assert!(trail.contains(&"qemu audited started begin -".to_owned()), "{trail:?}");
     }
 
     #[tokio::test]

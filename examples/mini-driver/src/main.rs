@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hooks_core::RegistryBuilder;
-use mini_driver::MiniDriver;
+use mini_driver::{AuditTrail, MiniDriver};
 
 #[tokio::main]
 async fn main() {
@@ -19,6 +19,7 @@ async fn main() {
     let read =
         |name: &str| std::fs::read_to_string(examples.join(name)).unwrap_or_else(|e| panic!("examples/{name}: {e}"));
     let registry = RegistryBuilder::new()
+        .compiled_hooks()
         .hooks_dir(&hooks_dir)
         .timeout(Some(Duration::from_secs(30)))
         .build();
@@ -54,4 +55,10 @@ async fn main() {
     for line in driver.actions.lock().unwrap().iter() {
         println!("  driver did: {line}");
     }
+    let trail = AuditTrail::entries();
+    println!(
+        "compiled-in audit trail saw {} hook events, first: {}",
+        trail.len(),
+        trail.first().map_or("-", String::as_str)
+    );
 }

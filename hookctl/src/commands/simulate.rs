@@ -51,11 +51,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
     for step in &seq.steps {
         let r = &step.report;
         let cleanup = if step.cleanup { "  (cleanup)" } else { "" };
-        let _ = writeln!(
-            out,
-            "\n  {} {} {} {} {}{cleanup}",
-            r.driver, r.object, r.op, r.subop, r.extra
-        );
+        let _ = writeln!(out, "\n  {} {}{cleanup}", r.driver, r.args());
         if r.hooks.is_empty() {
             let _ = writeln!(out, "    (no hooks)");
         }

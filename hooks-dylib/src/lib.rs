@@ -1,0 +1,69 @@
+//! Native hook plugins: shared objects loaded through a versioned C ABI.
+//!
+//! A plugin exports `virt_hook_plugin_v1`, returning a descriptor
+//! `{abi_version, name, call}` (see `include/virt_hook.h`; Rust authors use the
+//! `hooks-plugin` crate's `export_hook!`). The loader checks the symbol, the ABI version
+//! and the `call` pointer before anything else, and reports every problem as a
+//! [`LoadError`] naming the file.
+//!
+//! - A library is never unloaded: unloading Rust code (thread-locals, registered
+//!   destructors) is unsound, and hooks are loaded once per process anyway. Loading the
+//!   same real path twice returns the same plugin.
+//! - A native call cannot be interrupted. Without a timeout it runs on the caller's
+//!   thread (nanoseconds, no hand-off); with one it runs on a helper thread, and if the
+//!   timeout passes the hook is reported `TimedOut` while the call, which cannot be
+//!   stopped, finishes in the background and its output is dropped.
+//! - Native plugins are trusted code: they run inside the host process with its
+//!   privileges. Use WASM hooks for code you do not trust.
+//!
+//! ```no_run
+//! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! let hook = hooks_dylib::DylibHook::load("/etc/libvirt/hooks/qemu.d/50-memory-limit.so")?;
+//! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
+//! let ev = QemuEvent::Prepare { name: "vm".into(), xml: "<domain/>\n".into() };
+//! registry.fire_blocking(&ev).ok();
+//! # Ok::<(), hooks_core::LoadError>(())
+//! ```
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod library;
+mod plugin;
+
+pub use hooks_plugin::abi;
+pub use library::Library;
+pub use plugin::DylibHook;
+
+use std::fs::Metadata;
+use std::path::Path;
+use std::sync::Arc;
+
+use hooks_core::{Hook, HookLoader, LoadError, LoaderRegistration};
+
+/// The dylib backend's loader: claims `*.so` files (no execute bit needed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DylibLoader;
+
+impl HookLoader for DylibLoader {
+    fn backend(&self) -> &'static str {
+        "dylib"
+    }
+
+    fn priority(&self) -> i32 {
+        10
+    }
+
+    fn claims(&self, path: &Path, _meta: &Metadata) -> bool {
+        path.extension().is_some_and(|e| e == "so")
+    }
+
+    fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
+        Ok(Arc::new(DylibHook::load(path)?))
+    }
+}
+
+static DYLIB_LOADER: DylibLoader = DylibLoader;
+
+inventory::submit! { LoaderRegistration::new(&DYLIB_LOADER) }
+
+/// Makes sure this crate, and so its loader, is linked into the program.
+pub fn link() {}

@@ -1,0 +1,216 @@
+//! `DylibHook`: a loaded plugin as a [`Hook`]; builds the C invocation and captures the
+//! plugin's output through the `virt_hook_io` callbacks.
+
+use std::ffi::{c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, Invocation, LoadError};
+use hooks_plugin::abi::{virt_hook_invocation, virt_hook_io, VIRT_HOOK_ABI_VERSION};
+
+use crate::library::{CallFn, Library};
+
+/// A native plugin as a hook.
+#[derive(Debug, Clone)]
+pub struct DylibHook {
+    lib: Arc<Library>,
+    path: PathBuf,
+    name: String,
+    timeout: Option<Duration>,
+    max_output: usize,
+}
+
+impl DylibHook {
+    /// Loads (or reuses) the plugin at `path`.
+    ///
+    /// # Errors
+    /// See [`Library::load`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let lib = Library::load(path)?;
+        Ok(DylibHook {
+            lib,
+            path: path.to_owned(),
+            name: path.display().to_string(),
+            timeout: None,
+            max_output: 16 << 20,
+        })
+    }
+
+    /// A timeout. The call cannot be interrupted: past the timeout the hook is reported
+    /// `TimedOut` and the call finishes in the background. By default there is none,
+    /// and the call runs on the caller's thread.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Cap on each of stdout and stderr; more is dropped and reported. By default 16 MiB.
+    pub fn with_max_output(mut self, max_output: usize) -> Self {
+        self.max_output = max_output;
+        self
+    }
+
+    /// The loaded library.
+    pub fn library(&self) -> &Library {
+        &self.lib
+    }
+}
+
+/// Output collected through the `virt_hook_io` callbacks.
+#[derive(Debug, Default)]
+struct Capture {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    cap: usize,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+}
+
+fn append(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, data: *const u8, len: usize) {
+    if data.is_null() || len == 0 {
+        return;
+    }
+    // SAFETY: the plugin passes `len` readable bytes at `data` (the ABI's contract).
+    let data = unsafe { std::slice::from_raw_parts(data, len) };
+    let room = cap.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..len.min(room)]);
+    *truncated |= len > room;
+}
+
+unsafe extern "C" fn write_stdout(ctx: *mut c_void, data: *const u8, len: usize) {
+    // SAFETY: `ctx` is the `Capture` this module passed in, alive during the call.
+    if let Some(c) = unsafe { ctx.cast::<Capture>().as_mut() } {
+        append(&mut c.stdout, &mut c.stdout_truncated, c.cap, data, len);
+    }
+}
+
+unsafe extern "C" fn write_stderr(ctx: *mut c_void, data: *const u8, len: usize) {
+    // SAFETY: as in `write_stdout`.
+    if let Some(c) = unsafe { ctx.cast::<Capture>().as_mut() } {
+        append(&mut c.stderr, &mut c.stderr_truncated, c.cap, data, len);
+    }
+}
+
+fn driver_name(driver: Driver) -> &'static CStr {
+    match driver.as_str() {
+        "daemon" => c"daemon",
+        "qemu" => c"qemu",
+        "lxc" => c"lxc",
+        "libxl" => c"libxl",
+        "bhyve" => c"bhyve",
+        "network" => c"network",
+        _ => c"-",
+    }
+}
+
+/// Everything one call needs, owned, so it can move to a helper thread for a timeout.
+struct Call {
+    call: CallFn,
+    driver: &'static CStr,
+    args: Arc<EventArgs>,
+    input: Option<Arc<[u8]>>,
+    cap: usize,
+    _lib: Arc<Library>,
+}
+
+impl Call {
+    fn run(self) -> (i32, Capture) {
+        let mut capture = Capture {
+            cap: self.cap,
+            ..Capture::default()
+        };
+        let (buf, starts) = self.args.raw_parts();
+        let (input, input_len) = match &self.input {
+            Some(d) => (d.as_ptr(), d.len()),
+            None => (std::ptr::null(), 0),
+        };
+        let raw = virt_hook_invocation {
+            abi_version: VIRT_HOOK_ABI_VERSION,
+            driver: self.driver.as_ptr(),
+            // The shared buffer already holds NUL-terminated arguments: no copy, no scan.
+            object: buf[starts[0]..].as_ptr().cast(),
+            op: buf[starts[1]..].as_ptr().cast(),
+            subop: buf[starts[2]..].as_ptr().cast(),
+            extra: buf[starts[3]..].as_ptr().cast(),
+            input,
+            input_len,
+            io: virt_hook_io {
+                ctx: (&mut capture as *mut Capture).cast(),
+                write_stdout: Some(write_stdout),
+                write_stderr: Some(write_stderr),
+            },
+        };
+        // SAFETY: the plugin's `call` with an invocation whose pointers all outlive the
+        // call; `Library` is kept alive by `_lib`.
+        let code = unsafe { (self.call)(&raw) };
+        (code, capture)
+    }
+}
+
+fn outcome(code: i32, c: Capture) -> HookOutcome {
+    let mut out = HookOutcome::exited(code).with_stdout(c.stdout).with_stderr(c.stderr);
+    out.stdout_truncated = c.stdout_truncated;
+    out.stderr_truncated = c.stderr_truncated;
+    out
+}
+
+#[async_trait]
+impl Hook for DylibHook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        "dylib"
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        let start = Instant::now();
+        let call = Call {
+            call: self.lib.call_fn(),
+            driver: driver_name(inv.driver()),
+            args: Arc::clone(inv.args_shared()),
+            input: inv.input_shared().cloned(),
+            cap: self.max_output,
+            _lib: Arc::clone(&self.lib),
+        };
+        let timeout = match (self.timeout, inv.timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut result = match timeout {
+            None => {
+                let (code, capture) = call.run();
+                outcome(code, capture)
+            }
+            Some(limit) => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                let spawned = std::thread::Builder::new().name("dylib-hook".into()).spawn(move || {
+                    let _ = tx.send(call.run());
+                });
+                match spawned {
+                    Err(e) => HookOutcome::failed(hooks_core::HookError::Io(e)),
+                    Ok(_) => match rx.recv_timeout(limit) {
+                        Ok((code, capture)) => outcome(code, capture),
+                        Err(mpsc::RecvTimeoutError::Timeout) => HookOutcome::new(HookStatus::TimedOut(limit)).with_warning(
+                            "a native call cannot be interrupted: it is still running in the background, and its output will be dropped",
+                        ),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            HookOutcome::new(HookStatus::Crashed("the plugin's call ended without a result".into()))
+                        }
+                    },
+                }
+            }
+        };
+        result.duration = start.elapsed();
+        result
+    }
+}
