@@ -63,6 +63,10 @@ pub(crate) struct InputArgs {
     /// Kill a hook (and its process group) that runs longer than this many seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub(crate) timeout: Option<Duration>,
+
+    /// Memory cap for each WASM hook, in MiB (default 64).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) wasm_memory: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     hooks_exec::link();
     #[cfg(feature = "dylib")]
     hooks_dylib::link();
+    #[cfg(feature = "wasm")]
+    hooks_wasm::link();
     if let Ok(filter) = std::env::var("HOOKCTL_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

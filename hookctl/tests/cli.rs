@@ -376,3 +376,82 @@ fn native_plugins_run_list_and_check_beside_scripts() {
             so.display()
         )));
 }
+
+fn wat_example(name: &str) -> Vec<u8> {
+    wat::parse_file(examples().join("wasm").join(name)).unwrap()
+}
+
+#[test]
+fn wasm_modules_run_list_and_check_beside_scripts() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(tmp.path(), "qemu.d/10-script", "#!/bin/sh\ncat\n");
+    fs::write(
+        tmp.path().join("qemu.d/20-require-owner.wasm"),
+        wat_example("require-owner.wat"),
+    )
+    .unwrap();
+    fs::write(
+        tmp.path().join("qemu.d/30-rewrite.wasm"),
+        wat_example("migrate-rewrite.wat"),
+    )
+    .unwrap();
+    let bad = tmp.path().join("qemu.d/40-bad.wasm");
+    fs::write(&bad, b"\0asm\x01\0\0\0garbage").unwrap();
+
+    hookctl(tmp.path()).args(["list", "qemu"]).assert().success().stdout(
+        contains("2. wasm")
+            .and(contains("20-require-owner.wasm"))
+            .and(contains("4. wasm")),
+    );
+    hookctl(tmp.path())
+        .arg("check")
+        .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
+        .assert()
+        .code(1)
+        .stderr(contains(format!("`{}` (wasm): invalid WebAssembly", bad.display())));
+    fs::remove_file(&bad).unwrap();
+    // The script echoes, the WASM filter rewrites: chained.
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "migrate", "begin", "-", "--input", "-"])
+        .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
+        .write_stdin("<domain><source bridge='br-legacy'/></domain>\n")
+        .assert()
+        .success()
+        .stdout("<domain><source bridge='br0'/></domain>\n");
+    hookctl(tmp.path())
+        .args(["run", "qemu", "vm", "prepare", "begin", "-", "--input", "-"])
+        .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
+        .write_stdin("<domain/>")
+        .assert()
+        .code(1)
+        .stderr(contains("wasm hook ("))
+        .stderr(contains("unexpected exit status 1: guest has no <owner:owner> element"));
+}
+
+#[test]
+fn wasm_memory_and_timeout_options_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grow = wat::parse_str(
+        r#"(module (memory 1) (func (export "_start") (loop $g (br_if $g (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#,
+    )
+    .unwrap();
+    fs::create_dir(tmp.path().join("daemon.d")).unwrap();
+    fs::write(tmp.path().join("daemon.d/bomb.wasm"), &grow).unwrap();
+    hookctl(tmp.path())
+        .args(["run", "daemon", "-", "start", "-", "start", "--wasm-memory", "4"])
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .assert()
+        .code(1)
+        .stderr(contains("memory limit of 4 MiB exceeded"));
+    let spin = wat::parse_str(r#"(module (func (export "_start") (loop $l (br $l))))"#).unwrap();
+    fs::write(tmp.path().join("daemon.d/bomb.wasm"), &spin).unwrap();
+    let start = Instant::now();
+    hookctl(tmp.path())
+        .args(["run", "daemon", "-", "start", "-", "start", "--timeout", "0.2"])
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .code(1)
+        .stderr(contains("unexpected timeout after 200.0ms"));
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

@@ -24,6 +24,8 @@ impl HooksTree {
     /// An empty hooks dir.
     pub fn new() -> Self {
         hooks_exec::link();
+        hooks_dylib::link();
+        hooks_wasm::link();
         HooksTree {
             dir: tempfile::tempdir().expect("tempdir"),
         }

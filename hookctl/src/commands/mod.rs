@@ -9,12 +9,37 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use hooks_core::{Registry, RegistryBuilder};
+use hooks_core::{HooksDir, Registry, RegistryBuilder};
 
 use crate::cli::UsageError;
 
-pub(crate) fn registry(dir: &Path, timeout: Option<Duration>) -> Registry {
-    RegistryBuilder::new().hooks_dir(dir).timeout(timeout).build()
+pub(crate) fn registry(dir: &Path, timeout: Option<Duration>, wasm_memory_mib: Option<u32>) -> Registry {
+    RegistryBuilder::new()
+        .hooks_dir_with(hooks_dir(dir, wasm_memory_mib))
+        .timeout(timeout)
+        .build()
+}
+
+/// The hooks dir with every linked backend, the WASM one with the asked memory cap.
+pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
+    #[cfg(feature = "wasm")]
+    if let Some(mib) = wasm_memory_mib {
+        let options = hooks_wasm::WasmOptions {
+            memory: (mib as usize) << 20,
+            ..Default::default()
+        };
+        // One loader for the life of the process: leaking it is what makes it 'static.
+        let wasm: &'static hooks_wasm::WasmLoader = Box::leak(Box::new(hooks_wasm::WasmLoader::new(options)));
+        let mut loaders: Vec<&'static dyn hooks_core::HookLoader> = hooks_core::registered_loaders()
+            .into_iter()
+            .filter(|l| l.backend() != "wasm")
+            .collect();
+        loaders.push(wasm);
+        loaders.sort_by_key(|l| (l.priority(), l.backend()));
+        return HooksDir::with_loaders(dir, loaders);
+    }
+    let _ = wasm_memory_mib;
+    HooksDir::new(dir)
 }
 
 /// Reads `--input FILE` (`-` is stdin).

@@ -21,7 +21,7 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
             event.op()
         );
     }
-    let registry = super::registry(dir, args.input.timeout);
+    let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
     let (report, ok) = match registry.fire_blocking(&event) {
         Ok(report) => (report, true),
         Err(failure) => (failure.into_report(), false),

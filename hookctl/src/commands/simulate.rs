@@ -26,7 +26,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         .map_err(|e: hooks_core::UnknownReleaseReason| UsageError(e.to_string()))?;
     let xml = super::read_input(args.input.input.as_deref())?.unwrap_or_default();
     let guest = Guest::new(args.driver, object, String::from_utf8_lossy(&xml));
-    let registry = super::registry(dir, args.input.timeout);
+    let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
     let seq = pollster::block_on(Lifecycle::new(&registry).run(scenario, &guest, reason))
         .map_err(|e| UsageError(e.to_string()))?;
     for step in &seq.steps {

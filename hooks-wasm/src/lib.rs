@@ -1,0 +1,214 @@
+//! Sandboxed WASM hooks: WASI preview-1 command modules run with wasmtime.
+//!
+//! A module gets exactly what an executable hook gets: argv `[module path, object, op,
+//! subop, extra]`, the document on stdin, stdout (the new XML for `migrate`/`restore`)
+//! and stderr captured, and its exit status from `proc_exit` (returning from `_start`
+//! is 0). Deny by default: no preopened directories (opening a file fails inside the
+//! module), no sockets, no inherited stdio, environment `LC_ALL=C` only.
+//!
+//! Limits per hook ([`WasmOptions`]): a memory cap (64 MiB by default; exceeding it is a
+//! clean failure), a timeout by epoch interruption (10 s by default, reported as
+//! `TimedOut`), output caps (16 MiB per stream, reported), optional fuel.
+//!
+//! Speed: one engine per process, each module compiled once (keyed by the SHA-256 of
+//! its bytes) and kept linked (`InstancePre`), a checksummed on-disk cache of compiled
+//! code so a new process does not recompile, and a fresh store per call.
+//!
+//! ```no_run
+//! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use hooks_wasm::{WasmHook, WasmOptions};
+//! let hook = WasmHook::load("/etc/libvirt/hooks/qemu.d/30-filter.wasm", WasmOptions::default())?;
+//! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
+//! let ev = QemuEvent::Migrate { name: "vm".into(), xml: "<domain/>\n".into() };
+//! let report = registry.fire_blocking(&ev);
+//! # Ok::<(), hooks_core::LoadError>(())
+//! ```
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod engine;
+mod pipe;
+mod sandbox;
+
+pub use engine::EngineConfig;
+pub use sandbox::{default_cache_dir, CacheSource, CompiledModule, Sandbox};
+
+use std::fs::Metadata;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hooks_core::{Hook, HookLoader, HookOutcome, HookStatus, Invocation, LoadError, LoaderRegistration};
+
+/// Limits for one WASM hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasmOptions {
+    /// Stop the module after this long (epoch interruption) and report `TimedOut`. By
+    /// default 10 s. An [`Invocation`] timeout, if shorter, wins.
+    pub timeout: Option<Duration>,
+    /// Linear memory cap in bytes; growing past it fails the hook. By default 64 MiB.
+    pub memory: usize,
+    /// Cap on each of stdout and stderr; more is dropped and reported. By default 16 MiB.
+    pub max_output: usize,
+    /// Instruction budget, when the sandbox counts fuel ([`EngineConfig::fuel`]). By
+    /// default none.
+    pub fuel: Option<u64>,
+}
+
+impl Default for WasmOptions {
+    fn default() -> Self {
+        WasmOptions {
+            timeout: Some(Duration::from_secs(10)),
+            memory: 64 << 20,
+            max_output: 16 << 20,
+            fuel: None,
+        }
+    }
+}
+
+/// A WASI command module as a hook.
+#[derive(Debug, Clone)]
+pub struct WasmHook {
+    sandbox: Arc<Sandbox>,
+    module: Arc<CompiledModule>,
+    path: PathBuf,
+    name: String,
+    options: WasmOptions,
+}
+
+impl WasmHook {
+    /// Loads a module into the process-wide sandbox.
+    ///
+    /// # Errors
+    /// A [`LoadError`] naming the file: unreadable, invalid WebAssembly, not a command
+    /// module, imports the sandbox does not provide, or the engine could not be built.
+    pub fn load(path: impl AsRef<Path>, options: WasmOptions) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let sandbox = Sandbox::global()
+            .map_err(|e| LoadError::new(path, "wasm", format!("cannot start the WASM engine: {e}")))?;
+        Self::load_in(Arc::clone(sandbox), path, options)
+    }
+
+    /// Loads a module into a given sandbox.
+    ///
+    /// # Errors
+    /// As [`WasmHook::load`].
+    pub fn load_in(sandbox: Arc<Sandbox>, path: impl AsRef<Path>, options: WasmOptions) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let module = sandbox.load(path)?;
+        Ok(WasmHook {
+            sandbox,
+            module,
+            path: path.to_owned(),
+            name: path.display().to_string(),
+            options,
+        })
+    }
+
+    /// The compiled module (and where it came from).
+    pub fn module(&self) -> &CompiledModule {
+        &self.module
+    }
+
+    /// Its limits.
+    pub fn options(&self) -> &WasmOptions {
+        &self.options
+    }
+
+    fn job(&self, inv: &Invocation) -> impl FnOnce() -> HookOutcome + Send + 'static {
+        let args = inv.args();
+        let argv = [
+            self.name.clone(),
+            args.lossy(0).into_owned(),
+            args.lossy(1).into_owned(),
+            args.lossy(2).into_owned(),
+            args.lossy(3).into_owned(),
+        ];
+        let timeout = match (self.options.timeout, inv.timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let limits = sandbox::CallLimits {
+            timeout,
+            memory: self.options.memory,
+            max_output: self.options.max_output,
+            fuel: self.options.fuel,
+        };
+        let (sandbox, module, input) = (
+            Arc::clone(&self.sandbox),
+            Arc::clone(&self.module),
+            inv.input_shared().cloned(),
+        );
+        move || sandbox.run(&module, &argv, input, limits)
+    }
+}
+
+#[async_trait]
+impl Hook for WasmHook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn backend(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        let job = self.job(inv);
+        // wasmtime-wasi's synchronous calls must not run on an async worker thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(job)
+                .await
+                .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}")))),
+            Err(_) => job(),
+        }
+    }
+}
+
+/// The WASM backend's loader: claims `*.wasm` files (no execute bit needed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WasmLoader {
+    options: WasmOptions,
+}
+
+impl WasmLoader {
+    /// A loader giving every module these limits.
+    pub const fn new(options: WasmOptions) -> Self {
+        WasmLoader { options }
+    }
+}
+
+impl HookLoader for WasmLoader {
+    fn backend(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn priority(&self) -> i32 {
+        20
+    }
+
+    fn claims(&self, path: &Path, _meta: &Metadata) -> bool {
+        path.extension().is_some_and(|e| e == "wasm")
+    }
+
+    fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
+        Ok(Arc::new(WasmHook::load(path, self.options)?))
+    }
+}
+
+static WASM_LOADER: WasmLoader = WasmLoader::new(WasmOptions {
+    timeout: Some(Duration::from_secs(10)),
+    memory: 64 << 20,
+    max_output: 16 << 20,
+    fuel: None,
+});
+
+inventory::submit! { LoaderRegistration::new(&WASM_LOADER) }
+
+/// Makes sure this crate, and so its loader, is linked into the program.
+pub fn link() {}

@@ -1,0 +1,376 @@
+//! WASM hooks: the executable contract, the sandbox, the limits and the module cache.
+//! Modules are WAT text compiled here with the `wat` crate.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, Invocation, QemuEvent, RegistryBuilder};
+use hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
+
+const PRELUDE: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 40) "\n ")
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 16))))
+  (func $strlen (param $p i32) (result i32) (local $n i32)
+    (block $done (loop $l
+      (br_if $done (i32.eqz (i32.load8_u (i32.add (local.get $p) (local.get $n)))))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $l)))
+    (local.get $n))
+  (func $read_all (result i32) (local $len i32)
+    (block $eof (loop $more
+      (if (i32.gt_u (i32.add (local.get $len) (i32.const 131072)) (i32.mul (memory.size) (i32.const 65536)))
+        (then (drop (memory.grow (i32.const 1)))))
+      (i32.store (i32.const 0) (i32.add (i32.const 65536) (local.get $len)))
+      (i32.store (i32.const 4) (i32.const 65536))
+      (i32.store (i32.const 16) (i32.const 0))
+      (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+      (br_if $eof (i32.eqz (i32.load (i32.const 16))))
+      (local.set $len (i32.add (local.get $len) (i32.load (i32.const 16))))
+      (br $more)))
+    (local.get $len))
+"#;
+
+fn module(body: &str) -> Vec<u8> {
+    wat::parse_str(format!("(module {PRELUDE} {body})")).expect("test WAT parses")
+}
+
+/// Prints argv (one per line), then stdin.
+const ECHO: &str = r#"
+  (func (export "_start") (local $argc i32) (local $i i32) (local $p i32)
+    (drop (call $args_sizes_get (i32.const 8) (i32.const 12)))
+    (drop (call $args_get (i32.const 1024) (i32.const 2048)))
+    (local.set $argc (i32.load (i32.const 8)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (local.get $argc)))
+      (local.set $p (i32.load (i32.add (i32.const 1024) (i32.mul (local.get $i) (i32.const 4)))))
+      (call $write (i32.const 1) (local.get $p) (call $strlen (local.get $p)))
+      (call $write (i32.const 1) (i32.const 40) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))
+    (call $write (i32.const 1) (i32.const 65536) (call $read_all)))
+"#;
+
+fn write_module(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn sandbox(cache: Option<&Path>) -> Arc<Sandbox> {
+    Arc::new(Sandbox::new(EngineConfig::default(), cache.map(Path::to_owned)).unwrap())
+}
+
+fn inv(object: &str, op: &str, input: Option<&[u8]>) -> Invocation {
+    Invocation::new(
+        Driver::Qemu,
+        EventArgs::new([object, op, "begin", "-"]),
+        input.map(Into::into),
+    )
+}
+
+fn call(hook: &WasmHook, inv: &Invocation) -> HookOutcome {
+    futures_lite_block_on(hook.call(inv))
+}
+
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("a blocking-mode WASM call completes on its first poll"),
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm")
+}
+
+#[test]
+fn argv_stdin_stdout_and_exit_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_module(tmp.path(), "echo.wasm", &module(ECHO));
+    let hook = WasmHook::load_in(sandbox(None), &path, WasmOptions::default()).unwrap();
+    let out = call(&hook, &inv("vm1", "prepare", Some(b"<domain/>\n")));
+    assert!(out.status.is_success(), "{:?}", out.status);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\nvm1\nprepare\nbegin\n-\n<domain/>\n", path.display())
+    );
+}
+
+#[test]
+fn proc_exit_is_the_status_and_stderr_the_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = module(
+        r#"(data (i32.const 200) "not today")
+           (func (export "_start") (call $write (i32.const 2) (i32.const 200) (i32.const 9)) (call $proc_exit (i32.const 3)))"#,
+    );
+    let hook = WasmHook::load_in(
+        sandbox(None),
+        write_module(tmp.path(), "x.wasm", &bytes),
+        WasmOptions::default(),
+    )
+    .unwrap();
+    let out = call(&hook, &inv("vm", "prepare", Some(b"")));
+    assert!(matches!(out.status, HookStatus::Exited(3)), "{:?}", out.status);
+    assert_eq!(out.stderr, b"not today");
+    // proc_exit(0) is success too.
+    let zero = module(r#"(func (export "_start") (call $proc_exit (i32.const 0)))"#);
+    let hook = WasmHook::load_in(
+        sandbox(None),
+        write_module(tmp.path(), "z.wasm", &zero),
+        WasmOptions::default(),
+    )
+    .unwrap();
+    assert!(call(&hook, &inv("vm", "prepare", None)).status.is_success());
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = module(r#"(func (export "_start") (loop $forever (br $forever)))"#);
+    let opts = WasmOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..WasmOptions::default()
+    };
+    let hook = WasmHook::load_in(sandbox(None), write_module(tmp.path(), "loop.wasm", &bytes), opts).unwrap();
+    let start = Instant::now();
+    let out = call(&hook, &inv("vm", "prepare", None));
+    assert!(
+        matches!(out.status, HookStatus::TimedOut(t) if t == Duration::from_millis(100)),
+        "{:?}",
+        out.status
+    );
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_by_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = module(
+        r#"(func (export "_start") (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))))"#,
+    );
+    let opts = WasmOptions {
+        memory: 8 << 20,
+        ..WasmOptions::default()
+    };
+    let hook = WasmHook::load_in(sandbox(None), write_module(tmp.path(), "bomb.wasm", &bytes), opts).unwrap();
+    let out = call(&hook, &inv("vm", "prepare", None));
+    let HookStatus::Crashed(why) = &out.status else {
+        panic!("{:?}", out.status)
+    };
+    assert!(why.starts_with("memory limit of 8 MiB exceeded"), "{why}");
+}
+
+#[test]
+fn opening_a_file_is_denied_inside_the_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    // path_open on fd 3 (the first preopen, which does not exist): exit with its errno.
+    let bytes = module(
+        r#"(data (i32.const 200) "/etc/passwd")
+           (func (export "_start")
+             (call $proc_exit (call $path_open (i32.const 3) (i32.const 0) (i32.const 200) (i32.const 11)
+                                               (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 300))))"#,
+    );
+    let hook = WasmHook::load_in(
+        sandbox(None),
+        write_module(tmp.path(), "open.wasm", &bytes),
+        WasmOptions::default(),
+    )
+    .unwrap();
+    let out = call(&hook, &inv("vm", "prepare", None));
+    assert!(
+        matches!(out.status, HookStatus::Exited(8)),
+        "EBADF (8) expected: {:?}",
+        out.status
+    );
+}
+
+#[test]
+fn broken_modules_are_load_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sb = sandbox(None);
+    let cases = [
+        ("junk.wasm", b"\0asm garbage".to_vec(), "invalid WebAssembly"),
+        (
+            "lib.wasm",
+            wat::parse_str(r#"(module (func (export "run")))"#).unwrap(),
+            "exports no `_start`",
+        ),
+        (
+            "imports.wasm",
+            wat::parse_str(r#"(module (import "env" "host_fn" (func)) (func (export "_start")))"#).unwrap(),
+            "needs imports the sandbox does not provide",
+        ),
+        (
+            "start-args.wasm",
+            wat::parse_str(r#"(module (func (export "_start") (param i32)))"#).unwrap(),
+            "`_start` is not a function taking and returning nothing",
+        ),
+    ];
+    for (name, bytes, reason) in cases {
+        let path = write_module(tmp.path(), name, &bytes);
+        let err = WasmHook::load_in(Arc::clone(&sb), &path, WasmOptions::default()).unwrap_err();
+        let text = hooks_core::error_chain(&err);
+        assert!(
+            text.starts_with(&format!("cannot load hook `{}` (wasm): ", path.display())),
+            "{text}"
+        );
+        assert!(text.contains(reason), "{text}");
+    }
+}
+
+#[test]
+fn a_second_sandbox_loads_from_the_disk_cache_and_a_corrupt_entry_is_recompiled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let path = write_module(tmp.path(), "echo.wasm", &module(ECHO));
+    let first = WasmHook::load_in(sandbox(Some(&cache)), &path, WasmOptions::default()).unwrap();
+    assert_eq!(first.module().source(), CacheSource::Compiled);
+    let second = WasmHook::load_in(sandbox(Some(&cache)), &path, WasmOptions::default()).unwrap();
+    assert_eq!(second.module().source(), CacheSource::Disk);
+    assert!(call(&second, &inv("vm", "prepare", Some(b"x"))).status.is_success());
+
+    // Flip bytes in the middle of the cached artifact.
+    let entry = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
+    let mut data = fs::read(&entry).unwrap();
+    let mid = data.len() / 2;
+    data[mid..mid + 16].iter_mut().for_each(|b| *b ^= 0xff);
+    fs::write(&entry, data).unwrap();
+    let third = WasmHook::load_in(sandbox(Some(&cache)), &path, WasmOptions::default()).unwrap();
+    assert_eq!(
+        third.module().source(),
+        CacheSource::Compiled,
+        "a corrupt entry is never trusted"
+    );
+    assert!(call(&third, &inv("vm", "prepare", Some(b"x"))).status.is_success());
+    let fourth = WasmHook::load_in(sandbox(Some(&cache)), &path, WasmOptions::default()).unwrap();
+    assert_eq!(fourth.module().source(), CacheSource::Disk, "and it was rewritten");
+}
+
+#[test]
+fn output_past_the_cap_is_dropped_and_reported_not_a_trap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = module(
+        r#"(func (export "_start") (local $i i32)
+             (loop $l (call $write (i32.const 1) (i32.const 65536) (i32.const 65536))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (i32.const 20)))))"#,
+    );
+    let opts = WasmOptions {
+        max_output: 100_000,
+        ..WasmOptions::default()
+    };
+    let hook = WasmHook::load_in(sandbox(None), write_module(tmp.path(), "flood.wasm", &bytes), opts).unwrap();
+    let out = call(&hook, &inv("vm", "prepare", None));
+    assert!(out.status.is_success(), "{:?}", out.status);
+    assert_eq!(out.stdout.len(), 100_000);
+    assert!(out.stdout_truncated);
+}
+
+#[test]
+fn the_example_modules_refuse_and_rewrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sb = sandbox(None);
+    let refuse = write_module(
+        tmp.path(),
+        "refuse.wasm",
+        &wat::parse_file(examples().join("require-owner.wat")).unwrap(),
+    );
+    let hook = WasmHook::load_in(Arc::clone(&sb), &refuse, WasmOptions::default()).unwrap();
+    let out = call(&hook, &inv("vm", "prepare", Some(b"<domain><name>vm</name></domain>")));
+    assert!(matches!(out.status, HookStatus::Exited(1)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no <owner:owner> element"));
+    let owned = b"<domain><metadata><owner:owner xmlns:owner='x'>alice</owner:owner></metadata></domain>";
+    assert!(call(&hook, &inv("vm", "prepare", Some(owned))).status.is_success());
+    assert!(
+        call(&hook, &inv("vm", "started", Some(b"<domain/>")))
+            .status
+            .is_success(),
+        "only prepare is checked"
+    );
+
+    let rewrite = write_module(
+        tmp.path(),
+        "rewrite.wasm",
+        &wat::parse_file(examples().join("migrate-rewrite.wat")).unwrap(),
+    );
+    let hook = WasmHook::load_in(sb, &rewrite, WasmOptions::default()).unwrap();
+    let xml = b"<domain><source bridge='br-legacy'/><source bridge='br-legacy'/></domain>\n";
+    let out = call(&hook, &inv("vm", "migrate", Some(xml)));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "<domain><source bridge='br0'/><source bridge='br0'/></domain>\n"
+    );
+    assert!(
+        call(&hook, &inv("vm", "migrate", Some(b"<domain/>"))).stdout.is_empty(),
+        "nothing to change: no output"
+    );
+    assert!(
+        call(&hook, &inv("vm", "prepare", Some(xml))).stdout.is_empty(),
+        "other events: no output"
+    );
+}
+
+#[test]
+fn many_concurrent_fires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_module(tmp.path(), "echo.wasm", &module(ECHO));
+    let hook = WasmHook::load_in(sandbox(None), &path, WasmOptions::default()).unwrap();
+    let registry = Arc::new(RegistryBuilder::new().hook(Driver::Qemu, hook).build());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let r = Arc::clone(&registry);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let name = format!("vm-{t}-{i}");
+                    let report = r
+                        .fire_blocking(&QemuEvent::Prepare {
+                            name: name.clone(),
+                            xml: "<x/>".into(),
+                        })
+                        .unwrap();
+                    assert!(report.hooks[0].stdout.contains(&format!("\n{name}\n")));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_inside_a_tokio_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_module(tmp.path(), "echo.wasm", &module(ECHO));
+    let hook = WasmHook::load_in(sandbox(None), &path, WasmOptions::default()).unwrap();
+    let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
+    let report = registry
+        .fire(&QemuEvent::Prepare {
+            name: "async-vm".into(),
+            xml: "<x/>".into(),
+        })
+        .await
+        .unwrap();
+    assert!(report.hooks[0].stdout.contains("async-vm"));
+}
