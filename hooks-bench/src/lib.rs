@@ -103,6 +103,35 @@ pub fn dylib_registry(so: &Path, n: usize) -> Result<Registry, hooks_core::LoadE
         .build())
 }
 
+/// A WASI command module that reads all of stdin and exits 0 (the smallest real hook).
+pub fn wasm_reader() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 1024))
+            (i32.store (i32.const 4) (i32.const 32768))
+            (loop $more
+              (i32.store (i32.const 16) (i32.const 0))
+              (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+              (br_if $more (i32.load (i32.const 16))))))"#,
+    )
+    .expect("bench WAT")
+}
+
+/// A module that spins `n` iterations of arithmetic: to measure epoch checks.
+pub fn wasm_spinner(n: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module (func (export "_start") (local $i i32) (local $x i32)
+             (loop $l
+               (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 31)) (local.get $i)))
+               (local.set $i (i32.add (local.get $i) (i32.const 1)))
+               (br_if $l (i32.lt_u (local.get $i) (i32.const {n}))))))"#
+    ))
+    .expect("bench WAT")
+}
+
 /// A registry over a hooks dir (re-read on every fire, as libvirt does).
 pub fn dir_registry(dir: &Path) -> Registry {
     RegistryBuilder::new().hooks_dir(dir).build()

@@ -32,19 +32,40 @@ fn time<T>(f: impl FnOnce() -> T) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Times `f`, which must report success: a benchmark of a failing path measures nothing.
+fn time_ok(what: &str, f: impl FnOnce() -> bool) -> f64 {
+    let start = Instant::now();
+    let ok = black_box(f());
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(ok, "benchmark step `{what}` did not succeed");
+    elapsed
+}
+
 /// Alternates `a` and `b` for `rounds` rounds; returns their median times in seconds.
 fn interleaved(rounds: usize, mut a: impl FnMut() -> bool, mut b: impl FnMut() -> bool) -> (f64, f64) {
     let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for i in 0..rounds {
         if i % 2 == 0 {
-            ta.push(time(&mut a));
-            tb.push(time(&mut b));
+            ta.push(time_ok("measured", &mut a));
+            tb.push(time_ok("baseline", &mut b));
         } else {
-            tb.push(time(&mut b));
-            ta.push(time(&mut a));
+            tb.push(time_ok("baseline", &mut b));
+            ta.push(time_ok("measured", &mut a));
         }
     }
     (median(ta), median(tb))
+}
+
+/// Like [`interleaved`], but each round runs `a` `batch_a` times and `b` `batch_b` times
+/// back to back, so each side is measured warm (caches and predictors its own), as in
+/// steady use; returns median per-call seconds.
+fn interleaved_batches(
+    rounds: usize,
+    (batch_a, mut a): (usize, impl FnMut() -> bool),
+    (batch_b, mut b): (usize, impl FnMut() -> bool),
+) -> (f64, f64) {
+    let (ta, tb) = interleaved(rounds, || (0..batch_a).all(|_| a()), || (0..batch_b).all(|_| b()));
+    (ta / batch_a as f64, tb / batch_b as f64)
 }
 
 fn main() {
@@ -53,6 +74,27 @@ fn main() {
         let so = hooks_bench::fixture_plugin().expect("fixture plugin");
         let (r, ev) = (hooks_bench::dylib_registry(&so, 1).expect("loads"), prepare_event());
         for _ in 0..100_000 {
+            black_box(r.fire_blocking(&ev).is_ok());
+        }
+        return;
+    }
+    if std::env::args().any(|a| a == "--wasm-loop") {
+        let scripts = Scripts::new().expect("fixture dir");
+        let path = scripts.path().join("reader.wasm");
+        std::fs::write(&path, hooks_bench::wasm_reader()).expect("module");
+        let sb = Arc::new(hooks_wasm::Sandbox::new(Default::default(), None).expect("engine"));
+        eprintln!("pooling: {}", sb.pooling());
+        let hook = hooks_wasm::WasmHook::load_in(sb, &path, Default::default()).expect("loads");
+        let (r, ev) = (
+            hooks_core::RegistryBuilder::new()
+                .hook(hooks_core::Driver::Qemu, hook)
+                .build(),
+            prepare_event(),
+        );
+        if let Err(e) = r.fire_blocking(&ev) {
+            eprintln!("{e}");
+        }
+        for _ in 0..2000 {
             black_box(r.fire_blocking(&ev).is_ok());
         }
         return;
@@ -84,7 +126,7 @@ fn main() {
     let inv = Invocation::from_event(&ev);
     let direct_ns = median(
         (0..200 / scale)
-            .map(|_| time(|| (0..batch).all(|_| direct_call(&hook, &inv))) / batch as f64 * 1e9)
+            .map(|_| time_ok("direct mock calls", || (0..batch).all(|_| direct_call(&hook, &inv))) / batch as f64 * 1e9)
             .collect(),
     );
     // The mock's own cost: calls awaited back to back in one task, no registry.
@@ -157,12 +199,15 @@ fn main() {
         let calls = 10_000;
         let per_call_ns = median(
             (0..100 / scale)
-                .map(|_| time(|| (0..calls).all(|_| plugin.fire_blocking(&ev).is_ok())) / calls as f64 * 1e9)
+                .map(|_| {
+                    time_ok("dylib fires", || (0..calls).all(|_| plugin.fire_blocking(&ev).is_ok())) / calls as f64
+                        * 1e9
+                })
                 .collect(),
         );
         let true_ns = median(
             (0..300 / scale)
-                .map(|_| time(|| true_registry.fire_blocking(&ev).is_ok()) * 1e9)
+                .map(|_| time_ok("exec /bin/true", || true_registry.fire_blocking(&ev).is_ok()) * 1e9)
                 .collect(),
         );
         json!({
@@ -178,12 +223,110 @@ fn main() {
         })
     });
 
+    // 6. WASM: warm call, cold load from the disk cache, first compile, epoch checks.
+    let wasm = {
+        use hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
+        let module_path = scripts.path().join("reader.wasm");
+        std::fs::write(&module_path, hooks_bench::wasm_reader()).expect("module");
+        let cache = scripts.path().join("wasm-cache");
+        let sandbox =
+            |cfg: EngineConfig, cache: Option<std::path::PathBuf>| Arc::new(Sandbox::new(cfg, cache).expect("engine"));
+        let engine_build_us = median(
+            (0..10)
+                .map(|_| time(|| sandbox(EngineConfig::default(), None)) * 1e6)
+                .collect(),
+        );
+        // First compile: a sandbox with an empty disk cache.
+        let first_compile_us = median(
+            (0..10)
+                .map(|i| {
+                    let sb = sandbox(EngineConfig::default(), Some(scripts.path().join(format!("fresh-{i}"))));
+                    time(|| sb.load(&module_path).expect("compiles")) * 1e6
+                })
+                .collect(),
+        );
+        let _prime = sandbox(EngineConfig::default(), Some(cache.clone()))
+            .load(&module_path)
+            .expect("compiles");
+        // Cold from the disk cache: a new sandbox (as in a new process), load + first call.
+        let cold = (0..10)
+            .map(|_| {
+                let sb = sandbox(EngineConfig::default(), Some(cache.clone()));
+                time_ok("cold wasm call", || {
+                    let hook = WasmHook::load_in(sb, &module_path, WasmOptions::default()).expect("loads");
+                    assert_eq!(hook.module().source(), CacheSource::Disk);
+                    let inv = Invocation::from_event(&ev);
+                    pollster::block_on(hook.call(&inv)).status.is_success()
+                }) * 1e6
+            })
+            .collect::<Vec<_>>();
+        let warm_hook = WasmHook::load_in(
+            sandbox(EngineConfig::default(), None),
+            &module_path,
+            WasmOptions::default(),
+        )
+        .expect("loads");
+        let warm_registry = hooks_core::RegistryBuilder::new()
+            .hook(hooks_core::Driver::Qemu, warm_hook)
+            .build();
+        let true_registry = exec_registry(std::path::Path::new("/bin/true"), None);
+        let (warm_s, true_s) = interleaved_batches(
+            100 / scale,
+            (50, || warm_registry.fire_blocking(&ev).is_ok()),
+            (5, || true_registry.fire_blocking(&ev).is_ok()),
+        );
+        // Epoch checks: the same spinning module with and without them compiled in.
+        let spin_path = scripts.path().join("spin.wasm");
+        std::fs::write(&spin_path, hooks_bench::wasm_spinner(20_000_000)).expect("module");
+        let with = WasmHook::load_in(
+            sandbox(EngineConfig::default(), None),
+            &spin_path,
+            WasmOptions::default(),
+        )
+        .expect("loads");
+        let without = WasmHook::load_in(
+            sandbox(
+                EngineConfig {
+                    interruptible: false,
+                    ..EngineConfig::default()
+                },
+                None,
+            ),
+            &spin_path,
+            WasmOptions::default(),
+        )
+        .expect("loads");
+        let spin_inv = Invocation::from_event(&ev);
+        let (with_s, without_s) = interleaved(
+            20 / (scale / 5).max(1),
+            || pollster::block_on(with.call(&spin_inv)).status.is_success(),
+            || pollster::block_on(without.call(&spin_inv)).status.is_success(),
+        );
+        json!({
+            "warm_call_us": warm_s * 1e6,
+            "exec_bin_true_us": true_s * 1e6,
+            "speedup_vs_exec": true_s / warm_s,
+            "cold_from_disk_cache_us": median(cold),
+            "first_compile_us": first_compile_us,
+            "engine_build_us": engine_build_us,
+            "epoch_check_overhead_ratio": with_s / without_s,
+            "targets": { "speedup_vs_exec": 30, "cold_from_disk_cache_us": 2000 },
+            "met": true_s / warm_s >= 30.0,
+        })
+    };
+
     // 4. A hung hook with a timeout: how long after the timeout does the caller get back?
     let hang = scripts.script("hang/qemu", "#!/bin/sh\nsleep 1000\n").expect("script");
     let timeout = Duration::from_millis(100);
     let hung = exec_registry(&hang, Some(timeout));
     let overshoot_ms: Vec<f64> = (0..20 / (scale / 5).max(1))
-        .map(|_| (time(|| hung.fire_blocking(&ev).is_err()) - timeout.as_secs_f64()) * 1e3)
+        .map(|_| {
+            (time_ok("hung hook times out", || {
+                hung.fire_blocking(&ev)
+                    .is_err_and(|f| f.report().hooks[0].status == hooks_core::StatusRecord::TimedOut { after_ms: 100 })
+            }) - timeout.as_secs_f64())
+                * 1e3
+        })
         .collect();
     let max_overshoot = overshoot_ms.iter().copied().fold(0.0, f64::max);
 
@@ -222,6 +365,7 @@ fn main() {
             "target_overshoot_ms": 20,
             "met": max_overshoot <= 20.0,
         },
+        "wasm": wasm,
         "dylib": dylib.unwrap_or_else(|| json!({"skipped": "fixture plugin not built"})),
         "event": format!("{} {} {} {} {}", ev.driver(), ev.object(), ev.op(), ev.subop(), ev.extra()),
         "quick": quick,

@@ -11,6 +11,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances while a call with a deadline runs.
 pub(crate) const TICK: Duration = Duration::from_millis(2);
 
+/// Bytes of each pooled memory and table kept mapped between calls.
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// The largest memory any module may get; a hook's own cap is enforced per store.
 pub(crate) const MAX_MEMORY: usize = 1 << 30;
 
@@ -23,8 +26,12 @@ pub struct EngineConfig {
     /// How many module instances may run at once with pooling. By default 64.
     pub max_concurrency: u32,
     /// Count fuel, so hooks can be given an instruction budget (costs ~10-20% speed).
-    /// By default off: timeouts use epoch interruption, which costs nothing measurable.
+    /// By default off: timeouts use epoch interruption instead.
     pub fuel: bool,
+    /// Compile epoch checks into modules so timeouts can stop them. By default on;
+    /// without it a timeout cannot interrupt a module (only for measuring the checks'
+    /// cost, or for fully trusted modules).
+    pub interruptible: bool,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +40,7 @@ impl Default for EngineConfig {
             pooling: true,
             max_concurrency: 64,
             fuel: false,
+            interruptible: true,
         }
     }
 }
@@ -40,14 +48,18 @@ impl Default for EngineConfig {
 pub(crate) fn build_engine(cfg: EngineConfig) -> wasmtime::Result<(Engine, bool)> {
     let base = |pooling: bool| {
         let mut config = Config::new();
-        config.epoch_interruption(true).consume_fuel(cfg.fuel);
+        config.epoch_interruption(cfg.interruptible).consume_fuel(cfg.fuel);
         if pooling {
             let mut pool = PoolingAllocationConfig::default();
             pool.total_memories(cfg.max_concurrency)
                 .total_tables(cfg.max_concurrency)
                 .total_core_instances(cfg.max_concurrency)
                 .total_stacks(cfg.max_concurrency)
-                .max_memory_size(MAX_MEMORY);
+                .max_memory_size(MAX_MEMORY)
+                // Hooks touch little memory: zeroing it on reuse beats returning it to
+                // the kernel and faulting it back in on every call.
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         config

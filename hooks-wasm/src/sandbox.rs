@@ -329,7 +329,7 @@ impl Sandbox {
         if self.config.fuel {
             let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
         }
-        let _ticking = match limits.timeout {
+        let _ticking = match limits.timeout.filter(|_| self.config.interruptible) {
             Some(t) => {
                 store.set_epoch_deadline(deadline_ticks(t));
                 Some(Ticker::global().start())
