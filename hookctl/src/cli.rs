@@ -10,6 +10,8 @@ use hooks_core::Driver;
 
 use crate::commands;
 
+const DEFAULT_HOOKS_DIR: &str = "/etc/libvirt/hooks";
+
 const EXAMPLES: &str = "\
 Examples:
   hookctl --hooks-dir examples/hooks simulate qemu start demo --input examples/domain.xml
@@ -18,6 +20,7 @@ Examples:
   hookctl run daemon - reload begin SIGHUP --json
   hookctl list qemu
   hookctl check
+  hookctl install qemu daemon network      # then drop plugins into /etc/libvirt/hooks/qemu.plugins/
 
 Exit status: 0 every hook succeeded (or the operation would go through), 1 a hook failed
 (or the operation would be refused), 2 usage error or unreadable hooks dir.";
@@ -27,7 +30,7 @@ Exit status: 0 every hook succeeded (or the operation would go through), 1 a hoo
 #[command(name = "hookctl", version, after_help = EXAMPLES)]
 pub(crate) struct Cli {
     /// The hooks directory.
-    #[arg(long, global = true, value_name = "DIR", default_value = "/etc/libvirt/hooks")]
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_HOOKS_DIR)]
     pub(crate) hooks_dir: PathBuf,
 
     #[command(subcommand)]
@@ -47,6 +50,51 @@ for the daemon driver: start, reload, shutdown (OBJECT may be omitted).")]
     List(ListArgs),
     /// Load every hook and name each broken file and why.
     Check(CheckArgs),
+    /// Run the plugins of a plugins dir for one event, as the installed dispatcher does.
+    #[command(
+        after_help = "Installed as /etc/libvirt/hooks/<driver> (see `install`), hookctl does this by itself \
+with <dir>/<driver>.plugins/ when libvirt calls it with four arguments."
+    )]
+    Dispatch(DispatchArgs),
+    /// Install hookctl as libvirt's hook for these drivers (a symlink) with a plugins dir.
+    Install(InstallArgs),
+    /// Remove hookctl as libvirt's hook for these drivers, restoring a moved original.
+    Uninstall(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DispatchArgs {
+    /// The plugins dir (exec scripts, `*.so`, `*.wasm`, sidecar `*.toml` settings).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) plugins: PathBuf,
+    /// daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Driver,
+    /// The object.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) object: OsString,
+    /// The operation.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) op: OsString,
+    /// The sub-operation.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) subop: OsString,
+    /// The extra argument.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) extra: OsString,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InstallArgs {
+    /// Drivers to (un)install for: daemon, qemu, lxc, libxl, bhyve, network.
+    #[arg(required = true, value_parser = parse_driver)]
+    pub(crate) drivers: Vec<Driver>,
+    /// The hooks dir of session (unprivileged) daemons: $XDG_CONFIG_HOME/libvirt/hooks.
+    #[arg(long)]
+    pub(crate) user: bool,
+    /// Replace an existing hook script: it is moved into the plugins dir and keeps running.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +193,17 @@ pub(crate) struct UsageError(pub(crate) String);
 pub(crate) type Outcome = Result<bool, UsageError>;
 
 pub(crate) fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let Some(driver) = commands::dispatch::invoked_as_hook(&args) {
+        let plugins = commands::dispatch::plugins_dir_for(Path::new(&args[0]), driver);
+        let [_, object, op, subop, extra] =
+            <[OsString; 5]>::try_from(args).unwrap_or_else(|_| unreachable!("checked: five arguments"));
+        return if commands::dispatch::dispatch(&plugins, driver, [object, op, subop, extra]) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     let cli = Cli::parse();
     let hooks_dir = std::path::absolute(&cli.hooks_dir).unwrap_or(cli.hooks_dir.clone());
     let result = match cli.command {
@@ -152,6 +211,28 @@ pub(crate) fn main() -> ExitCode {
         Command::Simulate(args) => commands::simulate::exec(&hooks_dir, args),
         Command::List(args) => commands::list::exec(&hooks_dir, args),
         Command::Check(args) => commands::check::exec(&hooks_dir, args),
+        Command::Dispatch(args) => commands::dispatch::exec(args),
+        Command::Install(args) | Command::Uninstall(args)
+            if args.user && cli.hooks_dir != Path::new(DEFAULT_HOOKS_DIR) =>
+        {
+            Err(UsageError("--user and --hooks-dir are alternatives; give one".into()))
+        }
+        Command::Install(args) => {
+            let dir = if args.user {
+                commands::install::user_hooks_dir()
+            } else {
+                Ok(hooks_dir)
+            };
+            dir.and_then(|d| commands::install::install(&d, args))
+        }
+        Command::Uninstall(args) => {
+            let dir = if args.user {
+                commands::install::user_hooks_dir()
+            } else {
+                Ok(hooks_dir)
+            };
+            dir.and_then(|d| commands::install::uninstall(&d, args))
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

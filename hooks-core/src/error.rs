@@ -139,7 +139,7 @@ impl HookFailure {
 
     /// Every failed hook, in run order.
     pub fn failures(&self) -> impl Iterator<Item = &HookRecord> {
-        self.report.hooks.iter().filter(|r| !r.success)
+        self.report.hooks.iter().filter(|r| !r.success && !r.optional)
     }
 
     /// The whole report.

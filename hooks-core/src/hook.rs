@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Driver, HookEvent, HookOutcome};
+use crate::{Driver, HookEvent, HookOutcome, HookPolicy};
 
 /// libvirt's four arguments `[object, op, subop, extra]` in one NUL-separated buffer:
 /// built once per event, shared by every hook, and usable as C strings as they are.
@@ -258,6 +258,12 @@ pub trait Hook: Send + Sync {
         true
     }
 
+    /// Whether its failure fails the event. Defaults to [`HookPolicy::Required`]
+    /// (libvirt's behaviour).
+    fn policy(&self) -> HookPolicy {
+        HookPolicy::Required
+    }
+
     /// Runs the hook once.
     async fn call(&self, inv: &Invocation) -> HookOutcome;
 }
@@ -277,6 +283,9 @@ macro_rules! forward_hook {
             }
             fn matches(&self, event: &dyn HookEvent) -> bool {
                 (**self).matches(event)
+            }
+            fn policy(&self) -> HookPolicy {
+                (**self).policy()
             }
             async fn call(&self, inv: &Invocation) -> HookOutcome {
                 (**self).call(inv).await

@@ -34,6 +34,7 @@ mod loader;
 mod outcome;
 mod registry;
 mod report;
+mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -56,3 +57,4 @@ pub use self::loader::{
 pub use self::outcome::{HookOutcome, HookStatus};
 pub use self::registry::{Registry, RegistryBuilder};
 pub use self::report::{format_duration, HookRecord, InputSource, Report, StatusRecord};
+pub use self::settings::{parse_size, HookPolicy, HookSettings, Matcher, SettingsError};

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use std::{fs::Metadata, path::Path, sync::Arc};
-//! use hooks_core::{Hook, HookLoader, LoadError, LoaderRegistration};
+//! use hooks_core::{Hook, HookLoader, HookSettings, LoadError, LoaderRegistration};
 //!
 //! struct LuaLoader;
 //! impl HookLoader for LuaLoader {
@@ -14,7 +14,7 @@
 //!     fn claims(&self, path: &Path, _meta: &Metadata) -> bool {
 //!         path.extension().is_some_and(|e| e == "lua")
 //!     }
-//!     fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
+//!     fn load(&self, path: &Path, _settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
 //!         Err(LoadError::new(path, "lua", "not implemented in this example"))
 //!     }
 //! }
@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::{Driver, Hook, LoadError};
+use crate::{Driver, Hook, HookEvent, HookOutcome, HookPolicy, HookSettings, Invocation, LoadError, SettingsError};
 
 /// A backend's way of turning a file into a [`Hook`].
 pub trait HookLoader: Send + Sync + 'static {
@@ -49,11 +49,13 @@ pub trait HookLoader: Send + Sync + 'static {
     /// Whether this backend runs the file (by name or metadata; do not read it here).
     fn claims(&self, path: &Path, meta: &Metadata) -> bool;
 
-    /// Loads the file into a hook.
+    /// Loads the file into a hook, applying the limits in `settings` that concern the
+    /// backend (timeout, memory, output cap); matching and policy are applied by the
+    /// core.
     ///
     /// # Errors
     /// A [`LoadError`] naming the file and what is wrong with it.
-    fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError>;
+    fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError>;
 
     /// Checks that the file would run, more strictly than `load` where the backend
     /// can tell (an exec hook with a missing interpreter loads, as libvirt would run
@@ -61,8 +63,8 @@ pub trait HookLoader: Send + Sync + 'static {
     ///
     /// # Errors
     /// What is wrong with the file.
-    fn check(&self, path: &Path) -> Result<(), LoadError> {
-        self.load(path).map(drop)
+    fn check(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
+        self.load(path, settings).map(drop)
     }
 }
 
@@ -152,6 +154,7 @@ impl DirEntry {
 pub struct HooksDir {
     root: PathBuf,
     loaders: Vec<&'static dyn HookLoader>,
+    flat: bool,
 }
 
 impl fmt::Debug for HooksDir {
@@ -174,7 +177,28 @@ impl HooksDir {
         HooksDir {
             root: root.into(),
             loaders,
+            flat: false,
         }
+    }
+
+    /// A flat plugins directory (the dispatcher's `<driver>.plugins/`): its entries run
+    /// for every driver, with the rules of a `<driver>.d` that has no main script.
+    pub fn plugins(root: impl Into<PathBuf>) -> Self {
+        Self::plugins_with_loaders(root, registered_loaders())
+    }
+
+    /// A flat plugins directory with chosen loaders.
+    pub fn plugins_with_loaders(root: impl Into<PathBuf>, loaders: Vec<&'static dyn HookLoader>) -> Self {
+        HooksDir {
+            root: root.into(),
+            loaders,
+            flat: true,
+        }
+    }
+
+    /// Whether this is a flat plugins directory.
+    pub fn is_flat(&self) -> bool {
+        self.flat
     }
 
     /// The directory.
@@ -187,8 +211,11 @@ impl HooksDir {
         self.root.join(driver.as_str())
     }
 
-    /// `<dir>/<driver>.d`.
+    /// `<dir>/<driver>.d` (the directory itself for a flat plugins dir).
     pub fn drop_in_dir(&self, driver: Driver) -> PathBuf {
+        if self.flat {
+            return self.root.clone();
+        }
         self.root.join(format!("{}.d", driver.as_str()))
     }
 
@@ -200,7 +227,7 @@ impl HooksDir {
     pub fn scan(&self, driver: Driver) -> io::Result<Vec<DirEntry>> {
         let mut entries = Vec::new();
         let main = self.main_path(driver);
-        if fs::symlink_metadata(&main).is_ok() {
+        if !self.flat && fs::symlink_metadata(&main).is_ok() {
             let disposition = self.classify(&main);
             entries.push(DirEntry {
                 path: main,
@@ -261,6 +288,57 @@ impl HooksDir {
     }
 }
 
+impl DirEntry {
+    /// Its settings from the sidecar `<path>.toml`, or the defaults.
+    ///
+    /// # Errors
+    /// When the sidecar exists but is not valid.
+    pub fn settings(&self) -> Result<HookSettings, SettingsError> {
+        HookSettings::for_hook(&self.path)
+    }
+}
+
+/// A loaded hook with the matching and policy from its settings.
+pub(crate) struct Configured {
+    inner: Arc<dyn Hook>,
+    settings: HookSettings,
+}
+
+impl Configured {
+    /// Wraps `inner` when the settings ask for matching or a policy; otherwise returns it.
+    pub(crate) fn wrap(inner: Arc<dyn Hook>, settings: &HookSettings) -> Arc<dyn Hook> {
+        if settings.policy == HookPolicy::Required && settings.matcher.is_empty() {
+            return inner;
+        }
+        Arc::new(Configured {
+            inner,
+            settings: settings.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Hook for Configured {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn path(&self) -> Option<&Path> {
+        self.inner.path()
+    }
+    fn matches(&self, event: &dyn HookEvent) -> bool {
+        self.settings.matcher.matches(event) && self.inner.matches(event)
+    }
+    fn policy(&self) -> HookPolicy {
+        self.settings.policy
+    }
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        self.inner.call(inv).await
+    }
+}
+
 /// A hook whose file failed to load: calling it fails with the load error, so the event
 /// fails and names the file, while the other hooks still run.
 pub(crate) struct BrokenHook {
@@ -313,7 +391,7 @@ mod tests {
         fn claims(&self, _path: &Path, meta: &Metadata) -> bool {
             meta.permissions().mode() & 0o111 != 0
         }
-        fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
+        fn load(&self, path: &Path, _settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
             Err(LoadError::new(path, "test-exec", "unused"))
         }
     }

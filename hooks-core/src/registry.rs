@@ -11,9 +11,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tracing::Instrument;
 
-use crate::loader::{BrokenHook, HooksDir};
+use crate::loader::{BrokenHook, Configured, HooksDir};
 use crate::report::InputSource;
-use crate::{Driver, Hook, HookEvent, HookFailure, HookLoader, HookRecord, Invocation, LoadError, Report};
+use crate::{
+    Driver, Hook, HookEvent, HookFailure, HookLoader, HookRecord, HookSettings, Invocation, LoadError, Report,
+};
 
 enum Source {
     Hook {
@@ -120,8 +122,8 @@ struct State {
     loaded: Mutex<HashMap<PathBuf, LoadedHook>>,
 }
 
-/// A hook loaded from a file, valid while the file's stamp is unchanged.
-type LoadedHook = (FileStamp, Arc<dyn Hook>);
+/// A hook loaded from a file, valid while the file and its settings are unchanged.
+type LoadedHook = (FileStamp, HookSettings, Arc<dyn Hook>);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -166,22 +168,29 @@ impl State {
     }
 
     fn load(&self, loader: &'static dyn HookLoader, path: &Path) -> Arc<dyn Hook> {
+        let settings = match HookSettings::for_hook(path) {
+            Ok(settings) => settings,
+            Err(e) => {
+                let err = LoadError::new(path, loader.backend(), "its settings file is invalid").with_source(e);
+                return Arc::new(BrokenHook::new(err));
+            }
+        };
         let stamp = FileStamp::of(path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let (Some(stamp), Some((old, hook))) = (stamp, loaded.get(path)) {
-            if *old == stamp {
+        if let (Some(stamp), Some((old, old_settings, hook))) = (stamp, loaded.get(path)) {
+            if *old == stamp && *old_settings == settings {
                 return Arc::clone(hook);
             }
         }
-        let hook: Arc<dyn Hook> = match loader.load(path) {
-            Ok(hook) => hook,
+        let hook: Arc<dyn Hook> = match loader.load(path, &settings) {
+            Ok(hook) => Configured::wrap(hook, &settings),
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
                 Arc::new(BrokenHook::new(err))
             }
         };
         if let Some(stamp) = stamp {
-            loaded.insert(path.to_owned(), (stamp, Arc::clone(&hook)));
+            loaded.insert(path.to_owned(), (stamp, settings, Arc::clone(&hook)));
         }
         hook
     }
@@ -346,8 +355,9 @@ impl Registry {
                     .then(|| Arc::<[u8]>::from(outcome.stdout.as_slice()));
             let mut record = HookRecord::new(hook, event, outcome, input, filters);
             if !record.success {
-                tracing::info!(hook = %record.name, message = record.message.as_deref().unwrap_or(""), "hook failed");
-                all_ok = false;
+                tracing::info!(hook = %record.name, message = record.message.as_deref().unwrap_or(""), optional = record.optional, "hook failed");
+                // An optional hook's failure neither fails the event nor resets the chain.
+                all_ok &= record.optional;
             } else if let Some(doc) = new_document {
                 record.replaced_document = true;
                 current = Some(doc);

@@ -102,6 +102,9 @@ pub struct HookRecord {
     /// Whether its stdout became the current document (filter events).
     #[serde(default)]
     pub replaced_document: bool,
+    /// Whether it is optional: its failure is recorded but does not fail the event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
     /// Anything unusual (background process kept the pipes open, output capped, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -167,6 +170,7 @@ impl HookRecord {
             stderr_truncated: outcome.stderr_truncated,
             input,
             replaced_document: false,
+            optional: hook.policy() == crate::HookPolicy::Optional,
             warnings,
         }
     }
@@ -285,14 +289,14 @@ impl Report {
         self.args.lossy(3)
     }
 
-    /// Whether every hook succeeded.
+    /// Whether every required hook succeeded (optional hooks' failures do not count).
     pub fn succeeded(&self) -> bool {
-        self.hooks.iter().all(|r| r.success)
+        self.hooks.iter().all(|r| r.success || r.optional)
     }
 
-    /// The failure libvirt reports: the last one.
+    /// The failure libvirt reports: the last one of a required hook.
     pub fn failed_hook(&self) -> Option<&HookRecord> {
-        self.hooks.iter().rev().find(|r| !r.success)
+        self.hooks.iter().rev().find(|r| !r.success && !r.optional)
     }
 
     /// Total wall time of the hooks.

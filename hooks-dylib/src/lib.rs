@@ -37,7 +37,7 @@ use std::fs::Metadata;
 use std::path::Path;
 use std::sync::Arc;
 
-use hooks_core::{Hook, HookLoader, LoadError, LoaderRegistration};
+use hooks_core::{Hook, HookLoader, HookSettings, LoadError, LoaderRegistration};
 
 /// The dylib backend's loader: claims `*.so` files (no execute bit needed).
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,8 +56,12 @@ impl HookLoader for DylibLoader {
         path.extension().is_some_and(|e| e == "so")
     }
 
-    fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
-        Ok(Arc::new(DylibHook::load(path)?))
+    fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+        let mut hook = DylibHook::load(path)?.with_timeout(settings.timeout);
+        if let Some(cap) = settings.max_output {
+            hook = hook.with_max_output(usize::try_from(cap).unwrap_or(usize::MAX));
+        }
+        Ok(Arc::new(hook))
     }
 }
 

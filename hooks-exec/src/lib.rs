@@ -48,7 +48,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hooks_core::{Hook, HookError, HookLoader, HookOutcome, HookStatus, Invocation, LoadError, LoaderRegistration};
+use hooks_core::{
+    Hook, HookError, HookLoader, HookOutcome, HookSettings, HookStatus, Invocation, LoadError, LoaderRegistration,
+};
 
 pub use check::check_executable;
 
@@ -303,11 +305,18 @@ impl HookLoader for ExecLoader {
         meta.is_file() && meta.permissions().mode() & 0o111 != 0
     }
 
-    fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
-        Ok(Arc::new(ExecHook::new(path)))
+    fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+        let mut options = ExecOptions {
+            timeout: settings.timeout,
+            ..ExecOptions::default()
+        };
+        if let Some(cap) = settings.max_output {
+            options.max_output = usize::try_from(cap).unwrap_or(usize::MAX);
+        }
+        Ok(Arc::new(ExecHook::with_options(path, options)))
     }
 
-    fn check(&self, path: &Path) -> Result<(), LoadError> {
+    fn check(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {
         check_executable(path)
     }
 }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hooks_core::{Hook, HookLoader, HookOutcome, HookStatus, Invocation, LoadError, LoaderRegistration};
+use hooks_core::{Hook, HookLoader, HookOutcome, HookSettings, HookStatus, Invocation, LoadError, LoaderRegistration};
 
 /// Limits for one WASM hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +196,18 @@ impl HookLoader for WasmLoader {
         path.extension().is_some_and(|e| e == "wasm")
     }
 
-    fn load(&self, path: &Path) -> Result<Arc<dyn Hook>, LoadError> {
-        Ok(Arc::new(WasmHook::load(path, self.options)?))
+    fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+        let mut options = self.options;
+        if let Some(t) = settings.timeout {
+            options.timeout = Some(t);
+        }
+        if let Some(m) = settings.memory {
+            options.memory = usize::try_from(m).unwrap_or(usize::MAX);
+        }
+        if let Some(o) = settings.max_output {
+            options.max_output = usize::try_from(o).unwrap_or(usize::MAX);
+        }
+        Ok(Arc::new(WasmHook::load(path, options)?))
     }
 }
 

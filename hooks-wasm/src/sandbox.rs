@@ -128,7 +128,8 @@ impl std::fmt::Debug for Sandbox {
 }
 
 /// The default on-disk cache: `$VIRT_HOOKS_WASM_CACHE` (`off` disables it), else
-/// `$XDG_CACHE_HOME/virt-hooks/wasm`, else `$HOME/.cache/virt-hooks/wasm`.
+/// `$XDG_CACHE_HOME/virt-hooks/wasm`, else `$HOME/.cache/virt-hooks/wasm`, else (root
+/// with no home, as under libvirt) `/var/cache/virt-hooks/wasm`.
 pub fn default_cache_dir() -> Option<PathBuf> {
     match std::env::var_os("VIRT_HOOKS_WASM_CACHE") {
         Some(v) if v == "off" => return None,
@@ -138,9 +139,14 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(xdg).join("virt-hooks/wasm"));
     }
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".cache/virt-hooks/wasm"))
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(home).join(".cache/virt-hooks/wasm"));
+    }
+    // libvirt may run hooks with no HOME; as root, use the system cache.
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .is_ok_and(|m| m.uid() == 0)
+        .then(|| PathBuf::from("/var/cache/virt-hooks/wasm"))
 }
 
 impl Sandbox {

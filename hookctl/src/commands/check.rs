@@ -25,7 +25,15 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
         };
         for entry in entries {
             let Some(loader) = entry.loader() else { continue };
-            match loader.check(&entry.path) {
+            let settings = match entry.settings() {
+                Ok(settings) => settings,
+                Err(e) => {
+                    broken += 1;
+                    eprintln!("broken: {}: invalid settings: {e}", entry.path.display());
+                    continue;
+                }
+            };
+            match loader.check(&entry.path, &settings) {
                 Ok(()) => {
                     sound += 1;
                     println!(

@@ -27,6 +27,9 @@ struct Entry {
     backend: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<String>,
+    /// Effective settings from the sidecar `.toml`, when it sets anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settings: Option<String>,
 }
 
 pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
@@ -52,7 +55,10 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         }
         for e in &l.entries {
             match (e.order, e.backend, &e.skipped) {
-                (Some(n), Some(backend), _) => text.push_str(&format!("  {n:>3}. {backend:<6} {}\n", e.path)),
+                (Some(n), Some(backend), _) => {
+                    let settings = e.settings.as_deref().map(|s| format!("  [{s}]")).unwrap_or_default();
+                    text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}\n", e.path));
+                }
                 (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
                 _ => {}
             }
@@ -73,6 +79,11 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .into_iter()
                 .map(|e| {
                     let path = e.path.display().to_string();
+                    let settings = match e.settings() {
+                        Ok(s) if s.summary().is_empty() => None,
+                        Ok(s) => Some(s.summary()),
+                        Err(err) => Some(format!("invalid settings: {err}")),
+                    };
                     match e.disposition {
                         Disposition::Hook(loader) => {
                             order += 1;
@@ -82,6 +93,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 order: Some(order),
                                 backend: Some(loader.backend()),
                                 skipped: None,
+                                settings,
                             }
                         }
                         Disposition::Skipped(why) => Entry {
@@ -90,6 +102,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                             order: None,
                             backend: None,
                             skipped: Some(why),
+                            settings: None,
                         },
                     }
                 })

@@ -1,6 +1,8 @@
 //! One module per subcommand; each builds what it needs and calls the library.
 
 pub(crate) mod check;
+pub(crate) mod dispatch;
+pub(crate) mod install;
 pub(crate) mod list;
 pub(crate) mod run;
 pub(crate) mod simulate;

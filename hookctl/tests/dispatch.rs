@@ -1,0 +1,265 @@
+//! Dispatcher mode, install/uninstall, per-hook settings and the audit log.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
+}
+
+fn script(path: &Path, body: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A hooks dir with hookctl linked as `qemu`, and its plugins dir with an audit log.
+fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let plugins = hooks.join("qemu.plugins");
+    fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(exe(), hooks.join("qemu")).unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
+    (tmp, hooks, plugins)
+}
+
+/// Runs the installed link the way libvirt does: env cleared to LC_ALL and PATH.
+fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
+    let mut cmd = Command::new(hooks.join("qemu"));
+    cmd.env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", "/usr/bin:/bin")
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args(args);
+    cmd
+}
+
+#[test]
+fn the_link_runs_the_plugins_with_libvirts_arguments_and_stdin() {
+    let (tmp, hooks, plugins) = installed();
+    let seen = tmp.path().join("seen");
+    script(
+        &plugins.join("10-record"),
+        &format!("#!/bin/sh\n{{ echo \"$0 $*\"; cat; }} > '{}'\n", seen.display()),
+    );
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>\n")
+        .assert()
+        .success()
+        .stdout("")
+        .stderr("");
+    assert_eq!(
+        fs::read_to_string(&seen).unwrap(),
+        format!(
+            "{} vm1 prepare begin -\n<domain/>\n",
+            plugins.join("10-record").display()
+        )
+    );
+    let line: serde_json::Value = serde_json::from_str(
+        fs::read_to_string(tmp.path().join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["result"], "ok");
+    assert_eq!(line["op"], "prepare");
+    assert_eq!(line["hooks"][0]["success"], true);
+}
+
+#[test]
+fn a_failing_plugin_fails_the_hook_with_its_name_and_stderr() {
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    script(
+        &plugins.join("20-refuse"),
+        "#!/bin/sh\necho 'no capacity for vm1' >&2\nexit 3\n",
+    );
+    script(&plugins.join("30-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    as_libvirt(&hooks, ["vm1", "start", "begin", "-"])
+        .write_stdin("<domain/>\n")
+        .assert()
+        .code(1)
+        .stderr(format!(
+            "{}: exit status 3: no capacity for vm1\n",
+            plugins.join("20-refuse").display()
+        ));
+}
+
+#[test]
+fn filters_print_only_a_changed_document() {
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-rewrite"), "#!/bin/sh\nsed s/br-legacy/br0/\n");
+    as_libvirt(&hooks, ["vm1", "migrate", "begin", "-"])
+        .write_stdin("<domain>br-legacy</domain>\n")
+        .assert()
+        .success()
+        .stdout("<domain>br0</domain>\n");
+    script(&plugins.join("10-rewrite"), "#!/bin/sh\ncat > /dev/null\n");
+    as_libvirt(&hooks, ["vm1", "restore", "begin", "-"])
+        .write_stdin("<domain/>\n")
+        .assert()
+        .success()
+        .stdout("");
+}
+
+#[test]
+fn sidecar_settings_time_out_match_and_make_optional() {
+    let (tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-slow"), "#!/bin/sh\nsleep 60\n");
+    fs::write(plugins.join("10-slow.toml"), "timeout = 0.3\n").unwrap();
+    let start = Instant::now();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(contains("10-slow: timed out after 300.0ms"));
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // Optional: logged, never fails the event.
+    fs::write(plugins.join("10-slow.toml"), "timeout = 0.2\npolicy = \"optional\"\n").unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .success();
+    let last = fs::read_to_string(tmp.path().join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(
+        last.contains("\"optional\":true") && last.contains("\"success\":false"),
+        "{last}"
+    );
+
+    // Match: only win* guests at prepare.
+    let seen = tmp.path().join("seen");
+    fs::remove_file(plugins.join("10-slow")).unwrap();
+    fs::remove_file(plugins.join("10-slow.toml")).unwrap();
+    script(
+        &plugins.join("20-win"),
+        &format!("#!/bin/sh\ncat >/dev/null\necho \"$1 $2\" >> '{}'\n", seen.display()),
+    );
+    fs::write(
+        plugins.join("20-win.toml"),
+        "[match]\nobjects = [\"win*\"]\nops = [\"prepare\"]\n",
+    )
+    .unwrap();
+    for (obj, op) in [("win10", "prepare"), ("linux", "prepare"), ("win11", "release")] {
+        as_libvirt(&hooks, [obj, op, "begin", "-"])
+            .write_stdin("<domain/>")
+            .assert()
+            .success();
+    }
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "win10 prepare\n");
+}
+
+#[test]
+fn bad_settings_are_named_with_file_and_line() {
+    let (_tmp, _hooks, plugins) = installed();
+    script(&plugins.join("10-x"), "#!/bin/sh\nexit 0\n");
+    fs::write(plugins.join("10-x.toml"), "timeout = 1\n\nretries = 3\n").unwrap();
+    let sidecar = plugins.join("10-x.toml");
+    Command::new(exe())
+        .args(["dispatch", "--plugins"])
+        .arg(&plugins)
+        .args(["qemu", "vm", "prepare", "begin", "-"])
+        .write_stdin("")
+        .assert()
+        .code(1)
+        .stderr(contains("its settings file is invalid"));
+    // `check` on a hooks dir reads `<driver>.d`; point it at a layout with the file inside.
+    let layout = tempfile::tempdir().unwrap();
+    fs::create_dir(layout.path().join("qemu.d")).unwrap();
+    fs::copy(plugins.join("10-x"), layout.path().join("qemu.d/10-x")).unwrap();
+    fs::set_permissions(layout.path().join("qemu.d/10-x"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy(&sidecar, layout.path().join("qemu.d/10-x.toml")).unwrap();
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(layout.path())
+        .arg("check")
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "{}:3: unknown field `retries`",
+            layout.path().join("qemu.d/10-x.toml").display()
+        )));
+}
+
+#[test]
+fn list_shows_effective_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(&tmp.path().join("qemu.d/10-x"), "#!/bin/sh\nexit 0\n");
+    fs::write(
+        tmp.path().join("qemu.d/10-x.toml"),
+        "timeout = 5\npolicy = \"optional\"\n[match]\nops = [\"prepare\"]\n",
+    )
+    .unwrap();
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(tmp.path())
+        .args(["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("[timeout=5s policy=optional match: ops=prepare]"))
+        .stdout(contains("10-x.toml  (settings file, never a hook)"));
+}
+
+#[test]
+fn install_is_idempotent_refuses_foreign_scripts_and_uninstall_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(exe());
+        c.arg("--hooks-dir").arg(&hooks).args(args);
+        c
+    };
+    run(&["install", "qemu", "daemon"]).assert().success();
+    assert_eq!(
+        fs::canonicalize(hooks.join("qemu")).unwrap(),
+        fs::canonicalize(exe()).unwrap()
+    );
+    assert!(hooks.join("daemon.plugins").is_dir());
+    run(&["install", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("already installed"));
+
+    script(&hooks.join("network"), "#!/bin/sh\nexit 0\n");
+    run(&["install", "network"])
+        .assert()
+        .code(2)
+        .stderr(contains("rerun with --force"));
+    run(&["install", "--force", "network"]).assert().success();
+    assert!(hooks.join("network.plugins/00-network-original").is_file());
+    run(&["uninstall", "network", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("restored the original hook"));
+    assert!(fs::symlink_metadata(hooks.join("network")).unwrap().is_file());
+    assert!(fs::symlink_metadata(hooks.join("qemu")).is_err());
+}
+
+#[test]
+fn the_audit_log_falls_back_gracefully() {
+    let (_tmp, hooks, plugins) = installed();
+    fs::write(plugins.join("hookctl.toml"), "log = \"/nonexistent-dir/audit.jsonl\"\n").unwrap();
+    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>")
+        .assert()
+        .success()
+        .stderr(contains("cannot write the audit log `/nonexistent-dir/audit.jsonl`").and(contains("unaffected")));
+}
