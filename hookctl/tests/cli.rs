@@ -350,7 +350,8 @@ fn native_plugins_run_list_and_check_beside_scripts() {
         .args(["list", "qemu"])
         .assert()
         .success()
-        .stdout(contains("1. exec").and(contains("2. dylib")).and(contains("3. dylib")));
+        .stdout(contains("1. exec").and(contains("2. dylib")).and(contains("3. dylib")))
+        .stdout(contains("30-junk.so  BROKEN: not a loadable shared object"));
     hookctl(tmp.path())
         .arg("check")
         .assert()
@@ -398,11 +399,16 @@ fn wasm_modules_run_list_and_check_beside_scripts() {
     let bad = tmp.path().join("qemu.d/40-bad.wasm");
     fs::write(&bad, b"\0asm\x01\0\0\0garbage").unwrap();
 
-    hookctl(tmp.path()).args(["list", "qemu"]).assert().success().stdout(
-        contains("2. wasm")
-            .and(contains("20-require-owner.wasm"))
-            .and(contains("4. wasm")),
-    );
+    hookctl(tmp.path())
+        .args(["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(
+            contains("2. wasm")
+                .and(contains("20-require-owner.wasm"))
+                .and(contains("4. wasm")),
+        )
+        .stdout(contains("40-bad.wasm  BROKEN: invalid WebAssembly"));
     hookctl(tmp.path())
         .arg("check")
         .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))

@@ -263,3 +263,36 @@ fn the_audit_log_falls_back_gracefully() {
         .success()
         .stderr(contains("cannot write the audit log `/nonexistent-dir/audit.jsonl`").and(contains("unaffected")));
 }
+
+#[test]
+fn concurrent_dispatches_never_mix_audit_lines() {
+    let (tmp, hooks, plugins) = installed();
+    // A long stderr makes each line large, so a torn write would show.
+    script(
+        &plugins.join("10-noisy"),
+        "#!/bin/sh\ncat >/dev/null\nhead -c 400 /dev/zero | tr '\\0' x >&2\n",
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let hooks = hooks.clone();
+            std::thread::spawn(move || {
+                for j in 0..10 {
+                    as_libvirt(&hooks, [&format!("vm{i}-{j}"), "prepare", "begin", "-"])
+                        .write_stdin("<domain/>")
+                        .assert()
+                        .success();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<_> = log.lines().collect();
+    assert_eq!(lines.len(), 80);
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line ({e}): {line}"));
+        assert_eq!(v["hooks"][0]["stderr"].as_str().unwrap().len(), 400);
+    }
+}

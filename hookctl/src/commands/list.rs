@@ -30,6 +30,9 @@ struct Entry {
     /// Effective settings from the sidecar `.toml`, when it sets anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     settings: Option<String>,
+    /// Why it would fail to load or start, if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broken: Option<String>,
 }
 
 pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
@@ -57,7 +60,12 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             match (e.order, e.backend, &e.skipped) {
                 (Some(n), Some(backend), _) => {
                     let settings = e.settings.as_deref().map(|s| format!("  [{s}]")).unwrap_or_default();
-                    text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}\n", e.path));
+                    let broken = e
+                        .broken
+                        .as_deref()
+                        .map(|b| format!("  BROKEN: {b}"))
+                        .unwrap_or_default();
+                    text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}{broken}\n", e.path));
                 }
                 (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
                 _ => {}
@@ -87,6 +95,15 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                     match e.disposition {
                         Disposition::Hook(loader) => {
                             order += 1;
+                            let broken = e
+                                .settings()
+                                .ok()
+                                .and_then(|s| loader.check(&e.path, &s).err())
+                                .map(|err| {
+                                    let text = hooks_core::error_chain(&err);
+                                    let prefix = format!("cannot load hook `{path}` ({}): ", loader.backend());
+                                    text.strip_prefix(&prefix).map(str::to_owned).unwrap_or(text)
+                                });
                             Entry {
                                 path,
                                 role: e.role,
@@ -94,9 +111,11 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 backend: Some(loader.backend()),
                                 skipped: None,
                                 settings,
+                                broken,
                             }
                         }
                         Disposition::Skipped(why) => Entry {
+                            broken: None,
                             path,
                             role: e.role,
                             order: None,
