@@ -67,21 +67,8 @@ pub(crate) struct DispatchArgs {
     /// The plugins dir (exec scripts, `*.so`, `*.wasm`, sidecar `*.toml` settings).
     #[arg(long, value_name = "DIR")]
     pub(crate) plugins: PathBuf,
-    /// daemon, qemu, lxc, libxl, bhyve or network.
-    #[arg(value_parser = parse_driver)]
-    pub(crate) driver: Driver,
-    /// The object.
-    #[arg(allow_hyphen_values = true)]
-    pub(crate) object: OsString,
-    /// The operation.
-    #[arg(allow_hyphen_values = true)]
-    pub(crate) op: OsString,
-    /// The sub-operation.
-    #[arg(allow_hyphen_values = true)]
-    pub(crate) subop: OsString,
-    /// The extra argument.
-    #[arg(allow_hyphen_values = true)]
-    pub(crate) extra: OsString,
+    #[command(flatten)]
+    pub(crate) event: EventCli,
 }
 
 #[derive(Debug, Args)]
@@ -117,8 +104,9 @@ pub(crate) struct InputArgs {
     pub(crate) wasm_memory: Option<u32>,
 }
 
+/// libvirt's driver and four arguments, as a hook script receives them.
 #[derive(Debug, Args)]
-pub(crate) struct RunArgs {
+pub(crate) struct EventCli {
     /// daemon, qemu, lxc, libxl, bhyve or network.
     #[arg(value_parser = parse_driver)]
     pub(crate) driver: Driver,
@@ -134,6 +122,18 @@ pub(crate) struct RunArgs {
     /// The extra argument: -, a release reason, SIGHUP, ...
     #[arg(allow_hyphen_values = true)]
     pub(crate) extra: OsString,
+}
+
+impl EventCli {
+    pub(crate) fn args(self) -> [OsString; 4] {
+        [self.object, self.op, self.subop, self.extra]
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) event: EventCli,
     #[command(flatten)]
     pub(crate) input: InputArgs,
 }

@@ -208,6 +208,23 @@ impl Invocation {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
+
+    /// The limit a backend applies: the shorter of its own and the caller's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hooks_core::{Driver, EventArgs, Invocation};
+    /// let inv = Invocation::new(Driver::Daemon, EventArgs::new(["-", "start", "-", "start"]), None)
+    ///     .with_timeout(Some(Duration::from_secs(5)));
+    /// assert_eq!(inv.timeout_with(Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
+    /// assert_eq!(inv.timeout_with(None), Some(Duration::from_secs(5)));
+    /// ```
+    pub fn timeout_with(&self, own: Option<Duration>) -> Option<Duration> {
+        match (own, self.timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Site-specific code called at a lifecycle point.

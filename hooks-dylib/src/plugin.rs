@@ -182,10 +182,7 @@ impl Hook for DylibHook {
             cap: self.max_output,
             _lib: Arc::clone(&self.lib),
         };
-        let timeout = match (self.timeout, inv.timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timeout = inv.timeout_with(self.timeout);
         let mut result = match timeout {
             None => {
                 let (code, capture) = call.run();

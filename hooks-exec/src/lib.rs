@@ -138,10 +138,7 @@ impl ExecHook {
         let mut argv = Vec::with_capacity(5);
         argv.push((*self.program).clone());
         argv.extend((0..4).map(|i| inv.args().c_str(i).to_owned()));
-        let timeout = match (self.options.timeout, inv.timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timeout = inv.timeout_with(self.options.timeout);
         Job {
             path: self.path.clone(),
             program: Arc::clone(&self.program),

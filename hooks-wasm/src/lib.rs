@@ -124,10 +124,7 @@ impl WasmHook {
             args.lossy(2).into_owned(),
             args.lossy(3).into_owned(),
         ];
-        let timeout = match (self.options.timeout, inv.timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timeout = inv.timeout_with(self.options.timeout);
         let limits = sandbox::CallLimits {
             timeout,
             memory: self.options.memory,

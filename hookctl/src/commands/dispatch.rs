@@ -44,11 +44,7 @@ pub(crate) fn invoked_as_hook(args: &[OsString]) -> Option<Driver> {
 }
 
 pub(crate) fn exec(args: DispatchArgs) -> Outcome {
-    Ok(dispatch(
-        &args.plugins,
-        args.driver,
-        [args.object, args.op, args.subop, args.extra],
-    ))
+    Ok(dispatch(&args.plugins, args.event.driver, args.event.args()))
 }
 
 /// Runs the plugins for one event; `true` when libvirt should see success.

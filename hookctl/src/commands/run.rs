@@ -10,7 +10,7 @@ use crate::output;
 pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
     require_dir(dir)?;
     let input = super::read_input(args.input.input.as_deref())?;
-    let mut event = RawEvent::from_os_args(args.driver, [args.object, args.op, args.subop, args.extra]);
+    let mut event = RawEvent::from_os_args(args.event.driver, args.event.args());
     if input.is_some() {
         event = event.with_input(input);
     }
