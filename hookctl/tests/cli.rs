@@ -301,6 +301,23 @@ fn simulate_the_readme_example() {
 }
 
 #[test]
+fn simulate_warns_about_ignored_failures_and_goes_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(
+        tmp.path(),
+        "qemu",
+        "#!/bin/sh\ncat >/dev/null\n[ \"$2\" = stopped ] && exit 2\nexit 0\n",
+    );
+    hookctl(tmp.path())
+        .args(["simulate", "qemu", "stop", "vm"])
+        .assert()
+        .success()
+        .stdout(contains("warning: a hook failed, and libvirt would ignore the failure"))
+        .stdout(contains("qemu vm release end destroyed"))
+        .stdout(contains("result: stop of qemu vm would go through"));
+}
+
+#[test]
 fn simulate_daemon_without_object_and_json() {
     let tmp = tempfile::tempdir().unwrap();
     script(tmp.path(), "daemon", "#!/bin/sh\nexit 0\n");

@@ -75,11 +75,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
         match step.result {
             StepResult::Ok => {}
             StepResult::FailureIgnored => {
-                let _ = writeln!(
-                    out,
-                    "    warning: {}",
-                    r.policy.consequence().replace("would", "ignores")
-                );
+                let _ = writeln!(out, "    warning: a hook failed, and {}", r.policy.consequence());
             }
             StepResult::Fatal => {
                 let _ = writeln!(out, "    -> {}", r.policy.consequence());
