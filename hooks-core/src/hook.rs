@@ -27,14 +27,15 @@ use crate::{Driver, HookEvent, HookOutcome, HookPolicy};
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EventArgs {
-    buf: Box<[u8]>,
+    buf: Arc<[u8]>,
     starts: [u32; 4],
 }
 
 impl EventArgs {
     /// Packs four arguments.
     pub fn new<S: AsRef<OsStr>>(args: [S; 4]) -> Self {
-        let mut buf = Vec::with_capacity(args.iter().map(|a| a.as_ref().len() + 1).sum());
+        // Built on the stack for the usual short arguments: one allocation in all.
+        let mut buf = smallvec::SmallVec::<[u8; 256]>::new();
         let mut starts = [0u32; 4];
         for (start, arg) in starts.iter_mut().zip(&args) {
             *start = buf.len() as u32;
@@ -43,7 +44,7 @@ impl EventArgs {
             buf.push(0);
         }
         EventArgs {
-            buf: buf.into_boxed_slice(),
+            buf: Arc::from(buf.as_slice()),
             starts,
         }
     }
@@ -118,7 +119,7 @@ impl fmt::Debug for EventArgs {
 #[derive(Debug, Clone)]
 pub struct Invocation {
     driver: Driver,
-    args: Arc<EventArgs>,
+    args: EventArgs,
     input: Option<Arc<[u8]>>,
     timeout: Option<Duration>,
 }
@@ -135,11 +136,6 @@ impl Invocation {
     /// assert_eq!(inv.input(), Some(&b"<domain/>\n"[..]));
     /// ```
     pub fn new(driver: Driver, args: EventArgs, input: Option<Arc<[u8]>>) -> Self {
-        Self::shared(driver, Arc::new(args), input)
-    }
-
-    /// An invocation sharing already packed arguments.
-    pub fn shared(driver: Driver, args: Arc<EventArgs>, input: Option<Arc<[u8]>>) -> Self {
         Invocation {
             driver,
             args,
@@ -175,11 +171,6 @@ impl Invocation {
 
     /// `[object, op, subop, extra]` exactly as passed (bytes need not be UTF-8).
     pub fn args(&self) -> &EventArgs {
-        &self.args
-    }
-
-    /// The shared arguments.
-    pub fn args_shared(&self) -> &Arc<EventArgs> {
         &self.args
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use smallvec::SmallVec;
 use tracing::Instrument;
 
 use crate::loader::{BrokenHook, Configured, HooksDir};
@@ -278,9 +279,14 @@ impl Registry {
 
     /// The hooks an event would run, in order (loading directory entries as needed).
     pub fn hooks_for(&self, event: &dyn HookEvent) -> Vec<Arc<dyn Hook>> {
+        self.collect_hooks(event).into_vec()
+    }
+
+    /// [`Registry::hooks_for`] without a heap allocation for the usual few hooks.
+    fn collect_hooks(&self, event: &dyn HookEvent) -> SmallVec<[Arc<dyn Hook>; 8]> {
         let state = self.state.load();
         let driver = event.driver();
-        let mut hooks = Vec::new();
+        let mut hooks = SmallVec::new();
         for (source, present) in self.sources.iter().zip(&state.present) {
             match source {
                 Source::Hook { driver: d, hook } => {
@@ -302,7 +308,7 @@ impl Registry {
                     Err(e) => {
                         let path = dir.drop_in_dir(driver);
                         let err = LoadError::new(&path, "dir", "cannot read directory").with_source(e);
-                        hooks.push(Arc::new(BrokenHook::new(err)));
+                        hooks.push(Arc::new(BrokenHook::new(err)) as Arc<dyn Hook>);
                     }
                 },
                 Source::Dir(_) => {}
@@ -318,11 +324,11 @@ impl Registry {
     /// [`HookFailure`] when at least one hook failed, whatever the event's policy: check
     /// [`HookFailure::is_fatal`] to decide what to do, as libvirt does.
     pub async fn fire(&self, event: &dyn HookEvent) -> Result<Report, HookFailure> {
-        let hooks = self.hooks_for(event);
+        let hooks = self.collect_hooks(event);
         let base = Invocation::from_event(event).with_timeout(self.timeout);
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
-        let mut report = Report::new(event, Arc::clone(base.args_shared()), filters);
+        let mut report = Report::new(event, base.args().clone(), filters);
         report.hooks.reserve_exact(hooks.len());
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;

@@ -1,7 +1,6 @@
 //! Reports: one record per hook called for an event. Serializable with serde_json.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -189,7 +188,7 @@ fn into_text(bytes: Vec<u8>) -> String {
 pub struct Report {
     /// The driver.
     pub driver: Driver,
-    args: Arc<EventArgs>,
+    args: EventArgs,
     /// What a failure does.
     pub policy: FailurePolicy,
     /// Whether hook output may replace the document.
@@ -223,7 +222,7 @@ impl From<ReportRepr<'_>> for Report {
     fn from(r: ReportRepr<'_>) -> Self {
         Report {
             driver: r.driver,
-            args: Arc::new(EventArgs::new([&*r.object, &*r.op, &*r.subop, &*r.extra])),
+            args: EventArgs::new([&*r.object, &*r.op, &*r.subop, &*r.extra]),
             policy: r.policy,
             filters: r.filters,
             hooks: r.hooks.into_owned(),
@@ -252,7 +251,7 @@ impl Serialize for Report {
 }
 
 impl Report {
-    pub(crate) fn new(event: &dyn HookEvent, args: Arc<EventArgs>, filters: bool) -> Self {
+    pub(crate) fn new(event: &dyn HookEvent, args: EventArgs, filters: bool) -> Self {
         Report {
             driver: event.driver(),
             args,

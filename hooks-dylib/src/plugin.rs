@@ -111,7 +111,7 @@ fn driver_name(driver: Driver) -> &'static CStr {
 struct Call {
     call: CallFn,
     driver: &'static CStr,
-    args: Arc<EventArgs>,
+    args: EventArgs,
     input: Option<Arc<[u8]>>,
     cap: usize,
     _lib: Arc<Library>,
@@ -177,7 +177,7 @@ impl Hook for DylibHook {
         let call = Call {
             call: self.lib.call_fn(),
             driver: driver_name(inv.driver()),
-            args: Arc::clone(inv.args_shared()),
+            args: inv.args().clone(),
             input: inv.input_shared().cloned(),
             cap: self.max_output,
             _lib: Arc::clone(&self.lib),
