@@ -1,4 +1,6 @@
 //! `hookctl`: run, simulate, list and check libvirt-style hooks.
+// Doc comments on the argument types are the `--help` text, where `<DIR>` is meant.
+#![allow(rustdoc::invalid_html_tags)]
 
 mod cli;
 mod commands;

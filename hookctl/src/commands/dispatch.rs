@@ -34,7 +34,7 @@ pub(crate) fn plugins_dir_for(argv0: &Path, driver: Driver) -> PathBuf {
         .join(format!("{}.plugins", driver.as_str()))
 }
 
-/// Whether we were run as a hook script: argv[0]'s file name is a driver and four
+/// Whether we were run as a hook script: `argv[0]`'s file name is a driver and four
 /// arguments follow.
 pub(crate) fn invoked_as_hook(args: &[OsString]) -> Option<Driver> {
     if args.len() != 5 {
