@@ -137,6 +137,31 @@ pub struct DirEntry {
     pub role: EntryRole,
     /// Whether and how it runs.
     pub disposition: Disposition,
+    /// The file's identity when it was scanned (to reuse a loaded hook).
+    pub(crate) stamp: Option<FileStamp>,
+    /// Whether a sidecar `<path>.toml` was there when it was scanned.
+    has_sidecar: bool,
+}
+
+/// A file's identity and version: a loaded hook is reused while it is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(m: &Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
 }
 
 impl DirEntry {
@@ -228,11 +253,14 @@ impl HooksDir {
         let mut entries = Vec::new();
         let main = self.main_path(driver);
         if !self.flat && fs::symlink_metadata(&main).is_ok() {
-            let disposition = self.classify(&main);
+            let (disposition, stamp) = self.classify(&main);
+            let has_sidecar = fs::symlink_metadata(HookSettings::sidecar(&main)).is_ok();
             entries.push(DirEntry {
                 path: main,
                 role: EntryRole::Main,
                 disposition,
+                stamp,
+                has_sidecar,
             });
         }
         let dir = self.drop_in_dir(driver);
@@ -244,12 +272,24 @@ impl HooksDir {
         };
         let mut paths = read.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?;
         paths.sort_unstable();
-        entries.extend(paths.into_iter().map(|path| {
-            let disposition = self.classify(&path);
+        // The listing says which sidecars exist: no failed open per hook per event.
+        let names: std::collections::HashSet<&std::ffi::OsStr> = paths.iter().filter_map(|p| p.file_name()).collect();
+        let with_sidecar: Vec<bool> = paths
+            .iter()
+            .map(|p| {
+                let mut name = p.file_name().unwrap_or_default().to_owned();
+                name.push(".toml");
+                names.contains(name.as_os_str())
+            })
+            .collect();
+        entries.extend(paths.into_iter().zip(with_sidecar).map(|(path, has_sidecar)| {
+            let (disposition, stamp) = self.classify(&path);
             DirEntry {
                 path,
                 role: EntryRole::DropIn,
                 disposition,
+                stamp,
+                has_sidecar,
             }
         }));
         Ok(entries)
@@ -261,13 +301,16 @@ impl HooksDir {
             .is_ok_and(|entries| entries.iter().any(|e| e.loader().is_some()))
     }
 
-    fn classify(&self, path: &Path) -> Disposition {
+    fn classify(&self, path: &Path) -> (Disposition, Option<FileStamp>) {
+        match fs::metadata(path) {
+            Ok(meta) => (self.classify_file(path, &meta), Some(FileStamp::of(&meta))),
+            Err(_) if fs::symlink_metadata(path).is_ok() => (Disposition::Skipped("dangling symlink".into()), None),
+            Err(e) => (Disposition::Skipped(format!("cannot stat: {e}")), None),
+        }
+    }
+
+    fn classify_file(&self, path: &Path, meta: &Metadata) -> Disposition {
         let skip = |why: &str| Disposition::Skipped(why.to_owned());
-        let meta = match fs::metadata(path) {
-            Ok(meta) => meta,
-            Err(_) if fs::symlink_metadata(path).is_ok() => return skip("dangling symlink"),
-            Err(e) => return Disposition::Skipped(format!("cannot stat: {e}")),
-        };
         if meta.is_dir() {
             return skip("directory");
         }
@@ -277,7 +320,7 @@ impl HooksDir {
         if path.extension().is_some_and(|e| e == "toml") {
             return skip("settings file, never a hook");
         }
-        if let Some(loader) = self.loaders.iter().find(|l| l.claims(path, &meta)) {
+        if let Some(loader) = self.loaders.iter().find(|l| l.claims(path, meta)) {
             return Disposition::Hook(*loader);
         }
         if meta.permissions().mode() & 0o111 == 0 {
@@ -294,6 +337,9 @@ impl DirEntry {
     /// # Errors
     /// When the sidecar exists but is not valid.
     pub fn settings(&self) -> Result<HookSettings, SettingsError> {
+        if !self.has_sidecar {
+            return Ok(HookSettings::default());
+        }
         HookSettings::for_hook(&self.path)
     }
 }

@@ -2,9 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tracing::Instrument;
 
-use crate::loader::{BrokenHook, Configured, HooksDir};
+use crate::loader::{BrokenHook, Configured, DirEntry, FileStamp, HooksDir};
 use crate::report::InputSource;
 use crate::{
     Driver, Hook, HookEvent, HookFailure, HookLoader, HookRecord, HookSettings, Invocation, LoadError, Report,
@@ -126,26 +124,6 @@ struct State {
 /// A hook loaded from a file, valid while the file and its settings are unchanged.
 type LoadedHook = (FileStamp, HookSettings, Arc<dyn Hook>);
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<Self> {
-        let m = fs::metadata(path).ok()?;
-        Some(FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-        })
-    }
-}
-
 const fn driver_bit(driver: Driver) -> u8 {
     1 << driver as u8
 }
@@ -168,15 +146,16 @@ impl State {
         }
     }
 
-    fn load(&self, loader: &'static dyn HookLoader, path: &Path) -> Arc<dyn Hook> {
-        let settings = match HookSettings::for_hook(path) {
+    fn load(&self, loader: &'static dyn HookLoader, entry: &DirEntry) -> Arc<dyn Hook> {
+        let path = entry.path.as_path();
+        let settings = match entry.settings() {
             Ok(settings) => settings,
             Err(e) => {
                 let err = LoadError::new(path, loader.backend(), "its settings file is invalid").with_source(e);
                 return Arc::new(BrokenHook::new(err));
             }
         };
-        let stamp = FileStamp::of(path);
+        let stamp = entry.stamp;
         let mut loaded = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let (Some(stamp), Some((old, old_settings, hook))) = (stamp, loaded.get(path)) {
             if *old == stamp && *old_settings == settings {
@@ -298,7 +277,7 @@ impl Registry {
                     Ok(entries) => {
                         for entry in entries {
                             if let Some(loader) = entry.loader() {
-                                let hook = state.load(loader, &entry.path);
+                                let hook = state.load(loader, &entry);
                                 if (*hook).matches(event) {
                                     hooks.push(hook);
                                 }
