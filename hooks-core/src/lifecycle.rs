@@ -371,11 +371,16 @@ impl<'r> Lifecycle<'r> {
         xml: &str,
         act: &mut DriverAction<'_>,
     ) -> Result<(), UnsupportedScenario> {
-        let events = [
-            event(guest, seq.scenario, "prepare", "-", xml)?,
-            event(guest, seq.scenario, "start", "-", xml)?,
-            event(guest, seq.scenario, "started", "-", xml)?,
-        ];
+        // Networks have no `prepare`: their start is `start` then `started`.
+        let ops: &[&'static str] = if guest.driver == Driver::Network {
+            &["start", "started"]
+        } else {
+            &["prepare", "start", "started"]
+        };
+        let events = ops
+            .iter()
+            .map(|op| event(guest, seq.scenario, op, "-", xml))
+            .collect::<Result<Vec<_>, _>>()?;
         for ev in &events {
             let failure = match seq.step(self.registry, ev, false).await {
                 Some(message) => Some(message),
@@ -606,6 +611,31 @@ mod tests {
                 "vm reconnect begin -",
                 "vm stopped end -",
                 "vm release end failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn network_start_is_start_then_started_and_cleans_up_with_stopped() {
+        let (r, rec) = setup(None);
+        let net = Guest::new(Driver::Network, "default", "<hookData/>");
+        assert!(run(Lifecycle::new(&r).start(&net)).proceeds());
+        assert_eq!(rec.lines(), ["default start begin -", "default started begin -"]);
+        let rec = Arc::new(RecordingHook::new("rec"));
+        let r = RegistryBuilder::new()
+            .shared_hook(None, rec.clone())
+            .hook(
+                Driver::Network,
+                MockHook::always("no", || HookOutcome::exited(1)).matching(|e| e.op() == "started"),
+            )
+            .build();
+        assert!(!run(Lifecycle::new(&r).start(&net)).proceeds());
+        assert_eq!(
+            rec.lines(),
+            [
+                "default start begin -",
+                "default started begin -",
+                "default stopped end -"
             ]
         );
     }
