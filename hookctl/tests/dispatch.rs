@@ -296,3 +296,33 @@ fn concurrent_dispatches_never_mix_audit_lines() {
         assert_eq!(v["hooks"][0]["stderr"].as_str().unwrap().len(), 400);
     }
 }
+
+#[test]
+fn list_and_check_cover_the_dispatcher_plugins_dirs() {
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n");
+    script(&plugins.join("20-no-shebang"), "exit 0\n");
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .args(["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains(format!(
+            "qemu plugins ({}, run by the hookctl dispatcher):",
+            plugins.display()
+        )))
+        .stdout(contains("10-ok"))
+        .stdout(contains("hookctl.toml  (settings file, never a hook)"));
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .arg("check")
+        .assert()
+        .code(1)
+        .stdout(contains(plugins.join("10-ok").display().to_string()))
+        .stderr(contains(format!(
+            "`{}` (exec): no `#!` line",
+            plugins.join("20-no-shebang").display()
+        )));
+}

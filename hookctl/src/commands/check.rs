@@ -8,10 +8,14 @@ use crate::cli::{require_dir, CheckArgs, Outcome};
 
 pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     require_dir(dir)?;
-    let hooks = HooksDir::new(dir);
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
     let (mut sound, mut broken) = (0, 0);
-    for driver in drivers {
+    // The hooks dir itself, and each dispatcher plugins dir beside it.
+    let sources = drivers.into_iter().flat_map(|d| {
+        let plugins = super::plugins_dir(dir, d).map(HooksDir::plugins);
+        std::iter::once((d, HooksDir::new(dir))).chain(plugins.map(|p| (d, p)))
+    });
+    for (driver, hooks) in sources {
         let entries = match hooks.scan(driver) {
             Ok(entries) => entries,
             Err(e) => {

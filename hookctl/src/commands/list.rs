@@ -11,6 +11,9 @@ use crate::output;
 #[derive(Serialize)]
 struct DriverListing {
     driver: Driver,
+    /// Set for a dispatcher's `<driver>.plugins/` dir (run by hookctl installed as the hook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugins_dir: Option<String>,
     entries: Vec<Entry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -39,7 +42,15 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     require_dir(dir)?;
     let hooks = HooksDir::new(dir);
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
-    let listings: Vec<DriverListing> = drivers.into_iter().map(|d| listing(&hooks, d)).collect();
+    let mut listings: Vec<DriverListing> = Vec::new();
+    for d in drivers {
+        listings.push(listing(&hooks, d));
+        if let Some(plugins) = super::plugins_dir(dir, d) {
+            let mut l = listing(&HooksDir::plugins(&plugins), d);
+            l.plugins_dir = Some(plugins.display().to_string());
+            listings.push(l);
+        }
+    }
     if args.json {
         output::json(&listings);
         return Ok(true);
@@ -49,7 +60,10 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         if l.entries.is_empty() && l.error.is_none() && args.driver.is_none() {
             continue;
         }
-        text.push_str(&format!("{}:\n", l.driver));
+        match &l.plugins_dir {
+            Some(p) => text.push_str(&format!("{} plugins ({p}, run by the hookctl dispatcher):\n", l.driver)),
+            None => text.push_str(&format!("{}:\n", l.driver)),
+        }
         if let Some(e) = &l.error {
             text.push_str(&format!("  error: {e}\n"));
         }
@@ -128,12 +142,14 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .collect();
             DriverListing {
                 driver,
+                plugins_dir: None,
                 entries,
                 error: None,
             }
         }
         Err(e) => DriverListing {
             driver,
+            plugins_dir: None,
             entries: Vec::new(),
             error: Some(format!("cannot read `{}`: {e}", hooks.drop_in_dir(driver).display())),
         },

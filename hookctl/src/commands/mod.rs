@@ -44,6 +44,12 @@ pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
     HooksDir::new(dir)
 }
 
+/// `<dir>/<driver>.plugins`, when it is a directory (hookctl installed as the hook).
+pub(crate) fn plugins_dir(dir: &Path, driver: hooks_core::Driver) -> Option<std::path::PathBuf> {
+    let p = dir.join(format!("{}.plugins", driver.as_str()));
+    p.is_dir().then_some(p)
+}
+
 /// Reads `--input FILE` (`-` is stdin).
 pub(crate) fn read_input(path: Option<&Path>) -> Result<Option<Vec<u8>>, UsageError> {
     let Some(path) = path else { return Ok(None) };
