@@ -8,11 +8,7 @@ use conformance::HooksTree;
 use hooks_core::{InputSource, QemuEvent};
 
 fn fixture_plugin() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libfixture_plugin.so")
+    fixture_plugin::shared_object().expect("libfixture_plugin.so: cargo builds it as a dev-dependency")
 }
 
 fn example_wasm(name: &str) -> Vec<u8> {

@@ -217,22 +217,8 @@ pub(crate) fn main() -> ExitCode {
         {
             Err(UsageError("--user and --hooks-dir are alternatives; give one".into()))
         }
-        Command::Install(args) => {
-            let dir = if args.user {
-                commands::install::user_hooks_dir()
-            } else {
-                Ok(hooks_dir)
-            };
-            dir.and_then(|d| commands::install::install(&d, args))
-        }
-        Command::Uninstall(args) => {
-            let dir = if args.user {
-                commands::install::user_hooks_dir()
-            } else {
-                Ok(hooks_dir)
-            };
-            dir.and_then(|d| commands::install::uninstall(&d, args))
-        }
+        Command::Install(args) => install_dir(&args, hooks_dir).and_then(|d| commands::install::install(&d, args)),
+        Command::Uninstall(args) => install_dir(&args, hooks_dir).and_then(|d| commands::install::uninstall(&d, args)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -241,6 +227,15 @@ pub(crate) fn main() -> ExitCode {
             eprintln!("hookctl: error: {msg}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Where `install`/`uninstall` work: the session daemon's dir with `--user`.
+fn install_dir(args: &InstallArgs, hooks_dir: PathBuf) -> Result<PathBuf, UsageError> {
+    if args.user {
+        commands::install::user_hooks_dir()
+    } else {
+        Ok(hooks_dir)
     }
 }
 

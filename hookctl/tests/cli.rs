@@ -346,11 +346,7 @@ fn help_has_examples() {
 
 /// The fixture plugin cargo builds as a dev-dependency next to this test binary.
 fn fixture_plugin() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libfixture_plugin.so")
+    fixture_plugin::shared_object().expect("libfixture_plugin.so: cargo builds it as a dev-dependency")
 }
 
 #[test]

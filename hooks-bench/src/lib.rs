@@ -88,11 +88,7 @@ pub fn exec_registry(path: &Path, timeout: Option<Duration>) -> Registry {
 
 /// The fixture plugin's `.so`, which cargo builds beside this binary (in `deps/`).
 pub fn fixture_plugin() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    [dir.join("libfixture_plugin.so"), dir.join("deps/libfixture_plugin.so")]
-        .into_iter()
-        .find(|p| p.exists())
+    fixture_plugin::shared_object()
 }
 
 /// A registry with `n` hooks backed by one native plugin.

@@ -342,9 +342,8 @@ impl<'r> Lifecycle<'r> {
         guest: &Guest,
     ) -> Result<Sequence, UnsupportedScenario> {
         let mut seq = Sequence::new(scenario);
+        // Fails before anything runs when the driver has no such filter event.
         let filter = event(guest, scenario, op, "-", &guest.xml)?;
-        // Checked before running anything, so an unsupported driver runs no hook at all.
-        event(guest, scenario, "prepare", "-", "")?;
         if let Some(message) = seq.step(self.registry, &filter, false).await {
             seq.verdict = Verdict::Aborted { message };
             return Ok(seq);

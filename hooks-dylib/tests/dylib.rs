@@ -13,14 +13,7 @@ use hooks_dylib::{DylibHook, Library};
 
 /// The fixture cdylib, built by cargo as a dev-dependency next to this test binary.
 fn fixture() -> PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
-    let so = deps.join("libfixture_plugin.so");
-    assert!(
-        so.exists(),
-        "{} missing: cargo builds it as a dev-dependency",
-        so.display()
-    );
-    so
+    fixture_plugin::shared_object().expect("libfixture_plugin.so: cargo builds it as a dev-dependency")
 }
 
 fn include_dir() -> PathBuf {

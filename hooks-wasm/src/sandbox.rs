@@ -288,13 +288,14 @@ impl Sandbox {
         let write = || -> std::io::Result<()> {
             let dir = path.parent().unwrap_or(Path::new("."));
             fs::create_dir_all(dir)?;
-            let mut tmp = tempfile_in(dir)?;
+            // Written beside the entry and renamed over it, so readers never see half.
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
             use std::io::Write;
-            tmp.1.write_all(CACHE_MAGIC)?;
-            tmp.1.write_all(&Sha256::digest(&artifact))?;
-            tmp.1.write_all(&artifact)?;
-            tmp.1.sync_all()?;
-            fs::rename(&tmp.0, &path)
+            tmp.write_all(CACHE_MAGIC)?;
+            tmp.write_all(&Sha256::digest(&artifact))?;
+            tmp.write_all(&artifact)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&path).map(drop).map_err(|e| e.error)
         };
         if let Err(e) = write() {
             tracing::debug!(path = %path.display(), error = %e, "cannot write the WASM cache entry");
@@ -384,13 +385,6 @@ fn classify(e: &wasmtime::Error, refused: Option<usize>, limits: CallLimits) -> 
         Some(trap) => HookStatus::Crashed(format!("trap: {trap}")),
         None => HookStatus::Crashed(format!("{e:#}")),
     }
-}
-
-/// A temporary file beside the cache entry, renamed over it when complete.
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {
-    let path =
-        dir.join(format!(".tmp-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
-    Ok((path.clone(), fs::File::create(path)?))
 }
 
 /// A wasmtime error as a `std::error::Error` source for [`LoadError`].
