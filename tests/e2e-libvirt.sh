@@ -46,8 +46,11 @@ cleanup() {
   set +e
   virsh -q destroy "$domain" >/dev/null 2>&1
   virsh -q undefine "$domain" >/dev/null 2>&1
-  [ -n "$started_libvirtd" ] && kill "$started_libvirtd" 2>/dev/null && sleep 1
-  [ -n "$started_virtlogd" ] && kill "$started_virtlogd" 2>/dev/null
+  # Stop the daemons we started, and wait until they are gone.
+  for pid in $started_libvirtd $started_virtlogd; do
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
   "$hookctl" --hooks-dir "$hooks" uninstall qemu daemon network >/dev/null 2>&1
   rm -rf "$hooks/qemu.plugins" "$hooks/daemon.plugins" "$hooks/network.plugins" "$work"
 }
@@ -158,7 +161,10 @@ virsh -q save "$domain" "$work/$domain.save" >/dev/null
 mark=$(wc -l < "$work/calls.log")
 virsh -q restore "$work/$domain.save" >/dev/null || fail "virsh restore failed"
 expect_calls "$domain restore begin - xml" "$domain prepare begin - xml" "$domain start begin - xml" "$domain started begin - xml"
-virsh dumpxml "$domain" | grep -q '<description>on br0</description>' || fail "the WASM filter's XML was not used on restore"
+# Captured first: with pipefail, `virsh | grep -q` fails when grep exits before virsh
+# has written everything (SIGPIPE).
+live_xml=$(virsh dumpxml "$domain")
+case "$live_xml" in *"<description>on br0</description>"*) ;; *) fail "the WASM filter's XML was not used on restore: $live_xml" ;; esac
 virsh -q destroy "$domain" >/dev/null
 mark=$(wc -l < "$work/calls.log")
 
