@@ -95,7 +95,8 @@ pub(crate) struct InputArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
-    /// Kill a hook (and its process group) that runs longer than this many seconds.
+    /// Kill a hook (and everything it started) that runs longer than this: seconds, or
+    /// "500ms", "2s", "1m" (at most 7 days).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub(crate) timeout: Option<Duration>,
 
@@ -178,11 +179,7 @@ fn parse_driver(s: &str) -> Result<Driver, String> {
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(format!("`{s}`: the timeout must be a positive number of seconds"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+    hooks_core::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// An error that ends the program with exit status 2 (usage, unreadable dir or input).

@@ -2,6 +2,7 @@
 // Doc comments on the argument types are the `--help` text, where `<DIR>` is meant.
 #![allow(rustdoc::invalid_html_tags)]
 
+mod audit;
 mod cli;
 mod commands;
 mod output;

@@ -243,7 +243,7 @@ fn install_is_idempotent_refuses_foreign_scripts_and_uninstall_restores() {
         .code(2)
         .stderr(contains("rerun with --force"));
     run(&["install", "--force", "network"]).assert().success();
-    assert!(hooks.join("network.plugins/00-network-original").is_file());
+    assert!(hooks.join("network.pre-hookctl").is_file());
     run(&["uninstall", "network", "qemu"])
         .assert()
         .success()
@@ -325,4 +325,116 @@ fn list_and_check_cover_the_dispatcher_plugins_dirs() {
             "`{}` (exec): no `#!` line",
             plugins.join("20-no-shebang").display()
         )));
+}
+
+/// VFIO-Tools' per-VM dispatcher, the most common qemu hook: it finds its per-VM scripts
+/// through `$(dirname "$0")`.
+const VFIO_DISPATCHER: &str = r#"#!/bin/sh
+GUEST_NAME="$1"; HOOK_NAME="$2"; STATE_NAME="$3"
+BASEDIR="$(dirname "$0")"
+HOOKPATH="$BASEDIR/qemu.d/$GUEST_NAME/$HOOK_NAME/$STATE_NAME"
+set -e
+if [ -f "$HOOKPATH" ] && [ -x "$HOOKPATH" ]; then
+  eval "\"$HOOKPATH\"" "$@"
+elif [ -d "$HOOKPATH" ]; then
+  for file in "$HOOKPATH"/*; do
+    if [ -f "$file" ] && [ -x "$file" ]; then "$file" "$@"; fi
+  done
+fi
+"#;
+
+#[test]
+fn install_force_keeps_a_vfio_tools_dispatcher_working_and_uninstall_restores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let seen = tmp.path().join("seen");
+    script(&hooks.join("qemu"), VFIO_DISPATCHER);
+    script(
+        &hooks.join("qemu.d/win10/prepare/begin/10-isolate-cpus.sh"),
+        &format!("#!/bin/sh\necho \"isolate $*\" >> '{}'\n", seen.display()),
+    );
+    let hookctl = |args: &[&str]| {
+        let mut c = Command::new(exe());
+        c.arg("--hooks-dir").arg(&hooks).args(args);
+        c
+    };
+    hookctl(&["install", "--force", "qemu"]).assert().success();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(
+        hooks.join("qemu.plugins/hookctl.toml"),
+        format!("log = \"{}\"\n", log.display()),
+    )
+    .unwrap();
+    let plugin_seen = tmp.path().join("plugin-seen");
+    script(
+        &hooks.join("qemu.plugins/20-plugin.sh"),
+        &format!("#!/bin/sh\necho \"plugin $*\" >> '{}'\n", plugin_seen.display()),
+    );
+    as_libvirt(&hooks, ["win10", "prepare", "begin", "-"])
+        .write_stdin("<domain/>\n")
+        .assert()
+        .success();
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "isolate win10 prepare begin -\n");
+    assert_eq!(
+        fs::read_to_string(&plugin_seen).unwrap(),
+        "plugin win10 prepare begin -\n"
+    );
+    // The old dispatcher still runs first, and `list` says where it lives.
+    hookctl(&["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains(hooks.join("qemu.pre-hookctl").display().to_string()));
+
+    // A second --force over a new script never overwrites the saved original.
+    hookctl(&["uninstall", "qemu"]).assert().success();
+    assert_eq!(fs::read_to_string(hooks.join("qemu")).unwrap(), VFIO_DISPATCHER);
+    hookctl(&["install", "--force", "qemu"]).assert().success();
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    script(&hooks.join("qemu"), "#!/bin/sh\nexit 0\n");
+    hookctl(&["install", "--force", "qemu"])
+        .assert()
+        .code(2)
+        .stderr(contains("already holds a hook saved by an earlier install"));
+    assert_eq!(
+        fs::read_to_string(hooks.join("qemu.pre-hookctl")).unwrap(),
+        VFIO_DISPATCHER
+    );
+}
+
+#[test]
+fn install_refuses_a_binary_that_others_could_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let copy = bin.join("hookctl");
+    fs::copy(exe(), &copy).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o777)).unwrap();
+    let hooks = tmp.path().join("hooks");
+    Command::new(&copy)
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .args(["install", "qemu"])
+        .assert()
+        .code(2)
+        .stderr(contains(format!(
+            "refusing to make `{}` libvirt's hook",
+            fs::canonicalize(&copy).unwrap().display()
+        )))
+        .stderr(contains("writable by others (mode 0777)"))
+        .stderr(contains("install -m 0755 target/release/hookctl /usr/local/bin/"));
+    assert!(fs::symlink_metadata(hooks.join("qemu")).is_err());
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        // A binary a user owns (`sudo ~/.cargo/bin/hookctl install`) is refused as well.
+        rustix::fs::chown(&copy, Some(rustix::fs::Uid::from_raw(1000)), None).unwrap();
+        Command::new(&copy)
+            .arg("--hooks-dir")
+            .arg(&hooks)
+            .args(["install", "qemu"])
+            .assert()
+            .code(2)
+            .stderr(contains("owned by uid 1000"));
+    } else {
+        eprintln!("SKIPPED part of install_refuses_a_binary_that_others_could_replace: chown needs root");
+    }
 }

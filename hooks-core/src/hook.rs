@@ -210,11 +210,15 @@ impl Invocation {
     /// assert_eq!(inv.timeout_with(Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
     /// assert_eq!(inv.timeout_with(None), Some(Duration::from_secs(5)));
     /// ```
+    ///
+    /// It is at most [`crate::MAX_TIMEOUT`], so a backend can add it to an `Instant`
+    /// without overflow whatever it was given.
     pub fn timeout_with(&self, own: Option<Duration>) -> Option<Duration> {
-        match (own, self.timeout) {
+        let limit = match (own, self.timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        limit.map(|t| t.min(crate::MAX_TIMEOUT))
     }
 }
 

@@ -37,6 +37,7 @@ mod report;
 mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trust;
 
 pub use inventory;
 
@@ -57,4 +58,7 @@ pub use self::loader::{
 pub use self::outcome::{HookOutcome, HookStatus};
 pub use self::registry::{Registry, RegistryBuilder};
 pub use self::report::{format_duration, HookRecord, InputSource, Report, StatusRecord};
-pub use self::settings::{parse_size, HookPolicy, HookSettings, Matcher, SettingsError};
+pub use self::settings::{
+    parse_duration, parse_size, HookPolicy, HookSettings, InvalidValue, Matcher, SettingsError, MAX_TIMEOUT,
+};
+pub use self::trust::{TrustPolicy, Untrusted};

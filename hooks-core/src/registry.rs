@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tracing::Instrument;
 
-use crate::loader::{BrokenHook, Configured, DirEntry, FileStamp, HooksDir};
+use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, HooksDir};
 use crate::report::InputSource;
 use crate::{
     Driver, Hook, HookEvent, HookFailure, HookLoader, HookRecord, HookSettings, Invocation, LoadError, Report,
@@ -134,6 +134,9 @@ impl State {
             .iter()
             .map(|s| match s {
                 Source::Hook { .. } => 0,
+                // A flat plugins dir is the same for every driver: read it once.
+                Source::Dir(dir) if dir.is_flat() && dir.is_present(Driver::Daemon) => u8::MAX,
+                Source::Dir(dir) if dir.is_flat() => 0,
                 Source::Dir(dir) => Driver::ALL
                     .into_iter()
                     .filter(|d| dir.is_present(*d))
@@ -276,11 +279,18 @@ impl Registry {
                 Source::Dir(dir) if present & driver_bit(driver) != 0 => match dir.scan(driver) {
                     Ok(entries) => {
                         for entry in entries {
-                            if let Some(loader) = entry.loader() {
-                                let hook = state.load(loader, &entry);
-                                if (*hook).matches(event) {
-                                    hooks.push(hook);
+                            let hook = match &entry.disposition {
+                                Disposition::Hook(loader) => state.load(*loader, &entry),
+                                Disposition::Refused(loader, why) => {
+                                    let backend = loader.map_or("trust", |l| l.backend());
+                                    let err =
+                                        LoadError::new(&entry.path, backend, format!("refused: {}", why.reason()));
+                                    Arc::new(BrokenHook::new(err))
                                 }
+                                Disposition::Skipped(_) => continue,
+                            };
+                            if (*hook).matches(event) {
+                                hooks.push(hook);
                             }
                         }
                     }

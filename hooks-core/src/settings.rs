@@ -109,9 +109,9 @@ pub struct SettingsError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    timeout: Option<Seconds>,
-    memory: Option<Size>,
-    max_output: Option<Size>,
+    timeout: Option<toml::Spanned<Value>>,
+    memory: Option<toml::Spanned<Value>>,
+    max_output: Option<toml::Spanned<Value>>,
     policy: Option<HookPolicy>,
     #[serde(rename = "match")]
     matcher: Option<MatchFile>,
@@ -128,21 +128,87 @@ struct MatchFile {
     subops: Vec<String>,
 }
 
+/// A number or a string in a settings file (TOML integers are `i64`).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Seconds {
-    Int(u64),
+enum Value {
+    Int(i64),
     Float(f64),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Size {
-    Bytes(u64),
     Text(String),
 }
 
-/// `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100kB"`, `"4096"` (bytes).
+/// The longest timeout accepted anywhere (settings, command line, embedders' limits are
+/// clamped to it): one week. Longer is a mistake, and deadlines stay far from overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A duration or size that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(String);
+
+/// A timeout: `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`, or a plain number of seconds
+/// (`"2"`, `"0.25"`). Zero, negative, not-a-number and more than [`MAX_TIMEOUT`] are
+/// refused.
+///
+/// ```
+/// use std::time::Duration;
+/// use hooks_core::parse_duration;
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+/// assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+/// assert!(parse_duration("0").unwrap_err().to_string().contains("0 would"));
+/// assert!(parse_duration("1e20").is_err());
+/// ```
+///
+/// # Errors
+/// [`InvalidValue`] saying what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(InvalidValue(format!(
+                "`{text}` is not a duration: use a number of seconds, or \"500ms\", \"2s\", \"1m\", \"1h\""
+            )))
+        }
+    };
+    let n: f64 = num.trim().parse().map_err(|_| {
+        InvalidValue(format!(
+            "`{text}` is not a duration: use a number of seconds, or \"500ms\", \"2s\", \"1m\""
+        ))
+    })?;
+    seconds(n * scale, text)
+}
+
+/// Checks a number of seconds: positive, finite, at most [`MAX_TIMEOUT`].
+fn seconds(secs: f64, shown: &str) -> Result<Duration, InvalidValue> {
+    if secs.is_nan() || secs < 0.0 {
+        return Err(InvalidValue(format!("`{shown}` is not a positive duration")));
+    }
+    if secs == 0.0 {
+        return Err(InvalidValue(format!(
+            "`{shown}`: a timeout of 0 would fail every call; leave it out for the default, or give e.g. \"500ms\""
+        )));
+    }
+    if secs > MAX_TIMEOUT.as_secs_f64() {
+        return Err(InvalidValue(format!(
+            "`{shown}` is too long: at most {} seconds (7 days)",
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    // Below a nanosecond rounds to zero, which would fail every call too.
+    Ok(Duration::from_secs_f64(secs).max(Duration::from_nanos(1)))
+}
+
+/// `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100kB"`, `"4096"` (bytes); `None` when it is not
+/// a size or does not fit in 64 bits.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -160,6 +226,9 @@ pub fn parse_size(text: &str) -> Option<u64> {
     };
     n.checked_mul(mult)
 }
+
+/// The largest `memory` accepted: a 32-bit WebAssembly memory's whole address space.
+const MAX_MEMORY: u64 = 4 << 30;
 
 impl HookSettings {
     /// The sidecar file for a hook: `<hook path>.toml`.
@@ -186,6 +255,33 @@ impl HookSettings {
         }
     }
 
+    /// Reads the sidecar of `hook` through the trust rule: a sidecar that someone other
+    /// than root or the effective uid could change is refused, since it can turn a
+    /// hook off (`policy`, `[match]`). Defaults when there is none.
+    ///
+    /// # Errors
+    /// A [`SettingsError`] naming the file (and line), or why it was refused.
+    pub fn for_hook_trusted(hook: &Path, trust: &crate::TrustPolicy) -> Result<Self, SettingsError> {
+        let path = Self::sidecar(hook);
+        let bytes = match trust.read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(Self::default()),
+            Err(e) => {
+                return Err(SettingsError {
+                    path,
+                    line: None,
+                    message: format!("refused: {}", e.reason()),
+                })
+            }
+        };
+        let text = String::from_utf8(bytes).map_err(|_| SettingsError {
+            path: path.clone(),
+            line: None,
+            message: "not UTF-8 text".into(),
+        })?;
+        Self::parse(&path, &text)
+    }
+
     /// Parses settings text; `path` names it in errors.
     ///
     /// ```
@@ -205,6 +301,7 @@ impl HookSettings {
             line,
             message,
         };
+        let line_at = |span: std::ops::Range<usize>| Some(text[..span.start.min(text.len())].matches('\n').count() + 1);
         let line_of = |key: &str| {
             text.lines()
                 .position(|l| l.trim_start().starts_with(key))
@@ -218,29 +315,35 @@ impl HookSettings {
         })?;
         let timeout = match file.timeout {
             None => None,
-            Some(Seconds::Int(s)) => Some(Duration::from_secs(s)),
-            Some(Seconds::Float(s)) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
-            Some(Seconds::Float(s)) => {
-                return Err(fail(
-                    line_of("timeout"),
-                    format!("timeout must be a positive number of seconds, not {s}"),
-                ))
+            Some(v) => {
+                let line = line_at(v.span());
+                let parsed = match v.into_inner() {
+                    Value::Int(n) => seconds(n as f64, &n.to_string()),
+                    Value::Float(n) => seconds(n, &n.to_string()),
+                    Value::Text(t) => parse_duration(&t),
+                };
+                Some(parsed.map_err(|e| fail(line, format!("timeout: {e}")))?)
             }
         };
-        let size = |key: &str, v: Option<Size>| -> Result<Option<u64>, SettingsError> {
-            match v {
-                None => Ok(None),
-                Some(Size::Bytes(b)) => Ok(Some(b)),
-                Some(Size::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| {
-                    fail(
-                        line_of(key),
-                        format!("{key} must be a size like \"64MiB\", not \"{t}\""),
-                    )
-                }),
+        let size = |key: &str, v: Option<toml::Spanned<Value>>, max: u64| -> Result<Option<u64>, SettingsError> {
+            let Some(v) = v else { return Ok(None) };
+            let line = line_at(v.span());
+            let bytes = match v.into_inner() {
+                Value::Int(b) => u64::try_from(b).ok(),
+                Value::Float(_) => None,
+                Value::Text(t) => parse_size(&t),
+            };
+            match bytes {
+                Some(b) if b > 0 && b <= max => Ok(Some(b)),
+                Some(b) if b > max => Err(fail(line, format!("{key} is too large: at most {max} bytes"))),
+                _ => Err(fail(
+                    line,
+                    format!("{key} must be a positive size like \"64MiB\" or a number of bytes"),
+                )),
             }
         };
-        let memory = size("memory", file.memory)?;
-        let max_output = size("max_output", file.max_output)?;
+        let memory = size("memory", file.memory, MAX_MEMORY)?;
+        let max_output = size("max_output", file.max_output, u64::MAX)?;
         let mut matcher = Matcher::default();
         if let Some(m) = file.matcher {
             let globs = |key: &str, list: Vec<String>| -> Result<Vec<glob::Pattern>, SettingsError> {
@@ -323,7 +426,7 @@ mod tests {
         let e = parse("memory = \"lots\"\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "h.toml:1: memory must be a size like \"64MiB\", not \"lots\""
+            "h.toml:1: memory must be a positive size like \"64MiB\" or a number of bytes"
         );
         let e = parse("policy = \"maybe\"\n").unwrap_err();
         assert_eq!(e.line, Some(1));
@@ -341,5 +444,86 @@ mod tests {
         assert_eq!(parse_size("12"), Some(12));
         assert_eq!(parse_size("MiB"), None);
         assert_eq!(parse_size("5 parsecs"), None);
+    }
+}
+
+/// No input makes the parsers panic, and what they accept is within the limits.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn durations_never_panic_and_stay_in_range(text in ".{0,24}") {
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(d > Duration::ZERO && d <= MAX_TIMEOUT);
+            }
+        }
+
+        #[test]
+        fn numeric_durations_of_any_magnitude(n in any::<f64>(), unit in prop::sample::select(vec!["", "ms", "s", "m", "h"])) {
+            let text = format!("{n}{unit}");
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(d > Duration::ZERO && d <= MAX_TIMEOUT, "{text} -> {d:?}");
+            }
+        }
+
+        #[test]
+        fn millisecond_durations_read_back(ms in 1u64..=MAX_TIMEOUT.as_millis() as u64) {
+            prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+        }
+
+        #[test]
+        fn sizes_never_panic(text in "[0-9]{0,30} ?[KMGkiB]{0,3}") {
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn settings_files_never_panic(
+            timeout in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), any::<f64>().prop_map(|f| format!("{f:?}")), ".{0,12}".prop_map(|s| format!("{s:?}"))],
+            memory in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), "[0-9]{0,25}[A-Za-z]{0,3}".prop_map(|s| format!("{s:?}"))],
+        ) {
+            let text = format!("timeout = {timeout}\nmemory = {memory}\n");
+            match HookSettings::parse(Path::new("p.toml"), &text) {
+                Ok(s) => {
+                    prop_assert!(s.timeout.is_none_or(|t| t > Duration::ZERO && t <= MAX_TIMEOUT));
+                    prop_assert!(s.memory.is_none_or(|m| m > 0 && m <= MAX_MEMORY));
+                }
+                Err(e) => prop_assert!(e.line.is_some(), "{e}"),
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = HookSettings::parse(Path::new("p.toml"), &text);
+        }
+    }
+
+    #[test]
+    fn the_reported_panics_are_errors_with_lines() {
+        for (text, want) in [
+            ("timeout = 1e20\n", "too long"),
+            ("timeout = 9223372036854775807\n", "too long"),
+            ("timeout = nan\n", "not a positive"),
+            ("timeout = -1\n", "not a positive"),
+            ("timeout = 0\n", "0 would fail every call"),
+            ("timeout = \"0s\"\n", "0 would fail every call"),
+            ("timeout = \"2 weeks\"\n", "not a duration"),
+            ("memory = \"99999999999999999999GiB\"\n", "positive size"),
+            ("memory = \"5GiB\"\n", "too large"),
+            ("memory = 0\n", "positive size"),
+            ("memory = -5\n", "positive size"),
+            ("max_output = 1e3\n", "positive size"),
+        ] {
+            let e = HookSettings::parse(Path::new("p.toml"), &format!("\n{text}")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{text}: {e}");
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
+        let ok = HookSettings::parse(Path::new("p.toml"), "timeout = \"500ms\"\n").unwrap();
+        assert_eq!(ok.timeout, Some(Duration::from_millis(500)));
+        let ok = HookSettings::parse(Path::new("p.toml"), "timeout = \"1m\"\nmemory = 1048576\n").unwrap();
+        assert_eq!(ok.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(ok.memory, Some(1 << 20));
     }
 }

@@ -1,8 +1,10 @@
 //! `DylibHook`: a loaded plugin as a [`Hook`]; builds the C invocation and captures the
 //! plugin's output through the `virt_hook_io` callbacks.
 
+use std::cell::Cell;
 use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +70,50 @@ struct Capture {
     cap: usize,
     stdout_truncated: bool,
     stderr_truncated: bool,
+    /// Writes ignored (late or from another thread) while this call ran.
+    stray_writes: u64,
+}
+
+thread_local! {
+    /// The call running on this thread: its token and its capture. Callbacks write only
+    /// when their `ctx` is this token, so a plugin that keeps the `io` struct and calls
+    /// it late, or from another thread, is ignored instead of writing through a dangling
+    /// pointer.
+    static ACTIVE: Cell<(usize, *mut Capture)> = const { Cell::new((0, std::ptr::null_mut())) };
+}
+
+/// Tokens handed to plugins as `ctx`: never 0, never reused.
+static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
+/// Writes ignored because they came after the call or from another thread.
+static STRAY_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// The capture for `ctx` if `ctx` is the call running on this thread.
+fn active_capture(ctx: *mut c_void) -> Option<*mut Capture> {
+    let (token, capture) = ACTIVE.with(Cell::get);
+    if token != 0 && ctx as usize == token {
+        return Some(capture);
+    }
+    if STRAY_WRITES.fetch_add(1, Ordering::Relaxed) == 0 {
+        tracing::warn!("a native plugin wrote output after its call returned or from another thread; ignored");
+    }
+    None
+}
+
+/// Makes a capture the active one on this thread for the life of the guard.
+struct Activation;
+
+impl Activation {
+    fn new(capture: *mut Capture) -> (Self, usize) {
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        ACTIVE.with(|a| a.set((token, capture)));
+        (Activation, token)
+    }
+}
+
+impl Drop for Activation {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set((0, std::ptr::null_mut())));
+    }
 }
 
 fn append(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, data: *const u8, len: usize) {
@@ -82,15 +128,18 @@ fn append(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, data: *const u8, 
 }
 
 unsafe extern "C" fn write_stdout(ctx: *mut c_void, data: *const u8, len: usize) {
-    // SAFETY: `ctx` is the `Capture` this module passed in, alive during the call.
-    if let Some(c) = unsafe { ctx.cast::<Capture>().as_mut() } {
+    let Some(capture) = active_capture(ctx) else { return };
+    // SAFETY: `capture` is the running call's `Capture` on this very thread (checked by
+    // token), alive until the call returns; nothing else touches it meanwhile.
+    if let Some(c) = unsafe { capture.as_mut() } {
         append(&mut c.stdout, &mut c.stdout_truncated, c.cap, data, len);
     }
 }
 
 unsafe extern "C" fn write_stderr(ctx: *mut c_void, data: *const u8, len: usize) {
+    let Some(capture) = active_capture(ctx) else { return };
     // SAFETY: as in `write_stdout`.
-    if let Some(c) = unsafe { ctx.cast::<Capture>().as_mut() } {
+    if let Some(c) = unsafe { capture.as_mut() } {
         append(&mut c.stderr, &mut c.stderr_truncated, c.cap, data, len);
     }
 }
@@ -123,6 +172,8 @@ impl Call {
             cap: self.cap,
             ..Capture::default()
         };
+        let strays_before = STRAY_WRITES.load(Ordering::Relaxed);
+        let (activation, token) = Activation::new(&mut capture);
         let (buf, starts) = self.args.raw_parts();
         let (input, input_len) = match &self.input {
             Some(d) => (d.as_ptr(), d.len()),
@@ -139,7 +190,7 @@ impl Call {
             input,
             input_len,
             io: virt_hook_io {
-                ctx: (&mut capture as *mut Capture).cast(),
+                ctx: token as *mut c_void,
                 write_stdout: Some(write_stdout),
                 write_stderr: Some(write_stderr),
             },
@@ -147,6 +198,8 @@ impl Call {
         // SAFETY: the plugin's `call` with an invocation whose pointers all outlive the
         // call; `Library` is kept alive by `_lib`.
         let code = unsafe { (self.call)(&raw) };
+        drop(activation);
+        capture.stray_writes = STRAY_WRITES.load(Ordering::Relaxed) - strays_before;
         (code, capture)
     }
 }
@@ -155,6 +208,12 @@ fn outcome(code: i32, c: Capture) -> HookOutcome {
     let mut out = HookOutcome::exited(code).with_stdout(c.stdout).with_stderr(c.stderr);
     out.stdout_truncated = c.stdout_truncated;
     out.stderr_truncated = c.stderr_truncated;
+    if c.stray_writes > 0 {
+        out.warnings.push(format!(
+            "{} write(s) through virt_hook_io from another thread or after a call returned were ignored (the callbacks are valid only during `call`, on its thread)",
+            c.stray_writes
+        ));
+    }
     out
 }
 

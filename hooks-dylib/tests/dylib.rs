@@ -295,3 +295,57 @@ fn many_threads_fire_concurrently() {
         t.join().unwrap();
     }
 }
+
+/// Keeps the `io` struct and writes through it from another thread during the call, and
+/// from the next call after the first one returned.
+const STRAY_C: &str = r#"
+#include <pthread.h>
+#include <string.h>
+#include "virt_hook.h"
+
+static virt_hook_io kept;
+static int have_kept;
+
+static void *other_thread(void *arg) {
+    (void)arg;
+    kept.write_stdout(kept.ctx, (const uint8_t *)"from another thread\n", 20);
+    return 0;
+}
+
+static int32_t call(const virt_hook_invocation *inv) {
+    if (have_kept)
+        kept.write_stderr(kept.ctx, (const uint8_t *)"late\n", 5);
+    kept = inv->io;
+    have_kept = 1;
+    pthread_t t;
+    if (pthread_create(&t, 0, other_thread, 0) == 0)
+        pthread_join(t, 0);
+    inv->io.write_stdout(inv->io.ctx, (const uint8_t *)"mine\n", 5);
+    return 0;
+}
+
+static const virt_hook_plugin plugin = { VIRT_HOOK_ABI_VERSION, "stray", call };
+const virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }
+"#;
+
+#[test]
+fn late_or_foreign_thread_writes_are_ignored_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let so = compile_c(tmp.path(), "stray.so", STRAY_C);
+    let hook = DylibHook::load(&so).unwrap();
+    let first = call(&hook, &inv("vm", "prepare", None));
+    assert_eq!(first.stdout, b"mine\n", "a write from another thread must not land");
+    assert!(
+        first
+            .warnings
+            .iter()
+            .any(|w| w.contains("from another thread or after a call returned")),
+        "{:?}",
+        first.warnings
+    );
+    // The second call writes through the first call's io, whose capture is gone.
+    let second = call(&hook, &inv("vm", "prepare", None));
+    assert_eq!(second.stdout, b"mine\n");
+    assert!(second.stderr.is_empty(), "a late write must not land in the next call");
+    assert!(!second.warnings.is_empty());
+}

@@ -9,13 +9,22 @@ use crate::cli::{require_dir, CheckArgs, Outcome};
 pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     require_dir(dir)?;
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
-    let (mut sound, mut broken) = (0, 0);
+    let (mut sound, mut broken, mut warned) = (0, 0, 0);
     // The hooks dir itself, and each dispatcher plugins dir beside it.
     let sources = drivers.into_iter().flat_map(|d| {
-        let plugins = super::plugins_dir(dir, d).map(HooksDir::plugins);
+        let plugins = super::plugins_dir(dir, d).map(|p| super::dispatch::plugins_with_original(&p, d));
         std::iter::once((d, HooksDir::new(dir))).chain(plugins.map(|p| (d, p)))
     });
     for (driver, hooks) in sources {
+        if hooks.is_flat() {
+            let config = hooks.root().join("hookctl.toml");
+            if let Err(e) = hooks_core::TrustPolicy::current_user().check_file(&config) {
+                if !e.is_not_found() {
+                    broken += 1;
+                    eprintln!("broken: {}: refused: {}", config.display(), e.reason());
+                }
+            }
+        }
         let entries = match hooks.scan(driver) {
             Ok(entries) => entries,
             Err(e) => {
@@ -28,7 +37,23 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             }
         };
         for entry in entries {
+            if let Some(why) = entry.refusal() {
+                broken += 1;
+                eprintln!("broken: {}: refused: {}", entry.path.display(), why.reason());
+                continue;
+            }
             let Some(loader) = entry.loader() else { continue };
+            // libvirt runs its own layout's executables whoever can change them; say so.
+            if !hooks.is_flat() && loader.backend() == "exec" {
+                if let Some(why) = entry.trust_warning() {
+                    warned += 1;
+                    eprintln!(
+                        "warning: {}: {} (libvirt runs it as root anyway; hookctl would refuse it as a plugin)",
+                        entry.path.display(),
+                        why.reason()
+                    );
+                }
+            }
             let settings = match entry.settings() {
                 Ok(settings) => settings,
                 Err(e) => {
@@ -56,6 +81,8 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     }
     if broken > 0 {
         eprintln!("hookctl: {broken} broken hook file(s), {sound} sound");
+    } else if warned > 0 {
+        println!("all {sound} hook file(s) are sound; {warned} warning(s)");
     } else {
         println!("all {sound} hook file(s) are sound");
     }

@@ -2,11 +2,11 @@
 //! plugins in `<driver>.plugins/` and answers libvirt the way a hook script does.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report};
+use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report, TrustPolicy};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -15,8 +15,6 @@ use crate::output;
 
 /// Where the audit log goes unless `hookctl.toml` says otherwise.
 pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
-/// Past this size the log is moved to `<log>.1` before the next line.
-const LOG_ROTATE_BYTES: u64 = 10 << 20;
 
 /// `<plugins dir>/hookctl.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +30,24 @@ pub(crate) fn plugins_dir_for(argv0: &Path, driver: Driver) -> PathBuf {
         .parent()
         .unwrap_or(Path::new("."))
         .join(format!("{}.plugins", driver.as_str()))
+}
+
+/// Where `install --force` keeps the hook it replaced: beside it in the hooks dir, so
+/// that `$(dirname "$0")` still names the hooks dir when the dispatcher runs it.
+pub(crate) fn saved_original(hooks_dir: &Path, driver: Driver) -> PathBuf {
+    hooks_dir.join(format!("{}.pre-hookctl", driver.as_str()))
+}
+
+/// The plugins dir with the saved original hook (if any) run first, as libvirt ran it.
+pub(crate) fn plugins_with_original(plugins: &Path, driver: Driver) -> HooksDir {
+    let dir = HooksDir::plugins(plugins);
+    let named_for_driver = plugins
+        .file_name()
+        .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
+    match plugins.parent() {
+        Some(hooks) if named_for_driver => dir.with_main_script(saved_original(hooks, driver)),
+        _ => dir,
+    }
 }
 
 /// Whether we were run as a hook script: `argv[0]`'s file name is a driver and four
@@ -59,7 +75,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     }
     let config = load_config(plugins);
     let registry = RegistryBuilder::new()
-        .hooks_dir_with(HooksDir::plugins(plugins))
+        .hooks_dir_with(plugins_with_original(plugins, driver))
         .build();
     let result = registry.fire_blocking(&event);
     let (report, ok) = match result {
@@ -90,11 +106,20 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     ok
 }
 
+/// Reads `<plugins>/hookctl.toml`. It must pass the trust rule (it names the file the
+/// audit log is written to); a refused or broken one is ignored with a message, and
+/// the defaults apply: the dispatch itself goes on.
 fn load_config(plugins: &Path) -> DispatchConfig {
     let path = plugins.join("hookctl.toml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return DispatchConfig::default();
+    let bytes = match TrustPolicy::current_user().read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return DispatchConfig::default(),
+        Err(e) => {
+            eprintln!("hookctl: ignoring {e} (using the defaults; run `hookctl check`)");
+            return DispatchConfig::default();
+        }
     };
+    let text = String::from_utf8_lossy(&bytes);
     toml::from_str(&text).unwrap_or_else(|e: toml::de::Error| {
         let line = e
             .span()
@@ -145,20 +170,10 @@ fn audit(log: &Path, event: &RawEvent, report: &Report, ok: bool, start: Instant
     });
     let mut bytes = line.to_string().into_bytes();
     bytes.push(b'\n');
-    if let Err(e) = append(log, &bytes) {
+    if let Err(e) = crate::audit::append(log, &bytes, crate::audit::ROTATE_BYTES) {
         eprintln!(
             "hookctl: cannot write the audit log `{}`: {e} (dispatch itself is unaffected)",
             log.display()
         );
     }
-}
-
-fn append(log: &Path, line: &[u8]) -> std::io::Result<()> {
-    if std::fs::metadata(log).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
-        let mut rotated = log.as_os_str().to_owned();
-        rotated.push(".1");
-        let _ = std::fs::rename(log, rotated);
-    }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    file.write_all(line)
 }

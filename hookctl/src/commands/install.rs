@@ -5,9 +5,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use hooks_core::Driver;
+use hooks_core::{Driver, TrustPolicy};
 
 use crate::cli::{InstallArgs, Outcome, UsageError};
+use crate::commands::dispatch::saved_original;
 
 /// The hooks dir of unprivileged (session) daemons: `$XDG_CONFIG_HOME/libvirt/hooks`.
 pub(crate) fn user_hooks_dir() -> Result<PathBuf, UsageError> {
@@ -20,8 +21,27 @@ pub(crate) fn user_hooks_dir() -> Result<PathBuf, UsageError> {
         .ok_or_else(|| UsageError("--user needs $XDG_CONFIG_HOME or $HOME".into()))
 }
 
-fn original_name(driver: Driver) -> String {
-    format!("00-{}-original", driver.as_str())
+/// Where hookctl before 0.2 kept a replaced hook (inside the plugins dir, where
+/// `$(dirname "$0")` no longer named the hooks dir); still restored by `uninstall`.
+fn legacy_original(dir: &Path, driver: Driver) -> PathBuf {
+    dir.join(format!("{}.plugins", driver.as_str()))
+        .join(format!("00-{}-original", driver.as_str()))
+}
+
+/// The running binary, when nobody but root (or, for `--user`, the caller) can
+/// replace it: libvirt runs the hook as root on every event.
+fn trusted_self() -> Result<PathBuf, UsageError> {
+    let exe = std::env::current_exe()
+        .and_then(fs::canonicalize)
+        .map_err(|e| UsageError(format!("cannot find hookctl itself: {e}")))?;
+    TrustPolicy::current_user().check_file(&exe).map_err(|why| {
+        UsageError(format!(
+            "refusing to make `{}` libvirt's hook: {}; whoever can replace it would run code as root on the next event\n\thint: install it where only root can write first, e.g. `install -m 0755 target/release/hookctl /usr/local/bin/`, and run that copy",
+            exe.display(),
+            why.reason()
+        ))
+    })?;
+    Ok(exe)
 }
 
 fn is_us(link: &Path, exe: &Path) -> bool {
@@ -33,9 +53,7 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> UsageError {
 }
 
 pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
-    let exe = std::env::current_exe()
-        .and_then(fs::canonicalize)
-        .map_err(|e| UsageError(format!("cannot find hookctl itself: {e}")))?;
+    let exe = trusted_self()?;
     fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
     for driver in args.drivers {
         let link = dir.join(driver.as_str());
@@ -46,16 +64,28 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
             continue;
         }
         if fs::symlink_metadata(&link).is_ok() {
+            let kept = saved_original(dir, driver);
             if !args.force {
                 return Err(UsageError(format!(
-                    "`{}` exists and is not hookctl; rerun with --force to move it to `{}` (where it keeps running, first)",
+                    "`{}` exists and is not hookctl; rerun with --force to move it to `{}` (where it keeps running first, from the same directory)",
                     link.display(),
-                    plugins.join(original_name(driver)).display()
+                    kept.display()
                 )));
             }
-            let kept = plugins.join(original_name(driver));
+            for earlier in [kept.clone(), legacy_original(dir, driver)] {
+                if fs::symlink_metadata(&earlier).is_ok() {
+                    return Err(UsageError(format!(
+                        "`{}` already holds a hook saved by an earlier install; not overwriting it. Move one of them away by hand first",
+                        earlier.display()
+                    )));
+                }
+            }
             fs::rename(&link, &kept).map_err(|e| io_err("move", &link, e))?;
-            println!("{}: moved the existing hook to {}", link.display(), kept.display());
+            println!(
+                "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
+                link.display(),
+                kept.display()
+            );
         }
         std::os::unix::fs::symlink(&exe, &link).map_err(|e| io_err("create the link", &link, e))?;
         println!(
@@ -80,14 +110,15 @@ pub(crate) fn uninstall(dir: &Path, args: InstallArgs) -> Outcome {
             continue;
         }
         fs::remove_file(&link).map_err(|e| io_err("remove", &link, e))?;
-        let kept = dir
-            .join(format!("{}.plugins", driver.as_str()))
-            .join(original_name(driver));
-        if fs::symlink_metadata(&kept).is_ok() {
-            fs::rename(&kept, &link).map_err(|e| io_err("restore", &kept, e))?;
-            println!("{}: restored the original hook", link.display());
-        } else {
-            println!("{}: removed (the plugins dir is kept)", link.display());
+        let kept = [saved_original(dir, driver), legacy_original(dir, driver)]
+            .into_iter()
+            .find(|k| fs::symlink_metadata(k).is_ok());
+        match kept {
+            Some(kept) => {
+                fs::rename(&kept, &link).map_err(|e| io_err("restore", &kept, e))?;
+                println!("{}: restored the original hook", link.display());
+            }
+            None => println!("{}: removed (the plugins dir is kept)", link.display()),
         }
     }
     Ok(true)

@@ -36,6 +36,9 @@ struct Entry {
     /// Why it would fail to load or start, if it would.
     #[serde(skip_serializing_if = "Option::is_none")]
     broken: Option<String>,
+    /// Why hookctl refuses to run it (the trust rule); the event fails instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
@@ -46,7 +49,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     for d in drivers {
         listings.push(listing(&hooks, d));
         if let Some(plugins) = super::plugins_dir(dir, d) {
-            let mut l = listing(&HooksDir::plugins(&plugins), d);
+            let mut l = listing(&super::dispatch::plugins_with_original(&plugins, d), d);
             l.plugins_dir = Some(plugins.display().to_string());
             listings.push(l);
         }
@@ -74,11 +77,11 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             match (e.order, e.backend, &e.skipped) {
                 (Some(n), Some(backend), _) => {
                     let settings = e.settings.as_deref().map(|s| format!("  [{s}]")).unwrap_or_default();
-                    let broken = e
-                        .broken
-                        .as_deref()
-                        .map(|b| format!("  BROKEN: {b}"))
-                        .unwrap_or_default();
+                    let broken = match (&e.refused, &e.broken) {
+                        (Some(r), _) => format!("  REFUSED: {r}"),
+                        (None, Some(b)) => format!("  BROKEN: {b}"),
+                        (None, None) => String::new(),
+                    };
                     text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}{broken}\n", e.path));
                 }
                 (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
@@ -126,10 +129,25 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 skipped: None,
                                 settings,
                                 broken,
+                                refused: None,
+                            }
+                        }
+                        Disposition::Refused(loader, why) => {
+                            order += 1;
+                            Entry {
+                                path,
+                                role: e.role,
+                                order: Some(order),
+                                backend: Some(loader.map_or("-", |l| l.backend())),
+                                skipped: None,
+                                settings,
+                                broken: None,
+                                refused: Some(why.reason()),
                             }
                         }
                         Disposition::Skipped(why) => Entry {
                             broken: None,
+                            refused: None,
                             path,
                             role: e.role,
                             order: None,

@@ -1,0 +1,169 @@
+//! The audit log: one JSON line per dispatch, appended with a single `write` to a file
+//! opened `O_APPEND|O_NOFOLLOW|O_CLOEXEC` (created 0640: hooks' stderr is in it), and
+//! rotated under an exclusive `flock` so concurrent dispatchers never lose history.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation, OFlags};
+
+/// Past this size the log is rotated before the next line.
+pub(crate) const ROTATE_BYTES: u64 = 10 << 20;
+/// How many rotated files are kept (`<log>.1` newest … `<log>.5` oldest).
+pub(crate) const KEEP_ROTATIONS: u32 = 5;
+
+/// Why a line could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuditError {
+    #[error("it is a symlink, and the audit log is never written through one")]
+    Symlink,
+    #[error("it is not a regular file")]
+    NotRegular,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Appends `line` (one whole line, newline included) to the log at `path`, rotating it
+/// first when it has grown past `rotate_at` bytes.
+pub(crate) fn append(path: &Path, line: &[u8], rotate_at: u64) -> Result<(), AuditError> {
+    // Another dispatcher may rotate the file between our open and our lock: then the
+    // locked file is no longer the log, and we open again.
+    for _ in 0..8 {
+        let file = open(path)?;
+        flock(&file, FlockOperation::LockExclusive).map_err(io::Error::from)?;
+        let ours = file.metadata()?;
+        let current = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if (current.dev(), current.ino()) != (ours.dev(), ours.ino()) {
+            continue;
+        }
+        if ours.len() > 0 && ours.len().saturating_add(line.len() as u64) > rotate_at {
+            rotate(path)?;
+            // Still holding the lock on the rotated file: whoever waits on it will
+            // find it is no longer the log and reopen, as we do now.
+            continue;
+        }
+        (&file).write_all(line)?;
+        return Ok(());
+    }
+    Err(io::Error::other("the log kept being rotated under us").into())
+}
+
+fn open(path: &Path) -> Result<File, AuditError> {
+    let flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => AuditError::Symlink,
+            _ => AuditError::Io(e),
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(AuditError::NotRegular);
+    }
+    Ok(file)
+}
+
+/// `<log>.N` for rotation N.
+pub(crate) fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
+/// Shifts `<log>.1…` up by one (dropping the oldest) and moves the log to `<log>.1`.
+/// `rename` replaces a symlink rather than following it.
+fn rotate(path: &Path) -> io::Result<()> {
+    for n in (1..KEEP_ROTATIONS).rev() {
+        match fs::rename(rotated(path, n), rotated(path, n + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    fs::rename(path, rotated(path, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn created_0640_and_appended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("a.jsonl");
+        append(&log, b"one\n", 1 << 20).unwrap();
+        append(&log, b"two\n", 1 << 20).unwrap();
+        assert_eq!(fs::read(&log).unwrap(), b"one\ntwo\n");
+        assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn never_through_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("shadow");
+        fs::write(&target, b"secret\n").unwrap();
+        let log = tmp.path().join("a.jsonl");
+        symlink(&target, &log).unwrap();
+        let err = append(&log, b"line\n", 1 << 20).unwrap_err();
+        assert!(matches!(err, AuditError::Symlink), "{err}");
+        assert_eq!(fs::read(&target).unwrap(), b"secret\n");
+        // A dangling symlink is not followed to create its target either.
+        let dangling = tmp.path().join("b.jsonl");
+        symlink(tmp.path().join("created-by-us"), &dangling).unwrap();
+        assert!(append(&dangling, b"line\n", 1 << 20).is_err());
+        assert!(!tmp.path().join("created-by-us").exists());
+    }
+
+    #[test]
+    fn rotation_keeps_history() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("a.jsonl");
+        for i in 0..20 {
+            append(&log, format!("line {i:02}\n").as_bytes(), 16).unwrap();
+        }
+        // 8-byte lines, 16-byte files: two lines per file, five rotations kept.
+        assert_eq!(fs::read_to_string(&log).unwrap(), "line 18\nline 19\n");
+        assert_eq!(fs::read_to_string(rotated(&log, 1)).unwrap(), "line 16\nline 17\n");
+        assert_eq!(fs::read_to_string(rotated(&log, 5)).unwrap(), "line 08\nline 09\n");
+        assert!(!rotated(&log, 6).exists());
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing_across_rotations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("a.jsonl");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        append(&log, format!("t{t} {i:03}\n").as_bytes(), 200).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // 7-byte lines and 200-byte files: a file is rotated once it holds 28 lines
+        // (196 bytes). If two writers rotated at once, a rotated file would be short
+        // or a line would be missing.
+        let per_file = 200 / 7;
+        for n in 1..=KEEP_ROTATIONS {
+            let text = fs::read_to_string(rotated(&log, n)).unwrap();
+            assert_eq!(text.lines().count(), per_file, "{}", rotated(&log, n).display());
+            assert!(text.lines().all(|l| l.len() == 6), "a torn line in {text:?}");
+        }
+        let current = fs::read_to_string(&log).unwrap();
+        assert_eq!(current.lines().count(), 200 % per_file);
+    }
+}
