@@ -10,6 +10,11 @@ mod output;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Orphans that a hook detached come back to us, so a timeout can kill them too.
+    #[cfg(feature = "exec")]
+    if let Err(e) = hooks_exec::become_subreaper() {
+        tracing::debug!(error = %e, "cannot become a child subreaper");
+    }
     #[cfg(feature = "exec")]
     hooks_exec::link();
     #[cfg(feature = "dylib")]

@@ -12,8 +12,8 @@ pub enum HookStatus {
     Exited(i32),
     /// The hook was killed by this signal.
     Signaled(i32),
-    /// The hook ran past its timeout and was stopped (for an exec hook, its whole
-    /// process group was killed). Carries the timeout.
+    /// The hook ran past its timeout and was stopped (for an exec hook, its process
+    /// group and every descendant that left it were killed). Carries the timeout.
     TimedOut(Duration),
     /// The hook crashed: a panic in a native plugin, a trap in a WASM module.
     Crashed(String),

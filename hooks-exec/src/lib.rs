@@ -10,10 +10,27 @@
 //! file or its `#!` interpreter is missing) or 126 (anything else, e.g. no `#!` line).
 //! No chdir, no setsid, no uid change.
 //!
-//! Added, all configurable in [`ExecOptions`]: a timeout that kills the hook's whole
-//! process group (TERM, a short grace, KILL) and reports `TimedOut`; a drain limit so a
-//! background child holding the pipes cannot block the caller after the hook exited;
-//! output caps that are reported, never silent.
+//! Added, all configurable in [`ExecOptions`]: a timeout that kills everything the hook
+//! started and reports `TimedOut`; a drain limit so a background child holding the pipes
+//! cannot block the caller after the hook exited; output caps that are reported, never
+//! silent.
+//!
+//! On timeout the hook's process group (it gets one whenever there is a timeout) gets
+//! TERM, a short grace, then KILL. Its descendants that left the group (`setsid`,
+//! `setpgid`) are found in `/proc` before that, frozen and killed with SIGKILL; and
+//! when this process is a child subreaper (see [`become_subreaper`]), so are the
+//! hook's orphans that were reparented here during the call, which is how a
+//! double-forked daemon is caught (without a subreaper, one already orphaned is out of
+//! reach). Whatever of this was reparented here is reaped. Children of this process
+//! that started before the hook, and hooks that other calls are running, are left
+//! alone; an orphan cannot say which hook it came from, so other processes reparented
+//! here from concurrent calls, or started by this program, during the call may be
+//! killed too. A hook that finishes in time keeps its background processes, as in
+//! libvirt.
+//!
+//! Dropping the future of [`Hook::call`] (say, under `tokio::time::timeout`) kills and
+//! reaps the same way, and so does any error or panic in the supervision after a
+//! successful spawn: no process is left running and no zombie is left behind.
 //!
 //! The spawn is `posix_spawn` (glibc's `clone(CLONE_VM|CLONE_VFORK)`), as std's
 //! `Command` uses when it can: no copy of the caller's page tables.
@@ -36,8 +53,10 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod check;
+mod child;
 mod spawn;
 mod supervise;
+mod tree;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::Metadata;
@@ -53,6 +72,7 @@ use hooks_core::{
 };
 
 pub use check::check_executable;
+pub use tree::become_subreaper;
 
 /// The variables libvirt passes on from the daemon, in libvirt's order, after `LC_ALL=C`.
 pub const ENV_WHITELIST: [&str; 9] = [
@@ -71,9 +91,9 @@ pub const ENV_WHITELIST: [&str; 9] = [
 /// only what cannot change a well-behaved hook's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecOptions {
-    /// Kill the hook's process group after this long and report `TimedOut`. By default
-    /// there is none, as in libvirt; 30 s is a sensible value for production hosts. An
-    /// [`Invocation`] timeout, if shorter, wins.
+    /// Kill the hook's process group, and what it started outside it, after this long
+    /// and report `TimedOut`. By default there is none, as in libvirt; 30 s is a
+    /// sensible value for production hosts. An [`Invocation`] timeout, if shorter, wins.
     pub timeout: Option<Duration>,
     /// After SIGTERM, how long the group has before SIGKILL. By default 200 ms.
     pub kill_grace: Duration,
@@ -145,6 +165,7 @@ impl ExecHook {
             argv,
             env: libvirt_env(),
             input: inv.input_shared().cloned(),
+            cancel: None,
             limits: supervise::Limits {
                 timeout,
                 kill_grace: self.options.kill_grace,
@@ -185,6 +206,8 @@ struct Job {
     argv: Vec<CString>,
     env: Vec<CString>,
     input: Option<Arc<[u8]>>,
+    /// Hangs up when the caller's future is dropped (async calls only).
+    cancel: Option<std::os::fd::OwnedFd>,
     limits: supervise::Limits,
 }
 
@@ -213,9 +236,15 @@ impl Job {
                 path: self.path.clone(),
                 source,
             }),
-            Ok(child) => {
-                let pid = child.pid;
-                match supervise::supervise(child, self.input.as_deref().unwrap_or_default(), self.limits, new_group) {
+            Ok(spawned) => {
+                let pid = spawned.child.pid;
+                let input = self.input.as_deref().unwrap_or_default();
+                match supervise::supervise(spawned, input, self.limits, self.cancel.as_ref()) {
+                    // Nobody reads this; it only has to be something.
+                    Ok(cap) if cap.cancelled => HookOutcome::failed(HookError::Io(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the call was dropped; the hook and what it started were killed",
+                    ))),
                     Ok(cap) => self.outcome(pid, cap),
                     Err(e) => HookOutcome::failed(HookError::Io(e)),
                 }
@@ -238,8 +267,13 @@ impl Job {
         outcome.stdout_truncated = cap.stdout.truncated;
         outcome.stderr_truncated = cap.stderr.truncated;
         if cap.timed_out {
+            let escaped = match cap.escaped {
+                0 => String::new(),
+                1 => ", and 1 process that had left it".to_owned(),
+                n => format!(", and {n} processes that had left it"),
+            };
             outcome.warnings.push(format!(
-                "timed out after {}; its process group {pid} was killed",
+                "timed out after {}; its process group {pid} was killed{escaped}",
                 hooks_core::format_duration(self.limits.timeout.unwrap_or_default())
             ));
         }
@@ -271,14 +305,23 @@ impl Hook for ExecHook {
     }
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
-        let job = self.job(inv);
+        let mut job = self.job(inv);
         // Inside a tokio runtime the wait happens on the blocking pool; elsewhere (e.g.
         // `fire_blocking`) right here, with no thread hand-off at all.
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => match rt.spawn_blocking(move || job.run()).await {
-                Ok(outcome) => outcome,
-                Err(e) => HookOutcome::new(HookStatus::Crashed(format!("exec supervisor task failed: {e}"))),
-            },
+            Ok(rt) => {
+                // The blocking task outlives a dropped future. Dropping `_dropped` with it
+                // hangs up the pipe the supervisor polls, which then kills and reaps.
+                let (watch, _dropped) = match spawn::pipe() {
+                    Ok(ends) => ends,
+                    Err(e) => return HookOutcome::failed(HookError::Io(e)),
+                };
+                job.cancel = Some(watch);
+                match rt.spawn_blocking(move || job.run()).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => HookOutcome::new(HookStatus::Crashed(format!("exec supervisor task failed: {e}"))),
+                }
+            }
             Err(_) => job.run(),
         }
     }

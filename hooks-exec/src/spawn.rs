@@ -9,9 +9,11 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
+use crate::child::Child;
+
 /// The child's end of things, as the parent holds them.
 pub(crate) struct Spawned {
-    pub(crate) pid: libc::pid_t,
+    pub(crate) child: Child,
     pub(crate) stdin: Option<OwnedFd>,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
@@ -34,7 +36,8 @@ fn check(ret: libc::c_int) -> Result<(), SpawnError> {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe, both ends close-on-exec: (read, write).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -143,6 +146,9 @@ pub(crate) fn spawn(
         envp_ptrs.push(ptr::null_mut());
 
         let mut pid: libc::pid_t = 0;
+        // A sweep (a timed-out call in another thread) must not see this child before it
+        // is registered, or it could take it for that call's orphan.
+        let gate = crate::tree::spawning();
         let ret = libc::posix_spawn(
             &mut pid,
             program.as_ptr(),
@@ -155,13 +161,17 @@ pub(crate) fn spawn(
             // glibc reports exec failures here (and reaps the child itself).
             return Err(SpawnError::Exec(ret));
         }
+        crate::tree::register(pid);
+        drop(gate);
+        // From here on, dropping it kills and reaps it.
+        let child = Child::new(pid, new_group);
         drop((stdout_w, stderr_w));
         let stdin = stdin.map(|(read, write)| {
             drop(read);
             write
         });
         Ok(Spawned {
-            pid,
+            child,
             stdin,
             stdout: stdout_r,
             stderr: stderr_r,

@@ -1,20 +1,14 @@
 //! Feeds a spawned hook its stdin, drains stdout and stderr concurrently, and enforces
 //! the timeout, the kill grace, the drain limit and the output caps, all from one
 //! thread with `poll` (as libvirt's own event loop does), so no helper threads are
-//! started per call.
+//! started per call. It also watches for the call being dropped.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+pub(crate) use crate::child::Exit;
 use crate::spawn::{set_nonblocking, Spawned};
-
-/// How the process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
-    Code(i32),
-    Signal(i32),
-}
 
 /// Limits for one run.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +27,10 @@ pub(crate) struct Captured {
     pub(crate) stderr: Stream,
     /// The timeout fired and the process (group) was killed.
     pub(crate) timed_out: bool,
+    /// The call was dropped and the hook killed; nobody wants this result.
+    pub(crate) cancelled: bool,
+    /// Processes killed, on a timeout or a drop, that had left the hook's process group.
+    pub(crate) escaped: usize,
     /// The pipes were still open when the drain limit ran out (a background process).
     pub(crate) pipes_abandoned: bool,
 }
@@ -151,40 +149,6 @@ impl Drop for SigpipeGuard {
     }
 }
 
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a non-negative result is a fresh descriptor that we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn decode(status: libc::c_int) -> Exit {
-    if libc::WIFSIGNALED(status) {
-        Exit::Signal(libc::WTERMSIG(status))
-    } else {
-        Exit::Code(libc::WEXITSTATUS(status))
-    }
-}
-
-/// `waitpid`, blocking or not; `None` while the child runs.
-fn reap(pid: libc::pid_t, block: bool) -> io::Result<Option<Exit>> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waits for our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, if block { 0 } else { libc::WNOHANG }) };
-        if r == pid {
-            return Ok(Some(decode(status)));
-        }
-        if r == 0 {
-            return Ok(None);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
 fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
     // SAFETY: `fds` is a valid slice of pollfd.
@@ -198,24 +162,28 @@ fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     Ok(())
 }
 
-fn signal(pid: libc::pid_t, group: bool, sig: libc::c_int) {
-    // SAFETY: kill only sends a signal; a negative pid addresses the process group that
-    // the child leads (it was spawned with setpgid(0, 0)).
-    unsafe {
-        libc::kill(if group { -pid } else { pid }, sig);
-    }
-}
-
 /// Supervises a spawned hook until it has exited and its pipes are drained (or the drain
-/// limit ran out). `group` says whether the child leads its own process group.
-pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: bool) -> io::Result<Captured> {
+/// limit ran out). When `cancel` (the read end of a pipe whose write end the caller's
+/// future holds) hangs up, the hook and everything it started are killed and reaped and
+/// the run ends at once. On an error return (or a panic), dropping the child does that.
+pub(crate) fn supervise(
+    spawned: Spawned,
+    input: &[u8],
+    limits: Limits,
+    cancel: Option<&OwnedFd>,
+) -> io::Result<Captured> {
+    let Spawned {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = spawned;
     let start = Instant::now();
     let deadline = limits.timeout.map(|t| start + t);
-    let pidfd = pidfd_open(child.pid);
-    let _sigpipe = child.stdin.is_some().then(SigpipeGuard::new);
+    let _sigpipe = stdin.is_some().then(SigpipeGuard::new);
 
     let mut writer = Writer {
-        fd: child.stdin,
+        fd: stdin,
         data: input,
         broke: false,
     };
@@ -227,11 +195,11 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
     }
     let mut readers = [
         Reader {
-            fd: Some(child.stdout),
+            fd: Some(stdout),
             out: Stream::default(),
         },
         Reader {
-            fd: Some(child.stderr),
+            fd: Some(stderr),
             out: Stream::default(),
         },
     ];
@@ -244,6 +212,8 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
     let mut buf = vec![0u8; 64 * 1024];
     let mut exit: Option<Exit> = None;
     let mut timed_out = false;
+    let mut cancelled = false;
+    let mut escaped = 0;
     let mut drain_until: Option<Instant> = None;
     let mut pipes_abandoned = false;
 
@@ -251,11 +221,11 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
         if exit.is_some() && readers.iter().all(|r| r.fd.is_none()) {
             break;
         }
-        let mut fds: [libc::pollfd; 4] = [libc::pollfd {
+        let mut fds: [libc::pollfd; 5] = [libc::pollfd {
             fd: -1,
             events: 0,
             revents: 0,
-        }; 4];
+        }; 5];
         if let Some(fd) = &writer.fd {
             fds[0] = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -272,8 +242,16 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
                 };
             }
         }
-        if let (None, Some(fd)) = (exit, &pidfd) {
+        if let (None, Some(fd)) = (exit, child.pidfd()) {
             fds[3] = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+        }
+        if let Some(fd) = cancel {
+            // Nobody writes to it: any event is the hang-up of a dropped call.
+            fds[4] = libc::pollfd {
                 fd: fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
@@ -285,12 +263,23 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
             Some(_) => drain_until,
         };
         let mut wait = wake.map(|w| w.saturating_duration_since(now));
-        if exit.is_none() && pidfd.is_none() {
+        if exit.is_none() && child.pidfd().is_none() {
             // No pidfd (old kernel): look for the exit every few milliseconds.
             wait = Some(wait.map_or(Duration::from_millis(5), |w| w.min(Duration::from_millis(5))));
         }
         poll(&mut fds, wait)?;
 
+        if fds[4].revents != 0 {
+            cancelled = true;
+            if exit.is_none() {
+                let killed = child.terminate(limits.kill_grace)?;
+                exit = Some(killed.exit);
+                escaped = killed.escaped;
+            }
+            // A hook that already exited keeps its background processes, as after any
+            // successful run; only the reading stops.
+            break;
+        }
         if fds[0].revents != 0 {
             writer.pump();
         }
@@ -299,8 +288,8 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
                 r.drain(&mut buf, limits.max_output)?;
             }
         }
-        if exit.is_none() && (pidfd.is_none() || fds[3].revents != 0) {
-            if let Some(e) = reap(child.pid, false)? {
+        if exit.is_none() && (child.pidfd().is_none() || fds[3].revents != 0) {
+            if let Some(e) = child.wait(false)? {
                 exit = Some(e);
                 drain_until = Some(Instant::now() + limits.drain_limit);
                 writer.fd = None;
@@ -308,10 +297,13 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
         }
         let now = Instant::now();
         if exit.is_none() && deadline.is_some_and(|d| now >= d) {
-            exit = Some(kill(child.pid, group, pidfd.as_ref(), limits.kill_grace)?);
+            let killed = child.terminate(limits.kill_grace)?;
+            exit = Some(killed.exit);
+            escaped = killed.escaped;
             timed_out = true;
             writer.fd = None;
-            // The group is gone; only an escaped process can still hold the pipes.
+            // The group and what left it are gone; only a process that escaped the walk
+            // (an orphan when this process is not a subreaper) can still hold the pipes.
             drain_until = Some(Instant::now() + limits.drain_limit.min(Duration::from_millis(100)));
         } else if exit.is_some() && drain_until.is_some_and(|d| now >= d) && readers.iter().any(|r| r.fd.is_some()) {
             for r in &mut readers {
@@ -334,61 +326,8 @@ pub(crate) fn supervise(child: Spawned, input: &[u8], limits: Limits, group: boo
         stdout,
         stderr,
         timed_out,
+        cancelled,
+        escaped,
         pipes_abandoned,
     })
-}
-
-/// TERM to the group, up to `grace` for it to go, then KILL; reaps the child.
-fn kill(pid: libc::pid_t, group: bool, pidfd: Option<&OwnedFd>, grace: Duration) -> io::Result<Exit> {
-    signal(pid, group, libc::SIGTERM);
-    let until = Instant::now() + grace;
-    loop {
-        if has_exited(pid)? {
-            break;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match pidfd {
-            Some(fd) => {
-                let mut pfd = [libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                poll(&mut pfd, Some(left))?;
-            }
-            None => std::thread::sleep(left.min(Duration::from_millis(1))),
-        }
-    }
-    // The leader is not reaped yet, so its group id cannot have been reused: the rest
-    // of the group (children that ignored TERM) goes too.
-    signal(pid, group, libc::SIGKILL);
-    Ok(reap(pid, true)?.unwrap_or(Exit::Signal(libc::SIGKILL)))
-}
-
-/// Whether the child has exited, without reaping it.
-fn has_exited(pid: libc::pid_t) -> io::Result<bool> {
-    loop {
-        // SAFETY: `info` is zeroed and written by waitid; WNOWAIT leaves the child
-        // waitable.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if r == 0 {
-            // SAFETY: waitid filled `info`; si_pid is 0 when no child has changed state.
-            return Ok(unsafe { info.si_pid() } == pid);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }

@@ -1,0 +1,335 @@
+//! hookctl runs as root on every guest start: what a user with a normal account, or a
+//! broken file, tries against it. Root-only cases skip loudly when not root.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn script(path: &Path, body: &str, mode: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A hooks dir with hookctl linked as `qemu`, a plugins dir, and the audit log beside.
+fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let plugins = hooks.join("qemu.plugins");
+    fs::create_dir_all(&plugins).unwrap();
+    symlink(exe(), hooks.join("qemu")).unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
+    (tmp, hooks, plugins)
+}
+
+fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
+    let mut cmd = Command::new(hooks.join("qemu"));
+    cmd.env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", "/usr/bin:/bin")
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args(args)
+        .write_stdin("<domain/>\n");
+    cmd
+}
+
+fn hookctl(hooks: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe());
+    cmd.env("VIRT_HOOKS_WASM_CACHE", "off")
+        .arg("--hooks-dir")
+        .arg(hooks)
+        .args(args);
+    cmd
+}
+
+#[test]
+fn a_world_writable_plugin_fails_the_event_and_is_named_everywhere() {
+    let (tmp, hooks, plugins) = installed();
+    let ran = tmp.path().join("ran");
+    let evil = plugins.join("10-anyone-can-edit");
+    script(&evil, &format!("#!/bin/sh\ntouch '{}'\n", ran.display()), 0o777);
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains(evil.display().to_string()))
+        .stderr(contains("refused: writable by others (mode 0777)"));
+    assert!(!ran.exists(), "a refused plugin must never run");
+    let audit = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("refused: writable by others (mode 0777)"), "{audit}");
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("REFUSED: writable by others (mode 0777)"));
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "broken: {}: refused: writable by others (mode 0777)",
+            evil.display()
+        )));
+}
+
+#[test]
+fn a_symlink_into_a_users_build_dir_is_refused() {
+    let (tmp, hooks, plugins) = installed();
+    let build = tmp.path().join("home-dev-build");
+    fs::create_dir(&build).unwrap();
+    let ran = tmp.path().join("ran");
+    script(
+        &build.join("hook.sh"),
+        &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
+        0o755,
+    );
+    symlink(build.join("hook.sh"), plugins.join("10-linked")).unwrap();
+    // Fine while only we can write the build dir...
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    assert!(ran.exists());
+    fs::remove_file(&ran).unwrap();
+    // ...refused once others can.
+    fs::set_permissions(&build, fs::Permissions::from_mode(0o777)).unwrap();
+    let real = fs::canonicalize(&build).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "symlink into {}, writable by others (mode 0777)",
+            real.display()
+        )));
+    assert!(!ran.exists());
+    if is_root() {
+        fs::set_permissions(&build, fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::chown(&build, Some(rustix::fs::Uid::from_raw(1000)), None).unwrap();
+        as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+            .assert()
+            .code(1)
+            .stderr(contains(format!("symlink into {}, owned by uid 1000", real.display())));
+    } else {
+        eprintln!("SKIPPED part of a_symlink_into_a_users_build_dir_is_refused: chown needs root");
+    }
+}
+
+#[test]
+fn a_plugin_or_sidecar_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("SKIPPED a_plugin_or_sidecar_owned_by_another_user_is_refused: chown needs root");
+        return;
+    }
+    let user = Some(rustix::fs::Uid::from_raw(1000));
+    let (_tmp, hooks, plugins) = installed();
+    let so = plugins.join("20-native.so");
+    fs::write(&so, b"\x7fELF").unwrap();
+    rustix::fs::chown(&so, user, None).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!("{}", so.display())))
+        .stderr(contains("owned by uid 1000"));
+    fs::remove_file(&so).unwrap();
+
+    // A deny hook whose sidecar a user could rewrite to `policy = "optional"`.
+    script(&plugins.join("30-deny"), "#!/bin/sh\necho no >&2\nexit 1\n", 0o755);
+    let sidecar = plugins.join("30-deny.toml");
+    fs::write(&sidecar, "policy = \"optional\"\n").unwrap();
+    rustix::fs::chown(&sidecar, user, None).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("refused: owned by uid 1000"));
+}
+
+#[test]
+fn a_writable_plugins_dir_fails_every_event() {
+    let (tmp, hooks, plugins) = installed();
+    let ran = tmp.path().join("ran");
+    script(
+        &plugins.join("10-ok"),
+        &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
+        0o755,
+    );
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o777)).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "directory {} is writable by others (mode 0777)",
+            plugins.display()
+        )));
+    assert!(!ran.exists());
+}
+
+#[test]
+fn a_group_writable_hookctl_toml_is_ignored_not_obeyed() {
+    let (tmp, hooks, plugins) = installed();
+    let elsewhere = tmp.path().join("elsewhere.jsonl");
+    fs::write(
+        plugins.join("hookctl.toml"),
+        format!("log = \"{}\"\n", elsewhere.display()),
+    )
+    .unwrap();
+    fs::set_permissions(plugins.join("hookctl.toml"), fs::Permissions::from_mode(0o664)).unwrap();
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(contains("ignoring").and(contains("writable by group (mode 0664)")));
+    assert!(!elsewhere.exists(), "the log path came from a file others can write");
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("hookctl.toml: refused: writable by group (mode 0664)"));
+}
+
+#[test]
+fn leftovers_never_run_and_list_says_why() {
+    let (tmp, hooks, plugins) = installed();
+    let ran = tmp.path().join("ran");
+    for name in ["10-deny~", "10-deny.dpkg-old", ".10-deny.swp", "10-deny.rpmsave"] {
+        script(
+            &plugins.join(name),
+            &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", ran.display()),
+            0o755,
+        );
+    }
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    assert!(!ran.exists());
+    hookctl(&hooks, &["list", "qemu"]).assert().success().stdout(contains(
+        "10-deny.dpkg-old  (backup or package-manager leftover, never run)",
+    ));
+}
+
+#[test]
+fn huge_or_odd_numbers_are_clear_errors_not_panics() {
+    let (_tmp, hooks, plugins) = installed();
+    for value in ["9223372036854775807", "1e20", "nan", "-1", "0"] {
+        hookctl(
+            &hooks,
+            &[
+                "run",
+                "qemu",
+                "vm",
+                "prepare",
+                "begin",
+                "-",
+                &format!("--timeout={value}"),
+            ],
+        )
+        .assert()
+        .code(2)
+        .stderr(contains("--timeout").and(contains("panicked").not()));
+    }
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    for (text, want) in [
+        ("timeout = 1e20\n", "too long"),
+        ("timeout = 9223372036854775807\n", "too long"),
+        ("memory = \"99999999999GiB\"\n", "memory"),
+    ] {
+        fs::write(plugins.join("10-ok.toml"), text).unwrap();
+        as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+            .assert()
+            .code(1)
+            .stderr(contains(format!("{}:1", plugins.join("10-ok.toml").display())))
+            .stderr(contains(want).and(contains("panicked").not()));
+    }
+}
+
+#[test]
+fn the_audit_log_is_never_written_through_a_symlink() {
+    let (tmp, hooks, plugins) = installed();
+    let target = tmp.path().join("etc-shadow");
+    fs::write(&target, "root:x:\n").unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    symlink(&target, &log).unwrap();
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(contains("is a symlink").and(contains("unaffected")));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "root:x:\n");
+    fs::remove_file(&log).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
+}
+
+#[test]
+fn an_unreadable_plugins_dir_fails_closed() {
+    if !is_root() {
+        eprintln!("SKIPPED an_unreadable_plugins_dir_fails_closed: needs root to run hookctl as another user (hooks-core's unit test covers it unprivileged)");
+        return;
+    }
+    // hookctl runs as `nobody`, which can reach the plugins dir but not read it.
+    let (tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-deny"), "#!/bin/sh\nexit 1\n", 0o755);
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o711)).unwrap();
+    let mut cmd = std::process::Command::new(exe());
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    cmd.env_clear()
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args(["dispatch", "--plugins"])
+        .arg(&plugins)
+        .args(["qemu", "vm1", "prepare", "begin", "-"]);
+    Command::from_std(cmd)
+        .write_stdin("<domain/>\n")
+        .assert()
+        .code(1)
+        .stderr(contains(plugins.display().to_string()).and(contains("ermission denied")));
+    drop(hooks);
+}
+
+/// Whether a process is still there (a zombie counts as gone: it runs nothing).
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn what_a_timed_out_plugin_detached_dies_with_it() {
+    let (tmp, hooks, plugins) = installed();
+    let pids = tmp.path().join("pids");
+    // A child that leaves the process group (setsid) and outlives its parent, then a hang.
+    script(
+        &plugins.join("10-escape"),
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\nsetsid sh -c 'echo $$ >> {p}; exec sleep 300' </dev/null >/dev/null 2>&1 &\nsh -c 'setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! >> {p}'\nsleep 300\n",
+            p = pids.display()
+        ),
+        0o755,
+    );
+    fs::write(plugins.join("10-escape.toml"), "timeout = \"300ms\"\n").unwrap();
+    let start = std::time::Instant::now();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("timed out after 300"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let pids: Vec<i32> = fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "both escapees started");
+    for pid in pids {
+        // hookctl has exited; give init a moment to reap what was killed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "escaped process {pid} still runs as the hook's user");
+    }
+}

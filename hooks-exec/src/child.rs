@@ -1,0 +1,264 @@
+//! The spawned hook as an owned value. It is reaped exactly once; until it is, dropping
+//! it (an error path, a panic, a dropped call) kills the hook and everything it started
+//! and reaps them, so that no error leaves a process running or a zombie behind.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::tree::{self, Sweep};
+
+/// How the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+fn decode(status: libc::c_int) -> Exit {
+    if libc::WIFSIGNALED(status) {
+        Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        Exit::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+/// What [`Child::terminate`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Terminated {
+    pub(crate) exit: Exit,
+    /// Processes that had left the hook's process group (or, without one, descended
+    /// from it) and were killed one by one.
+    pub(crate) escaped: usize,
+}
+
+/// A hook this crate spawned and has not reaped yet.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pub(crate) pid: libc::pid_t,
+    /// It leads its own process group (spawned with setpgid(0, 0)).
+    group: bool,
+    pidfd: Option<OwnedFd>,
+    /// Set once it is reaped: from then on its pid may name another process.
+    exit: Option<Exit>,
+}
+
+impl Child {
+    /// Takes charge of a pid that was just spawned and [`tree::register`]ed.
+    pub(crate) fn new(pid: libc::pid_t, group: bool) -> Self {
+        Child {
+            pid,
+            group,
+            pidfd: tree::pidfd_open(pid).ok(),
+            exit: None,
+        }
+    }
+
+    /// Readable once the hook has exited, where the kernel has pidfds.
+    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
+        self.pidfd.as_ref()
+    }
+
+    fn reaped(&mut self, exit: Exit) -> Exit {
+        self.exit = Some(exit);
+        tree::unregister(self.pid);
+        exit
+    }
+
+    /// `waitpid`, blocking or not; `None` while it runs.
+    pub(crate) fn wait(&mut self, block: bool) -> io::Result<Option<Exit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child, not reaped yet.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, if block { 0 } else { libc::WNOHANG }) };
+            if r == self.pid {
+                return Ok(Some(self.reaped(decode(status))));
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Someone else reaped it (SIGCHLD ignored, a stray waitpid(-1)): it is gone.
+                Some(libc::ECHILD) => {
+                    self.reaped(Exit::Signal(libc::SIGKILL));
+                    return Err(err);
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// To the hook's group, or to the hook alone when it has none. Never after it was
+    /// reaped: the leader not being reaped is what keeps its pid and group id ours.
+    fn signal(&self, sig: libc::c_int) {
+        if self.exit.is_none() {
+            // SAFETY: kill only sends a signal; a negative pid addresses the group the
+            // child leads.
+            unsafe {
+                libc::kill(if self.group { -self.pid } else { self.pid }, sig);
+            }
+        }
+    }
+
+    /// Stops the hook and everything it started. Its group gets TERM, up to `grace` for
+    /// the hook to go, then KILL, as before; what left the group (setsid, setpgid,
+    /// orphans reparented to a subreaper) is found from `/proc` and gets SIGKILL. All are
+    /// reaped if they are ours.
+    pub(crate) fn terminate(&mut self, grace: Duration) -> io::Result<Terminated> {
+        if let Some(exit) = self.exit {
+            return Ok(Terminated { exit, escaped: 0 });
+        }
+        let mut sweep = Sweep::new(self.pid, self.group);
+        // Frozen, nothing in the group can fork, so the walk can see all that left it.
+        // Looked for before TERM: once the hook dies, its children are no longer its.
+        self.signal(libc::SIGSTOP);
+        sweep.catch();
+        sweep.kill();
+        self.signal(libc::SIGTERM);
+        self.signal(libc::SIGCONT);
+        let waited = self.wait_exit(grace);
+        // Whatever the group started during the grace.
+        self.signal(libc::SIGSTOP);
+        sweep.catch();
+        sweep.kill();
+        // The rest of the group (children that ignored TERM) goes too.
+        self.signal(libc::SIGKILL);
+        let exit = self.wait(true);
+        sweep.reap();
+        waited?;
+        Ok(Terminated {
+            exit: exit?.unwrap_or(Exit::Signal(libc::SIGKILL)),
+            escaped: sweep.escaped(),
+        })
+    }
+
+    /// Waits up to `grace` for the hook to exit, without reaping it.
+    fn wait_exit(&self, grace: Duration) -> io::Result<()> {
+        let until = Instant::now() + grace;
+        loop {
+            if self.has_exited()? {
+                return Ok(());
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut pfd = [libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }];
+                    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                    // SAFETY: `pfd` is a valid pollfd array of length 1. EINTR just loops.
+                    unsafe { libc::poll(pfd.as_mut_ptr(), 1, ms) };
+                }
+                None => std::thread::sleep(left.min(Duration::from_millis(1))),
+            }
+        }
+    }
+
+    /// Whether it has exited, without reaping it.
+    fn has_exited(&self) -> io::Result<bool> {
+        loop {
+            // SAFETY: `info` is zeroed and written by waitid; WNOWAIT leaves the child
+            // waitable.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                // SAFETY: waitid filled `info`; si_pid is 0 when no child has changed state.
+                return Ok(unsafe { info.si_pid() } == self.pid);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            // An error or a panic got here before the hook was reaped: no grace.
+            if let Err(e) = self.terminate(Duration::ZERO) {
+                tracing::warn!(pid = self.pid, error = %e, "killing an abandoned hook failed");
+            }
+        }
+        if self.exit.is_none() {
+            // Left registered: its pid stays ours (unreaped), and no other call's sweep
+            // takes it for an orphan.
+            tracing::warn!(pid = self.pid, "an abandoned hook could not be reaped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    fn alive(pid: libc::pid_t) -> bool {
+        // SAFETY: signal 0 only checks that the pid exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    fn running(pid: libc::pid_t) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+    }
+
+    /// `sh -c script` in its own group, its stdout kept open here.
+    fn spawn_sh(script: &str) -> crate::spawn::Spawned {
+        let argv = [c"/bin/sh".to_owned(), c"-c".to_owned(), CString::new(script).unwrap()];
+        match crate::spawn::spawn(c"/bin/sh", &argv, &[], false, true) {
+            Ok(s) => s,
+            Err(_) => panic!("cannot spawn /bin/sh"),
+        }
+    }
+
+    fn read_line(fd: &OwnedFd) -> String {
+        let mut out = Vec::new();
+        let mut byte = 0u8;
+        // SAFETY: reads one byte at a time into a local from a descriptor we own.
+        while unsafe { libc::read(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } == 1 && byte != b'\n' {
+            out.push(byte);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The error path: a panic while the hook runs kills and reaps it and what escaped
+    /// its group.
+    #[test]
+    fn a_panic_kills_and_reaps_the_hook_and_its_escapee() {
+        let spawned = spawn_sh("setsid sh -c 'echo $$; exec sleep 30' & wait");
+        let leader = spawned.child.pid;
+        let escapee: libc::pid_t = read_line(&spawned.stdout).parse().unwrap();
+        assert!(running(escapee));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _spawned = spawned;
+            panic!("supervisor bug");
+        }));
+        assert!(panicked.is_err());
+        // Reaped: not even a zombie is left of the hook.
+        assert!(!alive(leader), "the hook {leader} is still there");
+        let mut status = 0;
+        // SAFETY: a non-blocking waitpid on a pid that must no longer be our child.
+        assert_eq!(unsafe { libc::waitpid(leader, &mut status, libc::WNOHANG) }, -1);
+        // Killed; not our child (no subreaper here), so init reaps it.
+        assert!(!running(escapee), "the escaped sleep {escapee} survived");
+    }
+}

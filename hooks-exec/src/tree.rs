@@ -1,0 +1,401 @@
+//! Finds what a hook started outside its process group: descendants that called
+//! `setsid` or `setpgid`, and, when this process is a child subreaper, the hook's
+//! orphans that were reparented here. Read from `/proc` (no cgroups needed). Each
+//! process is frozen with SIGSTOP as it is found, so nothing can fork away while the
+//! tree is walked, and is pinned with a pidfd, so a recycled pid is never signalled.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that a process a
+/// hook detached (a double fork, `setsid`) is reparented here rather than to init when
+/// its parent exits. A timed-out or dropped call can then find it and kill it too;
+/// without this, one that was already orphaned when the call ended is out of reach.
+///
+/// A program that runs hooks, like `hookctl`, calls it once at start, before it runs
+/// any. Such a program inherits the daemons that successful hooks leave behind (they
+/// are left running, as libvirt does) and must reap them when they exit, if it lives
+/// long. While one of its calls is being killed, a child of this process that started
+/// after that call's hook and that this crate did not spawn counts as the hook's, so it
+/// should not start other processes while hooks run.
+///
+/// # Errors
+/// The `prctl` error (Linux only).
+///
+/// ```no_run
+/// // First thing in main, before any hook runs.
+/// hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+/// ```
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn is_subreaper() -> bool {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int to the pointer it is given.
+    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int, 0, 0, 0) };
+    r == 0 && flag != 0
+}
+
+/// Held (shared) from just before a spawn until its pid is registered, and (exclusive)
+/// while a sweep looks for orphans: a sweep never sees a hook that a concurrent call
+/// spawned but has not registered yet.
+static SPAWN_GATE: RwLock<()> = RwLock::new(());
+
+/// The hooks this crate spawned and has not reaped yet, in every thread: never taken
+/// for another call's orphans.
+static SUPERVISED: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// Hold this across a spawn and the [`register`] of its pid.
+pub(crate) fn spawning() -> RwLockReadGuard<'static, ()> {
+    SPAWN_GATE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn sweeping() -> RwLockWriteGuard<'static, ()> {
+    SPAWN_GATE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn register(pid: libc::pid_t) {
+    SUPERVISED.lock().unwrap_or_else(PoisonError::into_inner).push(pid);
+}
+
+pub(crate) fn unregister(pid: libc::pid_t) {
+    let mut set = SUPERVISED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(i) = set.iter().position(|&p| p == pid) {
+        set.swap_remove(i);
+    }
+}
+
+fn supervised() -> Vec<libc::pid_t> {
+    SUPERVISED.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a non-negative result is a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One line of `/proc/<pid>/stat`, the fields we need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: libc::pid_t,
+    ppid: libc::pid_t,
+    pgid: libc::pid_t,
+    /// Start time in clock ticks after boot: with the pid, who it is.
+    start: u64,
+}
+
+fn parse_stat(pid: libc::pid_t, stat: &[u8]) -> Option<Proc> {
+    // The command name is in parentheses and may itself contain any byte but NUL.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    // Fields 6 to 21, then starttime (22).
+    let start = fields.nth(16)?.parse().ok()?;
+    Some(Proc { pid, ppid, pgid, start })
+}
+
+fn read_stat(pid: libc::pid_t) -> Option<Proc> {
+    parse_stat(pid, &std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process we can see. Ones that exit meanwhile are simply missing.
+fn scan() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(read_stat)
+        .collect()
+}
+
+/// A process held by a pidfd where the kernel has them, so that a signal or a wait can
+/// never reach another process that got the same pid.
+#[derive(Debug)]
+struct Pinned {
+    pid: libc::pid_t,
+    start: u64,
+    fd: Option<OwnedFd>,
+}
+
+impl Pinned {
+    /// `None` if the process is gone, or its pid now names another one.
+    fn new(p: &Proc) -> Option<Pinned> {
+        let fd = match pidfd_open(p.pid) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
+            // No pidfds (old kernel, out of descriptors): signal by pid.
+            Err(_) => None,
+        };
+        // The descriptor was opened before this check, so it is the process we saw.
+        (read_stat(p.pid)?.start == p.start).then_some(Pinned {
+            pid: p.pid,
+            start: p.start,
+            fd,
+        })
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let r = match &self.fd {
+            // SAFETY: pidfd_send_signal takes a pidfd we own, a signal, a null siginfo
+            // and no flags.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ) as libc::c_int
+            },
+            // SAFETY: kill only sends a signal.
+            None => unsafe { libc::kill(self.pid, sig) },
+        };
+        if r != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                tracing::warn!(pid = self.pid, signal = sig, error = %err, "cannot signal a process the hook started");
+            }
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        match &self.fd {
+            Some(fd) => {
+                let mut pfd = [libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                // SAFETY: a zero timeout poll of one pollfd we own.
+                unsafe { libc::poll(pfd.as_mut_ptr(), 1, 0) == 1 }
+            }
+            None => std::fs::read(format!("/proc/{}/stat", self.pid))
+                .ok()
+                .and_then(|s| {
+                    let dead = s.rsplit(|&b| b == b')').next()?.trim_ascii_start().starts_with(b"Z");
+                    Some(dead || parse_stat(self.pid, &s)?.start != self.start)
+                })
+                .unwrap_or(true),
+        }
+    }
+
+    /// Reaps it if it is a dead child of ours; anything else (not ours, still alive) is
+    /// left as it is.
+    fn try_reap(&self) {
+        // SAFETY: `info` is zeroed and only written by waitid; WNOHANG never blocks.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            match &self.fd {
+                Some(fd) => libc::waitid(
+                    libc::P_PIDFD,
+                    fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                ),
+                // Without a pidfd only a child of ours that is still this process.
+                None if read_stat(self.pid).is_some_and(|p| p.start == self.start) => libc::waitid(
+                    libc::P_PID,
+                    self.pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                ),
+                None => 0,
+            };
+        }
+    }
+}
+
+/// Dead processes are normally gone within microseconds of SIGKILL; one stuck in the
+/// kernel (a hung NFS read) is not waited for longer than this.
+const REAP_WAIT: Duration = Duration::from_secs(1);
+
+/// New processes can appear while the tree is walked (a process forks just before it is
+/// frozen); after this many rounds the walk gives up rather than chase a fork bomb.
+const MAX_ROUNDS: usize = 32;
+
+/// What a hook left outside the reach of its group signal, found and frozen so that it
+/// can be killed, then reaped.
+#[derive(Debug)]
+pub(crate) struct Sweep {
+    leader: libc::pid_t,
+    group: bool,
+    me: libc::pid_t,
+    /// The hook's start time, when this process is a subreaper: a child of ours that
+    /// started after the hook and is not another call's hook is the hook's orphan.
+    orphans_after: Option<u64>,
+    /// In the hook's process group: the group signals reach them; pinned to reap them.
+    members: Vec<Pinned>,
+    /// Outside it: each gets SIGSTOP when found, SIGKILL from [`Sweep::kill`].
+    escapees: Vec<Pinned>,
+}
+
+impl Sweep {
+    /// For the hook `leader` (not reaped yet); `group` says whether it leads its own
+    /// process group (otherwise it shares ours and signals reach only the leader).
+    pub(crate) fn new(leader: libc::pid_t, group: bool) -> Self {
+        let orphans_after = if is_subreaper() {
+            read_stat(leader).map(|p| p.start)
+        } else {
+            None
+        };
+        Sweep {
+            leader,
+            group,
+            // SAFETY: getpid cannot fail.
+            me: unsafe { libc::getpid() },
+            orphans_after,
+            members: Vec::new(),
+            escapees: Vec::new(),
+        }
+    }
+
+    /// How many processes had left the hook's group (or, without one, descended from it).
+    pub(crate) fn escaped(&self) -> usize {
+        self.escapees.len()
+    }
+
+    /// Finds and freezes everything the group signal does not reach, until a round finds
+    /// nothing new. Call it with the group stopped, so that only what is outside the group
+    /// can still fork.
+    pub(crate) fn catch(&mut self) {
+        for _ in 0..MAX_ROUNDS {
+            if !self.round() {
+                return;
+            }
+        }
+        tracing::warn!(
+            hook = self.leader,
+            "processes kept appearing while the hook's process tree was walked"
+        );
+    }
+
+    /// One walk of `/proc`; whether it found a new escapee.
+    fn round(&mut self) -> bool {
+        // Only orphans can be mistaken for another call's hook, so only they need the gate.
+        let _gate = self.orphans_after.is_some().then(sweeping);
+        let supervised = if self.orphans_after.is_some() {
+            supervised()
+        } else {
+            Vec::new()
+        };
+        let procs = scan();
+        let in_group = |p: &Proc| self.group && p.pgid == self.leader;
+        let mut children: HashMap<libc::pid_t, Vec<usize>> = HashMap::new();
+        for (i, p) in procs.iter().enumerate() {
+            children.entry(p.ppid).or_default().push(i);
+        }
+
+        let mut roots = vec![self.leader];
+        roots.extend(self.escapees.iter().map(|p| p.pid));
+        for p in &procs {
+            let orphan = self.orphans_after.is_some_and(|after| {
+                p.ppid == self.me
+                    && p.pid != self.leader
+                    && (p.start, p.pid) > (after, self.leader)
+                    && !supervised.contains(&p.pid)
+                    // A plain background child of another call's hook.
+                    && !(p.pgid != self.leader && supervised.contains(&p.pgid))
+            });
+            if in_group(p) || orphan {
+                roots.push(p.pid);
+            }
+        }
+        let mut seen = HashSet::new();
+        while let Some(pid) = roots.pop() {
+            if seen.insert(pid) {
+                roots.extend(children.get(&pid).into_iter().flatten().map(|&i| procs[i].pid));
+            }
+        }
+
+        let mut found = false;
+        for p in procs.iter().filter(|p| seen.contains(&p.pid)) {
+            if p.pid == self.leader || p.pid == self.me {
+                continue;
+            }
+            let known = |list: &[Pinned]| list.iter().any(|k| k.pid == p.pid && k.start == p.start);
+            if known(&self.members) || known(&self.escapees) {
+                continue;
+            }
+            let Some(pinned) = Pinned::new(p) else { continue };
+            if in_group(p) {
+                self.members.push(pinned);
+            } else {
+                pinned.signal(libc::SIGSTOP);
+                self.escapees.push(pinned);
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// SIGKILL to every escapee found so far (the group gets its own signals).
+    pub(crate) fn kill(&self) {
+        for p in &self.escapees {
+            p.signal(libc::SIGKILL);
+        }
+    }
+
+    /// Waits (briefly) for everything found to be dead, then reaps what was reparented to
+    /// us. Call it after [`Sweep::kill`], the group's SIGKILL and the hook's reaping. The
+    /// last walk ran with the group stopped, so it saw every member.
+    pub(crate) fn reap(&self) {
+        let until = Instant::now() + REAP_WAIT;
+        let all = || self.members.iter().chain(&self.escapees);
+        while all().any(|p| !p.has_exited()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A process is reparented when its parent exits, so all of them have their last
+        // parent now.
+        for p in all() {
+            p.try_reap();
+        }
+        if let Some(p) = all().find(|p| !p.has_exited()) {
+            tracing::warn!(pid = p.pid, "a killed process started by a hook has not exited yet");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_a_hostile_command_name() {
+        let line = b"4242 (a) S 1 2 (b) R 77 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1234 56\n";
+        assert_eq!(
+            parse_stat(4242, line),
+            Some(Proc {
+                pid: 4242,
+                ppid: 77,
+                pgid: 4242,
+                start: 987654
+            })
+        );
+        assert_eq!(parse_stat(1, b"1 (init) S 0"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        // SAFETY: getpid and getppid cannot fail.
+        let (me, parent) = unsafe { (libc::getpid(), libc::getppid()) };
+        let p = read_stat(me).unwrap();
+        assert_eq!(p.ppid, parent);
+        assert!(scan().contains(&p));
+    }
+}
