@@ -41,6 +41,10 @@ wat2wasm=$target/debug/wat2wasm
 for f in "$hookctl" "$plugin_so" "$wat2wasm"; do
   [ -x "$f" ] || [ -f "$f" ] || fail "$f is missing: run cargo build --workspace first"
 done
+# `install` refuses a binary that anyone but root could replace (the checkout may sit
+# under a user's directory): install a copy where only root can write, as the README says.
+install -D -m 0755 "$hookctl" "$work/bin/hookctl"
+hookctl=$work/bin/hookctl
 
 cleanup() {
   set +e
