@@ -21,6 +21,12 @@ pub(crate) enum AuditError {
     Symlink,
     #[error("it is not a regular file")]
     NotRegular,
+    #[error("it is owned by uid {0}; the audit log is written only to a file of our own")]
+    Owner(u32),
+    #[error("it has {0} hard links; the audit log is never written to a linked file")]
+    Linked(u64),
+    #[error("refused: {}", .0.reason())]
+    Untrusted(Box<hooks_core::Untrusted>),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -54,7 +60,42 @@ pub(crate) fn append(path: &Path, line: &[u8], rotate_at: u64) -> Result<(), Aud
     Err(io::Error::other("the log kept being rotated under us").into())
 }
 
+/// Checks where the log will be written, for `append` and for `hookctl check`: its
+/// directory must pass the trust rule (so nobody else can swap the file or a link in),
+/// and an existing log must be a regular file of our own with one link.
+pub(crate) fn check(path: &Path) -> Result<(), AuditError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    hooks_core::TrustPolicy::current_user()
+        .check_dir(dir)
+        .map_err(|why| AuditError::Untrusted(Box::new(why)))?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) => vet(&meta).map(drop),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn vet(meta: &fs::Metadata) -> Result<&fs::Metadata, AuditError> {
+    if meta.file_type().is_symlink() {
+        return Err(AuditError::Symlink);
+    }
+    if !meta.is_file() {
+        return Err(AuditError::NotRegular);
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(AuditError::Owner(meta.uid()));
+    }
+    if meta.nlink() != 1 {
+        return Err(AuditError::Linked(meta.nlink()));
+    }
+    Ok(meta)
+}
+
 fn open(path: &Path) -> Result<File, AuditError> {
+    check(path)?;
     let flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     let file = OpenOptions::new()
         .append(true)
@@ -66,8 +107,11 @@ fn open(path: &Path) -> Result<File, AuditError> {
             Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => AuditError::Symlink,
             _ => AuditError::Io(e),
         })?;
-    if !file.metadata()?.is_file() {
-        return Err(AuditError::NotRegular);
+    let meta = file.metadata()?;
+    vet(&meta)?;
+    // A log left readable by everyone by an older version: hooks' stderr is in it.
+    if meta.mode() & 0o137 != 0 {
+        rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o640)).map_err(io::Error::from)?;
     }
     Ok(file)
 }
@@ -121,6 +165,32 @@ mod tests {
         symlink(tmp.path().join("created-by-us"), &dangling).unwrap();
         assert!(append(&dangling, b"line\n", 1 << 20).is_err());
         assert!(!tmp.path().join("created-by-us").exists());
+    }
+
+    #[test]
+    fn foreign_linked_or_open_logs_are_refused_and_old_modes_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("a.jsonl");
+        fs::write(&log, b"").unwrap();
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o644)).unwrap();
+        append(&log, b"x\n", 1 << 20).unwrap();
+        assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
+        // A hard link to a file elsewhere (say, one the attacker will read).
+        let other = tmp.path().join("other");
+        fs::hard_link(&log, &other).unwrap();
+        assert!(matches!(append(&log, b"x\n", 1 << 20), Err(AuditError::Linked(2))));
+        fs::remove_file(&other).unwrap();
+        // A log in a directory others may write.
+        let open_dir = tmp.path().join("open");
+        fs::create_dir(&open_dir).unwrap();
+        fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = append(&open_dir.join("a.jsonl"), b"x\n", 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("writable by others"), "{err}");
+        assert!(!open_dir.join("a.jsonl").exists());
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&log, Some(rustix::fs::Uid::from_raw(1000)), None).unwrap();
+            assert!(matches!(append(&log, b"x\n", 1 << 20), Err(AuditError::Owner(1000))));
+        }
     }
 
     #[test]

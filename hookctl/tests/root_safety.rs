@@ -333,3 +333,100 @@ fn what_a_timed_out_plugin_detached_dies_with_it() {
         assert!(!alive(pid), "escaped process {pid} still runs as the hook's user");
     }
 }
+
+#[test]
+fn a_scripts_interpreter_must_pass_too() {
+    let (tmp, hooks, plugins) = installed();
+    let venv = tmp.path().join("venv-bin");
+    fs::create_dir(&venv).unwrap();
+    let ran = tmp.path().join("ran");
+    script(
+        &venv.join("python3"),
+        &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
+        0o755,
+    );
+    script(
+        &plugins.join("10-py"),
+        &format!("#!{}\n", venv.join("python3").display()),
+        0o755,
+    );
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    assert!(ran.exists());
+    fs::remove_file(&ran).unwrap();
+    fs::set_permissions(&venv, fs::Permissions::from_mode(0o777)).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!(
+            "refused: its interpreter `{}`",
+            venv.join("python3").display()
+        )))
+        .stderr(contains("writable by others (mode 0777)"));
+    assert!(!ran.exists());
+}
+
+#[test]
+fn a_sticky_plugins_dir_is_not_a_safe_place() {
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    fs::set_permissions(&plugins, fs::Permissions::from_mode(0o1777)).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("writable by others (mode 1777)"));
+}
+
+#[test]
+fn the_hook_saved_at_install_is_checked_like_a_plugin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    script(&hooks.join("qemu"), "#!/bin/sh\nexit 0\n", 0o757);
+    // install --force will not adopt a hook others can change...
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .args(["install", "--force", "qemu"])
+        .assert()
+        .code(2)
+        .stderr(contains("not moving").and(contains("writable by others (mode 0757)")));
+    fs::set_permissions(hooks.join("qemu"), fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .args(["install", "--force", "qemu"])
+        .assert()
+        .success();
+    // ...and one that became changeable later fails the event instead of running.
+    fs::set_permissions(hooks.join("qemu.pre-hookctl"), fs::Permissions::from_mode(0o757)).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("qemu.pre-hookctl").and(contains("writable by others (mode 0757)")));
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .args(["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("qemu.pre-hookctl: refused"));
+}
+
+#[test]
+fn the_audit_log_goes_only_where_nobody_else_can_reach_it() {
+    let (tmp, hooks, plugins) = installed();
+    let open_dir = tmp.path().join("logs");
+    fs::create_dir(&open_dir).unwrap();
+    fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let log = open_dir.join("audit.jsonl");
+    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(contains("cannot write the audit log").and(contains("writable by others")));
+    assert!(!log.exists());
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!("broken: audit log {}", log.display())));
+}

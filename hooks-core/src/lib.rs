@@ -60,5 +60,6 @@ pub use self::registry::{Registry, RegistryBuilder};
 pub use self::report::{format_duration, HookRecord, InputSource, Report, StatusRecord};
 pub use self::settings::{
     parse_duration, parse_size, HookPolicy, HookSettings, InvalidValue, Matcher, SettingsError, MAX_TIMEOUT,
+    MIN_TIMEOUT,
 };
 pub use self::trust::{TrustPolicy, Untrusted};

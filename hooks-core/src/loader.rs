@@ -69,6 +69,17 @@ pub trait HookLoader: Send + Sync + 'static {
     fn check(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
         self.load(path, settings).map(drop)
     }
+
+    /// For a hook run under the trust rule: checks what runs with it and is not the
+    /// file itself (an exec hook's `#!` interpreter, a plugin's library search path).
+    /// Called on every scan, so it should be cheap. Defaults to nothing to check.
+    ///
+    /// # Errors
+    /// [`Untrusted`] naming the dependency that fails.
+    fn check_dependencies(&self, path: &Path, trust: &TrustPolicy) -> Result<(), Untrusted> {
+        let _ = (path, trust);
+        Ok(())
+    }
 }
 
 /// A [`HookLoader`] announced to the core with `inventory::submit!`.
@@ -143,19 +154,29 @@ impl fmt::Debug for Disposition {
 /// (`run-parts` and `sudoers.d` skip these too), which must never run.
 pub(crate) fn is_leftover(name: &std::ffi::OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    const SUFFIXES: [&[u8]; 9] = [
+    const SUFFIXES: [&[u8]; 17] = [
         b".dpkg-old",
         b".dpkg-new",
         b".dpkg-dist",
         b".dpkg-tmp",
+        b".dpkg-bak",
+        b".dpkg-remove",
+        b".ucf-old",
+        b".ucf-new",
+        b".ucf-dist",
         b".rpmnew",
         b".rpmsave",
         b".rpmorig",
         b".swp",
+        b".bak",
+        b".orig",
+        b".rej",
         b"~",
     ];
     let name = name.as_bytes();
-    name.starts_with(b".") || SUFFIXES.iter().any(|s| name.ends_with(s))
+    name.starts_with(b".")
+        || (name.starts_with(b"#") && name.ends_with(b"#"))
+        || SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 /// One entry of a hooks directory, in run order.
@@ -343,14 +364,15 @@ impl HooksDir {
             }
         }
         let dir = self.drop_in_dir(driver);
-        let read = match fs::read_dir(&dir) {
-            Ok(read) => read,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
-            Err(e) if e.raw_os_error() == Some(20) => return Ok(entries), // ENOTDIR
-            Err(e) => return Err(e),
-        };
         if let (true, Some(trust)) = (self.flat, self.trust) {
-            if let Err(why) = trust.check_dir(&dir) {
+            // No plugins dir is no plugins; anything else there (a dangling link, a
+            // file, a link into a user's dir) must pass, or the event fails.
+            let exists = match fs::symlink_metadata(&dir) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
+                Err(e) => Err(Untrusted::io(&dir, &dir, e)),
+            };
+            if let Err(why) = exists.and_then(|()| trust.check_dir(&dir)) {
                 entries.push(DirEntry {
                     path: dir,
                     role: EntryRole::DropIn,
@@ -362,6 +384,12 @@ impl HooksDir {
                 return Ok(entries);
             }
         }
+        let read = match fs::read_dir(&dir) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
+            Err(e) if e.raw_os_error() == Some(20) => return Ok(entries), // ENOTDIR
+            Err(e) => return Err(e),
+        };
         let mut paths = read.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?;
         paths.sort_unstable();
         // The listing says which sidecars exist: no failed open per hook per event.
@@ -430,6 +458,31 @@ impl HooksDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (Disposition::Skipped("vanished".into()), None),
             Err(e) => return (self.refused(path.to_owned(), role, e).disposition, None),
         };
+        // What hookctl runs on its own account (everything in a plugins dir, the hook
+        // it saved at install, native and WASM code anywhere) must pass the trust rule,
+        // and before anything else: otherwise whoever may change a refused entry could
+        // turn it into a skipped one (chmod -x, a dangling link) and the event through.
+        // libvirt's own layout keeps libvirt's behaviour for its executables.
+        let native = path.extension().is_some_and(|e| e == "so" || e == "wasm");
+        let settings_file = path.extension().is_some_and(|e| e == "toml");
+        let trust = self.trust.filter(|_| (self.flat || native) && !settings_file);
+        if let Some(trust) = trust {
+            let verdict = if plugin_entry && !own.file_type().is_symlink() {
+                // The plugins dir and those above it were checked once for the scan.
+                match trust.file_problem(&own) {
+                    Err(crate::trust::Problem::NotRegular) if own.is_dir() => Ok(()),
+                    other => other.map_err(|problem| Untrusted::file(path, path, false, problem)),
+                }
+            } else {
+                trust.check_file(path)
+            };
+            if let Err(why) = verdict {
+                let loader = fs::metadata(path)
+                    .ok()
+                    .and_then(|m| self.loaders.iter().find(|l| l.claims(path, &m)).copied());
+                return (Disposition::Refused(loader, why), None);
+            }
+        }
         let meta = if own.file_type().is_symlink() {
             match fs::metadata(path) {
                 Ok(meta) => meta,
@@ -439,31 +492,17 @@ impl HooksDir {
                 Err(e) => return (self.refused(path.to_owned(), role, e).disposition, None),
             }
         } else {
-            own.clone()
+            own
         };
         let stamp = Some(FileStamp::of(&meta));
         let disposition = self.classify_file(path, &meta);
-        let Disposition::Hook(loader) = disposition else {
-            return (disposition, stamp);
-        };
-        // libvirt's own layout keeps libvirt's behaviour for its executables; plugins
-        // (anything in a plugins dir, native and WASM code anywhere) must be trusted.
-        let native = path.extension().is_some_and(|e| e == "so" || e == "wasm");
-        let Some(trust) = self.trust.filter(|_| plugin_entry || native) else {
-            return (disposition, stamp);
-        };
-        let verdict = if plugin_entry && !own.file_type().is_symlink() {
-            // The directory chain was checked once for the whole scan.
-            trust
-                .file_problem(&own)
-                .map_err(|problem| Untrusted::file(path, path, false, problem))
-        } else {
-            trust.check_file(path)
-        };
-        match verdict {
-            Ok(()) => (disposition, stamp),
-            Err(why) => (Disposition::Refused(Some(loader), why), stamp),
+        if let (Some(trust), Disposition::Hook(loader)) = (trust, &disposition) {
+            // What runs with it (a script's interpreter) must be as safe as the hook.
+            if let Err(why) = loader.check_dependencies(path, &trust) {
+                return (Disposition::Refused(Some(*loader), why), stamp);
+            }
         }
+        (disposition, stamp)
     }
 
     fn classify_file(&self, path: &Path, meta: &Metadata) -> Disposition {
@@ -820,5 +859,47 @@ mod tests {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied),
         }
         assert!(present);
+    }
+
+    #[test]
+    fn a_refused_entry_cannot_be_turned_into_a_skipped_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("qemu.plugins");
+        fs::create_dir(&p).unwrap();
+        // Not executable, so it would be skipped; but others may write it.
+        write(&p.join("60-deny"), 0o646);
+        // A dangling link would be skipped by libvirt; in a plugins dir it is refused.
+        symlink(tmp.path().join("gone/deny.sh"), p.join("70-deny")).unwrap();
+        let dir = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE]);
+        let entries = dir.scan(Driver::Qemu).unwrap();
+        assert!(entries.iter().all(|e| e.refusal().is_some()), "{:?}", listing(&entries));
+        // A plugins dir that is a link to something gone fails too, rather than 'no plugins'.
+        let linked = tmp.path().join("linked.plugins");
+        symlink(tmp.path().join("moved-away"), &linked).unwrap();
+        let dir = HooksDir::plugins_with_loaders(&linked, vec![&EXEC_LIKE]);
+        let entries = dir.scan(Driver::Qemu).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].refusal().is_some());
+        assert!(dir.is_present(Driver::Qemu));
+        // No plugins dir at all is simply no plugins.
+        let none = HooksDir::plugins_with_loaders(tmp.path().join("none.plugins"), vec![&EXEC_LIKE]);
+        assert!(none.scan(Driver::Qemu).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_saved_original_is_run_first_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("qemu.plugins");
+        fs::create_dir(&p).unwrap();
+        write(&p.join("10-x"), 0o755);
+        let saved = tmp.path().join("qemu.pre-hookctl");
+        write(&saved, 0o755);
+        let dir = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE]).with_main_script(&saved);
+        assert_eq!(listing(&dir.scan(Driver::Qemu).unwrap()), ["qemu.pre-hookctl", "10-x"]);
+        fs::set_permissions(&saved, fs::Permissions::from_mode(0o757)).unwrap();
+        assert_eq!(
+            listing(&dir.scan(Driver::Qemu).unwrap()),
+            ["qemu.pre-hookctl (REFUSED: writable by others (mode 0757))", "10-x"]
+        );
     }
 }

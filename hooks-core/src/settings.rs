@@ -141,14 +141,17 @@ enum Value {
 /// clamped to it): one week. Longer is a mistake, and deadlines stay far from overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The shortest timeout accepted: one millisecond (shorter only ever fails).
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// A duration or size that cannot be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidValue(String);
 
 /// A timeout: `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`, or a plain number of seconds
-/// (`"2"`, `"0.25"`). Zero, negative, not-a-number and more than [`MAX_TIMEOUT`] are
-/// refused.
+/// (`"2"`, `"0.25"`). Zero, negative, not-a-number, less than [`MIN_TIMEOUT`] and more
+/// than [`MAX_TIMEOUT`] are refused.
 ///
 /// ```
 /// use std::time::Duration;
@@ -203,8 +206,10 @@ fn seconds(secs: f64, shown: &str) -> Result<Duration, InvalidValue> {
             MAX_TIMEOUT.as_secs()
         )));
     }
-    // Below a nanosecond rounds to zero, which would fail every call too.
-    Ok(Duration::from_secs_f64(secs).max(Duration::from_nanos(1)))
+    if secs < MIN_TIMEOUT.as_secs_f64() {
+        return Err(InvalidValue(format!("`{shown}` is too short: at least 1ms")));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `"64MiB"`, `"512KiB"`, `"1GiB"`, `"100kB"`, `"4096"` (bytes); `None` when it is not
@@ -457,7 +462,7 @@ mod properties {
         #[test]
         fn durations_never_panic_and_stay_in_range(text in ".{0,24}") {
             if let Ok(d) = parse_duration(&text) {
-                prop_assert!(d > Duration::ZERO && d <= MAX_TIMEOUT);
+                prop_assert!(d >= MIN_TIMEOUT && d <= MAX_TIMEOUT);
             }
         }
 
@@ -465,7 +470,7 @@ mod properties {
         fn numeric_durations_of_any_magnitude(n in any::<f64>(), unit in prop::sample::select(vec!["", "ms", "s", "m", "h"])) {
             let text = format!("{n}{unit}");
             if let Ok(d) = parse_duration(&text) {
-                prop_assert!(d > Duration::ZERO && d <= MAX_TIMEOUT, "{text} -> {d:?}");
+                prop_assert!(d >= MIN_TIMEOUT && d <= MAX_TIMEOUT, "{text} -> {d:?}");
             }
         }
 
@@ -487,7 +492,7 @@ mod properties {
             let text = format!("timeout = {timeout}\nmemory = {memory}\n");
             match HookSettings::parse(Path::new("p.toml"), &text) {
                 Ok(s) => {
-                    prop_assert!(s.timeout.is_none_or(|t| t > Duration::ZERO && t <= MAX_TIMEOUT));
+                    prop_assert!(s.timeout.is_none_or(|t| t >= MIN_TIMEOUT && t <= MAX_TIMEOUT));
                     prop_assert!(s.memory.is_none_or(|m| m > 0 && m <= MAX_MEMORY));
                 }
                 Err(e) => prop_assert!(e.line.is_some(), "{e}"),
@@ -510,6 +515,7 @@ mod properties {
             ("timeout = 0\n", "0 would fail every call"),
             ("timeout = \"0s\"\n", "0 would fail every call"),
             ("timeout = \"2 weeks\"\n", "not a duration"),
+            ("timeout = 5e-324\n", "too short"),
             ("memory = \"99999999999999999999GiB\"\n", "positive size"),
             ("memory = \"5GiB\"\n", "too large"),
             ("memory = 0\n", "positive size"),

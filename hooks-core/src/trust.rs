@@ -67,6 +67,13 @@ pub enum Problem {
     NotRegular,
     /// It could not be examined.
     Io(Arc<io::Error>),
+    /// Something that runs with it fails the rule (a script's interpreter).
+    Dependency {
+        /// What it is to the file: `interpreter`, `library path`.
+        role: &'static str,
+        /// Why it fails.
+        why: Box<Untrusted>,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -77,8 +84,21 @@ impl fmt::Display for Problem {
             Problem::WritableByGroup { mode } => write!(f, "writable by group (mode {mode:04o})"),
             Problem::NotRegular => f.write_str("not a regular file"),
             Problem::Io(e) => write!(f, "cannot be examined: {e}"),
+            Problem::Dependency { role, why } => write!(f, "its {role} `{}`: {}", why.path.display(), why.reason()),
         }
     }
+}
+
+/// What failed the rule, relative to the path that was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CulpritKind {
+    /// The file (or directory) that was checked.
+    Itself,
+    /// A directory on the way to it.
+    Directory,
+    /// A symlink on the way to it.
+    Symlink,
 }
 
 /// A path that fails the trust rule: the path asked about, the file or directory that
@@ -93,21 +113,39 @@ pub struct Untrusted {
     pub culprit: PathBuf,
     /// Whether the culprit was reached through a symlink.
     pub through_symlink: bool,
-    /// Whether the culprit is a directory (above the file) rather than the file.
-    pub culprit_is_dir: bool,
+    /// What the culprit is: the file, a directory on the way, or a symlink on the way.
+    pub culprit_kind: CulpritKind,
     /// What is wrong with the culprit.
     pub problem: Problem,
 }
 
 impl Untrusted {
-    pub(crate) fn file(path: &Path, culprit: &Path, through_symlink: bool, problem: Problem) -> Self {
+    pub(crate) fn new(path: &Path, culprit: &Path, kind: CulpritKind, through_symlink: bool, problem: Problem) -> Self {
         Untrusted {
             path: path.to_owned(),
             culprit: culprit.to_owned(),
             through_symlink,
-            culprit_is_dir: false,
+            culprit_kind: kind,
             problem,
         }
+    }
+
+    pub(crate) fn file(path: &Path, culprit: &Path, through_symlink: bool, problem: Problem) -> Self {
+        Self::new(path, culprit, CulpritKind::Itself, through_symlink, problem)
+    }
+
+    /// A file refused because something that runs with it (`role`: `interpreter`, ...)
+    /// fails the rule for `why`.
+    pub fn dependency(path: &Path, role: &'static str, why: Untrusted) -> Self {
+        Self::file(
+            path,
+            path,
+            false,
+            Problem::Dependency {
+                role,
+                why: Box::new(why),
+            },
+        )
     }
 
     pub(crate) fn io(path: &Path, culprit: &Path, e: io::Error) -> Self {
@@ -118,23 +156,43 @@ impl Untrusted {
     /// /srv/hooks is owned by uid 1000`, `symlink into /home/dev/build, owned by uid 1000`.
     pub fn reason(&self) -> String {
         let (problem, culprit) = (&self.problem, self.culprit.display());
-        match (self.through_symlink, self.culprit_is_dir) {
-            (false, false) => problem.to_string(),
-            (false, true) => format!("directory {culprit} is {problem}"),
-            (true, true) => format!("symlink into {culprit}, {problem}"),
-            (true, false) => format!("symlink to {culprit}, {problem}"),
+        match (self.culprit_kind, self.through_symlink, problem) {
+            (CulpritKind::Itself, false, _) => problem.to_string(),
+            (CulpritKind::Itself, true, _) => format!("symlink to {culprit}, {problem}"),
+            (CulpritKind::Directory, _, Problem::Io(e)) => format!("cannot examine directory {culprit}: {e}"),
+            (CulpritKind::Directory, false, _) => format!("directory {culprit} is {problem}"),
+            (CulpritKind::Directory, true, _) => format!("symlink into {culprit}, {problem}"),
+            (CulpritKind::Symlink, _, Problem::Io(e)) => format!("cannot follow symlink {culprit}: {e}"),
+            (CulpritKind::Symlink, _, _) => format!("symlink {culprit} is {problem}"),
         }
     }
 
-    /// Whether it failed only because the file does not exist.
+    /// Whether it failed only because the file (or a directory on the way) does not
+    /// exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(&self.problem, Problem::Io(e) if e.kind() == io::ErrorKind::NotFound) && self.culprit == self.path
+        matches!(&self.problem, Problem::Io(e) if e.kind() == io::ErrorKind::NotFound)
     }
 
     fn describe(&self) -> String {
         format!("`{}`: {}", self.path.display(), self.reason())
     }
 }
+
+/// What a walk from `/` found at the end of a path.
+struct Resolved {
+    /// The path with every symlink resolved.
+    real: PathBuf,
+    /// `lstat` of `real` (never a symlink).
+    meta: Metadata,
+    /// Whether a symlink was followed on the way.
+    linked: bool,
+}
+
+/// The most symlinks followed in one path (the kernel's limit).
+const MAX_LINKS: u32 = 40;
+
+/// The most a settings file read through [`TrustPolicy::read`] may hold.
+pub const MAX_SETTINGS_BYTES: u64 = 1 << 20;
 
 impl TrustPolicy {
     /// Root, and the effective uid of this process.
@@ -193,58 +251,108 @@ impl TrustPolicy {
         self.owner_and_mode(meta).map_or(Ok(()), Err)
     }
 
-    /// Checks a directory and every directory above it, both along the path as given
-    /// (a symlinked component's own directory included) and along its real path.
-    ///
-    /// # Errors
-    /// [`Untrusted`] naming the first directory that fails.
-    pub fn check_dir(&self, dir: &Path) -> Result<(), Untrusted> {
-        let absolute = std::path::absolute(dir).map_err(|e| Untrusted::io(dir, dir, e))?;
-        if self.walk(dir, &absolute, false)? {
-            let real = fs::canonicalize(&absolute).map_err(|e| Untrusted::io(dir, dir, e))?;
-            self.walk(dir, &real, true)?;
-        }
-        Ok(())
-    }
-
-    /// Checks every directory from `/` down to `dir` (inclusive) by `lstat`; returns
-    /// whether one of them is a symlink (whose target the caller checks along the real
-    /// path).
-    fn walk(&self, asked: &Path, dir: &Path, through_symlink: bool) -> Result<bool, Untrusted> {
-        let mut saw_link = false;
-        let mut prefix = PathBuf::new();
-        for component in dir.components() {
-            match component {
-                Component::RootDir => prefix.push("/"),
-                Component::Normal(name) => prefix.push(name),
-                Component::ParentDir => {
-                    prefix.pop();
-                    continue;
+    /// Walks `path` from `/` one component at a time, following symlinks itself: every
+    /// directory passed must pass [`TrustPolicy::dir_problem`] (a root-owned sticky one
+    /// may be passed through), and every symlink must be owned by a trusted user, since
+    /// in a sticky directory its owner may replace it.
+    fn resolve(&self, asked: &Path, path: &Path) -> Result<Resolved, Untrusted> {
+        use std::ffi::OsString;
+        let absolute = std::path::absolute(path).map_err(|e| Untrusted::io(asked, path, e))?;
+        let push = |pending: &mut Vec<OsString>, p: &Path| {
+            for c in p.components().rev() {
+                match c {
+                    Component::Normal(n) => pending.push(n.to_owned()),
+                    Component::ParentDir => pending.push("..".into()),
+                    Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
                 }
-                Component::CurDir | Component::Prefix(_) => continue,
             }
-            let fail = |problem| Untrusted {
-                path: asked.to_owned(),
-                culprit: prefix.clone(),
-                through_symlink,
-                culprit_is_dir: true,
-                problem,
-            };
-            let meta = fs::symlink_metadata(&prefix).map_err(|e| fail(Problem::Io(Arc::new(e))))?;
-            if meta.file_type().is_symlink() {
-                // Its own directory passed; its target is checked along the real path.
-                saw_link = true;
+        };
+        let mut pending = Vec::new();
+        push(&mut pending, &absolute);
+        let mut real = PathBuf::from("/");
+        let mut meta = fs::symlink_metadata(&real).map_err(|e| Untrusted::io(asked, &real, e))?;
+        let (mut linked, mut links) = (false, 0);
+        while let Some(name) = pending.pop() {
+            if name == ".." {
+                real.pop();
+                meta = fs::symlink_metadata(&real).map_err(|e| Untrusted::io(asked, &real, e))?;
                 continue;
             }
-            if let Some(problem) = self.dir_problem(&meta) {
-                return Err(fail(problem));
+            // `meta` is the directory we are in: passing through it needs the rule.
+            if !meta.is_dir() {
+                let e = io::Error::from_raw_os_error(rustix::io::Errno::NOTDIR.raw_os_error());
+                return Err(Untrusted::new(
+                    asked,
+                    &real,
+                    CulpritKind::Directory,
+                    linked,
+                    Problem::Io(Arc::new(e)),
+                ));
             }
+            if let Some(problem) = self.dir_problem(&meta) {
+                return Err(Untrusted::new(asked, &real, CulpritKind::Directory, linked, problem));
+            }
+            let next = real.join(&name);
+            let next_meta = fs::symlink_metadata(&next)
+                .map_err(|e| Untrusted::new(asked, &next, CulpritKind::Itself, linked, Problem::Io(Arc::new(e))))?;
+            if next_meta.file_type().is_symlink() {
+                if !self.trusted_owner(next_meta.uid()) {
+                    let problem = Problem::Owner { uid: next_meta.uid() };
+                    return Err(Untrusted::new(asked, &next, CulpritKind::Symlink, linked, problem));
+                }
+                links += 1;
+                let target = (links <= MAX_LINKS)
+                    .then(|| fs::read_link(&next))
+                    .unwrap_or_else(|| Err(io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error())))
+                    .map_err(|e| {
+                        Untrusted::new(asked, &next, CulpritKind::Symlink, linked, Problem::Io(Arc::new(e)))
+                    })?;
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                    meta = fs::symlink_metadata(&real).map_err(|e| Untrusted::io(asked, &real, e))?;
+                }
+                push(&mut pending, &target);
+                linked = true;
+                continue;
+            }
+            real = next;
+            meta = next_meta;
         }
-        Ok(saw_link)
+        Ok(Resolved { real, meta, linked })
     }
 
-    /// Checks a file: its directories (as given and real), and, following symlinks, the
-    /// file it names.
+    /// The strict test for the directory that holds an entry, or that is checked
+    /// itself: a sticky bit is no excuse there (others could add or swap entries).
+    fn holder_problem(&self, asked: &Path, dir: &Path, linked: bool, kind: CulpritKind) -> Result<(), Untrusted> {
+        let meta = fs::symlink_metadata(dir).map_err(|e| Untrusted::io(asked, dir, e))?;
+        if !meta.is_dir() {
+            let e = io::Error::from_raw_os_error(rustix::io::Errno::NOTDIR.raw_os_error());
+            return Err(Untrusted::new(asked, dir, kind, linked, Problem::Io(Arc::new(e))));
+        }
+        match self.owner_and_mode(&meta) {
+            Some(problem) => Err(Untrusted::new(asked, dir, kind, linked, problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a directory and every directory above it, following symlinks (whose
+    /// owners must be trusted too). The directory itself may not be sticky.
+    ///
+    /// # Errors
+    /// [`Untrusted`] naming the first directory or symlink that fails.
+    pub fn check_dir(&self, dir: &Path) -> Result<(), Untrusted> {
+        let found = self.resolve(dir, dir)?;
+        let kind = if found.linked {
+            CulpritKind::Directory
+        } else {
+            CulpritKind::Itself
+        };
+        self.holder_problem(dir, &found.real, found.linked, kind)
+    }
+
+    /// Checks a file: every directory and symlink on the way (as given and after
+    /// following symlinks), the directory that holds it (which may not be sticky), and
+    /// the file itself.
     ///
     /// # Errors
     /// [`Untrusted`] naming what fails and why.
@@ -254,21 +362,12 @@ impl TrustPolicy {
 
     /// [`TrustPolicy::check_file`], returning the real path and its metadata.
     fn check_file_meta(&self, path: &Path) -> Result<(PathBuf, Metadata), Untrusted> {
-        let absolute = std::path::absolute(path).map_err(|e| Untrusted::io(path, path, e))?;
-        let parent = absolute.parent().unwrap_or(Path::new("/"));
-        let linked_dir = self.walk(path, parent, false)?;
-        let meta = fs::symlink_metadata(&absolute).map_err(|e| Untrusted::io(path, path, e))?;
-        if !meta.file_type().is_symlink() && !linked_dir {
-            self.file_problem(&meta)
-                .map_err(|p| Untrusted::file(path, path, false, p))?;
-            return Ok((absolute, meta));
-        }
-        let real = fs::canonicalize(&absolute).map_err(|e| Untrusted::io(path, path, e))?;
-        self.walk(path, real.parent().unwrap_or(Path::new("/")), true)?;
-        let meta = fs::metadata(&real).map_err(|e| Untrusted::io(path, &real, e))?;
-        self.file_problem(&meta)
-            .map_err(|p| Untrusted::file(path, &real, true, p))?;
-        Ok((real, meta))
+        let found = self.resolve(path, path)?;
+        let holder = found.real.parent().unwrap_or(Path::new("/"));
+        self.holder_problem(path, holder, found.linked, CulpritKind::Directory)?;
+        self.file_problem(&found.meta)
+            .map_err(|p| Untrusted::file(path, &found.real, found.linked, p))?;
+        Ok((found.real, found.meta))
     }
 
     /// Checks a file and opens it for reading; the open file is checked again (`fstat`)
@@ -295,15 +394,23 @@ impl TrustPolicy {
         Ok(file)
     }
 
-    /// Reads a whole file through [`TrustPolicy::open`].
+    /// Reads a settings file through [`TrustPolicy::open`], at most
+    /// [`MAX_SETTINGS_BYTES`] (a symlink to `/proc/self/pagemap` passes the rule, and
+    /// must not eat the host's memory).
     ///
     /// # Errors
-    /// [`Untrusted`], including read errors as `Problem::Io`.
+    /// [`Untrusted`], including read errors and a file too large as `Problem::Io`.
     pub fn read(&self, path: &Path) -> Result<Vec<u8>, Untrusted> {
         use std::io::Read;
-        let mut file = self.open(path)?;
+        let file = self.open(path)?;
         let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(|e| Untrusted::io(path, path, e))?;
+        file.take(MAX_SETTINGS_BYTES + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| Untrusted::io(path, path, e))?;
+        if data.len() as u64 > MAX_SETTINGS_BYTES {
+            let e = io::Error::other(format!("larger than {MAX_SETTINGS_BYTES} bytes"));
+            return Err(Untrusted::io(path, path, e));
+        }
         Ok(data)
     }
 }
@@ -382,9 +489,73 @@ mod tests {
             format!("directory {} is writable by others (mode 0777)", d.display())
         );
         assert!(policy.check_dir(&d).is_err());
-        // Sticky alone is not enough unless root owns it.
+        // The directory that holds the file may never be sticky-and-writable: others
+        // could add and swap their own entries there.
         chmod(&d, 0o1777);
-        assert_eq!(policy.check_file(&p).is_ok(), policy.uid() == 0);
+        assert!(policy.check_file(&p).is_err());
+        assert!(policy.check_dir(&d).is_err());
+        // As an ancestor, a root-owned sticky dir is fine (this temp dir is under /tmp).
+        assert_eq!(fs::metadata("/tmp").unwrap().mode() & 0o1000, 0o1000);
+        chmod(&d, 0o755);
+        policy.check_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_must_be_owned_by_a_trusted_user() {
+        if TrustPolicy::current_user().uid() != 0 {
+            eprintln!("SKIPPED a_symlink_on_the_way_must_be_owned_by_a_trusted_user: lchown needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("deny.sh");
+        file(&target, 0o755);
+        // /tmp/x -> deny.sh, owned by a user: in a sticky dir its owner may swap it.
+        let hop = tmp.path().join("hop");
+        symlink(&target, &hop).unwrap();
+        let entry = tmp.path().join("80-deny");
+        symlink(&hop, &entry).unwrap();
+        let policy = TrustPolicy::current_user();
+        policy.check_file(&entry).unwrap();
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &hop,
+            Some(rustix::fs::Uid::from_raw(1000)),
+            None,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        let e = policy.check_file(&entry).unwrap_err();
+        assert_eq!(e.culprit_kind, CulpritKind::Symlink);
+        assert_eq!(e.reason(), format!("symlink {} is owned by uid 1000", hop.display()));
+    }
+
+    #[test]
+    fn missing_targets_and_loops_are_errors_not_hangs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        symlink(&b, &a).unwrap();
+        symlink(&a, &b).unwrap();
+        let policy = TrustPolicy::current_user();
+        assert!(policy.check_file(&a).unwrap_err().reason().contains("symlink"));
+        let dangling = tmp.path().join("dangling");
+        symlink(tmp.path().join("none"), &dangling).unwrap();
+        assert!(policy.check_file(&dangling).unwrap_err().is_not_found());
+        // Through `..` and relative links too.
+        fs::create_dir(tmp.path().join("d")).unwrap();
+        file(&tmp.path().join("f"), 0o644);
+        symlink("../f", tmp.path().join("d/rel")).unwrap();
+        policy.check_file(&tmp.path().join("d/rel")).unwrap();
+        policy.check_file(&tmp.path().join("d/../f")).unwrap();
+    }
+
+    #[test]
+    fn settings_reads_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("big.toml");
+        fs::write(&p, vec![b'#'; MAX_SETTINGS_BYTES as usize + 1]).unwrap();
+        let e = TrustPolicy::current_user().read(&p).unwrap_err();
+        assert!(e.reason().contains("larger than"), "{e}");
     }
 
     #[test]

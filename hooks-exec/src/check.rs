@@ -55,6 +55,20 @@ pub fn check_executable(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The interpreter a `#!` script names (its first word), if the file is one.
+pub(crate) fn interpreter(path: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    let mut head = [0u8; 256];
+    let n = File::open(path)?.read(&mut head)?;
+    let Some(rest) = head[..n].strip_prefix(b"#!") else {
+        return Ok(None);
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .map(|w| Path::new(std::ffi::OsStr::from_bytes(w)).to_owned()))
+}
+
 fn is_executable(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return false;

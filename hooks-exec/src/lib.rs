@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hooks_core::{
     Hook, HookError, HookLoader, HookOutcome, HookSettings, HookStatus, Invocation, LoadError, LoaderRegistration,
+    TrustPolicy, Untrusted,
 };
 
 pub use check::check_executable;
@@ -358,6 +359,18 @@ impl HookLoader for ExecLoader {
 
     fn check(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {
         check_executable(path)
+    }
+
+    /// A script's `#!` interpreter runs as root with it: it must pass the rule too (a
+    /// root-owned script naming a user's `venv/bin/python3` would run that user's code).
+    fn check_dependencies(&self, path: &Path, trust: &TrustPolicy) -> Result<(), Untrusted> {
+        match check::interpreter(path) {
+            Ok(Some(interpreter)) if interpreter.is_absolute() => trust
+                .check_file(&interpreter)
+                .map_err(|why| Untrusted::dependency(path, "interpreter", why)),
+            // No `#!` (an ELF binary), or one libvirt would fail to run anyway.
+            _ => Ok(()),
+        }
     }
 }
 

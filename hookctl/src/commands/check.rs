@@ -24,6 +24,22 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                     eprintln!("broken: {}: refused: {}", config.display(), e.reason());
                 }
             }
+            let log = super::dispatch::load_config(hooks.root()).log_path();
+            match crate::audit::check(&log) {
+                Ok(()) => {}
+                Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
+                    warned += 1;
+                    eprintln!(
+                        "warning: audit log {}: {} (dispatch will say so on each event)",
+                        log.display(),
+                        why.reason()
+                    );
+                }
+                Err(e) => {
+                    broken += 1;
+                    eprintln!("broken: audit log {}: {e}", log.display());
+                }
+            }
         }
         let entries = match hooks.scan(driver) {
             Ok(entries) => entries,

@@ -19,7 +19,7 @@ pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
 /// `<plugins dir>/hookctl.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DispatchConfig {
+pub(crate) struct DispatchConfig {
     /// The audit log file.
     log: Option<PathBuf>,
 }
@@ -96,20 +96,21 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    audit(
-        &config.log.unwrap_or_else(|| PathBuf::from(DEFAULT_LOG)),
-        &event,
-        &report,
-        ok,
-        start,
-    );
+    audit(&config.log_path(), &event, &report, ok, start);
     ok
+}
+
+impl DispatchConfig {
+    /// The audit log in effect.
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.log.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOG))
+    }
 }
 
 /// Reads `<plugins>/hookctl.toml`. It must pass the trust rule (it names the file the
 /// audit log is written to); a refused or broken one is ignored with a message, and
 /// the defaults apply: the dispatch itself goes on.
-fn load_config(plugins: &Path) -> DispatchConfig {
+pub(crate) fn load_config(plugins: &Path) -> DispatchConfig {
     let path = plugins.join("hookctl.toml");
     let bytes = match TrustPolicy::current_user().read(&path) {
         Ok(bytes) => bytes,

@@ -80,6 +80,15 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
                     )));
                 }
             }
+            // The dispatcher checks what it runs; a hook others can change would fail
+            // every event from now on (libvirt ran it as root regardless: say so now).
+            if let Err(why) = TrustPolicy::current_user().check_file(&link) {
+                return Err(UsageError(format!(
+                    "not moving `{}`: {}; libvirt runs it as root, so whoever can change it has root today. Fix its owner and mode (e.g. `chown root: FILE; chmod go-w FILE`), then rerun",
+                    link.display(),
+                    why.reason()
+                )));
+            }
             fs::rename(&link, &kept).map_err(|e| io_err("move", &link, e))?;
             println!(
                 "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
