@@ -430,3 +430,33 @@ fn the_audit_log_goes_only_where_nobody_else_can_reach_it() {
         .code(1)
         .stderr(contains(format!("broken: audit log {}", log.display())));
 }
+
+#[test]
+fn a_wasm_plugin_asleep_in_a_host_call_cannot_outlast_its_timeout() {
+    let (_tmp, hooks, plugins) = installed();
+    // poll_oneoff with a 30 s clock subscription: what std::thread::sleep compiles to.
+    let module = wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start")
+            (i64.store (i32.const 0) (i64.const 7))
+            (i32.store8 (i32.const 8) (i32.const 0))
+            (i32.store (i32.const 16) (i32.const 1))
+            (i64.store (i32.const 24) (i64.const 30000000000))
+            (i64.store (i32.const 32) (i64.const 0))
+            (i32.store16 (i32.const 40) (i32.const 0))
+            (drop (call $poll (i32.const 0) (i32.const 128) (i32.const 1) (i32.const 256)))))"#,
+    )
+    .unwrap();
+    fs::write(plugins.join("10-sleeper.wasm"), module).unwrap();
+    fs::write(plugins.join("10-sleeper.wasm.toml"), "timeout = \"500ms\"\n").unwrap();
+    let start = std::time::Instant::now();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("timed out after 500"));
+    let took = start.elapsed();
+    eprintln!("dispatch with a 30 s WASI sleep under a 500 ms timeout took {took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+}

@@ -301,12 +301,14 @@ impl TrustPolicy {
                     return Err(Untrusted::new(asked, &next, CulpritKind::Symlink, linked, problem));
                 }
                 links += 1;
-                let target = (links <= MAX_LINKS)
-                    .then(|| fs::read_link(&next))
-                    .unwrap_or_else(|| Err(io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error())))
-                    .map_err(|e| {
-                        Untrusted::new(asked, &next, CulpritKind::Symlink, linked, Problem::Io(Arc::new(e)))
-                    })?;
+                let target = if links <= MAX_LINKS {
+                    fs::read_link(&next)
+                } else {
+                    Err(io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()))
+                };
+                let target = target.map_err(|e| {
+                    Untrusted::new(asked, &next, CulpritKind::Symlink, linked, Problem::Io(Arc::new(e)))
+                })?;
                 if target.is_absolute() {
                     real = PathBuf::from("/");
                     meta = fs::symlink_metadata(&real).map_err(|e| Untrusted::io(asked, &real, e))?;
@@ -361,13 +363,13 @@ impl TrustPolicy {
     }
 
     /// [`TrustPolicy::check_file`], returning the real path and its metadata.
-    fn check_file_meta(&self, path: &Path) -> Result<(PathBuf, Metadata), Untrusted> {
+    fn check_file_meta(&self, path: &Path) -> Result<(PathBuf, Metadata, bool), Untrusted> {
         let found = self.resolve(path, path)?;
         let holder = found.real.parent().unwrap_or(Path::new("/"));
         self.holder_problem(path, holder, found.linked, CulpritKind::Directory)?;
         self.file_problem(&found.meta)
             .map_err(|p| Untrusted::file(path, &found.real, found.linked, p))?;
-        Ok((found.real, found.meta))
+        Ok((found.real, found.meta, found.linked))
     }
 
     /// Checks a file and opens it for reading; the open file is checked again (`fstat`)
@@ -376,8 +378,7 @@ impl TrustPolicy {
     /// # Errors
     /// [`Untrusted`], or `Problem::Io` when it cannot be opened.
     pub fn open(&self, path: &Path) -> Result<File, Untrusted> {
-        let (real, checked) = self.check_file_meta(path)?;
-        let linked = real != path;
+        let (real, checked, linked) = self.check_file_meta(path)?;
         let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK;
         let file = fs::OpenOptions::new()
             .read(true)

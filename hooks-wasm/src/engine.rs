@@ -1,12 +1,12 @@
-//! The shared engine, its configuration, and the one ticker thread behind every
-//! timeout (epoch interruption).
+//! The shared engine, its configuration, and the one ticker thread that makes running
+//! modules check their deadline (epoch interruption).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::thread::{self, Thread};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances while a call with a deadline runs.
 pub(crate) const TICK: Duration = Duration::from_millis(2);
@@ -16,6 +16,12 @@ const KEEP_RESIDENT: usize = 1 << 20;
 
 /// The largest memory any module may get; a hook's own cap is enforced per store.
 pub(crate) const MAX_MEMORY: usize = 1 << 30;
+
+/// Most memories and tables one module may define (multi-memory is on in wasmtime 48).
+/// More is refused at load, so pooled and on-demand engines accept the same modules;
+/// the memory cap counts all of them together.
+pub(crate) const MAX_MEMORIES: u32 = 4;
+pub(crate) const MAX_TABLES: u32 = 4;
 
 /// How the engine is built. One engine serves every hook; it is costly to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +34,10 @@ pub struct EngineConfig {
     /// Count fuel, so hooks can be given an instruction budget (costs ~10-20% speed).
     /// By default off: timeouts use epoch interruption instead.
     pub fuel: bool,
-    /// Compile epoch checks into modules so timeouts can stop them. By default on;
-    /// without it a timeout cannot interrupt a module (only for measuring the checks'
-    /// cost, or for fully trusted modules).
+    /// Compile epoch checks into modules so timeouts can stop them while they compute.
+    /// By default on; without it a timeout still ends a wait in a host call (a WASI
+    /// sleep) but cannot interrupt a module that computes (only for measuring the
+    /// checks' cost, or for fully trusted modules).
     pub interruptible: bool,
 }
 
@@ -56,6 +63,8 @@ pub(crate) fn build_engine(cfg: EngineConfig) -> wasmtime::Result<(Engine, bool)
                 .total_core_instances(cfg.max_concurrency)
                 .total_stacks(cfg.max_concurrency)
                 .max_memory_size(MAX_MEMORY)
+                .max_memories_per_module(MAX_MEMORIES)
+                .max_tables_per_module(MAX_TABLES)
                 // Hooks touch little memory: zeroing it on reuse beats returning it to
                 // the kernel and faulting it back in on every call.
                 .linear_memory_keep_resident(KEEP_RESIDENT)
@@ -77,7 +86,8 @@ pub(crate) fn build_engine(cfg: EngineConfig) -> wasmtime::Result<(Engine, bool)
 /// (parked) while none runs.
 pub(crate) struct Ticker {
     active: AtomicUsize,
-    engines: std::sync::Mutex<Vec<Engine>>,
+    /// Weak, so a dropped sandbox's engine (and its pooled memory) is freed.
+    engines: std::sync::Mutex<Vec<EngineWeak>>,
     thread: OnceLock<Thread>,
 }
 
@@ -104,7 +114,7 @@ impl Ticker {
         self.engines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(engine.clone());
+            .push(engine.weak());
     }
 
     pub(crate) fn start(&'static self) -> TickGuard {
@@ -118,9 +128,10 @@ impl Ticker {
                         continue;
                     }
                     thread::sleep(TICK);
-                    for engine in self.engines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                        engine.increment_epoch();
-                    }
+                    self.engines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|weak| weak.upgrade().map(|engine| engine.increment_epoch()).is_some());
                 });
             match spawned {
                 Ok(handle) => handle.thread().clone(),
@@ -134,9 +145,4 @@ impl Ticker {
         thread.unpark();
         TickGuard(self)
     }
-}
-
-/// Ticks for a timeout: the deadline traps between (n-1)·TICK and n·TICK after it is set.
-pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64).saturating_add(1)
 }

@@ -6,13 +6,27 @@
 //! is 0). Deny by default: no preopened directories (opening a file fails inside the
 //! module), no sockets, no inherited stdio, environment `LC_ALL=C` only.
 //!
-//! Limits per hook ([`WasmOptions`]): a memory cap (64 MiB by default; exceeding it is a
-//! clean failure), a timeout by epoch interruption (10 s by default, reported as
-//! `TimedOut`), output caps (16 MiB per stream, reported), optional fuel.
+//! Limits per hook ([`WasmOptions`]):
+//! - a memory cap (64 MiB by default) on all of a module's memories together (wasmtime
+//!   48 allows several); exceeding it is a clean failure;
+//! - a timeout (10 s by default, reported as `TimedOut`) that holds wherever the time
+//!   goes: epoch interruption stops a module that computes, and a timer ends a wait in
+//!   a host call (a WASI sleep through `poll_oneoff`), dropping it. Calls run on
+//!   wasmtime's async API, driven by this crate's own small tokio runtime, so they
+//!   behave the same from `Registry::fire_blocking` and from inside tokio;
+//! - output caps (16 MiB per stream, reported), optional fuel.
 //!
-//! Speed: one engine per process, each module compiled once (keyed by the SHA-256 of
-//! its bytes) and kept linked (`InstancePre`), a checksummed on-disk cache of compiled
-//! code so a new process does not recompile, and a fresh store per call.
+//! Speed: one engine per process (pooling allocator), each module compiled once (keyed
+//! by the SHA-256 of its bytes) and kept linked (`InstancePre`), a fresh store per
+//! call, and an on-disk cache of compiled code so a new process does not recompile.
+//!
+//! The disk cache holds native code that runs with the caller's privileges (root,
+//! under libvirt), so an entry is loaded only from a directory that passes
+//! [`hooks_core::TrustPolicy`] for the effective uid, only when the entry itself is a
+//! regular file (not a symlink) owned by the effective uid and writable by no one else,
+//! and only when its header binds it to the SHA-256 of the module being loaded and to
+//! this engine; anything else is recompiled. Root never caches under `HOME` or
+//! `XDG_CACHE_HOME` ([`cache_dir_for`]).
 //!
 //! ```no_run
 //! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
@@ -25,12 +39,15 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
+mod cache;
 mod engine;
 mod pipe;
+mod runtime;
 mod sandbox;
 
+pub use cache::{cache_dir_for, default_cache_dir};
 pub use engine::EngineConfig;
-pub use sandbox::{default_cache_dir, CacheSource, CompiledModule, Sandbox};
+pub use sandbox::{CacheSource, CompiledModule, Sandbox};
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
@@ -39,14 +56,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hooks_core::{Hook, HookLoader, HookOutcome, HookSettings, HookStatus, Invocation, LoadError, LoaderRegistration};
+use tokio::sync::oneshot;
 
 /// Limits for one WASM hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WasmOptions {
-    /// Stop the module after this long (epoch interruption) and report `TimedOut`. By
-    /// default 10 s. An [`Invocation`] timeout, if shorter, wins.
+    /// Stop the module after this long, whether it computes or waits in a host call,
+    /// and report `TimedOut`. By default 10 s. An [`Invocation`] timeout, if shorter,
+    /// wins.
     pub timeout: Option<Duration>,
-    /// Linear memory cap in bytes; growing past it fails the hook. By default 64 MiB.
+    /// Cap in bytes on all of the module's linear memories together; growing past it
+    /// fails the hook. By default 64 MiB.
     pub memory: usize,
     /// Cap on each of stdout and stderr; more is dropped and reported. By default 16 MiB.
     pub max_output: usize,
@@ -115,7 +135,7 @@ impl WasmHook {
         &self.options
     }
 
-    fn job(&self, inv: &Invocation) -> impl FnOnce() -> HookOutcome + Send + 'static {
+    fn job(&self, inv: &Invocation) -> impl FnOnce(Option<oneshot::Receiver<()>>) -> HookOutcome + Send + 'static {
         let args = inv.args();
         let argv = [
             self.name.clone(),
@@ -136,7 +156,7 @@ impl WasmHook {
             Arc::clone(&self.module),
             inv.input_shared().cloned(),
         );
-        move || sandbox.run(&module, &argv, input, limits)
+        move |cancel| sandbox.run(&module, &argv, input, limits, cancel)
     }
 }
 
@@ -156,13 +176,17 @@ impl Hook for WasmHook {
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let job = self.job(inv);
-        // wasmtime-wasi's synchronous calls must not run on an async worker thread.
+        // The module runs on the calling thread, which must not be an async worker:
+        // inside tokio it moves to a blocking thread, and dropping this future (the
+        // sender with it) ends the call there.
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt
-                .spawn_blocking(job)
-                .await
-                .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}")))),
-            Err(_) => job(),
+            Ok(rt) => {
+                let (_caller_waits, cancel) = oneshot::channel::<()>();
+                rt.spawn_blocking(move || job(Some(cancel)))
+                    .await
+                    .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}"))))
+            }
+            Err(_) => job(None),
         }
     }
 }

@@ -3,20 +3,25 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::hash::{Hash, Hasher};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hooks_core::{HookOutcome, HookStatus, LoadError};
 use sha2::{Digest, Sha256};
-use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
+use tokio::sync::oneshot;
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
-use crate::engine::{build_engine, deadline_ticks, EngineConfig, Ticker};
+use crate::cache::{default_cache_dir, hex, DiskCache};
+use crate::engine::{build_engine, EngineConfig, Ticker, MAX_MEMORIES, MAX_TABLES};
 use crate::pipe::CappedPipe;
+use crate::runtime;
 
 /// Where a loaded module came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,42 +61,63 @@ impl CompiledModule {
         self.digest
     }
 }
-
-/// Per-store state: the WASI context and the memory cap.
+/// Per-store state: the WASI context, the memory cap and the deadline.
 pub(crate) struct HostState {
     wasi: WasiP1Ctx,
     limits: MemoryCap,
+    deadline: Option<Instant>,
 }
 
+/// Most table elements a store may hold, all tables together (8 bytes each).
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// The memory cap for all of a store's memories together: with multi-memory, a cap
+/// per memory would give a module with N memories N times the cap.
 struct MemoryCap {
     cap: usize,
+    /// Bytes granted so far, all memories together. A growth that wasmtime then fails
+    /// stays counted (the limiter is not told which memory failed): the cap can only
+    /// get stricter.
+    memory: usize,
+    table_elements: usize,
     refused: Option<usize>,
 }
 
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.refused = Some(desired);
-            wasmtime::bail!(
-                "memory limit of {} exceeded (asked for {})",
-                mib(self.cap),
-                mib(desired)
-            );
+impl MemoryCap {
+    fn new(cap: usize) -> Self {
+        MemoryCap {
+            cap,
+            memory: 0,
+            table_elements: 0,
+            refused: None,
         }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    // Also called with `current` 0 for each memory as it is created.
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory.saturating_sub(current).saturating_add(desired);
+        if total > self.cap {
+            self.refused = Some(total);
+            wasmtime::bail!("memory limit of {} exceeded (asked for {})", mib(self.cap), mib(total));
+        }
+        self.memory = total;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_sub(current).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 }
 
 fn mib(bytes: usize) -> String {
     format!("{} MiB", bytes.div_ceil(1 << 20))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Limits for one call.
@@ -103,8 +129,6 @@ pub(crate) struct CallLimits {
     pub(crate) fuel: Option<u64>,
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"VHWASM1\0";
-
 /// One engine with its linker and module caches. Build one per process (or use
 /// [`Sandbox::global`]); it is costly to create and cheap to share.
 pub struct Sandbox {
@@ -112,8 +136,7 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     config: EngineConfig,
     pooling: bool,
-    cache_dir: Option<PathBuf>,
-    compat: String,
+    cache: Option<DiskCache>,
     modules: Mutex<HashMap<[u8; 32], Arc<CompiledModule>>>,
 }
 
@@ -122,59 +145,76 @@ impl std::fmt::Debug for Sandbox {
         f.debug_struct("Sandbox")
             .field("config", &self.config)
             .field("pooling", &self.pooling)
-            .field("cache_dir", &self.cache_dir)
+            .field("cache_dir", &self.cache_dir())
             .finish_non_exhaustive()
     }
 }
 
-/// The default on-disk cache: `$VIRT_HOOKS_WASM_CACHE` (`off` disables it), else
-/// `$XDG_CACHE_HOME/virt-hooks/wasm`, else `$HOME/.cache/virt-hooks/wasm`, else (root
-/// with no home, as under libvirt) `/var/cache/virt-hooks/wasm`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    match std::env::var_os("VIRT_HOOKS_WASM_CACHE") {
-        Some(v) if v == "off" => return None,
-        Some(v) if !v.is_empty() => return Some(PathBuf::from(v)),
-        _ => {}
-    }
-    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(xdg).join("virt-hooks/wasm"));
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(home).join(".cache/virt-hooks/wasm"));
-    }
-    // libvirt may run hooks with no HOME; as root, use the system cache.
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self")
-        .is_ok_and(|m| m.uid() == 0)
-        .then(|| PathBuf::from("/var/cache/virt-hooks/wasm"))
+/// How a call ended, seen from outside the module.
+enum Ended<T> {
+    Returned(T),
+    TimedOut,
+    Abandoned,
+}
+
+/// Runs `call` until it finishes, `deadline` passes, or `cancel`'s sender is dropped;
+/// then drops it, which also cancels a host call it waits in. Must run inside
+/// [`runtime::block_on`] (the deadline is a tokio timer).
+async fn bounded<F: Future>(
+    call: F,
+    deadline: Option<Instant>,
+    mut cancel: Option<oneshot::Receiver<()>>,
+) -> Ended<F::Output> {
+    let mut call = pin!(call);
+    // Created here, inside the runtime; registered only if the call has to wait.
+    let mut timer = pin!(deadline.map(|d| tokio::time::sleep_until(d.into())));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(Ended::Returned(out));
+        }
+        if let Some(timer) = timer.as_mut().as_pin_mut() {
+            if timer.poll(cx).is_ready() {
+                return Poll::Ready(Ended::TimedOut);
+            }
+        }
+        if let Some(rx) = cancel.as_mut() {
+            // Ready only once the caller has gone (the sender is never used to send).
+            if std::pin::Pin::new(rx).poll(cx).is_ready() {
+                return Poll::Ready(Ended::Abandoned);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 impl Sandbox {
     /// A sandbox with its own engine; `cache_dir` `None` keeps compiled modules in
-    /// memory only.
+    /// memory only. The dir is created (mode 0700) if missing and used only if it
+    /// passes the trust rule for the effective uid ([`hooks_core::TrustPolicy`]);
+    /// otherwise the sandbox warns (through `tracing`) and compiles in memory.
     ///
     /// # Errors
     /// When the engine cannot be built.
     pub fn new(config: EngineConfig, cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
         let (engine, pooling) = build_engine(config)?;
         let mut linker = Linker::new(&engine);
-        p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let compat = format!("{:016x}", hasher.finish());
+        // The async WASI calls: a sleep is a tokio timer that dropping the call cancels.
+        p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)?;
+        let cache = cache_dir.and_then(|dir| DiskCache::open(&dir, &engine));
         Ticker::global().register(&engine);
         Ok(Sandbox {
             engine,
             linker,
             config,
             pooling,
-            cache_dir,
-            compat,
+            cache,
             modules: Mutex::default(),
         })
     }
 
-    /// The process-wide sandbox with the default configuration and cache dir.
+    /// The process-wide sandbox with the default configuration and cache dir
+    /// ([`default_cache_dir`]).
     ///
     /// # Errors
     /// When the engine cannot be built (the message says why).
@@ -195,14 +235,16 @@ impl Sandbox {
         self.pooling
     }
 
-    /// The on-disk cache dir, if any.
+    /// The on-disk cache dir in use (absolute), if any: `None` when none was given or
+    /// it failed the trust rule.
     pub fn cache_dir(&self) -> Option<&Path> {
-        self.cache_dir.as_deref()
+        self.cache.as_ref().map(DiskCache::dir)
     }
 
     /// Loads a module file: from memory if this content was seen, else from the disk
-    /// cache (checksummed; a bad entry is recompiled), else compiled. Checks that it is
-    /// a WASI command module whose imports the sandbox provides.
+    /// cache (only an entry bound to this content, in a trusted dir; anything else is
+    /// recompiled), else compiled. Checks that it is a WASI command module whose
+    /// imports the sandbox provides.
     ///
     /// # Errors
     /// A [`LoadError`] naming the file and what is wrong.
@@ -221,12 +263,12 @@ impl Sandbox {
         if let Some(m) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             return Ok(Arc::clone(m));
         }
-        let (module, source) = match self.read_cached(&digest) {
+        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &digest));
+        let (module, source) = match cached {
             Some(module) => (module, CacheSource::Disk),
             None => {
                 let module = Module::new(&self.engine, bytes)
                     .map_err(|e| fail("invalid WebAssembly").with_source(WasmError::from(e)))?;
-                self.write_cached(&digest, &module);
                 (module, CacheSource::Compiled)
             }
         };
@@ -239,10 +281,22 @@ impl Sandbox {
                 ))
             }
         }
+        let needs = module.resources_required();
+        if needs.num_memories > MAX_MEMORIES || needs.num_tables > MAX_TABLES {
+            return Err(fail(&format!(
+                "defines {} memories and {} tables (at most {MAX_MEMORIES} of each)",
+                needs.num_memories, needs.num_tables
+            )));
+        }
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             fail("needs imports the sandbox does not provide (only WASI preview 1 is linked)")
                 .with_source(WasmError::from(e))
         })?;
+        if source == CacheSource::Compiled {
+            if let Some(cache) = &self.cache {
+                cache.store(&digest, &module);
+            }
+        }
         let compiled = Arc::new(CompiledModule { pre, digest, source });
         self.modules
             .lock()
@@ -251,66 +305,19 @@ impl Sandbox {
         Ok(compiled)
     }
 
-    fn cache_path(&self, digest: &[u8; 32]) -> Option<PathBuf> {
-        Some(
-            self.cache_dir
-                .as_ref()?
-                .join(format!("{}-{}.cwasm", hex(digest), self.compat)),
-        )
-    }
-
-    fn read_cached(&self, digest: &[u8; 32]) -> Option<Module> {
-        let path = self.cache_path(digest)?;
-        let data = fs::read(&path).ok()?;
-        let body = data.strip_prefix(CACHE_MAGIC.as_slice())?;
-        let (sum, artifact) = body.split_at_checked(32)?;
-        if Sha256::digest(artifact).as_slice() != sum {
-            tracing::warn!(path = %path.display(), "corrupt WASM cache entry; recompiling");
-            let _ = fs::remove_file(&path);
-            return None;
-        }
-        // SAFETY: the artifact was written by `write_cached` with this engine's compatibility
-        // hash in its name, and its checksum matches, so it is the bytes wasmtime
-        // produced; wasmtime also checks its own header and engine settings.
-        match unsafe { Module::deserialize(&self.engine, artifact) } {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unusable WASM cache entry; recompiling");
-                let _ = fs::remove_file(&path);
-                None
-            }
-        }
-    }
-
-    fn write_cached(&self, digest: &[u8; 32], module: &Module) {
-        let Some(path) = self.cache_path(digest) else { return };
-        let Ok(artifact) = module.serialize() else { return };
-        let write = || -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            fs::create_dir_all(dir)?;
-            // Written beside the entry and renamed over it, so readers never see half.
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            use std::io::Write;
-            tmp.write_all(CACHE_MAGIC)?;
-            tmp.write_all(&Sha256::digest(&artifact))?;
-            tmp.write_all(&artifact)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&path).map(drop).map_err(|e| e.error)
-        };
-        if let Err(e) = write() {
-            tracing::debug!(path = %path.display(), error = %e, "cannot write the WASM cache entry");
-        }
-    }
-
-    /// Runs a module once.
+    /// Runs a module once, on this thread, until it ends, its timeout passes (in wasm
+    /// code or in a host call), or `cancel`'s sender is dropped. Must not be called on
+    /// an async worker thread.
     pub(crate) fn run(
         &self,
         module: &CompiledModule,
         argv: &[String; 5],
         input: Option<Arc<[u8]>>,
         limits: CallLimits,
+        cancel: Option<oneshot::Receiver<()>>,
     ) -> HookOutcome {
         let start = Instant::now();
+        let deadline = limits.timeout.and_then(|t| start.checked_add(t));
         let stdout = CappedPipe::new(limits.max_output);
         let stderr = CappedPipe::new(limits.max_output);
         let mut wasi = WasiCtxBuilder::new();
@@ -318,6 +325,9 @@ impl Sandbox {
             .env("LC_ALL", "C")
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            // Blocking the thread would turn a WASI sleep into `thread::sleep`, which
+            // no timeout can end.
+            .allow_blocking_current_thread(false)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -326,34 +336,41 @@ impl Sandbox {
         }
         let state = HostState {
             wasi: wasi.build_p1(),
-            limits: MemoryCap {
-                cap: limits.memory,
-                refused: None,
-            },
+            limits: MemoryCap::new(limits.memory),
+            deadline,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         if self.config.fuel {
             let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
         }
-        let _ticking = match limits.timeout.filter(|_| self.config.interruptible) {
-            Some(t) => {
-                store.set_epoch_deadline(deadline_ticks(t));
-                Some(Ticker::global().start())
-            }
-            None => {
-                store.set_epoch_deadline(u64::MAX);
-                None
-            }
+        // Each tick, a computing module traps once past its deadline, and otherwise
+        // yields, so the caller's cancellation is seen while it computes too.
+        let _ticking = if self.config.interruptible && (deadline.is_some() || cancel.is_some()) {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|s| {
+                Ok(match s.data().deadline {
+                    Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+                    _ => UpdateDeadline::Yield(1),
+                })
+            });
+            Some(Ticker::global().start())
+        } else {
+            store.set_epoch_deadline(u64::MAX);
+            None
         };
-        let result = module
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
-            .and_then(|start| start.call(&mut store, ()));
-        let status = match result {
-            Ok(()) => HookStatus::Exited(0),
-            Err(e) => classify(&e, store.data().limits.refused, limits),
+        let pre = &module.pre;
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let entry = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            entry.call_async(&mut store, ()).await
+        };
+        let status = match runtime::block_on(bounded(call, deadline, cancel)) {
+            Ok(Ended::Returned(Ok(()))) => HookStatus::Exited(0),
+            Ok(Ended::Returned(Err(e))) => classify(&e, store.data().limits.refused, limits),
+            Ok(Ended::TimedOut) => HookStatus::TimedOut(limits.timeout.unwrap_or_default()),
+            Ok(Ended::Abandoned) => HookStatus::Crashed("abandoned by its caller".into()),
+            Err(e) => HookStatus::Crashed(e.to_owned()),
         };
         drop(store);
         let (out, out_cut) = stdout.take();

@@ -1,0 +1,309 @@
+//! The on-disk cache of compiled modules, and what makes running its entries safe.
+//!
+//! Loading an entry maps native code that then runs with this process's privileges
+//! (root, under libvirt), and wasmtime checks little of it: its header, version and
+//! engine settings, not the code. An entry is therefore as powerful as a native
+//! plugin, and is used only when all of these hold:
+//!
+//! - the cache dir passes the trust rule for the effective uid
+//!   ([`TrustPolicy::check_dir`]: it and every directory above it are owned by root or
+//!   the effective uid and not writable by group or others), checked when the sandbox
+//!   is built and again before every read; a dir that fails is not used at all;
+//! - the entry, opened with `O_NOFOLLOW` (a symlink is refused) and examined with
+//!   `fstat` on the open file, is a regular file owned by the effective uid and not
+//!   writable by group or others;
+//! - its header names the SHA-256 of the module bytes being loaded and this engine's
+//!   compatibility hash, and its checksum (over header and code) matches: an entry
+//!   copied over another module's name, written by another engine, or torn is never
+//!   deserialized.
+//!
+//! Anything else is recompiled and the entry rewritten. The checksum proves nothing
+//! about who wrote an entry (anyone could compute it); only the first two rules do.
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hooks_core::TrustPolicy;
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, Module};
+
+/// The system cache root uses, whatever its environment says.
+const SYSTEM_DIR: &str = "/var/cache/virt-hooks/wasm";
+
+/// Entry layout: magic, module SHA-256, engine hash, checksum of all before it and the
+/// code, then wasmtime's serialized module.
+const MAGIC: &[u8; 8] = b"VHWASM2\0";
+const HEADER_LEN: usize = MAGIC.len() + 3 * 32;
+
+/// The default on-disk cache dir for this process: [`cache_dir_for`] with the
+/// effective uid and the process environment.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    cache_dir_for(TrustPolicy::current_user().uid(), |name| std::env::var_os(name))
+}
+
+/// The cache dir for a process running with effective uid `euid` and environment
+/// `env`: `$VIRT_HOOKS_WASM_CACHE` if set (`off` disables the cache); else, for root,
+/// always `/var/cache/virt-hooks/wasm` (`HOME` and `XDG_CACHE_HOME` are not consulted:
+/// under `sudo -E` they name a user's directory); else `$XDG_CACHE_HOME/virt-hooks/wasm`,
+/// else `$HOME/.cache/virt-hooks/wasm`, else none.
+///
+/// Whatever it returns must still pass the trust rule when a [`crate::Sandbox`] opens
+/// it, or the sandbox runs without a disk cache.
+///
+/// ```
+/// use std::path::PathBuf;
+/// use hooks_wasm::cache_dir_for;
+/// let env = |name: &str| (name == "HOME").then(|| "/home/dev".into());
+/// assert_eq!(cache_dir_for(1000, env), Some(PathBuf::from("/home/dev/.cache/virt-hooks/wasm")));
+/// assert_eq!(cache_dir_for(0, env), Some(PathBuf::from("/var/cache/virt-hooks/wasm")));
+/// ```
+pub fn cache_dir_for(euid: u32, env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    match var("VIRT_HOOKS_WASM_CACHE") {
+        Some(v) if v == "off" => return None,
+        Some(v) => return Some(PathBuf::from(v)),
+        None => {}
+    }
+    if euid == 0 {
+        return Some(PathBuf::from(SYSTEM_DIR));
+    }
+    // The XDG spec says to ignore a relative value.
+    let absolute = |v: OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(xdg) = var("XDG_CACHE_HOME").and_then(absolute) {
+        return Some(xdg.join("virt-hooks/wasm"));
+    }
+    var("HOME")
+        .and_then(absolute)
+        .map(|home| home.join(".cache/virt-hooks/wasm"))
+}
+
+/// A cache dir that passed the trust rule, for one engine.
+pub(crate) struct DiskCache {
+    dir: PathBuf,
+    policy: TrustPolicy,
+    engine_hash: [u8; 32],
+    compat_tag: String,
+    warned: AtomicBool,
+}
+
+impl std::fmt::Debug for DiskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskCache {
+    /// Opens (creating it 0700 if missing) a cache dir for `engine`; `None`, with a
+    /// warning, when it fails the trust rule or cannot be created.
+    pub(crate) fn open(dir: &Path, engine: &Engine) -> Option<DiskCache> {
+        let policy = TrustPolicy::current_user();
+        let dir = match std::path::absolute(dir) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "WASM cache dir unusable; compiling in memory");
+                return None;
+            }
+        };
+        // Nothing is created below an untrusted directory (as root, that would be
+        // mkdir at a path someone else chose).
+        let existing = dir
+            .ancestors()
+            .find(|d| fs::symlink_metadata(d).is_ok())
+            .unwrap_or(Path::new("/"));
+        if let Err(e) = policy.check_dir(existing) {
+            tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
+            return None;
+        }
+        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the WASM cache dir; compiling in memory");
+            return None;
+        }
+        if let Err(e) = policy.check_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
+            return None;
+        }
+        let engine_hash = engine_hash(engine);
+        Some(DiskCache {
+            dir,
+            policy,
+            compat_tag: hex(&engine_hash[..8]),
+            engine_hash,
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry_path(&self, digest: &[u8; 32]) -> PathBuf {
+        self.dir.join(format!("{}-{}.cwasm", hex(digest), self.compat_tag))
+    }
+
+    /// The dir still passes the trust rule (its owner could have loosened it since).
+    fn still_trusted(&self) -> bool {
+        match self.policy.check_dir(&self.dir) {
+            Ok(()) => true,
+            Err(e) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %self.dir.display(), reason = %e.reason(), "WASM cache dir no longer trusted; compiling in memory");
+                }
+                false
+            }
+        }
+    }
+
+    /// The compiled module for the module bytes whose SHA-256 is `digest`, if a usable
+    /// entry exists; anything unusable is logged and left for [`DiskCache::store`] to
+    /// replace.
+    pub(crate) fn load(&self, engine: &Engine, digest: &[u8; 32]) -> Option<Module> {
+        if !self.still_trusted() {
+            return None;
+        }
+        let path = self.entry_path(digest);
+        let data = match self.read_entry(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "WASM cache entry not used; recompiling");
+                return None;
+            }
+        };
+        let code = match self.check_entry(&data, digest) {
+            Ok(code) => code,
+            Err(why) => {
+                tracing::warn!(path = %path.display(), why, "WASM cache entry not used; recompiling");
+                return None;
+            }
+        };
+        // SAFETY: `deserialize` runs whatever native code `code` holds, and wasmtime
+        // validates it only lightly (header, version, engine settings), so it is safe
+        // exactly when the bytes are what this program wrote. They are: the dir passed
+        // the trust rule just now (only root and the effective uid can create, replace
+        // or rename anything in it or above it); the entry was opened without following
+        // a symlink and its open file is a regular file owned by the effective uid that
+        // group and others cannot write, so only this uid (or root) wrote it; and its
+        // checksummed header binds it to the SHA-256 of the module being loaded and to
+        // this engine, so a swapped, foreign or torn entry was refused above.
+        match unsafe { Module::deserialize(engine, code) } {
+            Ok(module) => Some(module),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unusable WASM cache entry; recompiling");
+                None
+            }
+        }
+    }
+
+    /// Reads an entry that is a regular file owned by the effective uid and not
+    /// writable by group or others, through the file descriptor that was checked.
+    fn read_entry(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            // No symlinks (ELOOP); a planted FIFO must not block the open.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::other("it is a symlink"),
+                _ => e,
+            })?;
+        let meta = file.metadata()?;
+        self.policy
+            .file_problem(&meta)
+            .map_err(|p| io::Error::other(p.to_string()))?;
+        if meta.uid() != self.policy.uid() {
+            return Err(io::Error::other(format!(
+                "owned by uid {}, not the effective uid {}",
+                meta.uid(),
+                self.policy.uid()
+            )));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut data)?;
+        Ok(data)
+    }
+
+    /// The serialized module inside `data`, if its checksum holds and its header names
+    /// this module and this engine.
+    fn check_entry<'a>(&self, data: &'a [u8], digest: &[u8; 32]) -> Result<&'a [u8], &'static str> {
+        if data.len() < HEADER_LEN || !data.starts_with(MAGIC) {
+            return Err("not an entry of this format");
+        }
+        let (header, code) = data.split_at(HEADER_LEN);
+        let (bound, sum) = header.split_at(HEADER_LEN - 32);
+        if checksum(bound, code).as_slice() != sum {
+            return Err("checksum mismatch (corrupt or torn)");
+        }
+        let (module, engine) = bound[MAGIC.len()..].split_at(32);
+        if module != digest.as_slice() {
+            return Err("compiled from another module");
+        }
+        if engine != self.engine_hash.as_slice() {
+            return Err("compiled by another engine");
+        }
+        Ok(code)
+    }
+
+    /// Writes the entry for `digest` (replacing whatever is there), unless the dir is
+    /// no longer trusted; failures are logged, never fatal.
+    pub(crate) fn store(&self, digest: &[u8; 32], module: &Module) {
+        if !self.still_trusted() {
+            return;
+        }
+        let path = self.entry_path(digest);
+        let write = || -> wasmtime::Result<()> {
+            let code = module.serialize()?;
+            let mut bound = Vec::with_capacity(HEADER_LEN - 32);
+            bound.extend_from_slice(MAGIC);
+            bound.extend_from_slice(digest);
+            bound.extend_from_slice(&self.engine_hash);
+            // A new file (mode 0600, ours) renamed over the entry: readers never see
+            // half of one, and a symlink or foreign file there is replaced, not followed.
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            tmp.write_all(&bound)?;
+            tmp.write_all(&checksum(&bound, &code))?;
+            tmp.write_all(&code)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::debug!(path = %path.display(), error = %e, "cannot write the WASM cache entry");
+        }
+    }
+}
+
+fn checksum(bound: &[u8], code: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(bound);
+    h.update(code);
+    h.finalize().into()
+}
+
+/// SHA-256 of wasmtime's compatibility hash (its version and every setting that
+/// changes compiled code).
+fn engine_hash(engine: &Engine) -> [u8; 32] {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            let d = self.0.clone().finalize();
+            u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.0.finalize().into()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
