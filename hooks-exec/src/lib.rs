@@ -21,12 +21,16 @@
 //! when this process is a child subreaper (see [`become_subreaper`]), so are the
 //! hook's orphans that were reparented here during the call, which is how a
 //! double-forked daemon is caught (without a subreaper, one already orphaned is out of
-//! reach). Whatever of this was reparented here is reaped. Children of this process
-//! that started before the hook, and hooks that other calls are running, are left
-//! alone; an orphan cannot say which hook it came from, so other processes reparented
-//! here from concurrent calls, or started by this program, during the call may be
-//! killed too. A hook that finishes in time keeps its background processes, as in
-//! libvirt.
+//! reach). A process group such an escapee made, if it holds nothing else, is stopped and
+//! killed as a whole, and a subreaper goes on killing the hook's orphans as they come
+//! back to it until none has for a short while (30 ms, at most 1 s): even a process that
+//! keeps changing its pid (it forks, the parent exits, over and over) is caught. Whatever
+//! of this was reparented here is reaped. Children of this process that started before
+//! the hook, and hooks that other calls are running, are left alone; an orphan cannot
+//! say which hook it came from, so other processes reparented here from concurrent
+//! calls, or started by this program, during the call (or just after it, while the
+//! orphans are being killed) may be killed too. A hook that finishes in time keeps its
+//! background processes, as in libvirt.
 //!
 //! Dropping the future of [`Hook::call`] (say, under `tokio::time::timeout`) kills and
 //! reaps the same way, and so does any error or panic in the supervision after a

@@ -3,10 +3,20 @@
 //! orphans that were reparented here. Read from `/proc` (no cgroups needed). Each
 //! process is frozen with SIGSTOP as it is found, so nothing can fork away while the
 //! tree is walked, and is pinned with a pidfd, so a recycled pid is never signalled.
+//!
+//! A process that keeps changing its pid (it forks, the parent exits, over and over)
+//! can outrun a walk of `/proc`: by the time the walk reaches it, it is another
+//! process. So a process group that an escapee made and that holds nothing but the
+//! hook's processes is also stopped, and then killed, as a whole: the kernel gives a
+//! group signal to a child being forked at that moment too. And in a subreaper, after
+//! the kill, this process's new children (where such a process lands when its parent
+//! dies, whatever its group) are killed and reaped as they appear, until none has for a
+//! short while.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -95,6 +105,8 @@ struct Proc {
     pgid: libc::pid_t,
     /// Start time in clock ticks after boot: with the pid, who it is.
     start: u64,
+    /// Dead, not reaped yet.
+    zombie: bool,
 }
 
 fn parse_stat(pid: libc::pid_t, stat: &[u8]) -> Option<Proc> {
@@ -102,16 +114,42 @@ fn parse_stat(pid: libc::pid_t, stat: &[u8]) -> Option<Proc> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    let _state = fields.next()?;
+    let zombie = matches!(fields.next()?, "Z" | "X");
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
     // Fields 6 to 21, then starttime (22).
     let start = fields.nth(16)?.parse().ok()?;
-    Some(Proc { pid, ppid, pgid, start })
+    Some(Proc {
+        pid,
+        ppid,
+        pgid,
+        start,
+        zombie,
+    })
 }
 
 fn read_stat(pid: libc::pid_t) -> Option<Proc> {
     parse_stat(pid, &std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The pids of this process's children (those of every thread), from
+/// `/proc/self/task/*/children`, oldest first: far quicker than a walk of `/proc`.
+/// `None` where the kernel has no such file.
+fn children_of_self() -> Option<Vec<libc::pid_t>> {
+    if !Path::new("/proc/thread-self/children").exists() {
+        return None;
+    }
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread that exited meanwhile handed its children to another one.
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+            );
+        }
+    }
+    Some(pids)
 }
 
 /// Every process we can see. Ones that exit meanwhile are simply missing.
@@ -130,6 +168,8 @@ fn scan() -> Vec<Proc> {
 struct Pinned {
     pid: libc::pid_t,
     start: u64,
+    /// Its process group when it was found.
+    pgid: libc::pid_t,
     fd: Option<OwnedFd>,
 }
 
@@ -146,6 +186,7 @@ impl Pinned {
         (read_stat(p.pid)?.start == p.start).then_some(Pinned {
             pid: p.pid,
             start: p.start,
+            pgid: p.pgid,
             fd,
         })
     }
@@ -226,8 +267,43 @@ impl Pinned {
 const REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// New processes can appear while the tree is walked (a process forks just before it is
-/// frozen); after this many rounds the walk gives up rather than chase a fork bomb.
+/// frozen); after this many rounds, or this long, the walk gives up rather than chase a
+/// fork bomb.
 const MAX_ROUNDS: usize = 32;
+const CATCH_LIMIT: Duration = Duration::from_secs(1);
+
+/// In a subreaper, the mop-up after the kill ends once no new orphan has appeared for
+/// this long (the children of a killed process are reparented here as it dies)...
+const QUIET: Duration = Duration::from_millis(30);
+
+/// ... or after this long in all, rather than chase a fork bomb forever.
+const MOP_UP_LIMIT: Duration = Duration::from_secs(1);
+
+/// Between two looks at this process's children while none is new.
+const MOP_UP_POLL: Duration = Duration::from_millis(1);
+
+/// Waits (briefly) for each of `pinned` to be dead, then reaps those that are ours.
+fn settle(pinned: &[&Pinned]) {
+    let until = Instant::now() + REAP_WAIT;
+    while pinned.iter().any(|p| !p.has_exited()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A process is reparented when its parent exits, so all of them have their last
+    // parent now.
+    for p in pinned {
+        p.try_reap();
+    }
+    if let Some(p) = pinned.iter().find(|p| !p.has_exited()) {
+        tracing::warn!(pid = p.pid, "a killed process started by a hook has not exited yet");
+    }
+}
+
+/// Where a pinned process is kept.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Member(usize),
+    Escapee(usize),
+}
 
 /// What a hook left outside the reach of its group signal, found and frozen so that it
 /// can be killed, then reaped.
@@ -243,6 +319,11 @@ pub(crate) struct Sweep {
     members: Vec<Pinned>,
     /// Outside it: each gets SIGSTOP when found, SIGKILL from [`Sweep::kill`].
     escapees: Vec<Pinned>,
+    /// Everything pinned so far, by (pid, start time).
+    known: HashMap<(libc::pid_t, u64), Slot>,
+    /// Process groups of escapees, holding nothing but the hook's processes when found:
+    /// stopped and killed as a whole.
+    groups: HashSet<libc::pid_t>,
 }
 
 impl Sweep {
@@ -262,7 +343,22 @@ impl Sweep {
             orphans_after,
             members: Vec::new(),
             escapees: Vec::new(),
+            known: HashMap::new(),
+            groups: HashSet::new(),
         }
+    }
+
+    /// A child of ours (a subreaper) that started after the hook and that no call
+    /// spawned: the hook's orphan, as far as anyone can tell.
+    fn is_orphan(&self, p: &Proc, supervised: &[libc::pid_t]) -> bool {
+        self.orphans_after.is_some_and(|after| {
+            p.ppid == self.me
+                && p.pid != self.leader
+                && (p.start, p.pid) > (after, self.leader)
+                && !supervised.contains(&p.pid)
+                // A plain background child of another call's hook.
+                && !(p.pgid != self.leader && supervised.contains(&p.pgid))
+        })
     }
 
     /// How many processes had left the hook's group (or, without one, descended from it).
@@ -274,9 +370,13 @@ impl Sweep {
     /// nothing new. Call it with the group stopped, so that only what is outside the group
     /// can still fork.
     pub(crate) fn catch(&mut self) {
+        let until = Instant::now() + CATCH_LIMIT;
         for _ in 0..MAX_ROUNDS {
             if !self.round() {
                 return;
+            }
+            if Instant::now() >= until {
+                break;
             }
         }
         tracing::warn!(
@@ -285,15 +385,16 @@ impl Sweep {
         );
     }
 
-    /// One walk of `/proc`; whether it found a new escapee.
+    /// One walk of `/proc`; whether it found a new escapee, or anything else that calls
+    /// for another walk.
     fn round(&mut self) -> bool {
         // Only orphans can be mistaken for another call's hook, so only they need the gate.
         let _gate = self.orphans_after.is_some().then(sweeping);
-        let supervised = if self.orphans_after.is_some() {
-            supervised()
-        } else {
-            Vec::new()
-        };
+        let supervised = supervised();
+        // Orphans first, from the short list of our children: stopped within moments of
+        // being seen, as a walk of all of /proc could not, so that one that keeps
+        // changing its pid (each new one lands here) is caught before it forks again.
+        let mut found = self.take_orphans(&supervised, libc::SIGSTOP);
         let procs = scan();
         let in_group = |p: &Proc| self.group && p.pgid == self.leader;
         let mut children: HashMap<libc::pid_t, Vec<usize>> = HashMap::new();
@@ -302,17 +403,10 @@ impl Sweep {
         }
 
         let mut roots = vec![self.leader];
-        roots.extend(self.escapees.iter().map(|p| p.pid));
         for p in &procs {
-            let orphan = self.orphans_after.is_some_and(|after| {
-                p.ppid == self.me
-                    && p.pid != self.leader
-                    && (p.start, p.pid) > (after, self.leader)
-                    && !supervised.contains(&p.pid)
-                    // A plain background child of another call's hook.
-                    && !(p.pgid != self.leader && supervised.contains(&p.pgid))
-            });
-            if in_group(p) || orphan {
+            // Escapees still there (not a recycled pid of one that was reaped).
+            let escapee = matches!(self.known.get(&(p.pid, p.start)), Some(Slot::Escapee(_)));
+            if in_group(p) || escapee || self.is_orphan(p, &supervised) {
                 roots.push(p.pid);
             }
         }
@@ -323,51 +417,200 @@ impl Sweep {
             }
         }
 
-        let mut found = false;
         for p in procs.iter().filter(|p| seen.contains(&p.pid)) {
-            if p.pid == self.leader || p.pid == self.me {
+            if p.pid == self.leader || p.pid == self.me || self.known.contains_key(&(p.pid, p.start)) {
                 continue;
             }
-            let known = |list: &[Pinned]| list.iter().any(|k| k.pid == p.pid && k.start == p.start);
-            if known(&self.members) || known(&self.escapees) {
-                continue;
-            }
-            let Some(pinned) = Pinned::new(p) else { continue };
-            if in_group(p) {
-                self.members.push(pinned);
-            } else {
-                pinned.signal(libc::SIGSTOP);
-                self.escapees.push(pinned);
+            let Some(pinned) = Pinned::new(p) else {
+                // Gone since the scan, and reaped. It may have forked first, and its
+                // child, too new for this scan, is now elsewhere (reparented): look again.
                 found = true;
-            }
+                continue;
+            };
+            found |= self.take(p, pinned, libc::SIGSTOP);
         }
-        found
+        self.freeze_groups(&procs, &seen, &supervised) || found
     }
 
-    /// SIGKILL to every escapee found so far (the group gets its own signals).
+    /// Stops, as a whole, each process group that an escapee is in and that holds
+    /// nothing but the hook's processes (`seen`): unlike a SIGSTOP to each pid found,
+    /// this also reaches a member that forked after the scan, and its child even if it
+    /// is being forked right now. Never our own group, the hook's (it has its own
+    /// signals) or another call's hook's. Whether a group was stopped for the first time:
+    /// what it held then is not pinned yet.
+    fn freeze_groups(&mut self, procs: &[Proc], seen: &HashSet<libc::pid_t>, supervised: &[libc::pid_t]) -> bool {
+        // SAFETY: getpgrp cannot fail.
+        let ours = unsafe { libc::getpgrp() };
+        // Each group in the scan: whether all its members are the hook's.
+        let mut only_the_hooks: HashMap<libc::pid_t, bool> = HashMap::new();
+        for p in procs {
+            *only_the_hooks.entry(p.pgid).or_insert(true) &= seen.contains(&p.pid);
+        }
+        let mut candidates: Vec<libc::pid_t> = self
+            .escapees
+            .iter()
+            .map(|p| p.pgid)
+            .filter(|g| !self.groups.contains(g))
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut new = false;
+        for group in candidates {
+            if group <= 1 || group == ours || group == self.leader || supervised.contains(&group) {
+                continue;
+            }
+            // Not in the scan (all gone), or something else is in it (a daemon an earlier
+            // hook left, say).
+            if only_the_hooks.get(&group) != Some(&true) {
+                continue;
+            }
+            if self.signal_group(group, libc::SIGSTOP) {
+                self.groups.insert(group);
+                new = true;
+            }
+        }
+        new
+    }
+
+    /// Signals a process group of escapees, if it is still the group they are in: a group
+    /// id stays taken while any member is not reaped, so one of the escapees that still
+    /// is, still in it, proves that the id was not recycled. Whether it was signalled.
+    fn signal_group(&self, group: libc::pid_t, sig: libc::c_int) -> bool {
+        let held = self
+            .escapees
+            .iter()
+            .filter(|p| p.pgid == group)
+            .any(|p| read_stat(p.pid).is_some_and(|now| now.start == p.start && now.pgid == group));
+        // SAFETY: kill only sends a signal; a negative pid addresses the group.
+        held && unsafe { libc::kill(-group, sig) } == 0
+    }
+
+    /// SIGKILL to every escapee found so far and to their groups (the hook's group gets
+    /// its own signals).
     pub(crate) fn kill(&self) {
+        // The groups first: their ids are surely still theirs while the escapees in them
+        // are stopped.
+        for &group in &self.groups {
+            self.signal_group(group, libc::SIGKILL);
+        }
         for p in &self.escapees {
             p.signal(libc::SIGKILL);
         }
     }
 
     /// Waits (briefly) for everything found to be dead, then reaps what was reparented to
-    /// us. Call it after [`Sweep::kill`], the group's SIGKILL and the hook's reaping. The
-    /// last walk ran with the group stopped, so it saw every member.
-    pub(crate) fn reap(&self) {
-        let until = Instant::now() + REAP_WAIT;
-        let all = || self.members.iter().chain(&self.escapees);
-        while all().any(|p| !p.has_exited()) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
+    /// us. In a subreaper, then kills and reaps the hook's orphans that still come here
+    /// (see [`Sweep::mop_up`]). Call it after [`Sweep::kill`], the group's SIGKILL and the
+    /// hook's reaping. The last walk ran with the group stopped, so it saw every member.
+    pub(crate) fn reap(&mut self) {
+        settle(&self.members.iter().chain(&self.escapees).collect::<Vec<_>>());
+        let from = (self.members.len(), self.escapees.len());
+        self.mop_up();
+        settle(
+            &self.members[from.0..]
+                .iter()
+                .chain(&self.escapees[from.1..])
+                .collect::<Vec<_>>(),
+        );
+    }
+
+    /// In a subreaper: kills (and reaps) the hook's orphans as they come here, until none
+    /// has for [`QUIET`] (at most [`MOP_UP_LIMIT`]). A process that kept changing its pid
+    /// can have escaped the walks, but it lands here whenever its parent dies; each one
+    /// killed can fork no more, so only one that forked first is left to catch, and it
+    /// comes here as its parent dies.
+    fn mop_up(&mut self) {
+        if self.orphans_after.is_none() {
+            return;
         }
-        // A process is reparented when its parent exits, so all of them have their last
-        // parent now.
-        for p in all() {
-            p.try_reap();
+        let start = Instant::now();
+        let mut last = start;
+        loop {
+            let new = {
+                let _gate = sweeping();
+                self.take_orphans(&supervised(), libc::SIGKILL)
+            };
+            let now = Instant::now();
+            if new {
+                last = now;
+            } else if now - last >= QUIET {
+                return;
+            }
+            if now - start >= MOP_UP_LIMIT {
+                tracing::warn!(
+                    hook = self.leader,
+                    "orphans of the hook kept appearing after it was killed"
+                );
+                return;
+            }
+            if !new {
+                std::thread::sleep(MOP_UP_POLL);
+            }
         }
-        if let Some(p) = all().find(|p| !p.has_exited()) {
-            tracing::warn!(pid = p.pid, "a killed process started by a hook has not exited yet");
+    }
+
+    /// Records a process of the hook's just pinned: one in its group joins the members
+    /// (the group gets its own signals); any other, an escapee, gets `sig`. Whether it was
+    /// an escapee.
+    fn take(&mut self, p: &Proc, pinned: Pinned, sig: libc::c_int) -> bool {
+        let (slot, escapee) = if self.group && p.pgid == self.leader {
+            self.members.push(pinned);
+            (Slot::Member(self.members.len() - 1), false)
+        } else {
+            pinned.signal(sig);
+            self.escapees.push(pinned);
+            (Slot::Escapee(self.escapees.len() - 1), true)
+        };
+        self.known.insert((p.pid, p.start), slot);
+        escapee
+    }
+
+    fn pinned(&self, slot: Slot) -> &Pinned {
+        match slot {
+            Slot::Member(i) => &self.members[i],
+            Slot::Escapee(i) => &self.escapees[i],
         }
+    }
+
+    /// `sig` (SIGSTOP or SIGKILL) to the hook's new orphans among this process's
+    /// children (but those in its group), which are pinned; whether there was any. The
+    /// dead among them are reaped: every look stays quick, however many processes a hook
+    /// went through. Call it with the spawn gate held.
+    fn take_orphans(&mut self, supervised: &[libc::pid_t], sig: libc::c_int) -> bool {
+        if self.orphans_after.is_none() {
+            return false;
+        }
+        // Each is looked at as soon as it is read, the newest first: the one that is
+        // running, of a process that keeps changing its pid, is caught before it can fork.
+        let (pids, procs) = match children_of_self() {
+            Some(mut pids) => {
+                pids.reverse();
+                (pids, Vec::new())
+            }
+            None => (Vec::new(), scan().into_iter().filter(|p| p.ppid == self.me).collect()),
+        };
+        let mut new = false;
+        for p in pids.into_iter().filter_map(read_stat).chain(procs) {
+            if !self.is_orphan(&p, supervised) {
+                continue;
+            }
+            if let Some(&slot) = self.known.get(&(p.pid, p.start)) {
+                if p.zombie {
+                    self.pinned(slot).try_reap();
+                }
+                continue;
+            }
+            // One that is gone already (reaped elsewhere) counts too: it may have forked
+            // first.
+            new = true;
+            if let Some(pinned) = Pinned::new(&p) {
+                self.take(&p, pinned, sig);
+                if p.zombie {
+                    self.pinned(self.known[&(p.pid, p.start)]).try_reap();
+                }
+            }
+        }
+        new
     }
 }
 
@@ -384,7 +627,8 @@ mod tests {
                 pid: 4242,
                 ppid: 77,
                 pgid: 4242,
-                start: 987654
+                start: 987654,
+                zombie: false,
             })
         );
         assert_eq!(parse_stat(1, b"1 (init) S 0"), None);

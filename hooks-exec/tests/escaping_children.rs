@@ -317,3 +317,121 @@ fn dropping_the_call_kills_everything_without_a_subreaper() {
         "its sleep {bg_pid} survived"
     );
 }
+
+/// A process that keeps changing its pid, as a hook may leave behind: each hop notes its
+/// pid in `$1`, starts the next one in the background (a forked subshell, after `sleep
+/// $3` unless `$3` is 0; with `$4` set to `setsid`, a fresh copy of the script in a new
+/// session instead) and exits, so what is running is never the same process for more
+/// than a moment. It stops by itself after `$2` hops, or at the next hop once `$1.stop`
+/// exists. Every 200th hop is a fresh copy too, so that the forked subshells' nesting
+/// stays bounded.
+const HOPPER: &str = r#"#!/bin/sh
+f=$1 n=$2 d=$3 s=$4
+hop() {
+    read pid _ < /proc/self/stat
+    echo "$pid" >> "$f"
+    [ -e "$f.stop" ] && exit 0
+    n=$((n - 1))
+    [ "$n" -le 0 ] && exec sleep 5
+    [ "$d" = 0 ] || sleep "$d"
+    if [ -n "$s" ] || [ $((n % 200)) = 0 ]; then
+        $s "$0" "$f" "$n" "$d" $s </dev/null >/dev/null 2>&1 &
+    else
+        hop &
+    fi
+    exit 0
+}
+hop
+"#;
+
+fn stat_fields(pid: libc::pid_t) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit(')').next()?.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The hops listed in a hopper's pid file that are still running (zombies are dead),
+/// told from a recycled pid by their start time: not before the first hop's. On drop,
+/// whatever the test's outcome, the hopper is told to stop and they get SIGKILL.
+struct Hops<'a>(&'a Path);
+
+impl Hops<'_> {
+    fn alive(&self) -> Vec<libc::pid_t> {
+        let pids: Vec<libc::pid_t> = fs::read_to_string(self.0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        // Fields 3 (state) and 22 (start time) of /proc/<pid>/stat.
+        let start = |pid| -> Option<u64> { stat_fields(pid)?.get(19)?.parse().ok() };
+        let running = |pid| stat_fields(pid).is_some_and(|f| f[0] != "Z" && f[0] != "X");
+        let Some(first) = pids.first().and_then(|&p| start(p)) else {
+            return Vec::new();
+        };
+        pids.into_iter()
+            .filter(|&p| running(p) && start(p).is_some_and(|s| s >= first))
+            .collect()
+    }
+}
+
+impl Drop for Hops<'_> {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.with_extension("stop"), "");
+        for pid in self.alive() {
+            // SAFETY: kill only sends a signal, to a hop of this test's hopper.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// How many times the hopper a test starts may hop: some seconds' worth, far more than
+/// it has time for before the kill.
+const HOPS: usize = 3000;
+
+#[test]
+fn timeout_kills_a_process_that_keeps_changing_its_pid_in_a_subreaper() {
+    in_subreaper(
+        "timeout_kills_a_process_that_keeps_changing_its_pid_in_a_subreaper",
+        || {
+            let tmp = tempfile::tempdir().unwrap();
+            let hopper = script(tmp.path(), "hopper", HOPPER);
+            // HOPPER_RUNS=n, with the test binary run directly, to measure.
+            let runs: usize = std::env::var("HOPPER_RUNS").map_or(6, |v| v.parse().unwrap());
+            let mut survived = Vec::new();
+            for run in 0..runs {
+                // Hops in one session, with and without a pause, and in a new one each.
+                let (delay, setsid) = [("0", ""), ("0.001", ""), ("0", "setsid")][run % 3];
+                let pids = tmp.path().join(format!("hops{run}"));
+                let hook = script(
+                    tmp.path(),
+                    &format!("hook{run}"),
+                    &format!(
+                        "#!/bin/sh\n\
+                         setsid {h} {f} {HOPS} {delay} {setsid} </dev/null >/dev/null 2>&1 &\n\
+                         while [ ! -s {f} ]; do sleep 0.01; done\n\
+                         sleep 30\n",
+                        h = hopper.display(),
+                        f = pids.display()
+                    ),
+                );
+                let hops = Hops(&pids);
+                let t = Instant::now();
+                let out = with_timeout(&hook, 300).run_blocking(&inv());
+                let took = t.elapsed();
+                assert!(out.status.is_timeout(), "{:?}", out.status);
+                // A survivor is free to hop on; a killed hop may take a moment to go.
+                std::thread::sleep(Duration::from_millis(50));
+                let alive = hops.alive();
+                // All of them: one that ran out of hops outlived the kill by seconds.
+                let hopped = fs::read_to_string(&pids).unwrap().lines().count();
+                eprintln!("run {run} (sleep {delay} {setsid}): {hopped} hops, took {took:?}, running: {alive:?}");
+                if !alive.is_empty() || hopped >= HOPS || took > Duration::from_secs(5) {
+                    survived.push((run, delay, setsid, hopped, took, alive));
+                }
+            }
+            assert!(
+                survived.is_empty(),
+                "it outlived the kill (run, sleep, setsid, hops, took, running): {survived:?}"
+            );
+        },
+    );
+}
