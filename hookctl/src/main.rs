@@ -5,6 +5,7 @@
 mod audit;
 mod cli;
 mod commands;
+mod config;
 mod output;
 
 use std::process::ExitCode;

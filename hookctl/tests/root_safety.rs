@@ -460,3 +460,40 @@ fn a_wasm_plugin_asleep_in_a_host_call_cannot_outlast_its_timeout() {
     eprintln!("dispatch with a 30 s WASI sleep under a 500 ms timeout took {took:?}");
     assert!(took < std::time::Duration::from_secs(10), "{took:?}");
 }
+
+#[test]
+fn every_way_of_naming_an_interpreter_is_checked() {
+    let (tmp, hooks, plugins) = installed();
+    let att = tmp.path().join("attacker");
+    fs::create_dir(&att).unwrap();
+    let ran = tmp.path().join("ran");
+    let evil = att.join("evil");
+    script(&evil, &format!("#!/bin/sh\ntouch '{}'\n", ran.display()), 0o755);
+    fs::set_permissions(&att, fs::Permissions::from_mode(0o777)).unwrap();
+    let trusted = tmp.path().join("opt-bin");
+    fs::create_dir(&trusted).unwrap();
+    // A root-owned wrapper whose own interpreter is the attacker's.
+    script(&trusted.join("wrapper"), &format!("#!{}\n", evil.display()), 0o755);
+    let cases = [
+        format!("#!{}\n", trusted.join("wrapper").display()),
+        format!("#!/bin/sh {}\n", evil.display()),
+        format!("#!/usr/bin/env {}\n", evil.display()),
+        format!("#!{}\n", evil.strip_prefix("/").unwrap().display()),
+    ];
+    for body in cases {
+        script(&plugins.join("10-plugin"), &body, 0o755);
+        let out = std::process::Command::new(hooks.join("qemu"))
+            .current_dir("/")
+            .env_clear()
+            .env("LC_ALL", "C")
+            .env("PATH", "/usr/bin:/bin")
+            .args(["vm1", "prepare", "begin", "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{body}: {stderr}");
+        assert!(stderr.contains("refused: its interpreter"), "{body}: {stderr}");
+        assert!(!ran.exists(), "{body} ran the attacker's code");
+    }
+}

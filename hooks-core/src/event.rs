@@ -137,6 +137,41 @@ pub fn libvirt_event_spec(driver: Driver, op: &str) -> Option<EventSpec> {
     }
 }
 
+/// Every operation libvirt calls the driver's hook for, in the order of its table.
+///
+/// ```
+/// use hooks_core::{libvirt_ops, Driver};
+/// assert!(libvirt_ops(Driver::Qemu).contains(&"restore"));
+/// assert!(!libvirt_ops(Driver::Lxc).contains(&"restore"));
+/// ```
+pub fn libvirt_ops(driver: Driver) -> &'static [&'static str] {
+    match driver {
+        Driver::Daemon => &["start", "shutdown", "reload"],
+        Driver::Qemu => &[
+            "prepare",
+            "start",
+            "started",
+            "stopped",
+            "release",
+            "migrate",
+            "restore",
+            "reconnect",
+        ],
+        Driver::Lxc => &["prepare", "start", "started", "stopped", "release", "reconnect"],
+        Driver::Libxl => &[
+            "prepare",
+            "start",
+            "started",
+            "stopped",
+            "release",
+            "migrate",
+            "reconnect",
+        ],
+        Driver::Bhyve => &["prepare", "start", "started", "stopped", "release"],
+        Driver::Network => &["start", "started", "stopped", "port-created", "port-deleted", "updated"],
+    }
+}
+
 /// A lifecycle point at which hooks are called.
 ///
 /// The four string accessors are libvirt's four arguments (`-` when absent); `input` is

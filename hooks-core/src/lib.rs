@@ -44,7 +44,7 @@ pub use inventory;
 pub use self::compiled::{compiled_hooks, CompiledHook};
 pub use self::driver::{Driver, UnknownDriver};
 pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError};
-pub use self::event::{libvirt_event_spec, EventSpec, FailurePolicy, HookEvent, InputKind, RawEvent};
+pub use self::event::{libvirt_event_spec, libvirt_ops, EventSpec, FailurePolicy, HookEvent, InputKind, RawEvent};
 pub use self::events::{
     BhyveEvent, DaemonEvent, LibxlEvent, LxcEvent, NetworkEvent, QemuEvent, ReleaseReason, UnknownReleaseReason,
 };
@@ -53,13 +53,13 @@ pub use self::lifecycle::{
     DriverAction, Guest, Lifecycle, Scenario, Sequence, Step, StepResult, UnsupportedScenario, Verdict,
 };
 pub use self::loader::{
-    registered_loaders, DirEntry, Disposition, EntryRole, HookLoader, HooksDir, LoaderRegistration,
+    registered_loaders, DirEntry, Disposition, EntryRole, HookLoader, HooksDir, LoaderRegistration, SkipReason,
 };
 pub use self::outcome::{HookOutcome, HookStatus};
 pub use self::registry::{Registry, RegistryBuilder};
 pub use self::report::{format_duration, HookRecord, InputSource, Report, StatusRecord};
 pub use self::settings::{
-    parse_duration, parse_size, HookPolicy, HookSettings, InvalidValue, Matcher, SettingsError, MAX_TIMEOUT,
+    parse_duration, parse_size, HookPolicy, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MAX_TIMEOUT,
     MIN_TIMEOUT,
 };
 pub use self::trust::{TrustPolicy, Untrusted};

@@ -49,6 +49,12 @@ pub trait HookLoader: Send + Sync + 'static {
         0
     }
 
+    /// The time limit this backend gives a hook whose settings set none. Defaults to
+    /// none (libvirt's behaviour).
+    fn default_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Whether this backend runs the file (by name or metadata; do not read it here).
     fn claims(&self, path: &Path, meta: &Metadata) -> bool;
 
@@ -68,6 +74,16 @@ pub trait HookLoader: Send + Sync + 'static {
     /// What is wrong with the file.
     fn check(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
         self.load(path, settings).map(drop)
+    }
+
+    /// Checks the file as far as possible without running any of its code, for
+    /// listings. Defaults to [`HookLoader::check`]; a backend whose `check` runs code
+    /// (loading a native library runs its constructors) must override it.
+    ///
+    /// # Errors
+    /// What is wrong with the file.
+    fn inspect(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
+        self.check(path, settings)
     }
 
     /// For a hook run under the trust rule: checks what runs with it and is not the
@@ -130,7 +146,7 @@ pub enum Disposition {
     /// It runs, through this backend.
     Hook(&'static dyn HookLoader),
     /// It does not run, for this reason.
-    Skipped(String),
+    Skipped(SkipReason),
     /// It would run (through this backend, if one claims it) but fails the trust rule or
     /// cannot be examined: it fails the event instead of running.
     Refused(Option<&'static dyn HookLoader>, Untrusted),
@@ -147,6 +163,55 @@ impl fmt::Debug for Disposition {
                 .field(&why.reason())
                 .finish(),
         }
+    }
+}
+
+/// Why an entry of a hooks directory does not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// A directory (libvirt skips them; per-guest trees of other dispatchers live there).
+    Directory,
+    /// A FIFO, socket or device.
+    NotRegular,
+    /// A `*.toml` sidecar or `hookctl.toml`.
+    Settings,
+    /// A file with no execute bit that no backend claims.
+    NotExecutable,
+    /// Executable, but no linked backend runs it.
+    Unclaimed,
+    /// A symlink to nothing (libvirt skips it).
+    DanglingSymlink,
+    /// Gone between the listing and the look at it.
+    Vanished,
+    /// An editor backup or a package manager's leftover in a plugins dir.
+    Leftover,
+}
+
+impl SkipReason {
+    /// Whether the entry looks meant to run but never will (`hookctl check` fails on
+    /// these in a plugins dir): a script without its execute bit, a file no backend
+    /// takes, a link to nothing.
+    pub fn is_likely_mistake(self) -> bool {
+        matches!(
+            self,
+            SkipReason::NotExecutable | SkipReason::Unclaimed | SkipReason::DanglingSymlink
+        )
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::Directory => "directory",
+            SkipReason::NotRegular => "not a regular file",
+            SkipReason::Settings => "settings file, never a hook",
+            SkipReason::NotExecutable => "not executable",
+            SkipReason::Unclaimed => "no backend claims it",
+            SkipReason::DanglingSymlink => "dangling symlink",
+            SkipReason::Vanished => "vanished",
+            SkipReason::Leftover => "backup or package-manager leftover, never run",
+        })
     }
 }
 
@@ -194,6 +259,10 @@ pub struct DirEntry {
     has_sidecar: bool,
     /// The rule its sidecar is read under.
     trust: Option<TrustPolicy>,
+    /// The directory's default time limit for hooks that set none.
+    default_timeout: Option<std::time::Duration>,
+    /// The driver it was scanned for (its `[match]` is checked against its operations).
+    driver: Driver,
 }
 
 /// A file's identity and version: a loaded hook is reused while it is unchanged.
@@ -251,6 +320,7 @@ pub struct HooksDir {
     flat: bool,
     trust: Option<TrustPolicy>,
     flat_main: Option<PathBuf>,
+    default_timeout: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for HooksDir {
@@ -278,6 +348,7 @@ impl HooksDir {
             flat: false,
             trust: Some(TrustPolicy::current_user()),
             flat_main: None,
+            default_timeout: None,
         }
     }
 
@@ -301,6 +372,14 @@ impl HooksDir {
     /// the checks off (for tests of other things; never for code that runs as root).
     pub fn with_trust(mut self, trust: Option<TrustPolicy>) -> Self {
         self.trust = trust;
+        self
+    }
+
+    /// A time limit for every hook whose settings set none (a backend whose own default
+    /// is shorter keeps it). By default none, as in libvirt; hookctl's dispatcher uses
+    /// 120 s so that a hung plugin cannot hang libvirtd.
+    pub fn with_default_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.default_timeout = timeout;
         self
     }
 
@@ -356,11 +435,11 @@ impl HooksDir {
             match fs::symlink_metadata(&main) {
                 Ok(_) => {
                     let has_sidecar = fs::symlink_metadata(HookSettings::sidecar(&main)).is_ok();
-                    entries.push(self.entry(main, EntryRole::Main, has_sidecar));
+                    entries.push(self.entry(driver, main, EntryRole::Main, has_sidecar));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 // EACCES on the hooks dir: libvirt fails the event; so do we.
-                Err(e) => entries.push(self.refused(main, EntryRole::Main, e)),
+                Err(e) => entries.push(self.refused(driver, main, EntryRole::Main, e)),
             }
         }
         let dir = self.drop_in_dir(driver);
@@ -380,6 +459,8 @@ impl HooksDir {
                     stamp: None,
                     has_sidecar: false,
                     trust: self.trust,
+                    default_timeout: self.default_timeout,
+                    driver,
                 });
                 return Ok(entries);
             }
@@ -406,7 +487,7 @@ impl HooksDir {
             paths
                 .into_iter()
                 .zip(with_sidecar)
-                .map(|(path, has_sidecar)| self.entry(path, EntryRole::DropIn, has_sidecar)),
+                .map(|(path, has_sidecar)| self.entry(driver, path, EntryRole::DropIn, has_sidecar)),
         );
         Ok(entries)
     }
@@ -420,8 +501,8 @@ impl HooksDir {
         })
     }
 
-    fn entry(&self, path: PathBuf, role: EntryRole, has_sidecar: bool) -> DirEntry {
-        let (disposition, stamp) = self.classify(&path, role);
+    fn entry(&self, driver: Driver, path: PathBuf, role: EntryRole, has_sidecar: bool) -> DirEntry {
+        let (disposition, stamp) = self.classify(driver, &path, role);
         DirEntry {
             path,
             role,
@@ -429,10 +510,12 @@ impl HooksDir {
             stamp,
             has_sidecar,
             trust: self.trust,
+            default_timeout: self.default_timeout,
+            driver,
         }
     }
 
-    fn refused(&self, path: PathBuf, role: EntryRole, e: io::Error) -> DirEntry {
+    fn refused(&self, driver: Driver, path: PathBuf, role: EntryRole, e: io::Error) -> DirEntry {
         let why = Untrusted::io(&path, &path, e);
         DirEntry {
             path,
@@ -441,22 +524,21 @@ impl HooksDir {
             stamp: None,
             has_sidecar: false,
             trust: self.trust,
+            default_timeout: self.default_timeout,
+            driver,
         }
     }
 
-    fn classify(&self, path: &Path, role: EntryRole) -> (Disposition, Option<FileStamp>) {
+    fn classify(&self, driver: Driver, path: &Path, role: EntryRole) -> (Disposition, Option<FileStamp>) {
         let plugin_entry = self.flat && role == EntryRole::DropIn;
         if plugin_entry && path.file_name().is_some_and(is_leftover) {
-            return (
-                Disposition::Skipped("backup or package-manager leftover, never run".into()),
-                None,
-            );
+            return (Disposition::Skipped(SkipReason::Leftover), None);
         }
         let own = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             // Gone since the listing: as if it had not been there.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return (Disposition::Skipped("vanished".into()), None),
-            Err(e) => return (self.refused(path.to_owned(), role, e).disposition, None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (Disposition::Skipped(SkipReason::Vanished), None),
+            Err(e) => return (self.refused(driver, path.to_owned(), role, e).disposition, None),
         };
         // What hookctl runs on its own account (everything in a plugins dir, the hook
         // it saved at install, native and WASM code anywhere) must pass the trust rule,
@@ -487,9 +569,9 @@ impl HooksDir {
             match fs::metadata(path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return (Disposition::Skipped("dangling symlink".into()), None)
+                    return (Disposition::Skipped(SkipReason::DanglingSymlink), None)
                 }
-                Err(e) => return (self.refused(path.to_owned(), role, e).disposition, None),
+                Err(e) => return (self.refused(driver, path.to_owned(), role, e).disposition, None),
             }
         } else {
             own
@@ -506,23 +588,23 @@ impl HooksDir {
     }
 
     fn classify_file(&self, path: &Path, meta: &Metadata) -> Disposition {
-        let skip = |why: &str| Disposition::Skipped(why.to_owned());
+        let skip = Disposition::Skipped;
         if meta.is_dir() {
-            return skip("directory");
+            return skip(SkipReason::Directory);
         }
         if !meta.is_file() {
-            return skip("not a regular file");
+            return skip(SkipReason::NotRegular);
         }
         if path.extension().is_some_and(|e| e == "toml") {
-            return skip("settings file, never a hook");
+            return skip(SkipReason::Settings);
         }
         if let Some(loader) = self.loaders.iter().find(|l| l.claims(path, meta)) {
             return Disposition::Hook(*loader);
         }
         if meta.permissions().mode() & 0o111 == 0 {
-            skip("not executable")
+            skip(SkipReason::NotExecutable)
         } else {
-            skip("no backend claims it")
+            skip(SkipReason::Unclaimed)
         }
     }
 }
@@ -533,13 +615,25 @@ impl DirEntry {
     /// # Errors
     /// When the sidecar exists but is not valid.
     pub fn settings(&self) -> Result<HookSettings, SettingsError> {
-        if !self.has_sidecar {
-            return Ok(HookSettings::default());
+        let mut settings = if !self.has_sidecar {
+            HookSettings::default()
+        } else {
+            match &self.trust {
+                Some(trust) => HookSettings::for_hook_trusted(&self.path, trust)?,
+                None => HookSettings::for_hook(&self.path)?,
+            }
+        };
+        settings.default_timeout = self.default_timeout;
+        if let Err((key, message)) = settings.matcher.check_for(self.driver) {
+            let path = HookSettings::sidecar(&self.path);
+            let line = fs::read_to_string(&path).ok().and_then(|text| {
+                text.lines()
+                    .position(|l| l.trim_start().starts_with(key))
+                    .map(|i| i + 1)
+            });
+            return Err(SettingsError { path, line, message });
         }
-        match &self.trust {
-            Some(trust) => HookSettings::for_hook_trusted(&self.path, trust),
-            None => HookSettings::for_hook(&self.path),
-        }
+        Ok(settings)
     }
 }
 
@@ -828,7 +922,7 @@ mod tests {
         assert!(entries
             .iter()
             .filter(|e| e.loader().is_none())
-            .all(|e| matches!(&e.disposition, Disposition::Skipped(w) if w.contains("leftover"))));
+            .all(|e| matches!(&e.disposition, Disposition::Skipped(SkipReason::Leftover))));
     }
 
     #[test]

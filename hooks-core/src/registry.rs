@@ -348,7 +348,18 @@ impl Registry {
             let new_document =
                 (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
                     .then(|| Arc::<[u8]>::from(outcome.stdout.as_slice()));
+            let unusable = matches!(outcome.status, crate::HookStatus::Failed(crate::HookError::Load(_)));
             let mut record = HookRecord::new(hook, event, outcome, input, filters);
+            if unusable && !record.success && event.on_failure() == crate::FailurePolicy::KillObject {
+                // A file that cannot be loaded or configured is not a hook's decision:
+                // at `reconnect` failing would kill a running guest for a typo.
+                record.optional = true;
+                record.warnings.push(
+                    "could not be loaded or configured; at this event a failure would kill the running guest, so it is logged instead (run `hookctl check`)"
+                        .into(),
+                );
+                tracing::error!(hook = %record.name, "hook could not be loaded; not failing a guest-killing event for it");
+            }
             if !record.success {
                 tracing::info!(hook = %record.name, message = record.message.as_deref().unwrap_or(""), optional = record.optional, "hook failed");
                 // An optional hook's failure neither fails the event nor resets the chain.

@@ -319,6 +319,8 @@ pub fn format_duration(d: Duration) -> String {
         } else {
             format!("{}s", format!("{s:.3}").trim_end_matches('0'))
         }
+    } else if us >= 1000 && us % 1000 == 0 {
+        format!("{}ms", us / 1000)
     } else if us >= 1000 {
         format!("{:.1}ms", us as f64 / 1000.0)
     } else {
@@ -352,6 +354,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(2)), "2s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_micros(2500)), "2.5ms");
+        assert_eq!(format_duration(Duration::from_millis(400)), "400ms");
         assert_eq!(format_duration(Duration::from_micros(42)), "42µs");
     }
 }

@@ -2,7 +2,7 @@
 //! `<hook file name>.toml` (e.g. `40-slow.sh.toml`, `30-filter.wasm.toml`).
 //!
 //! ```toml
-//! timeout = 2            # seconds (integer or float); default: none for exec, 10 for wasm
+//! timeout = 2            # seconds, or "500ms", "2s", "1m", or "none"; default: the backend's (or dispatcher's)
 //! memory = "64MiB"       # wasm only
 //! max_output = "16MiB"   # per stream
 //! policy = "required"    # or "optional": its failure is logged, never fails the event
@@ -23,6 +23,60 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::HookEvent;
+
+/// A hook's time limit as its settings give it.
+///
+/// ```
+/// use std::time::Duration;
+/// use hooks_core::Timeout;
+/// let ten = Some(Duration::from_secs(10));
+/// assert_eq!(Timeout::Default.or(ten), ten);
+/// assert_eq!(Timeout::Never.or(ten), None);
+/// assert_eq!(Timeout::After(Duration::from_secs(2)).or(ten), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Timeout {
+    /// Not set: the default of whoever runs the hook applies (the backend's, or the
+    /// dispatcher's `timeout` in `hookctl.toml`).
+    #[default]
+    Default,
+    /// `timeout = "none"`: no limit, asked for explicitly.
+    Never,
+    /// This long.
+    After(Duration),
+}
+
+impl Timeout {
+    /// The limit to apply, given the default.
+    pub fn or(self, default: Option<Duration>) -> Option<Duration> {
+        match self {
+            Timeout::Default => default,
+            Timeout::Never => None,
+            Timeout::After(t) => Some(t),
+        }
+    }
+
+    /// Parses a settings value: a duration ([`parse_duration`]) or `"none"`.
+    ///
+    /// # Errors
+    /// [`InvalidValue`] saying what was expected.
+    pub fn parse(text: &str) -> Result<Self, InvalidValue> {
+        if text.trim() == "none" {
+            return Ok(Timeout::Never);
+        }
+        parse_duration(text).map(Timeout::After)
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timeout::Default => f.write_str("default"),
+            Timeout::Never => f.write_str("none"),
+            Timeout::After(t) => f.write_str(&crate::format_duration(*t)),
+        }
+    }
+}
 
 /// What a hook's failure does to the event.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,6 +102,32 @@ impl Matcher {
     pub fn matches(&self, event: &dyn HookEvent) -> bool {
         let any = |pats: &[glob::Pattern], s: &str| pats.is_empty() || pats.iter().any(|p| p.matches(s));
         any(&self.objects, event.object()) && any(&self.ops, event.op()) && any(&self.subops, event.subop())
+    }
+
+    /// Checks that every `ops` and `subops` pattern can match something the driver
+    /// calls: `ops = ["prepar"]` would silently never run the hook.
+    ///
+    /// # Errors
+    /// The key (`ops` or `subops`), and which pattern matches nothing and what would.
+    pub fn check_for(&self, driver: crate::Driver) -> Result<(), (&'static str, String)> {
+        let ops = crate::libvirt_ops(driver);
+        for pat in &self.ops {
+            if !ops.iter().any(|op| pat.matches(op)) {
+                let message = format!(
+                    "ops: `{}` matches no {driver} operation (there are: {})",
+                    pat.as_str(),
+                    ops.join(", ")
+                );
+                return Err(("ops", message));
+            }
+        }
+        for pat in &self.subops {
+            if !["begin", "end", "-"].iter().any(|s| pat.matches(s)) {
+                let message = format!("subops: `{}` matches no subop (there are: begin, end, -)", pat.as_str());
+                return Err(("subops", message));
+            }
+        }
+        Ok(())
     }
 
     /// Whether it matches everything.
@@ -80,8 +160,12 @@ impl PartialEq for Matcher {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct HookSettings {
-    /// Time limit; `None` leaves the backend's default.
-    pub timeout: Option<Duration>,
+    /// Time limit.
+    pub timeout: Timeout,
+    /// The default limit of whoever runs the hook (hookctl's dispatcher: 120 s, or
+    /// `timeout` in `hookctl.toml`), for hooks whose own `timeout` is unset; a backend
+    /// whose own default is shorter keeps it. Set by [`crate::HooksDir::with_default_timeout`].
+    pub default_timeout: Option<Duration>,
     /// Memory cap in bytes (wasm); `None` leaves the backend's default.
     pub memory: Option<u64>,
     /// Output cap per stream in bytes; `None` leaves the backend's default.
@@ -292,7 +376,7 @@ impl HookSettings {
     /// ```
     /// use hooks_core::{HookPolicy, HookSettings};
     /// let s = HookSettings::parse("x.toml".as_ref(), "timeout = 1.5\npolicy = \"optional\"\n[match]\nops = [\"prepare\"]\n").unwrap();
-    /// assert_eq!(s.timeout, Some(std::time::Duration::from_millis(1500)));
+    /// assert_eq!(s.timeout, hooks_core::Timeout::After(std::time::Duration::from_millis(1500)));
     /// assert_eq!(s.policy, HookPolicy::Optional);
     /// let err = HookSettings::parse("x.toml".as_ref(), "timeout = 1\ncolour = \"red\"\n").unwrap_err();
     /// assert_eq!(err.line, Some(2));
@@ -319,15 +403,15 @@ impl HookSettings {
             fail(line, e.message().trim().to_owned())
         })?;
         let timeout = match file.timeout {
-            None => None,
+            None => Timeout::Default,
             Some(v) => {
                 let line = line_at(v.span());
                 let parsed = match v.into_inner() {
-                    Value::Int(n) => seconds(n as f64, &n.to_string()),
-                    Value::Float(n) => seconds(n, &n.to_string()),
-                    Value::Text(t) => parse_duration(&t),
+                    Value::Int(n) => seconds(n as f64, &n.to_string()).map(Timeout::After),
+                    Value::Float(n) => seconds(n, &n.to_string()).map(Timeout::After),
+                    Value::Text(t) => Timeout::parse(&t),
                 };
-                Some(parsed.map_err(|e| fail(line, format!("timeout: {e}")))?)
+                parsed.map_err(|e| fail(line, format!("timeout: {e}")))?
             }
         };
         let size = |key: &str, v: Option<toml::Spanned<Value>>, max: u64| -> Result<Option<u64>, SettingsError> {
@@ -366,6 +450,7 @@ impl HookSettings {
             };
         }
         Ok(HookSettings {
+            default_timeout: None,
             timeout,
             memory,
             max_output,
@@ -375,11 +460,32 @@ impl HookSettings {
         })
     }
 
+    /// The limit a backend applies: the hook's own `timeout`; when unset, the shorter of
+    /// the backend's default and [`HookSettings::default_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hooks_core::{HookSettings, Timeout};
+    /// let mut s = HookSettings::default();
+    /// s.default_timeout = Some(Duration::from_secs(120));
+    /// assert_eq!(s.effective_timeout(None), Some(Duration::from_secs(120)));
+    /// assert_eq!(s.effective_timeout(Some(Duration::from_secs(10))), Some(Duration::from_secs(10)));
+    /// s.timeout = Timeout::Never;
+    /// assert_eq!(s.effective_timeout(Some(Duration::from_secs(10))), None);
+    /// ```
+    pub fn effective_timeout(&self, backend_default: Option<Duration>) -> Option<Duration> {
+        let default = match (backend_default, self.default_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timeout.or(default)
+    }
+
     /// A one-line summary of what differs from the defaults, for `hookctl list`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(t) = self.timeout {
-            parts.push(format!("timeout={}", crate::format_duration(t)));
+        if self.timeout != Timeout::Default {
+            parts.push(format!("timeout={}", self.timeout));
         }
         if let Some(m) = self.memory {
             parts.push(format!("memory={}MiB", m.div_ceil(1 << 20)));
@@ -412,7 +518,7 @@ mod tests {
             "timeout = 2\nmemory = \"32MiB\"\nmax_output = 1024\npolicy = \"optional\"\n[match]\nobjects = [\"win*\", \"db-?\"]\nops = [\"prepare\", \"release\"]\nsubops = [\"begin\"]\n",
         )
         .unwrap();
-        assert_eq!(s.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(s.timeout, Timeout::After(Duration::from_secs(2)));
         assert_eq!(s.memory, Some(32 << 20));
         assert_eq!(s.max_output, Some(1024));
         let ev = |o: &str, op: &str| RawEvent::new(crate::Driver::Qemu, [o, op, "begin", "-"]);
@@ -492,7 +598,7 @@ mod properties {
             let text = format!("timeout = {timeout}\nmemory = {memory}\n");
             match HookSettings::parse(Path::new("p.toml"), &text) {
                 Ok(s) => {
-                    prop_assert!(s.timeout.is_none_or(|t| t >= MIN_TIMEOUT && t <= MAX_TIMEOUT));
+                    prop_assert!(s.timeout.or(None).is_none_or(|t| t >= MIN_TIMEOUT && t <= MAX_TIMEOUT));
                     prop_assert!(s.memory.is_none_or(|m| m > 0 && m <= MAX_MEMORY));
                 }
                 Err(e) => prop_assert!(e.line.is_some(), "{e}"),
@@ -527,9 +633,11 @@ mod properties {
             assert!(e.to_string().contains(want), "{text}: {e}");
         }
         let ok = HookSettings::parse(Path::new("p.toml"), "timeout = \"500ms\"\n").unwrap();
-        assert_eq!(ok.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(ok.timeout, Timeout::After(Duration::from_millis(500)));
         let ok = HookSettings::parse(Path::new("p.toml"), "timeout = \"1m\"\nmemory = 1048576\n").unwrap();
-        assert_eq!(ok.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(ok.timeout, Timeout::After(Duration::from_secs(60)));
+        let never = HookSettings::parse(Path::new("p.toml"), "timeout = \"none\"\n").unwrap();
+        assert_eq!(never.timeout, Timeout::Never);
         assert_eq!(ok.memory, Some(1 << 20));
     }
 }

@@ -148,7 +148,9 @@ impl Untrusted {
         )
     }
 
-    pub(crate) fn io(path: &Path, culprit: &Path, e: io::Error) -> Self {
+    /// A path refused because `culprit` (it, or something on the way to it) cannot be
+    /// examined or used, for this reason.
+    pub fn io(path: &Path, culprit: &Path, e: io::Error) -> Self {
         Self::file(path, culprit, false, Problem::Io(Arc::new(e)))
     }
 

@@ -57,11 +57,36 @@ impl HookLoader for DylibLoader {
     }
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
-        let mut hook = DylibHook::load(path)?.with_timeout(settings.timeout);
+        let mut hook = DylibHook::load(path)?.with_timeout(settings.effective_timeout(None));
         if let Some(cap) = settings.max_output {
             hook = hook.with_max_output(usize::try_from(cap).unwrap_or(usize::MAX));
         }
         Ok(Arc::new(hook))
+    }
+
+    /// Loading a library runs its constructors: without loading, only the ELF header is
+    /// checked (a shared object for this machine's word size and byte order).
+    fn inspect(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {
+        use std::io::Read;
+        let mut head = [0u8; 18];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(|e| LoadError::new(path, "dylib", "cannot read it").with_source(e))?;
+        let class = if cfg!(target_pointer_width = "64") { 2 } else { 1 };
+        let order = if cfg!(target_endian = "little") { 1 } else { 2 };
+        let e_type = if order == 1 {
+            u16::from_le_bytes([head[16], head[17]])
+        } else {
+            u16::from_be_bytes([head[16], head[17]])
+        };
+        if n < head.len() || !head.starts_with(b"\x7fELF") || head[4] != class || head[5] != order || e_type != 3 {
+            return Err(LoadError::new(
+                path,
+                "dylib",
+                "not a loadable shared object (no ELF shared-object header for this machine)",
+            ));
+        }
+        Ok(())
     }
 }
 

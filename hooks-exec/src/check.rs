@@ -55,18 +55,35 @@ pub fn check_executable(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The interpreter a `#!` script names (its first word), if the file is one.
-pub(crate) fn interpreter(path: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+/// What a `#!` line names, split as the kernel splits it: the interpreter is the first
+/// word after `#!` (leading blanks skipped), and the rest of the line, trimmed, is one
+/// optional argument.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Shebang {
+    pub(crate) interpreter: std::path::PathBuf,
+    pub(crate) argument: Option<std::ffi::OsString>,
+}
+
+/// The `#!` line of a file, if it has one.
+pub(crate) fn shebang(path: &Path) -> std::io::Result<Option<Shebang>> {
     let mut head = [0u8; 256];
     let n = File::open(path)?.read(&mut head)?;
     let Some(rest) = head[..n].strip_prefix(b"#!") else {
         return Ok(None);
     };
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
     let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-    Ok(line
-        .split(|b| b.is_ascii_whitespace())
-        .find(|w| !w.is_empty())
-        .map(|w| Path::new(std::ffi::OsStr::from_bytes(w)).to_owned()))
+    let line = &line[line.iter().position(|b| !blank(b)).unwrap_or(line.len())..];
+    let end = line.iter().position(blank).unwrap_or(line.len());
+    let (interpreter, argument) = line.split_at(end);
+    if interpreter.is_empty() {
+        return Ok(None);
+    }
+    let argument = argument.trim_ascii();
+    Ok(Some(Shebang {
+        interpreter: Path::new(std::ffi::OsStr::from_bytes(interpreter)).to_owned(),
+        argument: (!argument.is_empty()).then(|| std::ffi::OsStr::from_bytes(argument).to_owned()),
+    }))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -88,6 +105,20 @@ mod tests {
         fs::write(&p, body).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    #[test]
+    fn shebangs_split_as_the_kernel_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parse = |body: &str| shebang(&script(tmp.path(), "s", body)).unwrap();
+        assert_eq!(parse("echo\n"), None);
+        let s = parse("#!  /bin/sh\t-e -u \nexit\n").unwrap();
+        assert_eq!(s.interpreter, Path::new("/bin/sh"));
+        assert_eq!(s.argument.as_deref(), Some(std::ffi::OsStr::new("-e -u")));
+        let s = parse("#!/usr/bin/env /tmp/x\n").unwrap();
+        assert_eq!(s.argument.as_deref(), Some(std::ffi::OsStr::new("/tmp/x")));
+        assert_eq!(parse("#!tmp/evil\n").unwrap().interpreter, Path::new("tmp/evil"));
+        assert_eq!(parse("#!\n"), None);
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl HookLoader for ExecLoader {
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
         let mut options = ExecOptions {
-            timeout: settings.timeout,
+            timeout: settings.effective_timeout(None),
             ..ExecOptions::default()
         };
         if let Some(cap) = settings.max_output {
@@ -366,15 +366,45 @@ impl HookLoader for ExecLoader {
     }
 
     /// A script's `#!` interpreter runs as root with it: it must pass the rule too (a
-    /// root-owned script naming a user's `venv/bin/python3` would run that user's code).
+    /// root-owned script naming a user's `venv/bin/python3` would run that user's code),
+    /// and so must its own interpreter (the kernel follows up to four), and any absolute
+    /// path in the `#!` line's argument (`#!/usr/bin/env /opt/x`, `#!/bin/sh /opt/x`).
+    /// A relative interpreter is resolved against libvirtd's working directory: refused.
     fn check_dependencies(&self, path: &Path, trust: &TrustPolicy) -> Result<(), Untrusted> {
-        match check::interpreter(path) {
-            Ok(Some(interpreter)) if interpreter.is_absolute() => trust
-                .check_file(&interpreter)
-                .map_err(|why| Untrusted::dependency(path, "interpreter", why)),
-            // No `#!` (an ELF binary), or one libvirt would fail to run anyway.
-            _ => Ok(()),
+        let mut script = path.to_owned();
+        // The kernel's own limit on nested interpreters.
+        for _ in 0..5 {
+            let Ok(Some(line)) = check::shebang(&script) else {
+                return Ok(());
+            };
+            if !line.interpreter.is_absolute() {
+                let why = Untrusted::io(
+                    &line.interpreter,
+                    &line.interpreter,
+                    std::io::Error::other("a relative interpreter is looked up from the caller's working directory"),
+                );
+                return Err(Untrusted::dependency(path, "interpreter", why));
+            }
+            trust
+                .check_file(&line.interpreter)
+                .map_err(|why| Untrusted::dependency(path, "interpreter", why))?;
+            let argument = line.argument.as_deref().unwrap_or_default().as_bytes();
+            for word in argument.split(|b| b.is_ascii_whitespace()) {
+                let word = Path::new(OsStr::from_bytes(word));
+                if word.is_absolute() && word.exists() {
+                    trust
+                        .check_file(word)
+                        .map_err(|why| Untrusted::dependency(path, "interpreter's argument", why))?;
+                }
+            }
+            script = line.interpreter;
         }
+        let why = Untrusted::io(
+            &script,
+            &script,
+            std::io::Error::other("interpreters nested deeper than the kernel follows"),
+        );
+        Err(Untrusted::dependency(path, "interpreter", why))
     }
 }
 

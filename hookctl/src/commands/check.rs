@@ -12,19 +12,22 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     let (mut sound, mut broken, mut warned) = (0, 0, 0);
     // The hooks dir itself, and each dispatcher plugins dir beside it.
     let sources = drivers.into_iter().flat_map(|d| {
-        let plugins = super::plugins_dir(dir, d).map(|p| super::dispatch::plugins_with_original(&p, d));
+        let plugins = super::plugins_dir(dir, d).map(|p| {
+            let timeout = crate::config::read(&p).map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
+            super::dispatch::plugins_with_original(&p, d).with_default_timeout(timeout)
+        });
         std::iter::once((d, HooksDir::new(dir))).chain(plugins.map(|p| (d, p)))
     });
     for (driver, hooks) in sources {
         if hooks.is_flat() {
-            let config = hooks.root().join("hookctl.toml");
-            if let Err(e) = hooks_core::TrustPolicy::current_user().check_file(&config) {
-                if !e.is_not_found() {
+            let log = match crate::config::read(hooks.root()) {
+                Ok(config) => config.log,
+                Err(e) => {
                     broken += 1;
-                    eprintln!("broken: {}: refused: {}", config.display(), e.reason());
+                    eprintln!("broken: {e}");
+                    crate::config::DispatchConfig::default().log
                 }
-            }
-            let log = super::dispatch::load_config(hooks.root()).log_path();
+            };
             match crate::audit::check(&log) {
                 Ok(()) => {}
                 Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
@@ -56,6 +59,13 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             if let Some(why) = entry.refusal() {
                 broken += 1;
                 eprintln!("broken: {}: refused: {}", entry.path.display(), why.reason());
+                continue;
+            }
+            if let (true, hooks_core::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
+                if why.is_likely_mistake() {
+                    broken += 1;
+                    eprintln!("broken: {}: {why}: it will never run", entry.path.display());
+                }
                 continue;
             }
             let Some(loader) = entry.loader() else { continue };

@@ -6,23 +6,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report, TrustPolicy};
-use serde::Deserialize;
+use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report};
 use serde_json::json;
 
 use crate::cli::{DispatchArgs, Outcome};
 use crate::output;
-
-/// Where the audit log goes unless `hookctl.toml` says otherwise.
-pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
-
-/// `<plugins dir>/hookctl.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DispatchConfig {
-    /// The audit log file.
-    log: Option<PathBuf>,
-}
 
 /// The plugins dir for a hook installed at `argv0`: `<dirname(argv0)>/<driver>.plugins`.
 pub(crate) fn plugins_dir_for(argv0: &Path, driver: Driver) -> PathBuf {
@@ -73,9 +61,9 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if driver != Driver::Daemon || !input.is_empty() {
         event = event.with_input(Some(input));
     }
-    let config = load_config(plugins);
+    let (config, _config_error) = crate::config::load(plugins);
     let registry = RegistryBuilder::new()
-        .hooks_dir_with(plugins_with_original(plugins, driver))
+        .hooks_dir_with(plugins_with_original(plugins, driver).with_default_timeout(config.timeout))
         .build();
     let result = registry.fire_blocking(&event);
     let (report, ok) = match result {
@@ -90,49 +78,22 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         for rec in report.hooks.iter().filter(|r| !r.success && !r.optional) {
             let stderr = rec.stderr.trim_end();
             let sep = if stderr.is_empty() { "" } else { ": " };
-            eprintln!("{}: {}{sep}{stderr}", rec.name, output::status(rec));
+            let hint = match rec.status {
+                hooks_core::StatusRecord::Failed { .. } => " (run `hookctl check`)",
+                _ => "",
+            };
+            eprintln!("{}: {}{sep}{stderr}{hint}", rec.name, output::status(rec));
         }
+    }
+    for rec in report.hooks.iter().filter(|r| !r.success && r.optional) {
+        eprintln!("hookctl: ignored failure: {}: {}", rec.name, output::status(rec));
+        output::warnings(rec);
     }
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    audit(&config.log_path(), &event, &report, ok, start);
+    audit(&config.log, &event, &report, ok, start);
     ok
-}
-
-impl DispatchConfig {
-    /// The audit log in effect.
-    pub(crate) fn log_path(&self) -> PathBuf {
-        self.log.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOG))
-    }
-}
-
-/// Reads `<plugins>/hookctl.toml`. It must pass the trust rule (it names the file the
-/// audit log is written to); a refused or broken one is ignored with a message, and
-/// the defaults apply: the dispatch itself goes on.
-pub(crate) fn load_config(plugins: &Path) -> DispatchConfig {
-    let path = plugins.join("hookctl.toml");
-    let bytes = match TrustPolicy::current_user().read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => return DispatchConfig::default(),
-        Err(e) => {
-            eprintln!("hookctl: ignoring {e} (using the defaults; run `hookctl check`)");
-            return DispatchConfig::default();
-        }
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    toml::from_str(&text).unwrap_or_else(|e: toml::de::Error| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-            .unwrap_or(0);
-        eprintln!(
-            "hookctl: {}:{line}: {} (using the defaults)",
-            path.display(),
-            e.message().trim()
-        );
-        DispatchConfig::default()
-    })
 }
 
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so

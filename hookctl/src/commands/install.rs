@@ -44,6 +44,13 @@ fn trusted_self() -> Result<PathBuf, UsageError> {
     Ok(exe)
 }
 
+/// Whether `link` runs this very hookctl.
+pub(crate) fn is_hookctl(link: &Path) -> bool {
+    std::env::current_exe()
+        .and_then(fs::canonicalize)
+        .is_ok_and(|exe| is_us(link, &exe))
+}
+
 fn is_us(link: &Path, exe: &Path) -> bool {
     fs::canonicalize(link).is_ok_and(|target| target == exe)
 }
@@ -82,7 +89,15 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
             }
             // The dispatcher checks what it runs; a hook others can change would fail
             // every event from now on (libvirt ran it as root regardless: say so now).
-            if let Err(why) = TrustPolicy::current_user().check_file(&link) {
+            let trust = TrustPolicy::current_user();
+            let runs_with = |link: &Path| {
+                let meta = fs::metadata(link).ok()?;
+                let loader = hooks_core::registered_loaders()
+                    .into_iter()
+                    .find(|l| l.claims(link, &meta))?;
+                loader.check_dependencies(link, &trust).err()
+            };
+            if let Some(why) = trust.check_file(&link).err().or_else(|| runs_with(&link)) {
                 return Err(UsageError(format!(
                     "not moving `{}`: {}; libvirt runs it as root, so whoever can change it has root today. Fix its owner and mode (e.g. `chown root: FILE; chmod go-w FILE`), then rerun",
                     link.display(),

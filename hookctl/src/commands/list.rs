@@ -14,6 +14,12 @@ struct DriverListing {
     /// Set for a dispatcher's `<driver>.plugins/` dir (run by hookctl installed as the hook).
     #[serde(skip_serializing_if = "Option::is_none")]
     plugins_dir: Option<String>,
+    /// For a plugins dir: the audit log its dispatcher writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
+    /// For a plugins dir: why the dispatcher will not run it, if it will not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_run: Option<String>,
     entries: Vec<Entry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -49,8 +55,23 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     for d in drivers {
         listings.push(listing(&hooks, d));
         if let Some(plugins) = super::plugins_dir(dir, d) {
-            let mut l = listing(&super::dispatch::plugins_with_original(&plugins, d), d);
+            let config = crate::config::read(&plugins);
+            let timeout = config
+                .as_ref()
+                .map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
+            let hooks = super::dispatch::plugins_with_original(&plugins, d).with_default_timeout(timeout);
+            let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
+            match config {
+                Ok(c) => l.log = Some(c.log.display().to_string()),
+                Err(e) => l.error = Some(format!("{e} (the dispatcher uses the defaults)")),
+            }
+            if !super::install::is_hookctl(&dir.join(d.as_str())) {
+                l.not_run = Some(format!(
+                    "{} is not hookctl, so nothing runs this dir (`hookctl install {d}`)",
+                    dir.join(d.as_str()).display()
+                ));
+            }
             listings.push(l);
         }
     }
@@ -63,9 +84,20 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         if l.entries.is_empty() && l.error.is_none() && args.driver.is_none() {
             continue;
         }
-        match &l.plugins_dir {
-            Some(p) => text.push_str(&format!("{} plugins ({p}, run by the hookctl dispatcher):\n", l.driver)),
-            None => text.push_str(&format!("{}:\n", l.driver)),
+        match (&l.plugins_dir, &l.not_run) {
+            (Some(p), None) => {
+                let log = l
+                    .log
+                    .as_deref()
+                    .map(|log| format!("; audit log {log}"))
+                    .unwrap_or_default();
+                text.push_str(&format!(
+                    "{} plugins ({p}, run by the hookctl dispatcher{log}):\n",
+                    l.driver
+                ));
+            }
+            (Some(p), Some(why)) => text.push_str(&format!("{} plugins ({p}): NOT RUN: {why}\n", l.driver)),
+            (None, _) => text.push_str(&format!("{}:\n", l.driver)),
         }
         if let Some(e) = &l.error {
             text.push_str(&format!("  error: {e}\n"));
@@ -104,18 +136,27 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .into_iter()
                 .map(|e| {
                     let path = e.path.display().to_string();
-                    let settings = match e.settings() {
+                    let loaded = e.settings();
+                    let mut settings = match &loaded {
                         Ok(s) if s.summary().is_empty() => None,
                         Ok(s) => Some(s.summary()),
                         Err(err) => Some(format!("invalid settings: {err}")),
                     };
+                    // The time limit in effect, default included, for whatever runs.
+                    if let (Ok(s), Some(loader)) = (&loaded, e.loader()) {
+                        let effective = s.effective_timeout(loader.default_timeout());
+                        if let (hooks_core::Timeout::Default, Some(t)) = (s.timeout, effective) {
+                            let shown = format!("timeout={} (default)", hooks_core::format_duration(t));
+                            settings = Some(settings.map_or(shown.clone(), |other| format!("{shown} {other}")));
+                        }
+                    }
                     match e.disposition {
                         Disposition::Hook(loader) => {
                             order += 1;
                             let broken = e
                                 .settings()
                                 .ok()
-                                .and_then(|s| loader.check(&e.path, &s).err())
+                                .and_then(|s| loader.inspect(&e.path, &s).err())
                                 .map(|err| {
                                     let text = hooks_core::error_chain(&err);
                                     let prefix = format!("cannot load hook `{path}` ({}): ", loader.backend());
@@ -152,7 +193,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                             role: e.role,
                             order: None,
                             backend: None,
-                            skipped: Some(why),
+                            skipped: Some(why.to_string()),
                             settings: None,
                         },
                     }
@@ -161,6 +202,8 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
             DriverListing {
                 driver,
                 plugins_dir: None,
+                log: None,
+                not_run: None,
                 entries,
                 error: None,
             }
@@ -168,6 +211,8 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
         Err(e) => DriverListing {
             driver,
             plugins_dir: None,
+            log: None,
+            not_run: None,
             entries: Vec::new(),
             error: Some(format!("cannot read `{}`: {e}", hooks.drop_in_dir(driver).display())),
         },

@@ -1,0 +1,213 @@
+//! Ways a policy could silently stop applying, a guest could be hurt, or an operator
+//! misled: each one made loud.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
+}
+
+fn script(path: &Path, body: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A hooks dir with hookctl linked as `qemu`, a plugins dir, and the audit log beside.
+fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let plugins = hooks.join("qemu.plugins");
+    fs::create_dir_all(&plugins).unwrap();
+    symlink(exe(), hooks.join("qemu")).unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
+    (tmp, hooks, plugins)
+}
+
+fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
+    let mut cmd = Command::new(hooks.join("qemu"));
+    cmd.env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", "/usr/bin:/bin")
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args(args)
+        .write_stdin("<domain/>\n");
+    cmd
+}
+
+fn hookctl(hooks: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe());
+    cmd.env("VIRT_HOOKS_WASM_CACHE", "off")
+        .arg("--hooks-dir")
+        .arg(hooks)
+        .args(args);
+    cmd
+}
+
+#[test]
+fn a_sidecar_typo_never_kills_a_running_guest_at_reconnect() {
+    let (tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-gpu"), "#!/bin/sh\nexit 0\n");
+    fs::write(
+        plugins.join("10-gpu.toml"),
+        "timout = 2\n[match]\nobjects = [\"gaming-*\"]\n",
+    )
+    .unwrap();
+    // libvirtd restarts with `db1` running: a failed reconnect would kill it.
+    as_libvirt(&hooks, ["db1", "reconnect", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(contains("ignored failure").and(contains("10-gpu")))
+        .stderr(contains("hookctl check"));
+    let audit = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"result\":\"ok\"") && audit.contains("unknown field `timout`"),
+        "{audit}"
+    );
+    // Where a failure aborts a start, failing closed stays right, and says what to run.
+    as_libvirt(&hooks, ["db1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("unknown field `timout`").and(contains("(run `hookctl check`)")));
+}
+
+#[test]
+fn a_hung_plugin_is_stopped_by_the_dispatchers_default_timeout() {
+    let (tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-hang"), "#!/bin/sh\nexec sleep 600\n");
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(
+        plugins.join("hookctl.toml"),
+        format!("log = \"{}\"\ntimeout = \"400ms\"\n", log.display()),
+    )
+    .unwrap();
+    let start = Instant::now();
+    as_libvirt(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("timed out after 400"));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("10-hang  [timeout=400ms (default)]"));
+    // Without hookctl.toml the built-in default applies, and `list` says which.
+    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("10-hang  [timeout=120s (default)]"));
+    // Opting out is explicit.
+    fs::write(plugins.join("10-hang.toml"), "timeout = \"none\"\n").unwrap();
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("10-hang  [timeout=none]"));
+}
+
+#[test]
+fn match_patterns_that_match_nothing_are_errors() {
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-x"), "#!/bin/sh\nexit 0\n");
+    fs::write(plugins.join("10-x.toml"), "[match]\nops = [\"prepar\"]\n").unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-x.toml:2").and(contains("`prepar` matches no qemu operation")));
+    fs::write(
+        plugins.join("10-x.toml"),
+        "[match]\nops = [\"prep*\"]\nsubops = [\"start\"]\n",
+    )
+    .unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-x.toml:3").and(contains("`start` matches no subop")));
+    fs::write(plugins.join("10-x.toml"), "[match]\nops = [\"prep*\", \"release\"]\n").unwrap();
+    hookctl(&hooks, &["check", "qemu"]).assert().success();
+}
+
+#[test]
+fn hookctl_toml_mistakes_are_named_by_check_and_list_shows_the_log() {
+    let (tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n");
+    let log = tmp.path().join("audit.jsonl");
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains(format!("audit log {}", log.display())));
+    fs::write(plugins.join("hookctl.toml"), "\nlogfile = \"/tmp/x.jsonl\"\n").unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("hookctl.toml:2: unknown field `logfile`"));
+    fs::write(plugins.join("hookctl.toml"), "log = \"relative.jsonl\"\n").unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("hookctl.toml:1: log must be an absolute path"));
+}
+
+#[test]
+fn check_fails_on_plugins_that_will_never_run() {
+    let (tmp, hooks, plugins) = installed();
+    fs::write(plugins.join("10-forgot-chmod"), "#!/bin/sh\nexit 1\n").unwrap();
+    fs::set_permissions(plugins.join("10-forgot-chmod"), fs::Permissions::from_mode(0o644)).unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-forgot-chmod: not executable: it will never run"));
+    fs::remove_file(plugins.join("10-forgot-chmod")).unwrap();
+    symlink(tmp.path().join("moved-away"), plugins.join("20-dangling")).unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("20-dangling"));
+}
+
+#[test]
+fn list_never_runs_plugin_code_and_says_when_nothing_runs_the_dir() {
+    let (tmp, hooks, plugins) = installed();
+    let marker = tmp.path().join("constructor-ran");
+    let src = tmp.path().join("ctor.c");
+    fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void ran(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let so = plugins.join("10-ctor.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(built.success());
+    fs::set_permissions(&so, fs::Permissions::from_mode(0o644)).unwrap();
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("10-ctor.so"));
+    assert!(!marker.exists(), "`list` loaded the library and ran its constructor");
+    // `check` does load it (and so names it broken: it exports no hook).
+    hookctl(&hooks, &["check", "qemu"]).assert().code(1);
+    assert!(marker.exists());
+
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    script(&hooks.join("qemu"), "#!/bin/sh\nexit 0\n");
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains("NOT RUN").and(contains("is not hookctl")));
+}
