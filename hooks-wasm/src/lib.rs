@@ -213,15 +213,17 @@ impl HookLoader for WasmLoader {
         20
     }
 
+    fn default_timeout(&self) -> Option<Duration> {
+        self.options.timeout
+    }
+
     fn claims(&self, path: &Path, _meta: &Metadata) -> bool {
         path.extension().is_some_and(|e| e == "wasm")
     }
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
         let mut options = self.options;
-        if let Some(t) = settings.timeout {
-            options.timeout = Some(t);
-        }
+        options.timeout = settings.effective_timeout(options.timeout);
         if let Some(m) = settings.memory {
             options.memory = usize::try_from(m).unwrap_or(usize::MAX);
         }
