@@ -59,7 +59,7 @@ with <dir>/<driver>.plugins/ when libvirt calls it with four arguments."
     /// Install hookctl as libvirt's hook for these drivers (a symlink) with a plugins dir.
     Install(InstallArgs),
     /// Remove hookctl as libvirt's hook for these drivers, restoring a moved original.
-    Uninstall(InstallArgs),
+    Uninstall(UninstallArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,15 +73,26 @@ pub(crate) struct DispatchArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct InstallArgs {
-    /// Drivers to (un)install for: daemon, qemu, lxc, libxl, bhyve, network.
+    /// Drivers to install for: daemon, qemu, lxc, libxl, bhyve, network.
     #[arg(required = true, value_parser = parse_driver)]
     pub(crate) drivers: Vec<Driver>,
     /// The hooks dir of session (unprivileged) daemons: $XDG_CONFIG_HOME/libvirt/hooks.
     #[arg(long)]
     pub(crate) user: bool,
-    /// Replace an existing hook script: it is moved into the plugins dir and keeps running.
+    /// Replace an existing hook script: it is kept as <driver>.pre-hookctl beside it and
+    /// keeps running, first.
     #[arg(long)]
     pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UninstallArgs {
+    /// Drivers to uninstall for: daemon, qemu, lxc, libxl, bhyve, network.
+    #[arg(required = true, value_parser = parse_driver)]
+    pub(crate) drivers: Vec<Driver>,
+    /// The hooks dir of session (unprivileged) daemons: $XDG_CONFIG_HOME/libvirt/hooks.
+    #[arg(long)]
+    pub(crate) user: bool,
 }
 
 #[derive(Debug, Args)]
@@ -209,13 +220,12 @@ pub(crate) fn main() -> ExitCode {
         Command::List(args) => commands::list::exec(&hooks_dir, args),
         Command::Check(args) => commands::check::exec(&hooks_dir, args),
         Command::Dispatch(args) => commands::dispatch::exec(args),
-        Command::Install(args) | Command::Uninstall(args)
-            if args.user && cli.hooks_dir != Path::new(DEFAULT_HOOKS_DIR) =>
-        {
-            Err(UsageError("--user and --hooks-dir are alternatives; give one".into()))
+        Command::Install(args) => {
+            install_dir(args.user, &cli.hooks_dir, hooks_dir).and_then(|d| commands::install::install(&d, args))
         }
-        Command::Install(args) => install_dir(&args, hooks_dir).and_then(|d| commands::install::install(&d, args)),
-        Command::Uninstall(args) => install_dir(&args, hooks_dir).and_then(|d| commands::install::uninstall(&d, args)),
+        Command::Uninstall(args) => {
+            install_dir(args.user, &cli.hooks_dir, hooks_dir).and_then(|d| commands::install::uninstall(&d, args))
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -228,11 +238,11 @@ pub(crate) fn main() -> ExitCode {
 }
 
 /// Where `install`/`uninstall` work: the session daemon's dir with `--user`.
-fn install_dir(args: &InstallArgs, hooks_dir: PathBuf) -> Result<PathBuf, UsageError> {
-    if args.user {
-        commands::install::user_hooks_dir()
-    } else {
-        Ok(hooks_dir)
+fn install_dir(user: bool, given: &Path, hooks_dir: PathBuf) -> Result<PathBuf, UsageError> {
+    match (user, given == Path::new(DEFAULT_HOOKS_DIR)) {
+        (true, false) => Err(UsageError("--user and --hooks-dir are alternatives; give one".into())),
+        (true, true) => commands::install::user_hooks_dir(),
+        (false, _) => Ok(hooks_dir),
     }
 }
 

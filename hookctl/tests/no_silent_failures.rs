@@ -211,3 +211,48 @@ fn list_never_runs_plugin_code_and_says_when_nothing_runs_the_dir() {
         .success()
         .stdout(contains("NOT RUN").and(contains("is not hookctl")));
 }
+
+#[test]
+fn audit_lines_say_when_who_called_and_keep_stray_stdout() {
+    let (tmp, hooks, plugins) = installed();
+    script(
+        &plugins.join("10-chatty"),
+        "#!/bin/sh\ncat >/dev/null\necho 'stray output'\n",
+    );
+    as_libvirt(&hooks, ["vm", "prepare", "begin", "-"]).assert().success();
+    let line = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let time = v["time"].as_str().expect("an RFC 3339 time");
+    assert!(
+        time.len() >= 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
+    // The test binary ran us, not libvirtd: the line says so.
+    assert!(v["caller"]["pid"].as_u64().is_some());
+    assert!(!v["caller"]["name"].as_str().unwrap().is_empty());
+    assert_ne!(v["caller"]["name"], "libvirtd");
+    assert_eq!(v["hooks"][0]["stdout"], "stray output\n");
+}
+
+#[test]
+fn a_refused_install_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    script(&hooks.join("network"), "#!/bin/sh\nexit 0\n");
+    // qemu would be fine, network is refused (no --force): neither is touched.
+    Command::new(exe())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .args(["install", "qemu", "network"])
+        .assert()
+        .code(2)
+        .stderr(contains("rerun with --force"));
+    let mut left: Vec<_> = fs::read_dir(&hooks).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["network"]);
+    Command::new(exe())
+        .args(["uninstall", "--help"])
+        .assert()
+        .success()
+        .stdout(contains("Drivers to uninstall for").and(contains("--force").not()));
+}

@@ -53,7 +53,8 @@ typedef struct virt_hook_io {
 typedef struct virt_hook_invocation {
     uint32_t abi_version;                              /* VIRT_HOOK_ABI_VERSION */
     const char *driver, *object, *op, *subop, *extra;  /* NUL-terminated, "-" if absent */
-    const uint8_t *input; size_t input_len;            /* NULL/0 when there is no input */
+    const uint8_t *input; size_t input_len;            /* NULL/0 when there is no input; NOT
+                                                          NUL-terminated: use input_len */
     virt_hook_io io;
 } virt_hook_invocation;
 

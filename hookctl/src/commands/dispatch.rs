@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report};
 use serde_json::json;
@@ -96,6 +96,13 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     ok
 }
 
+/// Who ran us: libvirtd, or someone trying a hook by hand (a shell, `hookctl run`).
+fn caller() -> serde_json::Value {
+    let ppid = std::os::unix::process::parent_id();
+    let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
+    json!({ "pid": ppid, "name": comm.trim_end() })
+}
+
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
 /// concurrent dispatches never interleave within a line.
 fn audit(log: &Path, event: &RawEvent, report: &Report, ok: bool, start: Instant) {
@@ -112,13 +119,16 @@ fn audit(log: &Path, event: &RawEvent, report: &Report, ok: bool, start: Instant
                 "optional": r.optional,
                 "duration_us": r.duration_us,
                 "stderr": excerpt(&r.stderr),
+                // libvirt throws a hook's stdout away except for filters; keep a trace.
+                "stdout": excerpt(&r.stdout),
                 "warnings": r.warnings,
             })
         })
         .collect();
     let line = json!({
-        "time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
         "pid": std::process::id(),
+        "caller": caller(),
         "driver": event.driver(),
         "object": event.object(),
         "op": event.op(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use hooks_core::{Driver, TrustPolicy};
 
-use crate::cli::{InstallArgs, Outcome, UsageError};
+use crate::cli::{InstallArgs, Outcome, UninstallArgs, UsageError};
 use crate::commands::dispatch::saved_original;
 
 /// The hooks dir of unprivileged (session) daemons: `$XDG_CONFIG_HOME/libvirt/hooks`.
@@ -59,57 +59,40 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> UsageError {
     UsageError(format!("cannot {what} `{}`: {e}", path.display()))
 }
 
+/// What `install` will do for one driver, decided before anything is touched.
+enum Step {
+    AlreadyInstalled,
+    Link,
+    /// Keep the existing hook under this name, then link.
+    ReplaceKeeping(PathBuf),
+}
+
 pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
     let exe = trusted_self()?;
+    // Every refusal comes before the first change: a refused install leaves no trace.
+    let mut steps = Vec::new();
+    for &driver in &args.drivers {
+        steps.push((driver, plan(dir, driver, &exe, args.force)?));
+    }
     fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
-    for driver in args.drivers {
+    for (driver, step) in steps {
         let link = dir.join(driver.as_str());
         let plugins = dir.join(format!("{}.plugins", driver.as_str()));
         fs::create_dir_all(&plugins).map_err(|e| io_err("create", &plugins, e))?;
-        if is_us(&link, &exe) {
-            println!("{}: already installed", link.display());
-            continue;
-        }
-        if fs::symlink_metadata(&link).is_ok() {
-            let kept = saved_original(dir, driver);
-            if !args.force {
-                return Err(UsageError(format!(
-                    "`{}` exists and is not hookctl; rerun with --force to move it to `{}` (where it keeps running first, from the same directory)",
+        match step {
+            Step::AlreadyInstalled => {
+                println!("{}: already installed", link.display());
+                continue;
+            }
+            Step::Link => {}
+            Step::ReplaceKeeping(kept) => {
+                fs::rename(&link, &kept).map_err(|e| io_err("move", &link, e))?;
+                println!(
+                    "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
                     link.display(),
                     kept.display()
-                )));
+                );
             }
-            for earlier in [kept.clone(), legacy_original(dir, driver)] {
-                if fs::symlink_metadata(&earlier).is_ok() {
-                    return Err(UsageError(format!(
-                        "`{}` already holds a hook saved by an earlier install; not overwriting it. Move one of them away by hand first",
-                        earlier.display()
-                    )));
-                }
-            }
-            // The dispatcher checks what it runs; a hook others can change would fail
-            // every event from now on (libvirt ran it as root regardless: say so now).
-            let trust = TrustPolicy::current_user();
-            let runs_with = |link: &Path| {
-                let meta = fs::metadata(link).ok()?;
-                let loader = hooks_core::registered_loaders()
-                    .into_iter()
-                    .find(|l| l.claims(link, &meta))?;
-                loader.check_dependencies(link, &trust).err()
-            };
-            if let Some(why) = trust.check_file(&link).err().or_else(|| runs_with(&link)) {
-                return Err(UsageError(format!(
-                    "not moving `{}`: {}; libvirt runs it as root, so whoever can change it has root today. Fix its owner and mode (e.g. `chown root: FILE; chmod go-w FILE`), then rerun",
-                    link.display(),
-                    why.reason()
-                )));
-            }
-            fs::rename(&link, &kept).map_err(|e| io_err("move", &link, e))?;
-            println!(
-                "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
-                link.display(),
-                kept.display()
-            );
         }
         std::os::unix::fs::symlink(&exe, &link).map_err(|e| io_err("create the link", &link, e))?;
         println!(
@@ -119,11 +102,72 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
             plugins.display()
         );
     }
+    apparmor_note(&exe);
     println!("libvirt reads which hooks exist at start: restart it, or send it SIGHUP, to pick them up.");
     Ok(true)
 }
 
-pub(crate) fn uninstall(dir: &Path, args: InstallArgs) -> Outcome {
+fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, UsageError> {
+    let link = dir.join(driver.as_str());
+    if is_us(&link, exe) {
+        return Ok(Step::AlreadyInstalled);
+    }
+    if fs::symlink_metadata(&link).is_err() {
+        return Ok(Step::Link);
+    }
+    let kept = saved_original(dir, driver);
+    if !force {
+        return Err(UsageError(format!(
+            "`{}` exists and is not hookctl; rerun with --force to move it to `{}` (where it keeps running first, from the same directory)",
+            link.display(),
+            kept.display()
+        )));
+    }
+    for earlier in [kept.clone(), legacy_original(dir, driver)] {
+        if fs::symlink_metadata(&earlier).is_ok() {
+            return Err(UsageError(format!(
+                "`{}` already holds a hook saved by an earlier install; not overwriting it. Move one of them away by hand first",
+                earlier.display()
+            )));
+        }
+    }
+    // The dispatcher checks what it runs; a hook others can change would fail every
+    // event from now on (libvirt ran it as root regardless: say so now).
+    let trust = TrustPolicy::current_user();
+    let runs_with = |link: &Path| {
+        let meta = fs::metadata(link).ok()?;
+        let loader = hooks_core::registered_loaders()
+            .into_iter()
+            .find(|l| l.claims(link, &meta))?;
+        loader.check_dependencies(link, &trust).err()
+    };
+    if let Some(why) = trust.check_file(&link).err().or_else(|| runs_with(&link)) {
+        return Err(UsageError(format!(
+            "not moving `{}`: {}; libvirt runs it as root, so whoever can change it has root today. Fix its owner and mode (e.g. `chown root: FILE; chmod go-w FILE`), then rerun",
+            link.display(),
+            why.reason()
+        )));
+    }
+    Ok(Step::ReplaceKeeping(kept))
+}
+
+/// Where Debian's and Ubuntu's libvirtd AppArmor profile lets libvirtd execute a hook.
+const APPARMOR_EXEC_OK: [&str; 5] = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/etc/libvirt/hooks/"];
+
+/// With AppArmor enforcing, libvirtd may be denied running a hookctl outside the
+/// profile's paths (a hand install in /usr/local/bin): say how to allow it.
+fn apparmor_note(exe: &Path) {
+    let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
+    let allowed = APPARMOR_EXEC_OK.iter().any(|p| exe.starts_with(p));
+    if enabled && !allowed {
+        println!(
+            "note: AppArmor is enabled, and Debian's/Ubuntu's libvirtd profile lets libvirtd run hooks only from /usr/bin, /usr/sbin, /bin, /sbin or /etc/libvirt/hooks. If libvirtd's hooks fail with \"Permission denied\", add\n    {} PUx,\nto /etc/apparmor.d/local/usr.sbin.libvirtd and reload it (apparmor_parser -r /etc/apparmor.d/usr.sbin.libvirtd), or install hookctl as /usr/bin/hookctl.",
+            exe.display()
+        );
+    }
+}
+
+pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     let exe = std::env::current_exe()
         .and_then(fs::canonicalize)
         .map_err(|e| UsageError(format!("cannot find hookctl itself: {e}")))?;
