@@ -164,6 +164,10 @@ pub(crate) struct SimulateArgs {
     /// migrated, saved, failed, "from snapshot", daemon.
     #[arg(long, value_name = "R", default_value = "destroyed")]
     pub(crate) reason: String,
+    /// The libvirt version to emulate (release reasons came in 10.5); by default the
+    /// one installed here (`libvirtd --version`), else the newest.
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) libvirt: Option<String>,
     #[command(flatten)]
     pub(crate) input: InputArgs,
 }

@@ -291,7 +291,7 @@ fn simulate_the_readme_example() {
         .stdout(contains("qemu demo started begin -"))
         .stdout(contains("result: start of qemu demo would go through"));
     hookctl(&ex.join("hooks"))
-        .args(["simulate", "qemu", "start", "nobody", "--input"])
+        .args(["simulate", "qemu", "start", "nobody", "--libvirt", "10.5", "--input"])
         .arg(ex.join("domain-no-owner.xml"))
         .assert()
         .code(1)
@@ -309,12 +309,24 @@ fn simulate_warns_about_ignored_failures_and_goes_through() {
         "#!/bin/sh\ncat >/dev/null\n[ \"$2\" = stopped ] && exit 2\nexit 0\n",
     );
     hookctl(tmp.path())
-        .args(["simulate", "qemu", "stop", "vm"])
+        .args(["simulate", "qemu", "stop", "vm", "--libvirt", "10.5"])
         .assert()
         .success()
         .stdout(contains("warning: a hook failed, and libvirt would ignore the failure"))
         .stdout(contains("qemu vm release end destroyed"))
         .stdout(contains("result: stop of qemu vm would go through"));
+    // libvirt 9.0 (Debian 12) passes `-`: a hook written against `destroyed` never fires.
+    hookctl(tmp.path())
+        .args(["simulate", "qemu", "stop", "vm", "--libvirt", "9.0"])
+        .assert()
+        .success()
+        .stdout(contains("qemu vm release end -"))
+        .stderr(contains("emulating libvirt 9.0 (--libvirt)"));
+    hookctl(tmp.path())
+        .args(["simulate", "qemu", "stop", "vm", "--libvirt", "nine"])
+        .assert()
+        .code(2)
+        .stderr(contains("--libvirt `nine`"));
 }
 
 #[test]

@@ -198,6 +198,7 @@ pub struct UnsupportedScenario {
 #[derive(Debug, Clone, Copy)]
 pub struct Lifecycle<'r> {
     registry: &'r Registry,
+    release_reasons: bool,
 }
 
 /// What a driver does between hook events (allocate, launch, ...); an error aborts the
@@ -207,7 +208,18 @@ pub type DriverAction<'a> = dyn FnMut(&str) -> Result<(), String> + Send + 'a;
 impl<'r> Lifecycle<'r> {
     /// Sequences over this registry.
     pub fn new(registry: &'r Registry) -> Self {
-        Lifecycle { registry }
+        Lifecycle {
+            registry,
+            release_reasons: true,
+        }
+    }
+
+    /// Whether qemu's `release` passes its reason (`destroyed`, `failed`, ...) as the
+    /// extra argument, as libvirt does since 10.5; `false` passes `-`, as older libvirt
+    /// does. By default `true`.
+    pub fn release_reasons(mut self, pass: bool) -> Self {
+        self.release_reasons = pass;
+        self
     }
 
     /// Runs a scenario by name: what `hookctl simulate` does.
@@ -406,7 +418,7 @@ impl<'r> Lifecycle<'r> {
         reason: ReleaseReason,
         cleanup: bool,
     ) -> Result<(), UnsupportedScenario> {
-        let extra = if guest.driver == Driver::Qemu {
+        let extra = if guest.driver == Driver::Qemu && self.release_reasons {
             reason.as_str()
         } else {
             "-"

@@ -26,9 +26,29 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         .map_err(|e: hooks_core::UnknownReleaseReason| UsageError(e.to_string()))?;
     let xml = super::read_input(args.input.input.as_deref())?.unwrap_or_default();
     let guest = Guest::new(args.driver, object, String::from_utf8_lossy(&xml));
+    let (version, from) = match &args.libvirt {
+        Some(v) => (
+            parse_version(v)
+                .ok_or_else(|| UsageError(format!("--libvirt `{v}`: expected a version like 9.0 or 10.5.0")))?,
+            "--libvirt",
+        ),
+        None => match installed_libvirt() {
+            Some(v) => (v, "libvirtd --version"),
+            None => (NEWEST, "the newest; no libvirtd here"),
+        },
+    };
+    let reasons = version >= (10, 5);
     let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
-    let seq = pollster::block_on(Lifecycle::new(&registry).run(scenario, &guest, reason))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let lifecycle = Lifecycle::new(&registry).release_reasons(reasons);
+    let seq = pollster::block_on(lifecycle.run(scenario, &guest, reason)).map_err(|e| UsageError(e.to_string()))?;
+    if !args.input.json {
+        let note = if reasons {
+            ""
+        } else {
+            "; `release` passes `-`, not its reason (that came in 10.5)"
+        };
+        eprintln!("hookctl: emulating libvirt {}.{} ({from}){note}", version.0, version.1);
+    }
     for step in &seq.steps {
         step.report.hooks.iter().for_each(output::warnings);
     }
@@ -38,6 +58,25 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         output::stdout(render(&seq, &guest, dir).as_bytes());
     }
     Ok(seq.proceeds())
+}
+
+/// The newest libvirt behaviour this emulates.
+const NEWEST: (u32, u32) = (10, 5);
+
+/// `9.0`, `10.5.0`, `libvirtd (libvirt) 9.0.0` -> (major, minor).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().last()?;
+    let mut parts = v.split('.').map(str::parse::<u32>);
+    Some((parts.next()?.ok()?, parts.next().unwrap_or(Ok(0)).ok()?))
+}
+
+/// The version of the libvirtd installed here, if any.
+fn installed_libvirt() -> Option<(u32, u32)> {
+    ["libvirtd", "/usr/sbin/libvirtd", "virtqemud", "/usr/sbin/virtqemud"]
+        .into_iter()
+        .find_map(|cmd| std::process::Command::new(cmd).arg("--version").output().ok())
+        .filter(|out| out.status.success())
+        .and_then(|out| parse_version(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
