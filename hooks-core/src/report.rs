@@ -319,7 +319,7 @@ pub fn format_duration(d: Duration) -> String {
         } else {
             format!("{}s", format!("{s:.3}").trim_end_matches('0'))
         }
-    } else if us >= 1000 && us % 1000 == 0 {
+    } else if us >= 1000 && us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else if us >= 1000 {
         format!("{:.1}ms", us as f64 / 1000.0)

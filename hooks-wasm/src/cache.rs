@@ -5,17 +5,19 @@
 //! engine settings, not the code. An entry is therefore as powerful as a native
 //! plugin, and is used only when all of these hold:
 //!
-//! - the cache dir passes the trust rule for the effective uid
-//!   ([`TrustPolicy::check_dir`]: it and every directory above it are owned by root or
-//!   the effective uid and not writable by group or others), checked when the sandbox
-//!   is built and again before every read; a dir that fails is not used at all;
+//! - the cache dir is an absolute path without `.` or `..` components, and passes the
+//!   trust rule for the effective uid ([`TrustPolicy::check_dir`]: it and every
+//!   directory above it are owned by root or the effective uid and not writable by
+//!   group or others), checked when the sandbox is built and again before every read;
+//!   a dir that fails is not used at all (and nothing is created for it below an
+//!   untrusted directory);
 //! - the entry, opened with `O_NOFOLLOW` (a symlink is refused) and examined with
 //!   `fstat` on the open file, is a regular file owned by the effective uid and not
 //!   writable by group or others;
-//! - its header names the SHA-256 of the module bytes being loaded and this engine's
-//!   compatibility hash, and its checksum (over header and code) matches: an entry
-//!   copied over another module's name, written by another engine, or torn is never
-//!   deserialized.
+//! - it is at most [`MAX_ENTRY`] bytes (`fstat`), its header (read first, alone) names
+//!   the SHA-256 of the module bytes being loaded and this engine's compatibility hash,
+//!   and its checksum (over header and code) matches: an entry copied over another
+//!   module's name, written by another engine, or torn is never deserialized.
 //!
 //! Anything else is recompiled and the entry rewritten. The checksum proves nothing
 //! about who wrote an entry (anyone could compute it); only the first two rules do.
@@ -24,6 +26,7 @@ use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +43,11 @@ const SYSTEM_DIR: &str = "/var/cache/virt-hooks/wasm";
 const MAGIC: &[u8; 8] = b"VHWASM2\0";
 const HEADER_LEN: usize = MAGIC.len() + 3 * 32;
 
+/// The largest entry read (or written): far above any hook's compiled code, and a
+/// bound on what a bad entry can make the host read (a 1 GiB sparse one was read
+/// whole, and hashed, before being refused).
+const MAX_ENTRY: u64 = 256 << 20;
+
 /// The default on-disk cache dir for this process: [`cache_dir_for`] with the
 /// effective uid and the process environment.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -52,8 +60,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// under `sudo -E` they name a user's directory); else `$XDG_CACHE_HOME/virt-hooks/wasm`,
 /// else `$HOME/.cache/virt-hooks/wasm`, else none.
 ///
-/// Whatever it returns must still pass the trust rule when a [`crate::Sandbox`] opens
-/// it, or the sandbox runs without a disk cache.
+/// Whatever it returns must still be an absolute path without `.` or `..` components
+/// and pass the trust rule when a [`crate::Sandbox`] opens it, or the sandbox runs
+/// without a disk cache.
 ///
 /// ```
 /// use std::path::PathBuf;
@@ -100,38 +109,49 @@ impl std::fmt::Debug for DiskCache {
 }
 
 impl DiskCache {
-    /// Opens (creating it 0700 if missing) a cache dir for `engine`; `None`, with a
-    /// warning, when it fails the trust rule or cannot be created.
+    /// Opens (creating what is missing of it, 0700) a cache dir for `engine`; `None`,
+    /// with a warning, when it is not a plain absolute path, fails the trust rule, or
+    /// cannot be created.
     pub(crate) fn open(dir: &Path, engine: &Engine) -> Option<DiskCache> {
         let policy = TrustPolicy::current_user();
-        let dir = match std::path::absolute(dir) {
-            Ok(dir) => dir,
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "WASM cache dir unusable; compiling in memory");
+        let untrusted = |e: hooks_core::Untrusted| {
+            tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
+        };
+        if let Some(why) = not_plain(dir) {
+            tracing::warn!(dir = %dir.display(), why, "WASM cache dir not used; compiling in memory");
+            return None;
+        }
+        // Nothing is created below an untrusted directory (as root, that would be
+        // mkdir at a path someone else chose): each missing directory is made in one
+        // that passes the trust rule just then, and is checked itself before anything
+        // is made in it. With no `..` in `dir`, a missing prefix means every longer
+        // one is missing too, and each parent checked is the one the kernel uses.
+        let missing: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|d| matches!(fs::symlink_metadata(d), Err(e) if e.kind() == io::ErrorKind::NotFound))
+            .collect();
+        for new in missing.iter().rev() {
+            if let Err(e) = policy.check_dir(new.parent().unwrap_or(Path::new("/"))) {
+                untrusted(e);
                 return None;
             }
-        };
-        // Nothing is created below an untrusted directory (as root, that would be
-        // mkdir at a path someone else chose).
-        let existing = dir
-            .ancestors()
-            .find(|d| fs::symlink_metadata(d).is_ok())
-            .unwrap_or(Path::new("/"));
-        if let Err(e) = policy.check_dir(existing) {
-            tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
-            return None;
+            match fs::DirBuilder::new().mode(0o700).create(new) {
+                // Made by someone (root or us, the parent passed) meanwhile: checked next.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create the WASM cache dir; compiling in memory");
+                    return None;
+                }
+                Ok(()) => {}
+            }
         }
-        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the WASM cache dir; compiling in memory");
-            return None;
-        }
-        if let Err(e) = policy.check_dir(&dir) {
-            tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
+        if let Err(e) = policy.check_dir(dir) {
+            untrusted(e);
             return None;
         }
         let engine_hash = engine_hash(engine);
         Some(DiskCache {
-            dir,
+            dir: dir.to_owned(),
             policy,
             compat_tag: hex(&engine_hash[..8]),
             engine_hash,
@@ -168,7 +188,7 @@ impl DiskCache {
             return None;
         }
         let path = self.entry_path(digest);
-        let data = match self.read_entry(&path) {
+        let data = match self.read_entry(&path, digest) {
             Ok(data) => data,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -202,8 +222,10 @@ impl DiskCache {
     }
 
     /// Reads an entry that is a regular file owned by the effective uid and not
-    /// writable by group or others, through the file descriptor that was checked.
-    fn read_entry(&self, path: &Path) -> io::Result<Vec<u8>> {
+    /// writable by group or others, through the file descriptor that was checked; the
+    /// rest of it only if it is at most [`MAX_ENTRY`] bytes and its header is the one
+    /// expected for `digest` and this engine.
+    fn read_entry(&self, path: &Path, digest: &[u8; 32]) -> io::Result<Vec<u8>> {
         let mut file = OpenOptions::new()
             .read(true)
             // No symlinks (ELOOP); a planted FIFO must not block the open.
@@ -224,28 +246,47 @@ impl DiskCache {
                 self.policy.uid()
             )));
         }
-        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        file.read_to_end(&mut data)?;
+        let len = meta.len();
+        if len > MAX_ENTRY {
+            return Err(io::Error::other(format!("{len} bytes, more than {MAX_ENTRY}")));
+        }
+        if len < HEADER_LEN as u64 {
+            return Err(io::Error::other("not an entry of this format"));
+        }
+        let mut data = vec![0; HEADER_LEN];
+        file.read_exact(&mut data)?;
+        self.check_header(&data, digest).map_err(io::Error::other)?;
+        // A file grown since `fstat` is cut here, and then fails the checksum.
+        let rest = len - HEADER_LEN as u64;
+        data.reserve_exact(usize::try_from(rest).unwrap_or(0));
+        file.take(rest).read_to_end(&mut data)?;
         Ok(data)
     }
 
-    /// The serialized module inside `data`, if its checksum holds and its header names
-    /// this module and this engine.
-    fn check_entry<'a>(&self, data: &'a [u8], digest: &[u8; 32]) -> Result<&'a [u8], &'static str> {
-        if data.len() < HEADER_LEN || !data.starts_with(MAGIC) {
+    /// Whether `header` (the first [`HEADER_LEN`] bytes of an entry) names the module
+    /// whose SHA-256 is `digest` and this engine.
+    fn check_header(&self, header: &[u8], digest: &[u8; 32]) -> Result<(), &'static str> {
+        if header.len() < HEADER_LEN || !header.starts_with(MAGIC) {
             return Err("not an entry of this format");
         }
-        let (header, code) = data.split_at(HEADER_LEN);
-        let (bound, sum) = header.split_at(HEADER_LEN - 32);
-        if checksum(bound, code).as_slice() != sum {
-            return Err("checksum mismatch (corrupt or torn)");
-        }
-        let (module, engine) = bound[MAGIC.len()..].split_at(32);
+        let (module, engine) = header[MAGIC.len()..HEADER_LEN - 32].split_at(32);
         if module != digest.as_slice() {
             return Err("compiled from another module");
         }
         if engine != self.engine_hash.as_slice() {
             return Err("compiled by another engine");
+        }
+        Ok(())
+    }
+
+    /// The serialized module inside `data`, if its checksum holds and its header names
+    /// this module and this engine.
+    fn check_entry<'a>(&self, data: &'a [u8], digest: &[u8; 32]) -> Result<&'a [u8], &'static str> {
+        self.check_header(data, digest)?;
+        let (header, code) = data.split_at(HEADER_LEN);
+        let (bound, sum) = header.split_at(HEADER_LEN - 32);
+        if checksum(bound, code).as_slice() != sum {
+            return Err("checksum mismatch (corrupt or torn)");
         }
         Ok(code)
     }
@@ -259,6 +300,10 @@ impl DiskCache {
         let path = self.entry_path(digest);
         let write = || -> wasmtime::Result<()> {
             let code = module.serialize()?;
+            // Never read back: not worth writing.
+            if (HEADER_LEN + code.len()) as u64 > MAX_ENTRY {
+                wasmtime::bail!("{} bytes of code, more than an entry may hold", code.len());
+            }
             let mut bound = Vec::with_capacity(HEADER_LEN - 32);
             bound.extend_from_slice(MAGIC);
             bound.extend_from_slice(digest);
@@ -277,6 +322,23 @@ impl DiskCache {
             tracing::debug!(path = %path.display(), error = %e, "cannot write the WASM cache entry");
         }
     }
+}
+
+/// Why `dir` cannot be a cache dir whatever its owners: relative (to a working
+/// directory nobody chose for it), or with a `.` or `..` component (the trust rule
+/// checks each prefix as written, but after a missing or symlinked directory `..`
+/// leads somewhere else).
+fn not_plain(dir: &Path) -> Option<&'static str> {
+    if !dir.is_absolute() {
+        return Some("it is a relative path");
+    }
+    // On the bytes: `Path::components` drops inner `.` components.
+    let dotted = dir
+        .as_os_str()
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .any(|c| c == b"." || c == b"..");
+    dotted.then_some("it has a `.` or `..` component")
 }
 
 fn checksum(bound: &[u8], code: &[u8]) -> [u8; 32] {

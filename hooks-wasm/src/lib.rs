@@ -11,9 +11,12 @@
 //!   48 allows several); exceeding it is a clean failure;
 //! - a timeout (10 s by default, reported as `TimedOut`) that holds wherever the time
 //!   goes: epoch interruption stops a module that computes, and a timer ends a wait in
-//!   a host call (a WASI sleep through `poll_oneoff`), dropping it. Calls run on
-//!   wasmtime's async API, driven by this crate's own small tokio runtime, so they
-//!   behave the same from `Registry::fire_blocking` and from inside tokio;
+//!   a host call (a WASI sleep through `poll_oneoff`), dropping it. One host call's
+//!   work is bounded too: `random_get` yields every 64 KiB, and a call's WASI resource
+//!   table holds at most 4096 handles (a `poll_oneoff` with more subscriptions traps).
+//!   Calls run on wasmtime's async API, driven by this crate's own small tokio
+//!   runtime, so they behave the same from `Registry::fire_blocking` and from inside
+//!   tokio;
 //! - output caps (16 MiB per stream, reported), optional fuel.
 //!
 //! Speed: one engine per process (pooling allocator), each module compiled once (keyed

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 use hooks_core::{HookOutcome, HookStatus, LoadError};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
-use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Caller, Engine, Extern, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p2::bindings::random::random::Host as _;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder, WasiView};
 
 use crate::cache::{default_cache_dir, hex, DiskCache};
 use crate::engine::{build_engine, EngineConfig, Ticker, MAX_MEMORIES, MAX_TABLES};
@@ -70,6 +73,17 @@ pub(crate) struct HostState {
 
 /// Most table elements a store may hold, all tables together (8 bytes each).
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Most entries in a call's WASI resource table: the stdio streams, and one pollable
+/// per `poll_oneoff` subscription while it waits. A poll with more subscriptions traps
+/// when the table is full, after ~4 000 of them, instead of making the host build
+/// 500 000 (3.5 s and 194 MiB of host heap in a debug build, for one call).
+const MAX_WASI_HANDLES: usize = 4096;
+
+/// Most bytes `random_get` fills at a time; it yields between steps, so the timeout
+/// can end a call for a huge buffer (one 65 MB call took 24 s in a debug build, and
+/// the host built all of it in its own memory first).
+const RANDOM_STEP: usize = 64 << 10;
 
 /// The memory cap for all of a store's memories together: with multi-memory, a cap
 /// per memory would give a module with N memories N times the cap.
@@ -190,9 +204,11 @@ async fn bounded<F: Future>(
 
 impl Sandbox {
     /// A sandbox with its own engine; `cache_dir` `None` keeps compiled modules in
-    /// memory only. The dir is created (mode 0700) if missing and used only if it
-    /// passes the trust rule for the effective uid ([`hooks_core::TrustPolicy`]);
-    /// otherwise the sandbox warns (through `tracing`) and compiles in memory.
+    /// memory only. The dir must be absolute, without `.` or `..` components; what is
+    /// missing of it is created (mode 0700) one directory at a time, each inside one
+    /// that passes the trust rule for the effective uid ([`hooks_core::TrustPolicy`]),
+    /// and it is used only if it passes that rule; otherwise the sandbox warns
+    /// (through `tracing`) and compiles in memory.
     ///
     /// # Errors
     /// When the engine cannot be built.
@@ -201,6 +217,9 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         // The async WASI calls: a sleep is a tokio timer that dropping the call cancels.
         p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)?;
+        linker.allow_shadowing(true);
+        linker.func_wrap_async("wasi_snapshot_preview1", "random_get", random_get)?;
+        linker.allow_shadowing(false);
         let cache = cache_dir.and_then(|dir| DiskCache::open(&dir, &engine));
         Ticker::global().register(&engine);
         Ok(Sandbox {
@@ -334,8 +353,10 @@ impl Sandbox {
         if let Some(input) = input {
             wasi.stdin(MemoryInputPipe::new(bytes::Bytes::from_owner(input)));
         }
+        let mut wasi = wasi.build_p1();
+        wasi.ctx().table.set_max_capacity(MAX_WASI_HANDLES);
         let state = HostState {
-            wasi: wasi.build_p1(),
+            wasi,
             limits: MemoryCap::new(limits.memory),
             deadline,
         };
@@ -383,6 +404,58 @@ impl Sandbox {
         outcome.stderr_truncated = err_cut;
         outcome
     }
+}
+
+/// WASI's `random_get(buf, len)`, from the same generator, filled [`RANDOM_STEP`] bytes
+/// at a time straight into the module's memory, with a yield between steps (WASI's
+/// own builds the whole buffer on the host in one go, which no timeout can stop).
+fn random_get(
+    mut caller: Caller<'_, HostState>,
+    (buf, len): (i32, i32),
+) -> Box<dyn Future<Output = wasmtime::Result<i32>> + Send + '_> {
+    Box::new(async move {
+        let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+            wasmtime::bail!("random_get: the module exports no memory");
+        };
+        // WASI pointers and lengths are unsigned; an out-of-bounds buffer traps, as in
+        // WASI's own.
+        let (start, len) = (buf as u32 as usize, len as u32 as usize);
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= memory.data_size(&caller))
+            .ok_or_else(|| wasmtime::format_err!("random_get: buffer {start}+{len} is out of bounds"))?;
+        let mut at = start;
+        while at < end {
+            let step = (end - at).min(RANDOM_STEP);
+            let bytes = caller
+                .data_mut()
+                .wasi
+                .ctx()
+                .ctx
+                .random()
+                .get_random_bytes(step as u64)?;
+            memory.write(&mut caller, at, &bytes)?;
+            at += step;
+            if at < end {
+                yield_once().await;
+            }
+        }
+        Ok(0) // errno `success`
+    })
+}
+
+/// Pending once (and woken at once), so the future driving the call polls its
+/// deadline and cancellation before the module's host call goes on.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 fn classify(e: &wasmtime::Error, refused: Option<usize>, limits: CallLimits) -> HookStatus {

@@ -6,13 +6,22 @@ mod common;
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
+use common::heap::peak_during;
 use common::{block_on, inv, printer, sandbox, write_module};
 use hooks_core::Hook;
 use hooks_wasm::{cache_dir_for, CacheSource, Sandbox, WasmHook, WasmOptions};
+
+#[global_allocator]
+static HEAP: common::heap::Counting = common::heap::Counting;
+
+fn is_root() -> bool {
+    hooks_core::TrustPolicy::current_user().uid() == 0
+}
 
 fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
@@ -122,7 +131,7 @@ fn a_symlinked_entry_is_not_used() {
 
 #[test]
 fn entries_and_dirs_owned_by_another_user_are_not_used() {
-    if hooks_core::TrustPolicy::current_user().uid() != 0 {
+    if !is_root() {
         eprintln!("skipped: only root can give files away");
         return;
     }
@@ -170,6 +179,89 @@ fn a_world_writable_cache_dir_is_not_used() {
 }
 
 #[test]
+fn a_dot_dot_in_the_cache_path_cannot_lead_below_an_untrusted_dir() {
+    // `trusted/nope/../../att/evil/planted`: `trusted` passes, `nope` does not exist, and
+    // `att/evil` is another user's symlink (in a world-writable dir) to a dir of ours.
+    let tmp = tempfile::tempdir().unwrap();
+    let trusted = tmp.path().join("trusted");
+    let target = tmp.path().join("target");
+    let att = tmp.path().join("att");
+    for d in [&trusted, &target, &att] {
+        fs::create_dir(d).unwrap();
+    }
+    chmod(&att, 0o777);
+    symlink(&target, att.join("evil")).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&att, Some(1000), Some(1000)).unwrap();
+        lchown(att.join("evil"), Some(1000), Some(1000)).unwrap();
+    }
+    let path = trusted.join("nope/../../att/evil/planted");
+    let sb = sandbox(Some(&path));
+    assert_eq!(sb.cache_dir(), None, "{} was used", path.display());
+    assert!(
+        !target.join("planted").exists(),
+        "created through the untrusted symlink"
+    );
+    assert!(
+        !trusted.join("nope").exists(),
+        "created a dir named only to be left by `..`"
+    );
+}
+
+#[test]
+fn a_relative_or_dotted_cache_path_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dotted in ["./cache", "a/./cache", "cache/.", "a/../cache", "cache/.."] {
+        let path = PathBuf::from(format!("{}/{dotted}", tmp.path().display()));
+        assert_eq!(sandbox(Some(&path)).cache_dir(), None, "{} was used", path.display());
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "{} created something",
+            path.display()
+        );
+    }
+    // Relative to the working directory, which is nobody's choice of cache dir.
+    let relative = PathBuf::from(format!("relative-wasm-cache-{}", std::process::id()));
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&relative);
+    assert_eq!(sandbox(Some(&relative)).cache_dir(), None);
+    assert!(!relative.exists(), "created a relative cache dir");
+}
+
+#[test]
+fn a_huge_entry_is_not_read_whole() {
+    let f = fixture();
+    let entry = entry_of(&f.cache, &load(sandbox(Some(&f.cache)), &f.a));
+    // The genuine header, then zeros to 1 GiB (sparse): only its size gives it away.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&entry)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let sb = sandbox(Some(&f.cache));
+    let start = Instant::now();
+    let (hook, heap) = peak_during(|| load(sb, &f.a));
+    println!(
+        "1 GiB entry: refused after {:?}, host heap peak +{} MiB",
+        start.elapsed(),
+        heap >> 20
+    );
+    assert_eq!(hook.module().source(), CacheSource::Compiled);
+    assert_eq!(run(&hook), "module A");
+    assert!(heap < 256 << 20, "read {heap} bytes of a 1 GiB entry");
+    // Rewritten at its real size.
+    assert!(fs::metadata(&entry).unwrap().len() < 1 << 20);
+    assert_eq!(load(sandbox(Some(&f.cache)), &f.a).module().source(), CacheSource::Disk);
+}
+
+#[test]
 fn a_cache_dir_loosened_after_the_sandbox_was_built_is_not_read() {
     let f = fixture();
     let sb = sandbox(Some(&f.cache));
@@ -186,7 +278,9 @@ fn a_missing_cache_dir_is_created_private() {
     let cache = tmp.path().join("new/cache");
     let sb = sandbox(Some(&cache));
     assert_eq!(sb.cache_dir(), Some(cache.as_path()));
-    assert_eq!(fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    for dir in [&cache, &tmp.path().join("new")] {
+        assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
     let a = write_module(tmp.path(), "a.wasm", &printer("module A"));
     load(sb, &a);
     assert_eq!(load(sandbox(Some(&cache)), &a).module().source(), CacheSource::Disk);

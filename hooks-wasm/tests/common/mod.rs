@@ -2,6 +2,8 @@
 //! hook outside any runtime.
 #![allow(dead_code)]
 
+pub mod heap;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
