@@ -94,7 +94,7 @@ fn vet(meta: &fs::Metadata) -> Result<&fs::Metadata, AuditError> {
     Ok(meta)
 }
 
-fn open(path: &Path) -> Result<File, AuditError> {
+pub(crate) fn open(path: &Path) -> Result<File, AuditError> {
     check(path)?;
     let flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     let file = OpenOptions::new()

@@ -6,6 +6,8 @@ mod audit;
 mod cli;
 mod commands;
 mod config;
+#[cfg(feature = "dylib")]
+mod crash;
 mod output;
 
 use std::process::ExitCode;

@@ -256,3 +256,43 @@ fn a_refused_install_changes_nothing() {
         .success()
         .stdout(contains("Drivers to uninstall for").and(contains("--force").not()));
 }
+
+#[test]
+fn a_crashing_native_plugin_is_named_on_stderr_and_in_the_audit_log() {
+    let (tmp, hooks, plugins) = installed();
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
+    let src = tmp.path().join("crash.c");
+    fs::write(
+        &src,
+        "#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) { (void)inv; volatile int *p = 0; return *p; }\nstatic const virt_hook_plugin plugin = { VIRT_HOOK_ABI_VERSION, \"crash\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }\n",
+    )
+    .unwrap();
+    let so = plugins.join("10-crash.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg("-I")
+        .arg(&include)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(built.success());
+    fs::set_permissions(&so, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = as_libvirt(&hooks, ["vm", "prepare", "begin", "-"]).output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(11), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "native plugin `{}` crashed the dispatcher with signal 11",
+            so.display()
+        )),
+        "{stderr}"
+    );
+    let audit = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(v["result"], "crashed");
+    assert_eq!(v["crashed_plugin"], so.display().to_string());
+    assert_eq!(v["signal"], 11);
+    assert_eq!(v["object"], "vm");
+}

@@ -31,7 +31,7 @@ mod plugin;
 
 pub use hooks_plugin::abi;
 pub use library::Library;
-pub use plugin::DylibHook;
+pub use plugin::{with_running_plugin, DylibHook};
 
 use std::fs::Metadata;
 use std::path::Path;

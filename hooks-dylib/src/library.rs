@@ -55,6 +55,8 @@ impl Library {
         if let Some(lib) = table.get(&real) {
             return Ok(Arc::clone(lib));
         }
+        // Loading runs the library's constructors: name it if they crash.
+        let _running = crate::plugin::Running::enter(&real);
         // SAFETY: loading runs the library's initialisers: native plugins are trusted
         // code by contract. RTLD_NOW makes unresolved symbols fail here, not mid-call.
         let lib = unsafe { libloading::os::unix::Library::open(Some(&real), libc::RTLD_NOW | libc::RTLD_LOCAL) }

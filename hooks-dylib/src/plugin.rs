@@ -82,6 +82,48 @@ thread_local! {
     static ACTIVE: Cell<(usize, *mut Capture)> = const { Cell::new((0, std::ptr::null_mut())) };
 }
 
+thread_local! {
+    /// The path of the plugin whose code this thread is running, for a crash handler.
+    static RUNNING: Cell<(*const u8, usize)> = const { Cell::new((std::ptr::null(), 0)) };
+}
+
+/// Marks this thread as running a plugin's code until dropped.
+pub(crate) struct Running;
+
+impl Running {
+    /// `path` must outlive the guard (the library's own path, or a local of the caller).
+    pub(crate) fn enter(path: &Path) -> Running {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        RUNNING.with(|r| r.set((bytes.as_ptr(), bytes.len())));
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set((std::ptr::null(), 0)));
+    }
+}
+
+/// Calls `f` with the path of the native plugin whose code this thread is running (its
+/// `call`, or its loading), if any. Only a thread-local read and the call: safe from a
+/// signal handler for SIGSEGV and friends, which runs on the faulting thread, so a
+/// program can say which plugin crashed it.
+///
+/// ```
+/// assert_eq!(hooks_dylib::with_running_plugin(|path| path.len()), None);
+/// ```
+pub fn with_running_plugin<R>(f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let (ptr, len) = RUNNING.with(Cell::get);
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: set by `Running::enter` from a path that outlives the guard, and cleared
+    // when the guard drops; only this thread reads or writes it.
+    Some(f(unsafe { std::slice::from_raw_parts(ptr, len) }))
+}
+
 /// Tokens handed to plugins as `ctx`: never 0, never reused.
 static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
 /// Writes ignored because they came after the call or from another thread.
@@ -163,7 +205,7 @@ struct Call {
     args: EventArgs,
     input: Option<Arc<[u8]>>,
     cap: usize,
-    _lib: Arc<Library>,
+    lib: Arc<Library>,
 }
 
 impl Call {
@@ -196,8 +238,10 @@ impl Call {
             },
         };
         // SAFETY: the plugin's `call` with an invocation whose pointers all outlive the
-        // call; `Library` is kept alive by `_lib`.
+        // call; `Library` is kept alive by `lib`.
+        let running = Running::enter(self.lib.path());
         let code = unsafe { (self.call)(&raw) };
+        drop(running);
         drop(activation);
         capture.stray_writes = STRAY_WRITES.load(Ordering::Relaxed) - strays_before;
         (code, capture)
@@ -239,7 +283,7 @@ impl Hook for DylibHook {
             args: inv.args().clone(),
             input: inv.input_shared().cloned(),
             cap: self.max_output,
-            _lib: Arc::clone(&self.lib),
+            lib: Arc::clone(&self.lib),
         };
         let timeout = inv.timeout_with(self.timeout);
         let mut result = match timeout {

@@ -62,6 +62,8 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         event = event.with_input(Some(input));
     }
     let (config, _config_error) = crate::config::load(plugins);
+    #[cfg(feature = "dylib")]
+    prepare_for_a_crash(&config.log, &event);
     let registry = RegistryBuilder::new()
         .hooks_dir_with(plugins_with_original(plugins, driver).with_default_timeout(config.timeout))
         .build();
@@ -94,6 +96,27 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     }
     audit(&config.log, &event, &report, ok, start);
     ok
+}
+
+/// A native plugin runs in our process: if it crashes us, a handler names it on stderr
+/// and in the audit log (a line prepared now, finished with its name and the signal).
+#[cfg(feature = "dylib")]
+fn prepare_for_a_crash(log: &Path, event: &RawEvent) {
+    let line = json!({
+        "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        "pid": std::process::id(),
+        "caller": caller(),
+        "driver": event.driver(),
+        "object": event.object(),
+        "op": event.op(),
+        "subop": event.subop(),
+        "extra": event.extra(),
+        "result": "crashed",
+    });
+    let mut prefix = line.to_string().into_bytes();
+    prefix.pop(); // the closing brace
+    prefix.extend_from_slice(b",\"crashed_plugin\":");
+    crate::crash::arm(crate::audit::open(log).ok(), prefix);
 }
 
 /// Who ran us: libvirtd, or someone trying a hook by hand (a shell, `hookctl run`).
