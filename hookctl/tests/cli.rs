@@ -376,15 +376,17 @@ fn native_plugins_run_list_and_check_beside_scripts() {
         .assert()
         .success()
         .stdout(contains("1. exec").and(contains("2. dylib")).and(contains("3. dylib")))
-        .stdout(contains("30-junk.so  BROKEN: not a loadable shared object"));
+        .stdout(contains("30-junk.so  BROKEN: not a loadable shared object"))
+        .stdout(contains("20-native.so  WARNING: libvirt runs qemu.d/ itself"));
+    // libvirt runs qemu.d/ itself: there it would not load these, and `check` says so.
     hookctl(tmp.path())
         .arg("check")
         .assert()
         .code(1)
-        .stdout(contains("20-native.so"))
         .stderr(contains(format!(
-            "`{}` (dylib): not a loadable shared object",
-            junk.display()
+            "broken: {}: libvirt runs qemu.d/ itself and would skip this file (not executable) rather than load it; move it to {}",
+            so.display(),
+            tmp.path().join("qemu.plugins/").display()
         )));
     fs::remove_file(&junk).unwrap();
     hookctl(tmp.path())
@@ -392,7 +394,8 @@ fn native_plugins_run_list_and_check_beside_scripts() {
         .write_stdin("<domain><source bridge='br-legacy'/></domain>")
         .assert()
         .success()
-        .stdout("<domain><source bridge='br0'/></domain>");
+        .stdout("<domain><source bridge='br0'/></domain>")
+        .stderr(contains("warning").and(contains("20-native.so: libvirt runs qemu.d/ itself")));
     hookctl(tmp.path())
         .args(["run", "qemu", "exit-9", "prepare", "begin", "-"])
         .assert()
@@ -441,8 +444,20 @@ fn wasm_modules_run_list_and_check_beside_scripts() {
         .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
         .assert()
         .code(1)
-        .stderr(contains(format!("`{}` (wasm): invalid WebAssembly", bad.display())));
-    fs::remove_file(&bad).unwrap();
+        .stderr(contains(format!(
+            "broken: {}: libvirt runs qemu.d/ itself and would skip this file",
+            bad.display()
+        )));
+    // In the dispatcher's plugins dir the same module is loaded, and found broken.
+    fs::create_dir(tmp.path().join("qemu.plugins")).unwrap();
+    fs::rename(&bad, tmp.path().join("qemu.plugins/40-bad.wasm")).unwrap();
+    hookctl(tmp.path())
+        .args(["check", "qemu"])
+        .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
+        .assert()
+        .code(1)
+        .stderr(contains("qemu.plugins/40-bad.wasm` (wasm): invalid WebAssembly"));
+    fs::remove_file(tmp.path().join("qemu.plugins/40-bad.wasm")).unwrap();
     // The script echoes, the WASM filter rewrites: chained.
     hookctl(tmp.path())
         .args(["run", "qemu", "vm", "migrate", "begin", "-", "--input", "-"])

@@ -68,6 +68,11 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 }
                 continue;
             }
+            if let Some(why) = super::misplaced_plugin(&hooks, &entry, driver) {
+                broken += 1;
+                eprintln!("broken: {}: {why}", entry.path.display());
+                continue;
+            }
             let Some(loader) = entry.loader() else { continue };
             // libvirt runs its own layout's executables whoever can change them; say so.
             if !hooks.is_flat() && loader.backend() == "exec" {

@@ -45,6 +45,9 @@ struct Entry {
     /// Why hookctl refuses to run it (the trust rule); the event fails instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<String>,
+    /// Something to fix although it runs here (a plugin where libvirt would not load it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
 }
 
 pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
@@ -109,11 +112,14 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             match (e.order, e.backend, &e.skipped) {
                 (Some(n), Some(backend), _) => {
                     let settings = e.settings.as_deref().map(|s| format!("  [{s}]")).unwrap_or_default();
-                    let broken = match (&e.refused, &e.broken) {
+                    let mut broken = match (&e.refused, &e.broken) {
                         (Some(r), _) => format!("  REFUSED: {r}"),
                         (None, Some(b)) => format!("  BROKEN: {b}"),
                         (None, None) => String::new(),
                     };
+                    if let Some(w) = &e.warning {
+                        broken.push_str(&format!("  WARNING: {w}"));
+                    }
                     text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}{broken}\n", e.path));
                 }
                 (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
@@ -136,6 +142,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .into_iter()
                 .map(|e| {
                     let path = e.path.display().to_string();
+                    let warning = super::misplaced_plugin(hooks, &e, driver);
                     let loaded = e.settings();
                     let mut settings = match &loaded {
                         Ok(s) if s.summary().is_empty() => None,
@@ -171,6 +178,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 settings,
                                 broken,
                                 refused: None,
+                                warning,
                             }
                         }
                         Disposition::Refused(loader, why) => {
@@ -184,11 +192,13 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 settings,
                                 broken: None,
                                 refused: Some(why.reason()),
+                                warning,
                             }
                         }
                         Disposition::Skipped(why) => Entry {
                             broken: None,
                             refused: None,
+                            warning,
                             path,
                             role: e.role,
                             order: None,

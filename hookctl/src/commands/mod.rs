@@ -44,6 +44,41 @@ pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
     HooksDir::new(dir)
 }
 
+/// For a native or WASM plugin in libvirt's own `<driver>.d/`: what libvirt does with it
+/// instead of loading it (libvirt runs that directory itself), and where it belongs.
+pub(crate) fn misplaced_plugin(
+    dir: &hooks_core::HooksDir,
+    entry: &hooks_core::DirEntry,
+    driver: hooks_core::Driver,
+) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let native = entry.path.extension().is_some_and(|e| e == "so" || e == "wasm");
+    if dir.is_flat() || entry.role != hooks_core::EntryRole::DropIn || !native {
+        return None;
+    }
+    let executable = std::fs::metadata(&entry.path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    let fate = if executable {
+        "would exec this file (and fail the event)"
+    } else {
+        "would skip this file (not executable)"
+    };
+    Some(format!(
+        "libvirt runs {}.d/ itself and {fate} rather than load it; move it to {}",
+        driver.as_str(),
+        dir.root().join(format!("{}.plugins/", driver.as_str())).display()
+    ))
+}
+
+/// Warns about plugins in libvirt's `<driver>.d/`, which `run`/`simulate` load but
+/// libvirt would not.
+pub(crate) fn warn_misplaced(dir: &hooks_core::HooksDir, driver: hooks_core::Driver) {
+    for entry in dir.scan(driver).unwrap_or_default() {
+        if let Some(why) = misplaced_plugin(dir, &entry, driver) {
+            eprintln!("hookctl: warning: {}: {why}", entry.path.display());
+        }
+    }
+}
+
 /// `<dir>/<driver>.plugins`, when it is a directory (hookctl installed as the hook).
 pub(crate) fn plugins_dir(dir: &Path, driver: hooks_core::Driver) -> Option<std::path::PathBuf> {
     let p = dir.join(format!("{}.plugins", driver.as_str()));

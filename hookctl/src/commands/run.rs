@@ -22,6 +22,9 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
         );
     }
     let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
+    registry
+        .hooks_dirs()
+        .for_each(|d| super::warn_misplaced(d, event.driver()));
     let (report, ok) = match registry.fire_blocking(&event) {
         Ok(report) => (report, true),
         Err(failure) => (failure.into_report(), false),

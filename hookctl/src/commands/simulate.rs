@@ -39,6 +39,9 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     };
     let reasons = version >= (10, 5);
     let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
+    registry
+        .hooks_dirs()
+        .for_each(|d| super::warn_misplaced(d, args.driver));
     let lifecycle = Lifecycle::new(&registry).release_reasons(reasons);
     let seq = pollster::block_on(lifecycle.run(scenario, &guest, reason)).map_err(|e| UsageError(e.to_string()))?;
     if !args.input.json {
