@@ -191,5 +191,28 @@ say "virsh said: $out"
 rm "$work/hang"
 [ "$(virsh domstate "$domain")" = "shut off" ] || fail "the guest is not off after the timeout"
 
-say "passed (start, destroy, save/restore filter, refusal, timeout; ${took}s for the hung start)"
+say "a sidecar typo, then a daemon restart with the guest running: the guest survives"
+virsh -q start "$domain" >/dev/null || fail "virsh start failed"
+cp "$plugins/20-native.so.toml" "$work/20-native.so.toml.good"
+printf 'timout = 2\n[match]\nobjects = ["someone-else-*"]\n' > "$plugins/20-native.so.toml"
+"$hookctl" --hooks-dir "$hooks" check qemu >/dev/null 2>&1 && fail "hookctl check passed a sidecar with a typo"
+kill "$started_libvirtd"
+for _ in $(seq 1 100); do kill -0 "$started_libvirtd" 2>/dev/null || break; sleep 0.1; done
+rm -f "$work/libvirtd.pid"
+/usr/sbin/libvirtd -d -p "$work/libvirtd.pid"
+for _ in $(seq 1 100); do
+  [ -s "$work/libvirtd.pid" ] && virsh version >/dev/null 2>&1 && break
+  sleep 0.2
+done
+started_libvirtd=$(cat "$work/libvirtd.pid" 2>/dev/null || true)
+[ -n "$started_libvirtd" ] || fail "libvirtd did not restart"
+for _ in $(seq 1 50); do grep -q "^$domain reconnect begin - xml$" "$work/calls.log" && break; sleep 0.2; done
+grep -q "^$domain reconnect begin - xml$" "$work/calls.log" || fail "no reconnect hook after the restart"
+[ "$(virsh domstate "$domain")" = "running" ] || fail "libvirt killed the running guest over a sidecar typo"
+grep '"op":"reconnect"' "$work/audit.jsonl" | tail -n 1 | grep -q 'unknown field `timout`' \
+  || fail "the audit log does not record the ignored, unloadable plugin at reconnect"
+cp "$work/20-native.so.toml.good" "$plugins/20-native.so.toml"
+virsh -q destroy "$domain" >/dev/null
+
+say "passed (start, destroy, save/restore filter, refusal, timeout; ${took}s for the hung start; a sidecar typo at reconnect spared the guest)"
 echo "e2e-libvirt: 1 passed, 0 failed"
