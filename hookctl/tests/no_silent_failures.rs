@@ -296,3 +296,30 @@ fn a_crashing_native_plugin_is_named_on_stderr_and_in_the_audit_log() {
     assert_eq!(v["signal"], 11);
     assert_eq!(v["object"], "vm");
 }
+
+#[test]
+fn list_json_gives_the_settings_in_effect_as_data() {
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-x"), "#!/bin/sh\nexit 0\n");
+    fs::write(
+        plugins.join("10-x.toml"),
+        "policy = \"optional\"\n[match]\nobjects = [\"win*\"]\nops = [\"prepare\"]\n",
+    )
+    .unwrap();
+    let out = hookctl(&hooks, &["list", "qemu", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["entries"].as_array().unwrap())
+        .find(|e| e["path"].as_str().unwrap().ends_with("/10-x"))
+        .unwrap();
+    let eff = &entry["effective"];
+    assert_eq!(eff["timeout_secs"], 120.0);
+    assert_eq!(eff["timeout_is_default"], true);
+    assert_eq!(eff["policy"], "optional");
+    assert_eq!(eff["match"]["objects"][0], "win*");
+    assert_eq!(eff["match"]["ops"][0], "prepare");
+}

@@ -130,6 +130,21 @@ impl Matcher {
         Ok(())
     }
 
+    /// The `objects` globs, as written.
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        self.objects.iter().map(glob::Pattern::as_str)
+    }
+
+    /// The `ops` globs, as written.
+    pub fn ops(&self) -> impl Iterator<Item = &str> {
+        self.ops.iter().map(glob::Pattern::as_str)
+    }
+
+    /// The `subops` globs, as written.
+    pub fn subops(&self) -> impl Iterator<Item = &str> {
+        self.subops.iter().map(glob::Pattern::as_str)
+    }
+
     /// Whether it matches everything.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty() && self.ops.is_empty() && self.subops.is_empty()

@@ -45,9 +45,58 @@ struct Entry {
     /// Why hookctl refuses to run it (the trust rule); the event fails instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<String>,
+    /// The settings in effect, as data (`--json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective: Option<Effective>,
     /// Something to fix although it runs here (a plugin where libvirt would not load it).
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<String>,
+}
+
+/// A hook's settings in effect, defaults included.
+#[derive(Serialize)]
+struct Effective {
+    /// Seconds; absent when there is no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_secs: Option<f64>,
+    /// Whether the timeout is a default rather than the sidecar's own.
+    timeout_is_default: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output: Option<u64>,
+    policy: hooks_core::HookPolicy,
+    #[serde(rename = "match")]
+    matcher: MatchView,
+    /// The sidecar these came from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sidecar: Option<String>,
+}
+
+#[derive(Serialize)]
+struct MatchView {
+    objects: Vec<String>,
+    ops: Vec<String>,
+    subops: Vec<String>,
+}
+
+impl Effective {
+    fn of(s: &hooks_core::HookSettings, backend_default: Option<std::time::Duration>) -> Self {
+        let own = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_owned).collect();
+        Effective {
+            timeout_secs: s.effective_timeout(backend_default).map(|t| t.as_secs_f64()),
+            timeout_is_default: s.timeout == hooks_core::Timeout::Default,
+            memory: s.memory,
+            max_output: s.max_output,
+            policy: s.policy,
+            matcher: MatchView {
+                objects: own(&mut s.matcher.objects()),
+                ops: own(&mut s.matcher.ops()),
+                subops: own(&mut s.matcher.subops()),
+            },
+            sidecar: s.source.as_ref().map(|p| p.display().to_string()),
+        }
+    }
 }
 
 pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
@@ -143,6 +192,10 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .map(|e| {
                     let path = e.path.display().to_string();
                     let warning = super::misplaced_plugin(hooks, &e, driver);
+                    let effective = match (&e.settings(), e.loader()) {
+                        (Ok(s), Some(loader)) => Some(Effective::of(s, loader.default_timeout())),
+                        _ => None,
+                    };
                     let loaded = e.settings();
                     let mut settings = match &loaded {
                         Ok(s) if s.summary().is_empty() => None,
@@ -178,6 +231,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 settings,
                                 broken,
                                 refused: None,
+                                effective,
                                 warning,
                             }
                         }
@@ -192,12 +246,14 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 settings,
                                 broken: None,
                                 refused: Some(why.reason()),
+                                effective: None,
                                 warning,
                             }
                         }
                         Disposition::Skipped(why) => Entry {
                             broken: None,
                             refused: None,
+                            effective: None,
                             warning,
                             path,
                             role: e.role,
