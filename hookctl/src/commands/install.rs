@@ -154,12 +154,16 @@ fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, Usa
 /// Where Debian's and Ubuntu's libvirtd AppArmor profile lets libvirtd execute a hook.
 const APPARMOR_EXEC_OK: [&str; 5] = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/etc/libvirt/hooks/"];
 
+/// Whether Debian's/Ubuntu's libvirtd profile lets libvirtd execute `exe`.
+fn apparmor_lets_libvirtd_run(exe: &Path) -> bool {
+    APPARMOR_EXEC_OK.iter().any(|p| exe.starts_with(p))
+}
+
 /// With AppArmor enforcing, libvirtd may be denied running a hookctl outside the
 /// profile's paths (a hand install in /usr/local/bin): say how to allow it.
 fn apparmor_note(exe: &Path) {
     let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
-    let allowed = APPARMOR_EXEC_OK.iter().any(|p| exe.starts_with(p));
-    if enabled && !allowed {
+    if enabled && !apparmor_lets_libvirtd_run(exe) {
         println!(
             "note: AppArmor is enabled, and Debian's/Ubuntu's libvirtd profile lets libvirtd run hooks only from /usr/bin, /usr/sbin, /bin, /sbin or /etc/libvirt/hooks. If libvirtd's hooks fail with \"Permission denied\", add\n    {} PUx,\nto /etc/apparmor.d/local/usr.sbin.libvirtd and reload it (apparmor_parser -r /etc/apparmor.d/usr.sbin.libvirtd), or install hookctl as /usr/bin/hookctl.",
             exe.display()
@@ -190,4 +194,17 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apparmor_paths() {
+        assert!(apparmor_lets_libvirtd_run(Path::new("/usr/bin/hookctl")));
+        assert!(apparmor_lets_libvirtd_run(Path::new("/etc/libvirt/hooks/qemu")));
+        assert!(!apparmor_lets_libvirtd_run(Path::new("/usr/local/bin/hookctl")));
+        assert!(!apparmor_lets_libvirtd_run(Path::new("/usr/binx/hookctl")));
+    }
 }
