@@ -421,7 +421,7 @@ fn install_refuses_a_binary_that_others_could_replace() {
             fs::canonicalize(&copy).unwrap().display()
         )))
         .stderr(contains("writable by others (mode 0777)"))
-        .stderr(contains("install -m 0755 target/release/hookctl /usr/local/bin/"));
+        .stderr(contains("install -m 0755 target/release/hookctl /usr/bin/"));
     assert!(fs::symlink_metadata(hooks.join("qemu")).is_err());
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
     if rustix::process::geteuid().is_root() {

@@ -36,7 +36,7 @@ fn trusted_self() -> Result<PathBuf, UsageError> {
         .map_err(|e| UsageError(format!("cannot find hookctl itself: {e}")))?;
     TrustPolicy::current_user().check_file(&exe).map_err(|why| {
         UsageError(format!(
-            "refusing to make `{}` libvirt's hook: {}; whoever can replace it would run code as root on the next event\n\thint: install it where only root can write first, e.g. `install -m 0755 target/release/hookctl /usr/local/bin/`, and run that copy",
+            "refusing to make `{}` libvirt's hook: {}; whoever can replace it would run code as root on the next event\n\thint: install it where only root can write first, e.g. `install -m 0755 target/release/hookctl /usr/bin/`, and run that copy",
             exe.display(),
             why.reason()
         ))
