@@ -2,45 +2,14 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
-}
-
-fn script(path: &Path, body: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, body).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// A hooks dir with hookctl linked as `qemu`, and its plugins dir with an audit log.
-fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let hooks = tmp.path().join("hooks");
-    let plugins = hooks.join("qemu.plugins");
-    fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(exe(), hooks.join("qemu")).unwrap();
-    let log = tmp.path().join("audit.jsonl");
-    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
-    (tmp, hooks, plugins)
-}
-
-/// Runs the installed link the way libvirt does: env cleared to LC_ALL and PATH.
-fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
-    let mut cmd = Command::new(hooks.join("qemu"));
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", "/usr/bin:/bin")
-        .env("VIRT_HOOKS_WASM_CACHE", "off")
-        .args(args);
-    cmd
-}
+mod common;
+use common::*;
 
 #[test]
 fn the_link_runs_the_plugins_with_libvirts_arguments_and_stdin() {

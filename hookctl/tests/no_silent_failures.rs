@@ -3,54 +3,15 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
-}
-
-fn script(path: &Path, body: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, body).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// A hooks dir with hookctl linked as `qemu`, a plugins dir, and the audit log beside.
-fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let hooks = tmp.path().join("hooks");
-    let plugins = hooks.join("qemu.plugins");
-    fs::create_dir_all(&plugins).unwrap();
-    symlink(exe(), hooks.join("qemu")).unwrap();
-    let log = tmp.path().join("audit.jsonl");
-    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
-    (tmp, hooks, plugins)
-}
-
-fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
-    let mut cmd = Command::new(hooks.join("qemu"));
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", "/usr/bin:/bin")
-        .env("VIRT_HOOKS_WASM_CACHE", "off")
-        .args(args)
-        .write_stdin("<domain/>\n");
-    cmd
-}
-
-fn hookctl(hooks: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(exe());
-    cmd.env("VIRT_HOOKS_WASM_CACHE", "off")
-        .arg("--hooks-dir")
-        .arg(hooks)
-        .args(args);
-    cmd
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_sidecar_typo_never_kills_a_running_guest_at_reconnect() {
@@ -62,7 +23,7 @@ fn a_sidecar_typo_never_kills_a_running_guest_at_reconnect() {
     )
     .unwrap();
     // libvirtd restarts with `db1` running: a failed reconnect would kill it.
-    as_libvirt(&hooks, ["db1", "reconnect", "begin", "-"])
+    as_libvirt_xml(&hooks, ["db1", "reconnect", "begin", "-"])
         .assert()
         .success()
         .stderr(contains("ignored failure").and(contains("10-gpu")))
@@ -73,7 +34,7 @@ fn a_sidecar_typo_never_kills_a_running_guest_at_reconnect() {
         "{audit}"
     );
     // Where a failure aborts a start, failing closed stays right, and says what to run.
-    as_libvirt(&hooks, ["db1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["db1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("unknown field `timout`").and(contains("(run `hookctl check`)")));
@@ -90,7 +51,7 @@ fn a_hung_plugin_is_stopped_by_the_dispatchers_default_timeout() {
     )
     .unwrap();
     let start = Instant::now();
-    as_libvirt(&hooks, ["vm", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("timed out after 400"));
@@ -219,7 +180,9 @@ fn audit_lines_say_when_who_called_and_keep_stray_stdout() {
         &plugins.join("10-chatty"),
         "#!/bin/sh\ncat >/dev/null\necho 'stray output'\n",
     );
-    as_libvirt(&hooks, ["vm", "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success();
     let line = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
     let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     let time = v["time"].as_str().expect("an RFC 3339 time");
@@ -278,7 +241,9 @@ fn a_crashing_native_plugin_is_named_on_stderr_and_in_the_audit_log() {
         .expect("a C compiler (cc) is needed for this test");
     assert!(built.success());
     fs::set_permissions(&so, fs::Permissions::from_mode(0o644)).unwrap();
-    let out = as_libvirt(&hooks, ["vm", "prepare", "begin", "-"]).output().unwrap();
+    let out = as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .output()
+        .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(11), "{:?}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr);

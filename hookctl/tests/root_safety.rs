@@ -3,56 +3,16 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
 
-fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
-}
+mod common;
+use common::*;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-fn script(path: &Path, body: &str, mode: u32) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, body).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A hooks dir with hookctl linked as `qemu`, a plugins dir, and the audit log beside.
-fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let hooks = tmp.path().join("hooks");
-    let plugins = hooks.join("qemu.plugins");
-    fs::create_dir_all(&plugins).unwrap();
-    symlink(exe(), hooks.join("qemu")).unwrap();
-    let log = tmp.path().join("audit.jsonl");
-    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
-    (tmp, hooks, plugins)
-}
-
-fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
-    let mut cmd = Command::new(hooks.join("qemu"));
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", "/usr/bin:/bin")
-        .env("VIRT_HOOKS_WASM_CACHE", "off")
-        .args(args)
-        .write_stdin("<domain/>\n");
-    cmd
-}
-
-fn hookctl(hooks: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(exe());
-    cmd.env("VIRT_HOOKS_WASM_CACHE", "off")
-        .arg("--hooks-dir")
-        .arg(hooks)
-        .args(args);
-    cmd
 }
 
 #[test]
@@ -60,8 +20,8 @@ fn a_world_writable_plugin_fails_the_event_and_is_named_everywhere() {
     let (tmp, hooks, plugins) = installed();
     let ran = tmp.path().join("ran");
     let evil = plugins.join("10-anyone-can-edit");
-    script(&evil, &format!("#!/bin/sh\ntouch '{}'\n", ran.display()), 0o777);
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    script_mode(&evil, &format!("#!/bin/sh\ntouch '{}'\n", ran.display()), 0o777);
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains(evil.display().to_string()))
@@ -88,20 +48,22 @@ fn a_symlink_into_a_users_build_dir_is_refused() {
     let build = tmp.path().join("home-dev-build");
     fs::create_dir(&build).unwrap();
     let ran = tmp.path().join("ran");
-    script(
+    script_mode(
         &build.join("hook.sh"),
         &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
         0o755,
     );
     symlink(build.join("hook.sh"), plugins.join("10-linked")).unwrap();
     // Fine while only we can write the build dir...
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success();
     assert!(ran.exists());
     fs::remove_file(&ran).unwrap();
     // ...refused once others can.
     fs::set_permissions(&build, fs::Permissions::from_mode(0o777)).unwrap();
     let real = fs::canonicalize(&build).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains(format!(
@@ -112,7 +74,7 @@ fn a_symlink_into_a_users_build_dir_is_refused() {
     if is_root() {
         fs::set_permissions(&build, fs::Permissions::from_mode(0o755)).unwrap();
         rustix::fs::chown(&build, Some(rustix::fs::Uid::from_raw(1000)), None).unwrap();
-        as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
             .assert()
             .code(1)
             .stderr(contains(format!("symlink into {}, owned by uid 1000", real.display())));
@@ -132,7 +94,7 @@ fn a_plugin_or_sidecar_owned_by_another_user_is_refused() {
     let so = plugins.join("20-native.so");
     fs::write(&so, b"\x7fELF").unwrap();
     rustix::fs::chown(&so, user, None).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains(format!("{}", so.display())))
@@ -140,11 +102,11 @@ fn a_plugin_or_sidecar_owned_by_another_user_is_refused() {
     fs::remove_file(&so).unwrap();
 
     // A deny hook whose sidecar a user could rewrite to `policy = "optional"`.
-    script(&plugins.join("30-deny"), "#!/bin/sh\necho no >&2\nexit 1\n", 0o755);
+    script_mode(&plugins.join("30-deny"), "#!/bin/sh\necho no >&2\nexit 1\n", 0o755);
     let sidecar = plugins.join("30-deny.toml");
     fs::write(&sidecar, "policy = \"optional\"\n").unwrap();
     rustix::fs::chown(&sidecar, user, None).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("refused: owned by uid 1000"));
@@ -154,13 +116,13 @@ fn a_plugin_or_sidecar_owned_by_another_user_is_refused() {
 fn a_writable_plugins_dir_fails_every_event() {
     let (tmp, hooks, plugins) = installed();
     let ran = tmp.path().join("ran");
-    script(
+    script_mode(
         &plugins.join("10-ok"),
         &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
         0o755,
     );
     fs::set_permissions(&plugins, fs::Permissions::from_mode(0o777)).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains(format!(
@@ -180,8 +142,8 @@ fn a_group_writable_hookctl_toml_is_ignored_not_obeyed() {
     )
     .unwrap();
     fs::set_permissions(plugins.join("hookctl.toml"), fs::Permissions::from_mode(0o664)).unwrap();
-    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .success()
         .stderr(contains("ignoring").and(contains("writable by group (mode 0664)")));
@@ -197,13 +159,15 @@ fn leftovers_never_run_and_list_says_why() {
     let (tmp, hooks, plugins) = installed();
     let ran = tmp.path().join("ran");
     for name in ["10-deny~", "10-deny.dpkg-old", ".10-deny.swp", "10-deny.rpmsave"] {
-        script(
+        script_mode(
             &plugins.join(name),
             &format!("#!/bin/sh\ntouch '{}'\nexit 1\n", ran.display()),
             0o755,
         );
     }
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success();
     assert!(!ran.exists());
     hookctl(&hooks, &["list", "qemu"]).assert().success().stdout(contains(
         "10-deny.dpkg-old  (backup or package-manager leftover, never run)",
@@ -230,14 +194,14 @@ fn huge_or_odd_numbers_are_clear_errors_not_panics() {
         .code(2)
         .stderr(contains("--timeout").and(contains("panicked").not()));
     }
-    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
     for (text, want) in [
         ("timeout = 1e20\n", "too long"),
         ("timeout = 9223372036854775807\n", "too long"),
         ("memory = \"99999999999GiB\"\n", "memory"),
     ] {
         fs::write(plugins.join("10-ok.toml"), text).unwrap();
-        as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
             .assert()
             .code(1)
             .stderr(contains(format!("{}:1", plugins.join("10-ok.toml").display())))
@@ -252,14 +216,16 @@ fn the_audit_log_is_never_written_through_a_symlink() {
     fs::write(&target, "root:x:\n").unwrap();
     let log = tmp.path().join("audit.jsonl");
     symlink(&target, &log).unwrap();
-    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .success()
         .stderr(contains("is a symlink").and(contains("unaffected")));
     assert_eq!(fs::read_to_string(&target).unwrap(), "root:x:\n");
     fs::remove_file(&log).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success();
     assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
 }
 
@@ -271,7 +237,7 @@ fn an_unreadable_plugins_dir_fails_closed() {
     }
     // hookctl runs as `nobody`, which can reach the plugins dir but not read it.
     let (tmp, hooks, plugins) = installed();
-    script(&plugins.join("10-deny"), "#!/bin/sh\nexit 1\n", 0o755);
+    script_mode(&plugins.join("10-deny"), "#!/bin/sh\nexit 1\n", 0o755);
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&plugins, fs::Permissions::from_mode(0o711)).unwrap();
     let mut cmd = std::process::Command::new(exe());
@@ -303,7 +269,7 @@ fn what_a_timed_out_plugin_detached_dies_with_it() {
     let (tmp, hooks, plugins) = installed();
     let pids = tmp.path().join("pids");
     // A child that leaves the process group (setsid) and outlives its parent, then a hang.
-    script(
+    script_mode(
         &plugins.join("10-escape"),
         &format!(
             "#!/bin/sh\ncat >/dev/null\nsetsid sh -c 'echo $$ >> {p}; exec sleep 300' </dev/null >/dev/null 2>&1 &\nsh -c 'setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! >> {p}'\nsleep 300\n",
@@ -313,7 +279,7 @@ fn what_a_timed_out_plugin_detached_dies_with_it() {
     );
     fs::write(plugins.join("10-escape.toml"), "timeout = \"300ms\"\n").unwrap();
     let start = std::time::Instant::now();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("timed out after 300"));
@@ -340,21 +306,23 @@ fn a_scripts_interpreter_must_pass_too() {
     let venv = tmp.path().join("venv-bin");
     fs::create_dir(&venv).unwrap();
     let ran = tmp.path().join("ran");
-    script(
+    script_mode(
         &venv.join("python3"),
         &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
         0o755,
     );
-    script(
+    script_mode(
         &plugins.join("10-py"),
         &format!("#!{}\n", venv.join("python3").display()),
         0o755,
     );
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .success();
     assert!(ran.exists());
     fs::remove_file(&ran).unwrap();
     fs::set_permissions(&venv, fs::Permissions::from_mode(0o777)).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains(format!(
@@ -368,9 +336,9 @@ fn a_scripts_interpreter_must_pass_too() {
 #[test]
 fn a_sticky_plugins_dir_is_not_a_safe_place() {
     let (_tmp, hooks, plugins) = installed();
-    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
     fs::set_permissions(&plugins, fs::Permissions::from_mode(0o1777)).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("writable by others (mode 1777)"));
@@ -380,7 +348,7 @@ fn a_sticky_plugins_dir_is_not_a_safe_place() {
 fn the_hook_saved_at_install_is_checked_like_a_plugin() {
     let tmp = tempfile::tempdir().unwrap();
     let hooks = tmp.path().join("hooks");
-    script(&hooks.join("qemu"), "#!/bin/sh\nexit 0\n", 0o757);
+    script_mode(&hooks.join("qemu"), "#!/bin/sh\nexit 0\n", 0o757);
     // install --force will not adopt a hook others can change...
     Command::new(exe())
         .arg("--hooks-dir")
@@ -398,7 +366,7 @@ fn the_hook_saved_at_install_is_checked_like_a_plugin() {
         .success();
     // ...and one that became changeable later fails the event instead of running.
     fs::set_permissions(hooks.join("qemu.pre-hookctl"), fs::Permissions::from_mode(0o757)).unwrap();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("qemu.pre-hookctl").and(contains("writable by others (mode 0757)")));
@@ -419,8 +387,8 @@ fn the_audit_log_goes_only_where_nobody_else_can_reach_it() {
     fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
     let log = open_dir.join("audit.jsonl");
     fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
-    script(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .success()
         .stderr(contains("cannot write the audit log").and(contains("writable by others")));
@@ -452,7 +420,7 @@ fn a_wasm_plugin_asleep_in_a_host_call_cannot_outlast_its_timeout() {
     fs::write(plugins.join("10-sleeper.wasm"), module).unwrap();
     fs::write(plugins.join("10-sleeper.wasm.toml"), "timeout = \"500ms\"\n").unwrap();
     let start = std::time::Instant::now();
-    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
         .stderr(contains("timed out after 500"));
@@ -468,12 +436,12 @@ fn every_way_of_naming_an_interpreter_is_checked() {
     fs::create_dir(&att).unwrap();
     let ran = tmp.path().join("ran");
     let evil = att.join("evil");
-    script(&evil, &format!("#!/bin/sh\ntouch '{}'\n", ran.display()), 0o755);
+    script_mode(&evil, &format!("#!/bin/sh\ntouch '{}'\n", ran.display()), 0o755);
     fs::set_permissions(&att, fs::Permissions::from_mode(0o777)).unwrap();
     let trusted = tmp.path().join("opt-bin");
     fs::create_dir(&trusted).unwrap();
     // A root-owned wrapper whose own interpreter is the attacker's.
-    script(&trusted.join("wrapper"), &format!("#!{}\n", evil.display()), 0o755);
+    script_mode(&trusted.join("wrapper"), &format!("#!{}\n", evil.display()), 0o755);
     let cases = [
         format!("#!{}\n", trusted.join("wrapper").display()),
         format!("#!/bin/sh {}\n", evil.display()),
@@ -481,7 +449,7 @@ fn every_way_of_naming_an_interpreter_is_checked() {
         format!("#!{}\n", evil.strip_prefix("/").unwrap().display()),
     ];
     for body in cases {
-        script(&plugins.join("10-plugin"), &body, 0o755);
+        script_mode(&plugins.join("10-plugin"), &body, 0o755);
         let out = std::process::Command::new(hooks.join("qemu"))
             .current_dir("/")
             .env_clear()

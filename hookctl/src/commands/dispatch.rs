@@ -102,21 +102,31 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
 /// and in the audit log (a line prepared now, finished with its name and the signal).
 #[cfg(feature = "dylib")]
 fn prepare_for_a_crash(log: &Path, event: &RawEvent) {
-    let line = json!({
-        "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        "pid": std::process::id(),
-        "caller": caller(),
-        "driver": event.driver(),
-        "object": event.object(),
-        "op": event.op(),
-        "subop": event.subop(),
-        "extra": event.extra(),
-        "result": "crashed",
-    });
-    let mut prefix = line.to_string().into_bytes();
+    let mut line = event_fields(event);
+    line.insert("result".into(), "crashed".into());
+    let mut prefix = serde_json::Value::Object(line).to_string().into_bytes();
     prefix.pop(); // the closing brace
     prefix.extend_from_slice(b",\"crashed_plugin\":");
     crate::crash::arm(crate::audit::open(log).ok(), prefix);
+}
+
+/// What every audit line starts with: when, who, and the event.
+fn event_fields(event: &RawEvent) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    fields.insert("time".into(), time.into());
+    fields.insert("pid".into(), std::process::id().into());
+    fields.insert("caller".into(), caller());
+    fields.insert("driver".into(), event.driver().as_str().into());
+    for (key, value) in [
+        ("object", event.object()),
+        ("op", event.op()),
+        ("subop", event.subop()),
+        ("extra", event.extra()),
+    ] {
+        fields.insert(key.into(), value.into());
+    }
+    fields
 }
 
 /// Who ran us: libvirtd, or someone trying a hook by hand (a shell, `hookctl run`).
@@ -148,22 +158,18 @@ fn audit(log: &Path, event: &RawEvent, report: &Report, ok: bool, start: Instant
             })
         })
         .collect();
-    let line = json!({
-        "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        "pid": std::process::id(),
-        "caller": caller(),
-        "driver": event.driver(),
-        "object": event.object(),
-        "op": event.op(),
-        "subop": event.subop(),
-        "extra": event.extra(),
+    let mut line = event_fields(event);
+    let rest = json!({
         "result": if ok { "ok" } else { "failed" },
         "policy": report.policy,
         "document_changed": report.document_changed,
         "duration_us": start.elapsed().as_micros() as u64,
         "hooks": hooks,
     });
-    let mut bytes = line.to_string().into_bytes();
+    if let serde_json::Value::Object(rest) = rest {
+        line.extend(rest);
+    }
+    let mut bytes = serde_json::Value::Object(line).to_string().into_bytes();
     bytes.push(b'\n');
     if let Err(e) = crate::audit::append(log, &bytes, crate::audit::ROTATE_BYTES) {
         eprintln!(

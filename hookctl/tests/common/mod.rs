@@ -1,0 +1,64 @@
+//! What the CLI tests share: the binary, scripts, and a hooks dir with hookctl installed.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
+}
+
+/// An executable (0755) script.
+pub fn script(path: &Path, body: &str) {
+    script_mode(path, body, 0o755);
+}
+
+pub fn script_mode(path: &Path, body: &str, mode: u32) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A hooks dir with hookctl linked as `qemu`, and its plugins dir with an audit log
+/// beside the hooks dir: (temp dir, hooks dir, plugins dir).
+pub fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let plugins = hooks.join("qemu.plugins");
+    fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(exe(), hooks.join("qemu")).unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(plugins.join("hookctl.toml"), format!("log = \"{}\"\n", log.display())).unwrap();
+    (tmp, hooks, plugins)
+}
+
+/// Runs the installed link the way libvirt does: env cleared to LC_ALL and PATH.
+pub fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
+    let mut cmd = Command::new(hooks.join("qemu"));
+    cmd.env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", "/usr/bin:/bin")
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args(args);
+    cmd
+}
+
+/// `hookctl --hooks-dir HOOKS ARGS...`, with no WASM disk cache.
+pub fn hookctl(hooks: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe());
+    cmd.env("VIRT_HOOKS_WASM_CACHE", "off")
+        .arg("--hooks-dir")
+        .arg(hooks)
+        .args(args);
+    cmd
+}
+
+/// [`as_libvirt`] with a domain document on stdin, as libvirt passes it.
+pub fn as_libvirt_xml(hooks: &Path, args: [&str; 4]) -> Command {
+    let mut cmd = as_libvirt(hooks, args);
+    cmd.write_stdin("<domain/>\n");
+    cmd
+}
