@@ -42,9 +42,16 @@ for f in "$hookctl" "$plugin_so" "$wat2wasm"; do
   [ -x "$f" ] || [ -f "$f" ] || fail "$f is missing: run cargo build --workspace first"
 done
 # `install` refuses a binary that anyone but root could replace (the checkout may sit
-# under a user's directory): install a copy where only root can write, as the README says.
-install -D -m 0755 "$hookctl" "$work/bin/hookctl"
-hookctl=$work/bin/hookctl
+# under a user's directory): install a copy where only root can write, as the README
+# says (/usr/bin, where AppArmor lets libvirtd run it), unless one is there already.
+if [ -e /usr/bin/hookctl ]; then
+  install -D -m 0755 "$hookctl" "$work/bin/hookctl"
+  hookctl=$work/bin/hookctl
+else
+  install -m 0755 "$hookctl" /usr/bin/hookctl
+  hookctl=/usr/bin/hookctl
+  installed_usr_bin=1
+fi
 
 cleanup() {
   set +e
@@ -56,6 +63,7 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   done
   "$hookctl" --hooks-dir "$hooks" uninstall qemu daemon network >/dev/null 2>&1
+  [ -n "${installed_usr_bin:-}" ] && rm -f /usr/bin/hookctl
   rm -rf "$hooks/qemu.plugins" "$hooks/daemon.plugins" "$hooks/network.plugins" "$work"
 }
 trap cleanup EXIT
