@@ -493,11 +493,16 @@ impl HooksDir {
     }
 
     /// libvirt's presence test: the main script or a drop-in would run. An unreadable
-    /// directory or a refused entry counts as present, so that the event fails rather
-    /// than silently running nothing.
+    /// directory, a refused entry, or an executable that no linked backend runs counts
+    /// as present, so that the event fails rather than silently running nothing.
     pub fn is_present(&self, driver: Driver) -> bool {
         self.scan(driver).map_or(true, |entries| {
-            entries.iter().any(|e| e.loader().is_some() || e.refusal().is_some())
+            entries.iter().any(|e| {
+                e.loader().is_some()
+                    || e.refusal().is_some()
+                    // libvirt would run it; the registry fails the event for it.
+                    || matches!(e.disposition, Disposition::Skipped(SkipReason::Unclaimed))
+            })
         })
     }
 

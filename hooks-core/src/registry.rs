@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tracing::Instrument;
 
-use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, HooksDir};
+use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, HooksDir, SkipReason};
 use crate::report::InputSource;
 use crate::{
     Driver, Hook, HookEvent, HookFailure, HookLoader, HookRecord, HookSettings, Invocation, LoadError, Report,
@@ -285,6 +285,16 @@ impl Registry {
                                     let backend = loader.map_or("trust", |l| l.backend());
                                     let err =
                                         LoadError::new(&entry.path, backend, format!("refused: {}", why.reason()));
+                                    Arc::new(BrokenHook::new(err))
+                                }
+                                // libvirt would run an executable here: a program that
+                                // forgot to link the exec backend must not skip it.
+                                Disposition::Skipped(SkipReason::Unclaimed) => {
+                                    let err = LoadError::new(
+                                        &entry.path,
+                                        "none",
+                                        "an executable, but no backend linked into this program runs executables (call `hooks_exec::link()` from main)",
+                                    );
                                     Arc::new(BrokenHook::new(err))
                                 }
                                 Disposition::Skipped(_) => continue,
@@ -609,5 +619,26 @@ mod compiled_tests {
         let report = registry.fire_blocking(&DaemonEvent::Start).unwrap();
         let names: Vec<_> = report.hooks.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a-early", "b-same-order", "z-late"]);
+    }
+
+    #[test]
+    fn an_executable_that_no_linked_backend_runs_fails_the_event() {
+        use std::os::unix::fs::PermissionsExt;
+        // No backend is linked into hooks-core's tests: a deny script must not be skipped.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("qemu.d")).unwrap();
+        let deny = tmp.path().join("qemu.d/10-deny");
+        std::fs::write(&deny, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&deny, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let registry = RegistryBuilder::new()
+            .hooks_dir_with(crate::HooksDir::with_loaders(tmp.path(), vec![]))
+            .build();
+        let ev = crate::QemuEvent::Prepare {
+            name: "vm".into(),
+            xml: "<domain/>".into(),
+        };
+        let failure = registry.fire_blocking(&ev).unwrap_err();
+        assert!(failure.is_fatal());
+        assert!(failure.to_string().contains("hooks_exec::link()"), "{failure}");
     }
 }
