@@ -22,7 +22,9 @@
 //! ```
 //!
 //! A backend crate is linked only if the program uses something from it: call its
-//! `link()` (or name any item) from `main` so its loader is registered.
+//! `link()` (or name any item) from `main` so its loader is registered. A program that
+//! forgets the exec backend does not silently skip scripts: an executable that libvirt
+//! would run, and no linked backend does, fails the event and names `hooks_exec::link()`.
 
 use std::fmt;
 use std::fs::{self, Metadata};
