@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use crate::{Driver, Hook, HookEvent, HookOutcome, Invocation};
 
 type OutcomeFn = Box<dyn Fn() -> HookOutcome + Send + Sync>;
+type AsyncCallFn =
+    Box<dyn Fn(Invocation) -> std::pin::Pin<Box<dyn std::future::Future<Output = HookOutcome> + Send>> + Send + Sync>;
 type MatchFn = Box<dyn Fn(&dyn HookEvent) -> bool + Send + Sync>;
 
 /// A hook with scripted outcomes.
@@ -31,6 +33,7 @@ pub struct MockHook {
     filter: Option<MatchFn>,
     calls: AtomicUsize,
     scripted: AtomicBool,
+    call_fn: Option<AsyncCallFn>,
 }
 
 impl fmt::Debug for MockHook {
@@ -57,7 +60,32 @@ impl MockHook {
             filter: None,
             calls: AtomicUsize::new(0),
             scripted: AtomicBool::new(false),
+            call_fn: None,
         }
+    }
+
+    /// A hook that runs `call` with each [`Invocation`] and returns what its future
+    /// yields: a mock filter that rewrites what it reads, a slow or hanging mock.
+    ///
+    /// ```
+    /// use hooks_core::{Driver, HookOutcome, QemuEvent, RegistryBuilder, testing::MockHook};
+    /// let filter = MockHook::from_fn("rewrite", |inv| async move {
+    ///     let xml = String::from_utf8_lossy(inv.input().unwrap_or_default()).replace("br-old", "br0");
+    ///     HookOutcome::success().with_stdout(xml)
+    /// });
+    /// let registry = RegistryBuilder::new().hook(Driver::Qemu, filter).build();
+    /// let ev = QemuEvent::Migrate { name: "vm".into(), xml: "<domain>br-old</domain>".into() };
+    /// let report = registry.fire_blocking(&ev).unwrap();
+    /// assert_eq!(report.document.as_deref(), Some(&b"<domain>br0</domain>"[..]));
+    /// ```
+    pub fn from_fn<F, Fut>(name: impl Into<String>, call: F) -> Self
+    where
+        F: Fn(Invocation) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HookOutcome> + Send + 'static,
+    {
+        let mut hook = Self::succeeding(name);
+        hook.call_fn = Some(Box::new(move |inv| Box::pin(call(inv))));
+        hook
     }
 
     /// A hook that returns these outcomes in turn, then succeeds.
@@ -92,8 +120,11 @@ impl Hook for MockHook {
     fn matches(&self, event: &dyn HookEvent) -> bool {
         self.filter.as_ref().is_none_or(|f| f(event))
     }
-    async fn call(&self, _inv: &Invocation) -> HookOutcome {
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(call) = &self.call_fn {
+            return call(inv.clone()).await;
+        }
         // Most mocks are never scripted: skip the lock for them.
         let scripted = if self.scripted.load(Ordering::Acquire) {
             let mut script = self.script.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,5 +214,26 @@ impl Hook for RecordingHook {
         };
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
         (self.respond)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{QemuEvent, RegistryBuilder};
+
+    #[tokio::test]
+    async fn a_closure_mock_sees_the_invocation_and_may_await() {
+        let slow = MockHook::from_fn("slow-refusal", |inv| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            HookOutcome::exited(1).with_stderr(format!("no {}", inv.object()))
+        });
+        let registry = RegistryBuilder::new().hook(Driver::Qemu, slow).build();
+        let ev = QemuEvent::Prepare {
+            name: "web1".into(),
+            xml: "<domain/>".into(),
+        };
+        let failure = registry.fire(&ev).await.unwrap_err();
+        assert!(failure.to_string().ends_with("no web1"), "{failure}");
     }
 }
