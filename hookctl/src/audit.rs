@@ -32,12 +32,17 @@ pub(crate) enum AuditError {
 }
 
 /// Appends `line` (one whole line, newline included) to the log at `path`, rotating it
-/// first when it has grown past `rotate_at` bytes.
-pub(crate) fn append(path: &Path, line: &[u8], rotate_at: u64) -> Result<(), AuditError> {
+/// first when it has grown past `rotate_at` bytes. `opened` is the log as [`open`]ed
+/// earlier by the caller, if it was: used first, so it is not checked and opened again.
+pub(crate) fn append(path: &Path, opened: Option<File>, line: &[u8], rotate_at: u64) -> Result<(), AuditError> {
+    let mut opened = opened;
     // Another dispatcher may rotate the file between our open and our lock: then the
     // locked file is no longer the log, and we open again.
     for _ in 0..8 {
-        let file = open(path)?;
+        let file = match opened.take() {
+            Some(file) => file,
+            None => open(path)?,
+        };
         flock(&file, FlockOperation::LockExclusive).map_err(io::Error::from)?;
         let ours = file.metadata()?;
         let current = match fs::symlink_metadata(path) {
@@ -144,8 +149,8 @@ mod tests {
     fn created_0640_and_appended() {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("a.jsonl");
-        append(&log, b"one\n", 1 << 20).unwrap();
-        append(&log, b"two\n", 1 << 20).unwrap();
+        append(&log, None, b"one\n", 1 << 20).unwrap();
+        append(&log, None, b"two\n", 1 << 20).unwrap();
         assert_eq!(fs::read(&log).unwrap(), b"one\ntwo\n");
         assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
     }
@@ -157,13 +162,13 @@ mod tests {
         fs::write(&target, b"secret\n").unwrap();
         let log = tmp.path().join("a.jsonl");
         symlink(&target, &log).unwrap();
-        let err = append(&log, b"line\n", 1 << 20).unwrap_err();
+        let err = append(&log, None, b"line\n", 1 << 20).unwrap_err();
         assert!(matches!(err, AuditError::Symlink), "{err}");
         assert_eq!(fs::read(&target).unwrap(), b"secret\n");
         // A dangling symlink is not followed to create its target either.
         let dangling = tmp.path().join("b.jsonl");
         symlink(tmp.path().join("created-by-us"), &dangling).unwrap();
-        assert!(append(&dangling, b"line\n", 1 << 20).is_err());
+        assert!(append(&dangling, None, b"line\n", 1 << 20).is_err());
         assert!(!tmp.path().join("created-by-us").exists());
     }
 
@@ -173,23 +178,29 @@ mod tests {
         let log = tmp.path().join("a.jsonl");
         fs::write(&log, b"").unwrap();
         fs::set_permissions(&log, fs::Permissions::from_mode(0o644)).unwrap();
-        append(&log, b"x\n", 1 << 20).unwrap();
+        append(&log, None, b"x\n", 1 << 20).unwrap();
         assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
         // A hard link to a file elsewhere (say, one the attacker will read).
         let other = tmp.path().join("other");
         fs::hard_link(&log, &other).unwrap();
-        assert!(matches!(append(&log, b"x\n", 1 << 20), Err(AuditError::Linked(2))));
+        assert!(matches!(
+            append(&log, None, b"x\n", 1 << 20),
+            Err(AuditError::Linked(2))
+        ));
         fs::remove_file(&other).unwrap();
         // A log in a directory others may write.
         let open_dir = tmp.path().join("open");
         fs::create_dir(&open_dir).unwrap();
         fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = append(&open_dir.join("a.jsonl"), b"x\n", 1 << 20).unwrap_err();
+        let err = append(&open_dir.join("a.jsonl"), None, b"x\n", 1 << 20).unwrap_err();
         assert!(err.to_string().contains("writable by others"), "{err}");
         assert!(!open_dir.join("a.jsonl").exists());
         if rustix::process::geteuid().is_root() {
             rustix::fs::chown(&log, Some(rustix::fs::Uid::from_raw(1000)), None).unwrap();
-            assert!(matches!(append(&log, b"x\n", 1 << 20), Err(AuditError::Owner(1000))));
+            assert!(matches!(
+                append(&log, None, b"x\n", 1 << 20),
+                Err(AuditError::Owner(1000))
+            ));
         }
     }
 
@@ -198,7 +209,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("a.jsonl");
         for i in 0..20 {
-            append(&log, format!("line {i:02}\n").as_bytes(), 16).unwrap();
+            append(&log, None, format!("line {i:02}\n").as_bytes(), 16).unwrap();
         }
         // 8-byte lines, 16-byte files: two lines per file, five rotations kept.
         assert_eq!(fs::read_to_string(&log).unwrap(), "line 18\nline 19\n");
@@ -216,7 +227,7 @@ mod tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     for i in 0..50 {
-                        append(&log, format!("t{t} {i:03}\n").as_bytes(), 200).unwrap();
+                        append(&log, None, format!("t{t} {i:03}\n").as_bytes(), 200).unwrap();
                     }
                 })
             })

@@ -3,7 +3,7 @@
 //! line to the audit log, then lets the signal kill us as before, so libvirt still sees
 //! the hook die of it.
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
@@ -22,14 +22,13 @@ static REPORTING: AtomicBool = AtomicBool::new(false);
 /// The handlers that were there before (Rust's stack-overflow reporter), per signal.
 static PREVIOUS: OnceLock<[libc::sigaction; 5]> = OnceLock::new();
 
-/// Installs the handlers; `audit` gets one line (`prefix` + name + signal) on a crash.
-pub(crate) fn arm(audit: Option<std::fs::File>, prefix: Vec<u8>) {
+/// Installs the handlers; the audit log `audit` (open until [`disarm`]) gets one line
+/// (`prefix` + name + signal) on a crash.
+pub(crate) fn arm(audit: Option<RawFd>, prefix: Vec<u8>) {
     if PREFIX.set(prefix).is_err() {
         return;
     }
-    if let Some(file) = audit {
-        AUDIT_FD.store(file.into_raw_fd(), Ordering::Relaxed);
-    }
+    AUDIT_FD.store(audit.unwrap_or(-1), Ordering::Relaxed);
     let scratch: &'static mut [u8] = Box::leak(vec![0u8; SCRATCH_LEN].into_boxed_slice());
     SCRATCH.store(scratch.as_mut_ptr(), Ordering::Release);
     // SAFETY: a zeroed sigaction is a valid "default" one; sigaction only reads `new`
@@ -45,6 +44,11 @@ pub(crate) fn arm(audit: Option<std::fs::File>, prefix: Vec<u8>) {
         }
         let _ = PREVIOUS.set(previous);
     }
+}
+
+/// The plugins have run: the audit log's descriptor is about to be used, then closed.
+pub(crate) fn disarm() {
+    AUDIT_FD.store(-1, Ordering::Relaxed);
 }
 
 /// A fixed buffer filled without allocating (allocation is not async-signal-safe).

@@ -765,19 +765,8 @@ mod tests {
 
         let dir = HooksDir::with_loaders(tmp.path(), vec![&EXEC_LIKE]);
         let entries = dir.scan(Driver::Qemu).unwrap();
-        let names: Vec<_> = entries
-            .iter()
-            .map(|e| {
-                let n = e.path.file_name().unwrap().to_string_lossy().into_owned();
-                match &e.disposition {
-                    Disposition::Hook(_) => n,
-                    Disposition::Skipped(why) => format!("{n} ({why})"),
-                    Disposition::Refused(_, why) => format!("{n} (REFUSED: {})", why.reason()),
-                }
-            })
-            .collect();
         assert_eq!(
-            names,
+            labels(&entries, ""),
             [
                 "qemu",
                 ".hidden",
@@ -808,18 +797,23 @@ mod tests {
         assert!(dir.is_present(Driver::Lxc));
     }
 
-    fn listing(entries: &[DirEntry]) -> Vec<String> {
+    /// Each entry's file name, with why it is skipped (after `skip`) or refused.
+    fn labels(entries: &[DirEntry], skip: &str) -> Vec<String> {
         entries
             .iter()
             .map(|e| {
                 let n = e.path.file_name().unwrap().to_string_lossy().into_owned();
                 match &e.disposition {
                     Disposition::Hook(_) => n,
-                    Disposition::Skipped(why) => format!("{n} (skip: {why})"),
+                    Disposition::Skipped(why) => format!("{n} ({skip}{why})"),
                     Disposition::Refused(_, why) => format!("{n} (REFUSED: {})", why.reason()),
                 }
             })
             .collect()
+    }
+
+    fn listing(entries: &[DirEntry]) -> Vec<String> {
+        labels(entries, "skip: ")
     }
 
     #[test]

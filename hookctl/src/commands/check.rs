@@ -10,17 +10,20 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     require_dir(dir)?;
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
     let (mut sound, mut broken, mut warned) = (0, 0, 0);
-    // The hooks dir itself, and each dispatcher plugins dir beside it.
+    // The hooks dir itself, and each dispatcher plugins dir beside it with its settings.
     let sources = drivers.into_iter().flat_map(|d| {
         let plugins = super::plugins_dir(dir, d).map(|p| {
-            let timeout = crate::config::read(&p).map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
-            super::dispatch::plugins_with_original(&p, d).with_default_timeout(timeout)
+            let config = crate::config::read(&p);
+            let timeout = config
+                .as_ref()
+                .map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
+            (d, super::dispatch::dispatcher_dir(&p, d, timeout), Some(config))
         });
-        std::iter::once((d, HooksDir::new(dir))).chain(plugins.map(|p| (d, p)))
+        std::iter::once((d, HooksDir::new(dir), None)).chain(plugins)
     });
-    for (driver, hooks) in sources {
-        if hooks.is_flat() {
-            let log = match crate::config::read(hooks.root()) {
+    for (driver, hooks, config) in sources {
+        if let Some(config) = config {
+            let log = match config {
                 Ok(config) => config.log,
                 Err(e) => {
                     broken += 1;

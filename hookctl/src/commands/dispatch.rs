@@ -26,9 +26,10 @@ pub(crate) fn saved_original(hooks_dir: &Path, driver: Driver) -> PathBuf {
     hooks_dir.join(format!("{}.pre-hookctl", driver.as_str()))
 }
 
-/// The plugins dir with the saved original hook (if any) run first, as libvirt ran it.
-pub(crate) fn plugins_with_original(plugins: &Path, driver: Driver) -> HooksDir {
-    let dir = HooksDir::plugins(plugins);
+/// The plugins dir as the dispatcher runs it: the saved original hook (if any) first, as
+/// libvirt ran it, and `timeout` for plugins whose settings set none.
+pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, timeout: Option<std::time::Duration>) -> HooksDir {
+    let dir = HooksDir::plugins(plugins).with_default_timeout(timeout);
     let named_for_driver = plugins
         .file_name()
         .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
@@ -62,12 +63,16 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         event = event.with_input(Some(input));
     }
     let (config, _config_error) = crate::config::load(plugins);
+    // Opened once, before the plugins run: a crashing native plugin is logged through it.
+    let log_file = crate::audit::open(&config.log).ok();
     #[cfg(feature = "dylib")]
-    prepare_for_a_crash(&config.log, &event);
+    prepare_for_a_crash(log_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), &event);
     let registry = RegistryBuilder::new()
-        .hooks_dir_with(plugins_with_original(plugins, driver).with_default_timeout(config.timeout))
+        .hooks_dir_with(dispatcher_dir(plugins, driver, config.timeout))
         .build();
     let result = registry.fire_blocking(&event);
+    #[cfg(feature = "dylib")]
+    crate::crash::disarm();
     let (report, ok) = match result {
         Ok(report) => (report, true),
         Err(failure) => (failure.into_report(), false),
@@ -94,20 +99,20 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    audit(&config.log, &event, &report, ok, start);
+    audit(&config.log, log_file, &event, &report, ok, start);
     ok
 }
 
 /// A native plugin runs in our process: if it crashes us, a handler names it on stderr
 /// and in the audit log (a line prepared now, finished with its name and the signal).
 #[cfg(feature = "dylib")]
-fn prepare_for_a_crash(log: &Path, event: &RawEvent) {
+fn prepare_for_a_crash(log: Option<std::os::fd::RawFd>, event: &RawEvent) {
     let mut line = event_fields(event);
     line.insert("result".into(), "crashed".into());
     let mut prefix = serde_json::Value::Object(line).to_string().into_bytes();
     prefix.pop(); // the closing brace
     prefix.extend_from_slice(b",\"crashed_plugin\":");
-    crate::crash::arm(crate::audit::open(log).ok(), prefix);
+    crate::crash::arm(log, prefix);
 }
 
 /// What every audit line starts with: when, who, and the event.
@@ -138,7 +143,7 @@ fn caller() -> serde_json::Value {
 
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
 /// concurrent dispatches never interleave within a line.
-fn audit(log: &Path, event: &RawEvent, report: &Report, ok: bool, start: Instant) {
+fn audit(log: &Path, opened: Option<std::fs::File>, event: &RawEvent, report: &Report, ok: bool, start: Instant) {
     let excerpt = |s: &str| -> String { s.chars().take(500).collect() };
     let hooks: Vec<_> = report
         .hooks
@@ -171,7 +176,7 @@ fn audit(log: &Path, event: &RawEvent, report: &Report, ok: bool, start: Instant
     }
     let mut bytes = serde_json::Value::Object(line).to_string().into_bytes();
     bytes.push(b'\n');
-    if let Err(e) = crate::audit::append(log, &bytes, crate::audit::ROTATE_BYTES) {
+    if let Err(e) = crate::audit::append(log, opened, &bytes, crate::audit::ROTATE_BYTES) {
         eprintln!(
             "hookctl: cannot write the audit log `{}`: {e} (dispatch itself is unaffected)",
             log.display()

@@ -111,7 +111,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             let timeout = config
                 .as_ref()
                 .map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
-            let hooks = super::dispatch::plugins_with_original(&plugins, d).with_default_timeout(timeout);
+            let hooks = super::dispatch::dispatcher_dir(&plugins, d, timeout);
             let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
             match config {
@@ -192,11 +192,11 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .map(|e| {
                     let path = e.path.display().to_string();
                     let warning = super::misplaced_plugin(hooks, &e, driver);
-                    let effective = match (&e.settings(), e.loader()) {
+                    let loaded = e.settings();
+                    let effective = match (&loaded, e.loader()) {
                         (Ok(s), Some(loader)) => Some(Effective::of(s, loader.default_timeout())),
                         _ => None,
                     };
-                    let loaded = e.settings();
                     let mut settings = match &loaded {
                         Ok(s) if s.summary().is_empty() => None,
                         Ok(s) => Some(s.summary()),
@@ -213,15 +213,16 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                     match e.disposition {
                         Disposition::Hook(loader) => {
                             order += 1;
-                            let broken = e
-                                .settings()
-                                .ok()
-                                .and_then(|s| loader.inspect(&e.path, &s).err())
-                                .map(|err| {
-                                    let text = hooks_core::error_chain(&err);
-                                    let prefix = format!("cannot load hook `{path}` ({}): ", loader.backend());
-                                    text.strip_prefix(&prefix).map(str::to_owned).unwrap_or(text)
-                                });
+                            let broken =
+                                loaded
+                                    .as_ref()
+                                    .ok()
+                                    .and_then(|s| loader.inspect(&e.path, s).err())
+                                    .map(|err| {
+                                        let text = hooks_core::error_chain(&err);
+                                        let prefix = format!("cannot load hook `{path}` ({}): ", loader.backend());
+                                        text.strip_prefix(&prefix).map(str::to_owned).unwrap_or(text)
+                                    });
                             Entry {
                                 path,
                                 role: e.role,
