@@ -43,13 +43,16 @@ fn environment_is_lc_all_c_plus_the_whitelist_in_order() {
 fn inherited_descriptors_are_closed_even_without_cloexec() {
     let t = HooksTree::new();
     let leak = fs::File::open("/dev/null").unwrap();
-    // SAFETY: dup2 onto a free high descriptor, then clear FD_CLOEXEC on it, as C code
-    // in an embedding process might.
-    let high = 77;
-    unsafe {
-        assert_eq!(libc::dup2(leak.as_raw_fd(), high), high);
+    // A high descriptor without FD_CLOEXEC, as C code in an embedding process might leave.
+    // SAFETY: F_DUPFD makes a new descriptor, the lowest free one from 77 up, so no
+    // descriptor another test (thread) owns is replaced; `leak` is open for the call.
+    // F_SETFD then only clears FD_CLOEXEC on that new descriptor, which is this test's.
+    let high = unsafe {
+        let high = libc::fcntl(leak.as_raw_fd(), libc::F_DUPFD, 77);
+        assert!(high >= 77, "F_DUPFD: {}", std::io::Error::last_os_error());
         libc::fcntl(high, libc::F_SETFD, 0);
-    }
+        high
+    };
     let out = t.path().join("fd");
     t.script(
         "qemu",
@@ -59,7 +62,8 @@ fn inherited_descriptors_are_closed_even_without_cloexec() {
         ),
     );
     t.registry().fire_blocking(&prepare()).unwrap();
-    // SAFETY: closing the descriptor this test opened.
+    // SAFETY: `high` is the descriptor this test made above, owned by nothing else,
+    // and closed once, here.
     unsafe { libc::close(high) };
     assert_eq!(fs::read_to_string(out).unwrap(), "closed\n");
 }
@@ -77,8 +81,12 @@ fn signal_dispositions_and_mask_are_reset() {
             out.display()
         ),
     );
-    // SAFETY: ignore SIGUSR1 process-wide and block SIGUSR2 in this thread, as a daemon
-    // might; the spawn must undo both in the child.
+    // Ignore SIGUSR1 process-wide and block SIGUSR2 in this thread, as a daemon might;
+    // the spawn must undo both in the child.
+    // SAFETY: SIG_IGN installs no handler code, so no signal can run anything unsound;
+    // `set` is a live local (all zeroes is a valid sigset_t, then emptied and filled by
+    // sigemptyset/sigaddset), read by pthread_sigmask, which changes only this thread's
+    // mask and is not asked for the old one (null).
     unsafe {
         libc::signal(libc::SIGUSR1, libc::SIG_IGN);
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -118,7 +126,7 @@ fn cwd_session_and_uid_are_the_callers() {
     let text = fs::read_to_string(out).unwrap();
     let lines: Vec<_> = text.lines().map(str::trim).collect();
     assert_eq!(lines[0], std::env::current_dir().unwrap().to_str().unwrap());
-    // SAFETY: getuid/getsid have no preconditions.
+    // SAFETY: getuid and getsid(0) take no pointers and touch no memory of ours.
     let (uid, sid) = unsafe { (libc::getuid(), libc::getsid(0)) };
     assert_eq!(lines[1], uid.to_string());
     if lines.len() > 2 {

@@ -5,8 +5,9 @@ use std::fs;
 use std::time::Duration;
 
 use conformance::HooksTree;
+use hooks_core::backend::libvirt_event_spec;
 use hooks_core::{
-    libvirt_event_spec, DaemonEvent, Driver, FailurePolicy, Guest, HookEvent, InputSource, Lifecycle, NetworkEvent,
+    DaemonEvent, Driver, FailurePolicy, Guest, HookEvent, InputSource, Lifecycle, LifecycleError, NetworkEvent,
     QemuEvent, RawEvent, RegistryBuilder, ReleaseReason, Verdict,
 };
 
@@ -104,15 +105,19 @@ fn policy_of_every_row_applies_to_real_failures() {
     for &(driver, object, op, extra) in rows {
         let spec = libvirt_event_spec(driver, op).unwrap();
         let ev = RawEvent::new(driver, [object, op, spec.subop, extra]);
-        let err = registry.fire_blocking(&ev).unwrap_err();
-        assert_eq!(err.policy(), spec.policy, "{driver} {op}");
+        let fired = registry.fire_blocking(&ev);
+        // `Err` exactly when the operation must not go on; an ignored failure is in the report.
+        assert_eq!(fired.is_err(), spec.policy.fails_operation(), "{driver} {op}");
+        let report = fired.unwrap_or_else(hooks_core::HookFailure::into_report);
+        assert!(!report.succeeded(), "{driver} {op}");
+        assert_eq!(report.policy, spec.policy, "{driver} {op}");
         let expected = match (driver, op) {
             (Driver::Daemon, _) | (_, "stopped" | "release" | "port-deleted") => FailurePolicy::Ignore,
             (_, "reconnect") => FailurePolicy::KillObject,
             (Driver::Network, "updated") => FailurePolicy::Report,
             _ => FailurePolicy::Abort,
         };
-        assert_eq!(err.policy(), expected, "{driver} {op}");
+        assert_eq!(report.policy, expected, "{driver} {op}");
     }
 }
 
@@ -338,11 +343,16 @@ fn a_refused_start_cleans_up_and_names_the_hook() {
         "#!/bin/sh\n[ \"$2\" = start ] && { echo 'no capacity' >&2; exit 1; }\nexit 0\n",
     );
     let registry = t.registry();
-    let seq = pollster::block_on(Lifecycle::new(&registry).start(&Guest::new(Driver::Qemu, "vm1", domain_xml("vm1"))))
-        .unwrap();
-    let Verdict::Aborted { message } = &seq.verdict else {
-        panic!("{:?}", seq.verdict)
+    let err = pollster::block_on(Lifecycle::new(&registry).start(&Guest::new(Driver::Qemu, "vm1", domain_xml("vm1"))))
+        .unwrap_err();
+    let LifecycleError::Refused { failure, sequence } = &err else {
+        panic!("{err:?}")
     };
+    assert!(failure.failed_hook().name.ends_with("qemu.d/20-refuse"));
+    let Verdict::Aborted { message, hook } = &sequence.verdict else {
+        panic!("{:?}", sequence.verdict)
+    };
+    assert_eq!(hook.as_deref(), Some(failure.failed_hook().name.as_str()));
     assert!(
         message.contains("qemu.d/20-refuse vm1 start begin -) unexpected exit status 1: no capacity"),
         "{message}"

@@ -97,8 +97,7 @@ fn a_failure_in_any_backend_fails_the_event_and_the_rest_still_run() {
     assert_eq!(err.report().hooks.len(), 4);
     assert_eq!(err.failures().count(), 1);
     assert!(
-        err.to_string()
-            .contains("unexpected exit status 4: failing as asked with 4"),
+        err.to_string().contains("returned status 4: failing as asked with 4"),
         "{err}"
     );
 }

@@ -194,7 +194,7 @@ fn parse_driver(s: &str) -> Result<Driver, String> {
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    hooks_core::parse_duration(s).map_err(|e| e.to_string())
+    hooks_core::backend::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// An error that ends the program with exit status 2 (usage, unreadable dir or input).

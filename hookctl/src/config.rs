@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hooks_core::{Timeout, TrustPolicy};
+use hooks_core::backend::{Timeout, TrustPolicy};
 use serde::Deserialize;
 
 /// Where the audit log goes unless `hookctl.toml` says otherwise.

@@ -3,13 +3,16 @@
 //! line to the audit log, then lets the signal kill us as before, so libvirt still sees
 //! the hook die of it.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
+use crate::sys;
+
 const FATAL: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGABRT];
 
-/// The audit log, opened before the plugins run; -1 when there is none.
+/// The audit log, opened before the plugins run and open until [`disarm`]; -1 when
+/// there is none.
 static AUDIT_FD: AtomicI32 = AtomicI32::new(-1);
 /// The audit line up to the crashed plugin's name: `{..., "crashed_plugin":`.
 static PREFIX: OnceLock<Vec<u8>> = OnceLock::new();
@@ -20,7 +23,7 @@ const SCRATCH_LEN: usize = 16 << 10;
 /// Taken by the first thread that reports a crash.
 static REPORTING: AtomicBool = AtomicBool::new(false);
 /// The handlers that were there before (Rust's stack-overflow reporter), per signal.
-static PREVIOUS: OnceLock<[libc::sigaction; 5]> = OnceLock::new();
+static PREVIOUS: OnceLock<[sys::SavedAction; 5]> = OnceLock::new();
 
 /// Installs the handlers; the audit log `audit` (open until [`disarm`]) gets one line
 /// (`prefix` + name + signal) on a crash.
@@ -31,18 +34,16 @@ pub(crate) fn arm(audit: Option<RawFd>, prefix: Vec<u8>) {
     AUDIT_FD.store(audit.unwrap_or(-1), Ordering::Relaxed);
     let scratch: &'static mut [u8] = Box::leak(vec![0u8; SCRATCH_LEN].into_boxed_slice());
     SCRATCH.store(scratch.as_mut_ptr(), Ordering::Release);
-    // SAFETY: a zeroed sigaction is a valid "default" one; sigaction only reads `new`
-    // and writes `old`, both ours; the handler is async-signal-safe (see below).
-    unsafe {
-        let mut previous: [libc::sigaction; 5] = std::mem::zeroed();
-        for (sig, old) in FATAL.iter().zip(previous.iter_mut()) {
-            let mut new: libc::sigaction = std::mem::zeroed();
-            new.sa_sigaction = on_fatal_signal as *const () as usize;
-            new.sa_flags = libc::SA_ONSTACK;
-            libc::sigemptyset(&mut new.sa_mask);
-            libc::sigaction(*sig, &new, old);
-        }
-        let _ = PREVIOUS.set(previous);
+    // What to put back is saved before the handler can run: a handler that found nothing
+    // to restore would return into the same fault forever.
+    let _ = PREVIOUS.set(FATAL.map(sys::current_action));
+    for sig in FATAL {
+        // SAFETY: `on_fatal_signal` is async-signal-safe: it does atomic loads and swaps,
+        // reads a thread-local `Cell` (`with_running_plugin`) and `OnceLock`s that are
+        // set before it is installed or never, fills SCRATCH (allocated above, before it
+        // can run) without allocating, and calls only write(2) and sigaction(2). It takes
+        // the signal number alone, and SA_ONSTACK is the only flag.
+        unsafe { sys::set_handler(sig, on_fatal_signal, libc::SA_ONSTACK) };
     }
 }
 
@@ -92,11 +93,8 @@ impl Line<'_> {
         self.push(b"\"");
     }
 
-    fn write_to(&self, fd: libc::c_int) {
-        // SAFETY: write(2) from a buffer we own; async-signal-safe.
-        unsafe {
-            libc::write(fd, self.buf.as_ptr().cast(), self.len);
-        }
+    fn write_to(&self, fd: BorrowedFd<'_>) {
+        sys::write_once(fd, &self.buf[..self.len]);
     }
 }
 
@@ -105,8 +103,10 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
     let first = !REPORTING.swap(true, Ordering::AcqRel);
     let named = (first && !scratch.is_null()).then(|| {
         hooks_dylib::with_running_plugin(|plugin| {
-            // SAFETY: `arm` leaked SCRATCH_LEN bytes for this; only the first reporting
-            // thread gets here (REPORTING), so nothing else touches them.
+            // SAFETY: a non-null SCRATCH points to the SCRATCH_LEN bytes that `arm` leaked
+            // (never freed), published with Release and loaded with Acquire above. Only
+            // the first thread to report gets here (REPORTING), and once only, so this is
+            // the one reference to them.
             let buf = unsafe { std::slice::from_raw_parts_mut(scratch, SCRATCH_LEN) };
             let mut line = Line { buf, len: 0 };
             line.push(b"hookctl: native plugin `");
@@ -114,7 +114,7 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
             line.push(b"` crashed the dispatcher with signal ");
             line.number(sig as u32);
             line.push(b"; the plugins after it did not run\n");
-            line.write_to(2);
+            line.write_to(sys::stderr());
             let fd = AUDIT_FD.load(Ordering::Relaxed);
             if let (true, Some(prefix)) = (fd >= 0, PREFIX.get()) {
                 line.len = 0;
@@ -123,7 +123,11 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
                 line.push(b",\"signal\":");
                 line.number(sig as u32);
                 line.push(b"}\n");
-                line.write_to(fd);
+                // SAFETY: a descriptor in AUDIT_FD is the audit log, open until `disarm`
+                // takes it out, which the dispatcher does before it closes it; the borrow
+                // ends with this one write. (A crash on another thread just as the
+                // dispatcher finishes can still race with that close.)
+                line.write_to(unsafe { BorrowedFd::borrow_raw(fd) });
             }
         })
     });
@@ -131,9 +135,6 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
     // Put back what was there (Rust's own reporter, or the default) and return: the
     // fault happens again, or abort() raises again, and the process dies of it.
     if let (Some(i), Some(previous)) = (FATAL.iter().position(|&s| s == sig), PREVIOUS.get()) {
-        // SAFETY: restoring a sigaction saved by `arm`; async-signal-safe.
-        unsafe {
-            libc::sigaction(sig, &previous[i], std::ptr::null_mut());
-        }
+        previous[i].restore();
     }
 }

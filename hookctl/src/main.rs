@@ -9,6 +9,8 @@ mod config;
 #[cfg(feature = "dylib")]
 mod crash;
 mod output;
+#[cfg(feature = "dylib")]
+mod sys;
 
 use std::process::ExitCode;
 

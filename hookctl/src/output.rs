@@ -3,7 +3,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use hooks_core::{format_duration, HookRecord, StatusRecord};
+use hooks_core::backend::format_duration;
+use hooks_core::{HookRecord, StatusRecord};
 use serde::Serialize;
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.

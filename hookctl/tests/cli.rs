@@ -401,7 +401,7 @@ fn native_plugins_run_list_and_check_beside_scripts() {
         .assert()
         .code(1)
         .stderr(contains(format!(
-            "dylib hook ({} exit-9 prepare begin -) unexpected exit status 9: failing as asked with 9",
+            "Hook `{}` (dylib) failed at `exit-9 prepare begin -`: returned status 9: failing as asked with 9",
             so.display()
         )));
 }
@@ -472,8 +472,8 @@ fn wasm_modules_run_list_and_check_beside_scripts() {
         .write_stdin("<domain/>")
         .assert()
         .code(1)
-        .stderr(contains("wasm hook ("))
-        .stderr(contains("unexpected exit status 1: guest has no <owner:owner> element"));
+        .stderr(contains("(wasm) failed at `vm prepare begin -`"))
+        .stderr(contains("returned status 1: guest has no <owner:owner> element"));
 }
 
 #[test]
@@ -500,6 +500,6 @@ fn wasm_memory_and_timeout_options_apply() {
         .timeout(Duration::from_secs(20))
         .assert()
         .code(1)
-        .stderr(contains("unexpected timeout after 200ms"));
+        .stderr(contains("timed out after 200ms"));
     assert!(start.elapsed() < Duration::from_secs(10));
 }

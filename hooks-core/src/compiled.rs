@@ -90,8 +90,8 @@ pub fn compiled_hooks() -> Vec<&'static CompiledHook> {
 #[macro_export]
 macro_rules! compiled_hook {
     (name: $name:literal, drivers: [$($driver:ident),* $(,)?], order: $order:expr, hook: $make:expr $(,)?) => {
-        $crate::inventory::submit! {
-            $crate::CompiledHook::new(
+        $crate::backend::inventory::submit! {
+            $crate::backend::CompiledHook::new(
                 $name,
                 &[$($crate::Driver::$driver),*],
                 $order,

@@ -7,34 +7,124 @@ use std::path::PathBuf;
 use crate::{FailurePolicy, HookRecord, Report};
 
 /// A hook file that could not be loaded: not executable, bad ELF, wrong ABI, invalid
-/// WASM, ... Carries the file and the reason; the underlying error is its `source`.
+/// WASM, ... Carries the file, the backend and what was wrong as a [`LoadErrorKind`];
+/// the underlying error, if any, is its `source`.
 ///
 /// ```
-/// use hooks_core::LoadError;
-/// let err = LoadError::new("/etc/libvirt/hooks/qemu.d/x.so", "dylib", "wrong ABI version 7, expected 1");
-/// assert_eq!(err.to_string(), "cannot load hook `/etc/libvirt/hooks/qemu.d/x.so` (dylib): wrong ABI version 7, expected 1");
+/// use hooks_core::{LoadError, LoadErrorKind};
+/// let err = LoadError::new("/etc/libvirt/hooks/qemu.d/x.so", "dylib", LoadErrorKind::AbiMismatch { expected: 1, found: 7 });
+/// assert_eq!(err.to_string(), "cannot load hook `/etc/libvirt/hooks/qemu.d/x.so` (dylib): ABI version 7, but this host speaks version 1");
+/// assert!(matches!(err.kind, LoadErrorKind::AbiMismatch { found: 7, .. }));
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("cannot load hook `{}` ({backend}): {reason}", path.display())]
+#[error("cannot load hook `{}` ({backend}): {kind}", path.display())]
+#[non_exhaustive]
 pub struct LoadError {
     /// The file.
     pub path: PathBuf,
     /// The backend that tried to load it.
     pub backend: &'static str,
-    /// What was wrong, in a few words.
-    pub reason: String,
+    /// What was wrong.
+    pub kind: LoadErrorKind,
     /// The underlying error, if any.
     #[source]
     pub source: Option<Box<dyn StdError + Send + Sync>>,
 }
 
+/// Why a hook file could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadErrorKind {
+    /// The file (or its real path) could not be read.
+    #[error("cannot read it")]
+    Unreadable,
+    /// Not executable by this user: libvirt would get exit status 126.
+    #[error("not executable by this user: libvirt would get exit status 126")]
+    NotExecutable,
+    /// Neither an ELF binary nor a script with a `#!` line naming an interpreter.
+    #[error("no `#!` line naming an interpreter and not an ELF binary: hooks run without a shell, so libvirt would get exit status 126")]
+    NoInterpreterLine,
+    /// The `#!` interpreter does not exist (127) or is not executable (126).
+    #[error("interpreter `{}` {}", interpreter.display(), if *missing { "does not exist: libvirt would get exit status 127" } else { "is not executable: libvirt would get exit status 126" })]
+    BadInterpreter {
+        /// The interpreter.
+        interpreter: PathBuf,
+        /// Whether it is missing (else: not executable).
+        missing: bool,
+    },
+    /// Not a shared object this machine can load.
+    #[error("not a loadable shared object")]
+    NotSharedObject,
+    /// A symbol the plugin ABI requires is missing.
+    #[error("no `{symbol}` symbol: not a hook plugin, or built against another ABI")]
+    MissingSymbol {
+        /// The symbol.
+        symbol: &'static str,
+    },
+    /// The plugin speaks another ABI version.
+    #[error("ABI version {found}, but this host speaks version {expected}")]
+    AbiMismatch {
+        /// The version this host speaks.
+        expected: u32,
+        /// The plugin's.
+        found: u32,
+    },
+    /// The plugin's descriptor breaks the ABI (a null pointer where one is required).
+    #[error("its descriptor is invalid: {what}")]
+    InvalidDescriptor {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// Not valid WebAssembly.
+    #[error("invalid WebAssembly")]
+    InvalidModule,
+    /// A WASM module that cannot be a hook: not a WASI command, needs imports the
+    /// sandbox does not provide, or asks for more than the limits allow.
+    #[error("{what}")]
+    UnsupportedModule {
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// It asks for more of something than the backend allows (WASM memories, ...).
+    #[error("{what}: {found}, at most {max}")]
+    ExceedsLimit {
+        /// What it asks for.
+        what: &'static str,
+        /// How many.
+        found: u64,
+        /// The most allowed.
+        max: u64,
+    },
+    /// Its settings file (`<hook>.toml`) is invalid.
+    #[error("its settings file is invalid")]
+    InvalidSettings,
+    /// Refused by the trust rule.
+    #[error("refused: {}", .0.reason())]
+    Untrusted(Box<crate::Untrusted>),
+    /// An executable in a hooks directory, but no backend linked into the program runs
+    /// executables.
+    #[error(
+        "an executable, but no backend linked into this program runs executables (call `hooks_exec::link()` from main)"
+    )]
+    NoBackend,
+    /// The hooks directory itself could not be read.
+    #[error("cannot read directory")]
+    UnreadableDir,
+    /// The backend could not start (its engine or runtime failed).
+    #[error("the backend could not start")]
+    BackendUnavailable,
+    /// Another backend's own reason: see the error's `source`.
+    #[error("the backend refused it")]
+    Backend,
+}
+
 impl LoadError {
     /// A load error without an underlying cause.
-    pub fn new(path: impl Into<PathBuf>, backend: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(path: impl Into<PathBuf>, backend: &'static str, kind: LoadErrorKind) -> Self {
         LoadError {
             path: path.into(),
             backend,
-            reason: reason.into(),
+            kind,
             source: None,
         }
     }
@@ -66,6 +156,13 @@ pub enum HookError {
     /// Talking to a running hook failed.
     #[error("i/o error while running the hook")]
     Io(#[source] std::io::Error),
+    /// The event's time budget ([`crate::RegistryBuilder::event_timeout`]) ran out
+    /// before the hook's turn: it was not started.
+    #[error("not started: the event's time budget of {} ran out", crate::report::format_duration(*budget))]
+    NotStarted {
+        /// The budget.
+        budget: std::time::Duration,
+    },
     /// A backend-specific error (dylib, wasm, ...).
     #[error("{backend} backend error")]
     Backend {

@@ -10,7 +10,8 @@ use crate::Driver;
 /// What libvirt does when a hook for an event fails (exits non-zero, is killed, ...).
 ///
 /// ```
-/// use hooks_core::{libvirt_event_spec, Driver, FailurePolicy};
+/// use hooks_core::{Driver, FailurePolicy};
+/// use hooks_core::backend::libvirt_event_spec;
 /// let spec = libvirt_event_spec(Driver::Qemu, "prepare").unwrap();
 /// assert_eq!(spec.policy, FailurePolicy::Abort);
 /// assert!(spec.policy.is_fatal());
@@ -33,6 +34,13 @@ impl FailurePolicy {
     /// Whether a failure stops the operation (abort, or kill the object).
     pub const fn is_fatal(self) -> bool {
         matches!(self, FailurePolicy::Abort | FailurePolicy::KillObject)
+    }
+
+    /// Whether a failure fails the operation for its caller: it stops (abort, kill), or
+    /// libvirt returns the error to the API caller without rolling back (`report`).
+    /// [`Registry::fire`](crate::Registry::fire) returns `Err` exactly then.
+    pub const fn fails_operation(self) -> bool {
+        !matches!(self, FailurePolicy::Ignore)
     }
 
     /// What libvirt does with the failure, as a phrase for messages.
@@ -99,7 +107,8 @@ const fn spec(subop: &'static str, policy: FailurePolicy, filters: bool, input: 
 /// Returns `None` for an operation the driver never calls a hook for.
 ///
 /// ```
-/// use hooks_core::{libvirt_event_spec, Driver, FailurePolicy};
+/// use hooks_core::{Driver, FailurePolicy};
+/// use hooks_core::backend::libvirt_event_spec;
 /// let migrate = libvirt_event_spec(Driver::Qemu, "migrate").unwrap();
 /// assert!(migrate.filters);
 /// assert!(libvirt_event_spec(Driver::Lxc, "migrate").is_none());
@@ -140,7 +149,8 @@ pub fn libvirt_event_spec(driver: Driver, op: &str) -> Option<EventSpec> {
 /// Every operation libvirt calls the driver's hook for, in the order of its table.
 ///
 /// ```
-/// use hooks_core::{libvirt_ops, Driver};
+/// use hooks_core::Driver;
+/// use hooks_core::backend::libvirt_ops;
 /// assert!(libvirt_ops(Driver::Qemu).contains(&"restore"));
 /// assert!(!libvirt_ops(Driver::Lxc).contains(&"restore"));
 /// ```

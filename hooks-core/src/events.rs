@@ -15,8 +15,9 @@ use crate::{Driver, HookEvent};
 /// assert_eq!(ReleaseReason::FromSnapshot.as_str(), "from snapshot");
 /// assert_eq!("destroyed".parse::<ReleaseReason>().unwrap(), ReleaseReason::Destroyed);
 /// ```
+/// It serializes as the argument libvirt passes (`"from snapshot"`, `"-"`): one spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(into = "&'static str", try_from = "String")]
 #[non_exhaustive]
 pub enum ReleaseReason {
     /// `-`: no reason given (drivers other than qemu, and libvirt before 10.5).
@@ -82,6 +83,19 @@ impl fmt::Display for ReleaseReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown release reason `{0}`, expected one of -, unknown, shutdown, destroyed, crashed, migrated, saved, failed, from snapshot, daemon")]
 pub struct UnknownReleaseReason(pub String);
+
+impl From<ReleaseReason> for &'static str {
+    fn from(r: ReleaseReason) -> Self {
+        r.as_str()
+    }
+}
+
+impl TryFrom<String> for ReleaseReason {
+    type Error = UnknownReleaseReason;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
 
 impl FromStr for ReleaseReason {
     type Err = UnknownReleaseReason;
@@ -426,6 +440,17 @@ mod tests {
             assert_eq!(r.as_str().parse::<ReleaseReason>(), Ok(r));
         }
         assert!("from-snapshot".parse::<ReleaseReason>().is_err());
+        // One spelling: JSON carries what libvirt passes.
+        assert_eq!(
+            serde_json::to_value(ReleaseReason::FromSnapshot).unwrap(),
+            "from snapshot"
+        );
+        assert_eq!(serde_json::to_value(ReleaseReason::Unspecified).unwrap(), "-");
+        for r in ReleaseReason::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<ReleaseReason>(&json).unwrap(), r);
+        }
+        assert!(serde_json::from_str::<ReleaseReason>("\"from-snapshot\"").is_err());
     }
 
     #[test]

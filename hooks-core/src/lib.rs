@@ -3,20 +3,62 @@
 //! A driver calls hooks at lifecycle points (a guest's prepare/start/started/stopped/
 //! release, migrate, restore, reconnect; the daemon's start/reload/shutdown); a hook can
 //! veto the operation by failing, and for `migrate`/`restore` rewrite the guest's XML.
-//! This crate has the traits, the typed events with libvirt's failure policies, the
-//! [`Registry`] that composes hooks with libvirt's semantics, the [`Lifecycle`]
-//! sequences, and test doubles. Backends (exec, dylib, wasm) live in their own crates
-//! and plug in through [`HookLoader`].
+//!
+//! # The contract
+//! - **`Err` means stop.** [`Registry::fire`] returns `Err(HookFailure)` exactly when the
+//!   operation must not go on: a required hook failed at an event whose policy aborts
+//!   it, kills the guest, or returns the error to the caller. A failure libvirt ignores
+//!   (`stopped`, `release`, daemon events) is `Ok(report)` with
+//!   [`Report::succeeded`] false. The [`Lifecycle`] sequences return
+//!   `Err(LifecycleError)` the same way, naming the hook that refused; a driver's own
+//!   error comes back unchanged in [`LifecycleError::Driver`]. So `?` is right.
+//! - **Limits are guaranteed.** [`RegistryBuilder::timeout`] (per hook),
+//!   [`RegistryBuilder::event_timeout`] (per event) and [`RegistryBuilder::max_output`]
+//!   apply to every hook, custom ones included: a call past its time is dropped, a hook
+//!   past the event's budget is not started, output past the cap is cut. They are
+//!   [`layer`]s; add your own with [`RegistryBuilder::layer`]. They hold under tokio
+//!   (multi-thread or current-thread) and through [`Registry::fire_blocking`] with no
+//!   runtime. A hook that blocks its thread without ever yielding can only be stopped by
+//!   its backend (exec, WASM and dylib hooks enforce their timeouts themselves).
+//! - **Dropping cleans up.** Dropping a future from the registry stops the running hook:
+//!   an exec hook's whole process group is killed and reaped, a WASM call is
+//!   interrupted, a native call that cannot be interrupted finishes on its own thread
+//!   (never an async worker) and its result is dropped. Hooks after it do not run, nor
+//!   do a dropped sequence's cleanup hooks (see [`lifecycle`](Lifecycle#cancellation)).
+//! - **Nothing blocks the executor.** Under tokio, directory scans, sidecar reads and
+//!   loading run on the blocking pool, and so do exec, WASM and native calls.
 //!
 //! ```
-//! use hooks_core::{Driver, Guest, Lifecycle, RegistryBuilder, testing::MockHook};
+//! use hooks_core::{block_on, Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder};
+//! use hooks_core::testing::MockHook;
+//!
 //! let registry = RegistryBuilder::new()
-//!     .hook(Driver::Qemu, MockHook::succeeding("inventory"))
+//!     .hook(Driver::Qemu, MockHook::always("no-test-guests", || {
+//!         HookOutcome::exited(1).with_stderr("test guests may not run here\n")
+//!     }).matching(|ev| ev.op() == "prepare"))
+//!     .hook(Driver::Qemu, MockHook::always("flaky-cleanup", || HookOutcome::exited(3))
+//!         .matching(|ev| ev.op() == "stopped"))
 //!     .build();
-//! let guest = Guest::new(Driver::Qemu, "web1", "<domain type='kvm'/>\n");
-//! let seq = pollster::block_on(Lifecycle::new(&registry).start(&guest)).unwrap();
-//! assert!(seq.proceeds());
+//!
+//! // A refusal is an `Err` that names the hook.
+//! let guest = Guest::new(Driver::Qemu, "test-1", "<domain/>\n");
+//! match block_on(Lifecycle::new(&registry).start(&guest)) {
+//!     Err(LifecycleError::Refused { failure, .. }) => {
+//!         assert_eq!(failure.failed_hook().name, "no-test-guests");
+//!         assert_eq!(failure.failed_hook().stderr, "test guests may not run here\n");
+//!     }
+//!     other => panic!("expected a refusal, got {other:?}"),
+//! }
+//!
+//! // libvirt ignores a failed `stopped` hook: `Ok`, and the report shows it.
+//! let stopped = QemuEvent::Stopped { name: "web1".into(), xml: "<domain/>\n".into() };
+//! let report = registry.fire_blocking(&stopped).unwrap();
+//! assert!(!report.succeeded());
 //! ```
+//!
+//! This crate has the traits, the typed events with libvirt's failure policies, the
+//! [`Registry`], the [`Lifecycle`] sequences, and test doubles. Backends (exec, dylib,
+//! wasm) live in their own crates and plug in through [`backend::HookLoader`].
 //!
 //! ### Crate feature flags
 //! - `testing`: [`testing::MockHook`] and [`testing::RecordingHook`].
@@ -29,6 +71,7 @@ mod error;
 mod event;
 mod events;
 mod hook;
+pub mod layer;
 mod lifecycle;
 mod loader;
 mod outcome;
@@ -39,27 +82,40 @@ mod settings;
 pub mod testing;
 pub mod trust;
 
-pub use inventory;
-
-pub use self::compiled::{compiled_hooks, CompiledHook};
 pub use self::driver::{Driver, UnknownDriver};
-pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError};
-pub use self::event::{libvirt_event_spec, libvirt_ops, EventSpec, FailurePolicy, HookEvent, InputKind, RawEvent};
+pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError, LoadErrorKind};
+pub use self::event::{FailurePolicy, HookEvent, RawEvent};
 pub use self::events::{
     BhyveEvent, DaemonEvent, LibxlEvent, LxcEvent, NetworkEvent, QemuEvent, ReleaseReason, UnknownReleaseReason,
 };
 pub use self::hook::{EventArgs, Hook, Invocation};
 pub use self::lifecycle::{
-    DriverAction, Guest, Lifecycle, Scenario, Sequence, Step, StepResult, UnsupportedScenario, Verdict,
+    DriverActions, Guest, Lifecycle, LifecycleError, NoActions, Phase, Scenario, Sequence, Step, StepResult,
+    UnknownScenario, UnsupportedScenario, Verdict,
 };
-pub use self::loader::{
-    registered_loaders, DirEntry, Disposition, EntryRole, HookLoader, HooksDir, LoaderRegistration, SkipReason,
-};
+pub use self::loader::HooksDir;
 pub use self::outcome::{HookOutcome, HookStatus};
-pub use self::registry::{Registry, RegistryBuilder};
-pub use self::report::{format_duration, HookRecord, InputSource, Report, StatusRecord};
-pub use self::settings::{
-    parse_duration, parse_size, HookPolicy, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MAX_TIMEOUT,
-    MIN_TIMEOUT,
-};
-pub use self::trust::{TrustPolicy, Untrusted};
+pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
+pub use self::report::{HookRecord, InputSource, Report, StatusRecord};
+pub use self::settings::{HookPolicy, MAX_TIMEOUT};
+
+// For the crate's own modules; outside, these are in `backend`.
+pub(crate) use self::backend::*;
+
+/// For backend authors and tools: loaders and their registration, directory entries,
+/// per-hook settings, the trust rule, libvirt's event table, and helpers for messages.
+/// A driver that embeds the registry needs none of it.
+pub mod backend {
+    pub use inventory;
+
+    pub use crate::compiled::{compiled_hooks, CompiledHook};
+    pub use crate::event::{libvirt_event_spec, libvirt_ops, EventSpec, InputKind};
+    pub use crate::loader::{
+        registered_loaders, DirEntry, Disposition, EntryRole, HookLoader, LoaderRegistration, SkipReason,
+    };
+    pub use crate::report::format_duration;
+    pub use crate::settings::{
+        parse_duration, parse_size, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MIN_TIMEOUT,
+    };
+    pub use crate::trust::{TrustPolicy, Untrusted};
+}

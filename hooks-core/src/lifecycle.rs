@@ -1,11 +1,29 @@
 //! libvirt's hook sequences, so a driver gets them right by calling one method.
+//!
+//! Each sequence returns `Ok(Sequence)` when the operation goes on, with a record of
+//! every step (failures libvirt ignores included), and `Err(LifecycleError)` when it
+//! does not: a hook refused it ([`LifecycleError::Refused`], naming the hook), a guest
+//! must be killed ([`LifecycleError::Killed`]), or the driver's own action failed
+//! ([`LifecycleError::Driver`], with the driver's error unchanged). So `?` does the
+//! right thing.
+//!
+//! # Cancellation
+//! Dropping a sequence's future stops the hook that is running (see
+//! [`Registry::fire`]), and nothing after it runs: not the cleanup hooks (`stopped`,
+//! `release failed`) and not [`DriverActions::undo`]. A driver that cancels a start
+//! after its guest launched must stop it and run [`Lifecycle::stop`] itself.
 
+use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::fmt;
 use std::str::FromStr;
 
+use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{libvirt_event_spec, DaemonEvent, Driver, HookEvent, RawEvent, Registry, ReleaseReason, Report};
+use crate::{
+    libvirt_event_spec, DaemonEvent, Driver, HookEvent, HookFailure, RawEvent, Registry, ReleaseReason, Report,
+};
 
 /// A guest (or network) as the hooks see it: driver, name and XML.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +72,16 @@ pub enum Scenario {
     DaemonShutdown,
 }
 
+const GUEST_SCENARIOS: [Scenario; 6] = [
+    Scenario::Start,
+    Scenario::Stop,
+    Scenario::Restore,
+    Scenario::MigrateIn,
+    Scenario::MigrateOut,
+    Scenario::Reconnect,
+];
+const DAEMON_SCENARIOS: [Scenario; 3] = [Scenario::DaemonStart, Scenario::DaemonReload, Scenario::DaemonShutdown];
+
 impl Scenario {
     /// The name `hookctl simulate` uses (daemon scenarios are `start`, `reload`, `shutdown`).
     pub const fn as_str(self) -> &'static str {
@@ -69,30 +97,28 @@ impl Scenario {
         }
     }
 
+    /// The scenarios a driver has.
+    pub fn all_for(driver: Driver) -> &'static [Scenario] {
+        if driver == Driver::Daemon {
+            &DAEMON_SCENARIOS
+        } else {
+            &GUEST_SCENARIOS
+        }
+    }
+
     /// Parses a scenario name for a driver.
     ///
     /// # Errors
-    /// A message listing the scenarios the driver has.
-    pub fn parse_for(driver: Driver, name: &str) -> Result<Scenario, String> {
-        let all: &[Scenario] = if driver == Driver::Daemon {
-            &[Scenario::DaemonStart, Scenario::DaemonReload, Scenario::DaemonShutdown]
-        } else {
-            &[
-                Scenario::Start,
-                Scenario::Stop,
-                Scenario::Restore,
-                Scenario::MigrateIn,
-                Scenario::MigrateOut,
-                Scenario::Reconnect,
-            ]
-        };
-        all.iter().copied().find(|s| s.as_str() == name).ok_or_else(|| {
-            let names: Vec<_> = all.iter().map(|s| s.as_str()).collect();
-            format!(
-                "unknown scenario `{name}` for {driver}, expected one of {}",
-                names.join(", ")
-            )
-        })
+    /// [`UnknownScenario`], whose message lists the scenarios the driver has.
+    pub fn parse_for(driver: Driver, name: &str) -> Result<Scenario, UnknownScenario> {
+        Self::all_for(driver)
+            .iter()
+            .copied()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| UnknownScenario {
+                driver,
+                name: name.to_owned(),
+            })
     }
 }
 
@@ -103,10 +129,131 @@ impl fmt::Display for Scenario {
 }
 
 impl FromStr for Scenario {
-    type Err = String;
+    type Err = UnknownScenario;
+    /// A guest scenario's name (`start`, `migrate-in`, ...).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Scenario::parse_for(Driver::Qemu, s)
     }
+}
+
+/// A scenario name a driver does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scenario `{name}` for {driver}, expected one of {}", list(Scenario::all_for(*driver)))]
+pub struct UnknownScenario {
+    /// The driver.
+    pub driver: Driver,
+    /// The name given.
+    pub name: String,
+}
+
+fn list(all: &[Scenario]) -> String {
+    all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// One hook event of a sequence, by its operation: where a driver does its own work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Phase {
+    /// `migrate`: the incoming guest's XML, filtered.
+    Migrate,
+    /// `restore`: the restored guest's XML, filtered.
+    Restore,
+    /// `prepare`: before resources are allocated.
+    Prepare,
+    /// `start`: before the guest is launched.
+    Start,
+    /// `started`: the guest runs.
+    Started,
+    /// `stopped`: the guest has stopped.
+    Stopped,
+    /// `release`: its resources are released.
+    Release,
+    /// `reconnect`: the daemon found it running.
+    Reconnect,
+}
+
+impl Phase {
+    /// The operation, libvirt's second argument.
+    pub const fn op(self) -> &'static str {
+        match self {
+            Phase::Migrate => "migrate",
+            Phase::Restore => "restore",
+            Phase::Prepare => "prepare",
+            Phase::Start => "start",
+            Phase::Started => "started",
+            Phase::Stopped => "stopped",
+            Phase::Release => "release",
+            Phase::Reconnect => "reconnect",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.op())
+    }
+}
+
+/// What a driver does between the hook events of a sequence: allocate after `prepare`,
+/// launch after `start`, use the filtered XML after `migrate`, ...
+///
+/// ```
+/// use async_trait::async_trait;
+/// use hooks_core::{block_on, Driver, DriverActions, Guest, Lifecycle, LifecycleError, Phase, RegistryBuilder};
+///
+/// #[derive(Default)]
+/// struct Launch { pid: Option<u32> }
+///
+/// #[async_trait]
+/// impl DriverActions for Launch {
+///     type Error = std::io::Error;
+///     async fn after(&mut self, phase: Phase, guest: &Guest) -> Result<(), Self::Error> {
+///         if phase == Phase::Start {
+///             self.pid = Some(4242); // spawn the VMM with guest.xml here
+///         }
+///         Ok(())
+///     }
+///     async fn undo(&mut self, _done: &[Phase], _guest: &Guest) {
+///         if let Some(_pid) = self.pid.take() { /* kill it */ }
+///     }
+/// }
+///
+/// let registry = RegistryBuilder::new().build();
+/// let guest = Guest::new(Driver::Qemu, "web1", "<domain/>\n");
+/// let mut launch = Launch::default();
+/// let seq = block_on(Lifecycle::new(&registry).start_with(&guest, &mut launch)).unwrap();
+/// assert!(seq.proceeds());
+/// assert_eq!(launch.pid, Some(4242));
+/// ```
+#[async_trait]
+pub trait DriverActions: Send {
+    /// The driver's own error, returned unchanged in [`LifecycleError::Driver`].
+    type Error: Send;
+
+    /// Runs after the hooks of `phase` let the operation go on. `guest` carries the XML
+    /// the hooks ended with (after `migrate` or `restore`, the filtered one). An error
+    /// stops a start: [`DriverActions::undo`] runs, then the cleanup hooks.
+    async fn after(&mut self, phase: Phase, guest: &Guest) -> Result<(), Self::Error>;
+
+    /// A start failed (a hook refused, or [`DriverActions::after`] failed) after the work
+    /// of `done` was in place (phases in order; never empty): undo it. Runs once, before
+    /// the cleanup hooks (`stopped`, `release failed`). After a failed reconnect, `done`
+    /// is `[Reconnect]`: stop the guest that was found running.
+    async fn undo(&mut self, done: &[Phase], guest: &Guest);
+}
+
+/// No driver work: what [`Lifecycle::start`] and the other plain sequences use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoActions;
+
+#[async_trait]
+impl DriverActions for NoActions {
+    type Error = Infallible;
+    async fn after(&mut self, _phase: Phase, _guest: &Guest) -> Result<(), Infallible> {
+        Ok(())
+    }
+    async fn undo(&mut self, _done: &[Phase], _guest: &Guest) {}
 }
 
 /// How one step of a sequence went.
@@ -142,11 +289,17 @@ pub enum Verdict {
     Aborted {
         /// libvirt's message for the failure.
         message: String,
+        /// The hook that refused; `None` when the driver's own action failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hook: Option<String>,
     },
     /// The guest is killed (a failed reconnect).
     Killed {
         /// libvirt's message for the failure.
         message: String,
+        /// The hook that failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hook: Option<String>,
     },
 }
 
@@ -169,6 +322,14 @@ impl Sequence {
     pub fn proceeds(&self) -> bool {
         self.verdict == Verdict::Proceed
     }
+
+    /// Every failure libvirt ignores, in order (a `stopped` hook that failed, ...).
+    pub fn ignored_failures(&self) -> impl Iterator<Item = &crate::HookRecord> {
+        self.steps
+            .iter()
+            .filter(|s| s.result == StepResult::FailureIgnored)
+            .flat_map(|s| s.report.hooks.iter().filter(|r| !r.success))
+    }
 }
 
 /// The sequence asked for does not exist for this driver (lxc has no restore, ...).
@@ -183,16 +344,110 @@ pub struct UnsupportedScenario {
     pub op: &'static str,
 }
 
+/// Why a sequence's operation does not go on. `E` is the driver's own error type
+/// ([`DriverActions::Error`]); plain sequences have none.
+#[derive(Debug)]
+pub enum LifecycleError<E = Infallible> {
+    /// A hook refused the operation. The failure names the hook, its status and its
+    /// stderr ([`HookFailure::failed_hook`]); the sequence has every step, the cleanup
+    /// hooks included.
+    Refused {
+        /// libvirt's error.
+        failure: HookFailure,
+        /// What ran.
+        sequence: Box<Sequence>,
+    },
+    /// A `reconnect` hook failed: libvirt kills the guest (the stop hooks ran).
+    Killed {
+        /// libvirt's error.
+        failure: HookFailure,
+        /// What ran.
+        sequence: Box<Sequence>,
+    },
+    /// The driver's own action failed after the hooks of `phase`; the cleanup hooks ran.
+    Driver {
+        /// The driver's error, unchanged.
+        error: E,
+        /// The phase whose action failed.
+        phase: Phase,
+        /// What ran.
+        sequence: Box<Sequence>,
+    },
+    /// The driver has no such sequence; nothing ran.
+    Unsupported(UnsupportedScenario),
+}
+
+impl<E> LifecycleError<E> {
+    /// The record of what ran (none for `Unsupported`).
+    pub fn sequence(&self) -> Option<&Sequence> {
+        match self {
+            LifecycleError::Refused { sequence, .. }
+            | LifecycleError::Killed { sequence, .. }
+            | LifecycleError::Driver { sequence, .. } => Some(sequence),
+            LifecycleError::Unsupported(_) => None,
+        }
+    }
+
+    /// The hook failure, when a hook refused or failed a reconnect.
+    pub fn failure(&self) -> Option<&HookFailure> {
+        match self {
+            LifecycleError::Refused { failure, .. } | LifecycleError::Killed { failure, .. } => Some(failure),
+            LifecycleError::Driver { .. } | LifecycleError::Unsupported(_) => None,
+        }
+    }
+}
+
+impl LifecycleError<Infallible> {
+    /// The same error for a driver error type: plain sequences never fail on one.
+    pub fn with_driver_error<E>(self) -> LifecycleError<E> {
+        match self {
+            LifecycleError::Refused { failure, sequence } => LifecycleError::Refused { failure, sequence },
+            LifecycleError::Killed { failure, sequence } => LifecycleError::Killed { failure, sequence },
+            LifecycleError::Driver { error, .. } => match error {},
+            LifecycleError::Unsupported(u) => LifecycleError::Unsupported(u),
+        }
+    }
+}
+
+impl<E> From<UnsupportedScenario> for LifecycleError<E> {
+    fn from(e: UnsupportedScenario) -> Self {
+        LifecycleError::Unsupported(e)
+    }
+}
+
+impl<E> fmt::Display for LifecycleError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LifecycleError::Refused { failure, .. } => fmt::Display::fmt(failure, f),
+            LifecycleError::Killed { failure, .. } => write!(f, "the guest is killed: {failure}"),
+            LifecycleError::Driver { phase, .. } => write!(f, "the driver's own work after `{phase}` failed"),
+            LifecycleError::Unsupported(u) => fmt::Display::fmt(u, f),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for LifecycleError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            LifecycleError::Driver { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
 /// Runs libvirt's sequences against a registry.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use hooks_core::{Driver, Guest, Lifecycle, RegistryBuilder, HookOutcome, testing::RecordingHook};
-/// let rec = Arc::new(RecordingHook::new("rec").returning(|| HookOutcome::exited(1)));
+/// use hooks_core::{block_on, Driver, Guest, Lifecycle, LifecycleError, RegistryBuilder, HookOutcome, testing::RecordingHook};
+/// let rec = Arc::new(RecordingHook::new("rec").returning(|| HookOutcome::exited(1).with_stderr("no\n")));
 /// let registry = RegistryBuilder::new().shared_hook(Some(Driver::Qemu), rec.clone()).build();
 /// let guest = Guest::new(Driver::Qemu, "vm", "<domain/>\n");
-/// let seq = pollster::block_on(Lifecycle::new(&registry).start(&guest)).unwrap();
-/// assert!(!seq.proceeds());
+/// let Err(LifecycleError::Refused { failure, .. }) = block_on(Lifecycle::new(&registry).start(&guest)) else {
+///     panic!("the hook refuses every start");
+/// };
+/// assert_eq!(failure.failed_hook().name, "rec");
+/// assert_eq!(failure.failed_hook().stderr, "no\n");
 /// assert_eq!(rec.lines(), ["vm prepare begin -", "vm stopped end -", "vm release end failed"]);
 /// ```
 #[derive(Debug, Clone, Copy)]
@@ -201,9 +456,18 @@ pub struct Lifecycle<'r> {
     release_reasons: bool,
 }
 
-/// What a driver does between hook events (allocate, launch, ...); an error aborts the
-/// start and triggers the cleanup hooks, as a failing hook would.
-pub type DriverAction<'a> = dyn FnMut(&str) -> Result<(), String> + Send + 'a;
+/// What the steps of a start-like sequence have done so far.
+struct Run<'a, A> {
+    seq: Sequence,
+    actions: &'a mut A,
+    done: Vec<Phase>,
+}
+
+/// Why a sequence stopped early, before the error is built.
+enum Stop<E> {
+    Refused(HookFailure),
+    Driver(E, Phase),
+}
 
 impl<'r> Lifecycle<'r> {
     /// Sequences over this registry.
@@ -225,13 +489,13 @@ impl<'r> Lifecycle<'r> {
     /// Runs a scenario by name: what `hookctl simulate` does.
     ///
     /// # Errors
-    /// When the driver has no such sequence.
+    /// As the scenario's own method.
     pub async fn run(
         &self,
         scenario: Scenario,
         guest: &Guest,
         reason: ReleaseReason,
-    ) -> Result<Sequence, UnsupportedScenario> {
+    ) -> Result<Sequence, LifecycleError> {
         match scenario {
             Scenario::Start => self.start(guest).await,
             Scenario::Stop => self.stop(guest, reason).await,
@@ -245,87 +509,187 @@ impl<'r> Lifecycle<'r> {
         }
     }
 
-    /// Start: prepare → start → started; on a failure, stopped and `release failed`.
+    /// Start: prepare → start → started (networks: start → started); when a hook
+    /// refuses, stopped and `release failed`.
     ///
     /// # Errors
-    /// When the driver has no start sequence (daemon).
-    pub async fn start(&self, guest: &Guest) -> Result<Sequence, UnsupportedScenario> {
-        self.start_with(guest, &mut |_| Ok(())).await
+    /// [`LifecycleError::Refused`] when a hook refused; `Unsupported` for the daemon.
+    pub async fn start(&self, guest: &Guest) -> Result<Sequence, LifecycleError> {
+        self.start_with(guest, &mut NoActions).await
     }
 
-    /// Start, calling `act(op)` after each successful step so the driver does its own
-    /// work in between (allocate after prepare, launch after start).
+    /// Start, calling `actions.after(phase)` after each step the hooks let through, and
+    /// `actions.undo` before the cleanup hooks when the start fails after some of that
+    /// work was done.
     ///
     /// # Errors
-    /// When the driver has no start sequence.
-    pub async fn start_with(&self, guest: &Guest, act: &mut DriverAction<'_>) -> Result<Sequence, UnsupportedScenario> {
-        let mut seq = Sequence::new(Scenario::Start);
-        self.start_steps(&mut seq, guest, &guest.xml, act).await?;
-        Ok(seq)
+    /// As [`Lifecycle::start`], and [`LifecycleError::Driver`] when an action failed.
+    pub async fn start_with<A: DriverActions>(
+        &self,
+        guest: &Guest,
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        let mut run = Run::new(Scenario::Start, actions);
+        let stop = self.start_steps(&mut run, guest).await?;
+        run.finish(self, guest, stop).await
     }
 
-    /// Stop: stopped → release with `reason` (drivers other than qemu pass `-`).
+    /// Stop: stopped → release with `reason` (drivers other than qemu pass `-`). libvirt
+    /// ignores these hooks' failures: they are in the sequence's record.
     ///
     /// # Errors
-    /// When the driver has no stop sequence.
-    pub async fn stop(&self, guest: &Guest, reason: ReleaseReason) -> Result<Sequence, UnsupportedScenario> {
-        let mut seq = Sequence::new(Scenario::Stop);
-        self.stop_steps(&mut seq, guest, reason, false).await?;
-        Ok(seq)
+    /// `Unsupported` for the daemon.
+    pub async fn stop(&self, guest: &Guest, reason: ReleaseReason) -> Result<Sequence, LifecycleError> {
+        self.stop_with(guest, reason, &mut NoActions).await
+    }
+
+    /// Stop, calling `actions.after(Stopped)` (release resources) and
+    /// `actions.after(Release)`. A failed action does not stop the sequence: the
+    /// remaining hooks run, then its error is returned.
+    ///
+    /// # Errors
+    /// As [`Lifecycle::stop`], and [`LifecycleError::Driver`] for the first failed action.
+    pub async fn stop_with<A: DriverActions>(
+        &self,
+        guest: &Guest,
+        reason: ReleaseReason,
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        let mut run = Run::new(Scenario::Stop, actions);
+        let failed = self.stop_steps(&mut run, guest, reason, false).await?;
+        run.finish_stop(failed)
     }
 
     /// Restore: restore (may rewrite the XML) → start with the resulting XML. A failing
     /// restore hook aborts with no cleanup hooks.
     ///
     /// # Errors
-    /// When the driver has no restore hook (only qemu has).
-    pub async fn restore(&self, guest: &Guest) -> Result<Sequence, UnsupportedScenario> {
-        self.filter_then_start(Scenario::Restore, "restore", guest).await
+    /// As [`Lifecycle::start`]; `Unsupported` when the driver has no restore hook (only
+    /// qemu has).
+    pub async fn restore(&self, guest: &Guest) -> Result<Sequence, LifecycleError> {
+        self.restore_with(guest, &mut NoActions).await
+    }
+
+    /// Restore with driver actions; `after(Restore)` sees the filtered XML.
+    ///
+    /// # Errors
+    /// As [`Lifecycle::restore`] and [`Lifecycle::start_with`].
+    pub async fn restore_with<A: DriverActions>(
+        &self,
+        guest: &Guest,
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        self.filter_then_start(Scenario::Restore, Phase::Restore, guest, actions)
+            .await
     }
 
     /// Incoming migration: migrate (may rewrite the XML) → start with the result.
     ///
     /// # Errors
-    /// When the driver has no migrate hook (qemu and libxl have).
-    pub async fn migrate_in(&self, guest: &Guest) -> Result<Sequence, UnsupportedScenario> {
-        self.filter_then_start(Scenario::MigrateIn, "migrate", guest).await
+    /// As [`Lifecycle::start`]; `Unsupported` when the driver has no migrate hook (qemu
+    /// and libxl have).
+    pub async fn migrate_in(&self, guest: &Guest) -> Result<Sequence, LifecycleError> {
+        self.migrate_in_with(guest, &mut NoActions).await
+    }
+
+    /// Incoming migration with driver actions; `after(Migrate)` sees the filtered XML,
+    /// and so does every later phase.
+    ///
+    /// # Errors
+    /// As [`Lifecycle::migrate_in`] and [`Lifecycle::start_with`].
+    pub async fn migrate_in_with<A: DriverActions>(
+        &self,
+        guest: &Guest,
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        self.filter_then_start(Scenario::MigrateIn, Phase::Migrate, guest, actions)
+            .await
     }
 
     /// Outgoing migration, on the source: stopped → `release migrated`.
     ///
     /// # Errors
-    /// When the driver has no stop sequence.
-    pub async fn migrate_out(&self, guest: &Guest) -> Result<Sequence, UnsupportedScenario> {
-        let mut seq = Sequence::new(Scenario::MigrateOut);
-        self.stop_steps(&mut seq, guest, ReleaseReason::Migrated, false).await?;
-        Ok(seq)
+    /// As [`Lifecycle::stop`].
+    pub async fn migrate_out(&self, guest: &Guest) -> Result<Sequence, LifecycleError> {
+        self.migrate_out_with(guest, &mut NoActions).await
+    }
+
+    /// Outgoing migration with driver actions, as [`Lifecycle::stop_with`].
+    ///
+    /// # Errors
+    /// As [`Lifecycle::stop_with`].
+    pub async fn migrate_out_with<A: DriverActions>(
+        &self,
+        guest: &Guest,
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        let mut run = Run::new(Scenario::MigrateOut, actions);
+        let failed = self.stop_steps(&mut run, guest, ReleaseReason::Migrated, false).await?;
+        run.finish_stop(failed)
     }
 
     /// Reconnect to a running guest; a failure kills it (with the stop hooks).
     ///
     /// # Errors
-    /// When the driver has no reconnect hook (bhyve, network).
-    pub async fn reconnect(&self, guest: &Guest) -> Result<Sequence, UnsupportedScenario> {
-        let mut seq = Sequence::new(Scenario::Reconnect);
-        let event = event(guest, Scenario::Reconnect, "reconnect", "-", &guest.xml)?;
-        if let Some(message) = seq.step(self.registry, &event, false).await {
-            seq.verdict = Verdict::Killed { message };
-            self.stop_steps(&mut seq, guest, ReleaseReason::Failed, true).await?;
-        }
-        Ok(seq)
+    /// [`LifecycleError::Killed`] when a hook failed; `Unsupported` when the driver has
+    /// no reconnect hook (bhyve, network).
+    pub async fn reconnect(&self, guest: &Guest) -> Result<Sequence, LifecycleError> {
+        self.reconnect_with(guest, &mut NoActions).await
     }
 
-    /// Daemon start, then a reconnect for each running guest (each failure kills that
-    /// guest only; the verdict reports the last one killed).
+    /// Reconnect with driver actions: `after(Reconnect)` when the hooks let it through;
+    /// when they do not, `undo(&[Reconnect])` (stop the guest) before the stop hooks.
+    ///
+    /// # Errors
+    /// As [`Lifecycle::reconnect`], and [`LifecycleError::Driver`] when `after` failed
+    /// (the guest is then not killed: the driver decides).
+    pub async fn reconnect_with<A: DriverActions>(
+        &self,
+        guest: &Guest,
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        let mut run = Run::new(Scenario::Reconnect, actions);
+        let event = event(guest, Scenario::Reconnect, "reconnect", "-", &guest.xml)?;
+        match run.seq.step(self.registry, &event, false).await {
+            Some(failure) => {
+                run.seq.verdict = Verdict::Killed {
+                    message: failure.to_string(),
+                    hook: Some(failure.failed_hook().name.clone()),
+                };
+                run.actions.undo(&[Phase::Reconnect], guest).await;
+                self.stop_steps(&mut run, guest, ReleaseReason::Failed, true).await?;
+                Err(LifecycleError::Killed {
+                    failure,
+                    sequence: Box::new(run.seq),
+                })
+            }
+            None => match run.actions.after(Phase::Reconnect, guest).await {
+                Ok(()) => Ok(run.seq),
+                Err(error) => Err(LifecycleError::Driver {
+                    error,
+                    phase: Phase::Reconnect,
+                    sequence: Box::new(run.seq),
+                }),
+            },
+        }
+    }
+
+    /// Daemon start, then a reconnect for each running guest. Each failure kills that
+    /// guest only; the verdict reports the last one killed. A driver that must act on
+    /// each kill calls [`Lifecycle::daemon_start`] with no guests, then
+    /// [`Lifecycle::reconnect`] for each.
     pub async fn daemon_start(&self, running: &[Guest]) -> Sequence {
         let mut seq = Sequence::new(Scenario::DaemonStart);
         seq.step(self.registry, &DaemonEvent::Start, false).await;
         for guest in running {
-            if let Ok(mut sub) = self.reconnect(guest).await {
-                seq.steps.append(&mut sub.steps);
-                if sub.verdict != Verdict::Proceed {
-                    seq.verdict = sub.verdict;
-                }
+            let mut sub = match self.reconnect(guest).await {
+                Ok(sub) => sub,
+                Err(LifecycleError::Killed { sequence, .. }) => *sequence,
+                Err(_) => continue,
+            };
+            seq.steps.append(&mut sub.steps);
+            if sub.verdict != Verdict::Proceed {
+                seq.verdict = sub.verdict;
             }
         }
         seq
@@ -347,90 +711,179 @@ impl<'r> Lifecycle<'r> {
         seq
     }
 
-    async fn filter_then_start(
+    async fn filter_then_start<A: DriverActions>(
         &self,
         scenario: Scenario,
-        op: &'static str,
+        phase: Phase,
         guest: &Guest,
-    ) -> Result<Sequence, UnsupportedScenario> {
-        let mut seq = Sequence::new(scenario);
+        actions: &mut A,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        let mut run = Run::new(scenario, actions);
         // Fails before anything runs when the driver has no such filter event.
-        let filter = event(guest, scenario, op, "-", &guest.xml)?;
-        if let Some(message) = seq.step(self.registry, &filter, false).await {
-            seq.verdict = Verdict::Aborted { message };
-            return Ok(seq);
+        let filter = event(guest, scenario, phase.op(), "-", &guest.xml)?;
+        if let Some(failure) = run.seq.step(self.registry, &filter, false).await {
+            // No cleanup hooks: nothing was started.
+            run.seq.verdict = Verdict::Aborted {
+                message: failure.to_string(),
+                hook: Some(failure.failed_hook().name.clone()),
+            };
+            return Err(LifecycleError::Refused {
+                failure,
+                sequence: Box::new(run.seq),
+            });
         }
-        let report = &seq.steps[seq.steps.len() - 1].report;
+        let report = &run.seq.steps[run.seq.steps.len() - 1].report;
         let xml = report
-            .document
-            .as_deref()
-            .map(|d| String::from_utf8_lossy(d).into_owned())
-            .unwrap_or_else(|| guest.xml.clone());
-        let started = Guest {
+            .document_text()
+            .map_or_else(|| guest.xml.clone(), |d| d.into_owned());
+        let filtered = Guest {
             xml: xml.clone(),
             ..guest.clone()
         };
-        self.start_steps(&mut seq, &started, &xml, &mut |_| Ok(())).await?;
-        seq.xml = Some(xml);
-        Ok(seq)
+        run.seq.xml = Some(xml);
+        let stop = match run.actions.after(phase, &filtered).await {
+            Ok(()) => {
+                run.done.push(phase);
+                self.start_steps(&mut run, &filtered).await?
+            }
+            Err(error) => {
+                // Nothing of the start ran: no cleanup hooks, as after a refused filter.
+                run.seq.verdict = Verdict::Aborted {
+                    message: format!("the driver's own work after `{phase}` failed"),
+                    hook: None,
+                };
+                return Err(LifecycleError::Driver {
+                    error,
+                    phase,
+                    sequence: Box::new(run.seq),
+                });
+            }
+        };
+        run.finish(self, &filtered, stop).await
     }
 
-    async fn start_steps(
+    /// Runs the start events until one is refused or an action fails.
+    async fn start_steps<A: DriverActions>(
         &self,
-        seq: &mut Sequence,
+        run: &mut Run<'_, A>,
         guest: &Guest,
-        xml: &str,
-        act: &mut DriverAction<'_>,
-    ) -> Result<(), UnsupportedScenario> {
-        // Networks have no `prepare`: their start is `start` then `started`.
-        let ops: &[&'static str] = if guest.driver == Driver::Network {
-            &["start", "started"]
-        } else {
-            &["prepare", "start", "started"]
-        };
-        let events = ops
+    ) -> Result<Option<Stop<A::Error>>, UnsupportedScenario> {
+        let events = start_ops(guest)
             .iter()
-            .map(|op| event(guest, seq.scenario, op, "-", xml))
+            .map(|&(op, _)| event(guest, run.seq.scenario, op, "-", &guest.xml))
             .collect::<Result<Vec<_>, _>>()?;
-        for ev in &events {
-            let failure = match seq.step(self.registry, ev, false).await {
-                Some(message) => Some(message),
-                None => act(ev.op())
-                    .err()
-                    .map(|why| format!("driver failed after `{}`: {why}", ev.op())),
-            };
-            if let Some(message) = failure {
-                seq.verdict = Verdict::Aborted { message };
-                let cleanup = Guest {
-                    xml: xml.to_owned(),
-                    ..guest.clone()
-                };
-                return self.stop_steps(seq, &cleanup, ReleaseReason::Failed, true).await;
+        for (ev, &(_, phase)) in events.iter().zip(start_ops(guest)) {
+            if let Some(failure) = run.seq.step(self.registry, ev, false).await {
+                return Ok(Some(Stop::Refused(failure)));
+            }
+            match run.actions.after(phase, guest).await {
+                Ok(()) => run.done.push(phase),
+                Err(error) => return Ok(Some(Stop::Driver(error, phase))),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    async fn stop_steps(
+    /// Fires stopped and release; returns the first failed action.
+    async fn stop_steps<A: DriverActions>(
         &self,
-        seq: &mut Sequence,
+        run: &mut Run<'_, A>,
         guest: &Guest,
         reason: ReleaseReason,
         cleanup: bool,
-    ) -> Result<(), UnsupportedScenario> {
+    ) -> Result<Option<(A::Error, Phase)>, UnsupportedScenario> {
         let extra = if guest.driver == Driver::Qemu && self.release_reasons {
             reason.as_str()
         } else {
             "-"
         };
-        let stopped = event(guest, seq.scenario, "stopped", "-", &guest.xml)?;
+        let stopped = event(guest, run.seq.scenario, "stopped", "-", &guest.xml)?;
         // `release` does not exist for networks; their stop is `stopped` alone.
-        let release = event(guest, seq.scenario, "release", extra, &guest.xml).ok();
-        seq.step(self.registry, &stopped, cleanup).await;
-        if let Some(release) = release {
-            seq.step(self.registry, &release, cleanup).await;
+        let release = event(guest, run.seq.scenario, "release", extra, &guest.xml).ok();
+        let mut failed = None;
+        run.seq.step(self.registry, &stopped, cleanup).await;
+        if !cleanup {
+            if let Err(e) = run.actions.after(Phase::Stopped, guest).await {
+                failed = Some((e, Phase::Stopped));
+            }
         }
-        Ok(())
+        if let Some(release) = release {
+            run.seq.step(self.registry, &release, cleanup).await;
+            if !cleanup && failed.is_none() {
+                if let Err(e) = run.actions.after(Phase::Release, guest).await {
+                    failed = Some((e, Phase::Release));
+                }
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// The start events of a driver and the phase of each.
+fn start_ops(guest: &Guest) -> &'static [(&'static str, Phase)] {
+    // Networks have no `prepare`: their start is `start` then `started`.
+    if guest.driver == Driver::Network {
+        &[("start", Phase::Start), ("started", Phase::Started)]
+    } else {
+        &[
+            ("prepare", Phase::Prepare),
+            ("start", Phase::Start),
+            ("started", Phase::Started),
+        ]
+    }
+}
+
+impl<'a, A: DriverActions> Run<'a, A> {
+    fn new(scenario: Scenario, actions: &'a mut A) -> Self {
+        Run {
+            seq: Sequence::new(scenario),
+            actions,
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends a start: on a failure, undo and the cleanup hooks, then the error.
+    async fn finish(
+        mut self,
+        lifecycle: &Lifecycle<'_>,
+        guest: &Guest,
+        stop: Option<Stop<A::Error>>,
+    ) -> Result<Sequence, LifecycleError<A::Error>> {
+        let Some(stop) = stop else {
+            return Ok(self.seq);
+        };
+        self.seq.verdict = match &stop {
+            Stop::Refused(failure) => Verdict::Aborted {
+                message: failure.to_string(),
+                hook: Some(failure.failed_hook().name.clone()),
+            },
+            Stop::Driver(_, phase) => Verdict::Aborted {
+                message: format!("the driver's own work after `{phase}` failed"),
+                hook: None,
+            },
+        };
+        if !self.done.is_empty() {
+            self.actions.undo(&self.done, guest).await;
+        }
+        lifecycle
+            .stop_steps(&mut self, guest, ReleaseReason::Failed, true)
+            .await?;
+        let sequence = Box::new(self.seq);
+        Err(match stop {
+            Stop::Refused(failure) => LifecycleError::Refused { failure, sequence },
+            Stop::Driver(error, phase) => LifecycleError::Driver { error, phase, sequence },
+        })
+    }
+
+    fn finish_stop(self, failed: Option<(A::Error, Phase)>) -> Result<Sequence, LifecycleError<A::Error>> {
+        match failed {
+            None => Ok(self.seq),
+            Some((error, phase)) => Err(LifecycleError::Driver {
+                error,
+                phase,
+                sequence: Box::new(self.seq),
+            }),
+        }
     }
 }
 
@@ -444,13 +897,13 @@ impl Sequence {
         }
     }
 
-    /// Fires one event and records it; returns libvirt's message if it was fatal.
-    async fn step(&mut self, registry: &Registry, event: &dyn HookEvent, cleanup: bool) -> Option<String> {
+    /// Fires one event and records it; returns the failure if it stops the operation.
+    async fn step(&mut self, registry: &Registry, event: &dyn HookEvent, cleanup: bool) -> Option<HookFailure> {
         let (report, result, fatal) = match registry.fire(event).await {
-            Ok(report) => (report, StepResult::Ok, None),
+            Ok(report) if report.succeeded() => (report, StepResult::Ok, None),
+            Ok(report) => (report, StepResult::FailureIgnored, None),
             Err(failure) if failure.is_fatal() && !cleanup => {
-                let message = failure.to_string();
-                (failure.into_report(), StepResult::Fatal, Some(message))
+                (failure.report().clone(), StepResult::Fatal, Some(failure))
             }
             Err(failure) => (failure.into_report(), StepResult::FailureIgnored, None),
         };
@@ -485,7 +938,7 @@ fn event(
 mod tests {
     use super::*;
     use crate::testing::{MockHook, RecordingHook};
-    use crate::{HookOutcome, RegistryBuilder};
+    use crate::{block_on, HookOutcome, RegistryBuilder};
     use std::sync::Arc;
 
     fn setup(fail_op: Option<&'static str>) -> (Registry, Arc<RecordingHook>) {
@@ -504,14 +957,36 @@ mod tests {
         Guest::new(Driver::Qemu, "vm", "<domain/>\n")
     }
 
-    fn run(f: impl std::future::Future<Output = Result<Sequence, UnsupportedScenario>>) -> Sequence {
-        pollster::block_on(f).unwrap()
+    /// Records what the driver was asked to do; fails after `fail_after`.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        fail_after: Option<Phase>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct QemuDied;
+
+    #[async_trait]
+    impl DriverActions for Recorder {
+        type Error = QemuDied;
+        async fn after(&mut self, phase: Phase, guest: &Guest) -> Result<(), QemuDied> {
+            self.log.push(format!("{phase} {}", guest.xml.trim()));
+            if self.fail_after == Some(phase) {
+                return Err(QemuDied);
+            }
+            Ok(())
+        }
+        async fn undo(&mut self, done: &[Phase], _guest: &Guest) {
+            let done: Vec<_> = done.iter().map(|p| p.op()).collect();
+            self.log.push(format!("undo {}", done.join(",")));
+        }
     }
 
     #[test]
     fn start_runs_three_steps() {
         let (r, rec) = setup(None);
-        let seq = run(Lifecycle::new(&r).start(&qemu()));
+        let seq = block_on(Lifecycle::new(&r).start(&qemu())).unwrap();
         assert!(seq.proceeds());
         assert_eq!(
             rec.lines(),
@@ -520,64 +995,103 @@ mod tests {
     }
 
     #[test]
-    fn each_start_failure_cleans_up() {
+    fn each_refusal_is_an_error_naming_the_hook_and_cleans_up() {
         for (op, ran) in [("prepare", 1), ("start", 2), ("started", 3)] {
             let (r, rec) = setup(Some(op));
-            let seq = run(Lifecycle::new(&r).start(&qemu()));
-            assert!(matches!(seq.verdict, Verdict::Aborted { .. }), "{op}");
+            let mut driver = Recorder::default();
+            let err = block_on(Lifecycle::new(&r).start_with(&qemu(), &mut driver)).unwrap_err();
+            let LifecycleError::Refused { failure, sequence } = &err else {
+                panic!("{op}: {err}")
+            };
+            assert_eq!(failure.failed_hook().name, "fails");
+            assert_eq!(failure.failed_hook().stderr, "no");
+            assert!(err.to_string().contains("returned status 1: no"), "{err}");
             let lines = rec.lines();
             assert_eq!(lines.len(), ran + 2);
             assert_eq!(&lines[ran..], ["vm stopped end -", "vm release end failed"]);
-            assert!(seq.steps[ran..].iter().all(|s| s.cleanup));
+            assert!(sequence.steps[ran..].iter().all(|s| s.cleanup));
+            // The driver's work before the refusal is undone once; none after it ran.
+            let done = ["prepare", "start"][..ran - 1].join(",");
+            let mut want: Vec<String> = ["prepare", "start"][..ran - 1]
+                .iter()
+                .map(|p| format!("{p} <domain/>"))
+                .collect();
+            if ran > 1 {
+                want.push(format!("undo {done}"));
+            }
+            assert_eq!(driver.log, want, "{op}");
         }
     }
 
     #[test]
-    fn a_failing_driver_action_cleans_up_too() {
+    fn a_failing_driver_action_passes_its_error_through_and_cleans_up() {
         let (r, rec) = setup(None);
-        let seq = pollster::block_on(Lifecycle::new(&r).start_with(&qemu(), &mut |op| {
-            if op == "start" {
-                Err("qemu died".into())
-            } else {
-                Ok(())
-            }
-        }))
-        .unwrap();
+        let mut driver = Recorder {
+            fail_after: Some(Phase::Start),
+            ..Recorder::default()
+        };
+        let err = block_on(Lifecycle::new(&r).start_with(&qemu(), &mut driver)).unwrap_err();
+        let LifecycleError::Driver { error, phase, sequence } = err else {
+            panic!("expected the driver's error")
+        };
+        assert_eq!((error, phase), (QemuDied, Phase::Start));
+        assert_eq!(driver.log, ["prepare <domain/>", "start <domain/>", "undo prepare"]);
         assert_eq!(
-            seq.verdict,
+            sequence.verdict,
             Verdict::Aborted {
-                message: "driver failed after `start`: qemu died".into()
+                message: "the driver's own work after `start` failed".into(),
+                hook: None
             }
         );
         assert_eq!(rec.lines().last().unwrap(), "vm release end failed");
     }
 
     #[test]
-    fn stop_failures_are_ignored() {
+    fn stop_failures_are_ignored_and_recorded() {
         let (r, rec) = setup(Some("stopped"));
-        let seq = run(Lifecycle::new(&r).stop(&qemu(), ReleaseReason::Destroyed));
+        let seq = block_on(Lifecycle::new(&r).stop(&qemu(), ReleaseReason::Destroyed)).unwrap();
         assert!(seq.proceeds());
         assert_eq!(seq.steps[0].result, StepResult::FailureIgnored);
+        assert_eq!(seq.ignored_failures().count(), 1);
         assert_eq!(rec.lines(), ["vm stopped end -", "vm release end destroyed"]);
+    }
+
+    #[test]
+    fn a_failed_stop_action_still_runs_release() {
+        let (r, rec) = setup(None);
+        let mut driver = Recorder {
+            fail_after: Some(Phase::Stopped),
+            ..Recorder::default()
+        };
+        let err = block_on(Lifecycle::new(&r).stop_with(&qemu(), ReleaseReason::Shutdown, &mut driver)).unwrap_err();
+        assert!(matches!(
+            err,
+            LifecycleError::Driver {
+                phase: Phase::Stopped,
+                ..
+            }
+        ));
+        assert_eq!(rec.lines(), ["vm stopped end -", "vm release end shutdown"]);
     }
 
     #[test]
     fn lxc_release_passes_no_reason() {
         let (r, rec) = setup(None);
-        run(Lifecycle::new(&r).stop(&Guest::new(Driver::Lxc, "ct", "<domain/>\n"), ReleaseReason::Destroyed));
+        block_on(Lifecycle::new(&r).stop(&Guest::new(Driver::Lxc, "ct", "<domain/>\n"), ReleaseReason::Destroyed))
+            .unwrap();
         assert_eq!(rec.lines(), ["ct stopped end -", "ct release end -"]);
     }
 
     #[test]
-    fn restore_failure_has_no_cleanup() {
+    fn restore_refusal_has_no_cleanup() {
         let (r, rec) = setup(Some("restore"));
-        let seq = run(Lifecycle::new(&r).restore(&qemu()));
-        assert!(!seq.proceeds());
+        let err = block_on(Lifecycle::new(&r).restore(&qemu())).unwrap_err();
+        assert!(matches!(err, LifecycleError::Refused { .. }));
         assert_eq!(rec.lines(), ["vm restore begin -"]);
     }
 
     #[test]
-    fn migrate_in_starts_with_the_filtered_xml() {
+    fn migrate_in_hands_the_filtered_xml_to_the_driver_and_the_start() {
         let rec = Arc::new(RecordingHook::new("rec"));
         let r = RegistryBuilder::new()
             .hook(
@@ -587,8 +1101,13 @@ mod tests {
             )
             .shared_hook(None, rec.clone())
             .build();
-        let seq = run(Lifecycle::new(&r).migrate_in(&qemu()));
+        let mut driver = Recorder::default();
+        let seq = block_on(Lifecycle::new(&r).migrate_in_with(&qemu(), &mut driver)).unwrap();
         assert_eq!(seq.xml.as_deref(), Some("<new/>\n"));
+        assert_eq!(
+            driver.log,
+            ["migrate <new/>", "prepare <new/>", "start <new/>", "started <new/>"]
+        );
         let calls = rec.calls();
         assert_eq!(
             calls[0].input.as_deref(),
@@ -602,7 +1121,7 @@ mod tests {
     #[test]
     fn unsupported_sequences_run_nothing() {
         let (r, rec) = setup(None);
-        let err = pollster::block_on(Lifecycle::new(&r).restore(&Guest::new(Driver::Lxc, "ct", ""))).unwrap_err();
+        let err = block_on(Lifecycle::new(&r).restore(&Guest::new(Driver::Lxc, "ct", ""))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "lxc has no `restore` hook, so it cannot run the `restore` sequence"
@@ -613,7 +1132,7 @@ mod tests {
     #[test]
     fn reconnect_failure_kills_the_guest() {
         let (r, rec) = setup(Some("reconnect"));
-        let seq = pollster::block_on(Lifecycle::new(&r).daemon_start(&[qemu()]));
+        let seq = block_on(Lifecycle::new(&r).daemon_start(&[qemu()]));
         assert!(matches!(seq.verdict, Verdict::Killed { .. }));
         assert_eq!(
             rec.lines(),
@@ -624,13 +1143,17 @@ mod tests {
                 "vm release end failed"
             ]
         );
+        let mut driver = Recorder::default();
+        let err = block_on(Lifecycle::new(&r).reconnect_with(&qemu(), &mut driver)).unwrap_err();
+        assert!(matches!(err, LifecycleError::Killed { .. }), "{err}");
+        assert_eq!(driver.log, ["undo reconnect"]);
     }
 
     #[test]
     fn network_start_is_start_then_started_and_cleans_up_with_stopped() {
         let (r, rec) = setup(None);
         let net = Guest::new(Driver::Network, "default", "<hookData/>");
-        assert!(run(Lifecycle::new(&r).start(&net)).proceeds());
+        assert!(block_on(Lifecycle::new(&r).start(&net)).unwrap().proceeds());
         assert_eq!(rec.lines(), ["default start begin -", "default started begin -"]);
         let rec = Arc::new(RecordingHook::new("rec"));
         let r = RegistryBuilder::new()
@@ -640,7 +1163,7 @@ mod tests {
                 MockHook::always("no", || HookOutcome::exited(1)).matching(|e| e.op() == "started"),
             )
             .build();
-        assert!(!run(Lifecycle::new(&r).start(&net)).proceeds());
+        assert!(block_on(Lifecycle::new(&r).start(&net)).is_err());
         assert_eq!(
             rec.lines(),
             [
@@ -654,10 +1177,21 @@ mod tests {
     #[test]
     fn network_stop_is_stopped_only() {
         let (r, rec) = setup(None);
-        run(Lifecycle::new(&r).stop(
+        block_on(Lifecycle::new(&r).stop(
             &Guest::new(Driver::Network, "default", "<hookData/>"),
             ReleaseReason::Unspecified,
-        ));
+        ))
+        .unwrap();
         assert_eq!(rec.lines(), ["default stopped end -"]);
+    }
+
+    #[test]
+    fn scenario_names_are_typed_errors() {
+        let err = Scenario::parse_for(Driver::Daemon, "migrate-in").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown scenario `migrate-in` for daemon, expected one of start, reload, shutdown"
+        );
+        assert_eq!("migrate-in".parse::<Scenario>(), Ok(Scenario::MigrateIn));
     }
 }

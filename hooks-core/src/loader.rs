@@ -6,7 +6,8 @@
 //!
 //! ```
 //! use std::{fs::Metadata, path::Path, sync::Arc};
-//! use hooks_core::{Hook, HookLoader, HookSettings, LoadError, LoaderRegistration};
+//! use hooks_core::{Hook, LoadError, LoadErrorKind};
+//! use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
 //!
 //! struct LuaLoader;
 //! impl HookLoader for LuaLoader {
@@ -15,10 +16,10 @@
 //!         path.extension().is_some_and(|e| e == "lua")
 //!     }
 //!     fn load(&self, path: &Path, _settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
-//!         Err(LoadError::new(path, "lua", "not implemented in this example"))
+//!         Err(LoadError::new(path, "lua", LoadErrorKind::Backend))
 //!     }
 //! }
-//! hooks_core::inventory::submit! { LoaderRegistration::new(&LuaLoader) }
+//! hooks_core::backend::inventory::submit! { LoaderRegistration::new(&LuaLoader) }
 //! ```
 //!
 //! A backend crate is linked only if the program uses something from it: call its
@@ -123,13 +124,45 @@ impl fmt::Debug for LoaderRegistration {
 inventory::collect!(LoaderRegistration);
 
 /// Every loader linked into this program, in the order they are asked.
-pub fn registered_loaders() -> Vec<&'static dyn HookLoader> {
-    let mut loaders: Vec<_> = inventory::iter::<LoaderRegistration>
+pub fn registered_loaders() -> Vec<Arc<dyn HookLoader>> {
+    let mut loaders: Vec<Arc<dyn HookLoader>> = inventory::iter::<LoaderRegistration>
         .into_iter()
-        .map(|r| r.loader)
+        .map(|r| Arc::new(r.loader) as Arc<dyn HookLoader>)
         .collect();
-    loaders.sort_by_key(|l| (l.priority(), l.backend()));
+    sort_loaders(&mut loaders);
     loaders
+}
+
+fn sort_loaders(loaders: &mut [Arc<dyn HookLoader>]) {
+    loaders.sort_by(|a, b| (a.priority(), a.backend()).cmp(&(b.priority(), b.backend())));
+}
+
+/// A registered loader is a `&'static`: shared as it is.
+impl<L: HookLoader + ?Sized> HookLoader for &'static L {
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    fn priority(&self) -> i32 {
+        (**self).priority()
+    }
+    fn default_timeout(&self) -> Option<std::time::Duration> {
+        (**self).default_timeout()
+    }
+    fn claims(&self, path: &Path, meta: &Metadata) -> bool {
+        (**self).claims(path, meta)
+    }
+    fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+        (**self).load(path, settings)
+    }
+    fn check(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
+        (**self).check(path, settings)
+    }
+    fn inspect(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
+        (**self).inspect(path, settings)
+    }
+    fn check_dependencies(&self, path: &Path, trust: &TrustPolicy) -> Result<(), Untrusted> {
+        (**self).check_dependencies(path, trust)
+    }
 }
 
 /// Where an entry sits in the run order.
@@ -146,12 +179,12 @@ pub enum EntryRole {
 #[derive(Clone)]
 pub enum Disposition {
     /// It runs, through this backend.
-    Hook(&'static dyn HookLoader),
+    Hook(Arc<dyn HookLoader>),
     /// It does not run, for this reason.
     Skipped(SkipReason),
     /// It would run (through this backend, if one claims it) but fails the trust rule or
     /// cannot be examined: it fails the event instead of running.
-    Refused(Option<&'static dyn HookLoader>, Untrusted),
+    Refused(Option<Arc<dyn HookLoader>>, Untrusted),
 }
 
 impl fmt::Debug for Disposition {
@@ -161,7 +194,7 @@ impl fmt::Debug for Disposition {
             Disposition::Skipped(why) => f.debug_tuple("Skipped").field(why).finish(),
             Disposition::Refused(l, why) => f
                 .debug_tuple("Refused")
-                .field(&l.map(|l| l.backend()))
+                .field(&l.as_ref().map(|l| l.backend()))
                 .field(&why.reason())
                 .finish(),
         }
@@ -290,9 +323,9 @@ impl FileStamp {
 
 impl DirEntry {
     /// The loader that runs it, if it runs.
-    pub fn loader(&self) -> Option<&'static dyn HookLoader> {
-        match self.disposition {
-            Disposition::Hook(l) => Some(l),
+    pub fn loader(&self) -> Option<&dyn HookLoader> {
+        match &self.disposition {
+            Disposition::Hook(l) => Some(l.as_ref()),
             Disposition::Skipped(_) | Disposition::Refused(..) => None,
         }
     }
@@ -318,7 +351,7 @@ impl DirEntry {
 #[derive(Clone)]
 pub struct HooksDir {
     root: PathBuf,
-    loaders: Vec<&'static dyn HookLoader>,
+    loaders: Vec<Arc<dyn HookLoader>>,
     flat: bool,
     trust: Option<TrustPolicy>,
     flat_main: Option<PathBuf>,
@@ -343,7 +376,7 @@ impl HooksDir {
     }
 
     /// The directory with exactly these loaders, asked in this order.
-    pub fn with_loaders(root: impl Into<PathBuf>, loaders: Vec<&'static dyn HookLoader>) -> Self {
+    pub fn with_loaders(root: impl Into<PathBuf>, loaders: Vec<Arc<dyn HookLoader>>) -> Self {
         HooksDir {
             root: root.into(),
             loaders,
@@ -361,11 +394,20 @@ impl HooksDir {
     }
 
     /// A flat plugins directory with chosen loaders.
-    pub fn plugins_with_loaders(root: impl Into<PathBuf>, loaders: Vec<&'static dyn HookLoader>) -> Self {
+    pub fn plugins_with_loaders(root: impl Into<PathBuf>, loaders: Vec<Arc<dyn HookLoader>>) -> Self {
         HooksDir {
             flat: true,
             ..Self::with_loaders(root, loaders)
         }
+    }
+
+    /// Uses `loader` for its backend, in place of the one of the same
+    /// [`HookLoader::backend`] name (a WASM loader with other limits, ...), or in addition.
+    pub fn with_loader(mut self, loader: impl HookLoader) -> Self {
+        self.loaders.retain(|l| l.backend() != loader.backend());
+        self.loaders.push(Arc::new(loader));
+        sort_loaders(&mut self.loaders);
+        self
     }
 
     /// The trust rule applied to what it loads (see [`TrustPolicy`]): to every entry of
@@ -568,7 +610,7 @@ impl HooksDir {
             if let Err(why) = verdict {
                 let loader = fs::metadata(path)
                     .ok()
-                    .and_then(|m| self.loaders.iter().find(|l| l.claims(path, &m)).copied());
+                    .and_then(|m| self.loaders.iter().find(|l| l.claims(path, &m)).cloned());
                 return (Disposition::Refused(loader, why), None);
             }
         }
@@ -588,7 +630,7 @@ impl HooksDir {
         if let (Some(trust), Disposition::Hook(loader)) = (trust, &disposition) {
             // What runs with it (a script's interpreter) must be as safe as the hook.
             if let Err(why) = loader.check_dependencies(path, &trust) {
-                return (Disposition::Refused(Some(*loader), why), stamp);
+                return (Disposition::Refused(Some(Arc::clone(loader)), why), stamp);
             }
         }
         (disposition, stamp)
@@ -606,7 +648,7 @@ impl HooksDir {
             return skip(SkipReason::Settings);
         }
         if let Some(loader) = self.loaders.iter().find(|l| l.claims(path, meta)) {
-            return Disposition::Hook(*loader);
+            return Disposition::Hook(Arc::clone(loader));
         }
         if meta.permissions().mode() & 0o111 == 0 {
             skip(SkipReason::NotExecutable)
@@ -617,6 +659,22 @@ impl HooksDir {
 }
 
 impl DirEntry {
+    /// The sidecar's identity now, if it had one when scanned: a changed sidecar means
+    /// new settings.
+    pub(crate) fn sidecar_stamp(&self) -> Option<FileStamp> {
+        if !self.has_sidecar {
+            return None;
+        }
+        fs::symlink_metadata(HookSettings::sidecar(&self.path))
+            .ok()
+            .map(|m| FileStamp::of(&m))
+    }
+
+    /// The directory's default time limit for this entry.
+    pub(crate) fn default_timeout(&self) -> Option<std::time::Duration> {
+        self.default_timeout
+    }
+
     /// Its settings from the sidecar `<path>.toml`, or the defaults.
     ///
     /// # Errors
@@ -724,6 +782,7 @@ impl Hook for BrokenHook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LoadErrorKind;
     use std::os::unix::fs::symlink;
 
     struct ExecLike;
@@ -738,7 +797,7 @@ mod tests {
             meta.permissions().mode() & 0o111 != 0
         }
         fn load(&self, path: &Path, _settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
-            Err(LoadError::new(path, "test-exec", "unused"))
+            Err(LoadError::new(path, "test-exec", LoadErrorKind::Backend))
         }
     }
     static EXEC_LIKE: ExecLike = ExecLike;
@@ -763,7 +822,7 @@ mod tests {
         symlink(d.join("missing"), d.join("dangling")).unwrap();
         symlink(d.join("a"), d.join("link-to-a")).unwrap();
 
-        let dir = HooksDir::with_loaders(tmp.path(), vec![&EXEC_LIKE]);
+        let dir = HooksDir::with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]);
         let entries = dir.scan(Driver::Qemu).unwrap();
         assert_eq!(
             labels(&entries, ""),
@@ -791,7 +850,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir(tmp.path().join("lxc.d")).unwrap();
         write(&tmp.path().join("lxc.d/readme"), 0o644);
-        let dir = HooksDir::with_loaders(tmp.path(), vec![&EXEC_LIKE]);
+        let dir = HooksDir::with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]);
         assert!(!dir.is_present(Driver::Lxc));
         write(&tmp.path().join("lxc.d/hook"), 0o700);
         assert!(dir.is_present(Driver::Lxc));
@@ -832,7 +891,7 @@ mod tests {
         write(&elsewhere.join("tool"), 0o755);
         fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
         symlink(elsewhere.join("tool"), p.join("50-link")).unwrap();
-        let dir = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE]);
+        let dir = HooksDir::plugins_with_loaders(&p, vec![Arc::new(&EXEC_LIKE)]);
         let entries = dir.scan(Driver::Qemu).unwrap();
         let real_build = fs::canonicalize(&elsewhere).unwrap();
         assert_eq!(
@@ -855,7 +914,7 @@ mod tests {
         assert!(dir.is_present(Driver::Qemu));
 
         // The same entries with the checks off (an embedder's explicit choice).
-        let unchecked = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE]).with_trust(None);
+        let unchecked = HooksDir::plugins_with_loaders(&p, vec![Arc::new(&EXEC_LIKE)]).with_trust(None);
         assert!(unchecked
             .scan(Driver::Qemu)
             .unwrap()
@@ -870,7 +929,7 @@ mod tests {
         fs::create_dir(&p).unwrap();
         write(&p.join("10-ok"), 0o755);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
-        let entries = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE])
+        let entries = HooksDir::plugins_with_loaders(&p, vec![Arc::new(&EXEC_LIKE)])
             .scan(Driver::Qemu)
             .unwrap();
         assert_eq!(entries.len(), 1);
@@ -886,7 +945,7 @@ mod tests {
         fs::create_dir(&d).unwrap();
         write(&d.join("10-script"), 0o777);
         write(&d.join("20-native.so"), 0o777);
-        let dir = HooksDir::with_loaders(tmp.path(), vec![&EXEC_LIKE]);
+        let dir = HooksDir::with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]);
         let entries = dir.scan(Driver::Qemu).unwrap();
         assert_eq!(
             listing(&entries),
@@ -914,7 +973,7 @@ mod tests {
         ] {
             write(&tmp.path().join(name), 0o755);
         }
-        let entries = HooksDir::plugins_with_loaders(tmp.path(), vec![&EXEC_LIKE])
+        let entries = HooksDir::plugins_with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)])
             .scan(Driver::Qemu)
             .unwrap();
         let running: Vec<_> = entries.iter().filter(|e| e.loader().is_some()).collect();
@@ -936,7 +995,7 @@ mod tests {
         let d = tmp.path().join("qemu.d");
         fs::create_dir(&d).unwrap();
         write(&d.join("deny"), 0o755);
-        let dir = HooksDir::with_loaders(tmp.path(), vec![&EXEC_LIKE]);
+        let dir = HooksDir::with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]);
         fs::set_permissions(&d, fs::Permissions::from_mode(0o000)).unwrap();
         assert!(dir.scan(Driver::Qemu).is_err());
         assert!(
@@ -965,19 +1024,19 @@ mod tests {
         write(&p.join("60-deny"), 0o646);
         // A dangling link would be skipped by libvirt; in a plugins dir it is refused.
         symlink(tmp.path().join("gone/deny.sh"), p.join("70-deny")).unwrap();
-        let dir = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE]);
+        let dir = HooksDir::plugins_with_loaders(&p, vec![Arc::new(&EXEC_LIKE)]);
         let entries = dir.scan(Driver::Qemu).unwrap();
         assert!(entries.iter().all(|e| e.refusal().is_some()), "{:?}", listing(&entries));
         // A plugins dir that is a link to something gone fails too, rather than 'no plugins'.
         let linked = tmp.path().join("linked.plugins");
         symlink(tmp.path().join("moved-away"), &linked).unwrap();
-        let dir = HooksDir::plugins_with_loaders(&linked, vec![&EXEC_LIKE]);
+        let dir = HooksDir::plugins_with_loaders(&linked, vec![Arc::new(&EXEC_LIKE)]);
         let entries = dir.scan(Driver::Qemu).unwrap();
         assert_eq!(entries.len(), 1);
         assert!(entries[0].refusal().is_some());
         assert!(dir.is_present(Driver::Qemu));
         // No plugins dir at all is simply no plugins.
-        let none = HooksDir::plugins_with_loaders(tmp.path().join("none.plugins"), vec![&EXEC_LIKE]);
+        let none = HooksDir::plugins_with_loaders(tmp.path().join("none.plugins"), vec![Arc::new(&EXEC_LIKE)]);
         assert!(none.scan(Driver::Qemu).unwrap().is_empty());
     }
 
@@ -989,7 +1048,7 @@ mod tests {
         write(&p.join("10-x"), 0o755);
         let saved = tmp.path().join("qemu.pre-hookctl");
         write(&saved, 0o755);
-        let dir = HooksDir::plugins_with_loaders(&p, vec![&EXEC_LIKE]).with_main_script(&saved);
+        let dir = HooksDir::plugins_with_loaders(&p, vec![Arc::new(&EXEC_LIKE)]).with_main_script(&saved);
         assert_eq!(listing(&dir.scan(Driver::Qemu).unwrap()), ["qemu.pre-hookctl", "10-x"]);
         fs::set_permissions(&saved, fs::Permissions::from_mode(0o757)).unwrap();
         assert_eq!(

@@ -44,6 +44,18 @@ impl HookStatus {
     }
 }
 
+impl HookStatus {
+    /// The wording for a hook that is not a child process (its "exit status" is a
+    /// returned code); `None` where [`HookStatus::describe`] fits as it is.
+    pub(crate) fn describe_in_process(&self) -> Option<String> {
+        match self {
+            HookStatus::Exited(code) => Some(format!("returned status {code}")),
+            HookStatus::TimedOut(after) => Some(format!("timed out after {}", crate::report::format_duration(*after))),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a hook call produced: its status, both output streams, how long it took,
 /// and anything unusual that happened on the way (warnings).
 ///

@@ -4,16 +4,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tracing::Instrument;
 
+use crate::layer::{self, Layer};
 use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, HooksDir, SkipReason};
 use crate::report::InputSource;
 use crate::{
-    Driver, Hook, HookEvent, HookFailure, HookLoader, HookRecord, HookSettings, Invocation, LoadError, Report,
+    Driver, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord, HookStatus,
+    Invocation, LoadError, LoadErrorKind, Report,
 };
 
 enum Source {
@@ -24,22 +26,43 @@ enum Source {
     Dir(HooksDir),
 }
 
+/// The registry's default cap on each of a hook's stdout and stderr (the exec backend's
+/// own default).
+pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
+
 /// Builds a [`Registry`]. Hooks run in the order they are added; a hooks directory adds
 /// its entries (main script, then `<driver>.d/` in strcmp order) where it was added.
 ///
 /// ```
+/// use std::time::Duration;
 /// use hooks_core::{Driver, RegistryBuilder, testing::MockHook};
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, MockHook::succeeding("audit"))
 ///     .hooks_dir("/etc/libvirt/hooks")
+///     .timeout(Some(Duration::from_secs(30)))
+///     .event_timeout(Some(Duration::from_secs(60)))
 ///     .build();
 /// # drop(registry);
 /// ```
-#[derive(Default)]
 #[must_use]
 pub struct RegistryBuilder {
     sources: Vec<Source>,
     timeout: Option<Duration>,
+    event_timeout: Option<Duration>,
+    max_output: Option<usize>,
+    layers: Vec<Arc<dyn Layer>>,
+}
+
+impl Default for RegistryBuilder {
+    fn default() -> Self {
+        RegistryBuilder {
+            sources: Vec::new(),
+            timeout: None,
+            event_timeout: None,
+            max_output: Some(DEFAULT_MAX_OUTPUT),
+            layers: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for RegistryBuilder {
@@ -47,12 +70,15 @@ impl fmt::Debug for RegistryBuilder {
         f.debug_struct("RegistryBuilder")
             .field("sources", &self.sources.len())
             .field("timeout", &self.timeout)
+            .field("event_timeout", &self.event_timeout)
+            .field("max_output", &self.max_output)
+            .field("layers", &self.layers.len())
             .finish()
     }
 }
 
 impl RegistryBuilder {
-    /// An empty builder: no hooks, no timeout.
+    /// An empty builder: no hooks, no timeouts, output capped at [`DEFAULT_MAX_OUTPUT`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -97,21 +123,83 @@ impl RegistryBuilder {
     }
 
     /// A time limit for each hook call; `None` (the default, as in libvirt) means none.
-    /// A backend's own per-hook limit, if shorter, wins.
+    ///
+    /// A guarantee for every hook, custom ones included: a call still running
+    /// [`layer::TIMEOUT_GRACE`] past it is dropped (which kills an exec hook's processes)
+    /// and recorded as timed out. A backend's own shorter limit (a sidecar's `timeout`)
+    /// wins. Larger values are capped at [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// A time budget for a whole event: each hook gets at most what is left of it, and
+    /// hooks not started when it runs out are recorded as not started and fail the event
+    /// (an optional one's does not). `None`, the default, means no budget.
+    pub fn event_timeout(mut self, budget: Option<Duration>) -> Self {
+        self.event_timeout = budget;
+        self
+    }
+
+    /// The most a hook's outcome may carry on each of stdout and stderr; the rest is cut
+    /// and flagged ([`layer::OutputCap`]). `None` lifts the registry's cap (backends keep
+    /// theirs). Defaults to [`DEFAULT_MAX_OUTPUT`].
+    pub fn max_output(mut self, cap: Option<usize>) -> Self {
+        self.max_output = cap;
+        self
+    }
+
+    /// Wraps every hook in `layer` (metrics, tracing, retries, ...). The first layer added
+    /// is the outermost; the registry's own limits sit outside them all.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
         self
     }
 
     /// Builds the registry, reading each hooks directory's presence now (libvirt's
     /// presence cache: a driver with no hooks now is not called until [`Registry::reload`]).
     pub fn build(self) -> Registry {
-        let state = State::new(&self.sources);
-        Registry {
-            sources: self.sources,
-            timeout: self.timeout,
-            state: ArcSwap::from_pointee(state),
+        let mut layers = Vec::with_capacity(self.layers.len() + 2);
+        if self.timeout.is_some() || self.event_timeout.is_some() {
+            layers.push(Arc::new(layer::Timeout) as Arc<dyn Layer>);
         }
+        if let Some(cap) = self.max_output {
+            layers.push(Arc::new(layer::OutputCap(cap)));
+        }
+        layers.extend(self.layers);
+        let stack = LayerStack(layers);
+        let sources: Vec<Source> = self
+            .sources
+            .into_iter()
+            .map(|source| match source {
+                Source::Hook { driver, hook } => Source::Hook {
+                    driver,
+                    hook: stack.wrap(hook),
+                },
+                dir => dir,
+            })
+            .collect();
+        let state = State::new(&sources);
+        Registry {
+            inner: Arc::new(Inner {
+                has_dirs: sources.iter().any(|s| matches!(s, Source::Dir(_))),
+                sources,
+                timeout: self.timeout.map(|t| t.min(crate::MAX_TIMEOUT)),
+                event_timeout: self.event_timeout.map(|t| t.min(crate::MAX_TIMEOUT)),
+                max_output: self.max_output,
+                layers: stack,
+                state: ArcSwap::from_pointee(state),
+            }),
+        }
+    }
+}
+
+/// Layers, outermost first.
+struct LayerStack(Vec<Arc<dyn Layer>>);
+
+impl LayerStack {
+    fn wrap(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook> {
+        self.0.iter().rev().fold(hook, |hook, layer| layer.layer(hook))
     }
 }
 
@@ -121,8 +209,14 @@ struct State {
     loaded: Mutex<HashMap<PathBuf, LoadedHook>>,
 }
 
-/// A hook loaded from a file, valid while the file and its settings are unchanged.
-type LoadedHook = (FileStamp, HookSettings, Arc<dyn Hook>);
+/// A hook loaded from a file (settings applied, layers around it), valid while the file,
+/// its sidecar and the directory's default timeout are unchanged.
+struct LoadedHook {
+    stamp: FileStamp,
+    sidecar: Option<FileStamp>,
+    default_timeout: Option<Duration>,
+    hook: Arc<dyn Hook>,
+}
 
 const fn driver_bit(driver: Driver) -> u8 {
     1 << driver as u8
@@ -149,40 +243,129 @@ impl State {
         }
     }
 
-    fn load(&self, loader: &'static dyn HookLoader, entry: &DirEntry) -> Arc<dyn Hook> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LoadedHook>> {
+        self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The hook for a directory entry: from the cache while the file and its sidecar are
+    /// unchanged (so a sidecar is parsed once per change), else loaded with no lock held.
+    fn load(&self, loader: &dyn HookLoader, entry: &DirEntry, layers: &LayerStack) -> Arc<dyn Hook> {
         let path = entry.path.as_path();
-        let settings = match entry.settings() {
-            Ok(settings) => settings,
-            Err(e) => {
-                let err = LoadError::new(path, loader.backend(), "its settings file is invalid").with_source(e);
-                return Arc::new(BrokenHook::new(err));
-            }
-        };
-        let stamp = entry.stamp;
-        let mut loaded = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let (Some(stamp), Some((old, old_settings, hook))) = (stamp, loaded.get(path)) {
-            if *old == stamp && *old_settings == settings {
-                return Arc::clone(hook);
+        let sidecar = entry.sidecar_stamp();
+        let default_timeout = entry.default_timeout();
+        if let Some(stamp) = entry.stamp {
+            if let Some(cached) = self.cache().get(path) {
+                if cached.stamp == stamp && cached.sidecar == sidecar && cached.default_timeout == default_timeout {
+                    return Arc::clone(&cached.hook);
+                }
             }
         }
-        let hook: Arc<dyn Hook> = match loader.load(path, &settings) {
-            Ok(hook) => Configured::wrap(hook, &settings),
-            Err(err) => {
-                tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
-                Arc::new(BrokenHook::new(err))
+        let hook = match entry.settings() {
+            Err(e) => {
+                let err = LoadError::new(path, loader.backend(), LoadErrorKind::InvalidSettings).with_source(e);
+                Arc::new(BrokenHook::new(err)) as Arc<dyn Hook>
             }
+            Ok(settings) => match loader.load(path, &settings) {
+                Ok(hook) => Configured::wrap(hook, &settings),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
+                    // Still optional and still matched as its sidecar says.
+                    Configured::wrap(Arc::new(BrokenHook::new(err)), &settings)
+                }
+            },
         };
-        if let Some(stamp) = stamp {
-            loaded.insert(path.to_owned(), (stamp, settings, Arc::clone(&hook)));
+        let hook = layers.wrap(hook);
+        if let Some(stamp) = entry.stamp {
+            let loaded = LoadedHook {
+                stamp,
+                sidecar,
+                default_timeout,
+                hook: Arc::clone(&hook),
+            };
+            self.cache().insert(path.to_owned(), loaded);
         }
         hook
+    }
+}
+
+struct Inner {
+    sources: Vec<Source>,
+    has_dirs: bool,
+    timeout: Option<Duration>,
+    event_timeout: Option<Duration>,
+    max_output: Option<usize>,
+    layers: LayerStack,
+    state: ArcSwap<State>,
+}
+
+impl Inner {
+    /// Every hook of `driver`'s events in run order, before `matches`: reads hooks
+    /// directories and loads their entries, so it may block.
+    fn resolve(&self, driver: Driver) -> SmallVec<[Arc<dyn Hook>; 8]> {
+        let state = self.state.load();
+        let mut hooks = SmallVec::new();
+        for (source, present) in self.sources.iter().zip(&state.present) {
+            match source {
+                Source::Hook { driver: d, hook } => {
+                    if d.is_none_or(|d| d == driver) {
+                        hooks.push(Arc::clone(hook));
+                    }
+                }
+                Source::Dir(dir) if present & driver_bit(driver) != 0 => match dir.scan(driver) {
+                    Ok(entries) => {
+                        for entry in entries {
+                            let broken = match &entry.disposition {
+                                Disposition::Hook(loader) => {
+                                    hooks.push(state.load(loader.as_ref(), &entry, &self.layers));
+                                    continue;
+                                }
+                                Disposition::Refused(loader, why) => {
+                                    let backend = loader.as_ref().map_or("trust", |l| l.backend());
+                                    LoadError::new(
+                                        &entry.path,
+                                        backend,
+                                        LoadErrorKind::Untrusted(Box::new(why.clone())),
+                                    )
+                                }
+                                // libvirt would run an executable here: a program that
+                                // forgot to link the exec backend must not skip it.
+                                Disposition::Skipped(SkipReason::Unclaimed) => {
+                                    LoadError::new(&entry.path, "none", LoadErrorKind::NoBackend)
+                                }
+                                Disposition::Skipped(_) => continue,
+                            };
+                            hooks.push(self.layers.wrap(Arc::new(BrokenHook::new(broken))));
+                        }
+                    }
+                    Err(e) => {
+                        let path = dir.drop_in_dir(driver);
+                        let err = LoadError::new(&path, "dir", LoadErrorKind::UnreadableDir).with_source(e);
+                        hooks.push(self.layers.wrap(Arc::new(BrokenHook::new(err))));
+                    }
+                },
+                Source::Dir(_) => {}
+            }
+        }
+        hooks
+    }
+
+    /// Whether resolving `driver`'s hooks touches the file system.
+    fn reads_files(&self, driver: Driver) -> bool {
+        self.has_dirs && {
+            let state = self.state.load();
+            self.sources
+                .iter()
+                .zip(&state.present)
+                .any(|(s, present)| matches!(s, Source::Dir(_)) && present & driver_bit(driver) != 0)
+        }
     }
 }
 
 /// An immutable, ordered set of hooks, fired with libvirt's semantics:
 ///
 /// - every matching hook runs, in order, even after one has failed;
-/// - the event fails if any hook failed, and the error is the last failure's message;
+/// - the event fails if any required hook failed, and the error is the last failure's
+///   message; whether that stops the operation is the event's [`FailurePolicy`];
 /// - for filter events (`migrate`, `restore`) a hook reads the current document (the
 ///   last non-empty stdout of a successful hook) while every hook so far succeeded,
 ///   otherwise the original, and the result is the current document at the end;
@@ -190,7 +373,8 @@ impl State {
 ///   (re)load, and not at all for the others.
 ///
 /// `fire` takes `&self` and holds no lock while hooks run; [`Registry::reload`] swaps
-/// the state atomically, so it neither waits for nor disturbs a running `fire`.
+/// the state atomically, so it neither waits for nor disturbs a running `fire`. Cloning
+/// a registry is cheap and shares everything, loaded hooks included.
 ///
 /// ```
 /// use hooks_core::{Driver, QemuEvent, RegistryBuilder, testing::MockHook, HookOutcome};
@@ -202,17 +386,22 @@ impl State {
 /// let failure = registry.fire_blocking(&ev).unwrap_err();
 /// assert!(failure.is_fatal());
 /// assert_eq!(failure.report().hooks.len(), 2);
-/// assert!(failure.to_string().ends_with("unexpected exit status 1: not today"));
+/// assert!(failure.to_string().ends_with("returned status 1: not today"));
+///
+/// // At `stopped` libvirt ignores the failure: `Ok`, with the failure in the report.
+/// let ev = QemuEvent::Stopped { name: "vm".into(), xml: "<domain/>\n".into() };
+/// let report = registry.fire_blocking(&ev).unwrap();
+/// assert!(!report.succeeded());
 /// ```
+#[derive(Clone)]
 pub struct Registry {
-    sources: Vec<Source>,
-    timeout: Option<Duration>,
-    state: ArcSwap<State>,
+    inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sources: Vec<String> = self
+            .inner
             .sources
             .iter()
             .map(|s| match s {
@@ -229,7 +418,10 @@ impl fmt::Debug for Registry {
             .collect();
         f.debug_struct("Registry")
             .field("sources", &sources)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.inner.timeout)
+            .field("event_timeout", &self.inner.event_timeout)
+            .field("max_output", &self.inner.max_output)
+            .field("layers", &self.inner.layers.0.len())
             .finish()
     }
 }
@@ -242,12 +434,17 @@ impl Registry {
 
     /// The per-hook time limit.
     pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.inner.timeout
+    }
+
+    /// The per-event time budget.
+    pub fn event_timeout(&self) -> Option<Duration> {
+        self.inner.event_timeout
     }
 
     /// The hooks directories, in order.
     pub fn hooks_dirs(&self) -> impl Iterator<Item = &HooksDir> {
-        self.sources.iter().filter_map(|s| match s {
+        self.inner.sources.iter().filter_map(|s| match s {
             Source::Dir(d) => Some(d),
             Source::Hook { .. } => None,
         })
@@ -256,75 +453,64 @@ impl Registry {
     /// Re-reads which drivers have hooks and forgets loaded hooks (libvirt does this on
     /// SIGHUP). Fires already running finish with the state they started with.
     pub fn reload(&self) {
-        self.state.store(Arc::new(State::new(&self.sources)));
+        self.inner.state.store(Arc::new(State::new(&self.inner.sources)));
     }
 
-    /// The hooks an event would run, in order (loading directory entries as needed).
+    /// The hooks an event would run, in order (loading directory entries as needed; this
+    /// reads files on the calling thread).
     pub fn hooks_for(&self, event: &dyn HookEvent) -> Vec<Arc<dyn Hook>> {
-        self.collect_hooks(event).into_vec()
+        let mut hooks = self.inner.resolve(event.driver());
+        hooks.retain(|h| (**h).matches(event));
+        hooks.into_vec()
     }
 
-    /// [`Registry::hooks_for`] without a heap allocation for the usual few hooks.
-    fn collect_hooks(&self, event: &dyn HookEvent) -> SmallVec<[Arc<dyn Hook>; 8]> {
-        let state = self.state.load();
+    /// The matching hooks; directory reads and loads move off an async runtime's worker
+    /// thread when there is one.
+    async fn collect_hooks(&self, event: &dyn HookEvent) -> SmallVec<[Arc<dyn Hook>; 8]> {
         let driver = event.driver();
-        let mut hooks = SmallVec::new();
-        for (source, present) in self.sources.iter().zip(&state.present) {
-            match source {
-                Source::Hook { driver: d, hook } => {
-                    if d.is_none_or(|d| d == driver) && (**hook).matches(event) {
-                        hooks.push(Arc::clone(hook));
-                    }
+        let mut hooks = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if self.inner.reads_files(driver) => {
+                let inner = Arc::clone(&self.inner);
+                match rt.spawn_blocking(move || inner.resolve(driver)).await {
+                    Ok(hooks) => hooks,
+                    // The blocking pool is shutting down: read here rather than fail.
+                    Err(_) => self.inner.resolve(driver),
                 }
-                Source::Dir(dir) if present & driver_bit(driver) != 0 => match dir.scan(driver) {
-                    Ok(entries) => {
-                        for entry in entries {
-                            let hook = match &entry.disposition {
-                                Disposition::Hook(loader) => state.load(*loader, &entry),
-                                Disposition::Refused(loader, why) => {
-                                    let backend = loader.map_or("trust", |l| l.backend());
-                                    let err =
-                                        LoadError::new(&entry.path, backend, format!("refused: {}", why.reason()));
-                                    Arc::new(BrokenHook::new(err))
-                                }
-                                // libvirt would run an executable here: a program that
-                                // forgot to link the exec backend must not skip it.
-                                Disposition::Skipped(SkipReason::Unclaimed) => {
-                                    let err = LoadError::new(
-                                        &entry.path,
-                                        "none",
-                                        "an executable, but no backend linked into this program runs executables (call `hooks_exec::link()` from main)",
-                                    );
-                                    Arc::new(BrokenHook::new(err))
-                                }
-                                Disposition::Skipped(_) => continue,
-                            };
-                            if (*hook).matches(event) {
-                                hooks.push(hook);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let path = dir.drop_in_dir(driver);
-                        let err = LoadError::new(&path, "dir", "cannot read directory").with_source(e);
-                        hooks.push(Arc::new(BrokenHook::new(err)) as Arc<dyn Hook>);
-                    }
-                },
-                Source::Dir(_) => {}
             }
-        }
+            _ => self.inner.resolve(driver),
+        };
+        hooks.retain(|h| (**h).matches(event));
         hooks
     }
 
-    /// Fires an event: runs every matching hook in order and returns the report, or a
-    /// [`HookFailure`] (libvirt's message, the policy, the report) if any hook failed.
+    /// Fires an event: runs every matching hook in order, with libvirt's rules.
     ///
     /// # Errors
-    /// [`HookFailure`] when at least one hook failed, whatever the event's policy: check
-    /// [`HookFailure::is_fatal`] to decide what to do, as libvirt does.
+    /// [`HookFailure`] exactly when the operation must not go on: a required hook failed
+    /// at an event whose [`FailurePolicy`] aborts the operation, kills the object or
+    /// reports the error to the caller (`network updated`). A failure libvirt ignores
+    /// (`stopped`, `release`, daemon events, ...) is `Ok`, and the report shows it:
+    /// [`Report::succeeded`] is false and the failed hook's record has its message.
+    ///
+    /// # Cancellation
+    /// Dropping the future stops the hook that is running: an exec hook's process group
+    /// and every descendant are killed and reaped, a WASM call is interrupted, a native
+    /// call that cannot be interrupted finishes on its own thread and its result is
+    /// dropped. The hooks after it are not run.
     pub async fn fire(&self, event: &dyn HookEvent) -> Result<Report, HookFailure> {
-        let hooks = self.collect_hooks(event);
-        let base = Invocation::from_event(event).with_timeout(self.timeout);
+        let report = self.run(event).await;
+        if report.succeeded() || !report.policy.fails_operation() {
+            Ok(report)
+        } else {
+            Err(HookFailure::new(report))
+        }
+    }
+
+    async fn run(&self, event: &dyn HookEvent) -> Report {
+        let hooks = self.collect_hooks(event).await;
+        let inner = &*self.inner;
+        let budget = inner.event_timeout.map(|b| (Instant::now(), b));
+        let base = Invocation::from_event(event).with_timeout(inner.timeout);
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
         let mut report = Report::new(event, base.args().clone(), filters);
@@ -341,26 +527,41 @@ impl Registry {
                 (false, Some(_)) => InputSource::Original,
                 (false, None) => InputSource::None,
             };
-            let chained_inv;
-            let inv = if chained {
-                chained_inv = base.with_input(current.clone());
-                &chained_inv
+            let left = budget.map(|(started, budget)| budget.saturating_sub(started.elapsed()));
+            let outcome = if left == Some(Duration::ZERO) {
+                let budget = inner.event_timeout.unwrap_or_default();
+                HookOutcome::failed(HookError::NotStarted { budget })
             } else {
-                &base
-            };
-            let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
-            // An instrumented future costs even with no subscriber; skip it then.
-            let outcome = if span.is_disabled() {
-                hook.call(inv).await
-            } else {
-                hook.call(inv).instrument(span).await
+                let owned;
+                let inv = if chained || left.is_some() {
+                    let inv = if chained {
+                        base.with_input(current.clone())
+                    } else {
+                        base.clone()
+                    };
+                    let timeout = match left {
+                        Some(left) => Some(inv.timeout().map_or(left, |t| t.min(left))),
+                        None => inv.timeout(),
+                    };
+                    owned = inv.with_timeout(timeout);
+                    &owned
+                } else {
+                    &base
+                };
+                let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
+                // An instrumented future costs even with no subscriber; skip it then.
+                if span.is_disabled() {
+                    hook.call(inv).await
+                } else {
+                    hook.call(inv).instrument(span).await
+                }
             };
             let new_document =
                 (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
                     .then(|| Arc::<[u8]>::from(outcome.stdout.as_slice()));
-            let unusable = matches!(outcome.status, crate::HookStatus::Failed(crate::HookError::Load(_)));
+            let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
             let mut record = HookRecord::new(hook, event, outcome, input, filters);
-            if unusable && !record.success && event.on_failure() == crate::FailurePolicy::KillObject {
+            if unusable && !record.success && event.on_failure() == FailurePolicy::KillObject {
                 // A file that cannot be loaded or configured is not a hook's decision:
                 // at `reconnect` failing would kill a running guest for a typo.
                 record.optional = true;
@@ -380,19 +581,16 @@ impl Registry {
             }
             report.hooks.push(record);
         }
-        if filters {
+        if filters && report.succeeded() {
             report.document_changed = current.is_some();
             report.document = current.or(original).map(|d| d.to_vec());
         }
-        if report.succeeded() {
-            Ok(report)
-        } else {
-            Err(HookFailure::new(report))
-        }
+        report
     }
 
-    /// [`Registry::fire`] for callers that are not async. Backends that need a runtime
-    /// (none of the bundled ones) must not be used this way outside one.
+    /// [`Registry::fire`] for callers that are not async: the hooks run on this thread
+    /// (an exec hook's wait blocks it). Needs no runtime; inside one, call it from a
+    /// blocking thread (`spawn_blocking`), never from an async task.
     ///
     /// # Errors
     /// As [`Registry::fire`].
@@ -401,10 +599,21 @@ impl Registry {
     }
 }
 
-/// Runs a future to completion on this thread. Hooks called outside a runtime finish on
-/// their first poll (exec and native hooks block right there), so that poll needs no
-/// waker; anything that does wait falls back to a parking executor.
-pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+/// Runs a future to completion on this thread: what [`Registry::fire_blocking`] uses,
+/// for the [`Lifecycle`](crate::Lifecycle) sequences of a driver that is not async.
+///
+/// Hooks called outside a runtime mostly finish on their first poll (exec and native
+/// hooks block right there), so that poll needs no waker; anything that does wait falls
+/// back to a parking executor.
+///
+/// ```
+/// use hooks_core::{block_on, Driver, Guest, Lifecycle, RegistryBuilder};
+/// let registry = RegistryBuilder::new().build();
+/// let guest = Guest::new(Driver::Qemu, "vm", "<domain/>\n");
+/// let started = block_on(Lifecycle::new(&registry).start(&guest));
+/// assert!(started.is_ok());
+/// ```
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     use std::task::{Context, Poll, Waker};
     let mut fut = std::pin::pin!(fut);
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
@@ -465,7 +674,10 @@ mod tests {
         assert_eq!(err.failed_hook().name, "c");
         assert_eq!(err.failures().count(), 2);
         assert_eq!(err.policy(), FailurePolicy::Abort);
-        assert!(err.to_string().starts_with("Hook script execution failed: internal error: mock hook (c vm start begin -) unexpected exit status 1: second"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "Hook `c` (mock) failed at `vm start begin -`: returned status 1: second"
+        );
     }
 
     #[test]
@@ -497,7 +709,9 @@ mod tests {
             .build();
         let err = registry.fire_blocking(&migrate()).unwrap_err();
         assert_eq!(inputs(&rec), ["<original/>"]);
-        assert_eq!(err.report().document.as_deref(), Some(&b"<one/>"[..]));
+        // A failed filter event has no resulting document to pick up by mistake.
+        assert_eq!(err.report().document, None);
+        assert_eq!(err.report().document_text(), None);
     }
 
     #[test]
@@ -524,7 +738,7 @@ mod tests {
             .build();
         let err = registry.fire_blocking(&migrate()).unwrap_err();
         assert!(err.to_string().contains("output cap"), "{err}");
-        assert_eq!(err.report().document.as_deref(), Some(&b"<original/>"[..]));
+        assert_eq!(err.report().document, None);
     }
 
     #[test]
@@ -568,11 +782,7 @@ mod tests {
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
         assert_eq!(back.hooks[1].status, StatusRecord::TimedOut { after_ms: 2000 });
-        assert!(back.hooks[1]
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("unexpected timeout after 2s"));
+        assert!(back.hooks[1].message.as_deref().unwrap().contains("timed out after 2s"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,5 +850,153 @@ mod compiled_tests {
         let failure = registry.fire_blocking(&ev).unwrap_err();
         assert!(failure.is_fatal());
         assert!(failure.to_string().contains("hooks_exec::link()"), "{failure}");
+    }
+}
+
+#[cfg(test)]
+mod loading_tests {
+    use std::fs::{self, Metadata};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    use crate::testing::MockHook;
+    use crate::{
+        Driver, Hook, HookLoader, HookSettings, HooksDir, LoadError, LoadErrorKind, QemuEvent, RawEvent,
+        RegistryBuilder,
+    };
+
+    /// Claims executables; fails on `broken*`, blocks on `slow*` until the gate opens.
+    #[derive(Default)]
+    struct TestLoader {
+        loads: AtomicUsize,
+        gate: Option<(mpsc::SyncSender<()>, Mutex<mpsc::Receiver<()>>)>,
+    }
+
+    impl HookLoader for TestLoader {
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+        fn claims(&self, _path: &Path, meta: &Metadata) -> bool {
+            meta.permissions().mode() & 0o111 != 0
+        }
+        fn load(&self, path: &Path, _settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("broken") {
+                return Err(LoadError::new(path, "test", LoadErrorKind::InvalidModule));
+            }
+            if let (true, Some((entered, gate))) = (name.starts_with("slow"), &self.gate) {
+                entered.send(()).unwrap();
+                gate.lock().unwrap().recv().unwrap();
+            }
+            Ok(Arc::new(MockHook::succeeding(name)))
+        }
+    }
+
+    fn executable(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn prepare(driver: Driver) -> RawEvent {
+        RawEvent::new(driver, ["vm", "prepare", "begin", "-"]).with_input(Some(b"<domain/>".to_vec()))
+    }
+
+    #[test]
+    fn a_hook_that_fails_to_load_keeps_its_sidecar_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        executable(&tmp.path().join("qemu.d/broken-optional"));
+        fs::write(
+            tmp.path().join("qemu.d/broken-optional.toml"),
+            "policy = \"optional\"\n",
+        )
+        .unwrap();
+        executable(&tmp.path().join("qemu.d/broken-at-release"));
+        fs::write(
+            tmp.path().join("qemu.d/broken-at-release.toml"),
+            "[match]\nops = [\"release\"]\n",
+        )
+        .unwrap();
+        let loader = Arc::new(TestLoader::default());
+        let dir = HooksDir::with_loaders(tmp.path(), vec![loader]).with_trust(None);
+        let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+        let report = registry
+            .fire_blocking(&prepare(Driver::Qemu))
+            .expect("an optional broken hook does not fail the event");
+        assert_eq!(report.hooks.len(), 1, "the one matching only `release` is not called");
+        assert!(report.hooks[0].optional && !report.hooks[0].success);
+        assert!(report.hooks[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("invalid WebAssembly"));
+    }
+
+    #[test]
+    fn an_unchanged_sidecar_keeps_the_loaded_hook_and_a_changed_one_reloads_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        executable(&tmp.path().join("qemu.d/10-hook"));
+        let sidecar = tmp.path().join("qemu.d/10-hook.toml");
+        fs::write(&sidecar, "timeout = 5\n").unwrap();
+        let loader = Arc::new(TestLoader::default());
+        let dir = HooksDir::with_loaders(tmp.path(), vec![loader.clone()]).with_trust(None);
+        let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+        for _ in 0..3 {
+            registry.fire_blocking(&prepare(Driver::Qemu)).unwrap();
+        }
+        assert_eq!(loader.loads.load(Ordering::SeqCst), 1);
+        fs::write(&sidecar, "timeout = 10\npolicy = \"optional\"\n").unwrap();
+        registry.fire_blocking(&prepare(Driver::Qemu)).unwrap();
+        assert_eq!(
+            loader.loads.load(Ordering::SeqCst),
+            2,
+            "a changed sidecar reloads the hook"
+        );
+    }
+
+    #[test]
+    fn a_slow_load_does_not_hold_up_other_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        executable(&tmp.path().join("qemu.d/slow"));
+        executable(&tmp.path().join("lxc.d/fast"));
+        let (entered_tx, entered) = mpsc::sync_channel(1);
+        let (open_gate, gate) = mpsc::channel();
+        let loader = Arc::new(TestLoader {
+            gate: Some((entered_tx, Mutex::new(gate))),
+            ..TestLoader::default()
+        });
+        let dir = HooksDir::with_loaders(tmp.path(), vec![loader]).with_trust(None);
+        let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+        let r = registry.clone();
+        let slow = std::thread::spawn(move || r.fire_blocking(&prepare(Driver::Qemu)).is_ok());
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        // While qemu's hook is loading, an lxc event loads and runs its own.
+        let (done_tx, done) = mpsc::channel();
+        let r = registry.clone();
+        std::thread::spawn(move || done_tx.send(r.fire_blocking(&prepare(Driver::Lxc)).is_ok()));
+        let fast = done.recv_timeout(Duration::from_secs(10));
+        open_gate.send(()).unwrap();
+        assert_eq!(fast, Ok(true), "the lxc event waited for qemu's load");
+        assert!(slow.join().unwrap());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hooks_dir_works_on_a_current_thread_runtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        executable(&tmp.path().join("qemu.d/10-hook"));
+        let dir = HooksDir::with_loaders(tmp.path(), vec![Arc::new(TestLoader::default())]).with_trust(None);
+        let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+        let report = registry
+            .fire(&QemuEvent::Prepare {
+                name: "vm".into(),
+                xml: "<domain/>".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.hooks.len(), 1);
     }
 }

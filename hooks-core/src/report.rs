@@ -132,28 +132,36 @@ impl HookRecord {
         }
         let stderr = into_text(outcome.stderr);
         let message = (!success).then(|| {
-            let what = match &outcome.command {
-                Some(cmd) => format!("Child process ({cmd})"),
-                None => format!(
-                    "{} hook ({} {} {} {} {})",
-                    hook.backend(),
-                    hook.name(),
-                    event.object(),
-                    event.op(),
-                    event.subop(),
-                    event.extra()
-                ),
-            };
             let status = if outcome.status.is_success() {
                 "output: its stdout exceeded the output cap, so the filtered document is incomplete".to_owned()
             } else {
                 outcome.status.describe()
             };
             let detail = stderr.trim_end();
-            if detail.is_empty() {
-                format!("Hook script execution failed: internal error: {what} unexpected {status}")
+            let detail = if detail.is_empty() {
+                String::new()
             } else {
-                format!("Hook script execution failed: internal error: {what} unexpected {status}: {detail}")
+                format!(": {detail}")
+            };
+            match &outcome.command {
+                // libvirt's own words for a child process.
+                Some(cmd) => {
+                    format!("Hook script execution failed: internal error: Child process ({cmd}) unexpected {status}{detail}")
+                }
+                None => format!(
+                    "Hook `{}` ({}) failed at `{} {} {} {}`: {}{detail}",
+                    hook.name(),
+                    hook.backend(),
+                    event.object(),
+                    event.op(),
+                    event.subop(),
+                    event.extra(),
+                    if outcome.status.is_success() {
+                        status
+                    } else {
+                        outcome.status.describe_in_process().unwrap_or(status)
+                    },
+                ),
             }
         });
         HookRecord {
@@ -195,7 +203,8 @@ pub struct Report {
     pub filters: bool,
     /// One record per hook called.
     pub hooks: Vec<HookRecord>,
-    /// For filter events, the resulting document (the original when no hook changed it).
+    /// For filter events, the resulting document (the original when no hook changed
+    /// it); `None` when the event failed. [`Report::document_text`] reads it as text.
     pub document: Option<Vec<u8>>,
     /// Whether a hook replaced the document.
     pub document_changed: bool,
@@ -286,6 +295,16 @@ impl Report {
     /// The extra argument.
     pub fn extra(&self) -> Cow<'_, str> {
         self.args.lossy(3)
+    }
+
+    /// The resulting document of a filter event (`migrate`, `restore`) as text: the
+    /// original when no hook changed it. `None` for other events and when the event
+    /// failed, so a refused migrate's rewritten XML cannot be picked up by mistake.
+    pub fn document_text(&self) -> Option<Cow<'_, str>> {
+        if !self.filters || !self.succeeded() {
+            return None;
+        }
+        self.document.as_deref().map(String::from_utf8_lossy)
     }
 
     /// Whether every required hook succeeded (optional hooks' failures do not count).

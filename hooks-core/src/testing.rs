@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Driver, Hook, HookEvent, HookOutcome, Invocation};
+use crate::{Driver, Hook, HookEvent, HookOutcome, HookPolicy, Invocation};
 
 type OutcomeFn = Box<dyn Fn() -> HookOutcome + Send + Sync>;
 type AsyncCallFn =
@@ -34,6 +34,7 @@ pub struct MockHook {
     calls: AtomicUsize,
     scripted: AtomicBool,
     call_fn: Option<AsyncCallFn>,
+    policy: HookPolicy,
 }
 
 impl fmt::Debug for MockHook {
@@ -61,6 +62,7 @@ impl MockHook {
             calls: AtomicUsize::new(0),
             scripted: AtomicBool::new(false),
             call_fn: None,
+            policy: HookPolicy::Required,
         }
     }
 
@@ -103,6 +105,12 @@ impl MockHook {
         self
     }
 
+    /// With this policy: [`HookPolicy::Optional`] makes its failures not fail the event.
+    pub fn with_policy(mut self, policy: HookPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// How many times it was called.
     pub fn call_count(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
@@ -119,6 +127,9 @@ impl Hook for MockHook {
     }
     fn matches(&self, event: &dyn HookEvent) -> bool {
         self.filter.as_ref().is_none_or(|f| f(event))
+    }
+    fn policy(&self) -> HookPolicy {
+        self.policy
     }
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         self.calls.fetch_add(1, Ordering::Relaxed);

@@ -37,7 +37,8 @@ use std::fs::Metadata;
 use std::path::Path;
 use std::sync::Arc;
 
-use hooks_core::{Hook, HookLoader, HookSettings, LoadError, LoaderRegistration};
+use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
+use hooks_core::{Hook, LoadError, LoadErrorKind};
 
 /// The dylib backend's loader: claims `*.so` files (no execute bit needed).
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,7 +72,7 @@ impl HookLoader for DylibLoader {
         let mut head = [0u8; 18];
         let n = std::fs::File::open(path)
             .and_then(|mut f| f.read(&mut head))
-            .map_err(|e| LoadError::new(path, "dylib", "cannot read it").with_source(e))?;
+            .map_err(|e| LoadError::new(path, "dylib", LoadErrorKind::Unreadable).with_source(e))?;
         let class = if cfg!(target_pointer_width = "64") { 2 } else { 1 };
         let order = if cfg!(target_endian = "little") { 1 } else { 2 };
         let e_type = if order == 1 {
@@ -80,11 +81,7 @@ impl HookLoader for DylibLoader {
             u16::from_be_bytes([head[16], head[17]])
         };
         if n < head.len() || !head.starts_with(b"\x7fELF") || head[4] != class || head[5] != order || e_type != 3 {
-            return Err(LoadError::new(
-                path,
-                "dylib",
-                "not a loadable shared object (no ELF shared-object header for this machine)",
-            ));
+            return Err(LoadError::new(path, "dylib", LoadErrorKind::NotSharedObject));
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use hooks_core::LoadError;
+use hooks_core::{LoadError, LoadErrorKind};
 use hooks_plugin::abi::{
     virt_hook_invocation, virt_hook_plugin, virt_hook_plugin_v1_fn, VIRT_HOOK_ABI_VERSION, VIRT_HOOK_SYMBOL,
 };
@@ -47,59 +47,85 @@ impl Library {
     /// `virt_hook_plugin_v1`, returns a null descriptor, has another ABI version, or a
     /// null `call`.
     pub fn load(path: &Path) -> Result<Arc<Library>, LoadError> {
-        let fail = |reason: String| LoadError::new(path, "dylib", reason);
+        let fail = |kind: LoadErrorKind| LoadError::new(path, "dylib", kind);
         let real = path
             .canonicalize()
-            .map_err(|e| fail("cannot resolve the path".into()).with_source(e))?;
+            .map_err(|e| fail(LoadErrorKind::Unreadable).with_source(e))?;
         let mut table = table().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(lib) = table.get(&real) {
             return Ok(Arc::clone(lib));
         }
         // Loading runs the library's constructors: name it if they crash.
-        let _running = crate::plugin::Running::enter(&real);
-        // SAFETY: loading runs the library's initialisers: native plugins are trusted
-        // code by contract. RTLD_NOW makes unresolved symbols fail here, not mid-call.
+        // SAFETY: the bytes of `real` stay where they are until the guard drops at the end
+        // of this function, on this thread: `real` is only borrowed until then, or moved
+        // into the table, which moves the `PathBuf` but not its heap buffer, and keeps it
+        // for good.
+        let _running = unsafe { crate::plugin::Running::enter(&real) };
+        // SAFETY: dlopen runs the library's initialisers (ELF constructors) in this
+        // process, which is sound only because native plugins are trusted code by
+        // contract (see the crate docs). RTLD_NOW makes unresolved symbols fail here,
+        // not mid-call; RTLD_LOCAL keeps its symbols from resolving other plugins'.
         let lib = unsafe { libloading::os::unix::Library::open(Some(&real), libc::RTLD_NOW | libc::RTLD_LOCAL) }
-            .map_err(|e| fail("not a loadable shared object".into()).with_source(e))?;
-        let lib = libloading::Library::from(lib);
-        // SAFETY: the symbol's type is fixed by the ABI (`virt_hook.h`).
+            .map_err(|e| fail(LoadErrorKind::NotSharedObject).with_source(e))?;
+        // Its constructors have run: unloading it now could leave their threads or
+        // atexit handlers pointing into unmapped code. A library that turns out not to
+        // be a plugin stays loaded, as every plugin does.
+        let lib = std::mem::ManuallyDrop::new(libloading::Library::from(lib));
+        // SAFETY: `virt_hook_plugin_v1_fn` is the type the ABI (`virt_hook.h`) gives this
+        // symbol, and a library that exports it is a hook plugin, trusted to follow the
+        // ABI. The function pointer is copied out of the `Symbol`: it stays valid while
+        // `lib` is loaded, and `lib` is never unloaded (kept in the table on success,
+        // never dropped on an error path).
         let entry: virt_hook_plugin_v1_fn = unsafe { lib.get::<virt_hook_plugin_v1_fn>(VIRT_HOOK_SYMBOL) }
             .map(|s| *s)
             .map_err(|e| {
-                fail("no `virt_hook_plugin_v1` symbol: not a hook plugin, or built against another ABI".into())
-                    .with_source(e)
+                fail(LoadErrorKind::MissingSymbol {
+                    symbol: "virt_hook_plugin_v1",
+                })
+                .with_source(e)
             })?;
-        // SAFETY: calling the plugin's entry point as the ABI defines it.
+        // SAFETY: the plugin's entry point, with the signature the ABI defines (no
+        // arguments, a descriptor pointer back), while `lib` is loaded.
         let desc: *const virt_hook_plugin = unsafe { entry() };
         if desc.is_null() {
-            return Err(fail("`virt_hook_plugin_v1` returned a null descriptor".into()));
+            return Err(fail(LoadErrorKind::InvalidDescriptor {
+                what: "`virt_hook_plugin_v1` returned a null descriptor",
+            }));
         }
         // The version comes first: it says how to read the rest.
-        // SAFETY: non-null, and the ABI puts a u32 abi_version at the start.
+        // SAFETY: not null, and every version of the ABI puts a `uint32_t abi_version`
+        // first in a static descriptor: readable, and aligned for a u32 (the first
+        // field of the struct), whatever the rest of it is.
         let version = unsafe { std::ptr::read(desc.cast::<u32>()) };
         if version != VIRT_HOOK_ABI_VERSION {
-            return Err(fail(format!(
-                "ABI version {version}, but this host speaks version {VIRT_HOOK_ABI_VERSION}"
-            )));
+            return Err(fail(LoadErrorKind::AbiMismatch {
+                expected: VIRT_HOOK_ABI_VERSION,
+                found: version,
+            }));
         }
-        // SAFETY: version 1 descriptors have this layout and are static.
+        // SAFETY: a version 1 descriptor has the layout of `virt_hook_plugin` (repr(C),
+        // as `virt_hook.h` declares it), and the ABI has it static and never written:
+        // a shared reference for the rest of this function is valid.
         let desc = unsafe { &*desc };
-        let call = desc
-            .call
-            .ok_or_else(|| fail("the descriptor's `call` is null".into()))?;
+        let call = desc.call.ok_or_else(|| {
+            fail(LoadErrorKind::InvalidDescriptor {
+                what: "its `call` is null",
+            })
+        })?;
         let name = if desc.name.is_null() {
             real.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         } else {
-            // SAFETY: the ABI says `name` is a static NUL-terminated string.
+            // SAFETY: not null, and the ABI says `name` is a static NUL-terminated string;
+            // it is copied before `lib` could be dropped.
             unsafe { CStr::from_ptr(desc.name) }.to_string_lossy().into_owned()
         };
         let loaded = Arc::new(Library {
             path: real.clone(),
             name,
             call,
-            _lib: lib,
+            _lib: std::mem::ManuallyDrop::into_inner(lib),
         });
         table.insert(real, Arc::clone(&loaded));
         tracing::debug!(path = %loaded.path.display(), name = %loaded.name, "loaded native hook plugin");

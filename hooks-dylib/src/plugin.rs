@@ -87,16 +87,20 @@ thread_local! {
     static RUNNING: Cell<(*const u8, usize)> = const { Cell::new((std::ptr::null(), 0)) };
 }
 
-/// Marks this thread as running a plugin's code until dropped.
-pub(crate) struct Running;
+/// Marks this thread as running a plugin's code until dropped. Not `Send`: it must be
+/// dropped on the thread whose mark it clears.
+pub(crate) struct Running(std::marker::PhantomData<*const ()>);
 
 impl Running {
-    /// `path` must outlive the guard (the library's own path, or a local of the caller).
-    pub(crate) fn enter(path: &Path) -> Running {
+    /// # Safety
+    /// The bytes of `path` must stay alive and in place until the guard is dropped, and
+    /// the guard must be dropped (not leaked): [`with_running_plugin`] reads them through
+    /// the raw pointer left in this thread's `RUNNING` until then.
+    pub(crate) unsafe fn enter(path: &Path) -> Running {
         use std::os::unix::ffi::OsStrExt;
         let bytes = path.as_os_str().as_bytes();
         RUNNING.with(|r| r.set((bytes.as_ptr(), bytes.len())));
-        Running
+        Running(std::marker::PhantomData)
     }
 }
 
@@ -119,8 +123,10 @@ pub fn with_running_plugin<R>(f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     if ptr.is_null() {
         return None;
     }
-    // SAFETY: set by `Running::enter` from a path that outlives the guard, and cleared
-    // when the guard drops; only this thread reads or writes it.
+    // SAFETY: a non-null RUNNING was set by `Running::enter`, whose contract keeps those
+    // `len` bytes alive and in place until its guard clears RUNNING again on this thread
+    // (the guard is not `Send`); RUNNING is thread-local, so nothing else changes it
+    // meanwhile. The slice is only lent to `f`.
     Some(f(unsafe { std::slice::from_raw_parts(ptr, len) }))
 }
 
@@ -141,14 +147,19 @@ fn active_capture(ctx: *mut c_void) -> Option<*mut Capture> {
     None
 }
 
-/// Makes a capture the active one on this thread for the life of the guard.
-struct Activation;
+/// Makes a capture the active one on this thread for the life of the guard. Not `Send`:
+/// it must be dropped on the thread whose capture it clears.
+struct Activation(std::marker::PhantomData<*const ()>);
 
 impl Activation {
-    fn new(capture: *mut Capture) -> (Self, usize) {
+    /// # Safety
+    /// `capture` must be valid for writes, and neither read, written nor moved by anyone
+    /// but the `virt_hook_io` callbacks, until the guard is dropped; and the guard must
+    /// be dropped (not leaked).
+    unsafe fn new(capture: *mut Capture) -> (Self, usize) {
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         ACTIVE.with(|a| a.set((token, capture)));
-        (Activation, token)
+        (Activation(std::marker::PhantomData), token)
     }
 }
 
@@ -158,31 +169,48 @@ impl Drop for Activation {
     }
 }
 
-fn append(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, data: *const u8, len: usize) {
+/// # Safety
+/// `data` is null or points to `len` bytes readable for the duration of the call.
+unsafe fn append(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, data: *const u8, len: usize) {
     if data.is_null() || len == 0 {
         return;
     }
-    // SAFETY: the plugin passes `len` readable bytes at `data` (the ABI's contract).
+    // SAFETY: not null, so `len` readable bytes by this function's contract; they are
+    // copied into `buf` before it returns.
     let data = unsafe { std::slice::from_raw_parts(data, len) };
     let room = cap.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..len.min(room)]);
     *truncated |= len > room;
 }
 
+/// `virt_hook_io.write_stdout`.
+///
+/// # Safety
+/// The ABI's contract for the callbacks: `data` is null or points to `len` bytes
+/// readable for the duration of the call.
 unsafe extern "C" fn write_stdout(ctx: *mut c_void, data: *const u8, len: usize) {
     let Some(capture) = active_capture(ctx) else { return };
-    // SAFETY: `capture` is the running call's `Capture` on this very thread (checked by
-    // token), alive until the call returns; nothing else touches it meanwhile.
+    // SAFETY: `ctx` is the token of the call running on this very thread, so `capture`
+    // is that call's `Capture`, which `Call::run` keeps alive and leaves alone until the
+    // plugin's `call` has returned (`Activation::new`'s contract): this is the only
+    // reference to it while the callback runs.
     if let Some(c) = unsafe { capture.as_mut() } {
-        append(&mut c.stdout, &mut c.stdout_truncated, c.cap, data, len);
+        // SAFETY: `data` and `len` as this function's contract (the ABI) says.
+        unsafe { append(&mut c.stdout, &mut c.stdout_truncated, c.cap, data, len) };
     }
 }
 
+/// `virt_hook_io.write_stderr`.
+///
+/// # Safety
+/// As for [`write_stdout`].
 unsafe extern "C" fn write_stderr(ctx: *mut c_void, data: *const u8, len: usize) {
     let Some(capture) = active_capture(ctx) else { return };
-    // SAFETY: as in `write_stdout`.
+    // SAFETY: as in `write_stdout`: this thread's running call's `Capture`, which
+    // nothing else touches while the callback runs.
     if let Some(c) = unsafe { capture.as_mut() } {
-        append(&mut c.stderr, &mut c.stderr_truncated, c.cap, data, len);
+        // SAFETY: `data` and `len` as this function's contract (the ABI) says.
+        unsafe { append(&mut c.stderr, &mut c.stderr_truncated, c.cap, data, len) };
     }
 }
 
@@ -215,7 +243,10 @@ impl Call {
             ..Capture::default()
         };
         let strays_before = STRAY_WRITES.load(Ordering::Relaxed);
-        let (activation, token) = Activation::new(&mut capture);
+        // SAFETY: `capture` is a local that is not touched again until `activation` is
+        // dropped, on this thread, below (or during unwinding, which drops `activation`
+        // first, as it was declared after `capture`).
+        let (activation, token) = unsafe { Activation::new(&mut capture) };
         let (buf, starts) = self.args.raw_parts();
         let (input, input_len) = match &self.input {
             Some(d) => (d.as_ptr(), d.len()),
@@ -237,9 +268,16 @@ impl Call {
                 write_stderr: Some(write_stderr),
             },
         };
-        // SAFETY: the plugin's `call` with an invocation whose pointers all outlive the
-        // call; `Library` is kept alive by `lib`.
-        let running = Running::enter(self.lib.path());
+        // SAFETY: `self.lib` keeps the library, and so its path, alive through the call,
+        // and the guard is dropped right after it, on this thread.
+        let running = unsafe { Running::enter(self.lib.path()) };
+        // SAFETY: `call` is the plugin's entry with the type the ABI gives it, from a
+        // library that is never unloaded (the process-wide table and `self.lib` hold
+        // it). Everything `raw` points to outlives the call: the NUL-terminated
+        // arguments in `self.args`, the static driver name, the input in `self.input`
+        // (or null with length 0), and the two callbacks, which check `ctx` against this
+        // thread's active call before they touch `capture`. Native plugins are trusted
+        // code by contract: what the call itself does is theirs to get right.
         let code = unsafe { (self.call)(&raw) };
         drop(running);
         drop(activation);
@@ -286,31 +324,80 @@ impl Hook for DylibHook {
             lib: Arc::clone(&self.lib),
         };
         let timeout = inv.timeout_with(self.timeout);
-        let mut result = match timeout {
-            None => {
-                let (code, capture) = call.run();
-                outcome(code, capture)
-            }
-            Some(limit) => {
-                let (tx, rx) = mpsc::sync_channel(1);
-                let spawned = std::thread::Builder::new().name("dylib-hook".into()).spawn(move || {
-                    let _ = tx.send(call.run());
-                });
-                match spawned {
-                    Err(e) => HookOutcome::failed(hooks_core::HookError::Io(e)),
-                    Ok(_) => match rx.recv_timeout(limit) {
-                        Ok((code, capture)) => outcome(code, capture),
-                        Err(mpsc::RecvTimeoutError::Timeout) => HookOutcome::new(HookStatus::TimedOut(limit)).with_warning(
-                            "a native call cannot be interrupted: it is still running in the background, and its output will be dropped",
-                        ),
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            HookOutcome::new(HookStatus::Crashed("the plugin's call ended without a result".into()))
-                        }
-                    },
+        let mut result = match tokio::runtime::Handle::try_current() {
+            // A native call may block as long as it likes: never on an async worker.
+            Ok(rt) => off_executor(&rt, call, timeout, &self.name).await,
+            Err(_) => match timeout {
+                None => {
+                    let (code, capture) = call.run();
+                    outcome(code, capture)
                 }
-            }
+                Some(limit) => {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    let spawned = std::thread::Builder::new().name("dylib-hook".into()).spawn(move || {
+                        let _ = tx.send(call.run());
+                    });
+                    match spawned {
+                        Err(e) => HookOutcome::failed(hooks_core::HookError::Io(e)),
+                        Ok(_) => match rx.recv_timeout(limit) {
+                            Ok((code, capture)) => outcome(code, capture),
+                            Err(mpsc::RecvTimeoutError::Timeout) => still_running(limit),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                HookOutcome::new(HookStatus::Crashed("the plugin's call ended without a result".into()))
+                            }
+                        },
+                    }
+                }
+            },
         };
         result.duration = start.elapsed();
         result
+    }
+}
+
+fn still_running(limit: Duration) -> HookOutcome {
+    HookOutcome::new(HookStatus::TimedOut(limit)).with_warning(
+        "a native call cannot be interrupted: it is still running in the background, and its output will be dropped",
+    )
+}
+
+/// Runs the call on tokio's blocking pool and waits for it there, up to `timeout`. If
+/// this future is dropped first, the call finishes on its own thread and its result is
+/// dropped; that is logged, since the plugin kept running after its caller gave up.
+async fn off_executor(rt: &tokio::runtime::Handle, call: Call, timeout: Option<Duration>, name: &str) -> HookOutcome {
+    struct Abandoned<'a> {
+        name: &'a str,
+        armed: bool,
+    }
+    impl Drop for Abandoned<'_> {
+        fn drop(&mut self) {
+            if self.armed {
+                tracing::warn!(plugin = self.name, "native plugin call dropped while running: it finishes on its own thread and its result is discarded");
+            }
+        }
+    }
+    let mut guard = Abandoned { name, armed: true };
+    let mut task = rt.spawn_blocking(move || call.run());
+    let mut deadline = timeout.map(futures_timer::Delay::new);
+    let finished = std::future::poll_fn(|cx| {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::task::Poll;
+        if let Poll::Ready(done) = Pin::new(&mut task).poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        match deadline.as_mut().map(|d| Pin::new(d).poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    guard.armed = false;
+    match finished {
+        Some(Ok((code, capture))) => outcome(code, capture),
+        Some(Err(e)) => HookOutcome::new(HookStatus::Crashed(format!(
+            "the plugin's call ended without a result: {e}"
+        ))),
+        None => still_running(timeout.unwrap_or_default()),
     }
 }

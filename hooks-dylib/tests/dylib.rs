@@ -165,7 +165,7 @@ const virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }"#,
     let cases = [
         (&wrong_abi, "ABI version 2, but this host speaks version 1"),
         (&no_symbol, "no `virt_hook_plugin_v1` symbol"),
-        (&null_call, "the descriptor's `call` is null"),
+        (&null_call, "its descriptor is invalid: its `call` is null"),
         (&null_desc, "returned a null descriptor"),
         (&not_elf, "not a loadable shared object"),
     ];
@@ -249,7 +249,7 @@ fn a_refusing_c_plugin_fails_the_event_with_its_message() {
     assert_eq!(
         err.to_string(),
         format!(
-            "Hook script execution failed: internal error: dylib hook ({} refused prepare begin -) unexpected exit status 7: refused by the C plugin",
+            "Hook `{}` (dylib) failed at `refused prepare begin -`: returned status 7: refused by the C plugin",
             so.display()
         )
     );

@@ -1,12 +1,11 @@
 //! `hookctl check` for exec hooks: would this file run, or would libvirt get 126/127?
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use hooks_core::LoadError;
+use hooks_core::{LoadError, LoadErrorKind};
 
 /// Checks that an exec hook would start: it is executable by us, and it is an ELF
 /// binary or a `#!` script whose interpreter exists and is executable.
@@ -14,43 +13,33 @@ use hooks_core::LoadError;
 /// # Errors
 /// A [`LoadError`] saying what is wrong and which exit status libvirt would see.
 pub fn check_executable(path: &Path) -> Result<(), LoadError> {
-    let fail = |reason: String| LoadError::new(path, "exec", reason);
+    let fail = |kind: LoadErrorKind| LoadError::new(path, "exec", kind);
     if !is_executable(path) {
-        return Err(fail(
-            "not executable by this user: libvirt would get exit status 126".into(),
-        ));
+        return Err(fail(LoadErrorKind::NotExecutable));
     }
     let mut head = [0u8; 256];
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| fail("cannot read it".into()).with_source(e))?;
+        .map_err(|e| fail(LoadErrorKind::Unreadable).with_source(e))?;
     let head = &head[..n];
     if head.starts_with(b"\x7fELF") {
         return Ok(());
     }
     let Some(rest) = head.strip_prefix(b"#!") else {
-        return Err(fail(
-            "no `#!` line and not an ELF binary: hooks run without a shell, so libvirt would get exit status 126"
-                .into(),
-        ));
+        return Err(fail(LoadErrorKind::NoInterpreterLine));
     };
     let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
     let interpreter = line
         .split(|b| b.is_ascii_whitespace())
         .find(|w| !w.is_empty())
-        .ok_or_else(|| fail("`#!` line names no interpreter: libvirt would get exit status 126".into()))?;
+        .ok_or_else(|| fail(LoadErrorKind::NoInterpreterLine))?;
     let interpreter = Path::new(std::ffi::OsStr::from_bytes(interpreter));
-    if !interpreter.exists() {
-        return Err(fail(format!(
-            "interpreter `{}` does not exist: libvirt would get exit status 127",
-            interpreter.display()
-        )));
-    }
-    if !is_executable(interpreter) {
-        return Err(fail(format!(
-            "interpreter `{}` is not executable: libvirt would get exit status 126",
-            interpreter.display()
-        )));
+    let missing = !interpreter.exists();
+    if missing || !is_executable(interpreter) {
+        return Err(fail(LoadErrorKind::BadInterpreter {
+            interpreter: interpreter.to_owned(),
+            missing,
+        }));
     }
     Ok(())
 }
@@ -87,11 +76,7 @@ pub(crate) fn shebang(path: &Path) -> std::io::Result<Option<Shebang>> {
 }
 
 fn is_executable(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: access only reads the NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+    crate::sys::can_execute(path)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::sys;
 use crate::tree::{self, Sweep};
 
 /// How the process ended.
@@ -49,7 +50,7 @@ impl Child {
         Child {
             pid,
             group,
-            pidfd: tree::pidfd_open(pid).ok(),
+            pidfd: sys::pidfd_open(pid).ok(),
             exit: None,
         }
     }
@@ -70,17 +71,13 @@ impl Child {
         if let Some(exit) = self.exit {
             return Ok(Some(exit));
         }
-        let mut status = 0;
         loop {
-            // SAFETY: waits for our own child, not reaped yet.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, if block { 0 } else { libc::WNOHANG }) };
-            if r == self.pid {
-                return Ok(Some(self.reaped(decode(status))));
-            }
-            if r == 0 {
-                return Ok(None);
-            }
-            let err = io::Error::last_os_error();
+            // Our own child, not reaped yet: its pid is still its own.
+            let err = match sys::waitpid(self.pid, if block { 0 } else { libc::WNOHANG }) {
+                Ok(Some(status)) => return Ok(Some(self.reaped(decode(status)))),
+                Ok(None) => return Ok(None),
+                Err(err) => err,
+            };
             match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 // Someone else reaped it (SIGCHLD ignored, a stray waitpid(-1)): it is gone.
@@ -97,11 +94,9 @@ impl Child {
     /// reaped: the leader not being reaped is what keeps its pid and group id ours.
     fn signal(&self, sig: libc::c_int) {
         if self.exit.is_none() {
-            // SAFETY: kill only sends a signal; a negative pid addresses the group the
-            // child leads.
-            unsafe {
-                libc::kill(if self.group { -self.pid } else { self.pid }, sig);
-            }
+            // A negative pid addresses the group the child leads. Nothing can be done
+            // about a failure here.
+            let _ = sys::kill(if self.group { -self.pid } else { self.pid }, sig);
         }
     }
 
@@ -156,8 +151,8 @@ impl Child {
                         revents: 0,
                     }];
                     let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                    // SAFETY: `pfd` is a valid pollfd array of length 1. EINTR just loops.
-                    unsafe { libc::poll(pfd.as_mut_ptr(), 1, ms) };
+                    // EINTR (or any error) just loops.
+                    let _ = sys::poll(&mut pfd, ms);
                 }
                 None => std::thread::sleep(left.min(Duration::from_millis(1))),
             }
@@ -167,24 +162,12 @@ impl Child {
     /// Whether it has exited, without reaping it.
     fn has_exited(&self) -> io::Result<bool> {
         loop {
-            // SAFETY: `info` is zeroed and written by waitid; WNOWAIT leaves the child
-            // waitable.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    self.pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            if r == 0 {
-                // SAFETY: waitid filled `info`; si_pid is 0 when no child has changed state.
-                return Ok(unsafe { info.si_pid() } == self.pid);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            // WNOWAIT leaves the child waitable; the pid is 0 while it runs.
+            let options = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            match sys::waitid(sys::WaitId::Pid(self.pid), options) {
+                Ok(pid) => return Ok(pid == self.pid),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
             }
         }
     }
@@ -210,10 +193,10 @@ impl Drop for Child {
 mod tests {
     use super::*;
     use std::ffi::CString;
+    use std::os::fd::AsFd;
 
     fn alive(pid: libc::pid_t) -> bool {
-        // SAFETY: signal 0 only checks that the pid exists.
-        unsafe { libc::kill(pid, 0) == 0 }
+        sys::kill(pid, 0).is_ok()
     }
 
     fn running(pid: libc::pid_t) -> bool {
@@ -233,8 +216,7 @@ mod tests {
     fn read_line(fd: &OwnedFd) -> String {
         let mut out = Vec::new();
         let mut byte = 0u8;
-        // SAFETY: reads one byte at a time into a local from a descriptor we own.
-        while unsafe { libc::read(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } == 1 && byte != b'\n' {
+        while matches!(sys::read(fd.as_fd(), std::slice::from_mut(&mut byte)), Ok(1)) && byte != b'\n' {
             out.push(byte);
         }
         String::from_utf8(out).unwrap()
@@ -255,9 +237,8 @@ mod tests {
         assert!(panicked.is_err());
         // Reaped: not even a zombie is left of the hook.
         assert!(!alive(leader), "the hook {leader} is still there");
-        let mut status = 0;
-        // SAFETY: a non-blocking waitpid on a pid that must no longer be our child.
-        assert_eq!(unsafe { libc::waitpid(leader, &mut status, libc::WNOHANG) }, -1);
+        // A non-blocking waitpid on a pid that must no longer be our child.
+        assert!(sys::waitpid(leader, libc::WNOHANG).is_err());
         // Killed; not our child (no subreaper here), so init reaps it.
         assert!(!running(escapee), "the escaped sleep {escapee} survived");
     }

@@ -60,6 +60,7 @@ mod check;
 mod child;
 mod spawn;
 mod supervise;
+mod sys;
 mod tree;
 
 use std::ffi::{CString, OsStr, OsString};
@@ -71,10 +72,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hooks_core::{
-    Hook, HookError, HookLoader, HookOutcome, HookSettings, HookStatus, Invocation, LoadError, LoaderRegistration,
-    TrustPolicy, Untrusted,
-};
+use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration, TrustPolicy, Untrusted};
+use hooks_core::{Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
 
 pub use check::check_executable;
 pub use tree::become_subreaper;
@@ -279,13 +278,13 @@ impl Job {
             };
             outcome.warnings.push(format!(
                 "timed out after {}; its process group {pid} was killed{escaped}",
-                hooks_core::format_duration(self.limits.timeout.unwrap_or_default())
+                hooks_core::backend::format_duration(self.limits.timeout.unwrap_or_default())
             ));
         }
         if cap.pipes_abandoned {
             outcome.warnings.push(format!(
                 "a background process kept its stdout/stderr open {} after it exited; stopped reading (close or redirect them in background children)",
-                hooks_core::format_duration(self.limits.drain_limit)
+                hooks_core::backend::format_duration(self.limits.drain_limit)
             ));
         }
         if cap.stdout.truncated || cap.stderr.truncated {
@@ -317,7 +316,7 @@ impl Hook for ExecHook {
             Ok(rt) => {
                 // The blocking task outlives a dropped future. Dropping `_dropped` with it
                 // hangs up the pipe the supervisor polls, which then kills and reaps.
-                let (watch, _dropped) = match spawn::pipe() {
+                let (watch, _dropped) = match sys::pipe() {
                     Ok(ends) => ends,
                     Err(e) => return HookOutcome::failed(HookError::Io(e)),
                 };

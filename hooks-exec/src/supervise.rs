@@ -4,11 +4,12 @@
 //! started per call. It also watches for the call being dropped.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 pub(crate) use crate::child::Exit;
-use crate::spawn::{set_nonblocking, Spawned};
+use crate::spawn::Spawned;
+use crate::sys;
 
 /// Limits for one run.
 #[derive(Debug, Clone, Copy)]
@@ -52,20 +53,19 @@ impl Reader {
     fn drain(&mut self, buf: &mut [u8], cap: usize) -> io::Result<()> {
         let Some(fd) = &self.fd else { return Ok(()) };
         loop {
-            // SAFETY: reading into a buffer we own, from a descriptor we own.
-            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                let n = n as usize;
-                let room = cap.saturating_sub(self.out.data.len());
-                self.out.data.extend_from_slice(&buf[..n.min(room)]);
-                self.out.truncated |= n > room;
-                continue;
-            }
-            if n == 0 {
-                self.fd = None;
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
+            let err = match sys::read(fd.as_fd(), buf) {
+                Ok(0) => {
+                    self.fd = None;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    let room = cap.saturating_sub(self.out.data.len());
+                    self.out.data.extend_from_slice(&buf[..n.min(room)]);
+                    self.out.truncated |= n > room;
+                    continue;
+                }
+                Err(err) => err,
+            };
             return match err.kind() {
                 io::ErrorKind::WouldBlock => Ok(()),
                 io::ErrorKind::Interrupted => continue,
@@ -88,13 +88,14 @@ impl Writer<'_> {
     fn pump(&mut self) {
         let Some(fd) = &self.fd else { return };
         while !self.data.is_empty() {
-            // SAFETY: writing from a slice we borrow, to a descriptor we own.
-            let n = unsafe { libc::write(fd.as_raw_fd(), self.data.as_ptr().cast(), self.data.len()) };
-            if n >= 0 {
-                self.data = &self.data[n as usize..];
-                continue;
-            }
-            match io::Error::last_os_error().kind() {
+            let err = match sys::write(fd.as_fd(), self.data) {
+                Ok(n) => {
+                    self.data = &self.data[n..];
+                    continue;
+                }
+                Err(err) => err,
+            };
+            match err.kind() {
                 io::ErrorKind::WouldBlock => return,
                 io::ErrorKind::Interrupted => continue,
                 // EPIPE (the hook does not read its stdin) is ignored, as in libvirt.
@@ -111,55 +112,33 @@ impl Writer<'_> {
 /// Blocks SIGPIPE in this thread while we write, so a hook that closes its stdin
 /// cannot kill a host that has not ignored SIGPIPE; a pending one is consumed.
 struct SigpipeGuard {
-    old: libc::sigset_t,
+    old: sys::SigMask,
 }
 
 impl SigpipeGuard {
     fn new() -> Self {
-        // SAFETY: both sets are initialised before use; pthread_sigmask only affects
-        // this thread and is restored in Drop.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGPIPE);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            SigpipeGuard { old }
+        SigpipeGuard {
+            old: sys::block_sigpipe(),
         }
     }
 
     fn consume_pending(&self) {
-        // SAFETY: a zero timeout makes sigtimedwait a non-blocking poll of SIGPIPE.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGPIPE);
-            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == libc::SIGPIPE {}
-        }
+        sys::take_pending_sigpipe();
     }
 }
 
 impl Drop for SigpipeGuard {
     fn drop(&mut self) {
-        // SAFETY: restores the mask saved in `new`.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
-        }
+        sys::set_thread_sigmask(&self.old);
     }
 }
 
 fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
     let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
-    // SAFETY: `fds` is a valid slice of pollfd.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if r < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+    match sys::poll(fds, ms) {
+        Err(err) if err.kind() != io::ErrorKind::Interrupted => Err(err),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Supervises a spawned hook until it has exited and its pipes are drained (or the drain
@@ -188,7 +167,7 @@ pub(crate) fn supervise(
         broke: false,
     };
     if let Some(fd) = &writer.fd {
-        set_nonblocking(fd)?;
+        sys::set_nonblocking(fd.as_fd())?;
     }
     if writer.data.is_empty() {
         writer.fd = None;
@@ -205,7 +184,7 @@ pub(crate) fn supervise(
     ];
     for r in &readers {
         if let Some(fd) = &r.fd {
-            set_nonblocking(fd)?;
+            sys::set_nonblocking(fd.as_fd())?;
         }
     }
 

@@ -15,10 +15,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+use crate::sys;
 
 /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that a process a
 /// hook detached (a double fork, `setsid`) is reparented here rather than to init when
@@ -40,18 +42,7 @@ use std::time::{Duration, Instant};
 /// hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
 /// ```
 pub fn become_subreaper() -> io::Result<()> {
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn is_subreaper() -> bool {
-    let mut flag: libc::c_int = 0;
-    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int to the pointer it is given.
-    let r = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int, 0, 0, 0) };
-    r == 0 && flag != 0
+    sys::set_child_subreaper()
 }
 
 /// Held (shared) from just before a spawn until its pid is registered, and (exclusive)
@@ -85,16 +76,6 @@ pub(crate) fn unregister(pid: libc::pid_t) {
 
 fn supervised() -> Vec<libc::pid_t> {
     SUPERVISED.lock().unwrap_or_else(PoisonError::into_inner).clone()
-}
-
-pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a non-negative result is a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// One line of `/proc/<pid>/stat`, the fields we need.
@@ -176,7 +157,7 @@ struct Pinned {
 impl Pinned {
     /// `None` if the process is gone, or its pid now names another one.
     fn new(p: &Proc) -> Option<Pinned> {
-        let fd = match pidfd_open(p.pid) {
+        let fd = match sys::pidfd_open(p.pid) {
             Ok(fd) => Some(fd),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return None,
             // No pidfds (old kernel, out of descriptors): signal by pid.
@@ -193,22 +174,10 @@ impl Pinned {
 
     fn signal(&self, sig: libc::c_int) {
         let r = match &self.fd {
-            // SAFETY: pidfd_send_signal takes a pidfd we own, a signal, a null siginfo
-            // and no flags.
-            Some(fd) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                ) as libc::c_int
-            },
-            // SAFETY: kill only sends a signal.
-            None => unsafe { libc::kill(self.pid, sig) },
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig),
+            None => sys::kill(self.pid, sig),
         };
-        if r != 0 {
-            let err = io::Error::last_os_error();
+        if let Err(err) = r {
             if err.raw_os_error() != Some(libc::ESRCH) {
                 tracing::warn!(pid = self.pid, signal = sig, error = %err, "cannot signal a process the hook started");
             }
@@ -223,8 +192,8 @@ impl Pinned {
                     events: libc::POLLIN,
                     revents: 0,
                 }];
-                // SAFETY: a zero timeout poll of one pollfd we own.
-                unsafe { libc::poll(pfd.as_mut_ptr(), 1, 0) == 1 }
+                // Readable once it has exited.
+                matches!(sys::poll(&mut pfd, 0), Ok(1))
             }
             None => std::fs::read(format!("/proc/{}/stat", self.pid))
                 .ok()
@@ -239,26 +208,16 @@ impl Pinned {
     /// Reaps it if it is a dead child of ours; anything else (not ours, still alive) is
     /// left as it is.
     fn try_reap(&self) {
-        // SAFETY: `info` is zeroed and only written by waitid; WNOHANG never blocks.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            match &self.fd {
-                Some(fd) => libc::waitid(
-                    libc::P_PIDFD,
-                    fd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG,
-                ),
-                // Without a pidfd only a child of ours that is still this process.
-                None if read_stat(self.pid).is_some_and(|p| p.start == self.start) => libc::waitid(
-                    libc::P_PID,
-                    self.pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG,
-                ),
-                None => 0,
-            };
-        }
+        // WNOHANG never blocks; any error (not our child) is the answer.
+        let options = libc::WEXITED | libc::WNOHANG;
+        let _ = match &self.fd {
+            Some(fd) => sys::waitid(sys::WaitId::PidFd(fd.as_fd()), options),
+            // Without a pidfd only a child of ours that is still this process.
+            None if read_stat(self.pid).is_some_and(|p| p.start == self.start) => {
+                sys::waitid(sys::WaitId::Pid(self.pid), options)
+            }
+            None => Ok(0),
+        };
     }
 }
 
@@ -330,7 +289,7 @@ impl Sweep {
     /// For the hook `leader` (not reaped yet); `group` says whether it leads its own
     /// process group (otherwise it shares ours and signals reach only the leader).
     pub(crate) fn new(leader: libc::pid_t, group: bool) -> Self {
-        let orphans_after = if is_subreaper() {
+        let orphans_after = if sys::is_child_subreaper() {
             read_stat(leader).map(|p| p.start)
         } else {
             None
@@ -338,8 +297,7 @@ impl Sweep {
         Sweep {
             leader,
             group,
-            // SAFETY: getpid cannot fail.
-            me: unsafe { libc::getpid() },
+            me: sys::getpid(),
             orphans_after,
             members: Vec::new(),
             escapees: Vec::new(),
@@ -439,8 +397,7 @@ impl Sweep {
     /// signals) or another call's hook's. Whether a group was stopped for the first time:
     /// what it held then is not pinned yet.
     fn freeze_groups(&mut self, procs: &[Proc], seen: &HashSet<libc::pid_t>, supervised: &[libc::pid_t]) -> bool {
-        // SAFETY: getpgrp cannot fail.
-        let ours = unsafe { libc::getpgrp() };
+        let ours = sys::getpgrp();
         // Each group in the scan: whether all its members are the hook's.
         let mut only_the_hooks: HashMap<libc::pid_t, bool> = HashMap::new();
         for p in procs {
@@ -481,8 +438,8 @@ impl Sweep {
             .iter()
             .filter(|p| p.pgid == group)
             .any(|p| read_stat(p.pid).is_some_and(|now| now.start == p.start && now.pgid == group));
-        // SAFETY: kill only sends a signal; a negative pid addresses the group.
-        held && unsafe { libc::kill(-group, sig) } == 0
+        // A negative pid addresses the group.
+        held && sys::kill(-group, sig).is_ok()
     }
 
     /// SIGKILL to every escapee found so far and to their groups (the hook's group gets
@@ -636,8 +593,7 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        // SAFETY: getpid and getppid cannot fail.
-        let (me, parent) = unsafe { (libc::getpid(), libc::getppid()) };
+        let (me, parent) = (sys::getpid(), std::os::unix::process::parent_id() as libc::pid_t);
         let p = read_stat(me).unwrap();
         assert_eq!(p.ppid, parent);
         assert!(scan().contains(&p));

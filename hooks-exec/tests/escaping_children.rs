@@ -77,7 +77,7 @@ fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
 }
 
 fn me() -> libc::pid_t {
-    // SAFETY: getpid cannot fail.
+    // SAFETY: getpid takes nothing, touches no memory and cannot fail.
     unsafe { libc::getpid() }
 }
 
@@ -86,7 +86,7 @@ fn me() -> libc::pid_t {
 fn gone_within(pid: libc::pid_t, within: Duration) -> bool {
     let until = Instant::now() + within;
     loop {
-        // SAFETY: signal 0 only checks that the pid exists.
+        // SAFETY: kill takes no pointers, and signal 0 only checks that the pid exists.
         let exists =
             unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
         if !exists {
@@ -115,7 +115,9 @@ struct Daemon(libc::pid_t);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: the pid is a sleep this test started and still holds (unreaped).
+        // SAFETY: kill takes no pointers, and waitpid accepts a null status pointer;
+        // the pid is a sleep this test started and has not reaped, so it names no other
+        // process.
         unsafe {
             libc::kill(self.0, libc::SIGKILL);
             libc::waitpid(self.0, std::ptr::null_mut(), 0);
@@ -377,7 +379,8 @@ impl Drop for Hops<'_> {
     fn drop(&mut self) {
         let _ = fs::write(self.0.with_extension("stop"), "");
         for pid in self.alive() {
-            // SAFETY: kill only sends a signal, to a hop of this test's hopper.
+            // SAFETY: kill takes no pointers and touches no memory of ours; the pid is a
+            // hop of this test's hopper, seen running just now.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }

@@ -31,7 +31,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hooks_core::TrustPolicy;
+use hooks_core::backend::TrustPolicy;
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
@@ -114,7 +114,7 @@ impl DiskCache {
     /// cannot be created.
     pub(crate) fn open(dir: &Path, engine: &Engine) -> Option<DiskCache> {
         let policy = TrustPolicy::current_user();
-        let untrusted = |e: hooks_core::Untrusted| {
+        let untrusted = |e: hooks_core::backend::Untrusted| {
             tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
         };
         if let Some(why) = not_plain(dir) {

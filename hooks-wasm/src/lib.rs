@@ -25,7 +25,7 @@
 //!
 //! The disk cache holds native code that runs with the caller's privileges (root,
 //! under libvirt), so an entry is loaded only from a directory that passes
-//! [`hooks_core::TrustPolicy`] for the effective uid, only when the entry itself is a
+//! [`hooks_core::backend::TrustPolicy`] for the effective uid, only when the entry itself is a
 //! regular file (not a symlink) owned by the effective uid and writable by no one else,
 //! and only when its header binds it to the SHA-256 of the module being loaded and to
 //! this engine; anything else is recompiled. Root never caches under `HOME` or
@@ -50,7 +50,7 @@ mod sandbox;
 
 pub use cache::{cache_dir_for, default_cache_dir};
 pub use engine::EngineConfig;
-pub use sandbox::{CacheSource, CompiledModule, Sandbox};
+pub use sandbox::{CacheSource, CompiledModule, EngineError, Sandbox};
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hooks_core::{Hook, HookLoader, HookOutcome, HookSettings, HookStatus, Invocation, LoadError, LoaderRegistration};
+use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
+use hooks_core::{Hook, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
 use tokio::sync::oneshot;
 
 /// Limits for one WASM hook.
@@ -108,7 +109,7 @@ impl WasmHook {
     pub fn load(path: impl AsRef<Path>, options: WasmOptions) -> Result<Self, LoadError> {
         let path = path.as_ref();
         let sandbox = Sandbox::global()
-            .map_err(|e| LoadError::new(path, "wasm", format!("cannot start the WASM engine: {e}")))?;
+            .map_err(|e| LoadError::new(path, "wasm", LoadErrorKind::BackendUnavailable).with_source(e))?;
         Self::load_in(Arc::clone(sandbox), path, options)
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use hooks_core::{HookOutcome, HookStatus, LoadError};
+use hooks_core::{HookOutcome, HookStatus, LoadError, LoadErrorKind};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use wasmtime::{
@@ -206,7 +206,7 @@ impl Sandbox {
     /// A sandbox with its own engine; `cache_dir` `None` keeps compiled modules in
     /// memory only. The dir must be absolute, without `.` or `..` components; what is
     /// missing of it is created (mode 0700) one directory at a time, each inside one
-    /// that passes the trust rule for the effective uid ([`hooks_core::TrustPolicy`]),
+    /// that passes the trust rule for the effective uid ([`hooks_core::backend::TrustPolicy`]),
     /// and it is used only if it passes that rule; otherwise the sandbox warns
     /// (through `tracing`) and compiles in memory.
     ///
@@ -236,14 +236,14 @@ impl Sandbox {
     /// ([`default_cache_dir`]).
     ///
     /// # Errors
-    /// When the engine cannot be built (the message says why).
-    pub fn global() -> Result<&'static Arc<Sandbox>, String> {
-        static GLOBAL: OnceLock<Result<Arc<Sandbox>, String>> = OnceLock::new();
+    /// When the engine cannot be built (the error says why).
+    pub fn global() -> Result<&'static Arc<Sandbox>, EngineError> {
+        static GLOBAL: OnceLock<Result<Arc<Sandbox>, EngineError>> = OnceLock::new();
         GLOBAL
             .get_or_init(|| {
                 Sandbox::new(EngineConfig::default(), default_cache_dir())
                     .map(Arc::new)
-                    .map_err(|e| format!("{e:#}"))
+                    .map_err(|e| EngineError(WasmError::from(e).0))
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -268,7 +268,8 @@ impl Sandbox {
     /// # Errors
     /// A [`LoadError`] naming the file and what is wrong.
     pub fn load(&self, path: &Path) -> Result<Arc<CompiledModule>, LoadError> {
-        let bytes = fs::read(path).map_err(|e| LoadError::new(path, "wasm", "cannot read it").with_source(e))?;
+        let bytes =
+            fs::read(path).map_err(|e| LoadError::new(path, "wasm", LoadErrorKind::Unreadable).with_source(e))?;
         self.load_bytes(path, &bytes)
     }
 
@@ -277,7 +278,7 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::load`].
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<CompiledModule>, LoadError> {
-        let fail = |reason: &str| LoadError::new(path, "wasm", reason);
+        let fail = |kind: LoadErrorKind| LoadError::new(path, "wasm", kind);
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(m) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             return Ok(Arc::clone(m));
@@ -287,29 +288,41 @@ impl Sandbox {
             Some(module) => (module, CacheSource::Disk),
             None => {
                 let module = Module::new(&self.engine, bytes)
-                    .map_err(|e| fail("invalid WebAssembly").with_source(WasmError::from(e)))?;
+                    .map_err(|e| fail(LoadErrorKind::InvalidModule).with_source(WasmError::from(e)))?;
                 (module, CacheSource::Compiled)
             }
         };
         match module.get_export("_start") {
             Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
-            Some(_) => return Err(fail("`_start` is not a function taking and returning nothing")),
+            Some(_) => {
+                return Err(fail(LoadErrorKind::UnsupportedModule {
+                    what: "`_start` is not a function taking and returning nothing",
+                }))
+            }
             None => {
-                return Err(fail(
-                    "not a WASI command module: it exports no `_start` (libraries and reactors cannot be hooks)",
-                ))
+                return Err(fail(LoadErrorKind::UnsupportedModule {
+                    what: "not a WASI command module: it exports no `_start` (libraries and reactors cannot be hooks)",
+                }))
             }
         }
         let needs = module.resources_required();
-        if needs.num_memories > MAX_MEMORIES || needs.num_tables > MAX_TABLES {
-            return Err(fail(&format!(
-                "defines {} memories and {} tables (at most {MAX_MEMORIES} of each)",
-                needs.num_memories, needs.num_tables
-            )));
+        for (what, found, max) in [
+            ("memories", needs.num_memories, MAX_MEMORIES),
+            ("tables", needs.num_tables, MAX_TABLES),
+        ] {
+            if found > max {
+                return Err(fail(LoadErrorKind::ExceedsLimit {
+                    what,
+                    found: found.into(),
+                    max: max.into(),
+                }));
+            }
         }
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
-            fail("needs imports the sandbox does not provide (only WASI preview 1 is linked)")
-                .with_source(WasmError::from(e))
+            fail(LoadErrorKind::UnsupportedModule {
+                what: "needs imports the sandbox does not provide (only WASI preview 1 is linked)",
+            })
+            .with_source(WasmError::from(e))
         })?;
         if source == CacheSource::Compiled {
             if let Some(cache) = &self.cache {
@@ -476,6 +489,11 @@ fn classify(e: &wasmtime::Error, refused: Option<usize>, limits: CallLimits) -> 
         None => HookStatus::Crashed(format!("{e:#}")),
     }
 }
+
+/// The WASM engine could not be built (wasmtime's reason).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot start the WASM engine: {0}")]
+pub struct EngineError(String);
 
 /// A wasmtime error as a `std::error::Error` source for [`LoadError`].
 #[derive(Debug)]

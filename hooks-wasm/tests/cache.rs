@@ -20,7 +20,7 @@ use hooks_wasm::{cache_dir_for, CacheSource, Sandbox, WasmHook, WasmOptions};
 static HEAP: common::heap::Counting = common::heap::Counting;
 
 fn is_root() -> bool {
-    hooks_core::TrustPolicy::current_user().uid() == 0
+    hooks_core::backend::TrustPolicy::current_user().uid() == 0
 }
 
 fn chmod(p: &Path, mode: u32) {

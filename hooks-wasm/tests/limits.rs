@@ -257,5 +257,5 @@ fn many_memories_are_refused_at_load() {
     let sb = Arc::new(Sandbox::new(on_demand, None).unwrap());
     let err = WasmHook::load_in(sb, &path, WasmOptions::default()).unwrap_err();
     let text = hooks_core::error_chain(&err);
-    assert!(text.contains("defines 5 memories"), "{text}");
+    assert!(text.contains("memories: 5, at most 4"), "{text}");
 }

@@ -1,14 +1,18 @@
-//! A toy hypervisor driver: it "runs" guests in memory, and calls hooks exactly where a
-//! real driver calls libvirt's, through [`hooks_core::Lifecycle`]. Its tests swap the
-//! exec backend for `MockHook`/`RecordingHook`.
+//! A toy hypervisor driver: it runs each guest as a stand-in VMM process (`sleep`), and
+//! calls hooks exactly where a real driver calls libvirt's, through
+//! [`hooks_core::Lifecycle`]. Its own work (allocate, launch, release) is a
+//! [`DriverActions`] implementation, so a start refused at `started` kills the guest it
+//! launched. Its tests swap the exec backend for `MockHook`/`RecordingHook`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use hooks_core::{
-    compiled_hook, Driver, Guest, Hook, HookOutcome, Invocation, Lifecycle, Registry, ReleaseReason, Sequence, Verdict,
+    compiled_hook, DaemonEvent, Driver, DriverActions, Guest, Hook, HookFailure, HookOutcome, Invocation, Lifecycle,
+    LifecycleError, Phase, Registry, ReleaseReason, Report, Sequence, UnsupportedScenario,
 };
+use tokio::process::{Child, Command};
 
 /// A hook compiled into the driver binary: an in-memory audit trail of every qemu and
 /// daemon hook event, picked up by `RegistryBuilder::compiled_hooks()`.
@@ -52,10 +56,11 @@ pub enum State {
     Running,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Domain {
     xml: String,
     state: State,
+    vmm: Option<Child>,
 }
 
 /// What the driver refuses to do.
@@ -67,12 +72,25 @@ pub enum DriverError {
     /// The guest is in the wrong state.
     #[error("guest `{0}` is {1}")]
     WrongState(String, &'static str),
-    /// A hook refused (libvirt's message).
-    #[error("{0}")]
-    Refused(String),
+    /// A hook refused (libvirt's message names it, its status and its stderr).
+    #[error(transparent)]
+    Hook(#[from] HookFailure),
+    /// The driver's own work failed.
+    #[error("cannot launch the guest's VMM")]
+    Launch(#[source] std::io::Error),
     /// The driver cannot run this sequence.
     #[error(transparent)]
-    Unsupported(#[from] hooks_core::UnsupportedScenario),
+    Unsupported(#[from] UnsupportedScenario),
+}
+
+impl From<LifecycleError<std::io::Error>> for DriverError {
+    fn from(e: LifecycleError<std::io::Error>) -> Self {
+        match e {
+            LifecycleError::Refused { failure, .. } | LifecycleError::Killed { failure, .. } => failure.into(),
+            LifecycleError::Driver { error, .. } => DriverError::Launch(error),
+            LifecycleError::Unsupported(u) => u.into(),
+        }
+    }
 }
 
 /// The driver: guests in memory, hooks from a registry.
@@ -80,16 +98,71 @@ pub enum DriverError {
 pub struct MiniDriver {
     hooks: Registry,
     guests: Mutex<BTreeMap<String, Domain>>,
+    /// The stand-in VMM: a program and its arguments (by default `sleep 3600`).
+    vmm: Vec<String>,
     /// What the driver itself did, in order (so tests can see hooks and work interleave).
     pub actions: Mutex<Vec<String>>,
+}
+
+/// The driver's own work between hook events, for one guest.
+struct GuestWork<'d> {
+    driver: &'d MiniDriver,
+    name: String,
+    vmm: Option<Child>,
+}
+
+impl GuestWork<'_> {
+    fn log(&self, what: String) {
+        self.driver.actions.lock().unwrap().push(what);
+    }
+}
+
+#[async_trait]
+impl DriverActions for GuestWork<'_> {
+    type Error = std::io::Error;
+
+    async fn after(&mut self, phase: Phase, guest: &Guest) -> Result<(), std::io::Error> {
+        match phase {
+            Phase::Prepare => self.log(format!("allocate resources for {}", self.name)),
+            Phase::Start => {
+                let (program, args) = self.driver.vmm.split_first().expect("a VMM command");
+                // Dropped with this future if the start is cancelled: no stray VMM.
+                let child = Command::new(program).args(args).kill_on_drop(true).spawn()?;
+                let bridge = guest.xml.lines().find(|l| l.contains("bridge=")).unwrap_or("").trim();
+                self.log(format!("launch {} {bridge}", self.name).trim_end().to_owned());
+                self.vmm = Some(child);
+            }
+            Phase::Release => self.log(format!("release resources of {}", self.name)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn undo(&mut self, done: &[Phase], _guest: &Guest) {
+        if let Some(mut vmm) = self.vmm.take() {
+            let _ = vmm.kill().await;
+            self.log(format!("kill {}", self.name));
+        }
+        if done.contains(&Phase::Prepare) {
+            self.log(format!("release resources of {}", self.name));
+        }
+    }
 }
 
 impl MiniDriver {
     /// A driver calling these hooks.
     pub fn new(hooks: Registry) -> Self {
+        Self::with_vmm(hooks, ["sleep", "3600"])
+    }
+
+    /// A driver that launches `vmm` (program and arguments) for each guest.
+    pub fn with_vmm<S: Into<String>>(hooks: Registry, vmm: impl IntoIterator<Item = S>) -> Self {
+        let vmm: Vec<String> = vmm.into_iter().map(Into::into).collect();
+        assert!(!vmm.is_empty(), "a VMM command");
         MiniDriver {
             hooks,
             guests: Mutex::default(),
+            vmm,
             actions: Mutex::default(),
         }
     }
@@ -99,6 +172,7 @@ impl MiniDriver {
         let domain = Domain {
             xml: xml.to_owned(),
             state: State::Off,
+            vmm: None,
         };
         self.guests.lock().unwrap().insert(name.to_owned(), domain);
     }
@@ -111,6 +185,11 @@ impl MiniDriver {
     /// A guest's current XML.
     pub fn xml(&self, name: &str) -> Option<String> {
         self.guests.lock().unwrap().get(name).map(|d| d.xml.clone())
+    }
+
+    /// The process id of a running guest's VMM.
+    pub fn vmm_pid(&self, name: &str) -> Option<u32> {
+        self.guests.lock().unwrap().get(name)?.vmm.as_ref()?.id()
     }
 
     fn guest(&self, name: &str, want: State) -> Result<Guest, DriverError> {
@@ -129,69 +208,86 @@ impl MiniDriver {
         Ok(Guest::new(Driver::Qemu, name, d.xml.clone()))
     }
 
-    fn set(&self, name: &str, state: State, xml: Option<String>) {
+    fn work(&self, name: &str) -> GuestWork<'_> {
+        GuestWork {
+            driver: self,
+            name: name.to_owned(),
+            vmm: None,
+        }
+    }
+
+    fn set_running(&self, name: &str, vmm: Option<Child>, xml: Option<String>) {
         if let Some(d) = self.guests.lock().unwrap().get_mut(name) {
-            d.state = state;
+            d.state = State::Running;
+            d.vmm = vmm;
             if let Some(xml) = xml {
                 d.xml = xml;
             }
         }
     }
 
-    fn finish(&self, name: &str, seq: Sequence, on_success: State) -> Result<Sequence, DriverError> {
-        match &seq.verdict {
-            Verdict::Proceed => {
-                self.set(name, on_success, seq.xml.clone());
-                Ok(seq)
-            }
-            Verdict::Aborted { message } | Verdict::Killed { message } => {
-                self.set(name, State::Off, None);
-                Err(DriverError::Refused(message.clone()))
-            }
-        }
-    }
-
-    /// Starts a guest: prepare → (allocate) → start → (launch) → started.
+    /// Starts a guest: prepare → (allocate) → start → (launch) → started. A refusal at
+    /// any step leaves it off, with what was done undone.
     ///
     /// # Errors
-    /// When a hook refuses, or the guest is not off.
+    /// When a hook refuses, the VMM cannot be launched, or the guest is not off.
     pub async fn start(&self, name: &str) -> Result<Sequence, DriverError> {
         let guest = self.guest(name, State::Off)?;
-        let mut act = |op: &str| {
-            let work = match op {
-                "prepare" => "allocate resources",
-                "start" => "launch the guest",
-                _ => return Ok(()),
-            };
-            self.actions.lock().unwrap().push(format!("{work} for {name}"));
-            Ok(())
-        };
-        let seq = Lifecycle::new(&self.hooks).start_with(&guest, &mut act).await?;
-        self.finish(name, seq, State::Running)
+        let mut work = self.work(name);
+        let seq = Lifecycle::new(&self.hooks).start_with(&guest, &mut work).await?;
+        self.set_running(name, work.vmm.take(), None);
+        Ok(seq)
     }
 
-    /// Destroys a running guest: stopped → release destroyed (hook failures ignored).
+    /// Destroys a running guest: kill → stopped → (release) → release destroyed. libvirt
+    /// ignores these hooks' failures; they are in the sequence.
     ///
     /// # Errors
     /// When the guest is not running.
     pub async fn destroy(&self, name: &str) -> Result<Sequence, DriverError> {
         let guest = self.guest(name, State::Running)?;
+        let vmm = self.guests.lock().unwrap().get_mut(name).and_then(|d| d.vmm.take());
+        if let Some(mut vmm) = vmm {
+            let _ = vmm.kill().await;
+        }
         self.actions.lock().unwrap().push(format!("kill {name}"));
+        if let Some(d) = self.guests.lock().unwrap().get_mut(name) {
+            d.state = State::Off;
+        }
         let seq = Lifecycle::new(&self.hooks)
-            .stop(&guest, ReleaseReason::Destroyed)
+            .stop_with(&guest, ReleaseReason::Destroyed, &mut self.work(name))
             .await?;
-        self.finish(name, seq, State::Off)
+        for failure in seq.ignored_failures() {
+            eprintln!("warning: {}", failure.message.as_deref().unwrap_or(&failure.name));
+        }
+        Ok(seq)
     }
 
-    /// Accepts an incoming migration: migrate (hooks may rewrite the XML) → start.
+    /// Accepts an incoming migration: migrate (hooks may rewrite the XML) → start, and
+    /// launches the guest with the rewritten XML.
     ///
     /// # Errors
     /// When a hook refuses.
     pub async fn migrate_in(&self, name: &str, xml: &str) -> Result<Sequence, DriverError> {
         self.define(name, xml);
         let guest = self.guest(name, State::Off)?;
-        let seq = Lifecycle::new(&self.hooks).migrate_in(&guest).await?;
-        self.finish(name, seq, State::Running)
+        let mut work = self.work(name);
+        let seq = Lifecycle::new(&self.hooks).migrate_in_with(&guest, &mut work).await?;
+        self.set_running(name, work.vmm.take(), seq.xml.clone());
+        Ok(seq)
+    }
+
+    /// The daemon shuts down: its hook's failure is ignored by libvirt, so `?` passes it
+    /// by and the report shows it.
+    ///
+    /// # Errors
+    /// Never for this event (its policy ignores failures); kept for the pattern.
+    pub async fn shutdown(&self) -> Result<Report, DriverError> {
+        let report = self.hooks.fire(&DaemonEvent::Shutdown).await?;
+        if let Some(failed) = report.failed_hook() {
+            eprintln!("warning: {}", failed.message.as_deref().unwrap_or(&failed.name));
+        }
+        Ok(report)
     }
 }
 
@@ -199,8 +295,9 @@ impl MiniDriver {
 mod tests {
     use super::*;
     use hooks_core::testing::{MockHook, RecordingHook};
-    use hooks_core::{HookOutcome, RegistryBuilder};
+    use hooks_core::{HookOutcome, RegistryBuilder, StatusRecord};
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn driver(extra: Option<MockHook>) -> (MiniDriver, Arc<RecordingHook>) {
         let rec = Arc::new(RecordingHook::new("rec"));
@@ -213,6 +310,27 @@ mod tests {
         (d, rec)
     }
 
+    /// Whether a process is gone (or a zombie nobody has reaped yet).
+    fn is_gone(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    async fn wait_gone(pid: u32) -> bool {
+        for _ in 0..100 {
+            if is_gone(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     #[tokio::test]
     async fn the_compiled_in_audit_trail_sees_every_event() {
         let d = MiniDriver::new(RegistryBuilder::new().compiled_hooks().build());
@@ -221,6 +339,7 @@ mod tests {
         let trail = AuditTrail::entries();
         assert!(trail.contains(&"qemu audited prepare begin -".to_owned()), "{trail:?}");
         assert!(trail.contains(&"qemu audited started begin -".to_owned()), "{trail:?}");
+        d.destroy("audited").await.unwrap();
     }
 
     #[tokio::test]
@@ -228,22 +347,27 @@ mod tests {
         let (d, rec) = driver(None);
         d.start("vm").await.unwrap();
         assert_eq!(d.state("vm"), Some(State::Running));
+        assert!(d.vmm_pid("vm").is_some_and(|pid| !is_gone(pid)));
         assert_eq!(
             rec.lines(),
             ["vm prepare begin -", "vm start begin -", "vm started begin -"]
         );
-        assert_eq!(
-            *d.actions.lock().unwrap(),
-            ["allocate resources for vm", "launch the guest for vm"]
-        );
+        assert_eq!(*d.actions.lock().unwrap(), ["allocate resources for vm", "launch vm"]);
+        let pid = d.vmm_pid("vm").unwrap();
+        d.destroy("vm").await.unwrap();
+        assert!(wait_gone(pid).await);
     }
 
     #[tokio::test]
-    async fn a_refusing_hook_keeps_the_guest_off() {
+    async fn a_fatal_refusal_keeps_the_guest_off_and_names_the_hook() {
         let refuse = MockHook::always("policy", || HookOutcome::exited(1).with_stderr("not on fridays"))
             .matching(|e| e.op() == "prepare");
         let (d, rec) = driver(Some(refuse));
         let err = d.start("vm").await.unwrap_err();
+        let DriverError::Hook(failure) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(failure.failed_hook().name, "policy");
         assert!(err.to_string().ends_with("not on fridays"), "{err}");
         assert_eq!(d.state("vm"), Some(State::Off));
         assert_eq!(
@@ -257,25 +381,146 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn destroy_ignores_hook_failures() {
+    async fn a_refusal_at_started_kills_the_launched_guest() {
+        let refuse = MockHook::always("late-policy", || HookOutcome::exited(1)).matching(|e| e.op() == "started");
+        let (d, _) = driver(Some(refuse));
+        assert!(matches!(d.start("vm").await, Err(DriverError::Hook(_))));
+        assert_eq!(d.state("vm"), Some(State::Off));
+        assert_eq!(
+            *d.actions.lock().unwrap(),
+            [
+                "allocate resources for vm",
+                "launch vm",
+                "kill vm",
+                "release resources of vm"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_cannot_launch_is_the_drivers_own_error() {
+        let d = MiniDriver::with_vmm(RegistryBuilder::new().build(), ["/nonexistent/vmm"]);
+        d.define("vm", "<domain/>\n");
+        let err = d.start("vm").await.unwrap_err();
+        let DriverError::Launch(io) = &err else { panic!("{err}") };
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(
+            *d.actions.lock().unwrap(),
+            ["allocate resources for vm", "release resources of vm"]
+        );
+    }
+
+    #[tokio::test]
+    async fn ignored_failures_do_not_stop_a_destroy_or_a_shutdown() {
         let failing = MockHook::always("broken", || HookOutcome::exited(2)).matching(|e| e.op() == "stopped");
         let (d, _) = driver(Some(failing));
         d.start("vm").await.unwrap();
-        d.destroy("vm").await.unwrap();
+        let seq = d.destroy("vm").await.unwrap();
+        assert_eq!(d.state("vm"), Some(State::Off));
+        let ignored: Vec<_> = seq.ignored_failures().map(|r| r.name.as_str()).collect();
+        assert_eq!(ignored, ["broken"]);
+
+        let d = MiniDriver::new(
+            RegistryBuilder::new()
+                .hook(Driver::Daemon, MockHook::always("flaky", || HookOutcome::exited(1)))
+                .build(),
+        );
+        let report = d.shutdown().await.expect("libvirt ignores daemon hook failures");
+        assert!(!report.succeeded());
+    }
+
+    #[tokio::test]
+    async fn a_custom_hook_that_hangs_is_stopped_by_the_registry_timeout() {
+        let hangs = MockHook::from_fn("hangs", |_| std::future::pending()).matching(|e| e.op() == "prepare");
+        let d = MiniDriver::new(
+            RegistryBuilder::new()
+                .hook(Driver::Qemu, hangs)
+                .timeout(Some(Duration::from_millis(100)))
+                .build(),
+        );
+        d.define("vm", "<domain/>\n");
+        let started = std::time::Instant::now();
+        let err = d.start("vm").await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let DriverError::Hook(failure) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(failure.failed_hook().status, StatusRecord::TimedOut { after_ms: 100 });
         assert_eq!(d.state("vm"), Some(State::Off));
     }
 
     #[tokio::test]
-    async fn migrate_in_adopts_the_rewritten_xml() {
-        let rewrite = MockHook::always("rw", || {
-            HookOutcome::success().with_stdout("<domain><name>vm2</name><new/></domain>\n")
+    async fn a_cancelled_start_kills_the_hook_process_and_the_launched_guest() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("pid");
+        let script = tmp.path().join("slow-started");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho $$ > {}\nexec sleep 1000\n", pidfile.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let slow = hooks_exec::ExecHook::new(&script);
+        let recorder = Arc::new(RecordingHook::new("rec"));
+        let registry = RegistryBuilder::new()
+            .shared_hook(Some(Driver::Qemu), recorder.clone())
+            .shared_hook(
+                Some(Driver::Qemu),
+                Arc::new(MockHook::from_fn("gate", move |inv| {
+                    let slow = slow.clone();
+                    async move {
+                        if inv.op() == "started" {
+                            slow.call(&inv).await
+                        } else {
+                            HookOutcome::success()
+                        }
+                    }
+                })),
+            )
+            .build();
+        let d = MiniDriver::new(registry);
+        d.define("vm", "<domain/>\n");
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), d.start("vm")).await;
+        assert!(cancelled.is_err(), "the start was still waiting for its `started` hook");
+        let hook_pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(
+            wait_gone(hook_pid).await,
+            "the hook's process {hook_pid} was not killed"
+        );
+        // The VMM launched after `start` was dropped with the sequence (kill_on_drop),
+        // and what a dropped sequence leaves undone is documented: no cleanup hooks.
+        assert_eq!(d.state("vm"), Some(State::Off));
+        assert_eq!(recorder.lines().last().unwrap(), "vm started begin -");
+    }
+
+    #[tokio::test]
+    async fn migrate_in_launches_with_the_rewritten_xml() {
+        let rewrite = MockHook::from_fn("rw", |inv| async move {
+            let xml = String::from_utf8_lossy(inv.input().unwrap_or_default()).replace("br-old", "br0");
+            HookOutcome::success().with_stdout(xml)
         })
         .matching(|e| e.op() == "migrate");
         let (d, _) = driver(Some(rewrite));
-        d.migrate_in("vm2", "<domain><name>vm2</name></domain>\n")
-            .await
-            .unwrap();
-        assert_eq!(d.xml("vm2").unwrap(), "<domain><name>vm2</name><new/></domain>\n");
+        d.migrate_in(
+            "vm2",
+            "<domain><name>vm2</name>\n<interface bridge='br-old'/>\n</domain>\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            d.xml("vm2").unwrap(),
+            "<domain><name>vm2</name>\n<interface bridge='br0'/>\n</domain>\n"
+        );
         assert_eq!(d.state("vm2"), Some(State::Running));
+        assert!(
+            d.actions
+                .lock()
+                .unwrap()
+                .contains(&"launch vm2 <interface bridge='br0'/>".to_owned()),
+            "{:?}",
+            d.actions.lock().unwrap()
+        );
+        d.destroy("vm2").await.unwrap();
     }
 }

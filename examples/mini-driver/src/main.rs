@@ -52,6 +52,9 @@ async fn main() {
         }
         Err(e) => println!("migrate-in incoming: refused\n  {e}"),
     }
+    for name in ["incoming"] {
+        let _ = driver.destroy(name).await;
+    }
     for line in driver.actions.lock().unwrap().iter() {
         println!("  driver did: {line}");
     }

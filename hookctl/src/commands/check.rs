@@ -64,7 +64,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 eprintln!("broken: {}: refused: {}", entry.path.display(), why.reason());
                 continue;
             }
-            if let (true, hooks_core::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
+            if let (true, hooks_core::backend::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
                 if why.is_likely_mistake() {
                     broken += 1;
                     eprintln!("broken: {}: {why}: it will never run", entry.path.display());

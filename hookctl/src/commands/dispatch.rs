@@ -73,10 +73,9 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     let result = registry.fire_blocking(&event);
     #[cfg(feature = "dylib")]
     crate::crash::disarm();
-    let (report, ok) = match result {
-        Ok(report) => (report, true),
-        Err(failure) => (failure.into_report(), false),
-    };
+    // libvirt applies its own policy to our exit status: any failed plugin fails it.
+    let report = result.unwrap_or_else(hooks_core::HookFailure::into_report);
+    let ok = report.succeeded();
     if ok {
         if let (true, Some(doc)) = (report.document_changed, &report.document) {
             output::stdout(doc);

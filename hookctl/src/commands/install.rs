@@ -5,7 +5,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use hooks_core::{Driver, TrustPolicy};
+use hooks_core::backend::TrustPolicy;
+use hooks_core::Driver;
 
 use crate::cli::{InstallArgs, Outcome, UninstallArgs, UsageError};
 use crate::commands::dispatch::saved_original;
@@ -136,7 +137,7 @@ fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, Usa
     let trust = TrustPolicy::current_user();
     let runs_with = |link: &Path| {
         let meta = fs::metadata(link).ok()?;
-        let loader = hooks_core::registered_loaders()
+        let loader = hooks_core::backend::registered_loaders()
             .into_iter()
             .find(|l| l.claims(link, &meta))?;
         loader.check_dependencies(link, &trust).err()

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use hooks_core::{Disposition, Driver, EntryRole, HooksDir};
+use hooks_core::backend::{Disposition, EntryRole};
+use hooks_core::{Driver, HooksDir};
 use serde::Serialize;
 
 use crate::cli::{require_dir, ListArgs, Outcome};
@@ -81,11 +82,11 @@ struct MatchView {
 }
 
 impl Effective {
-    fn of(s: &hooks_core::HookSettings, backend_default: Option<std::time::Duration>) -> Self {
+    fn of(s: &hooks_core::backend::HookSettings, backend_default: Option<std::time::Duration>) -> Self {
         let own = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_owned).collect();
         Effective {
             timeout_secs: s.effective_timeout(backend_default).map(|t| t.as_secs_f64()),
-            timeout_is_default: s.timeout == hooks_core::Timeout::Default,
+            timeout_is_default: s.timeout == hooks_core::backend::Timeout::Default,
             memory: s.memory,
             max_output: s.max_output,
             policy: s.policy,
@@ -205,24 +206,20 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                     // The time limit in effect, default included, for whatever runs.
                     if let (Ok(s), Some(loader)) = (&loaded, e.loader()) {
                         let effective = s.effective_timeout(loader.default_timeout());
-                        if let (hooks_core::Timeout::Default, Some(t)) = (s.timeout, effective) {
-                            let shown = format!("timeout={} (default)", hooks_core::format_duration(t));
+                        if let (hooks_core::backend::Timeout::Default, Some(t)) = (s.timeout, effective) {
+                            let shown = format!("timeout={} (default)", hooks_core::backend::format_duration(t));
                             settings = Some(settings.map_or(shown.clone(), |other| format!("{shown} {other}")));
                         }
                     }
                     match e.disposition {
                         Disposition::Hook(loader) => {
                             order += 1;
-                            let broken =
-                                loaded
-                                    .as_ref()
-                                    .ok()
-                                    .and_then(|s| loader.inspect(&e.path, s).err())
-                                    .map(|err| {
-                                        let text = hooks_core::error_chain(&err);
-                                        let prefix = format!("cannot load hook `{path}` ({}): ", loader.backend());
-                                        text.strip_prefix(&prefix).map(str::to_owned).unwrap_or(text)
-                                    });
+                            let broken = loaded.as_ref().ok().and_then(|s| loader.inspect(&e.path, s).err()).map(
+                                |err| match &err.source {
+                                    Some(source) => format!("{}: {}", err.kind, hooks_core::error_chain(&**source)),
+                                    None => err.kind.to_string(),
+                                },
+                            );
                             Entry {
                                 path,
                                 role: e.role,

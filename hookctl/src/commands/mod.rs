@@ -30,15 +30,7 @@ pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
             memory: (mib as usize) << 20,
             ..Default::default()
         };
-        // One loader for the life of the process: leaking it is what makes it 'static.
-        let wasm: &'static hooks_wasm::WasmLoader = Box::leak(Box::new(hooks_wasm::WasmLoader::new(options)));
-        let mut loaders: Vec<&'static dyn hooks_core::HookLoader> = hooks_core::registered_loaders()
-            .into_iter()
-            .filter(|l| l.backend() != "wasm")
-            .collect();
-        loaders.push(wasm);
-        loaders.sort_by_key(|l| (l.priority(), l.backend()));
-        return HooksDir::with_loaders(dir, loaders);
+        return HooksDir::new(dir).with_loader(hooks_wasm::WasmLoader::new(options));
     }
     let _ = wasm_memory_mib;
     HooksDir::new(dir)
@@ -48,12 +40,12 @@ pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
 /// instead of loading it (libvirt runs that directory itself), and where it belongs.
 pub(crate) fn misplaced_plugin(
     dir: &hooks_core::HooksDir,
-    entry: &hooks_core::DirEntry,
+    entry: &hooks_core::backend::DirEntry,
     driver: hooks_core::Driver,
 ) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let native = entry.path.extension().is_some_and(|e| e == "so" || e == "wasm");
-    if dir.is_flat() || entry.role != hooks_core::EntryRole::DropIn || !native {
+    if dir.is_flat() || entry.role != hooks_core::backend::EntryRole::DropIn || !native {
         return None;
     }
     let executable = std::fs::metadata(&entry.path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);

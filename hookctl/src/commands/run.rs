@@ -25,10 +25,11 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
     registry
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, event.driver()));
-    let (report, ok) = match registry.fire_blocking(&event) {
-        Ok(report) => (report, true),
-        Err(failure) => (failure.into_report(), false),
-    };
+    // Exit 1 for any failed hook, also one libvirt would ignore: the report says which.
+    let report = registry
+        .fire_blocking(&event)
+        .unwrap_or_else(hooks_core::HookFailure::into_report);
+    let ok = report.succeeded();
     report.hooks.iter().for_each(output::warnings);
     if args.input.json {
         output::json(&report);

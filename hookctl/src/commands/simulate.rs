@@ -3,14 +3,14 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use hooks_core::{Driver, Guest, Lifecycle, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
+use hooks_core::{Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
 
 use crate::cli::{require_dir, Outcome, SimulateArgs, UsageError};
 use crate::output;
 
 pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     require_dir(dir)?;
-    let scenario = Scenario::parse_for(args.driver, &args.scenario).map_err(UsageError)?;
+    let scenario = Scenario::parse_for(args.driver, &args.scenario).map_err(|e| UsageError(e.to_string()))?;
     let object = match (args.driver, args.object) {
         (_, Some(o)) => o,
         (Driver::Daemon, None) => "-".to_owned(),
@@ -43,7 +43,12 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, args.driver));
     let lifecycle = Lifecycle::new(&registry).release_reasons(reasons);
-    let seq = pollster::block_on(lifecycle.run(scenario, &guest, reason)).map_err(|e| UsageError(e.to_string()))?;
+    let seq = match pollster::block_on(lifecycle.run(scenario, &guest, reason)) {
+        Ok(seq) => seq,
+        Err(LifecycleError::Unsupported(e)) => return Err(UsageError(e.to_string())),
+        Err(LifecycleError::Refused { sequence, .. } | LifecycleError::Killed { sequence, .. }) => *sequence,
+        Err(LifecycleError::Driver { error, .. }) => match error {},
+    };
     if !args.input.json {
         let note = if reasons {
             ""
@@ -99,7 +104,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
         }
         for rec in &r.hooks {
             let name = output::short(&rec.name, dir);
-            let time = hooks_core::format_duration(std::time::Duration::from_micros(rec.duration_us));
+            let time = hooks_core::backend::format_duration(std::time::Duration::from_micros(rec.duration_us));
             if rec.success {
                 let rewrote = if rec.replaced_document { "  rewrote the XML" } else { "" };
                 let _ = writeln!(out, "    ok      {:<5} {name:<40} {time:>8}{rewrote}", rec.backend);
@@ -128,8 +133,8 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
     let op = seq.scenario.as_str();
     let _ = match &seq.verdict {
         Verdict::Proceed => writeln!(out, "result: {op} of {who} would go through"),
-        Verdict::Aborted { message } => writeln!(out, "result: {op} of {who} would be REFUSED\n  {message}"),
-        Verdict::Killed { message } => writeln!(out, "result: {who} would be KILLED\n  {message}"),
+        Verdict::Aborted { message, .. } => writeln!(out, "result: {op} of {who} would be REFUSED\n  {message}"),
+        Verdict::Killed { message, .. } => writeln!(out, "result: {who} would be KILLED\n  {message}"),
     };
     if let (Some(xml), true) = (&seq.xml, seq.steps.first().is_some_and(|s| s.report.document_changed)) {
         let _ = writeln!(out, "\nthe guest starts with this XML (rewritten by a hook):\n{xml}");

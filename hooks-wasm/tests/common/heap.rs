@@ -16,10 +16,13 @@ fn grew(by: usize) {
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; only counters are updated.
+// SAFETY: every call is forwarded unchanged to `System`, whose results are returned as
+// they are, so `System` upholds the allocator's contract; the counters are atomics,
+// updated without allocating or panicking.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
+        // SAFETY: the caller meets `GlobalAlloc::alloc`'s contract (a non-zero size),
+        // which is all `System.alloc` asks.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             grew(layout.size());
@@ -27,7 +30,7 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
+        // SAFETY: as in `alloc`: the caller's layout has a non-zero size.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size());
@@ -35,12 +38,14 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` with this layout.
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with
+        // `layout`, and every allocation of this allocator is `System`'s.
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from `System` with this layout.
+        // SAFETY: as in `dealloc`, `ptr` is `System`'s with `layout`; the caller also
+        // meets `realloc`'s terms for `new_size` (non-zero, no overflow when rounded).
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);

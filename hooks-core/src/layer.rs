@@ -1,0 +1,288 @@
+//! Layers: wrappers the registry puts around every hook it runs, in the spirit of
+//! tower's `Layer`.
+//!
+//! The registry's own limits are layers ([`Timeout`], [`OutputCap`]) and always sit
+//! outermost, so they bound whatever an embedder adds with
+//! [`RegistryBuilder::layer`](crate::RegistryBuilder::layer) (metrics, tracing, retries).
+//! Layers wrap a hook once, when the registry is built or a file is loaded, not on every
+//! call.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use hooks_core::{layer, DaemonEvent, Driver, RegistryBuilder, testing::MockHook};
+//!
+//! static CALLS: AtomicUsize = AtomicUsize::new(0);
+//! let counting = layer::from_fn(|hook, inv| async move {
+//!     CALLS.fetch_add(1, Ordering::Relaxed);
+//!     hook.call(&inv).await
+//! });
+//! let registry = RegistryBuilder::new()
+//!     .hook(Driver::Daemon, MockHook::succeeding("a"))
+//!     .layer(counting)
+//!     .build();
+//! registry.fire_blocking(&DaemonEvent::Start).unwrap();
+//! assert_eq!(CALLS.load(Ordering::Relaxed), 1);
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Hook, HookEvent, HookOutcome, HookPolicy, HookStatus, Invocation};
+
+/// Wraps a hook in another: the registry calls the result instead.
+///
+/// A wrapper must forward `name`, `backend`, `path`, `matches` and `policy` unless it
+/// means to change them; [`from_fn`] does.
+pub trait Layer: Send + Sync + 'static {
+    /// Wraps `hook`.
+    fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook>;
+}
+
+impl<L: Layer + ?Sized> Layer for Arc<L> {
+    fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook> {
+        (**self).layer(hook)
+    }
+}
+
+/// A layer made of an async function that gets the hook and the invocation (owned, so
+/// the future may keep them) and returns the outcome. Calling `hook.call(&inv)` runs
+/// the wrapped hook; not calling it skips the hook.
+pub fn from_fn<F, Fut>(f: F) -> FnLayer<F>
+where
+    F: Fn(Arc<dyn Hook>, Invocation) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HookOutcome> + Send + 'static,
+{
+    FnLayer { f: Arc::new(f) }
+}
+
+/// The layer [`from_fn`] makes.
+pub struct FnLayer<F> {
+    f: Arc<F>,
+}
+
+impl<F> fmt::Debug for FnLayer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnLayer")
+    }
+}
+
+impl<F, Fut> Layer for FnLayer<F>
+where
+    F: Fn(Arc<dyn Hook>, Invocation) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HookOutcome> + Send + 'static,
+{
+    fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook> {
+        Arc::new(FnHook {
+            inner: hook,
+            f: Arc::clone(&self.f),
+        })
+    }
+}
+
+struct FnHook<F> {
+    inner: Arc<dyn Hook>,
+    f: Arc<F>,
+}
+
+/// Forwards everything but `call` to `self.inner`.
+macro_rules! forward_identity {
+    () => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn backend(&self) -> &'static str {
+            self.inner.backend()
+        }
+        fn path(&self) -> Option<&Path> {
+            self.inner.path()
+        }
+        fn matches(&self, event: &dyn HookEvent) -> bool {
+            self.inner.matches(event)
+        }
+        fn policy(&self) -> HookPolicy {
+            self.inner.policy()
+        }
+    };
+}
+
+#[async_trait]
+impl<F, Fut> Hook for FnHook<F>
+where
+    F: Fn(Arc<dyn Hook>, Invocation) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HookOutcome> + Send + 'static,
+{
+    forward_identity!();
+
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        (self.f)(Arc::clone(&self.inner), inv.clone()).await
+    }
+}
+
+/// How long past its timeout a hook's future is left to finish before it is dropped: a
+/// backend that enforces the limit itself (exec kills the process group) then reports
+/// what it did, with the output it captured.
+pub const TIMEOUT_GRACE: Duration = Duration::from_millis(250);
+
+/// The registry's time limit for every hook: a call still running [`TIMEOUT_GRACE`]
+/// after [`Invocation::timeout`] is dropped and reported as
+/// [`HookStatus::TimedOut`]. Dropping the future is what stops it, so a hook is stopped
+/// only at an `.await`: one that blocks its thread (a busy loop in `call`) cannot be
+/// stopped by any layer.
+///
+/// Works without a runtime (through [`Registry::fire_blocking`](crate::Registry::fire_blocking))
+/// and under any executor: the timer is a helper thread, started on the first call that
+/// does not finish at its first poll.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeout;
+
+impl Layer for Timeout {
+    fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook> {
+        Arc::new(TimeoutHook { inner: hook })
+    }
+}
+
+struct TimeoutHook {
+    inner: Arc<dyn Hook>,
+}
+
+#[async_trait]
+impl Hook for TimeoutHook {
+    forward_identity!();
+
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        let Some(limit) = inv.timeout_with(None) else {
+            return self.inner.call(inv).await;
+        };
+        let call = self.inner.call(inv);
+        Deadline {
+            call,
+            limit,
+            timer: None,
+        }
+        .await
+        .unwrap_or_else(|| {
+            tracing::warn!(hook = self.inner.name(), limit = ?limit, "hook ran past its timeout; its call was dropped");
+            HookOutcome::new(HookStatus::TimedOut(limit)).with_warning(format!(
+                "still running {} after its timeout; the registry dropped the call",
+                crate::report::format_duration(TIMEOUT_GRACE)
+            ))
+        })
+    }
+}
+
+/// Polls `call` until it finishes or `limit` (plus the grace) has passed. The timer is
+/// made only when the call does not finish at its first poll: most calls never pay for it.
+struct Deadline<F> {
+    call: F,
+    limit: Duration,
+    timer: Option<futures_timer::Delay>,
+}
+
+impl<F: Future<Output = HookOutcome> + Unpin> Future for Deadline<F> {
+    type Output = Option<HookOutcome>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(out) = Pin::new(&mut this.call).poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let limit = this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| futures_timer::Delay::new(limit.saturating_add(TIMEOUT_GRACE)));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The registry's cap on what a hook's outcome may carry on each of stdout and stderr:
+/// anything longer is cut, flagged as truncated (a cut filter document is never passed
+/// on) and warned about. Backends cap while reading; this bounds every other hook.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputCap(pub usize);
+
+impl Layer for OutputCap {
+    fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook> {
+        Arc::new(CappedHook {
+            inner: hook,
+            cap: self.0,
+        })
+    }
+}
+
+struct CappedHook {
+    inner: Arc<dyn Hook>,
+    cap: usize,
+}
+
+#[async_trait]
+impl Hook for CappedHook {
+    forward_identity!();
+
+    async fn call(&self, inv: &Invocation) -> HookOutcome {
+        let mut out = self.inner.call(inv).await;
+        if out.stdout.len() > self.cap {
+            out.stdout.truncate(self.cap);
+            out.stdout_truncated = true;
+        }
+        if out.stderr.len() > self.cap {
+            out.stderr.truncate(self.cap);
+            out.stderr_truncated = true;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MockHook;
+    use crate::{Driver, EventArgs};
+
+    fn inv(timeout: Option<Duration>) -> Invocation {
+        Invocation::new(Driver::Daemon, EventArgs::new(["-", "start", "-", "start"]), None).with_timeout(timeout)
+    }
+
+    #[test]
+    fn a_hanging_hook_is_dropped_after_its_timeout_without_a_runtime() {
+        let hung = Timeout.layer(Arc::new(MockHook::from_fn("hung", |_| std::future::pending())));
+        let started = std::time::Instant::now();
+        let out = crate::registry::block_on(hung.call(&inv(Some(Duration::from_millis(50)))));
+        assert!(out.status.is_timeout(), "{:?}", out.status);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(out.warnings[0].contains("dropped"), "{:?}", out.warnings);
+    }
+
+    #[test]
+    fn no_timeout_means_no_limit_and_a_quick_hook_is_untouched() {
+        let quick = Timeout.layer(Arc::new(MockHook::succeeding("quick")));
+        assert!(crate::registry::block_on(quick.call(&inv(None))).status.is_success());
+        assert!(
+            crate::registry::block_on(quick.call(&inv(Some(Duration::from_millis(1)))))
+                .status
+                .is_success()
+        );
+    }
+
+    #[test]
+    fn output_is_cut_at_the_cap() {
+        let loud = OutputCap(4).layer(Arc::new(MockHook::always("loud", || {
+            HookOutcome::success().with_stdout("123456").with_stderr("ab")
+        })));
+        let out = crate::registry::block_on(loud.call(&inv(None)));
+        assert_eq!(out.stdout, b"1234");
+        assert!(out.stdout_truncated);
+        assert_eq!(out.stderr, b"ab");
+        assert!(!out.stderr_truncated);
+    }
+}
