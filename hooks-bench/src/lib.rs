@@ -74,6 +74,21 @@ pub fn mock_registry(n: usize) -> Registry {
         .build()
 }
 
+/// [`mock_registry`] with every limit on: a per-hook timeout, an event budget and one
+/// pass-through layer of the embedder's (what the limits cost per hook and per event).
+pub fn limited_mock_registry(n: usize) -> Registry {
+    (0..n)
+        .fold(RegistryBuilder::new(), |b, i| {
+            b.hook(Driver::Qemu, MockHook::succeeding(format!("mock-{i}")))
+        })
+        .timeout(Some(Duration::from_secs(30)))
+        .event_timeout(Some(Duration::from_secs(60)))
+        .layer(hooks_core::layer::from_fn(
+            |hook, inv| async move { hook.call(&inv).await },
+        ))
+        .build()
+}
+
 /// A registry with one exec hook.
 pub fn exec_registry(path: &Path, timeout: Option<Duration>) -> Registry {
     let hook = ExecHook::with_options(

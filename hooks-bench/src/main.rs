@@ -146,6 +146,20 @@ fn main() {
     );
     let overhead_ns = per_hook_ns - bare_ns;
     let empty_fire_ns = with_0 / 10.0 * 1e9;
+    // The same with every limit on and one layer of the embedder's.
+    let (limited_100, limited_0) = {
+        let (r100, r0) = (
+            hooks_bench::limited_mock_registry(100),
+            hooks_bench::limited_mock_registry(0),
+        );
+        interleaved(
+            2000 / scale,
+            || (0..10).all(|_| r100.fire_blocking(&ev).is_ok()),
+            || (0..10).all(|_| r0.fire_blocking(&ev).is_ok()),
+        )
+    };
+    let limited_overhead_ns = (limited_100 - limited_0) / 10.0 / 100.0 * 1e9 - bare_ns;
+    let limited_empty_fire_ns = limited_0 / 10.0 * 1e9;
 
     // 2. One exec hook: the registry vs std's Command (posix_spawn) on the same script.
     let scripts = Scripts::new().expect("fixture dir");
@@ -339,6 +353,8 @@ fn main() {
             "one_call_with_its_own_block_on_ns": direct_ns,
             "ratio_vs_bare_call": per_hook_ns / bare_ns,
             "empty_fire_ns": empty_fire_ns,
+            "with_limits_and_a_layer_overhead_per_hook_ns": limited_overhead_ns,
+            "with_limits_and_a_layer_empty_fire_ns": limited_empty_fire_ns,
             "target_overhead_per_hook_ns": 100,
             "met": overhead_ns <= 100.0,
         },

@@ -276,6 +276,16 @@ pub trait Hook: Send + Sync {
         HookPolicy::Required
     }
 
+    /// Whether the hook enforces [`Invocation::timeout`] itself, and how long past it it
+    /// may take to stop and report (an exec hook terminates its process group, waits
+    /// its kill grace, kills, reaps). `None`, the default: it does not, and the
+    /// registry's timeout layer stops it exactly at the limit. With `Some(grace)` the
+    /// layer waits that much longer before it drops the call, so the hook's own report
+    /// (its output, what it killed) is kept.
+    fn stop_grace(&self) -> Option<Duration> {
+        None
+    }
+
     /// Runs the hook once.
     async fn call(&self, inv: &Invocation) -> HookOutcome;
 }
@@ -298,6 +308,9 @@ macro_rules! forward_hook {
             }
             fn policy(&self) -> HookPolicy {
                 (**self).policy()
+            }
+            fn stop_grace(&self) -> Option<Duration> {
+                (**self).stop_grace()
             }
             async fn call(&self, inv: &Invocation) -> HookOutcome {
                 (**self).call(inv).await

@@ -31,7 +31,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -39,8 +39,10 @@ use crate::{Hook, HookEvent, HookOutcome, HookPolicy, HookStatus, Invocation};
 
 /// Wraps a hook in another: the registry calls the result instead.
 ///
-/// A wrapper must forward `name`, `backend`, `path`, `matches` and `policy` unless it
-/// means to change them; [`from_fn`] does.
+/// A wrapper must forward `name`, `backend`, `path`, `matches`, `policy` and
+/// `stop_grace` unless it means to change them: the trait's defaults would turn an
+/// optional hook that matches one event into a required one for every event. Prefer
+/// [`from_fn`], which forwards them all.
 pub trait Layer: Send + Sync + 'static {
     /// Wraps `hook`.
     fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook>;
@@ -110,6 +112,9 @@ macro_rules! forward_identity {
         fn policy(&self) -> HookPolicy {
             self.inner.policy()
         }
+        fn stop_grace(&self) -> Option<Duration> {
+            self.inner.stop_grace()
+        }
     };
 }
 
@@ -126,16 +131,16 @@ where
     }
 }
 
-/// How long past its timeout a hook's future is left to finish before it is dropped: a
-/// backend that enforces the limit itself (exec kills the process group) then reports
-/// what it did, with the output it captured.
-pub const TIMEOUT_GRACE: Duration = Duration::from_millis(250);
-
-/// The registry's time limit for every hook: a call still running [`TIMEOUT_GRACE`]
-/// after [`Invocation::timeout`] is dropped and reported as
-/// [`HookStatus::TimedOut`]. Dropping the future is what stops it, so a hook is stopped
-/// only at an `.await`: one that blocks its thread (a busy loop in `call`) cannot be
-/// stopped by any layer.
+/// The registry's time limit for every hook, [`Invocation::timeout`]:
+/// - a hook that does not enforce it itself ([`Hook::stop_grace`] is `None`, as for
+///   custom hooks) is dropped at the limit, and one that finishes after it (it blocked
+///   its thread past it) is recorded as timed out all the same, with its output;
+/// - a backend that does (exec, WASM, dylib) is left [`Hook::stop_grace`] longer to stop
+///   by itself and report what it did; only a call still running after that is dropped.
+///
+/// Either way the outcome is [`HookStatus::TimedOut`]. Dropping the future is what
+/// stops a call, so a hook that blocks its thread without ever yielding runs until it
+/// returns. The clock starts at the call's first poll.
 ///
 /// Works without a runtime (through [`Registry::fire_blocking`](crate::Registry::fire_blocking))
 /// and under any executor: the timer is a helper thread, started on the first call that
@@ -161,20 +166,41 @@ impl Hook for TimeoutHook {
         let Some(limit) = inv.timeout_with(None) else {
             return self.inner.call(inv).await;
         };
+        let grace = self.inner.stop_grace();
+        let started = Instant::now();
         let call = self.inner.call(inv);
-        Deadline {
+        let finished = Deadline {
             call,
-            limit,
+            wait: limit.saturating_add(grace.unwrap_or_default()),
             timer: None,
         }
-        .await
-        .unwrap_or_else(|| {
-            tracing::warn!(hook = self.inner.name(), limit = ?limit, "hook ran past its timeout; its call was dropped");
-            HookOutcome::new(HookStatus::TimedOut(limit)).with_warning(format!(
-                "still running {} after its timeout; the registry dropped the call",
-                crate::report::format_duration(TIMEOUT_GRACE)
-            ))
-        })
+        .await;
+        match finished {
+            Some(mut out) => {
+                let took = started.elapsed();
+                if grace.is_none() && took > limit && !out.status.is_timeout() {
+                    out.status = HookStatus::TimedOut(limit);
+                    out.warnings.push(format!(
+                        "finished after its timeout (it took {} without yielding)",
+                        crate::report::format_duration(took)
+                    ));
+                }
+                out
+            }
+            None => {
+                tracing::warn!(hook = self.inner.name(), limit = ?limit, "hook ran past its timeout; its call was dropped");
+                let note = match grace {
+                    Some(grace) => format!(
+                        "still running {} after its timeout; the registry dropped the call",
+                        crate::report::format_duration(grace)
+                    ),
+                    None => "still running at its timeout; the registry dropped the call".to_owned(),
+                };
+                HookOutcome::new(HookStatus::TimedOut(limit))
+                    .with_warning(note)
+                    .with_duration(started.elapsed())
+            }
+        }
     }
 }
 
@@ -182,7 +208,7 @@ impl Hook for TimeoutHook {
 /// made only when the call does not finish at its first poll: most calls never pay for it.
 struct Deadline<F> {
     call: F,
-    limit: Duration,
+    wait: Duration,
     timer: Option<futures_timer::Delay>,
 }
 
@@ -194,10 +220,8 @@ impl<F: Future<Output = HookOutcome> + Unpin> Future for Deadline<F> {
         if let Poll::Ready(out) = Pin::new(&mut this.call).poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let limit = this.limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| futures_timer::Delay::new(limit.saturating_add(TIMEOUT_GRACE)));
+        let wait = this.wait;
+        let timer = this.timer.get_or_insert_with(|| futures_timer::Delay::new(wait));
         match Pin::new(timer).poll(cx) {
             Poll::Ready(()) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
@@ -232,15 +256,26 @@ impl Hook for CappedHook {
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let mut out = self.inner.call(inv).await;
         if out.stdout.len() > self.cap {
-            out.stdout.truncate(self.cap);
+            cut(&mut out.stdout, self.cap);
             out.stdout_truncated = true;
         }
         if out.stderr.len() > self.cap {
-            out.stderr.truncate(self.cap);
+            cut(&mut out.stderr, self.cap);
             out.stderr_truncated = true;
         }
         out
     }
+}
+
+/// Cuts `bytes` to at most `cap`, backing off to the start of a UTF-8 character the cut
+/// would split (text stays text; other bytes are cut where they are).
+fn cut(bytes: &mut Vec<u8>, cap: usize) {
+    let mut end = cap;
+    // A continuation byte (10xxxxxx) at the cut: back off to its character's start.
+    while end > 0 && cap - end < 3 && bytes[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    bytes.truncate(end);
 }
 
 #[cfg(test)]
@@ -272,6 +307,27 @@ mod tests {
                 .status
                 .is_success()
         );
+    }
+
+    #[test]
+    fn a_cut_does_not_split_a_character() {
+        let mut text = "aé".as_bytes().to_vec(); // é is two bytes
+        cut(&mut text, 2);
+        assert_eq!(text, b"a");
+        let mut binary = vec![0xff, 0x80, 0x80, 0x80, 0x80, 0x80];
+        cut(&mut binary, 5);
+        assert_eq!(binary.len(), 2, "at most three bytes back");
+    }
+
+    #[test]
+    fn a_custom_hook_that_blocks_past_its_timeout_is_timed_out_all_the_same() {
+        let blocking = Timeout.layer(Arc::new(MockHook::always("blocks", || {
+            std::thread::sleep(Duration::from_millis(60));
+            HookOutcome::success().with_stderr("late\n")
+        })));
+        let out = crate::registry::block_on(blocking.call(&inv(Some(Duration::from_millis(20)))));
+        assert!(out.status.is_timeout(), "{:?}", out.status);
+        assert_eq!(out.stderr, b"late\n", "its output is kept");
     }
 
     #[test]

@@ -232,8 +232,13 @@ pub trait DriverActions: Send {
     type Error: Send;
 
     /// Runs after the hooks of `phase` let the operation go on. `guest` carries the XML
-    /// the hooks ended with (after `migrate` or `restore`, the filtered one). An error
-    /// stops a start: [`DriverActions::undo`] runs, then the cleanup hooks.
+    /// the hooks ended with (after `migrate` or `restore`, the filtered one).
+    ///
+    /// An error stops a start: [`DriverActions::undo`] runs for the phases before this
+    /// one (if any did work), then the cleanup hooks. What this call itself had half
+    /// done is its own to clean up before it returns the error. An error after
+    /// `migrate` or `restore` ends the sequence before anything started: no undo, no
+    /// cleanup hooks. In a stop, an error does not stop the sequence.
     async fn after(&mut self, phase: Phase, guest: &Guest) -> Result<(), Self::Error>;
 
     /// A start failed (a hook refused, or [`DriverActions::after`] failed) after the work
@@ -543,9 +548,9 @@ impl<'r> Lifecycle<'r> {
         self.stop_with(guest, reason, &mut NoActions).await
     }
 
-    /// Stop, calling `actions.after(Stopped)` (release resources) and
-    /// `actions.after(Release)`. A failed action does not stop the sequence: the
-    /// remaining hooks run, then its error is returned.
+    /// Stop, calling `actions.after(Stopped)` and `actions.after(Release)` (release
+    /// resources). A failed action does not stop the sequence: the remaining hooks and
+    /// actions run, then the first error is returned.
     ///
     /// # Errors
     /// As [`Lifecycle::stop`], and [`LifecycleError::Driver`] for the first failed action.
@@ -675,8 +680,9 @@ impl<'r> Lifecycle<'r> {
     }
 
     /// Daemon start, then a reconnect for each running guest. Each failure kills that
-    /// guest only; the verdict reports the last one killed. A driver that must act on
-    /// each kill calls [`Lifecycle::daemon_start`] with no guests, then
+    /// guest only; the verdict reports the last one killed. Guests whose driver has no
+    /// reconnect hook (bhyve, network) are passed over, as libvirt does. A driver that
+    /// must act on each kill calls [`Lifecycle::daemon_start`] with no guests, then
     /// [`Lifecycle::reconnect`] for each.
     pub async fn daemon_start(&self, running: &[Guest]) -> Sequence {
         let mut seq = Sequence::new(Scenario::DaemonStart);
@@ -809,9 +815,10 @@ impl<'r> Lifecycle<'r> {
         }
         if let Some(release) = release {
             run.seq.step(self.registry, &release, cleanup).await;
-            if !cleanup && failed.is_none() {
+            if !cleanup {
+                // Resources are released even when the work after `stopped` failed.
                 if let Err(e) = run.actions.after(Phase::Release, guest).await {
-                    failed = Some((e, Phase::Release));
+                    failed.get_or_insert((e, Phase::Release));
                 }
             }
         }
@@ -1057,7 +1064,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_stop_action_still_runs_release() {
+    fn a_failed_stop_action_still_runs_release_and_its_action() {
         let (r, rec) = setup(None);
         let mut driver = Recorder {
             fail_after: Some(Phase::Stopped),
@@ -1072,6 +1079,7 @@ mod tests {
             }
         ));
         assert_eq!(rec.lines(), ["vm stopped end -", "vm release end shutdown"]);
+        assert_eq!(driver.log, ["stopped <domain/>", "release <domain/>"]);
     }
 
     #[test]
@@ -1193,5 +1201,29 @@ mod tests {
             "unknown scenario `migrate-in` for daemon, expected one of start, reload, shutdown"
         );
         assert_eq!("migrate-in".parse::<Scenario>(), Ok(Scenario::MigrateIn));
+    }
+}
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+    use crate::{QemuEvent, RegistryBuilder};
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn registry_and_lifecycle_futures_can_be_spawned() {
+        let registry = RegistryBuilder::new().build();
+        let ev = QemuEvent::Start {
+            name: "vm".into(),
+            xml: String::new(),
+        };
+        let guest = Guest::new(Driver::Qemu, "vm", "<domain/>");
+        assert_send(&registry.fire(&ev));
+        let lifecycle = Lifecycle::new(&registry);
+        assert_send(&lifecycle.start(&guest));
+        let mut actions = NoActions;
+        assert_send(&lifecycle.migrate_in_with(&guest, &mut actions));
+        assert_send(&lifecycle.daemon_start(&[]));
     }
 }

@@ -738,6 +738,9 @@ impl Hook for Configured {
     fn policy(&self) -> HookPolicy {
         self.settings.policy
     }
+    fn stop_grace(&self) -> Option<std::time::Duration> {
+        self.inner.stop_grace()
+    }
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         self.inner.call(inv).await
     }

@@ -124,10 +124,12 @@ impl RegistryBuilder {
 
     /// A time limit for each hook call; `None` (the default, as in libvirt) means none.
     ///
-    /// A guarantee for every hook, custom ones included: a call still running
-    /// [`layer::TIMEOUT_GRACE`] past it is dropped (which kills an exec hook's processes)
-    /// and recorded as timed out. A backend's own shorter limit (a sidecar's `timeout`)
-    /// wins. Larger values are capped at [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    /// A guarantee for every hook, custom ones included ([`layer::Timeout`]): a custom
+    /// hook is stopped at it, and a backend that enforces it itself (exec kills the
+    /// process group) gets its [`Hook::stop_grace`] to report before the call is dropped.
+    /// Either way the hook is recorded as timed out. A backend's own shorter limit (a
+    /// sidecar's `timeout`) wins. Larger values are capped at
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -142,8 +144,9 @@ impl RegistryBuilder {
     }
 
     /// The most a hook's outcome may carry on each of stdout and stderr; the rest is cut
-    /// and flagged ([`layer::OutputCap`]). `None` lifts the registry's cap (backends keep
-    /// theirs). Defaults to [`DEFAULT_MAX_OUTPUT`].
+    /// and flagged ([`layer::OutputCap`]). `None` lifts the registry's cap. Backends
+    /// keep their own caps (16 MiB by default; a sidecar's `max_output` sets one hook's),
+    /// so a larger value here does not raise them. Defaults to [`DEFAULT_MAX_OUTPUT`].
     pub fn max_output(mut self, cap: Option<usize>) -> Self {
         self.max_output = cap;
         self
@@ -469,7 +472,7 @@ impl Registry {
     async fn collect_hooks(&self, event: &dyn HookEvent) -> SmallVec<[Arc<dyn Hook>; 8]> {
         let driver = event.driver();
         let mut hooks = match tokio::runtime::Handle::try_current() {
-            Ok(rt) if self.inner.reads_files(driver) => {
+            Ok(rt) if !caller_may_block() && self.inner.reads_files(driver) => {
                 let inner = Arc::clone(&self.inner);
                 match rt.spawn_blocking(move || inner.resolve(driver)).await {
                     Ok(hooks) => hooks,
@@ -507,9 +510,10 @@ impl Registry {
     }
 
     async fn run(&self, event: &dyn HookEvent) -> Report {
-        let hooks = self.collect_hooks(event).await;
         let inner = &*self.inner;
+        // The budget covers finding and loading the hooks too.
         let budget = inner.event_timeout.map(|b| (Instant::now(), b));
+        let hooks = self.collect_hooks(event).await;
         let base = Invocation::from_event(event).with_timeout(inner.timeout);
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
@@ -550,11 +554,13 @@ impl Registry {
                 };
                 let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
                 // An instrumented future costs even with no subscriber; skip it then.
-                if span.is_disabled() {
-                    hook.call(inv).await
+                let call = CatchPanic(hook.call(inv));
+                let result = if span.is_disabled() {
+                    call.await
                 } else {
-                    hook.call(inv).instrument(span).await
-                }
+                    call.instrument(span).await
+                };
+                result.unwrap_or_else(|why| HookOutcome::new(HookStatus::Crashed(format!("panicked: {why}"))))
             };
             let new_document =
                 (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
@@ -589,8 +595,10 @@ impl Registry {
     }
 
     /// [`Registry::fire`] for callers that are not async: the hooks run on this thread
-    /// (an exec hook's wait blocks it). Needs no runtime; inside one, call it from a
-    /// blocking thread (`spawn_blocking`), never from an async task.
+    /// (an exec hook's wait blocks it; nothing is handed to a thread pool). Needs no
+    /// runtime; inside one, call it from a blocking thread (`spawn_blocking`), never
+    /// from an async task. A custom hook that needs a tokio runtime (`tokio::time`)
+    /// must be fired with [`Registry::fire`] inside one.
     ///
     /// # Errors
     /// As [`Registry::fire`].
@@ -615,11 +623,53 @@ impl Registry {
 /// ```
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     use std::task::{Context, Poll, Waker};
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BLOCKING_CALLER.set(self.0);
+        }
+    }
+    let _restore = Restore(BLOCKING_CALLER.replace(true));
     let mut fut = std::pin::pin!(fut);
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => out,
         Poll::Pending => pollster::block_on(fut),
     }
+}
+
+/// A hook's call with its panics caught: a hook that panics is a hook that crashed,
+/// and the hooks after it, the cleanup hooks and the driver's undo still run.
+struct CatchPanic<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let fut = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| std::pin::Pin::new(fut).poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => {
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic with no message".to_owned());
+                std::task::Poll::Ready(Err(why))
+            }
+        }
+    }
+}
+
+thread_local! {
+    static BLOCKING_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the hook being called runs under [`block_on`] (so under
+/// [`Registry::fire_blocking`]): the calling thread may block, and a backend should run
+/// the call right here. Handing it to tokio's blocking pool from there would hold one
+/// pool thread while waiting for another, which deadlocks a full pool.
+pub fn caller_may_block() -> bool {
+    BLOCKING_CALLER.get()
 }
 
 /// libvirt's `virStringIsEmpty`: empty or only whitespace.
@@ -783,6 +833,114 @@ mod tests {
         assert_eq!(back, report);
         assert_eq!(back.hooks[1].status, StatusRecord::TimedOut { after_ms: 2000 });
         assert!(back.hooks[1].message.as_deref().unwrap().contains("timed out after 2s"));
+    }
+
+    fn hangs(name: &str) -> MockHook {
+        MockHook::from_fn(name, |_| std::future::pending())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hanging_custom_hook_times_out_on_a_current_thread_runtime() {
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Qemu, hangs("hangs"))
+            .hook(Driver::Qemu, MockHook::succeeding("after"))
+            .timeout(Some(Duration::from_millis(50)))
+            .build();
+        let err = registry
+            .fire(&QemuEvent::Prepare {
+                name: "vm".into(),
+                xml: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.failed_hook().name, "hangs");
+        assert_eq!(err.failed_hook().status, StatusRecord::TimedOut { after_ms: 50 });
+        assert!(err.report().hooks[1].success, "the hooks after it still run");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hooks_past_the_event_budget_are_not_started_and_fail_the_event() {
+        let late = Arc::new(RecordingHook::new("late"));
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Qemu, hangs("slow"))
+            .shared_hook(Some(Driver::Qemu), late.clone())
+            .hook(
+                Driver::Qemu,
+                MockHook::succeeding("optional-late").with_policy(crate::HookPolicy::Optional),
+            )
+            .event_timeout(Some(Duration::from_millis(60)))
+            .build();
+        let err = registry
+            .fire(&QemuEvent::Start {
+                name: "vm".into(),
+                xml: String::new(),
+            })
+            .await
+            .unwrap_err();
+        let hooks = &err.report().hooks;
+        // Its limit was what was left of the budget.
+        assert!(
+            matches!(hooks[0].status, StatusRecord::TimedOut { after_ms: 1..=60 }),
+            "{:?}",
+            hooks[0].status
+        );
+        assert!(late.calls().is_empty(), "not started");
+        assert!(
+            hooks[1]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("not started: the event's time budget of 60ms ran out"),
+            "{:?}",
+            hooks[1].message
+        );
+        assert_eq!(err.failed_hook().name, "late", "the last required failure is reported");
+        assert!(
+            hooks[2].optional && !hooks[2].success,
+            "an optional hook is recorded too"
+        );
+    }
+
+    #[test]
+    fn the_budget_also_holds_without_a_runtime() {
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Daemon, hangs("slow"))
+            .event_timeout(Some(Duration::from_millis(30)))
+            .build();
+        let report = registry.fire_blocking(&crate::DaemonEvent::Start).unwrap();
+        assert!(!report.succeeded(), "daemon failures are ignored but recorded");
+        assert!(matches!(
+            report.hooks[0].status,
+            StatusRecord::TimedOut { after_ms: 1..=30 }
+        ));
+    }
+
+    #[test]
+    fn layers_wrap_every_hook_first_added_outermost_inside_the_limits() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let tag = |name: &'static str| {
+            let order = Arc::clone(&order);
+            crate::layer::from_fn(move |hook, inv| {
+                order.lock().unwrap().push(format!("{name}:{}", hook.name()));
+                async move { hook.call(&inv).await }
+            })
+        };
+        let loud = MockHook::always("loud", || HookOutcome::success().with_stderr(vec![b'x'; 64]));
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Qemu, loud)
+            .layer(tag("outer"))
+            .layer(tag("inner"))
+            .max_output(Some(8))
+            .build();
+        let report = registry
+            .fire_blocking(&QemuEvent::Start {
+                name: "vm".into(),
+                xml: String::new(),
+            })
+            .unwrap();
+        assert_eq!(*order.lock().unwrap(), ["outer:loud", "inner:loud"]);
+        assert_eq!(report.hooks[0].stderr.len(), 8, "the cap applies outside the layers");
+        assert!(report.hooks[0].stderr_truncated);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

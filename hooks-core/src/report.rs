@@ -341,7 +341,8 @@ pub fn format_duration(d: Duration) -> String {
     } else if us >= 1000 && us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else if us >= 1000 {
-        format!("{:.1}ms", us as f64 / 1000.0)
+        let text = format!("{:.1}ms", us as f64 / 1000.0);
+        text.replace(".0ms", "ms")
     } else {
         format!("{us}µs")
     }

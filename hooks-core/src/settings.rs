@@ -166,7 +166,12 @@ impl fmt::Display for Matcher {
 
 impl PartialEq for Matcher {
     fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
+        let same = |a: &[glob::Pattern], b: &[glob::Pattern]| {
+            a.iter()
+                .map(glob::Pattern::as_str)
+                .eq(b.iter().map(glob::Pattern::as_str))
+        };
+        same(&self.objects, &other.objects) && same(&self.ops, &other.ops) && same(&self.subops, &other.subops)
     }
 }
 

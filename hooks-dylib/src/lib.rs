@@ -9,10 +9,14 @@
 //! - A library is never unloaded: unloading Rust code (thread-locals, registered
 //!   destructors) is unsound, and hooks are loaded once per process anyway. Loading the
 //!   same real path twice returns the same plugin.
-//! - A native call cannot be interrupted. Without a timeout it runs on the caller's
-//!   thread (nanoseconds, no hand-off); with one it runs on a helper thread, and if the
-//!   timeout passes the hook is reported `TimedOut` while the call, which cannot be
-//!   stopped, finishes in the background and its output is dropped.
+//! - A native call cannot be interrupted. Inside a tokio runtime it runs on the
+//!   blocking pool, never on an async worker. Outside one (`fire_blocking`), without a
+//!   timeout it runs on the caller's thread (nanoseconds, no hand-off), and with one on
+//!   a helper thread. If the timeout passes the hook is reported `TimedOut` while the
+//!   call finishes in the background and its output is dropped.
+//! - **On drop**: dropping the future of `Hook::call` (a caller's own timeout, a
+//!   cancelled request) leaves the native call to finish on its own thread; its result
+//!   is dropped and a warning is logged, since the plugin kept running.
 //! - Native plugins are trusted code: they run inside the host process with its
 //!   privileges. Use WASM hooks for code you do not trust.
 //!

@@ -313,6 +313,11 @@ impl Hook for DylibHook {
         Some(&self.path)
     }
 
+    /// It reports `TimedOut` at its timeout itself (the call goes on in the background).
+    fn stop_grace(&self) -> Option<Duration> {
+        Some(Duration::from_millis(250))
+    }
+
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let start = Instant::now();
         let call = Call {
@@ -326,8 +331,8 @@ impl Hook for DylibHook {
         let timeout = inv.timeout_with(self.timeout);
         let mut result = match tokio::runtime::Handle::try_current() {
             // A native call may block as long as it likes: never on an async worker.
-            Ok(rt) => off_executor(&rt, call, timeout, &self.name).await,
-            Err(_) => match timeout {
+            Ok(rt) if !hooks_core::backend::caller_may_block() => off_executor(&rt, call, timeout, &self.name).await,
+            _ => match timeout {
                 None => {
                     let (code, capture) = call.run();
                     outcome(code, capture)

@@ -32,9 +32,12 @@
 //! orphans are being killed) may be killed too. A hook that finishes in time keeps its
 //! background processes, as in libvirt.
 //!
-//! Dropping the future of [`Hook::call`] (say, under `tokio::time::timeout`) kills and
+//! **On drop**: dropping the future of [`Hook::call`] inside tokio (a caller's
+//! `tokio::time::timeout`, the registry's timeout layer, a cancelled request) kills and
 //! reaps the same way, and so does any error or panic in the supervision after a
-//! successful spawn: no process is left running and no zombie is left behind.
+//! successful spawn: no process is left running and no zombie is left behind. Outside
+//! a runtime (`fire_blocking`) the wait happens inside the poll, so there is nothing to
+//! drop mid-call: the hook's own timeout is what stops it.
 //!
 //! The spawn is `posix_spawn` (glibc's `clone(CLONE_VM|CLONE_VFORK)`), as std's
 //! `Command` uses when it can: no copy of the caller's page tables.
@@ -308,12 +311,18 @@ impl Hook for ExecHook {
         Some(&self.path)
     }
 
+    /// It stops at its timeout itself: TERM, the kill grace, KILL, the walk for
+    /// escaped descendants and the reaping take a little longer than the grace.
+    fn stop_grace(&self) -> Option<Duration> {
+        Some(self.options.kill_grace.saturating_add(Duration::from_millis(500)))
+    }
+
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let mut job = self.job(inv);
         // Inside a tokio runtime the wait happens on the blocking pool; elsewhere (e.g.
         // `fire_blocking`) right here, with no thread hand-off at all.
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
+            Ok(rt) if !hooks_core::backend::caller_may_block() => {
                 // The blocking task outlives a dropped future. Dropping `_dropped` with it
                 // hangs up the pipe the supervisor polls, which then kills and reaps.
                 let (watch, _dropped) = match sys::pipe() {
@@ -326,7 +335,7 @@ impl Hook for ExecHook {
                     Err(e) => HookOutcome::new(HookStatus::Crashed(format!("exec supervisor task failed: {e}"))),
                 }
             }
-            Err(_) => job.run(),
+            _ => job.run(),
         }
     }
 }

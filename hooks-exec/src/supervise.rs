@@ -270,7 +270,11 @@ pub(crate) fn supervise(
         if exit.is_none() && (child.pidfd().is_none() || fds[3].revents != 0) {
             if let Some(e) = child.wait(false)? {
                 exit = Some(e);
-                drain_until = Some(Instant::now() + limits.drain_limit);
+                // A hook that exited in time is not timed out by its background
+                // processes: the drain ends at the deadline at the latest.
+                let now = Instant::now();
+                let until = now + limits.drain_limit;
+                drain_until = Some(deadline.map_or(until, |d| until.min(d.max(now + Duration::from_millis(10)))));
                 writer.fd = None;
             }
         }

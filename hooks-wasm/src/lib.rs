@@ -19,6 +19,10 @@
 //!   tokio;
 //! - output caps (16 MiB per stream, reported), optional fuel.
 //!
+//! **On drop**: dropping the future of `Hook::call` inside tokio ends the module's run
+//! at its next epoch check or host call (within milliseconds) and frees its blocking
+//! thread; outside a runtime the call runs to its end (or its timeout) within the poll.
+//!
 //! Speed: one engine per process (pooling allocator), each module compiled once (keyed
 //! by the SHA-256 of its bytes) and kept linked (`InstancePre`), a fresh store per
 //! call, and an on-disk cache of compiled code so a new process does not recompile.
@@ -178,19 +182,24 @@ impl Hook for WasmHook {
         Some(&self.path)
     }
 
+    /// It stops at its timeout itself (epoch interruption, the timer on host calls).
+    fn stop_grace(&self) -> Option<Duration> {
+        Some(Duration::from_millis(500))
+    }
+
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let job = self.job(inv);
         // The module runs on the calling thread, which must not be an async worker:
         // inside tokio it moves to a blocking thread, and dropping this future (the
         // sender with it) ends the call there.
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
+            Ok(rt) if !hooks_core::backend::caller_may_block() => {
                 let (_caller_waits, cancel) = oneshot::channel::<()>();
                 rt.spawn_blocking(move || job(Some(cancel)))
                     .await
                     .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}"))))
             }
-            Err(_) => job(None),
+            _ => job(None),
         }
     }
 }

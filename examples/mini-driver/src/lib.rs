@@ -52,6 +52,8 @@ compiled_hook!(name: "mini-driver/audit-trail", drivers: [Qemu, Daemon], order: 
 pub enum State {
     /// Defined, not running.
     Off,
+    /// Being started (its hooks are running): a second start is refused.
+    Starting,
     /// Running.
     Running,
 }
@@ -102,6 +104,21 @@ pub struct MiniDriver {
     vmm: Vec<String>,
     /// What the driver itself did, in order (so tests can see hooks and work interleave).
     pub actions: Mutex<Vec<String>>,
+}
+
+/// Puts a guest that did not finish starting back to off (a refusal, an error, a
+/// dropped start).
+struct ResetOnDrop<'d> {
+    driver: &'d MiniDriver,
+    name: &'d str,
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            self.driver.set_state(self.name, State::Off);
+        }
+    }
 }
 
 /// The driver's own work between hook events, for one guest.
@@ -192,20 +209,29 @@ impl MiniDriver {
         self.guests.lock().unwrap().get(name)?.vmm.as_ref()?.id()
     }
 
-    fn guest(&self, name: &str, want: State) -> Result<Guest, DriverError> {
-        let guests = self.guests.lock().unwrap();
+    /// The guest if it is in state `want`, moved to `then` in the same step (so two
+    /// starts cannot both pass the check).
+    fn take(&self, name: &str, want: State, then: State) -> Result<Guest, DriverError> {
+        let mut guests = self.guests.lock().unwrap();
         let d = guests
-            .get(name)
+            .get_mut(name)
             .ok_or_else(|| DriverError::NoSuchGuest(name.to_owned()))?;
         if d.state != want {
-            let is = if d.state == State::Running {
-                "running"
-            } else {
-                "not running"
+            let is = match d.state {
+                State::Running => "running",
+                State::Starting => "starting",
+                State::Off => "not running",
             };
             return Err(DriverError::WrongState(name.to_owned(), is));
         }
+        d.state = then;
         Ok(Guest::new(Driver::Qemu, name, d.xml.clone()))
+    }
+
+    fn set_state(&self, name: &str, state: State) {
+        if let Some(d) = self.guests.lock().unwrap().get_mut(name) {
+            d.state = state;
+        }
     }
 
     fn work(&self, name: &str) -> GuestWork<'_> {
@@ -232,10 +258,13 @@ impl MiniDriver {
     /// # Errors
     /// When a hook refuses, the VMM cannot be launched, or the guest is not off.
     pub async fn start(&self, name: &str) -> Result<Sequence, DriverError> {
-        let guest = self.guest(name, State::Off)?;
+        let guest = self.take(name, State::Off, State::Starting)?;
+        // Back to off unless it started, also if this future is dropped mid-start.
+        let mut reset = ResetOnDrop { driver: self, name };
         let mut work = self.work(name);
         let seq = Lifecycle::new(&self.hooks).start_with(&guest, &mut work).await?;
         self.set_running(name, work.vmm.take(), None);
+        reset.name = "";
         Ok(seq)
     }
 
@@ -245,15 +274,12 @@ impl MiniDriver {
     /// # Errors
     /// When the guest is not running.
     pub async fn destroy(&self, name: &str) -> Result<Sequence, DriverError> {
-        let guest = self.guest(name, State::Running)?;
+        let guest = self.take(name, State::Running, State::Off)?;
         let vmm = self.guests.lock().unwrap().get_mut(name).and_then(|d| d.vmm.take());
         if let Some(mut vmm) = vmm {
             let _ = vmm.kill().await;
         }
         self.actions.lock().unwrap().push(format!("kill {name}"));
-        if let Some(d) = self.guests.lock().unwrap().get_mut(name) {
-            d.state = State::Off;
-        }
         let seq = Lifecycle::new(&self.hooks)
             .stop_with(&guest, ReleaseReason::Destroyed, &mut self.work(name))
             .await?;
@@ -267,13 +293,27 @@ impl MiniDriver {
     /// launches the guest with the rewritten XML.
     ///
     /// # Errors
-    /// When a hook refuses.
+    /// When a hook refuses, or a guest of that name is here already.
     pub async fn migrate_in(&self, name: &str, xml: &str) -> Result<Sequence, DriverError> {
-        self.define(name, xml);
-        let guest = self.guest(name, State::Off)?;
+        {
+            // An incoming guest must not replace one that is here already.
+            let mut guests = self.guests.lock().unwrap();
+            if guests.get(name).is_some_and(|d| d.state != State::Off) {
+                return Err(DriverError::WrongState(name.to_owned(), "already here"));
+            }
+            let domain = Domain {
+                xml: xml.to_owned(),
+                state: State::Starting,
+                vmm: None,
+            };
+            guests.insert(name.to_owned(), domain);
+        }
+        let guest = Guest::new(Driver::Qemu, name, xml);
+        let mut reset = ResetOnDrop { driver: self, name };
         let mut work = self.work(name);
         let seq = Lifecycle::new(&self.hooks).migrate_in_with(&guest, &mut work).await?;
         self.set_running(name, work.vmm.take(), seq.xml.clone());
+        reset.name = "";
         Ok(seq)
     }
 
@@ -492,6 +532,41 @@ mod tests {
         // and what a dropped sequence leaves undone is documented: no cleanup hooks.
         assert_eq!(d.state("vm"), Some(State::Off));
         assert_eq!(recorder.lines().last().unwrap(), "vm started begin -");
+    }
+
+    #[tokio::test]
+    async fn a_guest_cannot_be_started_twice_or_replaced_by_a_migration() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let g = Arc::clone(&gate);
+        let waits = MockHook::from_fn("waits", move |_| {
+            let g = Arc::clone(&g);
+            async move {
+                g.notified().await;
+                HookOutcome::success()
+            }
+        })
+        .matching(|e| e.op() == "prepare");
+        let (d, _) = driver(Some(waits));
+        let d = Arc::new(d);
+        let first = tokio::spawn({
+            let d = Arc::clone(&d);
+            async move { d.start("vm").await.map(|_| ()) }
+        });
+        while d.state("vm") != Some(State::Starting) {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            d.start("vm").await,
+            Err(DriverError::WrongState(_, "starting"))
+        ));
+        gate.notify_one();
+        first.await.unwrap().unwrap();
+        assert_eq!(d.state("vm"), Some(State::Running));
+        let pid = d.vmm_pid("vm").unwrap();
+        let err = d.migrate_in("vm", "<domain/>\n").await.unwrap_err();
+        assert!(matches!(err, DriverError::WrongState(_, "already here")), "{err}");
+        assert_eq!(d.vmm_pid("vm"), Some(pid), "the running guest is untouched");
+        d.destroy("vm").await.unwrap();
     }
 
     #[tokio::test]
