@@ -1,11 +1,13 @@
 //! Layers: wrappers the registry puts around every hook it runs, in the spirit of
 //! tower's `Layer`.
 //!
-//! The registry's own limits are layers ([`Timeout`], [`OutputCap`]) and always sit
-//! outermost, so they bound whatever an embedder adds with
-//! [`RegistryBuilder::layer`](crate::RegistryBuilder::layer) (metrics, tracing, retries).
-//! Layers wrap a hook once, when the registry is built or a file is loaded, not on every
-//! call.
+//! The registry's own limits are [`Timeout`] and [`OutputCap`], applied around every
+//! call outside whatever an embedder adds with
+//! [`RegistryBuilder::layer`](crate::RegistryBuilder::layer) (metrics, tracing, retries),
+//! so they bound it too. The registry runs their code inline in `fire`, which saves a
+//! wrapper and an allocation per call; the types are here to compose elsewhere.
+//! Embedders' layers wrap a hook once, when the registry is built or a file is loaded,
+//! not on every call.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
@@ -163,42 +165,87 @@ impl Hook for TimeoutHook {
     forward_identity!();
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
-        let Some(limit) = inv.timeout_with(None) else {
-            return self.inner.call(inv).await;
-        };
-        let grace = self.inner.stop_grace();
-        let started = Instant::now();
-        let call = self.inner.call(inv);
-        let finished = Deadline {
-            call,
-            wait: limit.saturating_add(grace.unwrap_or_default()),
-            timer: None,
-        }
-        .await;
-        match finished {
-            Some(mut out) => {
-                let took = started.elapsed();
-                if grace.is_none() && took > limit && !out.status.is_timeout() {
-                    out.status = HookStatus::TimedOut(limit);
-                    out.warnings.push(format!(
-                        "finished after its timeout (it took {} without yielding)",
-                        crate::report::format_duration(took)
-                    ));
-                }
-                out
+        timed(&*self.inner, inv).await
+    }
+}
+
+/// A call of `hook` with its panics caught: a hook that panics is a hook that crashed.
+pub(crate) fn caught<'a>(
+    hook: &'a dyn Hook,
+    inv: &'a Invocation,
+) -> CatchPanic<Pin<Box<dyn Future<Output = HookOutcome> + Send + 'a>>> {
+    CatchPanic(hook.call(inv))
+}
+
+/// What [`Timeout`] does, for a hook as it is: the registry runs this inline, with no
+/// wrapper and no extra allocation per call.
+pub(crate) async fn timed(hook: &dyn Hook, inv: &Invocation) -> HookOutcome {
+    let Some(limit) = inv.timeout_with(None) else {
+        return caught(hook, inv).await;
+    };
+    let grace = hook.stop_grace();
+    let started = Instant::now();
+    let finished = Deadline {
+        call: caught(hook, inv),
+        wait: limit.saturating_add(grace.unwrap_or_default()),
+        timer: None,
+    }
+    .await;
+    match finished {
+        Some(mut out) => {
+            let took = started.elapsed();
+            if grace.is_none() && took > limit && !out.status.is_timeout() {
+                out.status = HookStatus::TimedOut(limit);
+                out.warnings.push(format!(
+                    "finished after its timeout (it took {} without yielding)",
+                    crate::report::format_duration(took)
+                ));
             }
-            None => {
-                tracing::warn!(hook = self.inner.name(), limit = ?limit, "hook ran past its timeout; its call was dropped");
-                let note = match grace {
-                    Some(grace) => format!(
-                        "still running {} after its timeout; the registry dropped the call",
-                        crate::report::format_duration(grace)
-                    ),
-                    None => "still running at its timeout; the registry dropped the call".to_owned(),
-                };
-                HookOutcome::new(HookStatus::TimedOut(limit))
-                    .with_warning(note)
-                    .with_duration(started.elapsed())
+            out
+        }
+        None => {
+            tracing::warn!(hook = hook.name(), limit = ?limit, "hook ran past its timeout; its call was dropped");
+            let note = match grace {
+                Some(grace) => format!(
+                    "still running {} after its timeout; the registry dropped the call",
+                    crate::report::format_duration(grace)
+                ),
+                None => "still running at its timeout; the registry dropped the call".to_owned(),
+            };
+            HookOutcome::new(HookStatus::TimedOut(limit))
+                .with_warning(note)
+                .with_duration(started.elapsed())
+        }
+    }
+}
+
+/// [`Timeout`] when `timed_`, else the bare (panic-catching) call.
+pub(crate) async fn maybe_timed(hook: &dyn Hook, inv: &Invocation, timed_: bool) -> HookOutcome {
+    if timed_ {
+        timed(hook, inv).await
+    } else {
+        caught(hook, inv).await
+    }
+}
+
+/// A call's future with its panics caught and turned into [`HookStatus::Crashed`], so
+/// the hooks after it, the driver's undo and the cleanup hooks still run.
+pub(crate) struct CatchPanic<F>(F);
+
+impl<F: Future<Output = HookOutcome> + Unpin> Future for CatchPanic<F> {
+    type Output = HookOutcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<HookOutcome> {
+        let fut = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => {
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic with no message".to_owned());
+                Poll::Ready(HookOutcome::new(HookStatus::Crashed(format!("panicked: {why}"))))
             }
         }
     }
@@ -255,15 +302,19 @@ impl Hook for CappedHook {
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let mut out = self.inner.call(inv).await;
-        if out.stdout.len() > self.cap {
-            cut(&mut out.stdout, self.cap);
-            out.stdout_truncated = true;
-        }
-        if out.stderr.len() > self.cap {
-            cut(&mut out.stderr, self.cap);
-            out.stderr_truncated = true;
-        }
+        apply_cap(&mut out, self.cap);
         out
+    }
+}
+
+pub(crate) fn apply_cap(out: &mut HookOutcome, cap: usize) {
+    if out.stdout.len() > cap {
+        cut(&mut out.stdout, cap);
+        out.stdout_truncated = true;
+    }
+    if out.stderr.len() > cap {
+        cut(&mut out.stderr, cap);
+        out.stderr_truncated = true;
     }
 }
 

@@ -113,7 +113,7 @@ pub mod backend {
     pub use crate::loader::{
         registered_loaders, DirEntry, Disposition, EntryRole, HookLoader, LoaderRegistration, SkipReason,
     };
-    pub use crate::registry::caller_may_block;
+    pub use crate::registry::{blocking_pool, caller_may_block};
     pub use crate::report::format_duration;
     pub use crate::settings::{
         parse_duration, parse_size, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MIN_TIMEOUT,

@@ -162,15 +162,9 @@ impl RegistryBuilder {
     /// Builds the registry, reading each hooks directory's presence now (libvirt's
     /// presence cache: a driver with no hooks now is not called until [`Registry::reload`]).
     pub fn build(self) -> Registry {
-        let mut layers = Vec::with_capacity(self.layers.len() + 2);
-        if self.timeout.is_some() || self.event_timeout.is_some() {
-            layers.push(Arc::new(layer::Timeout) as Arc<dyn Layer>);
-        }
-        if let Some(cap) = self.max_output {
-            layers.push(Arc::new(layer::OutputCap(cap)));
-        }
-        layers.extend(self.layers);
-        let stack = LayerStack(layers);
+        // The registry's own limits (`layer::Timeout`, `layer::OutputCap`) are applied in
+        // `fire` around each call, outside these.
+        let stack = LayerStack(self.layers);
         let sources: Vec<Source> = self
             .sources
             .into_iter()
@@ -186,6 +180,7 @@ impl RegistryBuilder {
         Registry {
             inner: Arc::new(Inner {
                 has_dirs: sources.iter().any(|s| matches!(s, Source::Dir(_))),
+                timed: self.timeout.is_some() || self.event_timeout.is_some(),
                 sources,
                 timeout: self.timeout.map(|t| t.min(crate::MAX_TIMEOUT)),
                 event_timeout: self.event_timeout.map(|t| t.min(crate::MAX_TIMEOUT)),
@@ -294,6 +289,8 @@ impl State {
 struct Inner {
     sources: Vec<Source>,
     has_dirs: bool,
+    /// Whether calls run under `layer::Timeout`.
+    timed: bool,
     timeout: Option<Duration>,
     event_timeout: Option<Duration>,
     max_output: Option<usize>,
@@ -471,8 +468,8 @@ impl Registry {
     /// thread when there is one.
     async fn collect_hooks(&self, event: &dyn HookEvent) -> SmallVec<[Arc<dyn Hook>; 8]> {
         let driver = event.driver();
-        let mut hooks = match tokio::runtime::Handle::try_current() {
-            Ok(rt) if !caller_may_block() && self.inner.reads_files(driver) => {
+        let mut hooks = match blocking_pool() {
+            Some(rt) if self.inner.reads_files(driver) => {
                 let inner = Arc::clone(&self.inner);
                 match rt.spawn_blocking(move || inner.resolve(driver)).await {
                     Ok(hooks) => hooks,
@@ -554,13 +551,17 @@ impl Registry {
                 };
                 let span = tracing::debug_span!("hook", name = hook.name(), backend = hook.backend(), op = event.op());
                 // An instrumented future costs even with no subscriber; skip it then.
-                let call = CatchPanic(hook.call(inv));
-                let result = if span.is_disabled() {
-                    call.await
-                } else {
-                    call.instrument(span).await
+                // The registry's own limits run inline: no wrapper, no extra allocation,
+                // and the large timed future is only built when a timeout is set.
+                let mut outcome = match (span.is_disabled(), inner.timed) {
+                    (true, false) => layer::caught(hook, inv).await,
+                    (true, true) => layer::timed(hook, inv).await,
+                    (false, timed) => layer::maybe_timed(hook, inv, timed).instrument(span).await,
                 };
-                result.unwrap_or_else(|why| HookOutcome::new(HookStatus::Crashed(format!("panicked: {why}"))))
+                if let Some(cap) = inner.max_output {
+                    layer::apply_cap(&mut outcome, cap);
+                }
+                outcome
             };
             let new_document =
                 (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
@@ -637,29 +638,6 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
-/// A hook's call with its panics caught: a hook that panics is a hook that crashed,
-/// and the hooks after it, the cleanup hooks and the driver's undo still run.
-struct CatchPanic<F>(F);
-
-impl<F: std::future::Future + Unpin> std::future::Future for CatchPanic<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        let fut = &mut self.0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| std::pin::Pin::new(fut).poll(cx))) {
-            Ok(poll) => poll.map(Ok),
-            Err(payload) => {
-                let why = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic with no message".to_owned());
-                std::task::Poll::Ready(Err(why))
-            }
-        }
-    }
-}
-
 thread_local! {
     static BLOCKING_CALLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -670,6 +648,16 @@ thread_local! {
 /// pool thread while waiting for another, which deadlocks a full pool.
 pub fn caller_may_block() -> bool {
     BLOCKING_CALLER.get()
+}
+
+/// The tokio runtime a backend should hand blocking work to (`spawn_blocking`): the
+/// caller's, unless there is none or the caller may block ([`caller_may_block`]), in
+/// which case the work runs right where the hook is called.
+pub fn blocking_pool() -> Option<tokio::runtime::Handle> {
+    if caller_may_block() {
+        return None;
+    }
+    tokio::runtime::Handle::try_current().ok()
 }
 
 /// libvirt's `virStringIsEmpty`: empty or only whitespace.

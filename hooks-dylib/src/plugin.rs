@@ -329,10 +329,10 @@ impl Hook for DylibHook {
             lib: Arc::clone(&self.lib),
         };
         let timeout = inv.timeout_with(self.timeout);
-        let mut result = match tokio::runtime::Handle::try_current() {
+        let mut result = match hooks_core::backend::blocking_pool() {
             // A native call may block as long as it likes: never on an async worker.
-            Ok(rt) if !hooks_core::backend::caller_may_block() => off_executor(&rt, call, timeout, &self.name).await,
-            _ => match timeout {
+            Some(rt) => off_executor(&rt, call, timeout, &self.name).await,
+            None => match timeout {
                 None => {
                     let (code, capture) = call.run();
                     outcome(code, capture)

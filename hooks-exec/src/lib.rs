@@ -321,8 +321,8 @@ impl Hook for ExecHook {
         let mut job = self.job(inv);
         // Inside a tokio runtime the wait happens on the blocking pool; elsewhere (e.g.
         // `fire_blocking`) right here, with no thread hand-off at all.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) if !hooks_core::backend::caller_may_block() => {
+        match hooks_core::backend::blocking_pool() {
+            Some(rt) => {
                 // The blocking task outlives a dropped future. Dropping `_dropped` with it
                 // hangs up the pipe the supervisor polls, which then kills and reaps.
                 let (watch, _dropped) = match sys::pipe() {
@@ -335,7 +335,7 @@ impl Hook for ExecHook {
                     Err(e) => HookOutcome::new(HookStatus::Crashed(format!("exec supervisor task failed: {e}"))),
                 }
             }
-            _ => job.run(),
+            None => job.run(),
         }
     }
 }

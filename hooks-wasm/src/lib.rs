@@ -192,14 +192,14 @@ impl Hook for WasmHook {
         // The module runs on the calling thread, which must not be an async worker:
         // inside tokio it moves to a blocking thread, and dropping this future (the
         // sender with it) ends the call there.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) if !hooks_core::backend::caller_may_block() => {
+        match hooks_core::backend::blocking_pool() {
+            Some(rt) => {
                 let (_caller_waits, cancel) = oneshot::channel::<()>();
                 rt.spawn_blocking(move || job(Some(cancel)))
                     .await
                     .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}"))))
             }
-            _ => job(None),
+            None => job(None),
         }
     }
 }
