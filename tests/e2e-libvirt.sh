@@ -44,7 +44,13 @@ done
 # `install` refuses a binary that anyone but root could replace (the checkout may sit
 # under a user's directory): install a copy where only root can write, as the README
 # says (/usr/bin, where AppArmor lets libvirtd run it), unless one is there already.
-if [ -e /usr/bin/hookctl ]; then
+# HOOKCTL_INSTALLED=1 (.ci/run, after installing the Debian package): test the
+# package's /usr/bin/hookctl itself, and leave it in place.
+if [ -n "${HOOKCTL_INSTALLED:-}" ]; then
+  [ -x /usr/bin/hookctl ] || fail "HOOKCTL_INSTALLED is set, but /usr/bin/hookctl is missing"
+  hookctl=/usr/bin/hookctl
+  say "testing the installed $hookctl ($(dpkg-query -W -f '${Package} ${Version}' hookctl 2>/dev/null || echo 'not from a package'))"
+elif [ -e /usr/bin/hookctl ]; then
   install -D -m 0755 "$hookctl" "$work/bin/hookctl"
   hookctl=$work/bin/hookctl
 else

@@ -50,6 +50,10 @@ for the daemon driver: start, reload, shutdown (OBJECT may be omitted).")]
     List(ListArgs),
     /// Load every hook and name each broken file and why.
     Check(CheckArgs),
+    /// Show the dispatcher's audit log: one row per hook event; a failed one names the
+    /// plugin and the first line of its stderr.
+    #[command(after_help = LOG_HELP)]
+    Log(LogArgs),
     /// Run the plugins of a plugins dir for one event, as the installed dispatcher does.
     #[command(
         after_help = "Installed as /etc/libvirt/hooks/<driver> (see `install`), hookctl does this by itself \
@@ -60,6 +64,12 @@ with <dir>/<driver>.plugins/ when libvirt calls it with four arguments."
     Install(InstallArgs),
     /// Remove hookctl as libvirt's hook for these drivers, restoring a moved original.
     Uninstall(UninstallArgs),
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write `man/` and `completions/`.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +199,59 @@ pub(crate) struct CheckArgs {
     pub(crate) driver: Option<Driver>,
 }
 
+const LOG_HELP: &str = "\
+Reads the log and its rotations (<log>.5 … <log>.1, oldest first) and says on stderr which
+files it read. Control characters from the log are shown escaped (\\x1b); --json prints the
+lines as they are.
+
+Examples:
+  hookctl log --failed --object web1          # why did web1 not start?
+  hookctl log --plugin 20-limits.sh --since 1d
+  hookctl log --follow                        # watch events as libvirt fires them
+
+Exit status: 0, also when nothing matches (stderr says so); 2 when a log cannot be read
+or --file does not exist.";
+
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// The audit log to read (with its rotations PATH.1 … PATH.5). Default: the log each
+    /// <DIR>/<driver>.plugins/hookctl.toml names (`log = …`), else
+    /// /var/log/libvirt/hookctl.jsonl.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Only events for this guest or network (its exact name; `-` for the daemon).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) object: Option<String>,
+    /// Only this driver: daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(long, value_name = "D", value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+    /// Only this operation (prepare, start, started, stopped, release, migrate, ...), or
+    /// OP/SUBOP (prepare/begin).
+    #[arg(long, value_name = "OP")]
+    pub(crate) op: Option<String>,
+    /// Only events this plugin ran in: its path or its file name (20-x.sh). With --failed,
+    /// only those in which it failed.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) plugin: Option<String>,
+    /// Only failed events: a plugin refused, timed out or could not run, or crashed the
+    /// dispatcher.
+    #[arg(long)]
+    pub(crate) failed: bool,
+    /// Only events since WHEN: a duration back from now (10m, 2h, 1d) or a time
+    /// (2024-05-01T12:00:00Z, 2024-05-01T12:00:00+02:00, or local "2024-05-01 12:00").
+    #[arg(long, value_name = "WHEN", value_parser = commands::log::parse_since)]
+    pub(crate) since: Option<std::time::SystemTime>,
+    /// Only the last N matching events.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub(crate) last: Option<usize>,
+    /// Print the matching audit lines unchanged (JSON, one per line) instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep reading: print new events as they are logged, across rotations (Ctrl-C ends).
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+}
+
 fn parse_driver(s: &str) -> Result<Driver, String> {
     s.parse::<Driver>().map_err(|e| e.to_string())
 }
@@ -223,6 +286,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Simulate(args) => commands::simulate::exec(&hooks_dir, args),
         Command::List(args) => commands::list::exec(&hooks_dir, args),
         Command::Check(args) => commands::check::exec(&hooks_dir, args),
+        Command::Log(args) => commands::log::exec(&hooks_dir, cli.hooks_dir != Path::new(DEFAULT_HOOKS_DIR), args),
         Command::Dispatch(args) => commands::dispatch::exec(args),
         Command::Install(args) => {
             install_dir(args.user, &cli.hooks_dir, hooks_dir).and_then(|d| commands::install::install(&d, args))
@@ -230,6 +294,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Uninstall(args) => {
             install_dir(args.user, &cli.hooks_dir, hooks_dir).and_then(|d| commands::install::uninstall(&d, args))
         }
+        Command::GenerateAssets { dir } => commands::assets::exec(&dir),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

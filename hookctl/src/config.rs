@@ -3,6 +3,7 @@
 //! ```toml
 //! log = "/var/log/libvirt/hookctl.jsonl"   # the audit log (an absolute path)
 //! timeout = "2m"                          # default per plugin: seconds, "500ms", "2m", or "none"
+//! journal = false                         # no journald entry per dispatch (default: true)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub(crate) struct DispatchConfig {
     pub(crate) log: PathBuf,
     /// The default time limit per plugin; `None` after `timeout = "none"`.
     pub(crate) timeout: Option<Duration>,
+    /// Whether each dispatch also sends an entry to journald (when it listens).
+    pub(crate) journal: bool,
 }
 
 impl Default for DispatchConfig {
@@ -32,6 +35,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             log: PathBuf::from(DEFAULT_LOG),
             timeout: Some(DEFAULT_TIMEOUT),
+            journal: true,
         }
     }
 }
@@ -50,6 +54,7 @@ pub(crate) struct ConfigError {
 struct File {
     log: Option<toml::Spanned<PathBuf>>,
     timeout: Option<toml::Spanned<toml::Value>>,
+    journal: Option<bool>,
 }
 
 /// `<plugins>/hookctl.toml`.
@@ -108,6 +113,9 @@ pub(crate) fn read(plugins: &Path) -> Result<DispatchConfig, ConfigError> {
         config.timeout = Timeout::parse(&text)
             .map_err(|e| fail(line, format!("timeout: {e}")))?
             .or(None);
+    }
+    if let Some(journal) = file.journal {
+        config.journal = journal;
     }
     Ok(config)
 }

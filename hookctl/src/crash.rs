@@ -65,6 +65,13 @@ impl Line<'_> {
         self.len += n;
     }
 
+    /// Ends the line with `bytes` even when the buffer is full (the line is then cut,
+    /// but the next one starts on its own line).
+    fn end(&mut self, bytes: &[u8]) {
+        self.len = self.len.min(self.buf.len().saturating_sub(bytes.len()));
+        self.push(bytes);
+    }
+
     fn number(&mut self, mut n: u32) {
         let mut digits = [0u8; 10];
         let mut i = digits.len();
@@ -82,11 +89,19 @@ impl Line<'_> {
     /// A JSON string of `bytes`.
     fn json(&mut self, bytes: &[u8]) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        // A path that is not UTF-8 would make the line invalid JSON: its high bytes are
+        // then written as \u00XX (checked without allocating).
+        let utf8 = std::str::from_utf8(bytes).is_ok();
         self.push(b"\"");
         for &b in bytes {
             match b {
                 b'"' | b'\\' => self.push(&[b'\\', b]),
-                0..=0x1f => self.push(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
+                0..=0x1f | 0x7f => {
+                    self.push(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])
+                }
+                0x80.. if !utf8 => {
+                    self.push(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])
+                }
                 _ => self.push(&[b]),
             }
         }
@@ -122,7 +137,7 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
                 line.json(plugin);
                 line.push(b",\"signal\":");
                 line.number(sig as u32);
-                line.push(b"}\n");
+                line.end(b"}\n");
                 // SAFETY: a descriptor in AUDIT_FD is the audit log, open until `disarm`
                 // takes it out, which the dispatcher does before it closes it; the borrow
                 // ends with this one write. (A crash on another thread just as the

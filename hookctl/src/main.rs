@@ -8,8 +8,8 @@ mod commands;
 mod config;
 #[cfg(feature = "dylib")]
 mod crash;
+mod journal;
 mod output;
-#[cfg(feature = "dylib")]
 mod sys;
 
 use std::process::ExitCode;

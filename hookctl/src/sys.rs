@@ -1,7 +1,10 @@
-//! The system calls `hookctl` makes itself (all of them for the crash handler in
-//! `crash.rs`), each behind a small wrapper, with the reason it is sound beside its
-//! `unsafe` block. Every one of them is async-signal-safe: a single system call, no
-//! allocation, no lock.
+//! The libc calls `hookctl` makes itself, each behind a small wrapper, with the reason
+//! it is sound beside its `unsafe` block: the crash handler's (`crash.rs`; each of
+//! those is async-signal-safe: a single system call, no allocation, no lock) and the
+//! local time for `hookctl log`.
+
+// The signal functions are for the crash handler, built with the dylib backend only.
+#![cfg_attr(not(feature = "dylib"), allow(dead_code))]
 
 use std::os::fd::BorrowedFd;
 
@@ -72,4 +75,17 @@ pub(crate) fn stderr() -> BorrowedFd<'static> {
 /// has nowhere to report its own failure.
 pub(crate) fn write_once(fd: BorrowedFd<'_>, buf: &[u8]) {
     let _ = rustix::io::write(fd, buf);
+}
+
+/// The local calendar time of `secs` since the epoch (`localtime_r`), `None` when libc
+/// cannot represent it.
+pub(crate) fn local_tm(secs: libc::time_t) -> Option<libc::tm> {
+    // SAFETY: `tm` is a plain C struct of integers and one pointer, for which all zeroes
+    // is a valid value (the pointer null).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live, properly aligned values of the right types, and
+    // localtime_r writes only to `tm`. It reads the environment (`TZ`), which nothing in
+    // hookctl changes.
+    let result = unsafe { libc::localtime_r(&secs, &mut tm) };
+    (!result.is_null()).then_some(tm)
 }

@@ -65,6 +65,36 @@ fn a_failing_plugin_fails_the_hook_with_its_name_and_stderr() {
 }
 
 #[test]
+fn an_audit_line_names_the_failing_plugin_and_when_the_event_started() {
+    let (tmp, hooks, plugins) = installed();
+    script(
+        &plugins.join("10-slow-refuse"),
+        "#!/bin/sh\ncat >/dev/null\nsleep 1\nhead -c 2000 /dev/zero | tr '\\0' e >&2\nexit 3\n",
+    );
+    let before = std::time::SystemTime::now();
+    as_libvirt(&hooks, ["vm1", "start", "begin", "-"])
+        .write_stdin("<domain/>\n")
+        .assert()
+        .code(1);
+    let text = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(line["v"], 1);
+    assert_eq!(
+        line["failed_plugin"],
+        plugins.join("10-slow-refuse").display().to_string()
+    );
+    assert_eq!(line["hooks"][0]["stderr"].as_str().unwrap().len(), 500);
+    assert_eq!(line["hooks"][0]["stderr_truncated"], true);
+    // `time` is when the event started, not when the line was written 1 s later.
+    let time = humantime::parse_rfc3339(line["time"].as_str().unwrap()).unwrap();
+    let started = time.duration_since(before).unwrap_or_default();
+    assert!(
+        started < Duration::from_millis(800),
+        "logged {started:?} after the start"
+    );
+}
+
+#[test]
 fn filters_print_only_a_changed_document() {
     let (_tmp, hooks, plugins) = installed();
     script(&plugins.join("10-rewrite"), "#!/bin/sh\nsed s/br-legacy/br0/\n");

@@ -4,6 +4,8 @@
 //! Library and baseline runs are interleaved round by round, and medians are compared,
 //! so machine noise hits both sides alike.
 
+mod dispatcher;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +44,7 @@ fn time_ok(what: &str, f: impl FnOnce() -> bool) -> f64 {
 }
 
 /// Alternates `a` and `b` for `rounds` rounds; returns their median times in seconds.
-fn interleaved(rounds: usize, mut a: impl FnMut() -> bool, mut b: impl FnMut() -> bool) -> (f64, f64) {
+pub(crate) fn interleaved(rounds: usize, mut a: impl FnMut() -> bool, mut b: impl FnMut() -> bool) -> (f64, f64) {
     let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for i in 0..rounds {
         if i % 2 == 0 {
@@ -344,6 +346,8 @@ fn main() {
         .collect();
     let max_overshoot = overshoot_ms.iter().copied().fold(0.0, f64::max);
 
+    let dispatcher = dispatcher::measure(200 / scale.min(4), xml.as_bytes());
+
     let report = json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
         "mock_registry": {
@@ -381,6 +385,7 @@ fn main() {
             "target_overshoot_ms": 20,
             "met": max_overshoot <= 20.0,
         },
+        "dispatcher": dispatcher,
         "wasm": wasm,
         "dylib": dylib.unwrap_or_else(|| json!({"skipped": "fixture plugin not built"})),
         "event": format!("{} {} {} {} {}", ev.driver(), ev.object(), ev.op(), ev.subop(), ev.extra()),

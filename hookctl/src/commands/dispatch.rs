@@ -55,6 +55,7 @@ pub(crate) fn exec(args: DispatchArgs) -> Outcome {
 /// Runs the plugins for one event; `true` when libvirt should see success.
 pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> bool {
     let start = Instant::now();
+    started_at();
     let mut input = Vec::new();
     let stdin_ok = std::io::stdin().lock().read_to_end(&mut input).is_ok();
     let mut event = RawEvent::from_os_args(driver, args);
@@ -99,6 +100,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
     audit(&config.log, log_file, &event, &report, ok, start);
+    crate::journal::send(config.journal, &event, &report, start);
     ok
 }
 
@@ -115,9 +117,24 @@ fn prepare_for_a_crash(log: Option<std::os::fd::RawFd>, event: &RawEvent) {
 }
 
 /// What every audit line starts with: when, who, and the event.
+/// How much of a plugin's stdout and stderr an audit line keeps.
+const EXCERPT_CHARS: usize = 500;
+
+/// When this dispatch started, by the wall clock.
+fn started_at() -> SystemTime {
+    static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(SystemTime::now)
+}
+
+/// The audit lines' format version: readers may rely on the fields of this version.
+const AUDIT_VERSION: u32 = 1;
+
 fn event_fields(event: &RawEvent) -> serde_json::Map<String, serde_json::Value> {
     let mut fields = serde_json::Map::new();
-    let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    // When the event started (the crash line is prepared then; the normal line written
+    // after the plugins ran subtracts their time).
+    let time = humantime::format_rfc3339_micros(started_at()).to_string();
+    fields.insert("v".into(), AUDIT_VERSION.into());
     fields.insert("time".into(), time.into());
     fields.insert("pid".into(), std::process::id().into());
     fields.insert("caller".into(), caller());
@@ -143,7 +160,8 @@ fn caller() -> serde_json::Value {
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
 /// concurrent dispatches never interleave within a line.
 fn audit(log: &Path, opened: Option<std::fs::File>, event: &RawEvent, report: &Report, ok: bool, start: Instant) {
-    let excerpt = |s: &str| -> String { s.chars().take(500).collect() };
+    let excerpt = |s: &str| -> String { s.chars().take(EXCERPT_CHARS).collect() };
+    let cut = |s: &str| s.chars().nth(EXCERPT_CHARS).is_some();
     let hooks: Vec<_> = report
         .hooks
         .iter()
@@ -156,6 +174,7 @@ fn audit(log: &Path, opened: Option<std::fs::File>, event: &RawEvent, report: &R
                 "optional": r.optional,
                 "duration_us": r.duration_us,
                 "stderr": excerpt(&r.stderr),
+                "stderr_truncated": cut(&r.stderr) || r.stderr_truncated,
                 // libvirt throws a hook's stdout away except for filters; keep a trace.
                 "stdout": excerpt(&r.stdout),
                 "warnings": r.warnings,
@@ -163,8 +182,12 @@ fn audit(log: &Path, opened: Option<std::fs::File>, event: &RawEvent, report: &R
         })
         .collect();
     let mut line = event_fields(event);
+    let failed = report
+        .failed_hook()
+        .or_else(|| report.hooks.iter().find(|r| !r.success));
     let rest = json!({
         "result": if ok { "ok" } else { "failed" },
+        "failed_plugin": failed.map(|r| r.name.as_str()),
         "policy": report.policy,
         "document_changed": report.document_changed,
         "duration_us": start.elapsed().as_micros() as u64,

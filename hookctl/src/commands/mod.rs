@@ -1,9 +1,11 @@
 //! One module per subcommand; each builds what it needs and calls the library.
 
+pub(crate) mod assets;
 pub(crate) mod check;
 pub(crate) mod dispatch;
 pub(crate) mod install;
 pub(crate) mod list;
+pub(crate) mod log;
 pub(crate) mod run;
 pub(crate) mod simulate;
 

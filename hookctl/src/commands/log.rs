@@ -1,0 +1,924 @@
+//! `hookctl log`: the dispatcher's audit log read back for the operator, one row per
+//! hook event, or the matching lines unchanged (`--json`), and new ones as they come
+//! (`--follow`, across rotations).
+//!
+//! The log is written by others (and holds hooks' stderr), so nothing from it reaches
+//! the terminal raw: control characters are shown escaped, fields are cut to a width,
+//! and a line longer than [`MAX_LINE`] is skipped without being kept in memory.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hooks_core::Driver;
+use serde::Deserialize;
+
+use crate::cli::{LogArgs, Outcome, UsageError};
+use crate::output;
+
+/// A longer line is skipped (and counted): the dispatcher's own lines are a few KiB, its
+/// excerpts of a plugin's output being 500 characters.
+const MAX_LINE: usize = 1 << 20;
+/// How often `--follow` looks for new lines.
+const POLL: Duration = Duration::from_millis(200);
+/// Characters shown of an object name, a plugin's name, and a failure's detail.
+const OBJECT_WIDTH: usize = 48;
+const NAME_WIDTH: usize = 80;
+const DETAIL_WIDTH: usize = 200;
+
+pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outcome {
+    let logs = which_logs(hooks_dir, explicit_dir, args.file.as_deref())?;
+    let ctx = Ctx {
+        hooks_dir,
+        json: args.json,
+        object: args.object,
+        driver: args.driver,
+        op: args.op,
+        plugin: args.plugin,
+        failed: args.failed,
+        since: args.since,
+    };
+    let mut seen = HashSet::new();
+    let mut errors = Vec::new();
+    let mut malformed: Vec<(PathBuf, usize)> = Vec::new();
+    let mut per_log = Vec::new();
+    let mut tails = Vec::new();
+    let mut total = 0usize;
+    for log in &logs {
+        let (files, live_file) = open_all(log, &mut seen, &mut errors)?;
+        let mut events = VecDeque::new();
+        let mut read = Vec::new();
+        let mut following = false;
+        for mut f in files {
+            let live = f.path == log.path;
+            let mut lines = Lines::default();
+            let mut bad = 0;
+            let mut take = |piece: Piece<'_>| match ctx.event(piece) {
+                Parsed::Blank => {}
+                Parsed::Malformed => bad += 1,
+                Parsed::Filtered => total += 1,
+                Parsed::Event(event) => {
+                    total += 1;
+                    events.push_back(event);
+                    if args.last.is_some_and(|n| events.len() > n) {
+                        events.pop_front();
+                    }
+                }
+            };
+            let result = read_available(&mut f.file, &mut lines, &mut take);
+            if !(live && args.follow) {
+                lines.finish(&mut take);
+            }
+            if bad > 0 {
+                malformed.push((f.path.clone(), bad));
+            }
+            match result {
+                Ok(n) if live && args.follow => {
+                    following = true;
+                    tails.push(Tail {
+                        path: f.path.clone(),
+                        current: Some(Current {
+                            file: f.file,
+                            id: f.id,
+                            pos: n,
+                        }),
+                        lines,
+                        complained: false,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(cannot_read(&f.path, &e)),
+            }
+            read.push(f.path);
+        }
+        if args.follow && live_file == Live::Missing && !following {
+            tails.push(Tail {
+                path: log.path.clone(),
+                current: None,
+                lines: Lines::default(),
+                complained: false,
+            });
+        }
+        say_what_was_read(log, &read, live_file);
+        per_log.push(events);
+    }
+    if !malformed.is_empty() {
+        let count: usize = malformed.iter().map(|(_, n)| n).sum();
+        let files: Vec<_> = malformed
+            .iter()
+            .map(|(p, n)| format!("{}: {n}", shown(&p.to_string_lossy(), NAME_WIDTH)))
+            .collect();
+        eprintln!(
+            "hookctl: warning: skipped {count} malformed line{} (not an audit record, or longer than {} MiB): {}",
+            if count == 1 { "" } else { "s" },
+            MAX_LINE >> 20,
+            files.join(", ")
+        );
+    }
+    let mut events = merge(per_log);
+    if let Some(n) = args.last {
+        let cut = events.len().saturating_sub(n);
+        events.drain(..cut);
+    }
+    let waiting = if args.follow { "; waiting for new ones" } else { "" };
+    if events.is_empty() && errors.is_empty() && args.last != Some(0) {
+        if total == 0 {
+            eprintln!("hookctl: no events logged yet{waiting}");
+        } else {
+            eprintln!(
+                "hookctl: no events match ({total} event{} read){waiting}",
+                if total == 1 { "" } else { "s" }
+            );
+        }
+    }
+    let mut out = Out::new(args.json, &events);
+    if let Err(e) = out.print(&events, args.follow) {
+        return stdout_gone(e);
+    }
+    if !errors.is_empty() {
+        return Err(UsageError(errors.join("; ")));
+    }
+    if args.follow {
+        if let Err(e) = follow(&ctx, &mut tails, &mut out) {
+            return stdout_gone(e);
+        }
+    }
+    Ok(true)
+}
+
+/// A reader that went away (`| head`) ends us quietly.
+fn stdout_gone(e: io::Error) -> Outcome {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(true)
+    } else {
+        Err(UsageError(format!("cannot write to stdout: {e}")))
+    }
+}
+
+/// `--since`: a duration back from now (`10m`, `2h`, `1d`) or a time (RFC 3339, or the
+/// local `2024-05-01 12:00[:00]` the table shows, or a date).
+pub(crate) fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(s.trim()) {
+        return SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("`{s}` is too long ago"));
+    }
+    parse_time(s, true).ok_or_else(|| {
+        format!(
+            "`{s}` is neither a duration (10m, 2h, 1d) nor a time (2024-05-01T12:00:00Z, \
+2024-05-01T12:00:00+02:00, or local \"2024-05-01 12:00\")"
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Which files
+
+/// One audit log (its rotations beside it) and who writes it.
+struct Log {
+    path: PathBuf,
+    /// `--file`, or the drivers whose dispatcher writes it.
+    origin: Origin,
+}
+
+enum Origin {
+    File,
+    Drivers(Vec<&'static str>),
+    Default,
+}
+
+/// `--file`; else the logs the dispatchers of `hooks_dir` write (each `<driver>.plugins/
+/// hookctl.toml`'s `log =`, the default for a plugins dir without one), deduplicated;
+/// else the default.
+fn which_logs(hooks_dir: &Path, explicit_dir: bool, file: Option<&Path>) -> Result<Vec<Log>, UsageError> {
+    if let Some(file) = file {
+        return Ok(vec![Log {
+            path: file.to_owned(),
+            origin: Origin::File,
+        }]);
+    }
+    if explicit_dir {
+        crate::cli::require_dir(hooks_dir)?;
+    }
+    let mut logs: Vec<Log> = Vec::new();
+    for driver in Driver::ALL {
+        let Some(plugins) = super::plugins_dir(hooks_dir, driver) else {
+            continue;
+        };
+        let path = match crate::config::read(&plugins) {
+            Ok(config) => config.log,
+            Err(e) => {
+                eprintln!(
+                    "hookctl: warning: {}: {} (its dispatcher writes the default log; run `hookctl check`)",
+                    shown(&e.path.to_string_lossy(), NAME_WIDTH),
+                    shown(&e.message, DETAIL_WIDTH)
+                );
+                PathBuf::from(crate::config::DEFAULT_LOG)
+            }
+        };
+        match logs.iter_mut().find(|l| l.path == path) {
+            Some(Log {
+                origin: Origin::Drivers(d),
+                ..
+            }) => d.push(driver.as_str()),
+            _ => logs.push(Log {
+                path,
+                origin: Origin::Drivers(vec![driver.as_str()]),
+            }),
+        }
+    }
+    if logs.is_empty() {
+        logs.push(Log {
+            path: PathBuf::from(crate::config::DEFAULT_LOG),
+            origin: Origin::Default,
+        });
+    }
+    Ok(logs)
+}
+
+struct Opened {
+    path: PathBuf,
+    file: File,
+    id: (u64, u64),
+}
+
+/// What became of the log itself (not its rotations) in [`open_all`].
+#[derive(Clone, Copy, PartialEq)]
+enum Live {
+    Opened,
+    Missing,
+    /// The same file as one read for another log (another spelling of its path).
+    Duplicate,
+    Unreadable,
+}
+
+/// Opens the log and its rotations, newest first (so that a rotation while we open
+/// shows a file twice, skipped by its identity, rather than hiding one), and returns
+/// them oldest first. A missing `--file` is an error; any other missing file is not.
+fn open_all(
+    log: &Log,
+    seen: &mut HashSet<(u64, u64)>,
+    errors: &mut Vec<String>,
+) -> Result<(Vec<Opened>, Live), UsageError> {
+    let paths = std::iter::once(log.path.clone())
+        .chain((1..=crate::audit::KEEP_ROTATIONS).map(|n| crate::audit::rotated(&log.path, n)));
+    let mut files = Vec::new();
+    let mut live_file = Live::Missing;
+    for path in paths {
+        let live = path == log.path;
+        let state = match open(&path) {
+            Ok((file, id)) if seen.insert(id) => {
+                files.push(Opened { path, file, id });
+                Live::Opened
+            }
+            Ok(_) => Live::Duplicate,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if matches!(log.origin, Origin::File) && live {
+                    return Err(UsageError(cannot_read(&path, &e)));
+                }
+                Live::Missing
+            }
+            Err(e) => {
+                errors.push(cannot_read(&path, &e));
+                Live::Unreadable
+            }
+        };
+        if live {
+            live_file = state;
+        }
+    }
+    files.reverse();
+    Ok((files, live_file))
+}
+
+/// Opens a log for reading without blocking on a FIFO or taking a terminal; only a
+/// regular file is read.
+fn open(path: &Path) -> io::Result<(File, (u64, u64))> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
+fn cannot_read(path: &Path, e: &io::Error) -> String {
+    let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+        " (the audit log is readable by its owner and group only: try sudo)"
+    } else {
+        ""
+    };
+    format!(
+        "cannot read `{}`: {e}{hint}",
+        shown(&path.to_string_lossy(), NAME_WIDTH)
+    )
+}
+
+fn say_what_was_read(log: &Log, read: &[PathBuf], live_file: Live) {
+    let origin = match &log.origin {
+        Origin::File => String::new(),
+        Origin::Default => " (the default log)".to_owned(),
+        Origin::Drivers(drivers) => {
+            let default = if log.path == Path::new(crate::config::DEFAULT_LOG) {
+                ", the default log"
+            } else {
+                ""
+            };
+            format!(" (written for {}{default})", drivers.join(", "))
+        }
+    };
+    let path = shown(&log.path.to_string_lossy(), NAME_WIDTH);
+    if !read.is_empty() {
+        let names: Vec<_> = read.iter().map(|p| shown(&p.to_string_lossy(), NAME_WIDTH)).collect();
+        eprintln!("hookctl: read {}{origin}", names.join(", "));
+    } else if live_file == Live::Missing {
+        eprintln!("hookctl: {path} does not exist yet{origin}");
+    } else if live_file == Live::Duplicate {
+        eprintln!("hookctl: {path} is a file read above{origin}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Lines
+
+/// Splits what is read into lines, keeping at most [`MAX_LINE`] bytes of one.
+#[derive(Default)]
+struct Lines {
+    partial: Vec<u8>,
+    too_long: bool,
+}
+
+enum Piece<'a> {
+    Line(&'a [u8]),
+    TooLong,
+}
+
+impl Lines {
+    fn feed(&mut self, mut chunk: &[u8], each: &mut dyn FnMut(Piece<'_>)) {
+        while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
+            let head = &chunk[..nl];
+            chunk = &chunk[nl + 1..];
+            if self.too_long || self.partial.len() + head.len() > MAX_LINE {
+                each(Piece::TooLong);
+            } else if self.partial.is_empty() {
+                each(Piece::Line(head));
+            } else {
+                self.partial.extend_from_slice(head);
+                each(Piece::Line(&self.partial));
+            }
+            self.partial.clear();
+            self.too_long = false;
+        }
+        if self.too_long {
+            return;
+        }
+        if self.partial.len() + chunk.len() > MAX_LINE {
+            self.too_long = true;
+            self.partial = Vec::new();
+        } else {
+            self.partial.extend_from_slice(chunk);
+        }
+    }
+
+    /// The end of a file that will not grow: a last line without its newline counts.
+    fn finish(&mut self, each: &mut dyn FnMut(Piece<'_>)) {
+        if self.too_long {
+            each(Piece::TooLong);
+        } else if !self.partial.is_empty() {
+            each(Piece::Line(&self.partial));
+        }
+        self.partial.clear();
+        self.too_long = false;
+    }
+}
+
+/// Reads `file` to its end, feeding `lines`; the number of bytes read.
+fn read_available(file: &mut File, lines: &mut Lines, each: &mut dyn FnMut(Piece<'_>)) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                total += n as u64;
+                lines.feed(&buf[..n], each);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Events
+
+/// The fields of an audit line that `log` reads (see `commands/dispatch.rs`); others are
+/// ignored. A crash line has `crashed_plugin` and `signal` and no `hooks`.
+#[derive(Deserialize)]
+struct Record {
+    time: String,
+    driver: String,
+    object: String,
+    op: String,
+    #[serde(default)]
+    subop: String,
+    result: String,
+    #[serde(default)]
+    duration_us: Option<u64>,
+    #[serde(default)]
+    hooks: Vec<HookLine>,
+    #[serde(default)]
+    crashed_plugin: Option<String>,
+    #[serde(default)]
+    signal: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct HookLine {
+    name: String,
+    success: bool,
+    #[serde(default)]
+    optional: bool,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    stderr: String,
+}
+
+enum Parsed {
+    Blank,
+    /// Not an audit record (or too long to keep).
+    Malformed,
+    Filtered,
+    Event(Event),
+}
+
+struct Event {
+    time: SystemTime,
+    shown: Shown,
+}
+
+enum Shown {
+    /// The line as it is in the log.
+    Json(Vec<u8>),
+    /// Table cells, made safe for a terminal.
+    Row([String; 7]),
+}
+
+/// The filters, and how to show what passes them.
+struct Ctx<'a> {
+    hooks_dir: &'a Path,
+    json: bool,
+    object: Option<String>,
+    driver: Option<Driver>,
+    op: Option<String>,
+    plugin: Option<String>,
+    failed: bool,
+    since: Option<SystemTime>,
+}
+
+impl Ctx<'_> {
+    fn event(&self, piece: Piece<'_>) -> Parsed {
+        let Piece::Line(line) = piece else {
+            return Parsed::Malformed;
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Parsed::Blank;
+        }
+        let parsed = match serde_json::from_slice::<Record>(line) {
+            // The crash handler writes a plugin's path as it is, bytes that are not
+            // UTF-8 included: read such a line lossily rather than lose it.
+            Err(_) if std::str::from_utf8(line).is_err() => {
+                serde_json::from_str::<Record>(&String::from_utf8_lossy(line))
+            }
+            parsed => parsed,
+        };
+        let Ok(record) = parsed else { return Parsed::Malformed };
+        let Some(time) = parse_time(&record.time, false) else {
+            return Parsed::Malformed;
+        };
+        if !self.matches(&record, time) {
+            return Parsed::Filtered;
+        }
+        let shown = if self.json {
+            Shown::Json(line.to_vec())
+        } else {
+            Shown::Row(self.row(&record, time))
+        };
+        Parsed::Event(Event { time, shown })
+    }
+
+    fn named(&self, name: &str) -> bool {
+        self.plugin
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && Path::new(name).ends_with(p))
+    }
+
+    fn matches(&self, r: &Record, time: SystemTime) -> bool {
+        if self.since.is_some_and(|since| time < since)
+            || self.driver.is_some_and(|d| r.driver != d.as_str())
+            || self.object.as_deref().is_some_and(|o| r.object != o)
+        {
+            return false;
+        }
+        if let Some(op) = &self.op {
+            let matched = match op.split_once('/') {
+                Some((op, subop)) => r.op == op && r.subop == subop,
+                None => r.op == *op,
+            };
+            if !matched {
+                return false;
+            }
+        }
+        let crashed = r.crashed_plugin.as_deref();
+        match (self.plugin.is_some(), self.failed) {
+            // The events in which that plugin failed (or crashed the dispatcher).
+            (true, true) => {
+                r.hooks.iter().any(|h| !h.success && self.named(&h.name)) || crashed.is_some_and(|c| self.named(c))
+            }
+            (true, false) => r.hooks.iter().any(|h| self.named(&h.name)) || crashed.is_some_and(|c| self.named(c)),
+            (false, true) => r.result != "ok",
+            (false, false) => true,
+        }
+    }
+
+    fn row(&self, r: &Record, time: SystemTime) -> [String; 7] {
+        let op = if r.subop.is_empty() {
+            r.op.clone()
+        } else {
+            format!("{}/{}", r.op, r.subop)
+        };
+        let duration = r.duration_us.map_or_else(
+            || "-".to_owned(),
+            |us| hooks_core::backend::format_duration(Duration::from_micros(us)),
+        );
+        [
+            local_time(time),
+            shown(&r.driver, 16),
+            shown(&r.object, OBJECT_WIDTH),
+            shown(&op, 40),
+            shown(&r.result, 16),
+            duration,
+            self.detail(r),
+        ]
+    }
+
+    /// Why an event failed: the plugin, how it ended, and the first line of its stderr;
+    /// for an event that went through, a failure that was ignored (optional plugin).
+    fn detail(&self, r: &Record) -> String {
+        let name = |n: &str| shown(&output::short(n, self.hooks_dir), NAME_WIDTH);
+        if let Some(plugin) = &r.crashed_plugin {
+            let signal = r.signal.map_or_else(String::new, |s| format!(" with signal {s}"));
+            return format!("{}: crashed the dispatcher{signal}", name(plugin));
+        }
+        let failing = |h: &&HookLine| !h.success;
+        let required = |h: &&HookLine| !h.success && !h.optional;
+        // With --plugin, its own failure; else the first that failed the event.
+        let pick = r
+            .hooks
+            .iter()
+            .filter(failing)
+            .find(|h| self.named(&h.name))
+            .or_else(|| r.hooks.iter().find(required))
+            .or_else(|| r.hooks.iter().find(failing));
+        let Some(h) = pick else { return String::new() };
+        let mut text = String::new();
+        if h.optional {
+            text.push_str("ignored: ");
+        }
+        let _ = write!(text, "{}: {}", name(&h.name), shown(&h.status, DETAIL_WIDTH));
+        let first = output::first_line(&h.stderr);
+        if !first.is_empty() {
+            let _ = write!(text, ": {}", shown(first, DETAIL_WIDTH));
+        }
+        text
+    }
+}
+
+/// Merges the logs' events (each in its file order) by time.
+fn merge(mut logs: Vec<VecDeque<Event>>) -> Vec<Event> {
+    if logs.len() == 1 {
+        return logs.pop().map(Vec::from).unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(logs.iter().map(VecDeque::len).sum());
+    loop {
+        let next = logs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.front().map(|e| (e.time, i)))
+            .min();
+        let Some((_, i)) = next else { return out };
+        out.extend(logs[i].pop_front());
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Output
+
+struct Out {
+    tty: bool,
+    json: bool,
+    widths: [usize; 6],
+    header_done: bool,
+}
+
+const HEADER: [&str; 7] = ["TIME", "DRIVER", "OBJECT", "OP", "RESULT", "DURATION", "DETAIL"];
+
+impl Out {
+    fn new(json: bool, events: &[Event]) -> Self {
+        // Room for what usually comes, so that rows printed later line up too.
+        let mut widths = [19, 7, 12, 15, 7, 8];
+        for event in events {
+            if let Shown::Row(cells) = &event.shown {
+                for (w, cell) in widths.iter_mut().zip(cells) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+        }
+        Out {
+            tty: io::stdout().is_terminal(),
+            json,
+            widths,
+            header_done: false,
+        }
+    }
+
+    /// Prints the events (the table's header first, also when `follow` waits for rows).
+    fn print(&mut self, events: &[Event], follow: bool) -> io::Result<()> {
+        let mut text = Vec::new();
+        if !self.json && !self.header_done && (follow || !events.is_empty()) {
+            self.row(&mut text, &HEADER.map(str::to_owned));
+            self.header_done = true;
+        }
+        for event in events {
+            match &event.shown {
+                Shown::Row(cells) => self.row(&mut text, cells),
+                Shown::Json(line) if self.tty => {
+                    text.extend_from_slice(for_terminal(line).as_bytes());
+                    text.push(b'\n');
+                }
+                Shown::Json(line) => {
+                    text.extend_from_slice(line);
+                    text.push(b'\n');
+                }
+            }
+        }
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut out = io::stdout().lock();
+        out.write_all(&text)?;
+        out.flush()
+    }
+
+    fn row(&self, text: &mut Vec<u8>, cells: &[String; 7]) {
+        let mut line = String::new();
+        for (cell, width) in cells.iter().zip(self.widths) {
+            let pad = width.saturating_sub(cell.chars().count());
+            let _ = write!(line, "{cell}{:pad$}  ", "");
+        }
+        line.push_str(&cells[6]);
+        text.extend_from_slice(line.trim_end().as_bytes());
+        text.push(b'\n');
+    }
+}
+
+/// A JSON line for a terminal: the same JSON, with the C1 controls and DEL that JSON
+/// allows raw in strings written as `\u` escapes (and bytes that are not UTF-8 replaced).
+fn for_terminal(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `s` made safe for a terminal and cut to `max` characters: control characters (C0,
+/// DEL, C1: ANSI escapes, carriage returns) and the bidirectional controls that
+/// reorder what follows are shown as escapes, and so is `\` itself.
+fn shown(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max + 8));
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() || is_bidi_control(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+// ---------------------------------------------------------------------------------
+// Time
+
+/// `2024-05-01 12:00:03` in local time (`TZ`, else `/etc/localtime`), or UTC with a `Z`
+/// when the local time cannot be had.
+fn local_time(t: SystemTime) -> String {
+    match libc::time_t::try_from(unix_seconds(t))
+        .ok()
+        .and_then(crate::sys::local_tm)
+    {
+        Some(tm) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            i64::from(tm.tm_year) + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
+        ),
+        None => humantime::format_rfc3339_seconds(t).to_string(),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The local offset from UTC at `t`, in seconds (0 when unknown).
+fn local_offset(t: SystemTime) -> i64 {
+    let secs = libc::time_t::try_from(unix_seconds(t)).ok();
+    // `tm_gmtoff` is a C long: 32 bits on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    secs.and_then(crate::sys::local_tm)
+        .map_or(0, |tm| i64::from(tm.tm_gmtoff))
+}
+
+/// RFC 3339 (`Z` or `±HH:MM`; `T` or a space; fractions of a second), a time to the
+/// minute, or a date. Without an offset it is local time if `bare_is_local`, else refused.
+fn parse_time(s: &str, bare_is_local: bool) -> Option<SystemTime> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    let (body, offset) = if b.last().is_some_and(|&c| c == b'Z' || c == b'z') {
+        (&b[..b.len() - 1], Some(0))
+    } else if b.len() > 16 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':' {
+        let digits = |x: &[u8]| -> Option<i64> {
+            x.iter()
+                .try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
+        };
+        let hours = digits(&b[b.len() - 5..b.len() - 3])?;
+        let minutes = digits(&b[b.len() - 2..])?;
+        let sign = if b[b.len() - 6] == b'-' { -1 } else { 1 };
+        (&b[..b.len() - 6], Some(sign * (hours * 3600 + minutes * 60)))
+    } else {
+        (b, None)
+    };
+    let mut body = std::str::from_utf8(body).ok()?.to_owned();
+    match body.len() {
+        10 => body.push_str(" 00:00:00"),
+        16 => body.push_str(":00"),
+        _ => {}
+    }
+    // humantime reads the time as UTC; the offset is applied below.
+    let as_utc = humantime::parse_rfc3339_weak(&body).ok()?;
+    let shift = |t: SystemTime, by: i64| -> Option<SystemTime> {
+        if by >= 0 {
+            t.checked_sub(Duration::from_secs(by.unsigned_abs()))
+        } else {
+            t.checked_add(Duration::from_secs(by.unsigned_abs()))
+        }
+    };
+    match offset {
+        Some(offset) => shift(as_utc, offset),
+        None if bare_is_local => {
+            // The offset in effect then: guessed from the time read as UTC, then again
+            // from the result (right but for the hour a clock change repeats).
+            let guess = shift(as_utc, local_offset(as_utc))?;
+            shift(as_utc, local_offset(guess))
+        }
+        None => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// --follow
+
+/// A log followed by `--follow`: the file we read (the one at the path when we last
+/// looked; `None` until it exists), and how far.
+struct Tail {
+    path: PathBuf,
+    current: Option<Current>,
+    lines: Lines,
+    complained: bool,
+}
+
+struct Current {
+    file: File,
+    id: (u64, u64),
+    pos: u64,
+}
+
+fn follow(ctx: &Ctx<'_>, tails: &mut [Tail], out: &mut Out) -> io::Result<()> {
+    loop {
+        std::thread::sleep(POLL);
+        let mut events = Vec::new();
+        for tail in tails.iter_mut() {
+            let mut bad = 0usize;
+            let mut take = |piece: Piece<'_>| match ctx.event(piece) {
+                Parsed::Malformed => bad += 1,
+                Parsed::Event(event) => events.push(event),
+                Parsed::Blank | Parsed::Filtered => {}
+            };
+            tail.poll(&mut take);
+            if bad > 0 {
+                eprintln!(
+                    "hookctl: warning: skipped {bad} malformed line{} in {}",
+                    if bad == 1 { "" } else { "s" },
+                    shown(&tail.path.to_string_lossy(), NAME_WIDTH)
+                );
+            }
+        }
+        if tails.len() > 1 {
+            // Stable: each log's events stay in their order.
+            events.sort_by_key(|e| e.time);
+        }
+        out.print(&events, true)?;
+    }
+}
+
+impl Tail {
+    fn poll(&mut self, take: &mut dyn FnMut(Piece<'_>)) {
+        let at_path = fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
+        if let Some(current) = &mut self.current {
+            let read = read_available(&mut current.file, &mut self.lines, take);
+            match read {
+                Ok(n) => current.pos += n,
+                Err(e) => complain(&self.path, &mut self.complained, &e),
+            }
+            match at_path {
+                // Rotated (renamed, a new file in its place): what was left of the old
+                // one has just been read; go on with the new one.
+                Some(id) if id != current.id => {
+                    self.lines.finish(take);
+                    self.current = None;
+                }
+                // Truncated in place (logrotate's copytruncate): start again.
+                Some(_) => {
+                    let len = current.file.metadata().map_or(current.pos, |m| m.len());
+                    if len < current.pos {
+                        self.lines = Lines::default();
+                        current.pos = current.file.seek(SeekFrom::Start(0)).unwrap_or(0);
+                    }
+                }
+                // Renamed and not yet replaced: keep reading the old one.
+                None => {}
+            }
+        }
+        if self.current.is_none() && at_path.is_some() {
+            match open(&self.path) {
+                Ok((mut file, id)) => {
+                    let pos = match read_available(&mut file, &mut self.lines, take) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            complain(&self.path, &mut self.complained, &e);
+                            0
+                        }
+                    };
+                    self.current = Some(Current { file, id, pos });
+                    self.complained = false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => complain(&self.path, &mut self.complained, &e),
+            }
+        }
+    }
+}
+
+/// Says once that a followed log cannot be read (we keep trying).
+fn complain(path: &Path, complained: &mut bool, e: &io::Error) {
+    if !*complained {
+        eprintln!("hookctl: warning: {}; still trying", cannot_read(path, e));
+        *complained = true;
+    }
+}

@@ -1,0 +1,176 @@
+//! The journal: when journald listens at `/run/systemd/journal/socket`, each dispatch
+//! also sends it one structured entry in journald's native protocol
+//! (<https://systemd.io/JOURNAL_NATIVE_PROTOCOL/>), so that
+//! `journalctl -t hookctl HOOK_OBJECT=web1` finds a guest's hook decisions.
+//!
+//! One datagram of fields, each `KEY=value\n`, or, when the value holds a newline,
+//! `KEY\n` + its length as a little-endian `u64` + the value + `\n`: object names and
+//! plugins' stderr come from others, and a newline in them must never start a field of
+//! their own (`\nPRIORITY=0`). Values are capped (4096 bytes, stderr 500 characters),
+//! so an entry stays far below a datagram's limit; should a tiny socket buffer still
+//! refuse it (`EMSGSIZE`), the entry is sent once more with every value cut to 256
+//! bytes, instead of passing a memfd as journald also accepts.
+//!
+//! Sending never delays or fails the dispatch: the socket is non-blocking (a stalled
+//! journald with a full queue means the entry is dropped, where a blocking sender would
+//! wait), errors are only traced at debug level, and nothing is retried but that one
+//! smaller entry.
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::time::Instant;
+
+use hooks_core::{HookEvent, HookRecord, RawEvent, Report};
+
+use crate::output;
+
+/// Where journald receives native-protocol datagrams.
+pub(crate) const SOCKET: &str = "/run/systemd/journal/socket";
+
+/// How much of each value is sent, in bytes (a plugin's path is at most `PATH_MAX`).
+const MAX_VALUE: usize = 4096;
+/// How much of the failed plugin's stderr is sent, in characters (as in the audit log).
+const STDERR_CHARS: usize = 500;
+/// Every value's cap in the entry sent again after `EMSGSIZE`.
+const SHRUNK_VALUE: usize = 256;
+/// How much of the failed plugin's first stderr line `MESSAGE` shows, in characters.
+const MESSAGE_STDERR_CHARS: usize = 200;
+
+/// Sends one entry for a finished dispatch, when `enabled` (`journal` in `hookctl.toml`).
+pub(crate) fn send(enabled: bool, event: &RawEvent, report: &Report, start: Instant) {
+    if !enabled {
+        return;
+    }
+    let began = Instant::now();
+    let duration_us = start.elapsed().as_micros() as u64;
+    let mut datagram = entry(event, report, duration_us, MAX_VALUE);
+    let mut sent = send_datagram(&datagram);
+    if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
+        datagram = entry(event, report, duration_us, SHRUNK_VALUE);
+        sent = send_datagram(&datagram);
+    }
+    let micros = began.elapsed().as_micros() as u64;
+    match sent {
+        Ok(()) => tracing::debug!(bytes = datagram.len(), micros, "journal entry sent"),
+        Err(e) => tracing::debug!(error = %e, micros, "journal entry not sent"),
+    }
+}
+
+fn send_datagram(entry: &[u8]) -> io::Result<()> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to(entry, SOCKET).map(drop)
+}
+
+/// The entry's fields, encoded; every value is cut to `cap` bytes.
+fn entry(event: &RawEvent, report: &Report, duration_us: u64, cap: usize) -> Vec<u8> {
+    // The failure libvirt reports (the last required one), else an optional one's.
+    let failed = report
+        .failed_hook()
+        .or_else(|| report.hooks.iter().rev().find(|r| !r.success));
+    let refused = report.failed_hook().is_some() && report.policy.fails_operation();
+    let priority = match failed {
+        Some(_) if refused => "3",
+        Some(_) => "4",
+        None => "6",
+    };
+    let args = [event.object(), event.op(), event.subop(), event.extra()];
+    let mut buf = Vec::with_capacity(1024);
+    field(
+        &mut buf,
+        "MESSAGE",
+        cut(&message(event, report, failed, refused, duration_us), cap),
+    );
+    field(&mut buf, "PRIORITY", priority);
+    field(&mut buf, "SYSLOG_IDENTIFIER", "hookctl");
+    field(&mut buf, "HOOK_DRIVER", event.driver().as_str());
+    for (key, value) in ["HOOK_OBJECT", "HOOK_OP", "HOOK_SUBOP", "HOOK_EXTRA"]
+        .into_iter()
+        .zip(args)
+    {
+        field(&mut buf, key, cut(value, cap));
+    }
+    field(
+        &mut buf,
+        "HOOK_RESULT",
+        if report.succeeded() { "ok" } else { "failed" },
+    );
+    field(&mut buf, "HOOK_DURATION_USEC", &duration_us.to_string());
+    if let Some(rec) = failed {
+        field(&mut buf, "HOOK_FAILED_PLUGIN", cut(&rec.name, cap));
+        let stderr = rec.stderr.trim_end();
+        let end = stderr.char_indices().nth(STDERR_CHARS).map_or(stderr.len(), |(i, _)| i);
+        field(&mut buf, "HOOK_STDERR", cut(&stderr[..end], cap));
+    }
+    buf
+}
+
+/// One human line: `qemu web1 start begin -: refused by <plugin>: exit status 3: <stderr>`.
+fn message(event: &RawEvent, report: &Report, failed: Option<&HookRecord>, refused: bool, duration_us: u64) -> String {
+    let what = format!(
+        "{} {} {} {} {}",
+        event.driver().as_str(),
+        one_line(event.object(), 256),
+        one_line(event.op(), 64),
+        one_line(event.subop(), 64),
+        one_line(event.extra(), 64),
+    );
+    let Some(rec) = failed else {
+        let n = report.hooks.len();
+        let plural = if n == 1 { "" } else { "s" };
+        let ms = duration_us as f64 / 1000.0;
+        return format!("{what}: ok ({n} plugin{plural}, {ms:.1} ms)");
+    };
+    let verdict = if refused { "refused by" } else { "failure ignored:" };
+    let first = rec.stderr.trim().lines().next().unwrap_or("");
+    let sep = if first.is_empty() { "" } else { ": " };
+    format!(
+        "{what}: {verdict} {}: {}{sep}{}",
+        one_line(&rec.name, 1024),
+        output::status(rec),
+        one_line(first, MESSAGE_STDERR_CHARS)
+    )
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`) and cut to `max` characters.
+fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// At most `cap` bytes of `s`, cut at a character boundary.
+fn cut(s: &str, cap: usize) -> &str {
+    &s[..s.floor_char_boundary(cap)]
+}
+
+/// Appends one field. Keys are ours (uppercase, digits, `_`); a value with a newline
+/// takes the binary form, so nothing in it can end the field early.
+fn field(buf: &mut Vec<u8>, key: &str, value: &str) {
+    debug_assert!(
+        !key.is_empty()
+            && !key.starts_with('_')
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    );
+    buf.extend_from_slice(key.as_bytes());
+    if value.contains('\n') {
+        buf.push(b'\n');
+        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        buf.push(b'=');
+    }
+    buf.extend_from_slice(value.as_bytes());
+    buf.push(b'\n');
+}
