@@ -516,24 +516,8 @@ fn control_characters_from_the_log_never_reach_the_terminal_raw() {
 #[test]
 fn a_crash_line_names_the_plugin_and_the_signal() {
     let (tmp, hooks, plugins) = setup();
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
-    let src = tmp.path().join("crash.c");
-    fs::write(
-        &src,
-        "#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) { (void)inv; volatile int *p = 0; return *p; }\nstatic const virt_hook_plugin plugin = { VIRT_HOOK_ABI_VERSION, \"crash\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }\n",
-    )
-    .unwrap();
     let so = plugins.join("15-crash.so");
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&so)
-        .arg("-I")
-        .arg(&include)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) is needed for this test");
-    assert!(built.success());
-    fs::set_permissions(&so, fs::Permissions::from_mode(0o644)).unwrap();
+    crashing_plugin(tmp.path(), &so);
     let _ = as_libvirt_xml(&hooks, ["vm-crash", "prepare", "begin", "-"])
         .output()
         .unwrap();

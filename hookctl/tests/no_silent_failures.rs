@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
@@ -223,24 +222,8 @@ fn a_refused_install_changes_nothing() {
 #[test]
 fn a_crashing_native_plugin_is_named_on_stderr_and_in_the_audit_log() {
     let (tmp, hooks, plugins) = installed();
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
-    let src = tmp.path().join("crash.c");
-    fs::write(
-        &src,
-        "#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) { (void)inv; volatile int *p = 0; return *p; }\nstatic const virt_hook_plugin plugin = { VIRT_HOOK_ABI_VERSION, \"crash\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }\n",
-    )
-    .unwrap();
     let so = plugins.join("10-crash.so");
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&so)
-        .arg("-I")
-        .arg(&include)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) is needed for this test");
-    assert!(built.success());
-    fs::set_permissions(&so, fs::Permissions::from_mode(0o644)).unwrap();
+    crashing_plugin(tmp.path(), &so);
     let out = as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
         .output()
         .unwrap();

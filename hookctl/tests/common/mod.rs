@@ -62,3 +62,25 @@ pub fn as_libvirt_xml(hooks: &Path, args: [&str; 4]) -> Command {
     cmd.write_stdin("<domain/>\n");
     cmd
 }
+
+/// Compiles a native plugin that dereferences a null pointer into `dest` (mode 0644),
+/// with its source in `scratch`. Needs `cc`.
+pub fn crashing_plugin(scratch: &Path, dest: &Path) {
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
+    let src = scratch.join("crash.c");
+    fs::write(
+        &src,
+        "#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) { (void)inv; volatile int *p = 0; return *p; }\nstatic const virt_hook_plugin plugin = { VIRT_HOOK_ABI_VERSION, \"crash\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }\n",
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dest)
+        .arg("-I")
+        .arg(&include)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(built.success());
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o644)).unwrap();
+}
