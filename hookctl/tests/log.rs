@@ -346,7 +346,7 @@ fn logs_named_by_several_plugins_dirs_are_each_read_once() {
     .unwrap();
 
     fire(&hooks, "vm-1", "prepare", true);
-    network_as_libvirt(&hooks, ["default", "start", "begin", "-"])
+    as_libvirt_for(&hooks, "network", ["default", "start", "begin", "-"])
         .write_stdin("<network/>\n")
         .assert()
         .success();
@@ -369,17 +369,6 @@ fn logs_named_by_several_plugins_dirs_are_each_read_once() {
     );
     let out = run(log_cmd(&hooks, &["--driver", "network", "--json"]));
     assert_eq!(out.stdout, fs::read_to_string(&net_log).unwrap());
-}
-
-/// [`as_libvirt`] for `<hooks>/network`.
-fn network_as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
-    let mut cmd = Command::new(hooks.join("network"));
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", "/usr/bin:/bin")
-        .env("VIRT_HOOKS_WASM_CACHE", "off")
-        .args(args);
-    cmd
 }
 
 #[test]

@@ -246,6 +246,24 @@ fn a_crashing_native_plugin_is_named_on_stderr_and_in_the_audit_log() {
 }
 
 #[test]
+fn a_crash_line_stays_valid_json_for_a_plugin_name_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let (tmp, hooks, plugins) = installed();
+    let so = plugins.join(std::ffi::OsStr::from_bytes(b"10-cr\xffash\\\".so"));
+    crashing_plugin(tmp.path(), &so);
+    let _ = as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .output()
+        .unwrap();
+    let audit = fs::read(tmp.path().join("audit.jsonl")).unwrap();
+    assert!(audit.ends_with(b"\n"), "the crash line ends its line");
+    let last = audit.split(|&b| b == b'\n').rev().nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(last).expect("valid JSON");
+    assert_eq!(v["result"], "crashed");
+    let name = v["crashed_plugin"].as_str().unwrap();
+    assert!(name.ends_with("10-cr\u{ff}ash\\\".so"), "{name}");
+}
+
+#[test]
 fn list_json_gives_the_settings_in_effect_as_data() {
     let (_tmp, hooks, plugins) = installed();
     script(&plugins.join("10-x"), "#!/bin/sh\nexit 0\n");

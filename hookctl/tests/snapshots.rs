@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{hookctl, script};
+use common::{hookctl, libvirt_env, script};
 
 /// A hooks dir with a logging hook, a refusing hook with a sidecar, and leftovers.
 fn hooks_dir(root: &Path) {
@@ -28,10 +28,7 @@ fn hooks_dir(root: &Path) {
 /// the caller's.
 fn hookctl_clean(root: &Path, args: &[&str]) -> assert_cmd::Command {
     let mut cmd = hookctl(root, args);
-    cmd.env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", "/usr/bin:/bin")
-        .env("VIRT_HOOKS_WASM_CACHE", "off");
+    libvirt_env(&mut cmd);
     cmd
 }
 

@@ -55,7 +55,8 @@ pub(crate) fn exec(args: DispatchArgs) -> Outcome {
 /// Runs the plugins for one event; `true` when libvirt should see success.
 pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> bool {
     let start = Instant::now();
-    started_at();
+    // Every audit line carries when the event started, the crash line included.
+    let started = SystemTime::now();
     let mut input = Vec::new();
     let stdin_ok = std::io::stdin().lock().read_to_end(&mut input).is_ok();
     let mut event = RawEvent::from_os_args(driver, args);
@@ -67,7 +68,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     // Opened once, before the plugins run: a crashing native plugin is logged through it.
     let log_file = crate::audit::open(&config.log).ok();
     #[cfg(feature = "dylib")]
-    prepare_for_a_crash(log_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), &event);
+    prepare_for_a_crash(log_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), &event, started);
     let registry = RegistryBuilder::new()
         .hooks_dir_with(dispatcher_dir(plugins, driver, config.timeout))
         .build();
@@ -99,7 +100,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    audit(&config.log, log_file, &event, &report, ok, start);
+    audit(&config.log, log_file, &event, &report, ok, (start, started));
     crate::journal::send(config.journal, &event, &report, start);
     ok
 }
@@ -107,8 +108,8 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
 /// A native plugin runs in our process: if it crashes us, a handler names it on stderr
 /// and in the audit log (a line prepared now, finished with its name and the signal).
 #[cfg(feature = "dylib")]
-fn prepare_for_a_crash(log: Option<std::os::fd::RawFd>, event: &RawEvent) {
-    let mut line = event_fields(event);
+fn prepare_for_a_crash(log: Option<std::os::fd::RawFd>, event: &RawEvent, started: SystemTime) {
+    let mut line = event_fields(event, started);
     line.insert("result".into(), "crashed".into());
     let mut prefix = serde_json::Value::Object(line).to_string().into_bytes();
     prefix.pop(); // the closing brace
@@ -116,24 +117,16 @@ fn prepare_for_a_crash(log: Option<std::os::fd::RawFd>, event: &RawEvent) {
     crate::crash::arm(log, prefix);
 }
 
-/// What every audit line starts with: when, who, and the event.
 /// How much of a plugin's stdout and stderr an audit line keeps.
 const EXCERPT_CHARS: usize = 500;
-
-/// When this dispatch started, by the wall clock.
-fn started_at() -> SystemTime {
-    static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(SystemTime::now)
-}
 
 /// The audit lines' format version: readers may rely on the fields of this version.
 const AUDIT_VERSION: u32 = 1;
 
-fn event_fields(event: &RawEvent) -> serde_json::Map<String, serde_json::Value> {
+/// What every audit line starts with: when the event started, who, and the event.
+fn event_fields(event: &RawEvent, started: SystemTime) -> serde_json::Map<String, serde_json::Value> {
     let mut fields = serde_json::Map::new();
-    // When the event started (the crash line is prepared then; the normal line written
-    // after the plugins ran subtracts their time).
-    let time = humantime::format_rfc3339_micros(started_at()).to_string();
+    let time = humantime::format_rfc3339_micros(started).to_string();
     fields.insert("v".into(), AUDIT_VERSION.into());
     fields.insert("time".into(), time.into());
     fields.insert("pid".into(), std::process::id().into());
@@ -159,7 +152,14 @@ fn caller() -> serde_json::Value {
 
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
 /// concurrent dispatches never interleave within a line.
-fn audit(log: &Path, opened: Option<std::fs::File>, event: &RawEvent, report: &Report, ok: bool, start: Instant) {
+fn audit(
+    log: &Path,
+    opened: Option<std::fs::File>,
+    event: &RawEvent,
+    report: &Report,
+    ok: bool,
+    (start, started): (Instant, SystemTime),
+) {
     let excerpt = |s: &str| -> String { s.chars().take(EXCERPT_CHARS).collect() };
     let cut = |s: &str| s.chars().nth(EXCERPT_CHARS).is_some();
     let hooks: Vec<_> = report
@@ -181,7 +181,7 @@ fn audit(log: &Path, opened: Option<std::fs::File>, event: &RawEvent, report: &R
             })
         })
         .collect();
-    let mut line = event_fields(event);
+    let mut line = event_fields(event, started);
     let failed = report
         .failed_hook()
         .or_else(|| report.hooks.iter().find(|r| !r.success));

@@ -37,13 +37,22 @@ pub fn installed() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// Runs the installed link the way libvirt does: env cleared to LC_ALL and PATH.
 pub fn as_libvirt(hooks: &Path, args: [&str; 4]) -> Command {
-    let mut cmd = Command::new(hooks.join("qemu"));
+    as_libvirt_for(hooks, "qemu", args)
+}
+
+/// [`as_libvirt`] for another driver's link (`<hooks>/<driver>`).
+pub fn as_libvirt_for(hooks: &Path, driver: &str, args: [&str; 4]) -> Command {
+    let mut cmd = Command::new(hooks.join(driver));
+    libvirt_env(&mut cmd).args(args);
+    cmd
+}
+
+/// The environment libvirt gives a hook (and no WASM disk cache).
+pub fn libvirt_env(cmd: &mut Command) -> &mut Command {
     cmd.env_clear()
         .env("LC_ALL", "C")
         .env("PATH", "/usr/bin:/bin")
         .env("VIRT_HOOKS_WASM_CACHE", "off")
-        .args(args);
-    cmd
 }
 
 /// `hookctl --hooks-dir HOOKS ARGS...`, with no WASM disk cache.
