@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package of hookctl: target/debian/hookctl_<version>-1_<arch>.deb with
-# /usr/bin/hookctl, its man pages and bash/zsh/fish completions (generated from its own
+# /usr/bin/hookctl (static, see build-release.sh), /usr/libexec/hookctl/hookctl-native
+# (which runs native plugins), its man pages and bash/zsh/fish completions (generated from its own
 # argument definitions), the README, examples and a tmpfiles.d entry. Needs cargo-deb
 # (`cargo install cargo-deb --locked`), and dpkg-dev for the automatic Depends.
 #
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || { echo "build-deb: cargo-deb is missing: cargo install cargo-deb --locked" >&2; exit 2; }
 
-cargo build --release --locked -p hookctl
+bash packaging/build-release.sh
 # What hookctl/Cargo.toml's [package.metadata.deb] assets take from packaging/generated/
 # (emptied first, so a removed subcommand leaves no page behind): the man pages and
 # completions, and the README gzipped as Debian's policy wants documentation over 4 kB.

@@ -51,10 +51,13 @@ if [ -n "${HOOKCTL_INSTALLED:-}" ]; then
   hookctl=/usr/bin/hookctl
   say "testing the installed $hookctl ($(dpkg-query -W -f '${Package} ${Version}' hookctl 2>/dev/null || echo 'not from a package'))"
 elif [ -e /usr/bin/hookctl ]; then
+  # hookctl runs native plugins through hookctl-native, found beside it.
   install -D -m 0755 "$hookctl" "$work/bin/hookctl"
+  install -m 0755 "$target/debug/hookctl-native" "$work/bin/hookctl-native"
   hookctl=$work/bin/hookctl
 else
   install -m 0755 "$hookctl" /usr/bin/hookctl
+  install -m 0755 "$target/debug/hookctl-native" /usr/bin/hookctl-native
   hookctl=/usr/bin/hookctl
   installed_usr_bin=1
 fi
@@ -69,7 +72,7 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   done
   "$hookctl" --hooks-dir "$hooks" uninstall qemu daemon network >/dev/null 2>&1
-  [ -n "${installed_usr_bin:-}" ] && rm -f /usr/bin/hookctl
+  [ -n "${installed_usr_bin:-}" ] && rm -f /usr/bin/hookctl /usr/bin/hookctl-native
   rm -rf "$hooks/qemu.plugins" "$hooks/daemon.plugins" "$hooks/network.plugins" "$work"
 }
 trap cleanup EXIT

@@ -6,9 +6,11 @@ mod audit;
 mod cli;
 mod commands;
 mod config;
-#[cfg(feature = "dylib")]
-mod crash;
 mod journal;
+#[cfg(feature = "dylib")]
+mod native;
+#[cfg(feature = "dylib")]
+mod native_wire;
 mod output;
 mod sys;
 
@@ -22,10 +24,17 @@ fn main() -> ExitCode {
     }
     #[cfg(feature = "exec")]
     hooks_exec::link();
-    #[cfg(feature = "dylib")]
-    hooks_dylib::link();
     #[cfg(feature = "wasm")]
-    hooks_wasm::link();
+    {
+        hooks_wasm::link();
+        // One event per process: allocating an instance on demand costs less than
+        // reserving the pool (a 258 GB mapping and a guard page per stack).
+        let one_shot = hooks_wasm::EngineConfig {
+            pooling: false,
+            ..hooks_wasm::EngineConfig::default()
+        };
+        let _ = hooks_wasm::Sandbox::configure_global(one_shot);
+    }
     if let Ok(filter) = std::env::var("HOOKCTL_LOG") {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

@@ -465,3 +465,53 @@ fn every_way_of_naming_an_interpreter_is_checked() {
         assert!(!ran.exists(), "{body} ran the attacker's code");
     }
 }
+
+/// hookctl and its native plugin host copied into `dir`, with the host's mode `mode`
+/// (or no host at all), and a qemu hook linked to that copy.
+fn hookctl_copy_with_host(dir: &std::path::Path, host_mode: Option<u32>) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::copy(exe(), bin.join("hookctl")).unwrap();
+    if let Some(mode) = host_mode {
+        let host = exe().with_file_name("hookctl-native");
+        fs::copy(host, bin.join("hookctl-native")).unwrap();
+        fs::set_permissions(bin.join("hookctl-native"), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    bin.join("hookctl")
+}
+
+#[test]
+fn the_native_plugin_host_must_pass_the_trust_rule_too() {
+    let (tmp, hooks, plugins) = installed();
+    let copy = hookctl_copy_with_host(tmp.path(), Some(0o777));
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    symlink(&copy, hooks.join("qemu")).unwrap();
+    let ran = tmp.path().join("ran");
+    c_plugin(
+        tmp.path(),
+        &plugins.join("10-native.so"),
+        &format!("unlink(\"{}\"); return 0;", ran.display()),
+    );
+    fs::write(&ran, "").unwrap();
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-native.so"))
+        .stderr(contains("native plugin host"))
+        .stderr(contains("writable by others (mode 0777)"));
+    assert!(ran.exists(), "a plugin whose host anyone can replace must never run");
+}
+
+#[test]
+fn a_missing_native_plugin_host_is_a_clear_error() {
+    let (tmp, hooks, plugins) = installed();
+    let copy = hookctl_copy_with_host(tmp.path(), None);
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    symlink(&copy, hooks.join("qemu")).unwrap();
+    crashing_plugin(tmp.path(), &plugins.join("10-native.so"));
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-native.so"))
+        .stderr(contains("hookctl-native, which runs native plugins, is neither beside"));
+}

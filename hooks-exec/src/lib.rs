@@ -129,6 +129,7 @@ pub struct ExecHook {
     path: PathBuf,
     name: String,
     program: Arc<CString>,
+    leading_args: Arc<[CString]>,
     options: ExecOptions,
 }
 
@@ -147,8 +148,27 @@ impl ExecHook {
             name: path.display().to_string(),
             path,
             program,
+            leading_args: Arc::new([]),
             options,
         }
+    }
+
+    /// Arguments put between argv\[0\] and libvirt's four, for a hook run through a
+    /// launcher (a plugin host, a sandbox wrapper): `program ARGS... object op subop
+    /// extra`. Everything else (environment, stdin, limits, the process group) is as
+    /// for any exec hook.
+    ///
+    /// ```
+    /// let hook = hooks_exec::ExecHook::new("/usr/bin/env").with_leading_args(["sh", "/etc/hook.sh"]);
+    /// # let _ = hook;
+    /// ```
+    pub fn with_leading_args<I>(mut self, args: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
+    {
+        self.leading_args = args.into_iter().map(|a| cstring(a.as_ref())).collect();
+        self
     }
 
     /// Its limits.
@@ -162,8 +182,9 @@ impl ExecHook {
     }
 
     fn job(&self, inv: &Invocation) -> Job {
-        let mut argv = Vec::with_capacity(5);
+        let mut argv = Vec::with_capacity(5 + self.leading_args.len());
         argv.push((*self.program).clone());
+        argv.extend(self.leading_args.iter().cloned());
         argv.extend((0..4).map(|i| inv.args().c_str(i).to_owned()));
         let timeout = inv.timeout_with(self.options.timeout);
         Job {

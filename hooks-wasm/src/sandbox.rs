@@ -202,6 +202,11 @@ async fn bounded<F: Future>(
     .await
 }
 
+/// The process-wide sandbox, built at first use.
+static GLOBAL: OnceLock<Result<Arc<Sandbox>, EngineError>> = OnceLock::new();
+/// Its configuration, if set before then ([`Sandbox::configure_global`]).
+static GLOBAL_CONFIG: OnceLock<EngineConfig> = OnceLock::new();
+
 impl Sandbox {
     /// A sandbox with its own engine; `cache_dir` `None` keeps compiled modules in
     /// memory only. The dir must be absolute, without `.` or `..` components; what is
@@ -238,15 +243,36 @@ impl Sandbox {
     /// # Errors
     /// When the engine cannot be built (the error says why).
     pub fn global() -> Result<&'static Arc<Sandbox>, EngineError> {
-        static GLOBAL: OnceLock<Result<Arc<Sandbox>, EngineError>> = OnceLock::new();
         GLOBAL
             .get_or_init(|| {
-                Sandbox::new(EngineConfig::default(), default_cache_dir())
+                let config = GLOBAL_CONFIG.get().copied().unwrap_or_default();
+                Sandbox::new(config, default_cache_dir())
                     .map(Arc::new)
                     .map_err(|e| EngineError(WasmError::from(e).0))
             })
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// Sets the engine configuration of [`Sandbox::global`], before its first use: a
+    /// program that runs one hook and exits wants `pooling: false`, since reserving the
+    /// pool costs more than allocating one instance on demand.
+    ///
+    /// # Errors
+    /// Gives `config` back when the global sandbox was already configured or built.
+    ///
+    /// ```
+    /// use hooks_wasm::{EngineConfig, Sandbox};
+    /// let one_shot = EngineConfig { pooling: false, ..EngineConfig::default() };
+    /// assert!(Sandbox::configure_global(one_shot).is_ok());
+    /// assert!(Sandbox::configure_global(EngineConfig::default()).is_err());
+    /// assert!(!Sandbox::global().unwrap().pooling());
+    /// ```
+    pub fn configure_global(config: EngineConfig) -> Result<(), EngineConfig> {
+        if GLOBAL.get().is_some() {
+            return Err(config);
+        }
+        GLOBAL_CONFIG.set(config)
     }
 
     /// Whether instances come from the pooling allocator.

@@ -19,7 +19,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 .map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
             (d, super::dispatch::dispatcher_dir(&p, d, timeout), Some(config))
         });
-        std::iter::once((d, HooksDir::new(dir), None)).chain(plugins)
+        std::iter::once((d, super::with_backends(HooksDir::new(dir)), None)).chain(plugins)
     });
     for (driver, hooks, config) in sources {
         if let Some(config) = config {

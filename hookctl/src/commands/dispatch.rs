@@ -29,7 +29,7 @@ pub(crate) fn saved_original(hooks_dir: &Path, driver: Driver) -> PathBuf {
 /// The plugins dir as the dispatcher runs it: the saved original hook (if any) first, as
 /// libvirt ran it, and `timeout` for plugins whose settings set none.
 pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, timeout: Option<std::time::Duration>) -> HooksDir {
-    let dir = HooksDir::plugins(plugins).with_default_timeout(timeout);
+    let dir = super::with_backends(HooksDir::plugins(plugins)).with_default_timeout(timeout);
     let named_for_driver = plugins
         .file_name()
         .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
@@ -65,16 +65,11 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         event = event.with_input(Some(input));
     }
     let (config, _config_error) = crate::config::load(plugins);
-    // Opened once, before the plugins run: a crashing native plugin is logged through it.
     let log_file = crate::audit::open(&config.log).ok();
-    #[cfg(feature = "dylib")]
-    prepare_for_a_crash(log_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd), &event, started);
     let registry = RegistryBuilder::new()
         .hooks_dir_with(dispatcher_dir(plugins, driver, config.timeout))
         .build();
     let result = registry.fire_blocking(&event);
-    #[cfg(feature = "dylib")]
-    crate::crash::disarm();
     // libvirt applies its own policy to our exit status: any failed plugin fails it.
     let report = result.unwrap_or_else(hooks_core::HookFailure::into_report);
     let ok = report.succeeded();
@@ -103,18 +98,6 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     audit(&config.log, log_file, &event, &report, ok, (start, started));
     crate::journal::send(config.journal, &event, &report, start);
     ok
-}
-
-/// A native plugin runs in our process: if it crashes us, a handler names it on stderr
-/// and in the audit log (a line prepared now, finished with its name and the signal).
-#[cfg(feature = "dylib")]
-fn prepare_for_a_crash(log: Option<std::os::fd::RawFd>, event: &RawEvent, started: SystemTime) {
-    let mut line = event_fields(event, started);
-    line.insert("result".into(), "crashed".into());
-    let mut prefix = serde_json::Value::Object(line).to_string().into_bytes();
-    prefix.pop(); // the closing brace
-    prefix.extend_from_slice(b",\"crashed_plugin\":");
-    crate::crash::arm(log, prefix);
 }
 
 /// How much of a plugin's stdout and stderr an audit line keeps.

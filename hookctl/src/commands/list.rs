@@ -102,7 +102,7 @@ impl Effective {
 
 pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     require_dir(dir)?;
-    let hooks = HooksDir::new(dir);
+    let hooks = super::with_backends(HooksDir::new(dir));
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
     let mut listings: Vec<DriverListing> = Vec::new();
     for d in drivers {

@@ -26,16 +26,25 @@ pub(crate) fn registry(dir: &Path, timeout: Option<Duration>, wasm_memory_mib: O
 
 /// The hooks dir with every linked backend, the WASM one with the asked memory cap.
 pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
+    let dir = with_backends(HooksDir::new(dir));
     #[cfg(feature = "wasm")]
     if let Some(mib) = wasm_memory_mib {
         let options = hooks_wasm::WasmOptions {
             memory: (mib as usize) << 20,
             ..Default::default()
         };
-        return HooksDir::new(dir).with_loader(hooks_wasm::WasmLoader::new(options));
+        return dir.with_loader(hooks_wasm::WasmLoader::new(options));
     }
     let _ = wasm_memory_mib;
-    HooksDir::new(dir)
+    dir
+}
+
+/// hookctl's own backends in place of the linked ones: native plugins run in the
+/// `hookctl-native` host, never in this (static) process.
+pub(crate) fn with_backends(dir: HooksDir) -> HooksDir {
+    #[cfg(feature = "dylib")]
+    let dir = dir.with_loader(crate::native::NativeHostLoader);
+    dir
 }
 
 /// For a native or WASM plugin in libvirt's own `<driver>.d/`: what libvirt does with it

@@ -75,11 +75,19 @@ pub fn as_libvirt_xml(hooks: &Path, args: [&str; 4]) -> Command {
 /// Compiles a native plugin that dereferences a null pointer into `dest` (mode 0644),
 /// with its source in `scratch`. Needs `cc`.
 pub fn crashing_plugin(scratch: &Path, dest: &Path) {
+    c_plugin(scratch, dest, "volatile int *p = 0; return *p;");
+}
+
+/// Compiles a native plugin whose `call` has `body` (C; `inv` is its argument, and
+/// `<unistd.h>`/`<string.h>` are included) into `dest` (mode 0644). Needs `cc`.
+pub fn c_plugin(scratch: &Path, dest: &Path, body: &str) {
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
-    let src = scratch.join("crash.c");
+    let src = scratch.join(format!("{}.c", dest.file_name().unwrap().to_string_lossy()));
     fs::write(
         &src,
-        "#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) { (void)inv; volatile int *p = 0; return *p; }\nstatic const virt_hook_plugin plugin = { VIRT_HOOK_ABI_VERSION, \"crash\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }\n",
+        format!(
+            "#include <string.h>\n#include <unistd.h>\n#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) {{ (void)inv; {body} }}\nstatic const virt_hook_plugin plugin = {{ VIRT_HOOK_ABI_VERSION, \"c\", call }};\nconst virt_hook_plugin *virt_hook_plugin_v1(void) {{ return &plugin; }}\n"
+        ),
     )
     .unwrap();
     let built = std::process::Command::new("cc")
