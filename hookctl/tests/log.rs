@@ -645,3 +645,19 @@ fn help_describes_the_options() {
         assert!(out.stdout.contains(text), "{text}: {}", out.stdout);
     }
 }
+
+#[test]
+fn an_event_whose_hookctl_toml_was_ignored_says_so() {
+    let (tmp, hooks, _plugins) = setup();
+    let file = tmp.path().join("with-config-error.jsonl");
+    let line = r#"{"v":1,"time":"2026-12-01T10:00:00Z","driver":"qemu","object":"web1","op":"prepare","subop":"begin","extra":"-","result":"ok","duration_us":900,"hooks":[],"config_error":"qemu.plugins/hookctl.toml:2: unknown field `tiemout`"}"#;
+    fs::write(&file, format!("{line}\n")).unwrap();
+    let out = run(log_cmd(&hooks, &["--file", file.to_str().unwrap()]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(rows(&out).len(), 1, "{}", out.stdout);
+    assert!(
+        rows(&out)[0].ends_with("hookctl.toml ignored: qemu.plugins/hookctl.toml:2: unknown field `tiemout`"),
+        "{}",
+        out.stdout
+    );
+}

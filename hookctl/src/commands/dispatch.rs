@@ -64,7 +64,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if driver != Driver::Daemon || !input.is_empty() {
         event = event.with_input(Some(input));
     }
-    let (config, _config_error) = crate::config::load(plugins);
+    let (config, config_error) = crate::config::load(plugins);
     let log_file = crate::audit::open(&config.log).ok();
     let registry = RegistryBuilder::new()
         .hooks_dir_with(dispatcher_dir(plugins, driver, config.timeout))
@@ -95,7 +95,16 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    audit(&config.log, log_file, &event, &report, ok, (start, started));
+    let config_error = config_error.map(|e| e.to_string());
+    audit(
+        &config.log,
+        log_file,
+        &event,
+        &report,
+        ok,
+        (start, started),
+        config_error,
+    );
     crate::journal::send(config.journal, &event, &report, start);
     ok
 }
@@ -142,6 +151,7 @@ fn audit(
     report: &Report,
     ok: bool,
     (start, started): (Instant, SystemTime),
+    config_error: Option<String>,
 ) {
     let excerpt = |s: &str| -> String { s.chars().take(EXCERPT_CHARS).collect() };
     let cut = |s: &str| s.chars().nth(EXCERPT_CHARS).is_some();
@@ -179,6 +189,10 @@ fn audit(
     if let serde_json::Value::Object(rest) = rest {
         line.extend(rest);
     }
+    // A hookctl.toml it could not use: stderr reaches nobody when the event succeeds.
+    if let Some(why) = config_error {
+        line.insert("config_error".into(), why.into());
+    }
     let mut bytes = serde_json::Value::Object(line).to_string().into_bytes();
     bytes.push(b'\n');
     if let Err(e) = crate::audit::append(log, opened, &bytes, crate::audit::ROTATE_BYTES) {
@@ -186,5 +200,27 @@ fn audit(
             "hookctl: cannot write the audit log `{}`: {e} (dispatch itself is unaffected)",
             log.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_hookctl_toml_is_recorded_in_the_audit_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("audit.jsonl");
+        let event = RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"]);
+        let report = RegistryBuilder::new().build().fire_blocking(&event).unwrap();
+        let why = "/etc/libvirt/hooks/qemu.plugins/hookctl.toml:2: unknown field `tiemout`";
+        let times = (Instant::now(), SystemTime::now());
+        audit(&log, None, &event, &report, true, times, Some(why.to_owned()));
+        audit(&log, None, &event, &report, true, times, None);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["config_error"], why);
+        assert_eq!(lines[0]["result"], "ok");
+        assert!(lines[1].get("config_error").is_none(), "{}", lines[1]);
     }
 }

@@ -420,7 +420,8 @@ fn read_available(file: &mut File, lines: &mut Lines, each: &mut dyn FnMut(Piece
 // Events
 
 /// The fields of an audit line that `log` reads (see `commands/dispatch.rs`); others are
-/// ignored. A crash line has `crashed_plugin` and `signal` and no `hooks`.
+/// ignored. A crash line (written by older hookctls, which ran native plugins in their own
+/// process) has `crashed_plugin` and `signal` and no `hooks`.
 #[derive(Deserialize)]
 struct Record {
     time: String,
@@ -438,6 +439,9 @@ struct Record {
     crashed_plugin: Option<String>,
     #[serde(default)]
     signal: Option<i64>,
+    /// The dispatcher's `hookctl.toml` could not be used (defaults applied).
+    #[serde(default)]
+    config_error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -588,7 +592,13 @@ impl Ctx<'_> {
             .find(|h| self.named(&h.name))
             .or_else(|| r.hooks.iter().find(required))
             .or_else(|| r.hooks.iter().find(failing));
-        let Some(h) = pick else { return String::new() };
+        let ignored_config = r
+            .config_error
+            .as_deref()
+            .map(|why| format!("hookctl.toml ignored: {}", shown(output::first_line(why), DETAIL_WIDTH)));
+        let Some(h) = pick else {
+            return ignored_config.unwrap_or_default();
+        };
         let mut text = String::new();
         if h.optional {
             text.push_str("ignored: ");
@@ -597,6 +607,9 @@ impl Ctx<'_> {
         let first = output::first_line(&h.stderr);
         if !first.is_empty() {
             let _ = write!(text, ": {}", shown(first, DETAIL_WIDTH));
+        }
+        if let Some(note) = ignored_config {
+            let _ = write!(text, " ({note})");
         }
         text
     }
