@@ -183,23 +183,23 @@ fn saw(t: &HooksTree, name: &str) -> String {
 #[test]
 fn filter_output_chains_as_libvirt_does() {
     let t = HooksTree::new();
-    filter(&t, "qemu", "<main/>", 0);
+    filter(&t, "qemu", "<domain id=\"main\"/>", 0);
     filter(&t, "qemu.d/10", "", 0);
     filter(&t, "qemu.d/20", "  \n", 0);
-    filter(&t, "qemu.d/30", "<thirty/>", 0);
+    filter(&t, "qemu.d/30", "<domain id=\"thirty\"/>", 0);
     filter(&t, "qemu.d/40", "", 0);
     let report = t
         .registry()
         .fire_blocking(&qemu(|name, xml| QemuEvent::Migrate { name, xml }))
         .unwrap();
     assert_eq!(saw(&t, "qemu"), domain_xml("vm1"));
-    assert_eq!(saw(&t, "10"), "<main/>");
-    assert_eq!(saw(&t, "20"), "<main/>");
-    assert_eq!(saw(&t, "30"), "<main/>");
-    assert_eq!(saw(&t, "40"), "<thirty/>");
+    assert_eq!(saw(&t, "10"), "<domain id=\"main\"/>");
+    assert_eq!(saw(&t, "20"), "<domain id=\"main\"/>");
+    assert_eq!(saw(&t, "30"), "<domain id=\"main\"/>");
+    assert_eq!(saw(&t, "40"), "<domain id=\"thirty\"/>");
     assert_eq!(
         report.document.as_deref(),
-        Some(&b"<thirty/>"[..]),
+        Some(&b"<domain id=\"thirty\"/>"[..]),
         "a later empty output keeps the rewrite"
     );
     assert!(report.document_changed);
@@ -219,15 +219,15 @@ fn filter_output_chains_as_libvirt_does() {
 #[test]
 fn without_a_main_script_the_first_drop_in_gets_the_original_and_failures_reset_to_it() {
     let t = HooksTree::new();
-    filter(&t, "qemu.d/10", "<ten/>", 0);
-    filter(&t, "qemu.d/20", "<twenty/>", 1);
-    filter(&t, "qemu.d/30", "<thirty/>", 0);
+    filter(&t, "qemu.d/10", "<domain id=\"ten\"/>", 0);
+    filter(&t, "qemu.d/20", "<domain id=\"twenty\"/>", 1);
+    filter(&t, "qemu.d/30", "<domain id=\"thirty\"/>", 0);
     let err = t
         .registry()
         .fire_blocking(&qemu(|name, xml| QemuEvent::Restore { name, xml }))
         .unwrap_err();
     assert_eq!(saw(&t, "10"), domain_xml("vm1"));
-    assert_eq!(saw(&t, "20"), "<ten/>");
+    assert_eq!(saw(&t, "20"), "<domain id=\"ten\"/>");
     assert_eq!(saw(&t, "30"), domain_xml("vm1"), "after a failure, the original");
     assert_eq!(err.policy(), FailurePolicy::Abort);
 }

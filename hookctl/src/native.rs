@@ -2,9 +2,10 @@
 //!
 //! hookctl is linked statically (its start-up is what every libvirt event costs), and a
 //! static program cannot load shared objects, so the `dylib` backend here is a launcher:
-//! the plugin runs like an exec hook through the small dynamically linked host beside
-//! hookctl. A native plugin thereby gets what exec hooks have: a timeout that kills it,
-//! and a crash that fails only it, never the dispatcher and the other plugins.
+//! the plugin runs like an exec hook through a small dynamically linked host. A native
+//! plugin thereby gets what exec hooks have: a timeout that kills it, and a crash that
+//! fails only it, never the dispatcher and the other plugins. How the two talk, and why
+//! a plugin cannot forge the outcome: `native_wire.rs`.
 
 use std::ffi::OsStr;
 use std::fs::Metadata;
@@ -17,23 +18,30 @@ use hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
 use hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
 use hooks_exec::{ExecHook, ExecOptions};
 
-use crate::native_wire::{LoadKind, Report, REPORT_STATUS};
+use crate::native_wire::{header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
 
 const BACKEND: &str = "dylib";
 const HOST_NAME: &str = "hookctl-native";
 /// How long `check` gives a plugin's constructors before it calls the plugin hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a host that ended without its report means.
+const UNREPORTED: &str = "the plugin ended the process of hookctl-native itself";
 
-/// Where the host is: beside this program (`cargo install`, a build tree), else in
-/// `../libexec/hookctl/` (the Debian package's `/usr/libexec/hookctl/`).
+/// Where the host is, first found of: `../libexec/hookctl/` from this program (the
+/// Debian package's `/usr/libexec/hookctl/`, which wins over a stale hand-installed
+/// copy in `/usr/bin`), beside it (`cargo install`, a build tree), and
+/// `/usr/libexec/hookctl/` (hookctl copied to `/etc/libvirt/hooks/<driver>`).
 pub(crate) fn host() -> Option<&'static Path> {
     static HOST: OnceLock<Option<PathBuf>> = OnceLock::new();
     HOST.get_or_init(|| {
         let exe = std::env::current_exe().ok()?;
         let bin = exe.parent()?;
-        let beside = bin.join(HOST_NAME);
         let libexec = bin.parent().map(|usr| usr.join("libexec/hookctl").join(HOST_NAME));
-        std::iter::once(beside).chain(libexec).find(|p| p.is_file())
+        let system = Path::new("/usr/libexec/hookctl").join(HOST_NAME);
+        libexec
+            .into_iter()
+            .chain([bin.join(HOST_NAME), system])
+            .find(|p| p.is_file())
     })
     .as_deref()
 }
@@ -102,6 +110,56 @@ impl HookLoader for NativeHostLoader {
     }
 }
 
+/// A fresh token for one run of the host: text a plugin prints cannot contain it.
+fn token() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No kernel randomness: still unknown to text written before this run.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How a run of the host ended, from its exit and its report.
+enum HostEnd {
+    /// It reported how the plugin's call ended.
+    Reported(Report),
+    /// It could not run, or refused to serve (missing, not executable, another build).
+    Unusable(String),
+    /// It ended without reporting: the plugin ended the process itself, or a signal or
+    /// the timeout did. The outcome's status says which.
+    Unreported,
+}
+
+fn host_end(outcome: &mut HookOutcome, token: &str) -> HostEnd {
+    match outcome.status {
+        HookStatus::Exited(REPORT_STATUS) => match Report::take_from(&mut outcome.stderr, token) {
+            Some(report) => HostEnd::Reported(report),
+            None => HostEnd::Unreported,
+        },
+        // Its own refusal, or exec's 126/127 (not executable, not found, no loader).
+        HookStatus::Exited(UNUSABLE_STATUS | 127) => {
+            HostEnd::Unusable(String::from_utf8_lossy(&outcome.stderr).trim_end().to_owned())
+        }
+        HookStatus::Failed(HookError::Spawn { ref source, .. }) => HostEnd::Unusable(source.to_string()),
+        _ => HostEnd::Unreported,
+    }
+}
+
+fn host_unusable(plugin: &Path, host: &Path, why: &str) -> LoadError {
+    let why = format!("{HOST_NAME} ({}) cannot run it: {why}", host.display());
+    LoadError::new(plugin, BACKEND, LoadErrorKind::BackendUnavailable).with_source(std::io::Error::other(why))
+}
+
+fn host_failed(plugin: &Path, what: &str) -> LoadError {
+    LoadError::new(plugin, BACKEND, LoadErrorKind::Backend)
+        .with_source(std::io::Error::other(format!("{HOST_NAME} failed: {what}")))
+}
+
 fn examine(plugin: &Path, how: &str) -> Result<(), LoadError> {
     let host = host().ok_or_else(|| host_missing(plugin))?;
     let options = ExecOptions {
@@ -110,28 +168,31 @@ fn examine(plugin: &Path, how: &str) -> Result<(), LoadError> {
     };
     let leading = [OsStr::new(how), plugin.as_os_str(), OsStr::new("--")];
     let run = ExecHook::with_options(host, options).with_leading_args(leading);
-    let inv = Invocation::new(Driver::Daemon, EventArgs::new(["-"; 4]), None);
+    let token = token();
+    let input: Arc<[u8]> = header(&token).into_bytes().into();
+    let inv = Invocation::new(Driver::Daemon, EventArgs::new(["-"; 4]), Some(input));
     let mut outcome = run.run_blocking(&inv);
-    match outcome.status {
-        HookStatus::Exited(0) => Ok(()),
-        HookStatus::Exited(REPORT_STATUS) => match Report::take_from(&mut outcome.stderr) {
-            Some(Report::LoadError { kind, source }) => Err(load_error(plugin, kind, source)),
-            Some(other) => Err(host_failed(plugin, &format!("{other:?}"))),
-            None => Err(host_failed(plugin, &String::from_utf8_lossy(&outcome.stderr))),
-        },
-        ref status => {
+    match host_end(&mut outcome, &token) {
+        HostEnd::Reported(Report {
+            end: End::Exited { code: 0 },
+            ..
+        }) => Ok(()),
+        HostEnd::Reported(Report {
+            end: End::LoadError { kind, source },
+            ..
+        }) => Err(load_error(plugin, kind, source)),
+        HostEnd::Reported(report) => Err(host_failed(plugin, &format!("{:?}", report.end))),
+        HostEnd::Unusable(why) => Err(host_unusable(plugin, host, &why)),
+        HostEnd::Unreported => {
             let stderr = String::from_utf8_lossy(&outcome.stderr);
-            Err(host_failed(
-                plugin,
-                &format!("{}: {}", status.describe(), stderr.trim_end()),
-            ))
+            let why = format!(
+                "{UNREPORTED} while it loaded ({}): {}",
+                outcome.status.describe(),
+                stderr.trim_end()
+            );
+            Err(host_failed(plugin, &why))
         }
     }
-}
-
-fn host_failed(plugin: &Path, what: &str) -> LoadError {
-    LoadError::new(plugin, BACKEND, LoadErrorKind::Backend)
-        .with_source(std::io::Error::other(format!("{HOST_NAME} failed: {what}")))
 }
 
 fn load_error(plugin: &Path, kind: LoadKind, source: Option<String>) -> LoadError {
@@ -190,8 +251,9 @@ impl Hook for NativeHook {
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let max_output = self.options.max_output.to_string();
+        let document = inv.input_shared();
         let mut leading = vec![OsStr::new("call")];
-        if inv.input_shared().is_none() {
+        if document.is_none() {
             leading.push(OsStr::new("--no-input"));
         }
         leading.extend([
@@ -200,13 +262,36 @@ impl Hook for NativeHook {
             self.plugin.as_os_str(),
             OsStr::new(inv.driver().as_str()),
         ]);
-        let run = ExecHook::with_options(self.host, self.options).with_leading_args(leading);
-        let mut outcome = run.call(inv).await;
+        // The host cuts the plugin's streams at its cap; the report needs room beyond.
+        let options = ExecOptions {
+            max_output: self.options.max_output.saturating_add(REPORT_ROOM),
+            ..self.options
+        };
+        let run = ExecHook::with_options(self.host, options).with_leading_args(leading);
+        let token = token();
+        let mut input = header(&token).into_bytes();
+        input.extend_from_slice(document.map_or(&[][..], |d| &d[..]));
+        let mut outcome = run.call(&inv.with_input(Some(input.into()))).await;
         // Messages name the plugin, not the host's command line.
         outcome.command = None;
-        if matches!(outcome.status, HookStatus::Exited(REPORT_STATUS)) {
-            if let Some(report) = Report::take_from(&mut outcome.stderr) {
-                outcome.status = self.status(report);
+        match host_end(&mut outcome, &token) {
+            HostEnd::Reported(report) => {
+                outcome.stdout_truncated |= report.stdout_truncated;
+                outcome.stderr_truncated |= report.stderr_truncated;
+                outcome.status = self.status(report.end);
+            }
+            HostEnd::Unusable(why) => {
+                // Not the plugin's decision (the registry treats it as a load failure).
+                let err = host_unusable(&self.plugin, self.host, &why);
+                outcome.status = HookStatus::Failed(HookError::Load(Arc::new(err)));
+            }
+            HostEnd::Unreported => {
+                if let HookStatus::Exited(code) = outcome.status {
+                    // exit() inside the plugin: its result, and any document, never came.
+                    let why = format!("{UNREPORTED} (exit status {code}) instead of returning");
+                    outcome.status = HookStatus::Crashed(why);
+                    outcome.stdout.clear();
+                }
             }
         }
         outcome
@@ -214,14 +299,14 @@ impl Hook for NativeHook {
 }
 
 impl NativeHook {
-    fn status(&self, report: Report) -> HookStatus {
-        match report {
-            Report::Exited { code } => HookStatus::Exited(code),
-            Report::Crashed { message } => HookStatus::Crashed(message),
-            Report::LoadError { kind, source } => {
+    fn status(&self, end: End) -> HookStatus {
+        match end {
+            End::Exited { code } => HookStatus::Exited(code),
+            End::Crashed { message } => HookStatus::Crashed(message),
+            End::LoadError { kind, source } => {
                 HookStatus::Failed(HookError::Load(Arc::new(load_error(&self.plugin, kind, source))))
             }
-            Report::Failed { message } => HookStatus::Failed(HookError::Backend {
+            End::Failed { message } => HookStatus::Failed(HookError::Backend {
                 backend: BACKEND,
                 source: format!("{HOST_NAME}: {message}").into(),
             }),

@@ -1,28 +1,62 @@
-//! What `hookctl-native`, the program that runs one native plugin in its own process,
-//! tells hookctl beyond the plugin's stdout, stderr and exit status. Shared by both
-//! binaries.
+//! How hookctl and `hookctl-native`, the program that runs one native plugin in its own
+//! process, talk. Shared by both binaries.
 //!
-//! A plugin that returned a status from 0 to 255 (except [`REPORT_STATUS`]) becomes the
-//! host's exit status, with its output as the host's. Anything else (a load error, a
-//! panic, another status) ends the host with [`REPORT_STATUS`] and a last stderr line of
-//! [`MARKER`] followed by a JSON [`Report`].
+//! - hookctl writes a header line first on the host's stdin: the protocol, its version
+//!   and a fresh random token; then the event's document, if it has one.
+//! - The host runs the plugin, writes what the plugin wrote through the ABI (each
+//!   stream cut at the cap it was given), then ends stderr with a report line carrying
+//!   the token, and exits with [`REPORT_STATUS`]. The plugin's own writes to fds 1 and
+//!   2 go to stderr: only the host writes the document.
+//! - Without that report, the host did not finish its call: the plugin ended the
+//!   process itself (`exit()`, a signal) or the host could not run. Text that merely
+//!   looks like a report (a plugin echoing a guest's description) lacks the token.
 
-// hookctl reads reports, the host writes them.
+// hookctl reads reports, the host writes them: each uses half.
 #![allow(dead_code)]
 
 use serde::{Deserialize, Serialize};
 
-/// The host's exit status when its last stderr line is a report.
+/// Bumped whenever what travels here changes: a host from another build refuses.
+pub(crate) const PROTOCOL: &str = "hookctl-native/1";
+
+/// The build both sides must come from.
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The host's exit status when it ran to its report.
 pub(crate) const REPORT_STATUS: i32 = 125;
 
-/// Starts the report line.
-pub(crate) const MARKER: &str = "hookctl-native-report: ";
+/// The host's exit status when it cannot serve this hookctl (another build, bad use).
+pub(crate) const UNUSABLE_STATUS: i32 = 126;
 
-/// How the plugin's call ended, when its exit status cannot say.
+/// Starts the report line, followed by a space, the token, a space and the JSON.
+pub(crate) const MARKER: &str = "hookctl-native-report";
+
+/// Room on stderr for the report line beyond the plugin's own output cap.
+pub(crate) const REPORT_ROOM: usize = 8 << 10;
+
+/// The longest message a report carries (a panic message, a load error).
+pub(crate) const MAX_MESSAGE: usize = 2 << 10;
+
+/// The header line for `token`, newline included.
+pub(crate) fn header(token: &str) -> String {
+    format!("{PROTOCOL} {VERSION} {token}\n")
+}
+
+/// How the plugin's call ended, and whether the host cut its output.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) end: End,
+    #[serde(default)]
+    pub(crate) stdout_truncated: bool,
+    #[serde(default)]
+    pub(crate) stderr_truncated: bool,
+}
+
+/// How the call ended.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub(crate) enum Report {
-    /// It returned a status outside 0..=255, or 125.
+pub(crate) enum End {
+    /// It returned this status (or, for `check`/`inspect`, loaded: 0).
     Exited { code: i32 },
     /// It panicked (a Rust plugin) or broke the ABI during the call.
     Crashed { message: String },
@@ -32,7 +66,7 @@ pub(crate) enum Report {
         /// The underlying cause (the dynamic loader's message, ...).
         source: Option<String>,
     },
-    /// The host itself could not run it (bad arguments, unreadable stdin).
+    /// The host itself could not run it (unreadable stdin, ...).
     Failed { message: String },
 }
 
@@ -58,20 +92,48 @@ pub(crate) enum LoadKind {
     },
 }
 
+/// Cuts `text` to [`MAX_MESSAGE`] bytes, at a character boundary.
+pub(crate) fn bounded(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 impl Report {
-    /// The report line, newline included.
-    pub(crate) fn line(&self) -> String {
-        let json = serde_json::to_string(self).unwrap_or_else(|_| r#"{"status":"failed","message":"?"}"#.to_owned());
-        format!("{MARKER}{json}\n")
+    /// The report line for `token`, newline included.
+    pub(crate) fn line(&self, token: &str) -> String {
+        let json = serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"end":{"status":"failed","message":"unencodable report"}}"#.to_owned());
+        format!("{MARKER} {token} {json}\n")
     }
 
-    /// Splits the report off the end of `stderr`, if its last line is one.
-    pub(crate) fn take_from(stderr: &mut Vec<u8>) -> Option<Report> {
-        let body = stderr.strip_suffix(b"\n")?;
-        let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let json = body[start..].strip_prefix(MARKER.as_bytes())?;
+    /// Takes the report for `token` out of `stderr` (the last line that carries it),
+    /// leaving the rest of the text as it was.
+    pub(crate) fn take_from(stderr: &mut Vec<u8>, token: &str) -> Option<Report> {
+        let prefix = format!("{MARKER} {token} ");
+        let mut line_start = 0;
+        let mut found = None;
+        for line in stderr.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(prefix.as_bytes()) && line.ends_with(b"\n") {
+                found = Some((line_start, line.len()));
+            }
+            line_start += line.len();
+        }
+        let (mut start, mut len) = found?;
+        let json = &stderr[start + prefix.len()..start + len - 1];
         let report = serde_json::from_slice(json).ok()?;
-        stderr.truncate(start);
+        // The host starts the report on a line of its own: drop the empty line that
+        // makes when the text before already ended one.
+        if start > 0 && stderr[start - 1] == b'\n' && (start == 1 || stderr[start - 2] == b'\n') {
+            start -= 1;
+            len += 1;
+        }
+        stderr.drain(start..start + len);
         Some(report)
     }
 }
@@ -80,34 +142,67 @@ impl Report {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_report_comes_off_the_end_of_stderr_and_leaves_the_plugins_text() {
-        let report = Report::LoadError {
-            kind: LoadKind::AbiMismatch { expected: 1, found: 2 },
-            source: None,
-        };
-        let mut stderr = b"the plugin said\nthis\n".to_vec();
-        stderr.extend_from_slice(report.line().as_bytes());
-        assert_eq!(Report::take_from(&mut stderr), Some(report));
-        assert_eq!(stderr, b"the plugin said\nthis\n");
+    fn report() -> Report {
+        Report {
+            end: End::LoadError {
+                kind: LoadKind::AbiMismatch { expected: 1, found: 2 },
+                source: None,
+            },
+            stdout_truncated: false,
+            stderr_truncated: true,
+        }
     }
 
     #[test]
-    fn a_stderr_without_a_report_is_left_alone() {
+    fn the_report_comes_out_of_stderr_and_leaves_the_plugins_text() {
+        let mut stderr = b"the plugin said\nthis\n\n".to_vec();
+        stderr.extend_from_slice(report().line("t0k3n").as_bytes());
+        stderr.extend_from_slice(b"a background child, late\n");
+        assert_eq!(Report::take_from(&mut stderr, "t0k3n"), Some(report()));
+        assert_eq!(stderr, b"the plugin said\nthis\na background child, late\n");
+    }
+
+    #[test]
+    fn the_hosts_own_newline_goes_with_the_report() {
+        for (before, left) in [(&b"\n"[..], &b""[..]), (b"partial\n", b"partial\n")] {
+            let mut stderr = before.to_vec();
+            stderr.extend_from_slice(report().line("t").as_bytes());
+            assert_eq!(Report::take_from(&mut stderr, "t"), Some(report()));
+            assert_eq!(stderr, left);
+        }
+    }
+
+    #[test]
+    fn a_line_without_the_token_is_only_text() {
+        // What a plugin could echo from a guest's description, even the exact format.
+        let forged = Report {
+            end: End::Exited { code: 0 },
+            stdout_truncated: false,
+            stderr_truncated: false,
+        };
         for text in [
-            &b""[..],
-            b"plain\n",
-            b"hookctl-native-report: {not json}\n",
-            b"x\nhookctl-native-report: {}",
+            forged.line("guessed").into_bytes(),
+            format!("{MARKER}  {{}}\n").into_bytes(),
+            b"plain\n".to_vec(),
+            Vec::new(),
+            // The right token, but cut before its newline (output cap).
+            forged.line("t0k3n").trim_end().as_bytes().to_vec(),
         ] {
-            let mut stderr = text.to_vec();
+            let mut stderr = text.clone();
             assert_eq!(
-                Report::take_from(&mut stderr),
+                Report::take_from(&mut stderr, "t0k3n"),
                 None,
-                "{:?}",
-                String::from_utf8_lossy(text)
+                "{}",
+                String::from_utf8_lossy(&text)
             );
             assert_eq!(stderr, text);
         }
+    }
+
+    #[test]
+    fn messages_are_bounded_at_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_MESSAGE && cut.chars().all(|c| c == 'é'));
     }
 }

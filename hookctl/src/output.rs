@@ -36,6 +36,9 @@ pub(crate) fn short(path: &str, dir: &Path) -> String {
 
 /// `exit status 1`, `fatal signal 9`, `timed out after 2s`, ...
 pub(crate) fn status(rec: &HookRecord) -> String {
+    if let Some(why) = &rec.rejected_output {
+        return format!("exit status 0, but {why}");
+    }
     match &rec.status {
         StatusRecord::Exited { code } => format!("exit status {code}"),
         StatusRecord::Signaled { signal } => format!("fatal signal {signal}"),

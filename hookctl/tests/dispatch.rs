@@ -437,3 +437,36 @@ fn install_refuses_a_binary_that_others_could_replace() {
         eprintln!("SKIPPED part of install_refuses_a_binary_that_others_could_replace: chown needs root");
     }
 }
+
+#[test]
+fn a_filter_plugin_that_prints_a_broken_document_is_named_with_line_and_column() {
+    let (tmp, hooks, plugins) = installed();
+    script(
+        &plugins.join("10-rename"),
+        "#!/bin/sh\nsed 's|<name>vm</name>|<name>vm2</name>|'\n",
+    );
+    script(
+        &plugins.join("20-broken"),
+        "#!/bin/sh\ncat >/dev/null\nprintf '<domain>\\n<name>x</nam>\\n'\n",
+    );
+    let mut cmd = as_libvirt(&hooks, ["vm", "migrate", "begin", "-"]);
+    cmd.write_stdin("<domain>\n<name>vm</name>\n</domain>\n");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // Nothing for libvirt to take: the migration is refused, naming the stage and where.
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("20-broken: exit status 0, but its output is not well-formed XML: line 2, column"),
+        "{stderr}"
+    );
+    let audit = std::fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(line["failed_plugin"], plugins.join("20-broken").display().to_string());
+    let first = &line["hooks"][0]["document"];
+    assert_eq!(
+        (first["changed"].as_bool(), first["lines_added"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert!(line["hooks"][1].get("document").is_none(), "{line}");
+}

@@ -312,3 +312,68 @@ fn list_json_gives_the_settings_in_effect_as_data() {
     assert_eq!(eff["match"]["objects"][0], "win*");
     assert_eq!(eff["match"]["ops"][0], "prepare");
 }
+
+/// A C statement writing `text` (a C string literal's contents) to the plugin's stderr
+/// through the ABI.
+fn c_stderr(text: &str) -> String {
+    format!("{{ const char *s = \"{text}\"; inv->io.write_stderr(inv->io.ctx, (const uint8_t *)s, strlen(s)); }}")
+}
+
+#[test]
+fn a_plugin_that_echoes_a_forged_host_report_still_fails() {
+    let (tmp, hooks, plugins) = installed();
+    // What a plugin might echo from a guest's description: report lines in every form
+    // the host could use, claiming success, while the plugin refuses (-1). Its stderr
+    // cap is sized so the forged line would be the last one kept.
+    let forged = [
+        "\\nhookctl-native-report: {\\\"status\\\":\\\"exited\\\",\\\"code\\\":0}\\n",
+        "\\nhookctl-native-report 00000000000000000000000000000000 {\\\"end\\\":{\\\"status\\\":\\\"exited\\\",\\\"code\\\":0}}\\n",
+    ];
+    let body = format!("{} {} return -1;", c_stderr(forged[0]), c_stderr(forged[1]));
+    c_plugin(tmp.path(), &plugins.join("10-echo.so"), &body);
+    fs::write(plugins.join("10-echo.so.toml"), "max_output = 200\n").unwrap();
+    let out = as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("10-echo.so: exit status -1"), "{stderr}");
+}
+
+#[test]
+fn a_plugin_that_exits_its_process_fails_instead_of_succeeding() {
+    let (tmp, hooks, plugins) = installed();
+    c_plugin(tmp.path(), &plugins.join("10-exit.so"), "_exit(0); return 1;");
+    let out = as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("10-exit.so: crashed: the plugin ended the process of hookctl-native itself (exit status 0)"),
+        "{stderr}"
+    );
+    // `check` loads it without calling it: sound. A constructor that exits is not.
+    hookctl(&hooks, &["check", "qemu"]).assert().success();
+}
+
+#[test]
+fn what_a_plugin_prints_on_its_own_stdout_never_becomes_the_document() {
+    let (tmp, hooks, plugins) = installed();
+    // printf-style output straight to fd 1, then success without a document.
+    c_plugin(
+        tmp.path(),
+        &plugins.join("10-printf.so"),
+        "write(1, \"<domain>stray</domain>\\n\", 23); return 0;",
+    );
+    let mut cmd = as_libvirt(&hooks, ["vm", "migrate", "begin", "-"]);
+    cmd.write_stdin("<domain>original</domain>\n");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Unchanged: nothing for libvirt (so it does not taint the guest).
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let audit = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(line["document_changed"], false);
+    assert!(line["hooks"][0]["stderr"].as_str().unwrap().contains("stray"), "{line}");
+}

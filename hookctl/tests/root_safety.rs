@@ -515,3 +515,52 @@ fn a_missing_native_plugin_host_is_a_clear_error() {
         .stderr(contains("10-native.so"))
         .stderr(contains("hookctl-native, which runs native plugins, is neither beside"));
 }
+
+#[test]
+fn the_packaged_host_wins_over_a_stale_one_beside_hookctl() {
+    let (tmp, hooks, plugins) = installed();
+    // /usr/bin/{hookctl, hookctl-native (stale, from a hand install)} and
+    // /usr/libexec/hookctl/hookctl-native (the package's), under a scratch root.
+    let usr = tmp.path().join("usr");
+    let bin = usr.join("bin");
+    let libexec = usr.join("libexec/hookctl");
+    fs::create_dir_all(&bin).unwrap();
+    fs::create_dir_all(&libexec).unwrap();
+    fs::copy(exe(), bin.join("hookctl")).unwrap();
+    let stale = tmp.path().join("stale-ran");
+    script(
+        &bin.join("hookctl-native"),
+        &format!("#!/bin/sh\ntouch '{}'\nexit 0\n", stale.display()),
+    );
+    fs::copy(exe().with_file_name("hookctl-native"), libexec.join("hookctl-native")).unwrap();
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    symlink(bin.join("hookctl"), hooks.join("qemu")).unwrap();
+    c_plugin(tmp.path(), &plugins.join("10-native.so"), "return 3;");
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-native.so: exit status 3"));
+    assert!(!stale.exists(), "the stale host beside hookctl ran");
+}
+
+#[test]
+fn a_host_that_cannot_run_is_not_the_plugins_refusal() {
+    let (tmp, hooks, plugins) = installed();
+    // Trusted (root's, not writable by others) but not executable: exec says 126.
+    let copy = hookctl_copy_with_host(tmp.path(), Some(0o644));
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    symlink(&copy, hooks.join("qemu")).unwrap();
+    c_plugin(tmp.path(), &plugins.join("10-native.so"), "return 0;");
+    as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("10-native.so: could not run:"))
+        .stderr(contains("hookctl-native"))
+        .stderr(contains("cannot run it"));
+    // At reconnect a failure would make libvirt kill the running guest: a host that
+    // cannot run is logged, and the guest lives.
+    as_libvirt_xml(&hooks, ["vm1", "reconnect", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(contains("ignored failure"));
+}

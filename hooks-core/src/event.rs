@@ -230,6 +230,15 @@ pub trait HookEvent: Send + Sync + fmt::Debug {
             OsStr::new(self.extra()),
         ]
     }
+
+    /// The input parsed as XML, shared by the `[match] xpath` of every hook while the
+    /// registry picks the hooks for this event, so that it is parsed at most once (and
+    /// not at all when no hook matches on it). The registry wraps the event to provide
+    /// it; leave the default, `None`, with which each matcher parses
+    /// [`input`](HookEvent::input) itself.
+    fn input_document(&self) -> Option<&crate::backend::EventDocument<'_>> {
+        None
+    }
 }
 
 /// An event given as libvirt's four arguments, as a hook script receives them.

@@ -66,6 +66,7 @@
 #![forbid(unsafe_code)]
 
 mod compiled;
+mod document;
 mod driver;
 mod error;
 mod event;
@@ -81,7 +82,9 @@ mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trust;
+mod xpath;
 
+pub use self::document::{DocumentChange, MAX_DIFF};
 pub use self::driver::{Driver, UnknownDriver};
 pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError, LoadErrorKind};
 pub use self::event::{FailurePolicy, HookEvent, RawEvent};
@@ -119,4 +122,5 @@ pub mod backend {
         parse_duration, parse_size, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MIN_TIMEOUT,
     };
     pub use crate::trust::{TrustPolicy, Untrusted};
+    pub use crate::xpath::{EventDocument, XPath, XPathError};
 }

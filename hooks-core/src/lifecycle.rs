@@ -1104,26 +1104,31 @@ mod tests {
         let r = RegistryBuilder::new()
             .hook(
                 Driver::Qemu,
-                MockHook::always("rw", || HookOutcome::success().with_stdout("<new/>\n"))
+                MockHook::always("rw", || HookOutcome::success().with_stdout("<domain id='new'/>\n"))
                     .matching(|e| e.op() == "migrate"),
             )
             .shared_hook(None, rec.clone())
             .build();
         let mut driver = Recorder::default();
         let seq = block_on(Lifecycle::new(&r).migrate_in_with(&qemu(), &mut driver)).unwrap();
-        assert_eq!(seq.xml.as_deref(), Some("<new/>\n"));
+        assert_eq!(seq.xml.as_deref(), Some("<domain id='new'/>\n"));
         assert_eq!(
             driver.log,
-            ["migrate <new/>", "prepare <new/>", "start <new/>", "started <new/>"]
+            [
+                "migrate <domain id='new'/>",
+                "prepare <domain id='new'/>",
+                "start <domain id='new'/>",
+                "started <domain id='new'/>"
+            ]
         );
         let calls = rec.calls();
         assert_eq!(
             calls[0].input.as_deref(),
-            Some(&b"<new/>\n"[..]),
+            Some(&b"<domain id='new'/>\n"[..]),
             "chained into the next migrate hook"
         );
         assert_eq!(calls[1].args[1], "prepare");
-        assert_eq!(calls[1].input.as_deref(), Some(&b"<new/>\n"[..]));
+        assert_eq!(calls[1].input.as_deref(), Some(&b"<domain id='new'/>\n"[..]));
     }
 
     #[test]

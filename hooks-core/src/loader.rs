@@ -696,7 +696,12 @@ impl DirEntry {
                     .position(|l| l.trim_start().starts_with(key))
                     .map(|i| i + 1)
             });
-            return Err(SettingsError { path, line, message });
+            return Err(SettingsError {
+                path,
+                line,
+                column: None,
+                message,
+            });
         }
         Ok(settings)
     }

@@ -10,9 +10,11 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tracing::Instrument;
 
+use crate::document::{self, DocumentChange};
 use crate::layer::{self, Layer};
 use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, HooksDir, SkipReason};
 use crate::report::InputSource;
+use crate::xpath::DocumentScope;
 use crate::{
     Driver, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord, HookStatus,
     Invocation, LoadError, LoadErrorKind, Report,
@@ -460,7 +462,9 @@ impl Registry {
     /// reads files on the calling thread).
     pub fn hooks_for(&self, event: &dyn HookEvent) -> Vec<Arc<dyn Hook>> {
         let mut hooks = self.inner.resolve(event.driver());
-        hooks.retain(|h| (**h).matches(event));
+        // One parse of the input for every hook that matches on it (`[match] xpath`).
+        let scope = DocumentScope::new(event);
+        hooks.retain(|h| (**h).matches(&scope));
         hooks.into_vec()
     }
 
@@ -479,7 +483,9 @@ impl Registry {
             }
             _ => self.inner.resolve(driver),
         };
-        hooks.retain(|h| (**h).matches(event));
+        // One parse of the input for every hook that matches on it (`[match] xpath`).
+        let scope = DocumentScope::new(event);
+        hooks.retain(|h| (**h).matches(&scope));
         hooks
     }
 
@@ -563,11 +569,34 @@ impl Registry {
                 }
                 outcome
             };
-            let new_document =
-                (filters && outcome.status.is_success() && !outcome.stdout_truncated && !is_blank(&outcome.stdout))
-                    .then(|| Arc::<[u8]>::from(outcome.stdout.as_slice()));
+            // A filter stage's output is checked before it can become the document.
+            let mut new_document = None;
+            let mut rejected = None;
+            let mut change = None;
+            if filters && outcome.status.is_success() && !outcome.stdout_truncated {
+                let stage_input = if chained {
+                    current.as_deref()
+                } else {
+                    original.as_deref()
+                };
+                if is_blank(&outcome.stdout) {
+                    change = Some(DocumentChange::unchanged());
+                } else {
+                    match document::check_output(stage_input, &outcome.stdout) {
+                        Ok(()) => {
+                            change = Some(DocumentChange::between(
+                                stage_input.unwrap_or_default(),
+                                &outcome.stdout,
+                            ));
+                            new_document = Some(Arc::<[u8]>::from(outcome.stdout.as_slice()));
+                        }
+                        Err(why) => rejected = Some(why),
+                    }
+                }
+            }
             let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
-            let mut record = HookRecord::new(hook, event, outcome, input, filters);
+            let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected);
+            record.document = change;
             if unusable && !record.success && event.on_failure() == FailurePolicy::KillObject {
                 // A file that cannot be loaded or configured is not a hook's decision:
                 // at `reconnect` failing would kill a running guest for a typo.
@@ -722,16 +751,19 @@ mod tests {
     fn filter_chain_follows_libvirt() {
         let rec = Arc::new(RecordingHook::new("rec"));
         let registry = RegistryBuilder::new()
-            .hook(Driver::Qemu, printing("main", 0, "<one/>"))
+            .hook(Driver::Qemu, printing("main", 0, "<original id='1'/>"))
             .shared_hook(Some(Driver::Qemu), rec.clone())
             .hook(Driver::Qemu, printing("empty", 0, "  \n"))
             .shared_hook(Some(Driver::Qemu), rec.clone())
-            .hook(Driver::Qemu, printing("two", 0, "<two/>"))
+            .hook(Driver::Qemu, printing("two", 0, "<original id='2'/>"))
             .shared_hook(Some(Driver::Qemu), rec.clone())
             .build();
         let report = registry.fire_blocking(&migrate()).unwrap();
-        assert_eq!(inputs(&rec), ["<one/>", "<one/>", "<two/>"]);
-        assert_eq!(report.document.as_deref(), Some(&b"<two/>"[..]));
+        assert_eq!(
+            inputs(&rec),
+            ["<original id='1'/>", "<original id='1'/>", "<original id='2'/>"]
+        );
+        assert_eq!(report.document.as_deref(), Some(&b"<original id='2'/>"[..]));
         assert!(report.document_changed);
         assert_eq!(report.hooks[0].input, InputSource::Original);
         assert_eq!(report.hooks[1].input, InputSource::Chained);
@@ -741,7 +773,7 @@ mod tests {
     fn after_a_failure_filters_get_the_original() {
         let rec = Arc::new(RecordingHook::new("rec"));
         let registry = RegistryBuilder::new()
-            .hook(Driver::Qemu, printing("one", 0, "<one/>"))
+            .hook(Driver::Qemu, printing("one", 0, "<original id='1'/>"))
             .hook(Driver::Qemu, printing("fails", 1, "<ignored/>"))
             .shared_hook(Some(Driver::Qemu), rec.clone())
             .build();

@@ -101,6 +101,13 @@ pub struct HookRecord {
     /// Whether its stdout became the current document (filter events).
     #[serde(default)]
     pub replaced_document: bool,
+    /// Why its output was refused although it exited 0: a filter stage's document that
+    /// is cut at the output cap, not well-formed, or has another root element.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_output: Option<String>,
+    /// For a stage of a filter event that succeeded: what it did to the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<crate::DocumentChange>,
     /// Whether it is optional: its failure is recorded but does not fail the event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
@@ -109,6 +116,8 @@ pub struct HookRecord {
     pub warnings: Vec<String>,
 }
 
+const CUT_DOCUMENT: &str = "its stdout exceeded the output cap, so the filtered document is incomplete";
+
 impl HookRecord {
     pub(crate) fn new(
         hook: &dyn Hook,
@@ -116,24 +125,25 @@ impl HookRecord {
         outcome: HookOutcome,
         input: InputSource,
         filters: bool,
+        mut rejected_output: Option<String>,
     ) -> Self {
         let mut warnings = outcome.warnings;
-        let mut success = outcome.status.is_success();
         let cap_note = |stream: &str| format!("{stream} was cut at the output cap");
         if outcome.stdout_truncated {
             warnings.push(cap_note("stdout"));
-            if filters && success {
+            if filters && outcome.status.is_success() {
                 // A cut document must never be passed on as the new XML.
-                success = false;
+                rejected_output.get_or_insert_with(|| CUT_DOCUMENT.to_owned());
             }
         }
+        let success = outcome.status.is_success() && rejected_output.is_none();
         if outcome.stderr_truncated {
             warnings.push(cap_note("stderr"));
         }
         let stderr = into_text(outcome.stderr);
         let message = (!success).then(|| {
-            let status = if outcome.status.is_success() {
-                "output: its stdout exceeded the output cap, so the filtered document is incomplete".to_owned()
+            let status = if let Some(why) = &rejected_output {
+                format!("output: {why}")
             } else {
                 outcome.status.describe()
             };
@@ -177,6 +187,8 @@ impl HookRecord {
             stderr_truncated: outcome.stderr_truncated,
             input,
             replaced_document: false,
+            rejected_output,
+            document: None,
             optional: hook.policy() == crate::HookPolicy::Optional,
             warnings,
         }

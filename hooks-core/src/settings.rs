@@ -10,9 +10,12 @@
 //! objects = ["win*", "db-?"]     # globs on the object (domain/network) name
 //! ops = ["prepare", "release"]
 //! subops = ["begin"]
+//! xpath = ["/domain/devices/hostdev"]  # XPath 1.0 on the event's document: each must select or be true
+//! xmlns = { app = "http://example.org/app/1.0" }  # prefixes for `xpath` (e.g. `/domain/metadata/app:gpu`)
 //! ```
 //!
-//! Unknown keys and bad values are errors naming the file and the line.
+//! Unknown keys and bad values are errors naming the file and the line (and, for an
+//! `xpath` expression, the column). See [`XPath`] for how expressions match.
 
 use std::fmt;
 use std::fs;
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::xpath::{EventDocument, XPath};
 use crate::HookEvent;
 
 /// A hook's time limit as its settings give it.
@@ -95,13 +99,37 @@ pub struct Matcher {
     objects: Vec<glob::Pattern>,
     ops: Vec<glob::Pattern>,
     subops: Vec<glob::Pattern>,
+    xpath: Vec<XPath>,
+    /// Prefixes for `xpath`: (prefix, namespace URI), sorted by prefix.
+    xmlns: Vec<(String, String)>,
 }
 
 impl Matcher {
-    /// Whether the event passes every non-empty list.
+    /// Whether the event passes every non-empty list: its object, op and subop match
+    /// one of the globs, and every `xpath` expression holds on its input (see [`XPath`];
+    /// an event without an XML document never passes a non-empty `xpath`; XML past the
+    /// parser's limits passes it, failing closed: see [`crate::backend::XPath::holds`]).
+    ///
+    /// The globs are tested first; the input is parsed only when they pass, and only
+    /// once for all hooks when the event comes from the registry
+    /// ([`HookEvent::input_document`]).
     pub fn matches(&self, event: &dyn HookEvent) -> bool {
         let any = |pats: &[glob::Pattern], s: &str| pats.is_empty() || pats.iter().any(|p| p.matches(s));
-        any(&self.objects, event.object()) && any(&self.ops, event.op()) && any(&self.subops, event.subop())
+        any(&self.objects, event.object())
+            && any(&self.ops, event.op())
+            && any(&self.subops, event.subop())
+            && self.document_matches(event)
+    }
+
+    fn document_matches(&self, event: &dyn HookEvent) -> bool {
+        if self.xpath.is_empty() {
+            return true;
+        }
+        let all = |doc: &EventDocument<'_>| self.xpath.iter().all(|x| x.holds(doc, &self.xmlns));
+        match event.input_document() {
+            Some(shared) => all(shared),
+            None => all(&EventDocument::new(event.input())),
+        }
     }
 
     /// Checks that every `ops` and `subops` pattern can match something the driver
@@ -127,6 +155,12 @@ impl Matcher {
                 return Err(("subops", message));
             }
         }
+        if driver == crate::Driver::Daemon && !self.xpath.is_empty() {
+            let message = "xpath: daemon events carry no document (their hooks read /dev/null), \
+                           so this hook would never run"
+                .to_owned();
+            return Err(("xpath", message));
+        }
         Ok(())
     }
 
@@ -145,9 +179,25 @@ impl Matcher {
         self.subops.iter().map(glob::Pattern::as_str)
     }
 
+    /// The `xpath` expressions, as written.
+    pub fn xpath(&self) -> impl Iterator<Item = &str> {
+        self.xpath.iter().map(XPath::as_str)
+    }
+
+    /// The `xmlns` prefixes for `xpath`: (prefix, namespace URI), sorted by prefix.
+    pub fn xmlns(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.xmlns.iter().map(|(p, u)| (p.as_str(), u.as_str()))
+    }
+
+    /// Whether it matches only events whose input is an XML document (it has `xpath`):
+    /// never a daemon event, nor one without a well-formed document.
+    pub fn needs_document(&self) -> bool {
+        !self.xpath.is_empty()
+    }
+
     /// Whether it matches everything.
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty() && self.ops.is_empty() && self.subops.is_empty()
+        self.objects.is_empty() && self.ops.is_empty() && self.subops.is_empty() && self.xpath.is_empty()
     }
 }
 
@@ -160,6 +210,15 @@ impl fmt::Display for Matcher {
                 parts.push(format!("{name}={}", list.join(",")));
             }
         }
+        if !self.xpath.is_empty() {
+            // Expressions hold spaces and commas: quoted, as in the sidecar.
+            let list: Vec<&str> = self.xpath().collect();
+            parts.push(format!("xpath={list:?}"));
+        }
+        if !self.xmlns.is_empty() {
+            let list: Vec<String> = self.xmlns.iter().map(|(p, u)| format!("{p}={u}")).collect();
+            parts.push(format!("xmlns={}", list.join(",")));
+        }
         f.write_str(&parts.join(" "))
     }
 }
@@ -171,7 +230,11 @@ impl PartialEq for Matcher {
                 .map(glob::Pattern::as_str)
                 .eq(b.iter().map(glob::Pattern::as_str))
         };
-        same(&self.objects, &other.objects) && same(&self.ops, &other.ops) && same(&self.subops, &other.subops)
+        same(&self.objects, &other.objects)
+            && same(&self.ops, &other.ops)
+            && same(&self.subops, &other.subops)
+            && self.xpath == other.xpath
+            && self.xmlns == other.xmlns
     }
 }
 
@@ -199,13 +262,23 @@ pub struct HookSettings {
 }
 
 /// A settings file that cannot be used.
+///
+/// Shown as `FILE:LINE: MESSAGE`, or `FILE:LINE:COLUMN: MESSAGE` when the column is
+/// known (an `xpath` expression's error).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[error(
+    "{}{}{}: {message}",
+    path.display(),
+    line.map(|l| format!(":{l}")).unwrap_or_default(),
+    line.and(*column).map(|c| format!(":{c}")).unwrap_or_default()
+)]
 pub struct SettingsError {
     /// The settings file.
     pub path: PathBuf,
     /// The line (1-based), when known.
     pub line: Option<usize>,
+    /// The column on that line (1-based, in characters), when known.
+    pub column: Option<usize>,
     /// What is wrong.
     pub message: String,
 }
@@ -230,6 +303,9 @@ struct MatchFile {
     ops: Vec<String>,
     #[serde(default)]
     subops: Vec<String>,
+    #[serde(default)]
+    xpath: Vec<toml::Spanned<String>>,
+    xmlns: Option<toml::Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// A number or a string in a settings file (TOML integers are `i64`).
@@ -339,6 +415,47 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// The largest `memory` accepted: a 32-bit WebAssembly memory's whole address space.
 const MAX_MEMORY: u64 = 4 << 30;
 
+/// Checks an `xmlns` entry: a prefix an expression can use, bound to a namespace.
+fn check_prefix(prefix: &str, uri: &str) -> Result<(), String> {
+    let mut chars = prefix.chars();
+    let starts_well = chars.next().is_some_and(|c| c.is_alphabetic() || c == '_');
+    if !starts_well || !chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Err(format!("`{prefix}` is not a prefix (a name without `:`)"));
+    }
+    if prefix == "xmlns" || prefix == "xml" {
+        return Err(format!(
+            "`{prefix}` cannot be bound (`xml` always is, to its own namespace)"
+        ));
+    }
+    if uri.is_empty() {
+        return Err(format!("`{prefix}` is bound to an empty namespace URI"));
+    }
+    Ok(())
+}
+
+/// An `xpath` expression's error, at its line and column in the sidecar: the column in
+/// the file when the TOML string is written as is (no escapes), else the string's start,
+/// with the column within the expression in the message.
+fn xpath_error(path: &Path, text: &str, item: &toml::Spanned<String>, e: crate::XPathError) -> SettingsError {
+    let span = item.span();
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let raw = text.get(span.start..span.end).unwrap_or_default();
+    let expr = item.get_ref();
+    let verbatim = raw.len() == expr.len() + 2
+        && matches!(raw.as_bytes().first(), Some(b'"' | b'\''))
+        && raw.get(1..raw.len() - 1) == Some(expr.as_str());
+    let column = if verbatim { column + e.column } else { column };
+    SettingsError {
+        path: path.to_owned(),
+        line: Some(line),
+        column: Some(column),
+        message: format!("xpath `{expr}`: {} (column {} of the expression)", e.message, e.column),
+    }
+}
+
 impl HookSettings {
     /// The sidecar file for a hook: `<hook path>.toml`.
     pub fn sidecar(hook: &Path) -> PathBuf {
@@ -359,6 +476,7 @@ impl HookSettings {
             Err(e) => Err(SettingsError {
                 path,
                 line: None,
+                column: None,
                 message: format!("cannot read it: {e}"),
             }),
         }
@@ -379,6 +497,7 @@ impl HookSettings {
                 return Err(SettingsError {
                     path,
                     line: None,
+                    column: None,
                     message: format!("refused: {}", e.reason()),
                 })
             }
@@ -386,6 +505,7 @@ impl HookSettings {
         let text = String::from_utf8(bytes).map_err(|_| SettingsError {
             path: path.clone(),
             line: None,
+            column: None,
             message: "not UTF-8 text".into(),
         })?;
         Self::parse(&path, &text)
@@ -409,6 +529,7 @@ impl HookSettings {
         let fail = |line: Option<usize>, message: String| SettingsError {
             path: path.to_owned(),
             line,
+            column: None,
             message,
         };
         let line_at = |span: std::ops::Range<usize>| Some(text[..span.start.min(text.len())].matches('\n').count() + 1);
@@ -464,10 +585,30 @@ impl HookSettings {
                     })
                     .collect()
             };
+            let xmlns = match m.xmlns {
+                None => Vec::new(),
+                Some(table) => {
+                    let line = line_at(table.span());
+                    let table = table.into_inner();
+                    for (prefix, uri) in &table {
+                        if let Err(why) = check_prefix(prefix, uri) {
+                            return Err(fail(line, format!("xmlns: {why}")));
+                        }
+                    }
+                    table.into_iter().collect()
+                }
+            };
+            let xpath = m
+                .xpath
+                .iter()
+                .map(|item| XPath::compile(item.get_ref(), &xmlns).map_err(|e| xpath_error(path, text, item, e)))
+                .collect::<Result<_, _>>()?;
             matcher = Matcher {
                 objects: globs("objects", m.objects)?,
                 ops: globs("ops", m.ops)?,
                 subops: globs("subops", m.subops)?,
+                xpath,
+                xmlns,
             };
         }
         Ok(HookSettings {
@@ -566,6 +707,94 @@ mod tests {
         assert_eq!(e.line, Some(1));
         let e = parse("[match]\nops = [\"[\"]\n").unwrap_err();
         assert!(e.to_string().starts_with("h.toml:2: bad pattern `[`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_xpath_is_an_error_with_file_line_and_column() {
+        let text = "timeout = 1\n[match]\nxpath = [\n  \"/domain/devices/hostdev\",\n  \"/domain/devices/[x]\",\n]\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(5), Some(20)), "{e}");
+        assert!(
+            e.to_string().starts_with("h.toml:5:20: xpath `/domain/devices/[x]`: "),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("(column 17 of the expression)"), "{e}");
+        // A literal string, on the `xpath` line itself.
+        let e = parse("[match]\nxpath = ['count(/domain/devices/disk) >']\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.column.unwrap() >= 10 + 29, "{e}");
+        // With escapes the file column is the string's start; the message has the rest.
+        let e = parse("[match]\nxpath = [\"/domain[name=\\\"a\\\"][frob()]\"]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(10)), "{e}");
+        assert!(e.message.contains("unknown function `frob()`"), "{e}");
+        assert!(e.message.contains("(column 19 of the expression)"), "{e}");
+        let e = parse("[match]\nxpath = [\"/domain/metadata/app:gpu\"]\n").unwrap_err();
+        assert!(e.message.contains("prefix `app` is not bound"), "{e}");
+        // Unknown keys beside it keep their line.
+        let e = parse("[match]\nxpath = [\"/domain\"]\nxpaths = [\"/domain\"]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(3), None), "{e}");
+        assert!(e.to_string().starts_with("h.toml:3: unknown field `xpaths`"), "{e}");
+        let e = parse("[match]\nxpath = \"/domain\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "a string where a list is needed: {e}");
+    }
+
+    #[test]
+    fn xpath_and_xmlns_are_compiled_and_shown() {
+        let s = parse(
+            "[match]\nobjects = [\"gpu-*\"]\nxpath = [\"/domain/devices/hostdev\", \"count(/domain/devices/disk) > 1\", \"/domain/metadata/app:gpu\"]\nxmlns = { app = \"http://example.org/app/1.0\" }\n",
+        )
+        .unwrap();
+        assert!(s.matcher.needs_document());
+        assert_eq!(s.matcher.xpath().count(), 3);
+        assert_eq!(
+            s.matcher.xmlns().collect::<Vec<_>>(),
+            [("app", "http://example.org/app/1.0")]
+        );
+        assert_eq!(
+            s.summary(),
+            "match: objects=gpu-* xpath=[\"/domain/devices/hostdev\", \"count(/domain/devices/disk) > 1\", \"/domain/metadata/app:gpu\"] xmlns=app=http://example.org/app/1.0"
+        );
+        let xml = |doc: &str| {
+            RawEvent::new(crate::Driver::Qemu, ["gpu-1", "prepare", "begin", "-"])
+                .with_input(Some(doc.as_bytes().to_vec()))
+        };
+        let all = "<domain><metadata><a:gpu xmlns:a='http://example.org/app/1.0'/></metadata><devices><disk/><disk/><hostdev/></devices></domain>";
+        assert!(s.matcher.matches(&xml(all)));
+        assert!(
+            !s.matcher.matches(&xml(&all.replace("<hostdev/>", ""))),
+            "every expression must hold"
+        );
+        assert!(
+            !s.matcher.matches(&xml(&all.replace("app/1.0", "app/2.0"))),
+            "the URI counts, not the prefix"
+        );
+        assert!(!s.matcher.matches(&xml("not xml")));
+        assert!(!s
+            .matcher
+            .matches(&RawEvent::new(crate::Driver::Qemu, ["gpu-1", "prepare", "begin", "-"])));
+        let other = RawEvent::new(crate::Driver::Qemu, ["db-1", "prepare", "begin", "-"])
+            .with_input(Some(all.as_bytes().to_vec()));
+        assert!(!s.matcher.matches(&other), "the globs still apply");
+        for bad in [
+            "xmlns = { \"a:b\" = \"urn:x\" }",
+            "xmlns = { xmlns = \"urn:x\" }",
+            "xmlns = { xml = \"urn:x\" }",
+            "xmlns = { a = \"\" }",
+        ] {
+            let e = parse(&format!("[match]\n{bad}\n")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+            assert!(e.message.starts_with("xmlns: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn xpath_on_a_daemon_hook_is_refused_by_the_driver_check() {
+        let s = parse("[match]\nxpath = [\"/domain\"]\n").unwrap();
+        let (key, message) = s.matcher.check_for(crate::Driver::Daemon).unwrap_err();
+        assert_eq!(key, "xpath");
+        assert!(message.contains("daemon events carry no document"), "{message}");
+        s.matcher.check_for(crate::Driver::Qemu).unwrap();
+        s.matcher.check_for(crate::Driver::Network).unwrap();
     }
 
     #[test]

@@ -15,6 +15,8 @@ enum Output {
     Nothing,
     Blanks,
     Document(u8),
+    /// Not a document libvirt could take: a filter stage that prints it fails.
+    Malformed(u8),
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ impl Output {
             Output::Nothing => Vec::new(),
             Output::Blanks => b" \n\t\n".to_vec(),
             Output::Document(n) => format!("<domain id='{n}'/>").into_bytes(),
+            Output::Malformed(n) if n % 2 == 0 => format!("<domain id='{n}'>").into_bytes(),
+            Output::Malformed(n) => format!("<network id='{n}'/>").into_bytes(),
         }
     }
 }
@@ -38,7 +42,8 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
     let output = prop_oneof![
         Just(Output::Nothing),
         Just(Output::Blanks),
-        any::<u8>().prop_map(Output::Document)
+        any::<u8>().prop_map(Output::Document),
+        any::<u8>().prop_map(Output::Malformed)
     ];
     (
         prop_oneof![3 => Just(0), 1 => 1..4i32],
@@ -56,7 +61,7 @@ enum Kind {
 }
 
 fn event(kind: Kind) -> QemuEvent {
-    let (name, xml) = ("vm".to_owned(), "<original/>".to_owned());
+    let (name, xml) = ("vm".to_owned(), "<domain/>".to_owned());
     match kind {
         Kind::Migrate => QemuEvent::Migrate { name, xml },
         Kind::Prepare => QemuEvent::Prepare { name, xml },
@@ -72,8 +77,14 @@ struct Expected {
     document: Option<Vec<u8>>,
 }
 
+/// A filter stage that exits 0 but prints what is not a document with the input's root
+/// element fails.
+fn rejected(h: &Behaviour, filters: bool) -> bool {
+    filters && h.code == 0 && matches!(h.output, Output::Malformed(_))
+}
+
 fn model(hooks: &[Behaviour], filters: bool) -> Expected {
-    let original = b"<original/>".to_vec();
+    let original = b"<domain/>".to_vec();
     let mut current: Option<Vec<u8>> = None;
     let mut all_ok = true;
     let mut inputs = Vec::new();
@@ -85,7 +96,7 @@ fn model(hooks: &[Behaviour], filters: bool) -> Expected {
             original.clone()
         });
         let out = h.output.bytes();
-        if h.code == 0 {
+        if h.code == 0 && !rejected(h, filters) {
             if filters && !out.iter().all(u8::is_ascii_whitespace) {
                 current = Some(out);
             }
@@ -93,7 +104,9 @@ fn model(hooks: &[Behaviour], filters: bool) -> Expected {
             all_ok = false;
         }
     }
-    let succeeded = hooks.iter().all(|h| h.code == 0 || h.optional);
+    let succeeded = hooks
+        .iter()
+        .all(|h| (h.code == 0 && !rejected(h, filters)) || h.optional);
     let document = (filters && succeeded).then(|| current.unwrap_or(original));
     Expected {
         inputs,
@@ -140,7 +153,9 @@ proptest! {
             want.document.clone()
         );
         for (rec, h) in report.hooks.iter().zip(&hooks) {
-            prop_assert_eq!(rec.success, h.code == 0);
+            prop_assert_eq!(rec.success, h.code == 0 && !rejected(h, filters));
+            // A successful filter stage says what it did to the document.
+            prop_assert_eq!(rec.document.is_some(), filters && rec.success);
             prop_assert_eq!(rec.optional, h.optional);
             if !filters {
                 prop_assert_eq!(rec.input, InputSource::Original);

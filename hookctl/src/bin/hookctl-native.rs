@@ -2,20 +2,21 @@
 //!
 //! hookctl is linked statically, so that libvirt's hook costs what a script costs, and
 //! a static program cannot load shared objects. This small dynamically linked program
-//! does it instead, with the plugin's stdout, stderr and status as its own (see
-//! `native_wire.rs`). hookctl runs it like an exec hook, which gives native plugins what
-//! exec hooks have: a timeout that kills, and a crash that fails only that plugin.
+//! does it instead (see `native_wire.rs` for how they talk). hookctl runs it like an
+//! exec hook, which gives native plugins what exec hooks have: a timeout that kills,
+//! and a crash that fails only that plugin.
 //!
 //! ```text
 //! hookctl-native call [--no-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA
 //! hookctl-native check|inspect PLUGIN [ANYTHING...]
 //! ```
-//! Not meant to be run by hand: it trusts its arguments (hookctl has checked the plugin).
+//! with hookctl's header line first on stdin. Not meant to be run by hand.
 
 #[path = "../native_wire.rs"]
 mod native_wire;
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,38 +24,115 @@ use std::sync::Arc;
 
 use hooks_core::backend::{HookLoader, HookSettings};
 use hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError, LoadErrorKind};
-use native_wire::{LoadKind, Report, REPORT_STATUS};
+use native_wire::{bounded, End, LoadKind, Report, PROTOCOL, REPORT_STATUS, UNUSABLE_STATUS, VERSION};
 
-fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let status = match args.first().and_then(|a| a.to_str()) {
-        Some("call") => call(&args[1..]),
-        Some(what @ ("check" | "inspect")) => match args.get(1) {
-            Some(plugin) => examine(what, PathBuf::from(plugin)),
-            None => usage(),
-        },
-        _ => usage(),
-    };
-    // Exit statuses are a byte; `status` is one by construction.
-    ExitCode::from(u8::try_from(status).unwrap_or(REPORT_STATUS as u8))
+/// Where the host's results go: its original stdout and stderr, kept aside before any
+/// plugin code runs, so the plugin's own writes to fds 1 and 2 cannot become the
+/// document or the report.
+struct Out {
+    stdout: File,
+    stderr: File,
 }
 
-fn usage() -> i32 {
-    report(&Report::Failed {
-        message: "usage: hookctl-native call [--no-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA"
-            .into(),
+fn main() -> ExitCode {
+    let status = run();
+    // Exit statuses are a byte; `status` is one by construction.
+    ExitCode::from(u8::try_from(status).unwrap_or(UNUSABLE_STATUS as u8))
+}
+
+fn unusable(why: &str) -> i32 {
+    eprintln!("hookctl-native: {why}");
+    UNUSABLE_STATUS
+}
+
+fn run() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
+        return unusable(&format!("cannot read stdin: {e}"));
+    }
+    let Some(newline) = input.iter().position(|&b| b == b'\n') else {
+        return unusable("no header on stdin: this program is run by hookctl, not by hand");
+    };
+    let header = String::from_utf8_lossy(&input[..newline]).into_owned();
+    let document = input.split_off(newline + 1);
+    let mut words = header.split(' ');
+    let (Some(protocol), Some(version), Some(token)) = (words.next(), words.next(), words.next()) else {
+        return unusable("a malformed header on stdin");
+    };
+    if (protocol, version) != (PROTOCOL, VERSION) {
+        return unusable(&format!(
+            "this is hookctl-native {VERSION} ({PROTOCOL}), but hookctl {version} ({protocol}) ran it: install both from the same build"
+        ));
+    }
+    let out = match set_aside() {
+        Ok(out) => out,
+        Err(e) => return unusable(&format!("cannot set up its output: {e}")),
+    };
+    let (end, plugin_out) = match args.first().and_then(|a| a.to_str()) {
+        Some("call") => call(&args[1..], document),
+        Some(what @ ("check" | "inspect")) => match args.get(1) {
+            Some(plugin) => (examine(what, PathBuf::from(plugin)), None),
+            None => return unusable("usage: hookctl-native check|inspect PLUGIN"),
+        },
+        _ => return unusable("usage: hookctl-native call|check|inspect ..."),
+    };
+    finish(out, token, end, plugin_out)
+}
+
+/// Keeps the real stdout and stderr on private descriptors, and points fds 1 and 2
+/// both at stderr: a plugin that prints directly (printf) is heard, never taken for the
+/// document.
+fn set_aside() -> std::io::Result<Out> {
+    let stdout = rustix::io::fcntl_dupfd_cloexec(std::io::stdout(), 3)?;
+    let stderr = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), 3)?;
+    rustix::stdio::dup2_stdout(std::io::stderr())?;
+    Ok(Out {
+        stdout: File::from(stdout),
+        stderr: File::from(stderr),
     })
 }
 
-/// Writes `report` as the last stderr line; the status to exit with.
-fn report(report: &Report) -> i32 {
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(report.line().as_bytes());
-    let _ = err.flush();
-    REPORT_STATUS
+/// What the plugin wrote through the ABI, and whether the host cut it.
+struct PluginOutput {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    warnings: Vec<String>,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
 }
 
-fn load_report(err: &LoadError) -> Report {
+/// Writes the plugin's output and the report; a failed write leaves no report, which
+/// hookctl takes as a failed call.
+fn finish(mut out: Out, token: &str, end: End, plugin: Option<PluginOutput>) -> i32 {
+    let mut report = Report {
+        end,
+        stdout_truncated: false,
+        stderr_truncated: false,
+    };
+    let written = (|| -> std::io::Result<()> {
+        if let Some(p) = plugin {
+            out.stdout.write_all(&p.stdout)?;
+            out.stdout.flush()?;
+            out.stderr.write_all(&p.stderr)?;
+            for warning in &p.warnings {
+                writeln!(out.stderr, "hookctl-native: warning: {warning}")?;
+            }
+            report.stdout_truncated = p.stdout_truncated;
+            report.stderr_truncated = p.stderr_truncated;
+        }
+        // Its own line, whatever the plugin's stderr ended with.
+        out.stderr.write_all(b"\n")?;
+        out.stderr.write_all(report.line(token).as_bytes())?;
+        out.stderr.flush()
+    })();
+    match written {
+        Ok(()) => REPORT_STATUS,
+        Err(_) => UNUSABLE_STATUS,
+    }
+}
+
+fn load_end(err: &LoadError) -> End {
     let kind = match &err.kind {
         LoadErrorKind::Unreadable => LoadKind::Unreadable,
         LoadErrorKind::NotSharedObject => LoadKind::NotSharedObject,
@@ -72,12 +150,12 @@ fn load_report(err: &LoadError) -> Report {
             message: other.to_string(),
         },
     };
-    let source = err.source.as_deref().map(|s| hooks_core::error_chain(s));
-    Report::LoadError { kind, source }
+    let source = err.source.as_deref().map(|s| bounded(hooks_core::error_chain(s)));
+    End::LoadError { kind, source }
 }
 
 /// `check` loads the plugin (running its constructors); `inspect` only reads its header.
-fn examine(what: &str, plugin: PathBuf) -> i32 {
+fn examine(what: &str, plugin: PathBuf) -> End {
     let loader = hooks_dylib::DylibLoader;
     let settings = HookSettings::default();
     let result = if what == "check" {
@@ -86,12 +164,22 @@ fn examine(what: &str, plugin: PathBuf) -> i32 {
         loader.inspect(&plugin, &settings)
     };
     match result {
-        Ok(()) => 0,
-        Err(e) => report(&load_report(&e)),
+        Ok(()) => End::Exited { code: 0 },
+        Err(e) => load_end(&e),
     }
 }
 
-fn call(args: &[OsString]) -> i32 {
+fn call(args: &[OsString], document: Vec<u8>) -> (End, Option<PluginOutput>) {
+    let usage = || {
+        let message =
+            "usage: hookctl-native call [--no-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA";
+        (
+            End::Failed {
+                message: message.into(),
+            },
+            None,
+        )
+    };
     let mut args = args.iter();
     let mut with_input = true;
     let mut max_output = hooks_core::DEFAULT_MAX_OUTPUT;
@@ -113,45 +201,30 @@ fn call(args: &[OsString]) -> i32 {
     ) else {
         return usage();
     };
-    let input: Option<Arc<[u8]>> = if with_input {
-        let mut buf = Vec::new();
-        if let Err(e) = std::io::stdin().lock().read_to_end(&mut buf) {
-            return report(&Report::Failed {
-                message: format!("cannot read the document on stdin: {e}"),
-            });
-        }
-        Some(buf.into())
-    } else {
-        None
-    };
+    let input: Option<Arc<[u8]>> = with_input.then(|| document.into());
     let hook = match hooks_dylib::DylibHook::load(&plugin) {
         Ok(hook) => hook.with_max_output(max_output),
-        Err(e) => return report(&load_report(&e)),
+        Err(e) => return (load_end(&e), None),
     };
     let inv = Invocation::new(driver, EventArgs::new([object, op, subop, extra]), input);
     let outcome = hooks_core::block_on(hook.call(&inv));
-    // A stream cut at the cap gets one byte more, so hookctl's reader (with the same
-    // cap) sees it cut too.
-    let overflow = |cut: bool| if cut { &b"\n"[..] } else { &b""[..] };
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&outcome.stdout);
-    let _ = out.write_all(overflow(outcome.stdout_truncated));
-    let _ = out.flush();
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(&outcome.stderr);
-    let _ = err.write_all(overflow(outcome.stderr_truncated));
-    drop(err);
-    for warning in &outcome.warnings {
-        eprintln!("hookctl-native: warning: {warning}");
-    }
-    match outcome.status {
-        HookStatus::Exited(code) if (0..=255).contains(&code) && code != REPORT_STATUS => code,
-        HookStatus::Exited(code) => report(&Report::Exited { code }),
-        HookStatus::Crashed(message) => report(&Report::Crashed { message }),
+    let end = match outcome.status {
+        HookStatus::Exited(code) => End::Exited { code },
+        HookStatus::Crashed(message) => End::Crashed {
+            message: bounded(message),
+        },
         // No timeout is set here (hookctl's supervisor kills us at the plugin's), and a
         // signal ends this process rather than being reported.
-        other => report(&Report::Failed {
-            message: other.describe(),
-        }),
-    }
+        other => End::Failed {
+            message: bounded(other.describe()),
+        },
+    };
+    let output = PluginOutput {
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        warnings: outcome.warnings,
+        stdout_truncated: outcome.stdout_truncated,
+        stderr_truncated: outcome.stderr_truncated,
+    };
+    (end, Some(output))
 }

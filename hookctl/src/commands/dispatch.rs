@@ -159,7 +159,7 @@ fn audit(
         .hooks
         .iter()
         .map(|r| {
-            json!({
+            let mut hook = json!({
                 "name": r.name,
                 "backend": r.backend,
                 "status": output::status(r),
@@ -171,7 +171,14 @@ fn audit(
                 // libvirt throws a hook's stdout away except for filters; keep a trace.
                 "stdout": excerpt(&r.stdout),
                 "warnings": r.warnings,
-            })
+            });
+            // Filter stages: whether it changed the document, in lines (no diff here).
+            if let (Some(d), serde_json::Value::Object(fields)) = (&r.document, &mut hook) {
+                let summary =
+                    json!({"changed": d.changed, "lines_added": d.lines_added, "lines_removed": d.lines_removed});
+                fields.insert("document".into(), summary);
+            }
+            hook
         })
         .collect();
     let mut line = event_fields(event, started);

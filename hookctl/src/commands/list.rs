@@ -52,7 +52,14 @@ struct Entry {
     /// Something to fix although it runs here (a plugin where libvirt would not load it).
     #[serde(skip_serializing_if = "Option::is_none")]
     warning: Option<String>,
+    /// Something to know about when it runs (`[match] xpath`: only with a document).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
+
+/// What `list` says about a hook whose sidecar has `[match] xpath`.
+const XPATH_NOTE: &str = "xpath: matches only events that carry an XML document (a domain's XML, a network's \
+                          <hookData>); daemon events and events without a document never match";
 
 /// A hook's settings in effect, defaults included.
 #[derive(Serialize)]
@@ -79,6 +86,15 @@ struct MatchView {
     objects: Vec<String>,
     ops: Vec<String>,
     subops: Vec<String>,
+    /// XPath 1.0 expressions that must all hold on the event's document.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    xpath: Vec<String>,
+    /// Prefixes the expressions use: prefix → namespace URI.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    xmlns: std::collections::BTreeMap<String, String>,
+    /// Whether it matches only events that carry an XML document (it has `xpath`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    needs_document: bool,
 }
 
 impl Effective {
@@ -94,6 +110,9 @@ impl Effective {
                 objects: own(&mut s.matcher.objects()),
                 ops: own(&mut s.matcher.ops()),
                 subops: own(&mut s.matcher.subops()),
+                xpath: own(&mut s.matcher.xpath()),
+                xmlns: s.matcher.xmlns().map(|(p, u)| (p.to_owned(), u.to_owned())).collect(),
+                needs_document: s.matcher.needs_document(),
             },
             sidecar: s.source.as_ref().map(|p| p.display().to_string()),
         }
@@ -171,6 +190,9 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                         broken.push_str(&format!("  WARNING: {w}"));
                     }
                     text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}{broken}\n", e.path));
+                    if let Some(note) = &e.note {
+                        text.push_str(&format!("              {note}\n"));
+                    }
                 }
                 (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
                 _ => {}
@@ -194,6 +216,10 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                     let path = e.path.display().to_string();
                     let warning = super::misplaced_plugin(hooks, &e, driver);
                     let loaded = e.settings();
+                    let note = loaded
+                        .as_ref()
+                        .is_ok_and(|s| s.matcher.needs_document())
+                        .then(|| XPATH_NOTE.to_owned());
                     let effective = match (&loaded, e.loader()) {
                         (Ok(s), Some(loader)) => Some(Effective::of(s, loader.default_timeout())),
                         _ => None,
@@ -231,6 +257,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 refused: None,
                                 effective,
                                 warning,
+                                note,
                             }
                         }
                         Disposition::Refused(loader, why) => {
@@ -246,6 +273,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                                 refused: Some(why.reason()),
                                 effective: None,
                                 warning,
+                                note,
                             }
                         }
                         Disposition::Skipped(why) => Entry {
@@ -253,6 +281,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                             refused: None,
                             effective: None,
                             warning,
+                            note: None,
                             path,
                             role: e.role,
                             order: None,

@@ -106,7 +106,13 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
             let name = output::short(&rec.name, dir);
             let time = hooks_core::backend::format_duration(std::time::Duration::from_micros(rec.duration_us));
             if rec.success {
-                let rewrote = if rec.replaced_document { "  rewrote the XML" } else { "" };
+                let rewrote = match &rec.document {
+                    Some(d) if rec.replaced_document && d.changed => {
+                        format!("  rewrote the XML (+{} -{} lines)", d.lines_added, d.lines_removed)
+                    }
+                    _ if rec.replaced_document => "  printed the XML unchanged".to_owned(),
+                    _ => String::new(),
+                };
                 let _ = writeln!(out, "    ok      {:<5} {name:<40} {time:>8}{rewrote}", rec.backend);
             } else {
                 let why = output::first_line(&rec.stderr);
