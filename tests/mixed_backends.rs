@@ -123,7 +123,7 @@ fn a_filter_stage_that_prints_no_usable_document_fails_in_every_backend() {
         (
             "10-network.wasm",
             "vm",
-            "root element is <network>, but its input's is <domain>",
+            "root element is <network> in no namespace, where its input's is <domain>",
         ),
     ];
     for (file, object, why) in cases {

@@ -68,7 +68,11 @@ impl DocumentChange {
         let mut text = diff.unified_diff().header("input", "output").to_string();
         let diff_truncated = text.len() > MAX_DIFF;
         if diff_truncated {
-            let end = text[..MAX_DIFF].rfind('\n').map_or(0, |i| i + 1);
+            let mut cap = MAX_DIFF;
+            while !text.is_char_boundary(cap) {
+                cap -= 1;
+            }
+            let end = text[..cap].rfind('\n').map_or(0, |i| i + 1);
             text.truncate(end);
         }
         DocumentChange {
@@ -81,12 +85,28 @@ impl DocumentChange {
     }
 }
 
-/// Why a stage's output cannot be handed on.
+/// Why a stage's output cannot be handed on. The output is never held to more than its
+/// input: when the input itself is not a document this crate parses (past its limits,
+/// or XML libvirt keeps but a strict parser refuses), the output is not checked.
 pub(crate) fn check_output(input: Option<&[u8]>, output: &[u8]) -> Result<(), String> {
+    let input = match input {
+        None => None,
+        Some(bytes) => match std::str::from_utf8(bytes).ok().map(parse_guarded) {
+            Some(Ok(doc)) => Some(doc),
+            _ => return Ok(()),
+        },
+    };
     let text = std::str::from_utf8(output).map_err(|e| {
         let (line, column) = position_of(output, e.valid_up_to());
         format!("its output is not UTF-8 at line {line}, column {column}, so not the XML libvirt expects")
     })?;
+    if let Some(encoding) = declared_encoding(text) {
+        if !encoding.eq_ignore_ascii_case("utf-8") && !encoding.eq_ignore_ascii_case("us-ascii") {
+            return Err(format!(
+                "its output declares encoding=\"{encoding}\", which libvirt would honour, but it is UTF-8"
+            ));
+        }
+    }
     let doc = parse_guarded(text).map_err(|e| match e {
         Unparsed::Refused(why) => format!("its output is refused unparsed: {why}"),
         Unparsed::NotXml(e) => {
@@ -99,21 +119,36 @@ pub(crate) fn check_output(input: Option<&[u8]>, output: &[u8]) -> Result<(), St
             )
         }
     })?;
-    let Some(input) = input.and_then(|i| std::str::from_utf8(i).ok()) else {
-        return Ok(());
-    };
-    // An input that is not XML itself (or that this crate will not parse) gives no root
-    // element to keep.
-    let Ok(input) = parse_guarded(input) else { return Ok(()) };
+    let Some(input) = input else { return Ok(()) };
     let (was, is) = (input.root_element().tag_name(), doc.root_element().tag_name());
     if (was.namespace(), was.name()) != (is.namespace(), is.name()) {
+        let name = |n: roxmltree::ExpandedName<'_, '_>| match n.namespace() {
+            Some(uri) => format!("<{}> in namespace {uri}", n.name()),
+            None => format!("<{}> in no namespace", n.name()),
+        };
         return Err(format!(
-            "its output's root element is <{}>, but its input's is <{}>",
-            is.name(),
-            was.name()
+            "its output's root element is {}, where its input's is {}",
+            name(is),
+            name(was)
         ));
     }
     Ok(())
+}
+
+/// The `encoding` of an XML declaration at the start of `text` (after a BOM), if any.
+fn declared_encoding(text: &str) -> Option<&str> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let decl = text.strip_prefix("<?xml")?;
+    let decl = &decl[..decl.find("?>")?];
+    let rest = decl
+        .split_once("encoding")?
+        .1
+        .trim_start()
+        .strip_prefix('=')?
+        .trim_start();
+    let quote = rest.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+    let value = &rest[1..];
+    value.find(quote).map(|end| &value[..end])
 }
 
 /// The parser's message without its own " at row:col" (the caller says where).
@@ -166,7 +201,7 @@ mod tests {
         let err = check_output(Some(DOMAIN), b"<network/>").unwrap_err();
         assert_eq!(
             err,
-            "its output's root element is <network>, but its input's is <domain>"
+            "its output's root element is <network> in no namespace, where its input's is <domain> in no namespace"
         );
         // The namespace is part of the name.
         let err = check_output(Some(b"<domain/>"), b"<domain xmlns='urn:x'/>").unwrap_err();
@@ -194,6 +229,42 @@ mod tests {
         );
         let err = check_output(Some(DOMAIN), wide.as_bytes()).unwrap_err();
         assert!(err.contains("more than 64 attributes"), "{err}");
+    }
+
+    #[test]
+    fn an_input_this_crate_cannot_parse_leaves_the_output_unchecked() {
+        // XML libvirt keeps (an undeclared prefix in <metadata>): a rewrite must pass.
+        let input = b"<domain><metadata><foo:bar/></metadata></domain>";
+        assert_eq!(
+            check_output(Some(input), b"<domain><metadata><foo:bar/></metadata><x/></domain>"),
+            Ok(())
+        );
+        let wide = format!("<domain>{}</domain>", "<b/>".repeat(300_000));
+        assert_eq!(check_output(Some(wide.as_bytes()), b"<other/>"), Ok(()));
+    }
+
+    #[test]
+    fn an_encoding_other_than_utf8_is_refused() {
+        let latin = "<?xml version='1.0' encoding='ISO-8859-1'?><domain>café</domain>";
+        let err = check_output(Some(DOMAIN), latin.as_bytes()).unwrap_err();
+        assert!(err.contains("encoding=\"ISO-8859-1\""), "{err}");
+        for ok in [
+            "<?xml version='1.0' encoding='UTF-8'?><domain/>",
+            "\u{feff}<?xml version=\"1.0\"?><domain/>",
+        ] {
+            assert_eq!(check_output(Some(DOMAIN), ok.as_bytes()), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_diff_cap_never_splits_a_character() {
+        let before = format!(
+            "<domain>\n<description>x{}</description>\n</domain>\n",
+            "漢字".repeat(3000)
+        );
+        let after = before.replace("<domain>", "<domain id='1'>");
+        let change = DocumentChange::between(before.as_bytes(), after.as_bytes());
+        assert!(change.diff_truncated && change.diff.len() <= MAX_DIFF);
     }
 
     #[test]
