@@ -217,6 +217,10 @@ fn no_input_never_matches_and_input_not_evaluated_fails_closed() {
             ["10-any-domain", "20-always-true", "30-plain"],
             "input {input:?}"
         );
+        // The audit line says the document was not evaluated, and why.
+        let audit = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+        assert!(line["document_not_evaluated"].is_string(), "{line}");
     }
     as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
         .write_stdin("<domain/>")

@@ -470,7 +470,9 @@ impl Registry {
 
     /// The matching hooks; directory reads and loads move off an async runtime's worker
     /// thread when there is one.
-    async fn collect_hooks(&self, event: &dyn HookEvent) -> SmallVec<[Arc<dyn Hook>; 8]> {
+    /// The hooks for `event`, and why its document was not evaluated for `xpath` (then
+    /// every hook that matches on it is among them).
+    async fn collect_hooks(&self, event: &dyn HookEvent) -> (SmallVec<[Arc<dyn Hook>; 8]>, Option<String>) {
         let driver = event.driver();
         let mut hooks = match blocking_pool() {
             Some(rt) if self.inner.reads_files(driver) => {
@@ -486,7 +488,7 @@ impl Registry {
         // One parse of the input for every hook that matches on it (`[match] xpath`).
         let scope = DocumentScope::new(event);
         hooks.retain(|h| (**h).matches(&scope));
-        hooks
+        (hooks, scope.unevaluated())
     }
 
     /// Fires an event: runs every matching hook in order, with libvirt's rules.
@@ -516,11 +518,12 @@ impl Registry {
         let inner = &*self.inner;
         // The budget covers finding and loading the hooks too.
         let budget = inner.event_timeout.map(|b| (Instant::now(), b));
-        let hooks = self.collect_hooks(event).await;
+        let (hooks, unevaluated) = self.collect_hooks(event).await;
         let base = Invocation::from_event(event).with_timeout(inner.timeout);
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
         let mut report = Report::new(event, base.args().clone(), filters);
+        report.unevaluated_document = unevaluated;
         report.hooks.reserve_exact(hooks.len());
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;

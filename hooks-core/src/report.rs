@@ -220,6 +220,9 @@ pub struct Report {
     pub document: Option<Vec<u8>>,
     /// Whether a hook replaced the document.
     pub document_changed: bool,
+    /// Why the event's document was not evaluated for `[match] xpath`, when a hook
+    /// asked: every hook that matches on it was then called (failing closed).
+    pub unevaluated_document: Option<String>,
 }
 
 /// The serialized form.
@@ -237,6 +240,8 @@ struct ReportRepr<'a> {
     document: Option<Cow<'a, [u8]>>,
     #[serde(default)]
     document_changed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unevaluated_document: Option<Cow<'a, str>>,
 }
 
 impl From<ReportRepr<'_>> for Report {
@@ -249,6 +254,7 @@ impl From<ReportRepr<'_>> for Report {
             hooks: r.hooks.into_owned(),
             document: r.document.map(Cow::into_owned),
             document_changed: r.document_changed,
+            unevaluated_document: r.unevaluated_document.map(Cow::into_owned),
         }
     }
 }
@@ -266,6 +272,7 @@ impl Serialize for Report {
             hooks: Cow::Borrowed(&self.hooks),
             document: self.document.as_deref().map(Cow::Borrowed),
             document_changed: self.document_changed,
+            unevaluated_document: self.unevaluated_document.as_deref().map(Cow::Borrowed),
         }
         .serialize(s)
     }
@@ -281,6 +288,7 @@ impl Report {
             hooks: Vec::new(),
             document: None,
             document_changed: false,
+            unevaluated_document: None,
         }
     }
 

@@ -183,7 +183,7 @@ impl XPath {
         match doc.lazy.parsed() {
             Parsed::Document(d) => self.holds_on(d, namespaces),
             Parsed::NotXml => false,
-            Parsed::Refused => true,
+            Parsed::Refused(_) => true,
         }
     }
 
@@ -523,6 +523,14 @@ impl<'e> DocumentScope<'e> {
             document: EventDocument::new(event.input()),
         }
     }
+
+    /// Why the document was not evaluated, if a hook asked and it was not.
+    pub(crate) fn unevaluated(&self) -> Option<String> {
+        match self.document.lazy.peek()? {
+            Parsed::Refused(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for DocumentScope<'_> {
@@ -568,6 +576,8 @@ impl crate::HookEvent for DocumentScope<'_> {
 /// in its lifetime (a `OnceLock` of a borrowing document would not be).
 trait Lazy: Send + Sync {
     fn parsed(&self) -> &Parsed<'_>;
+    /// What [`Lazy::parsed`] found, if anything asked yet.
+    fn peek(&self) -> Option<&Parsed<'_>>;
 }
 
 /// What an event's input is to `xpath`.
@@ -575,8 +585,9 @@ pub(crate) enum Parsed<'e> {
     Document(roxmltree::Document<'e>),
     /// No input, or not XML: nothing matches.
     NotXml,
-    /// XML past the limits: not parsed, and every expression holds (fail closed).
-    Refused,
+    /// Present but not evaluated (past the limits, or not XML this parser takes): every
+    /// expression holds (fail closed). Says why.
+    Refused(String),
 }
 
 struct LazyDocument<'e> {
@@ -587,6 +598,10 @@ struct LazyDocument<'e> {
 impl Lazy for LazyDocument<'_> {
     fn parsed(&self) -> &Parsed<'_> {
         self.parsed.get_or_init(|| parse(self.input))
+    }
+
+    fn peek(&self) -> Option<&Parsed<'_>> {
+        self.parsed.get()
     }
 }
 
@@ -619,7 +634,7 @@ fn parse(input: Option<&[u8]>) -> Parsed<'_> {
         },
     };
     tracing::warn!("xpath: the event's document is not evaluated ({why}); every hook that matches on it is called");
-    Parsed::Refused
+    Parsed::Refused(why)
 }
 
 /// Why [`parse_guarded`] gave no document.
@@ -1255,7 +1270,13 @@ mod registry_tests {
             name: "vm".into(),
             xml: "this is not XML".into(),
         };
-        assert_eq!(ran(&registry.fire_blocking(&odd).unwrap()), ["xpath", "plain"]);
+        let report = registry.fire_blocking(&odd).unwrap();
+        assert_eq!(ran(&report), ["xpath", "plain"]);
+        // The report says so, and why.
+        let why = report.unevaluated_document.as_deref().unwrap_or_default();
+        assert!(why.starts_with("not XML this parser takes"), "{why}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["unevaluated_document"], why);
         let started = QemuEvent::Started {
             name: "vm".into(),
             xml: "<domain/>".into(),

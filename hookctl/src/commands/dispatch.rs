@@ -196,6 +196,10 @@ fn audit(
     if let serde_json::Value::Object(rest) = rest {
         line.extend(rest);
     }
+    // `[match] xpath` failed closed: every plugin that matches on the document ran.
+    if let Some(why) = &report.unevaluated_document {
+        line.insert("document_not_evaluated".into(), why.as_str().into());
+    }
     // A hookctl.toml it could not use: stderr reaches nobody when the event succeeds.
     if let Some(why) = config_error {
         line.insert("config_error".into(), why.into());
