@@ -178,6 +178,11 @@ pub(crate) struct SimulateArgs {
     /// one installed here (`libvirtd --version`), else the newest.
     #[arg(long, value_name = "VERSION")]
     pub(crate) libvirt: Option<String>,
+    /// Where plugins with `state = true` keep their state (created 0700, kept), so a
+    /// later `simulate` (`start`, then `stop`) sees it. By default a temporary one,
+    /// removed at the end: never the real guests' state.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(crate) input: InputArgs,
 }

@@ -4,6 +4,7 @@
 //! log = "/var/log/libvirt/hookctl.jsonl"   # the audit log (an absolute path)
 //! timeout = "2m"                          # default per plugin: seconds, "500ms", "2m", or "none"
 //! journal = false                         # no journald entry per dispatch (default: true)
+//! state = "/run/virt-hooks/state"         # where `state = true` plugins keep theirs
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub(crate) struct DispatchConfig {
     pub(crate) timeout: Option<Duration>,
     /// Whether each dispatch also sends an entry to journald (when it listens).
     pub(crate) journal: bool,
+    /// The root of plugins' per-object state directories.
+    pub(crate) state: PathBuf,
 }
 
 impl Default for DispatchConfig {
@@ -36,6 +39,7 @@ impl Default for DispatchConfig {
             log: PathBuf::from(DEFAULT_LOG),
             timeout: Some(DEFAULT_TIMEOUT),
             journal: true,
+            state: PathBuf::from(hooks_core::SYSTEM_STATE_ROOT),
         }
     }
 }
@@ -55,6 +59,7 @@ struct File {
     log: Option<toml::Spanned<PathBuf>>,
     timeout: Option<toml::Spanned<toml::Value>>,
     journal: Option<bool>,
+    state: Option<toml::Spanned<PathBuf>>,
 }
 
 /// `<plugins>/hookctl.toml`.
@@ -84,17 +89,24 @@ pub(crate) fn read(plugins: &Path) -> Result<DispatchConfig, ConfigError> {
     let file: File =
         toml::from_str(&text).map_err(|e| fail(e.span().and_then(line_at), e.message().trim().to_owned()))?;
     let mut config = DispatchConfig::default();
-    if let Some(log) = file.log {
-        let line = line_at(log.span());
-        let log = log.into_inner();
-        if !log.is_absolute() {
-            // libvirtd's working directory is `/`: a relative path would land there.
-            return Err(fail(
+    // libvirtd's working directory is `/`: a relative path would land there.
+    let absolute = |key: &str, value: toml::Spanned<PathBuf>| {
+        let line = line_at(value.span());
+        let path = value.into_inner();
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(fail(
                 line,
-                format!("log must be an absolute path, not `{}`", log.display()),
-            ));
+                format!("{key} must be an absolute path, not `{}`", path.display()),
+            ))
         }
-        config.log = log;
+    };
+    if let Some(log) = file.log {
+        config.log = absolute("log", log)?;
+    }
+    if let Some(state) = file.state {
+        config.state = absolute("state", state)?;
     }
     if let Some(timeout) = file.timeout {
         let line = line_at(timeout.span());
@@ -166,5 +178,9 @@ mod tests {
         assert!(e.message.contains("0 would fail every call"), "{e}");
         let e = with("timeout = true\n").unwrap_err();
         assert!(e.message.contains("expected a duration"), "{e}");
+        let e = with("journal = true\nstate = \"state\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("state must be an absolute path"), "{e}");
+        assert_eq!(with("state = \"/srv/state\"\n").unwrap().state, Path::new("/srv/state"));
     }
 }

@@ -163,6 +163,9 @@ pub enum HookError {
         /// The budget.
         budget: std::time::Duration,
     },
+    /// The hook's state directory could not be made ready; the hook was not called.
+    #[error(transparent)]
+    State(crate::StateError),
     /// A backend-specific error (dylib, wasm, ...).
     #[error("{backend} backend error")]
     Backend {

@@ -122,6 +122,7 @@ pub struct Invocation {
     args: EventArgs,
     input: Option<Arc<[u8]>>,
     timeout: Option<Duration>,
+    state_dir: Option<Arc<Path>>,
 }
 
 impl Invocation {
@@ -141,6 +142,7 @@ impl Invocation {
             args,
             input,
             timeout: None,
+            state_dir: None,
         }
     }
 
@@ -162,6 +164,19 @@ impl Invocation {
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// The same invocation with the hook's state directory for this object (see
+    /// [`crate::StateRoot`]); the registry sets it for hooks whose settings ask for state.
+    pub fn with_state_dir(mut self, dir: Option<Arc<Path>>) -> Self {
+        self.state_dir = dir;
+        self
+    }
+
+    /// The hook's state directory for this object, when it asked for one: an exec hook
+    /// finds it in `VIRT_HOOK_STATE`, a WASM hook as its preopened `/state`.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
     }
 
     /// The driver.

@@ -298,6 +298,8 @@ pub struct DirEntry {
     default_timeout: Option<std::time::Duration>,
     /// The driver it was scanned for (its `[match]` is checked against its operations).
     driver: Driver,
+    /// Where hooks asking for state keep it.
+    state_root: Option<Arc<crate::StateRoot>>,
 }
 
 /// A file's identity and version: a loaded hook is reused while it is unchanged.
@@ -355,7 +357,9 @@ pub struct HooksDir {
     flat: bool,
     trust: Option<TrustPolicy>,
     flat_main: Option<PathBuf>,
+    skip_main: bool,
     default_timeout: Option<std::time::Duration>,
+    state_root: Option<Arc<crate::StateRoot>>,
 }
 
 impl fmt::Debug for HooksDir {
@@ -383,7 +387,9 @@ impl HooksDir {
             flat: false,
             trust: Some(TrustPolicy::current_user()),
             flat_main: None,
+            skip_main: false,
             default_timeout: None,
+            state_root: None,
         }
     }
 
@@ -427,6 +433,19 @@ impl HooksDir {
         self
     }
 
+    /// Where hooks whose settings say `state = true` keep a directory per object (see
+    /// [`crate::StateRoot`]). By default none, and such a hook fails with a message
+    /// saying so; hookctl uses [`crate::SYSTEM_STATE_ROOT`].
+    pub fn with_state_root(mut self, root: Option<crate::StateRoot>) -> Self {
+        self.state_root = root.map(Arc::new);
+        self
+    }
+
+    /// The state root, if any.
+    pub fn state_root(&self) -> Option<&crate::StateRoot> {
+        self.state_root.as_deref()
+    }
+
     /// The trust rule in force.
     pub fn trust(&self) -> Option<TrustPolicy> {
         self.trust
@@ -437,6 +456,15 @@ impl HooksDir {
     /// "$0")` still names the hooks directory).
     pub fn with_main_script(mut self, path: impl Into<PathBuf>) -> Self {
         self.flat_main = Some(path.into());
+        self
+    }
+
+    /// Leaves out the main script `<dir>/<driver>` (only the `<driver>.d` entries run):
+    /// for a caller that runs what the main script would run itself (hookctl's
+    /// `simulate`, when the main script is hookctl's dispatcher).
+    pub fn without_main_script(mut self) -> Self {
+        self.skip_main = true;
+        self.flat_main = None;
         self
     }
 
@@ -473,7 +501,7 @@ impl HooksDir {
         let main = if self.flat {
             self.flat_main.clone()
         } else {
-            Some(self.main_path(driver))
+            Some(self.main_path(driver)).filter(|_| !self.skip_main)
         };
         if let Some(main) = main {
             match fs::symlink_metadata(&main) {
@@ -505,6 +533,7 @@ impl HooksDir {
                     trust: self.trust,
                     default_timeout: self.default_timeout,
                     driver,
+                    state_root: self.state_root.clone(),
                 });
                 return Ok(entries);
             }
@@ -561,6 +590,7 @@ impl HooksDir {
             trust: self.trust,
             default_timeout: self.default_timeout,
             driver,
+            state_root: self.state_root.clone(),
         }
     }
 
@@ -575,6 +605,7 @@ impl HooksDir {
             trust: self.trust,
             default_timeout: self.default_timeout,
             driver,
+            state_root: self.state_root.clone(),
         }
     }
 
@@ -675,6 +706,11 @@ impl DirEntry {
         self.default_timeout
     }
 
+    /// Where this entry's state goes, if its directory keeps state.
+    pub(crate) fn state_root(&self) -> Option<&Arc<crate::StateRoot>> {
+        self.state_root.as_ref()
+    }
+
     /// Its settings from the sidecar `<path>.toml`, or the defaults.
     ///
     /// # Errors
@@ -689,7 +725,17 @@ impl DirEntry {
             }
         };
         settings.default_timeout = self.default_timeout;
-        if let Err((key, message)) = settings.matcher.check_for(self.driver) {
+        let checked = settings.matcher.check_for(self.driver).and_then(|()| {
+            if settings.state && self.driver == Driver::Daemon {
+                Err((
+                    "state",
+                    "state: daemon events have no object to keep state for".to_owned(),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err((key, message)) = checked {
             let path = HookSettings::sidecar(&self.path);
             let line = fs::read_to_string(&path).ok().and_then(|text| {
                 text.lines()
@@ -707,22 +753,50 @@ impl DirEntry {
     }
 }
 
-/// A loaded hook with the matching and policy from its settings.
+/// A loaded hook with the matching, policy and state from its settings.
 pub(crate) struct Configured {
     inner: Arc<dyn Hook>,
     settings: HookSettings,
+    /// For a hook with `state = true`: where its directories go (`None`: nowhere, and
+    /// each call fails saying so).
+    state: Option<Option<Arc<crate::StateRoot>>>,
 }
 
 impl Configured {
-    /// Wraps `inner` when the settings ask for matching or a policy; otherwise returns it.
-    pub(crate) fn wrap(inner: Arc<dyn Hook>, settings: &HookSettings) -> Arc<dyn Hook> {
-        if settings.policy == HookPolicy::Required && settings.matcher.is_empty() {
+    /// Wraps `inner` when the settings ask for matching, a policy or state; otherwise
+    /// returns it.
+    pub(crate) fn wrap(
+        inner: Arc<dyn Hook>,
+        settings: &HookSettings,
+        state_root: Option<&Arc<crate::StateRoot>>,
+    ) -> Arc<dyn Hook> {
+        if settings.policy == HookPolicy::Required && settings.matcher.is_empty() && !settings.state {
             return inner;
         }
         Arc::new(Configured {
             inner,
             settings: settings.clone(),
+            state: settings.state.then(|| state_root.cloned()),
         })
+    }
+
+    /// The hook's state directory for this call's object, created when missing.
+    fn state_dir(&self, root: Option<&crate::StateRoot>, inv: &Invocation) -> Result<Arc<Path>, crate::HookError> {
+        let Some(root) = root else {
+            return Err(crate::HookError::State(crate::StateError::Refused {
+                path: PathBuf::new(),
+                why: "the hook asks for state (`state = true`) but whoever runs it keeps none (HooksDir::with_state_root)"
+                    .into(),
+            }));
+        };
+        let name = self
+            .inner
+            .path()
+            .and_then(Path::file_name)
+            .unwrap_or(self.inner.name().as_ref());
+        root.open(inv.driver(), inv.args().get(0), name)
+            .map(Arc::from)
+            .map_err(crate::HookError::State)
     }
 }
 
@@ -747,7 +821,13 @@ impl Hook for Configured {
         self.inner.stop_grace()
     }
     async fn call(&self, inv: &Invocation) -> HookOutcome {
-        self.inner.call(inv).await
+        let Some(root) = &self.state else {
+            return self.inner.call(inv).await;
+        };
+        match self.state_dir(root.as_deref(), inv) {
+            Ok(dir) => self.inner.call(&inv.clone().with_state_dir(Some(dir))).await,
+            Err(e) => HookOutcome::failed(e),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, Ho
 use crate::report::InputSource;
 use crate::xpath::DocumentScope;
 use crate::{
-    Driver, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord, HookStatus,
-    Invocation, LoadError, LoadErrorKind, Report,
+    Driver, EventArgs, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord,
+    HookStatus, Invocation, LoadError, LoadErrorKind, Report,
 };
 
 enum Source {
@@ -266,11 +266,11 @@ impl State {
                 Arc::new(BrokenHook::new(err)) as Arc<dyn Hook>
             }
             Ok(settings) => match loader.load(path, &settings) {
-                Ok(hook) => Configured::wrap(hook, &settings),
+                Ok(hook) => Configured::wrap(hook, &settings, entry.state_root()),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
                     // Still optional and still matched as its sidecar says.
-                    Configured::wrap(Arc::new(BrokenHook::new(err)), &settings)
+                    Configured::wrap(Arc::new(BrokenHook::new(err)), &settings, entry.state_root())
                 }
             },
         };
@@ -624,7 +624,42 @@ impl Registry {
             report.document_changed = current.is_some();
             report.document = current.or(original).map(|d| d.to_vec());
         }
+        if crate::state_ends_object(event) {
+            self.finish_state(event, &mut report);
+        }
         report
+    }
+
+    /// After an object's last event: its state directories go, except those of hooks
+    /// that failed the event (kept for the operator, and listed in the report).
+    fn finish_state(&self, event: &dyn HookEvent, report: &mut Report) {
+        let object = EventArgs::new(event.os_args());
+        let failed = |name: &std::ffi::OsStr| {
+            report
+                .hooks
+                .iter()
+                .find(|r| !r.success && std::path::Path::new(&r.name).file_name() == Some(name))
+                .map(|r| {
+                    let why = r.message.as_deref().unwrap_or("failed");
+                    format!("{} {} failed: {why}", event.op(), event.subop())
+                })
+        };
+        let mut kept = Vec::new();
+        for source in &self.inner.sources {
+            let Source::Dir(dir) = source else { continue };
+            let Some(root) = dir.state_root() else { continue };
+            match root.finish(event.driver(), object.get(0), &failed) {
+                Ok(dirs) => kept.extend(dirs),
+                Err(e) => {
+                    tracing::error!(error = %e, "state directory not removed after the object's last event");
+                    report.state_errors.push(e.to_string());
+                }
+            }
+        }
+        for dir in &kept {
+            tracing::warn!(dir = %dir.display(), "state directory kept: its hook failed the object's last event");
+        }
+        report.state_kept = kept;
     }
 
     /// [`Registry::fire`] for callers that are not async: the hooks run on this thread

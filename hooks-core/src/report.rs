@@ -223,6 +223,11 @@ pub struct Report {
     /// Why the event's document was not evaluated for `[match] xpath`, when a hook
     /// asked: every hook that matches on it was then called (failing closed).
     pub unevaluated_document: Option<String>,
+    /// After an object's last event: the state directories kept because their hook
+    /// failed it (see [`crate::StateRoot`]).
+    pub state_kept: Vec<std::path::PathBuf>,
+    /// After an object's last event: state directories that could not be removed.
+    pub state_errors: Vec<String>,
 }
 
 /// The serialized form.
@@ -242,6 +247,10 @@ struct ReportRepr<'a> {
     document_changed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unevaluated_document: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    state_kept: Cow<'a, [std::path::PathBuf]>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    state_errors: Cow<'a, [String]>,
 }
 
 impl From<ReportRepr<'_>> for Report {
@@ -255,6 +264,8 @@ impl From<ReportRepr<'_>> for Report {
             document: r.document.map(Cow::into_owned),
             document_changed: r.document_changed,
             unevaluated_document: r.unevaluated_document.map(Cow::into_owned),
+            state_kept: r.state_kept.into_owned(),
+            state_errors: r.state_errors.into_owned(),
         }
     }
 }
@@ -273,6 +284,8 @@ impl Serialize for Report {
             document: self.document.as_deref().map(Cow::Borrowed),
             document_changed: self.document_changed,
             unevaluated_document: self.unevaluated_document.as_deref().map(Cow::Borrowed),
+            state_kept: Cow::Borrowed(&self.state_kept),
+            state_errors: Cow::Borrowed(&self.state_errors),
         }
         .serialize(s)
     }
@@ -289,6 +302,8 @@ impl Report {
             document: None,
             document_changed: false,
             unevaluated_document: None,
+            state_kept: Vec::new(),
+            state_errors: Vec::new(),
         }
     }
 

@@ -257,6 +257,11 @@ pub struct HookSettings {
     pub policy: HookPolicy,
     /// Which events it wants.
     pub matcher: Matcher,
+    /// Whether it keeps a directory per object (`state = true`; see [`crate::StateRoot`]).
+    pub state: bool,
+    /// The cap on that directory's size in bytes where the backend can hold it (wasm);
+    /// `None` leaves [`crate::DEFAULT_STATE_MAX`].
+    pub state_max: Option<u64>,
     /// The file these came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -290,6 +295,8 @@ struct File {
     memory: Option<toml::Spanned<Value>>,
     max_output: Option<toml::Spanned<Value>>,
     policy: Option<HookPolicy>,
+    state: Option<bool>,
+    state_max: Option<toml::Spanned<Value>>,
     #[serde(rename = "match")]
     matcher: Option<MatchFile>,
 }
@@ -414,6 +421,9 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 /// The largest `memory` accepted: a 32-bit WebAssembly memory's whole address space.
 const MAX_MEMORY: u64 = 4 << 30;
+
+/// The largest `state_max`: state lives on tmpfs, in the host's memory.
+const MAX_STATE: u64 = 1 << 30;
 
 /// Checks an `xmlns` entry: a prefix an expression can use, bound to a namespace.
 fn check_prefix(prefix: &str, uri: &str) -> Result<(), String> {
@@ -575,6 +585,12 @@ impl HookSettings {
         };
         let memory = size("memory", file.memory, MAX_MEMORY)?;
         let max_output = size("max_output", file.max_output, u64::MAX)?;
+        let state = file.state.unwrap_or(false);
+        let state_line = file.state_max.as_ref().and_then(|v| line_at(v.span()));
+        let state_max = size("state_max", file.state_max, MAX_STATE)?;
+        if state_max.is_some() && !state {
+            return Err(fail(state_line, "state_max without `state = true`".into()));
+        }
         let mut matcher = Matcher::default();
         if let Some(m) = file.matcher {
             let globs = |key: &str, list: Vec<String>| -> Result<Vec<glob::Pattern>, SettingsError> {
@@ -618,6 +634,8 @@ impl HookSettings {
             max_output,
             policy: file.policy.unwrap_or_default(),
             matcher,
+            state,
+            state_max,
             source: Some(path.to_owned()),
         })
     }
@@ -658,6 +676,11 @@ impl HookSettings {
         if self.policy == HookPolicy::Optional {
             parts.push("policy=optional".into());
         }
+        match (self.state, self.state_max) {
+            (true, Some(max)) => parts.push(format!("state(max={max})")),
+            (true, None) => parts.push("state".into()),
+            _ => {}
+        }
         if !self.matcher.is_empty() {
             parts.push(format!("match: {}", self.matcher));
         }
@@ -689,6 +712,22 @@ mod tests {
         assert!(!s.matcher.matches(&ev("db-12", "prepare")));
         assert!(!s.matcher.matches(&ev("win10", "start")));
         assert_eq!(s.summary(), "timeout=2s memory=32MiB max_output=1024 policy=optional match: objects=win*,db-? ops=prepare,release subops=begin");
+    }
+
+    #[test]
+    fn state_and_its_cap() {
+        let s = parse("state = true\nstate_max = \"2MiB\"\n").unwrap();
+        assert!(s.state);
+        assert_eq!(s.state_max, Some(2 << 20));
+        assert_eq!(s.summary(), "state(max=2097152)");
+        assert!(!parse("").unwrap().state);
+        let e = parse("\nstate_max = 4096\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("without `state = true`"), "{e}");
+        let e = parse("state = true\nstate_max = \"2GiB\"\n").unwrap_err();
+        assert!(e.message.contains("too large"), "{e}");
+        let e = parse("state = \"yes\"\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

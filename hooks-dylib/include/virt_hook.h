@@ -25,12 +25,27 @@
  * A native call cannot be interrupted: a host timeout reports the hook as timed
  * out, but the call keeps running. Native plugins are trusted code, running in the
  * host process with its privileges.
+ *
+ * Per-guest state: a plugin whose sidecar (`<plugin>.so.toml`) says `state = true`
+ * gets a directory that lives from the guest's first event until after its
+ * `release` (for networks, until after `stopped`):
+ * `/run/virt-hooks/state/<driver>/<object>/<plugin file name>/`, root's, 0700.
+ * hookctl runs each call in its own `hookctl-native` process and names the directory
+ * in that process's environment:
+ *
+ *     const char *state = getenv(VIRT_HOOK_STATE_ENV);  // NULL: no state asked
+ *
+ * A host that loads plugins into its own process (hooks-dylib embedded in a driver)
+ * cannot set it per call and refuses to load a plugin that asks for state.
  */
 #ifndef VIRT_HOOK_H
 #define VIRT_HOOK_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* The environment variable naming the plugin's state directory (see above). */
+#define VIRT_HOOK_STATE_ENV "VIRT_HOOK_STATE"
 
 #ifdef __cplusplus
 extern "C" {

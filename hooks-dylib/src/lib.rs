@@ -62,6 +62,14 @@ impl HookLoader for DylibLoader {
     }
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+        if settings.state {
+            // Its helper reads the process environment, which a call in this process
+            // cannot set for itself alone.
+            let why = "`state = true`: a native plugin loaded into the caller's process gets no state directory (hookctl runs plugins in hookctl-native, where it does)";
+            return Err(
+                LoadError::new(path, "dylib", LoadErrorKind::InvalidSettings).with_source(std::io::Error::other(why))
+            );
+        }
         let mut hook = DylibHook::load(path)?.with_timeout(settings.effective_timeout(None));
         if let Some(cap) = settings.max_output {
             hook = hook.with_max_output(usize::try_from(cap).unwrap_or(usize::MAX));

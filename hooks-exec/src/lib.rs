@@ -187,11 +187,19 @@ impl ExecHook {
         argv.extend(self.leading_args.iter().cloned());
         argv.extend((0..4).map(|i| inv.args().c_str(i).to_owned()));
         let timeout = inv.timeout_with(self.options.timeout);
+        let mut env = libvirt_env();
+        // The one addition to libvirt's environment, for hooks that asked for state.
+        if let Some(dir) = inv.state_dir() {
+            let mut pair = OsString::from(STATE_ENV);
+            pair.push("=");
+            pair.push(dir);
+            env.push(cstring(&pair));
+        }
         Job {
             path: self.path.clone(),
             program: Arc::clone(&self.program),
             argv,
-            env: libvirt_env(),
+            env,
             input: inv.input_shared().cloned(),
             cancel: None,
             limits: supervise::Limits {
@@ -211,6 +219,9 @@ fn cstring(s: &OsStr) -> CString {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     CString::new(&bytes[..end]).unwrap_or_default()
 }
+
+/// The variable naming a hook's state directory (`state = true` in its settings).
+pub const STATE_ENV: &str = "VIRT_HOOK_STATE";
 
 /// `LC_ALL=C` plus the whitelisted variables the caller has, in libvirt's order.
 fn libvirt_env() -> Vec<CString> {

@@ -81,6 +81,10 @@ pub struct WasmOptions {
     /// Instruction budget, when the sandbox counts fuel ([`EngineConfig::fuel`]). By
     /// default none.
     pub fuel: Option<u64>,
+    /// Cap in bytes on the state directory preopened as `/state` for hooks that keep
+    /// state (see [`Invocation::state_dir`]): checked while the module runs (every
+    /// 20 ms) and when it ends; past it the call fails. By default 1 MiB.
+    pub state_max: u64,
 }
 
 impl Default for WasmOptions {
@@ -90,6 +94,7 @@ impl Default for WasmOptions {
             memory: 64 << 20,
             max_output: 16 << 20,
             fuel: None,
+            state_max: hooks_core::DEFAULT_STATE_MAX,
         }
     }
 }
@@ -158,13 +163,15 @@ impl WasmHook {
             memory: self.options.memory,
             max_output: self.options.max_output,
             fuel: self.options.fuel,
+            state_max: self.options.state_max,
         };
         let (sandbox, module, input) = (
             Arc::clone(&self.sandbox),
             Arc::clone(&self.module),
             inv.input_shared().cloned(),
         );
-        move |cancel| sandbox.run(&module, &argv, input, limits, cancel)
+        let state = inv.state_dir().map(Path::to_owned);
+        move |cancel| sandbox.run(&module, &argv, input, state.as_deref(), limits, cancel)
     }
 }
 
@@ -243,6 +250,9 @@ impl HookLoader for WasmLoader {
         if let Some(o) = settings.max_output {
             options.max_output = usize::try_from(o).unwrap_or(usize::MAX);
         }
+        if let Some(m) = settings.state_max {
+            options.state_max = m;
+        }
         Ok(Arc::new(WasmHook::load(path, options)?))
     }
 }
@@ -252,6 +262,7 @@ static WASM_LOADER: WasmLoader = WasmLoader::new(WasmOptions {
     memory: 64 << 20,
     max_output: 16 << 20,
     fuel: None,
+    state_max: hooks_core::DEFAULT_STATE_MAX,
 });
 
 inventory::submit! { LoaderRegistration::new(&WASM_LOADER) }

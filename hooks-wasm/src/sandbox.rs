@@ -19,7 +19,7 @@ use wasmtime::{
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::bindings::random::random::Host as _;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use crate::cache::{default_cache_dir, hex, DiskCache};
 use crate::engine::{build_engine, EngineConfig, Ticker, MAX_MEMORIES, MAX_TABLES};
@@ -69,6 +69,75 @@ pub(crate) struct HostState {
     wasi: WasiP1Ctx,
     limits: MemoryCap,
     deadline: Option<Instant>,
+    state: Option<StateCap>,
+}
+
+/// How often a running module's state directory is measured.
+const STATE_CHECK: Duration = Duration::from_millis(20);
+
+/// Most files and directories a state directory may hold: each costs the host memory
+/// (tmpfs), and each is walked at every check.
+const MAX_STATE_ENTRIES: u64 = 1000;
+
+/// The cap on a call's `/state`: WASI has no quota, so the directory is measured while
+/// the module runs and when it ends.
+struct StateCap {
+    dir: PathBuf,
+    max: u64,
+    checked: Instant,
+}
+
+impl StateCap {
+    /// Why the directory is over its cap, if it is.
+    fn over(&self) -> Option<String> {
+        match state_usage(&self.dir, self.max) {
+            Ok(Usage { bytes, .. }) if bytes > self.max => Some(format!(
+                "its state directory `{}` holds more than its state_max of {} bytes ({bytes} counted so far)",
+                self.dir.display(),
+                self.max
+            )),
+            Ok(Usage { entries, .. }) if entries > MAX_STATE_ENTRIES => Some(format!(
+                "its state directory `{}` holds more than {MAX_STATE_ENTRIES} files and directories",
+                self.dir.display()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "its state directory `{}` cannot be measured: {e}",
+                self.dir.display()
+            )),
+        }
+    }
+}
+
+struct Usage {
+    bytes: u64,
+    entries: u64,
+}
+
+/// What a state directory holds: the larger of each entry's length and its allocated
+/// blocks (a sparse file counts at its length), without following links; stops once
+/// past `max` bytes or [`MAX_STATE_ENTRIES`].
+fn state_usage(dir: &Path, max: u64) -> std::io::Result<Usage> {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = Usage { bytes: 0, entries: 0 };
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            usage.entries += 1;
+            usage.bytes = usage
+                .bytes
+                .saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
+            if usage.bytes > max || usage.entries > MAX_STATE_ENTRIES {
+                return Ok(usage);
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(usage)
 }
 
 /// Most table elements a store may hold, all tables together (8 bytes each).
@@ -141,6 +210,7 @@ pub(crate) struct CallLimits {
     pub(crate) memory: usize,
     pub(crate) max_output: usize,
     pub(crate) fuel: Option<u64>,
+    pub(crate) state_max: u64,
 }
 
 /// One engine with its linker and module caches. Build one per process (or use
@@ -371,6 +441,7 @@ impl Sandbox {
         module: &CompiledModule,
         argv: &[String; 5],
         input: Option<Arc<[u8]>>,
+        state: Option<&Path>,
         limits: CallLimits,
         cancel: Option<oneshot::Receiver<()>>,
     ) -> HookOutcome {
@@ -392,12 +463,25 @@ impl Sandbox {
         if let Some(input) = input {
             wasi.stdin(MemoryInputPipe::new(bytes::Bytes::from_owner(input)));
         }
+        // Its only writable path, and only for hooks that keep state.
+        if let Some(dir) = state {
+            if let Err(e) = wasi.preopened_dir(dir, "/state", FsPerms::ReadWrite) {
+                let why = format!("cannot open its state directory `{}`: {e:#}", dir.display());
+                return HookOutcome::new(HookStatus::Crashed(why)).with_duration(start.elapsed());
+            }
+        }
         let mut wasi = wasi.build_p1();
         wasi.ctx().table.set_max_capacity(MAX_WASI_HANDLES);
+        let watched = deadline.is_some() || cancel.is_some() || state.is_some();
         let state = HostState {
             wasi,
             limits: MemoryCap::new(limits.memory),
             deadline,
+            state: state.map(|dir| StateCap {
+                dir: dir.to_owned(),
+                max: limits.state_max,
+                checked: start,
+            }),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -406,11 +490,20 @@ impl Sandbox {
         }
         // Each tick, a computing module traps once past its deadline, and otherwise
         // yields, so the caller's cancellation is seen while it computes too.
-        let _ticking = if self.config.interruptible && (deadline.is_some() || cancel.is_some()) {
+        let _ticking = if self.config.interruptible && watched {
             store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|s| {
+            store.epoch_deadline_callback(|mut s| {
+                let now = Instant::now();
+                if let Some(cap) = &mut s.data_mut().state {
+                    if now.duration_since(cap.checked) >= STATE_CHECK {
+                        cap.checked = now;
+                        if let Some(why) = cap.over() {
+                            wasmtime::bail!("{why}");
+                        }
+                    }
+                }
                 Ok(match s.data().deadline {
-                    Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+                    Some(d) if now >= d => UpdateDeadline::Interrupt,
                     _ => UpdateDeadline::Yield(1),
                 })
             });
@@ -431,6 +524,13 @@ impl Sandbox {
             Ok(Ended::TimedOut) => HookStatus::TimedOut(limits.timeout.unwrap_or_default()),
             Ok(Ended::Abandoned) => HookStatus::Crashed("abandoned by its caller".into()),
             Err(e) => HookStatus::Crashed(e.to_owned()),
+        };
+        // Whatever the module did last is measured too: a cap that held only while it
+        // ran would be no cap.
+        let over = store.data().state.as_ref().and_then(StateCap::over);
+        let status = match (status, over) {
+            (HookStatus::Exited(_), Some(why)) => HookStatus::Crashed(why),
+            (status, _) => status,
         };
         drop(store);
         let (out, out_cut) = stdout.take();

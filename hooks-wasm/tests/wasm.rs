@@ -374,3 +374,115 @@ async fn works_inside_a_tokio_runtime() {
         .unwrap();
     assert!(report.hooks[0].stdout.contains("async-vm"));
 }
+
+/// Opens `/state/big` (fd 3 is the preopened state dir) for writing; its fd goes to 300.
+const STATE_OPEN: &str = r#"
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_seek" (func $fd_seek (param i32 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 100) "big")
+  (func $open
+    (if (call $path_open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 3)
+                         (i32.const 1) (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 300))
+      (then (call $proc_exit (i32.const 70)))))
+"#;
+
+fn stateful_hook(tmp: &Path, name: &str, body: &str, state_max: u64) -> (WasmHook, PathBuf) {
+    let bytes = wat::parse_str(format!("(module {STATE_OPEN} {body})")).unwrap();
+    let state = tmp.join("state");
+    fs::create_dir_all(&state).unwrap();
+    let opts = WasmOptions {
+        state_max,
+        ..WasmOptions::default()
+    };
+    let hook = WasmHook::load_in(sandbox(None), write_module(tmp, name, &bytes), opts).unwrap();
+    (hook, state)
+}
+
+fn with_state(inv: Invocation, state: &Path) -> Invocation {
+    inv.with_state_dir(Some(Arc::from(state)))
+}
+
+#[test]
+fn a_module_filling_its_state_dir_is_stopped_near_the_cap_not_at_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Writes 64 KiB at a time, forever.
+    let (hook, state) = stateful_hook(
+        tmp.path(),
+        "fill.wasm",
+        r#"(func (export "_start")
+             (call $open)
+             (i32.store (i32.const 0) (i32.const 65536))
+             (i32.store (i32.const 4) (i32.const 65536))
+             (loop $more
+               (drop (call $fd_write (i32.load (i32.const 300)) (i32.const 0) (i32.const 1) (i32.const 8)))
+               (br $more)))"#,
+        1 << 20,
+    );
+    let start = Instant::now();
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    let HookStatus::Crashed(why) = &out.status else {
+        panic!("{:?}", out.status)
+    };
+    assert!(why.contains("state_max of 1048576 bytes"), "{why}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    // Caught within one check interval of writing (tmpfs or disk speed), far below what
+    // the timeout would have let through.
+    let size = fs::metadata(state.join("big")).unwrap().len();
+    assert!(size < 1 << 30, "{size} bytes written");
+}
+
+#[test]
+fn a_sparse_file_counts_at_its_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Seeks 100 MiB in and writes one byte, then exits 0.
+    let (hook, state) = stateful_hook(
+        tmp.path(),
+        "sparse.wasm",
+        r#"(func (export "_start")
+             (call $open)
+             (drop (call $fd_seek (i32.load (i32.const 300)) (i64.const 104857600) (i32.const 0) (i32.const 16)))
+             (i32.store (i32.const 0) (i32.const 100))
+             (i32.store (i32.const 4) (i32.const 1))
+             (drop (call $fd_write (i32.load (i32.const 300)) (i32.const 0) (i32.const 1) (i32.const 8)))
+             (call $proc_exit (i32.const 0)))"#,
+        1 << 20,
+    );
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    let HookStatus::Crashed(why) = &out.status else {
+        panic!("exit 0 must not hide the overflow: {:?}", out.status)
+    };
+    assert!(why.contains("state_max"), "{why}");
+    // Under the cap, the same module passes.
+    let (hook, state) = stateful_hook(
+        &tmp.path().join("roomy"),
+        "sparse.wasm",
+        r#"(func (export "_start") (call $open) (call $proc_exit (i32.const 0)))"#,
+        1 << 20,
+    );
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    assert!(matches!(out.status, HookStatus::Exited(0)), "{:?}", out.status);
+    assert!(state.join("big").exists());
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_opened_fails_the_call_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hook, _) = stateful_hook(
+        tmp.path(),
+        "any.wasm",
+        r#"(func (export "_start") (call $proc_exit (i32.const 0)))"#,
+        1 << 20,
+    );
+    let missing = tmp.path().join("gone");
+    let out = call(&hook, &with_state(inv("vm", "start", None), &missing));
+    let HookStatus::Crashed(why) = &out.status else {
+        panic!("{:?}", out.status)
+    };
+    assert!(
+        why.contains("cannot open its state directory") && why.contains("gone"),
+        "{why}"
+    );
+}

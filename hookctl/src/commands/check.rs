@@ -14,10 +14,8 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     let sources = drivers.into_iter().flat_map(|d| {
         let plugins = super::plugins_dir(dir, d).map(|p| {
             let config = crate::config::read(&p);
-            let timeout = config
-                .as_ref()
-                .map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
-            (d, super::dispatch::dispatcher_dir(&p, d, timeout), Some(config))
+            let in_effect = config.as_ref().cloned().unwrap_or_default();
+            (d, super::dispatch::dispatcher_dir(&p, d, &in_effect), Some(config))
         });
         std::iter::once((d, super::with_backends(HooksDir::new(dir)), None)).chain(plugins)
     });

@@ -27,9 +27,12 @@ pub(crate) fn saved_original(hooks_dir: &Path, driver: Driver) -> PathBuf {
 }
 
 /// The plugins dir as the dispatcher runs it: the saved original hook (if any) first, as
-/// libvirt ran it, and `timeout` for plugins whose settings set none.
-pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, timeout: Option<std::time::Duration>) -> HooksDir {
-    let dir = super::with_backends(HooksDir::plugins(plugins)).with_default_timeout(timeout);
+/// libvirt ran it, the configured `timeout` for plugins whose settings set none, and the
+/// configured root for plugins that keep state.
+pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, config: &crate::config::DispatchConfig) -> HooksDir {
+    let dir = super::with_backends(HooksDir::plugins(plugins))
+        .with_default_timeout(config.timeout)
+        .with_state_root(Some(hooks_core::StateRoot::new(&config.state)));
     let named_for_driver = plugins
         .file_name()
         .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
@@ -67,7 +70,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     let (config, config_error) = crate::config::load(plugins);
     let log_file = crate::audit::open(&config.log).ok();
     let registry = RegistryBuilder::new()
-        .hooks_dir_with(dispatcher_dir(plugins, driver, config.timeout))
+        .hooks_dir_with(dispatcher_dir(plugins, driver, &config))
         .build();
     let result = registry.fire_blocking(&event);
     // libvirt applies its own policy to our exit status: any failed plugin fails it.
@@ -91,6 +94,15 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     for rec in report.hooks.iter().filter(|r| !r.success && r.optional) {
         eprintln!("hookctl: ignored failure: {}: {}", rec.name, output::status(rec));
         output::warnings(rec);
+    }
+    for dir in &report.state_kept {
+        eprintln!(
+            "hookctl: kept the state directory {} (its plugin failed this last event; `hookctl list` shows it)",
+            dir.display()
+        );
+    }
+    for why in &report.state_errors {
+        eprintln!("hookctl: {why}");
     }
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
@@ -199,6 +211,14 @@ fn audit(
     // `[match] xpath` failed closed: every plugin that matches on the document ran.
     if let Some(why) = &report.unevaluated_document {
         line.insert("document_not_evaluated".into(), why.as_str().into());
+    }
+    // After an object's last event: state kept for the operator, or not removable.
+    if !report.state_kept.is_empty() {
+        let kept: Vec<_> = report.state_kept.iter().map(|p| p.display().to_string()).collect();
+        line.insert("state_kept".into(), kept.into());
+    }
+    if !report.state_errors.is_empty() {
+        line.insert("state_errors".into(), report.state_errors.clone().into());
     }
     // A hookctl.toml it could not use: stderr reaches nobody when the event succeeds.
     if let Some(why) = config_error {

@@ -24,6 +24,31 @@ struct DriverListing {
     entries: Vec<Entry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Plugins' per-object state directories that exist now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    state: Vec<StateView>,
+}
+
+#[derive(Serialize)]
+struct StateView {
+    object: String,
+    plugin: String,
+    path: String,
+    /// Why it outlived its object's last event (its plugin failed that event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<String>,
+}
+
+fn state_views(root: &hooks_core::StateRoot, driver: Driver) -> Vec<StateView> {
+    root.entries(driver)
+        .into_iter()
+        .map(|e| StateView {
+            object: e.object.to_string_lossy().into_owned(),
+            plugin: e.hook.to_string_lossy().into_owned(),
+            path: e.path.display().to_string(),
+            kept: e.kept,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -128,12 +153,11 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         listings.push(listing(&hooks, d));
         if let Some(plugins) = super::plugins_dir(dir, d) {
             let config = crate::config::read(&plugins);
-            let timeout = config
-                .as_ref()
-                .map_or(Some(crate::config::DEFAULT_TIMEOUT), |c| c.timeout);
-            let hooks = super::dispatch::dispatcher_dir(&plugins, d, timeout);
+            let in_effect = config.as_ref().cloned().unwrap_or_default();
+            let hooks = super::dispatch::dispatcher_dir(&plugins, d, &in_effect);
             let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
+            l.state = state_views(&hooks_core::StateRoot::new(&in_effect.state), d);
             match config {
                 Ok(c) => l.log = Some(c.log.display().to_string()),
                 Err(e) => l.error = Some(format!("{e} (the dispatcher uses the defaults)")),
@@ -153,7 +177,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     }
     let mut text = String::new();
     for l in &listings {
-        if l.entries.is_empty() && l.error.is_none() && args.driver.is_none() {
+        if l.entries.is_empty() && l.error.is_none() && l.state.is_empty() && args.driver.is_none() {
             continue;
         }
         match (&l.plugins_dir, &l.not_run) {
@@ -196,6 +220,15 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                 }
                 (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
                 _ => {}
+            }
+        }
+        for st in &l.state {
+            match &st.kept {
+                Some(why) => text.push_str(&format!(
+                    "  state KEPT: {} ({} for {}): {why}; remove it once the plugin's work is undone\n",
+                    st.path, st.plugin, st.object
+                )),
+                None => text.push_str(&format!("  state: {} ({} for {})\n", st.path, st.plugin, st.object)),
             }
         }
     }
@@ -299,6 +332,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 not_run: None,
                 entries,
                 error: None,
+                state: Vec::new(),
             }
         }
         Err(e) => DriverListing {
@@ -308,6 +342,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
             not_run: None,
             entries: Vec::new(),
             error: Some(format!("cannot read `{}`: {e}", hooks.drop_in_dir(driver).display())),
+            state: Vec::new(),
         },
     }
 }

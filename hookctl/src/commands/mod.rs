@@ -17,9 +17,14 @@ use hooks_core::{HooksDir, Registry, RegistryBuilder};
 
 use crate::cli::UsageError;
 
-pub(crate) fn registry(dir: &Path, timeout: Option<Duration>, wasm_memory_mib: Option<u32>) -> Registry {
+pub(crate) fn registry(
+    dir: &Path,
+    timeout: Option<Duration>,
+    wasm_memory_mib: Option<u32>,
+    state: hooks_core::StateRoot,
+) -> Registry {
     RegistryBuilder::new()
-        .hooks_dir_with(hooks_dir(dir, wasm_memory_mib))
+        .hooks_dir_with(hooks_dir(dir, wasm_memory_mib).with_state_root(Some(state)))
         .timeout(timeout)
         .build()
 }

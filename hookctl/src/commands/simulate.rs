@@ -38,7 +38,25 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         },
     };
     let reasons = version >= (10, 5);
-    let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
+    // A whole lifecycle with state, and none of it touches the real guests' state.
+    let scratch = tempfile::Builder::new()
+        .prefix("hookctl-simulate-")
+        .tempdir()
+        .map_err(|e| UsageError(format!("cannot make a temporary state directory: {e}")))?;
+    let state = match &args.state {
+        Some(dir) => hooks_core::StateRoot::new(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
+        None => hooks_core::StateRoot::new(scratch.path().join("state")),
+    };
+    if let Some(real) = crate::config::read(&dir.join(format!("{}.plugins", args.driver.as_str())))
+        .ok()
+        .filter(|c| c.state == state.path())
+    {
+        return Err(UsageError(format!(
+            "--state {} is where the dispatcher keeps the real guests' state; simulate elsewhere",
+            real.state.display()
+        )));
+    }
+    let registry = simulation(dir, args.driver, args.input.timeout, args.input.wasm_memory, state);
     registry
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, args.driver));
@@ -66,6 +84,35 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         output::stdout(render(&seq, &guest, dir).as_bytes());
     }
     Ok(seq.proceeds())
+}
+
+/// The hooks libvirt would run. When its hook is hookctl's dispatcher, the plugins run
+/// here instead of through it, so that they keep their state under `state` (never the
+/// real guests') and the simulated events stay out of the audit log and the journal.
+fn simulation(
+    dir: &Path,
+    driver: Driver,
+    timeout: Option<std::time::Duration>,
+    wasm_memory: Option<u32>,
+    state: hooks_core::StateRoot,
+) -> hooks_core::Registry {
+    let dispatcher = super::plugins_dir(dir, driver).filter(|_| super::install::is_hookctl(&dir.join(driver.as_str())));
+    let Some(plugins) = dispatcher else {
+        return super::registry(dir, timeout, wasm_memory, state);
+    };
+    let config = crate::config::DispatchConfig {
+        state: state.path().to_owned(),
+        ..crate::config::read(&plugins).unwrap_or_default()
+    };
+    hooks_core::RegistryBuilder::new()
+        .hooks_dir_with(super::dispatch::dispatcher_dir(&plugins, driver, &config))
+        .hooks_dir_with(
+            super::hooks_dir(dir, wasm_memory)
+                .without_main_script()
+                .with_state_root(Some(state)),
+        )
+        .timeout(timeout)
+        .build()
 }
 
 /// The newest libvirt behaviour this emulates.

@@ -118,7 +118,19 @@ impl<'a> Invocation<'a> {
             stderr: true,
         }
     }
+    /// The plugin's state directory for this guest or network, when its sidecar says
+    /// `state = true`: it lives from the object's first event until after its last
+    /// (`release`, or `stopped` for a network), so what the plugin did at `start` is
+    /// known at `release`. hookctl names it in the environment of the `hookctl-native`
+    /// process that runs each call; a host that loads plugins into its own process
+    /// refuses plugins that ask for state.
+    pub fn state_dir(&self) -> Option<std::path::PathBuf> {
+        std::env::var_os(STATE_ENV).map(std::path::PathBuf::from)
+    }
 }
+
+/// The environment variable [`Invocation::state_dir`] reads.
+pub const STATE_ENV: &str = "VIRT_HOOK_STATE";
 
 /// A stream back to the host; implements [`io::Write`].
 #[derive(Debug, Clone, Copy)]
