@@ -211,7 +211,10 @@ fn a_plugin_asking_for_state_where_none_is_kept_fails_saying_so() {
     };
     let err = registry.fire_blocking(&event).expect_err("fails");
     let message = err.report().hooks[0].message.clone().unwrap_or_default();
-    assert!(message.contains("keeps none"), "{message}");
+    assert!(
+        message.contains("keeps none") && message.contains("state = true"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -208,16 +208,50 @@ fn simulate_never_touches_the_real_state_nor_the_audit_log() {
         .assert()
         .success();
     assert!(!kept.join("qemu/vm").exists());
-    // The real root is refused as a simulation's.
-    let out = hookctl(
-        &hooks,
-        &["simulate", "qemu", "stop", "web1", "--state", state.to_str().unwrap()],
-    )
-    .assert()
-    .code(2);
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(stderr.contains("real guests' state"), "{stderr}");
+    // The real root is refused as a simulation's, however it is spelled.
+    let link = tmp.path().join("link-to-state");
+    std::os::unix::fs::symlink(&state, &link).unwrap();
+    let dotted = tmp.path().join("sim/../state/");
+    for spelling in [state.clone(), link, dotted] {
+        let args = [
+            "simulate",
+            "qemu",
+            "stop",
+            "web1",
+            "--state",
+            spelling.to_str().unwrap(),
+        ];
+        let out = hookctl(&hooks, &args).assert().code(2);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            stderr.contains("real guests' state"),
+            "{}: {stderr}",
+            spelling.display()
+        );
+    }
     assert_eq!(fs::read_to_string(&real).unwrap(), before);
+}
+
+#[test]
+fn simulate_knows_another_copy_of_hookctl_as_the_dispatcher() {
+    let (tmp, hooks, plugins, state) = with_state();
+    recorder(tmp.path(), &plugins, "10-fw", true, 0);
+    // The hook is another hookctl binary (the installed one, while a build simulates).
+    let copy = tmp.path().join("bin/hookctl");
+    fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    fs::copy(common::exe(), &copy).unwrap();
+    fs::remove_file(hooks.join("qemu")).unwrap();
+    std::os::unix::fs::symlink(&copy, hooks.join("qemu")).unwrap();
+    hookctl(&hooks, &["simulate", "qemu", "start", "web1"])
+        .assert()
+        .success();
+    let used = fs::read_to_string(tmp.path().join("10-fw.where")).unwrap();
+    assert!(
+        !used.starts_with(state.to_str().unwrap()),
+        "simulate used the real state: {used}"
+    );
+    assert!(!state.exists());
+    assert!(audit_lines(tmp.path()).is_empty(), "the copy ran as the dispatcher");
 }
 
 #[test]
@@ -245,4 +279,52 @@ fn a_native_plugin_finds_its_state_dir_in_the_host_environment() {
         .failure();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(stderr.contains("exit status 7"), "{stderr}");
+}
+
+#[test]
+fn the_port_forward_example_removes_exactly_what_it_added_whatever_the_config_says_by_then() {
+    let (tmp, hooks, plugins, state) = with_state();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/port-forward");
+    for file in ["port-forward", "port-forward.toml"] {
+        fs::copy(example.join(file), plugins.join(file)).unwrap();
+    }
+    let cmds = tmp.path().join("cmds");
+    let conf = fs::read_to_string(example.join("port-forward.conf")).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| match l.starts_with("dry-run ") {
+            true => format!("dry-run {}\n", cmds.display()),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(hooks.join("port-forward.conf"), &conf).unwrap();
+    as_libvirt_xml(&hooks, ["demo", "start", "begin", "-"])
+        .assert()
+        .success();
+    let added = fs::read_to_string(&cmds).unwrap();
+    assert_eq!(added.lines().filter(|l| l.contains(" -I ")).count(), 4, "{added}");
+    assert!(state.join("qemu/demo/port-forward/rules").exists());
+    // The operator drops a forward while the guest runs: release still undoes all four.
+    let edited: String = conf
+        .lines()
+        .filter(|l| !l.contains("8080"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(hooks.join("port-forward.conf"), edited).unwrap();
+    as_libvirt_xml(&hooks, ["demo", "release", "end", "-"])
+        .assert()
+        .success();
+    let all = fs::read_to_string(&cmds).unwrap();
+    let deleted: Vec<&str> = all.lines().filter(|l| l.contains(" -D ")).collect();
+    let expected: Vec<String> = added.lines().map(|l| l.replace(" -I ", " -D ")).collect();
+    assert_eq!(deleted, expected);
+    assert!(!state.join("qemu/demo").exists());
+    // A guest the config does not name gets nothing and keeps nothing.
+    as_libvirt_xml(&hooks, ["other", "start", "begin", "-"])
+        .assert()
+        .success();
+    as_libvirt_xml(&hooks, ["other", "release", "end", "-"])
+        .assert()
+        .success();
+    assert_eq!(fs::read_to_string(&cmds).unwrap(), all);
 }

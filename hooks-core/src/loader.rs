@@ -783,11 +783,7 @@ impl Configured {
     /// The hook's state directory for this call's object, created when missing.
     fn state_dir(&self, root: Option<&crate::StateRoot>, inv: &Invocation) -> Result<Arc<Path>, crate::HookError> {
         let Some(root) = root else {
-            return Err(crate::HookError::State(crate::StateError::Refused {
-                path: PathBuf::new(),
-                why: "the hook asks for state (`state = true`) but whoever runs it keeps none (HooksDir::with_state_root)"
-                    .into(),
-            }));
+            return Err(crate::HookError::State(crate::StateError::NoRoot));
         };
         let name = self
             .inner

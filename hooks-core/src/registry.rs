@@ -640,14 +640,38 @@ impl Registry {
                 .iter()
                 .find(|r| !r.success && std::path::Path::new(&r.name).file_name() == Some(name))
                 .map(|r| {
-                    let why = r.message.as_deref().unwrap_or("failed");
-                    format!("{} {} failed: {why}", event.op(), event.subop())
+                    // One line: the status and the first line the hook printed.
+                    let status = match &r.status {
+                        crate::StatusRecord::Exited { code } => format!("exit status {code}"),
+                        crate::StatusRecord::Signaled { signal } => format!("killed by signal {signal}"),
+                        crate::StatusRecord::TimedOut { after_ms } => format!("timed out after {after_ms} ms"),
+                        crate::StatusRecord::Crashed { message } => format!("crashed: {message}"),
+                        crate::StatusRecord::Failed { message } => format!("could not run: {message}"),
+                    };
+                    let said: String = r
+                        .stderr
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
+                    let sep = if said.is_empty() { "" } else { ": " };
+                    let line = format!("{} {} failed: {status}{sep}{said}", event.op(), event.subop());
+                    line.replace(['\n', '\r'], " ")
                 })
         };
         let mut kept = Vec::new();
+        let mut finished: SmallVec<[&std::path::Path; 2]> = SmallVec::new();
         for source in &self.inner.sources {
             let Source::Dir(dir) = source else { continue };
             let Some(root) = dir.state_root() else { continue };
+            // Two dirs sharing a root are one set of objects.
+            if finished.contains(&root.path()) {
+                continue;
+            }
+            finished.push(root.path());
             match root.finish(event.driver(), object.get(0), &failed) {
                 Ok(dirs) => kept.extend(dirs),
                 Err(e) => {

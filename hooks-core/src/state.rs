@@ -57,6 +57,9 @@ pub enum StateError {
     /// Daemon events have no object.
     #[error("daemon events have no object to keep state for")]
     NoObject,
+    /// The hook asks for state, and whoever runs it keeps none.
+    #[error("the hook asks for a state directory (`state = true`) but whoever runs it keeps none (libvirt itself never does; hookctl's dispatcher does for `<driver>.plugins/`)")]
+    NoRoot,
     /// A directory on the way is not safe to use.
     #[error("state directory `{}` refused: {why}", path.display())]
     Refused {

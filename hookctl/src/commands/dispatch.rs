@@ -84,8 +84,11 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         for rec in report.hooks.iter().filter(|r| !r.success && !r.optional) {
             let stderr = rec.stderr.trim_end();
             let sep = if stderr.is_empty() { "" } else { ": " };
-            let hint = match rec.status {
-                hooks_core::StatusRecord::Failed { .. } => " (run `hookctl check`)",
+            // `check` finds broken files and settings, not a state directory's trouble.
+            let hint = match &rec.status {
+                hooks_core::StatusRecord::Failed { message } if !message.contains("state director") => {
+                    " (run `hookctl check`)"
+                }
                 _ => "",
             };
             eprintln!("{}: {}{sep}{stderr}{hint}", rec.name, output::status(rec));

@@ -45,6 +45,41 @@ fn trusted_self() -> Result<PathBuf, UsageError> {
     Ok(exe)
 }
 
+/// Bytes every hookctl binary carries, so that another copy of it (a hard link, the
+/// installed one while a build runs `simulate`) is known for what it is.
+#[used]
+static DISPATCHER_MARK: [u8; 36] = *b"virt-hooks: hookctl dispatcher mark\n";
+
+/// Whether `path` runs a hookctl (this one or any other build): the same file, or an
+/// executable that carries [`DISPATCHER_MARK`]. Reads the whole file; not for dispatch.
+pub(crate) fn runs_a_hookctl(path: &Path) -> bool {
+    use std::io::Read;
+    if is_hookctl(path) {
+        return true;
+    }
+    let Ok(mut file) = fs::File::open(path) else {
+        return false;
+    };
+    let finder = memchr::memmem::Finder::new(&DISPATCHER_MARK);
+    let mut buf = vec![0u8; 1 << 20];
+    let keep = DISPATCHER_MARK.len() - 1;
+    let mut filled = 0;
+    loop {
+        let n = match file.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        filled += n;
+        if finder.find(&buf[..filled]).is_some() {
+            return true;
+        }
+        // Keep a tail that a mark split across two reads starts in.
+        let tail = filled.saturating_sub(keep);
+        buf.copy_within(tail..filled, 0);
+        filled -= tail;
+    }
+}
+
 /// Whether `link` runs this very hookctl.
 pub(crate) fn is_hookctl(link: &Path) -> bool {
     std::env::current_exe()

@@ -17,14 +17,11 @@ use hooks_core::{HooksDir, Registry, RegistryBuilder};
 
 use crate::cli::UsageError;
 
-pub(crate) fn registry(
-    dir: &Path,
-    timeout: Option<Duration>,
-    wasm_memory_mib: Option<u32>,
-    state: hooks_core::StateRoot,
-) -> Registry {
+/// libvirt's layout as libvirt runs it: no state directories (libvirt keeps none; a
+/// hook that asks for one fails saying so).
+pub(crate) fn registry(dir: &Path, timeout: Option<Duration>, wasm_memory_mib: Option<u32>) -> Registry {
     RegistryBuilder::new()
-        .hooks_dir_with(hooks_dir(dir, wasm_memory_mib).with_state_root(Some(state)))
+        .hooks_dir_with(hooks_dir(dir, wasm_memory_mib))
         .timeout(timeout)
         .build()
 }

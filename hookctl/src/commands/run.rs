@@ -21,9 +21,7 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
             event.op()
         );
     }
-    // The state that libvirt's own calls of these hooks keep.
-    let state = hooks_core::StateRoot::system();
-    let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory, state);
+    let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
     registry
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, event.driver()));

@@ -44,16 +44,15 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         .tempdir()
         .map_err(|e| UsageError(format!("cannot make a temporary state directory: {e}")))?;
     let state = match &args.state {
-        Some(dir) => hooks_core::StateRoot::new(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
+        Some(dir) => hooks_core::StateRoot::new(resolved(dir)),
         None => hooks_core::StateRoot::new(scratch.path().join("state")),
     };
-    if let Some(real) = crate::config::read(&dir.join(format!("{}.plugins", args.driver.as_str())))
-        .ok()
-        .filter(|c| c.state == state.path())
-    {
+    let plugins = dir.join(format!("{}.plugins", args.driver.as_str()));
+    let real = crate::config::read(&plugins).unwrap_or_default().state;
+    if resolved(&real) == state.path() || resolved(Path::new(hooks_core::SYSTEM_STATE_ROOT)) == state.path() {
         return Err(UsageError(format!(
-            "--state {} is where the dispatcher keeps the real guests' state; simulate elsewhere",
-            real.state.display()
+            "--state {}: that is where the dispatcher keeps the real guests' state; simulate elsewhere",
+            state.path().display()
         )));
     }
     let registry = simulation(dir, args.driver, args.input.timeout, args.input.wasm_memory, state);
@@ -96,23 +95,31 @@ fn simulation(
     wasm_memory: Option<u32>,
     state: hooks_core::StateRoot,
 ) -> hooks_core::Registry {
-    let dispatcher = super::plugins_dir(dir, driver).filter(|_| super::install::is_hookctl(&dir.join(driver.as_str())));
-    let Some(plugins) = dispatcher else {
-        return super::registry(dir, timeout, wasm_memory, state);
-    };
+    if !super::install::runs_a_hookctl(&dir.join(driver.as_str())) {
+        return super::registry(dir, timeout, wasm_memory);
+    }
+    let plugins = super::dispatch::plugins_dir_for(&dir.join(driver.as_str()), driver);
     let config = crate::config::DispatchConfig {
         state: state.path().to_owned(),
         ..crate::config::read(&plugins).unwrap_or_default()
     };
     hooks_core::RegistryBuilder::new()
         .hooks_dir_with(super::dispatch::dispatcher_dir(&plugins, driver, &config))
-        .hooks_dir_with(
-            super::hooks_dir(dir, wasm_memory)
-                .without_main_script()
-                .with_state_root(Some(state)),
-        )
+        .hooks_dir_with(super::hooks_dir(dir, wasm_memory).without_main_script())
         .timeout(timeout)
         .build()
+}
+
+/// A path as it will be used: symlinks and `..` resolved as far as it exists.
+fn resolved(path: &Path) -> std::path::PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    if let Ok(real) = std::fs::canonicalize(&absolute) {
+        return real;
+    }
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => resolved(parent).join(name),
+        _ => absolute,
+    }
 }
 
 /// The newest libvirt behaviour this emulates.
@@ -171,6 +178,13 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
                     output::status(rec)
                 );
             }
+        }
+        for kept in &r.state_kept {
+            let _ = writeln!(
+                out,
+                "    state kept: {} (its plugin failed this last event)",
+                kept.display()
+            );
         }
         match step.result {
             StepResult::Ok => {}
