@@ -102,7 +102,9 @@ pub use self::outcome::{HookOutcome, HookStatus};
 pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
 pub use self::report::{HookRecord, InputSource, Report, StatusRecord};
 pub use self::settings::{HookPolicy, MAX_TIMEOUT};
-pub use self::state::{state_ends_object, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX, SYSTEM_STATE_ROOT};
+pub use self::state::{
+    state_ends_at, state_ends_object, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX, SYSTEM_STATE_ROOT,
+};
 
 // For the crate's own modules; outside, these are in `backend`.
 pub(crate) use self::backend::*;

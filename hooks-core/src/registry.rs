@@ -634,35 +634,35 @@ impl Registry {
     /// that failed the event (kept for the operator, and listed in the report).
     fn finish_state(&self, event: &dyn HookEvent, report: &mut Report) {
         let object = EventArgs::new(event.os_args());
-        let failed = |name: &std::ffi::OsStr| {
-            report
-                .hooks
-                .iter()
-                .find(|r| !r.success && std::path::Path::new(&r.name).file_name() == Some(name))
-                .map(|r| {
-                    // One line: the status and the first line the hook printed.
-                    let status = match &r.status {
-                        crate::StatusRecord::Exited { code } => format!("exit status {code}"),
-                        crate::StatusRecord::Signaled { signal } => format!("killed by signal {signal}"),
-                        crate::StatusRecord::TimedOut { after_ms } => format!("timed out after {after_ms} ms"),
-                        crate::StatusRecord::Crashed { message } => format!("crashed: {message}"),
-                        crate::StatusRecord::Failed { message } => format!("could not run: {message}"),
-                    };
-                    let said: String = r
-                        .stderr
-                        .lines()
-                        .map(str::trim)
-                        .find(|l| !l.is_empty())
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
-                    let sep = if said.is_empty() { "" } else { ": " };
-                    let line = format!("{} {} failed: {status}{sep}{said}", event.op(), event.subop());
-                    line.replace(['\n', '\r'], " ")
-                })
+        // One line: the status and the first line the hook printed.
+        let note = |r: &HookRecord| {
+            let status = match &r.status {
+                crate::StatusRecord::Exited { code } => format!("exit status {code}"),
+                crate::StatusRecord::Signaled { signal } => format!("killed by signal {signal}"),
+                crate::StatusRecord::TimedOut { after_ms } => format!("timed out after {after_ms} ms"),
+                crate::StatusRecord::Crashed { message } => format!("crashed: {message}"),
+                crate::StatusRecord::Failed { message } => format!("could not run: {message}"),
+            };
+            let said: String = r
+                .stderr
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect();
+            let sep = if said.is_empty() { "" } else { ": " };
+            let line = format!("{} {} failed: {status}{sep}{said}", event.op(), event.subop());
+            line.lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(400)
+                .collect::<String>()
         };
         let mut kept = Vec::new();
+        let mut errors = Vec::new();
         let mut finished: SmallVec<[&std::path::Path; 2]> = SmallVec::new();
         for source in &self.inner.sources {
             let Source::Dir(dir) = source else { continue };
@@ -672,11 +672,26 @@ impl Registry {
                 continue;
             }
             finished.push(root.path());
+            // A directory is its hook's, in this dir: a hook of the same file name
+            // elsewhere that failed is not a reason to keep it.
+            let paths: Option<Vec<String>> = dir
+                .scan(event.driver())
+                .ok()
+                .map(|entries| entries.iter().map(|e| e.path.display().to_string()).collect());
+            let failed = |name: &std::ffi::OsStr| {
+                let own = |r: &&HookRecord| match &paths {
+                    Some(paths) => paths
+                        .iter()
+                        .any(|p| r.name == *p && std::path::Path::new(p).file_name() == Some(name)),
+                    None => std::path::Path::new(&r.name).file_name() == Some(name),
+                };
+                report.hooks.iter().filter(|r| !r.success).find(own).map(note)
+            };
             match root.finish(event.driver(), object.get(0), &failed) {
                 Ok(dirs) => kept.extend(dirs),
                 Err(e) => {
                     tracing::error!(error = %e, "state directory not removed after the object's last event");
-                    report.state_errors.push(e.to_string());
+                    errors.push(e.to_string());
                 }
             }
         }
@@ -684,6 +699,7 @@ impl Registry {
             tracing::warn!(dir = %dir.display(), "state directory kept: its hook failed the object's last event");
         }
         report.state_kept = kept;
+        report.state_errors = errors;
     }
 
     /// [`Registry::fire`] for callers that are not async: the hooks run on this thread

@@ -6,13 +6,16 @@
 //! effective user and mode 0700. The last event of an object (`release end` for guests,
 //! `stopped end` for networks) removes its directories, except those of hooks that
 //! failed it: they are kept, with a note under `<root>/.kept/`, for the operator.
+//!
+//! A root belongs to one hooks dir: the last event removes every directory of the
+//! object under it, whichever registry made it.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
 use crate::trust::TrustPolicy;
 use crate::{Driver, HookEvent};
@@ -26,6 +29,9 @@ pub const DEFAULT_STATE_MAX: u64 = 1 << 20;
 
 /// Where notes on kept directories go: a name no driver has.
 const KEPT: &str = ".kept";
+
+/// Most bytes of a note that [`StateRoot::entries`] reads.
+const MAX_NOTE: u64 = 4096;
 
 /// The root of the state directories of one hooks dir.
 ///
@@ -68,14 +74,21 @@ pub enum StateError {
         /// Why.
         why: String,
     },
+    /// A directory holds a mount point: removing it would empty another file system.
+    #[error("state directory `{}` holds a mount point (`{}`): not removed", path.display(), mount.display())]
+    HoldsMount {
+        /// The directory.
+        path: PathBuf,
+        /// The mount point in it.
+        mount: PathBuf,
+    },
     /// The file system said no.
-    #[error("state directory `{}`: {source}", path.display())]
+    #[error("state directory `{}`: {cause}", path.display())]
     Io {
         /// The directory.
         path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
+        /// What the OS said (in the message, not a `source`, so it is said once).
+        cause: io::Error,
     },
 }
 
@@ -88,7 +101,8 @@ pub struct StateEntry {
     pub hook: OsString,
     /// The directory.
     pub path: PathBuf,
-    /// Why it was kept past the object's last event, when it was.
+    /// Why it was kept past the object's last event, when it was (control characters
+    /// escaped).
     pub kept: Option<String>,
 }
 
@@ -102,8 +116,13 @@ pub struct StateEntry {
 /// assert!(state_ends_object(&RawEvent::new(Driver::Network, ["net", "stopped", "end", "-"])));
 /// ```
 pub fn state_ends_object(event: &dyn HookEvent) -> bool {
-    let (op, subop) = (event.op(), event.subop());
-    match event.driver() {
+    state_ends_at(event.driver(), event.op(), event.subop())
+}
+
+/// [`state_ends_object`] from the driver, the operation and the sub-operation (for a
+/// backend that has an [`crate::Invocation`], not the event).
+pub fn state_ends_at(driver: Driver, op: &str, subop: &str) -> bool {
+    match driver {
         Driver::Daemon => false,
         Driver::Network => op == "stopped" && subop == "end",
         _ => op == "release" && subop == "end",
@@ -122,46 +141,141 @@ fn check_name(what: &'static str, name: &OsStr) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Makes `path` (its parent exists) a directory of ours, mode 0700, or checks that it is
-/// one: never follows a symlink, never accepts a directory someone else could use.
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |cause| StateError::Io {
+        path: path.to_owned(),
+        cause,
+    }
+}
+
+fn refused(path: &Path, why: String) -> StateError {
+    StateError::Refused {
+        path: path.to_owned(),
+        why,
+    }
+}
+
+/// Why `meta` is not a directory of ours that only we may write, if it is not.
+fn not_ours(meta: &fs::Metadata) -> Option<String> {
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.file_type().is_symlink() {
+        Some("it is a symbolic link".into())
+    } else if !meta.is_dir() {
+        Some("it is not a directory".into())
+    } else if meta.uid() != euid {
+        Some(format!("owned by uid {}, not {euid}", meta.uid()))
+    } else {
+        None
+    }
+}
+
+/// Makes `path` (its parent exists and is ours) a directory of ours, mode 0700, or
+/// checks that it is one: never follows a symlink, never accepts someone else's.
 fn own_dir(path: &Path) -> Result<(), StateError> {
     match fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(StateError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(e) => return Err(io_error(path)(e)),
     }
-    let meta = fs::symlink_metadata(path).map_err(|source| StateError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let refuse = |why: String| {
-        Err(StateError::Refused {
-            path: path.to_owned(),
-            why,
-        })
-    };
-    if meta.file_type().is_symlink() {
-        return refuse("it is a symbolic link".into());
+    let meta = fs::symlink_metadata(path).map_err(io_error(path))?;
+    if let Some(why) = not_ours(&meta) {
+        return Err(refused(path, why));
     }
-    if !meta.is_dir() {
-        return refuse("it is not a directory".into());
-    }
-    let euid = rustix::process::geteuid().as_raw();
-    if meta.uid() != euid {
-        return refuse(format!("owned by uid {}, not {euid}", meta.uid()));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return refuse(format!(
-            "mode {:04o} lets others in (0700 expected)",
-            meta.mode() & 0o7777
-        ));
+    if meta.mode() & 0o7077 != 0 {
+        // Ours, and the 0700 levels above keep everyone else out: put the mode back
+        // rather than lock the object out for a plugin's chmod.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_error(path))?;
     }
     Ok(())
+}
+
+/// Checks that `path` is a directory of ours that nobody else may write, without
+/// creating or changing it; `Ok(false)` when it does not exist.
+fn is_own_dir(path: &Path) -> Result<bool, StateError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let why = not_ours(&meta).or_else(|| {
+        (meta.mode() & 0o022 != 0).then(|| format!("mode {:04o} lets others write to it", meta.mode() & 0o7777))
+    });
+    match why {
+        Some(why) => Err(refused(path, why)),
+        None => Ok(true),
+    }
+}
+
+/// The parent of a state root must pass the trust rule; a root-owned sticky parent
+/// (`/tmp`) counts as its own parent, since the root in it must be ours anyway.
+fn trusted_holder(dir: &Path) -> Result<(), StateError> {
+    let sticky = fs::metadata(dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o1000 != 0);
+    let checked = match dir.parent() {
+        Some(up) if sticky => up,
+        _ => dir,
+    };
+    TrustPolicy::current_user()
+        .check_dir(checked)
+        .map_err(|why| refused(dir, why.reason()))
+}
+
+/// Escapes control and bidirectional-override characters, so that what a hook printed
+/// cannot drive the operator's terminal when `list` shows a note.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A note, if it is a regular file of ours (never a link, a FIFO or a device).
+fn read_note(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_NOTE).read_to_string(&mut text).ok()?;
+    Some(printable(text.trim_end()))
+}
+
+/// The first mount point inside `dir` (a different mount than `dir`'s own), if any.
+/// Bind mounts of the same file system have the same device, so mount IDs decide.
+fn mount_inside(dir: &Path) -> Result<Option<PathBuf>, StateError> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let mount_id = |path: &Path| -> io::Result<u64> {
+        let stx = statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID)?;
+        Ok(stx.stx_mnt_id)
+    };
+    let own = mount_id(dir).map_err(io_error(dir))?;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).map_err(io_error(&next))? {
+            let entry = entry.map_err(io_error(&next))?;
+            if !entry.file_type().map_err(io_error(&next))?.is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            if mount_id(&path).map_err(io_error(&path))? != own {
+                return Ok(Some(path));
+            }
+            pending.push(path);
+        }
+    }
+    Ok(None)
 }
 
 impl StateRoot {
@@ -170,7 +284,8 @@ impl StateRoot {
         StateRoot { root: path.into() }
     }
 
-    /// [`SYSTEM_STATE_ROOT`].
+    /// [`SYSTEM_STATE_ROOT`], hookctl's. Another program's hooks should keep state under
+    /// a root of their own: the last event of an object removes every directory of it.
     pub fn system() -> Self {
         Self::new(SYSTEM_STATE_ROOT)
     }
@@ -195,15 +310,16 @@ impl StateRoot {
 
     /// The directory of `hook` for `object`, created (with the root) when missing.
     ///
-    /// The root's ancestors must pass the trust rule, and the root and each level below
-    /// must be directories of the effective user with mode 0700: state is private to
-    /// the hooks, and nobody else may swap a level for a link.
+    /// The root's parent must pass the trust rule, and the root and each level below
+    /// must be directories (not links) of the effective user; each is made, or put
+    /// back, mode 0700: state is private to the hooks, and nobody else may swap a level
+    /// for a link.
     ///
     /// # Errors
     /// A [`StateError`] naming the directory and what is wrong with it.
     pub fn open(&self, driver: Driver, object: &OsStr, hook: &OsStr) -> Result<PathBuf, StateError> {
         let dir = self.dir(driver, object, hook)?;
-        self.open_root()?;
+        self.check_root(true)?;
         let mut path = self.root.join(driver.as_str());
         own_dir(&path)?;
         path.push(object);
@@ -211,45 +327,74 @@ impl StateRoot {
         path.push(hook);
         own_dir(&path)?;
         debug_assert_eq!(path, dir);
+        // In use again: a note from an earlier lifecycle no longer describes it (the
+        // next failed last event writes a new one).
+        let note = self.root.join(KEPT).join(driver.as_str()).join(object).join(hook);
+        if fs::symlink_metadata(&note).is_ok() {
+            let _ = fs::remove_file(&note);
+        }
         Ok(path)
     }
 
-    fn open_root(&self) -> Result<(), StateError> {
+    /// Checks the root without creating anything: an absolute path without `..` whose
+    /// parent passes the trust rule, and, when it exists, a directory of the effective
+    /// user that only it may write. `hookctl check` reports what this says.
+    ///
+    /// # Errors
+    /// A [`StateError`] naming the directory that fails, and why.
+    pub fn check(&self) -> Result<(), StateError> {
+        self.check_root(false)
+    }
+
+    /// The checks of [`StateRoot::check`]; with `create`, a missing root (and missing
+    /// levels above it, below a trusted ancestor) is created 0700.
+    fn check_root(&self, create: bool) -> Result<(), StateError> {
         if !self.root.is_absolute() {
-            return Err(StateError::Refused {
-                path: self.root.clone(),
-                why: "not an absolute path".into(),
-            });
+            return Err(refused(&self.root, "not an absolute path".into()));
         }
-        if let Some(parent) = self.root.parent() {
-            if !parent.exists() {
-                // `/run/virt-hooks` on a fresh boot: ours too, and private.
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)
-                    .map_err(|source| StateError::Io {
-                        path: parent.to_owned(),
-                        source,
-                    })?;
+        if self.root.components().any(|c| c == Component::ParentDir) {
+            return Err(refused(&self.root, "it holds `..`".into()));
+        }
+        let Some(parent) = self.root.parent() else {
+            return Err(refused(&self.root, "`/` cannot be a state root".into()));
+        };
+        // The nearest existing ancestor must be trusted before anything is made in it.
+        let mut existing = parent;
+        while fs::symlink_metadata(existing).is_err() {
+            match existing.parent() {
+                Some(up) => existing = up,
+                None => break,
             }
-            TrustPolicy::current_user()
-                .check_dir(parent)
-                .map_err(|why| StateError::Refused {
-                    path: self.root.clone(),
-                    why: why.reason(),
-                })?;
         }
-        own_dir(&self.root)
+        trusted_holder(existing)?;
+        if existing != parent {
+            if !create {
+                return Ok(());
+            }
+            // `/run/virt-hooks` on a fresh boot: ours too, and private; one level at a
+            // time, each checked, so that no link planted meanwhile is followed.
+            let mut level = existing.to_owned();
+            for part in parent.strip_prefix(existing).unwrap_or(parent) {
+                level.push(part);
+                own_dir(&level)?;
+            }
+        }
+        if create {
+            own_dir(&self.root)
+        } else {
+            is_own_dir(&self.root).map(drop)
+        }
     }
 
     /// After an object's last event: removes its hooks' directories, except those for
-    /// which `kept` gives a reason (the hook failed that event); a note with the reason
-    /// goes to `<root>/.kept/<driver>/<object>/<hook>`. Returns the directories kept.
+    /// which `kept` gives a reason (the hook failed that event) and those holding a
+    /// mount point; a note with the reason goes to `<root>/.kept/<driver>/<object>/<hook>`.
+    /// Returns the directories kept. Nothing is removed unless the root and the levels
+    /// down to the object are directories of the effective user that only it may write.
     ///
     /// # Errors
-    /// The first directory that could not be removed or noted; the others are still
-    /// handled.
+    /// A level that fails those checks, or the first directory that could not be
+    /// removed or noted; the others are still handled.
     pub fn finish(
         &self,
         driver: Driver,
@@ -259,11 +404,17 @@ impl StateRoot {
         if driver == Driver::Daemon || check_name("object", object).is_err() {
             return Ok(Vec::new());
         }
+        self.check_root(false)?;
         let dir = self.root.join(driver.as_str()).join(object);
+        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
+            if !is_own_dir(level)? {
+                return Ok(Vec::new());
+            }
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StateError::Io { path: dir, source }),
+            Err(e) => return Err(io_error(&dir)(e)),
         };
         let notes = self.root.join(KEPT).join(driver.as_str()).join(object);
         let mut first_error = None;
@@ -271,27 +422,45 @@ impl StateRoot {
         for entry in entries {
             let entry = match entry {
                 Ok(entry) => entry,
-                Err(source) => {
-                    first_error.get_or_insert(StateError::Io {
-                        path: dir.clone(),
-                        source,
-                    });
+                Err(e) => {
+                    first_error.get_or_insert(io_error(&dir)(e));
                     continue;
                 }
             };
             let name = entry.file_name();
             let path = entry.path();
             let note = notes.join(&name);
-            let done = match kept(&name) {
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let mount = if is_dir { mount_inside(&path) } else { Ok(None) };
+            let keep = match (kept(&name), mount) {
+                (Some(why), _) => Some(why),
+                (None, Ok(Some(mount))) => {
+                    let e = StateError::HoldsMount {
+                        path: path.clone(),
+                        mount,
+                    };
+                    let why = e.to_string();
+                    first_error.get_or_insert(e);
+                    Some(why)
+                }
+                (None, Err(e)) => {
+                    let why = e.to_string();
+                    first_error.get_or_insert(e);
+                    Some(why)
+                }
+                (None, Ok(None)) => None,
+            };
+            let done = match keep {
                 Some(why) => {
                     kept_dirs.push(path.clone());
                     write_note(&self.root, &notes, &note, &why)
                 }
                 None => {
                     // Never follows links: a hook's own symlinks go, not what they name.
-                    let removed = match entry.file_type() {
-                        Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
-                        _ => fs::remove_file(&path),
+                    let removed = if is_dir {
+                        fs::remove_dir_all(&path)
+                    } else {
+                        fs::remove_file(&path)
                     };
                     match fs::remove_file(&note) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => removed.and(Err(e)),
@@ -299,16 +468,13 @@ impl StateRoot {
                     }
                 }
             };
-            if let Err(source) = done {
-                first_error.get_or_insert(StateError::Io { path, source });
+            if let Err(e) = done {
+                first_error.get_or_insert(io_error(&path)(e));
             }
         }
-        // Empty levels go too; a level still in use stays (ENOTEMPTY).
-        for level in [
-            dir,
-            notes.clone(),
-            notes.parent().map(Path::to_owned).unwrap_or_default(),
-        ] {
+        // The object's empty levels go too (a level still in use stays: ENOTEMPTY); the
+        // driver's levels stay, since another object's event may be making its own.
+        for level in [dir, notes] {
             let _ = fs::remove_dir(level);
         }
         match first_error {
@@ -318,12 +484,18 @@ impl StateRoot {
     }
 
     /// Every state directory of `driver`'s objects, with the note of those kept past
-    /// their object's last event.
+    /// their object's last event. Empty when the root fails its checks.
     pub fn entries(&self, driver: Driver) -> Vec<StateEntry> {
         let mut found = Vec::new();
         let base = self.root.join(driver.as_str());
+        if self.check_root(false).is_err() || !is_own_dir(&base).unwrap_or(false) {
+            return found;
+        }
         let Ok(objects) = fs::read_dir(&base) else { return found };
         for object in objects.flatten() {
+            if !is_own_dir(&object.path()).unwrap_or(false) {
+                continue;
+            }
             let Ok(hooks) = fs::read_dir(object.path()) else {
                 continue;
             };
@@ -338,7 +510,7 @@ impl StateRoot {
                     object: object.file_name(),
                     hook: hook.file_name(),
                     path: hook.path(),
-                    kept: fs::read_to_string(note).ok().map(|n| n.trim_end().to_owned()),
+                    kept: read_note(&note),
                 });
             }
         }
@@ -353,7 +525,13 @@ fn write_note(root: &Path, notes: &Path, note: &Path, why: &str) -> io::Result<(
         level.push(part);
         own_dir(&level).map_err(|e| io::Error::other(e.to_string()))?;
     }
-    fs::write(note, format!("{why}\n"))
+    let _ = fs::remove_file(note);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(note)?;
+    io::Write::write_all(&mut file, format!("{}\n", printable(why)).as_bytes())
 }
 
 #[cfg(test)]
@@ -417,10 +595,81 @@ mod tests {
         let err = root.open(Driver::Qemu, "other".as_ref(), "h".as_ref()).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(!elsewhere.join("h").exists(), "nothing was created through the link");
-        let vm = root.path().join("qemu/vm");
+        // A level of ours opened up (a plugin's chmod) is put back, not a lock-out.
+        let vm = root.path().join("qemu/vm/h");
         fs::set_permissions(&vm, fs::Permissions::from_mode(0o755)).unwrap();
-        let err = root.open(Driver::Qemu, "vm".as_ref(), "h".as_ref()).unwrap_err();
-        assert!(err.to_string().contains("mode 0755"), "{err}");
+        root.open(Driver::Qemu, "vm".as_ref(), "h".as_ref()).unwrap();
+        assert_eq!(fs::metadata(&vm).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn finish_never_removes_through_a_level_it_did_not_make() {
+        let (tmp, root) = root();
+        root.open(Driver::Qemu, "vm".as_ref(), "h".as_ref()).unwrap();
+        let victim = tmp.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("precious"), "x").unwrap();
+        // An object level swapped for a link to someone else's directory.
+        let object = root.path().join("qemu/web1");
+        symlink(&victim, &object).unwrap();
+        let err = root.finish(Driver::Qemu, "web1".as_ref(), &|_| None).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(victim.join("precious").exists());
+        // A root others may write to: nothing below it is trusted.
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(root.finish(Driver::Qemu, "vm".as_ref(), &|_| None).is_err());
+        assert!(root.path().join("qemu/vm/h").exists());
+        assert!(root.entries(Driver::Qemu).is_empty());
+    }
+
+    #[test]
+    fn notes_are_read_only_from_regular_files_and_shown_escaped() {
+        let (_tmp, root) = root();
+        root.open(Driver::Qemu, "vm".as_ref(), "a".as_ref()).unwrap();
+        root.open(Driver::Qemu, "vm".as_ref(), "b".as_ref()).unwrap();
+        let why = |name: &OsStr| match name.to_str() {
+            Some("a") => Some("release end failed: \u{1b}]0;pwned\u{7}\u{202e}txt".to_owned()),
+            _ => Some("release end failed".to_owned()),
+        };
+        root.finish(Driver::Qemu, "vm".as_ref(), &why).unwrap();
+        // The note of `b` swapped for a link to something endless.
+        let note_b = root.path().join(".kept/qemu/vm/b");
+        fs::remove_file(&note_b).unwrap();
+        symlink("/dev/zero", &note_b).unwrap();
+        let entries = root.entries(Driver::Qemu);
+        let a = entries.iter().find(|e| e.hook == "a").unwrap();
+        let shown = a.kept.as_deref().unwrap();
+        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}"), "{shown}");
+        assert_eq!(entries.iter().find(|e| e.hook == "b").unwrap().kept, None);
+    }
+
+    #[test]
+    fn a_note_goes_when_the_plugin_uses_its_directory_again() {
+        let (_tmp, root) = root();
+        root.open(Driver::Qemu, "vm".as_ref(), "h".as_ref()).unwrap();
+        root.finish(Driver::Qemu, "vm".as_ref(), &|_| Some("failed".into()))
+            .unwrap();
+        assert!(root.entries(Driver::Qemu)[0].kept.is_some());
+        root.open(Driver::Qemu, "vm".as_ref(), "h".as_ref()).unwrap();
+        assert_eq!(root.entries(Driver::Qemu)[0].kept, None, "the guest runs again");
+    }
+
+    #[test]
+    fn a_root_in_a_sticky_directory_is_fine_once_it_is_ours_and_dotdot_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sticky = tmp.path().join("sticky");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        let root = StateRoot::new(sticky.join("state"));
+        // Only root's sticky directories count (as /tmp); the tempdir's is ours.
+        let euid = rustix::process::geteuid().as_raw();
+        if euid == 0 {
+            root.open(Driver::Qemu, "vm".as_ref(), "h".as_ref()).unwrap();
+        }
+        let dotted = StateRoot::new(tmp.path().join("gone/../state"));
+        let err = dotted.check().unwrap_err();
+        assert!(err.to_string().contains("`..`"), "{err}");
     }
 
     #[test]

@@ -171,7 +171,8 @@ impl WasmHook {
             inv.input_shared().cloned(),
         );
         let state = inv.state_dir().map(Path::to_owned);
-        move |cancel| sandbox.run(&module, &argv, input, state.as_deref(), limits, cancel)
+        let ends = hooks_core::state_ends_at(inv.driver(), &args.lossy(1), &args.lossy(2));
+        move |cancel| sandbox.run(&module, &argv, input, (state.as_deref(), ends), limits, cancel)
     }
 }
 

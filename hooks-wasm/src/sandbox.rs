@@ -90,7 +90,11 @@ struct StateCap {
 impl StateCap {
     /// Why the directory is over its cap, if it is.
     fn over(&self) -> Option<String> {
-        match state_usage(&self.dir, self.max) {
+        let usage = state_usage(&self.dir, self.max).map(|mut usage| {
+            usage.bytes = usage.bytes.saturating_add(unlinked_open_files(&self.dir));
+            usage
+        });
+        match usage {
             Ok(Usage { bytes, .. }) if bytes > self.max => Some(format!(
                 "its state directory `{}` holds more than its state_max of {} bytes ({bytes} counted so far)",
                 self.dir.display(),
@@ -112,6 +116,36 @@ impl StateCap {
 struct Usage {
     bytes: u64,
     entries: u64,
+}
+
+/// Bytes held by files of `dir` that this process still has open but that are no
+/// longer in it (unlinked, or renamed over): the walk cannot see them, and a module
+/// writing through such a descriptor would otherwise write without a cap.
+fn unlinked_open_files(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let prefix = dir.as_os_str().as_bytes();
+    let mut seen = Vec::new();
+    let mut bytes = 0u64;
+    for fd in fds.flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else { continue };
+        let target = target.as_os_str().as_bytes();
+        let inside = target.starts_with(prefix) && target.get(prefix.len()) == Some(&b'/');
+        if !inside || !target.ends_with(b" (deleted)") {
+            continue;
+        }
+        // Through the descriptor's own link: the file, wherever its name went.
+        let Ok(meta) = fs::metadata(fd.path()) else { continue };
+        if seen.contains(&(meta.dev(), meta.ino())) {
+            continue;
+        }
+        seen.push((meta.dev(), meta.ino()));
+        bytes = bytes.saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
+    }
+    bytes
 }
 
 /// What a state directory holds: the larger of each entry's length and its allocated
@@ -441,7 +475,7 @@ impl Sandbox {
         module: &CompiledModule,
         argv: &[String; 5],
         input: Option<Arc<[u8]>>,
-        state: Option<&Path>,
+        (state, state_ends): (Option<&Path>, bool),
         limits: CallLimits,
         cancel: Option<oneshot::Receiver<()>>,
     ) -> HookOutcome {
@@ -527,7 +561,14 @@ impl Sandbox {
         };
         // Whatever the module did last is measured too: a cap that held only while it
         // ran would be no cap.
-        let over = store.data().state.as_ref().and_then(StateCap::over);
+        // At the object's last event the directory goes anyway: one overshoot then must
+        // not fail the event, which would keep the directory and fail every later call.
+        let over = store
+            .data()
+            .state
+            .as_ref()
+            .filter(|_| !state_ends)
+            .and_then(StateCap::over);
         let status = match (status, over) {
             (HookStatus::Exited(_), Some(why)) => HookStatus::Crashed(why),
             (status, _) => status,

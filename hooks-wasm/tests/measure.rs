@@ -1,4 +1,4 @@
-//! Costs, not checks: run with `cargo test --release -p hooks-wasm --test measure --
+//! Costs, not checks: run with `cargo test --release -p virt-hooks-wasm --test measure --
 //! --ignored --nocapture`. Nothing here asserts a time.
 
 use std::sync::Arc;

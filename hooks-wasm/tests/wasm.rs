@@ -380,6 +380,7 @@ const STATE_OPEN: &str = r#"
   (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_seek" (func $fd_seek (param i32 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (memory (export "memory") 2)
   (data (i32.const 100) "big")
@@ -485,4 +486,53 @@ fn a_state_dir_that_cannot_be_opened_fails_the_call_naming_it() {
         why.contains("cannot open its state directory") && why.contains("gone"),
         "{why}"
     );
+}
+
+#[test]
+fn writing_through_an_unlinked_file_still_counts_against_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Opens /state/big, unlinks it, and writes 64 KiB at a time through the descriptor.
+    let (hook, state) = stateful_hook(
+        tmp.path(),
+        "unlinked.wasm",
+        r#"(func (export "_start")
+             (call $open)
+             (if (call $path_unlink_file (i32.const 3) (i32.const 100) (i32.const 3))
+               (then (call $proc_exit (i32.const 71))))
+             (i32.store (i32.const 0) (i32.const 65536))
+             (i32.store (i32.const 4) (i32.const 65536))
+             (loop $more
+               (drop (call $fd_write (i32.load (i32.const 300)) (i32.const 0) (i32.const 1) (i32.const 8)))
+               (br $more)))"#,
+        1 << 20,
+    );
+    let start = Instant::now();
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    let HookStatus::Crashed(why) = &out.status else {
+        panic!("{:?}", out.status)
+    };
+    assert!(why.contains("state_max"), "{why}");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn an_overshoot_at_the_objects_last_event_does_not_fail_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Writes 2 MiB (32 x 64 KiB), then exits 0.
+    let body = r#"(func (export "_start") (local $n i32)
+             (call $open)
+             (i32.store (i32.const 0) (i32.const 65536))
+             (i32.store (i32.const 4) (i32.const 65536))
+             (loop $more
+               (drop (call $fd_write (i32.load (i32.const 300)) (i32.const 0) (i32.const 1) (i32.const 8)))
+               (local.set $n (i32.add (local.get $n) (i32.const 1)))
+               (br_if $more (i32.lt_u (local.get $n) (i32.const 32))))
+             (call $proc_exit (i32.const 0)))"#;
+    let (hook, state) = stateful_hook(tmp.path(), "two-mib.wasm", body, 1 << 20);
+    let release = Invocation::new(Driver::Qemu, EventArgs::new(["vm", "release", "end", "-"]), None);
+    let out = call(&hook, &with_state(release, &state));
+    assert!(matches!(out.status, HookStatus::Exited(0)), "{:?}", out.status);
+    fs::remove_file(state.join("big")).unwrap();
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    assert!(matches!(out.status, HookStatus::Crashed(_)), "{:?}", out.status);
 }

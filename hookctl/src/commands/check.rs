@@ -21,14 +21,21 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     });
     for (driver, hooks, config) in sources {
         if let Some(config) = config {
-            let log = match config {
-                Ok(config) => config.log,
+            let config = match config {
+                Ok(config) => config,
                 Err(e) => {
                     broken += 1;
                     eprintln!("broken: {e}");
-                    crate::config::DispatchConfig::default().log
+                    crate::config::DispatchConfig::default()
                 }
             };
+            // Where `state = true` plugins keep theirs: a root every call would refuse
+            // fails each of them.
+            if let Err(e) = hooks_core::StateRoot::new(&config.state).check() {
+                broken += 1;
+                eprintln!("broken: state root: {e} (every plugin with `state = true` would fail)");
+            }
+            let log = config.log;
             match crate::audit::check(&log) {
                 Ok(()) => {}
                 Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {

@@ -49,12 +49,21 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     };
     let plugins = dir.join(format!("{}.plugins", args.driver.as_str()));
     let real = crate::config::read(&plugins).unwrap_or_default().state;
-    if resolved(&real) == state.path() || resolved(Path::new(hooks_core::SYSTEM_STATE_ROOT)) == state.path() {
-        return Err(UsageError(format!(
-            "--state {}: that is where the dispatcher keeps the real guests' state; simulate elsewhere",
-            state.path().display()
-        )));
+    for real in [resolved(&real), resolved(Path::new(hooks_core::SYSTEM_STATE_ROOT))] {
+        if state.path().starts_with(&real) || real.starts_with(state.path()) {
+            return Err(UsageError(format!(
+                "--state {}: that is (or holds) {}, where the dispatcher keeps the real guests' state; simulate elsewhere",
+                state.path().display(),
+                real.display()
+            )));
+        }
     }
+    if args.state.is_some() {
+        state
+            .check()
+            .map_err(|e| UsageError(format!("--state {}: {e}", state.path().display())))?;
+    }
+    refuse_wrapped_dispatcher(dir, args.driver)?;
     let registry = simulation(dir, args.driver, args.input.timeout, args.input.wasm_memory, state);
     registry
         .hooks_dirs()
@@ -80,7 +89,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     if args.input.json {
         output::json(&seq);
     } else {
-        output::stdout(render(&seq, &guest, dir).as_bytes());
+        output::stdout(render(&seq, &guest, dir, args.state.is_none()).as_bytes());
     }
     Ok(seq.proceeds())
 }
@@ -108,6 +117,26 @@ fn simulation(
         .hooks_dir_with(super::hooks_dir(dir, wasm_memory).without_main_script())
         .timeout(timeout)
         .build()
+}
+
+/// A hook script that wraps hookctl's dispatcher (`exec hookctl dispatch --plugins ...`)
+/// cannot be simulated safely: run as a hook, it would use the real state and audit log.
+fn refuse_wrapped_dispatcher(dir: &Path, driver: Driver) -> Result<(), UsageError> {
+    use std::io::Read;
+    let main = dir.join(driver.as_str());
+    if super::install::runs_a_hookctl(&main) {
+        return Ok(());
+    }
+    let mut head = Vec::new();
+    let read = std::fs::File::open(&main).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+    let wraps = read.is_ok() && head.starts_with(b"#!") && memchr::memmem::find(&head, b"hookctl").is_some();
+    if wraps {
+        return Err(UsageError(format!(
+            "{} looks like a script around hookctl; simulating through it would run the dispatcher on the real guests' state and audit log. Make it hookctl itself (`hookctl install {driver}`), or simulate the plugins dir: `hookctl --hooks-dir DIR simulate ...` with DIR/{driver} a link to hookctl",
+            main.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A path as it will be used: symlinks and `..` resolved as far as it exists.
@@ -141,7 +170,7 @@ fn installed_libvirt() -> Option<(u32, u32)> {
         .and_then(|out| parse_version(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
+fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String {
     let mut out = String::new();
     let who = if guest.driver == Driver::Daemon {
         "daemon".to_owned()
@@ -182,8 +211,13 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path) -> String {
         for kept in &r.state_kept {
             let _ = writeln!(
                 out,
-                "    state kept: {} (its plugin failed this last event)",
-                kept.display()
+                "    state kept: {} (its plugin failed this last event{})",
+                kept.display(),
+                if temporary {
+                    "; temporary, removed when simulate ends"
+                } else {
+                    ""
+                }
             );
         }
         match step.result {
