@@ -564,3 +564,41 @@ fn a_host_that_cannot_run_is_not_the_plugins_refusal() {
         .success()
         .stderr(contains("ignored failure"));
 }
+
+#[test]
+fn a_plugin_whose_library_search_path_a_user_could_fill_is_refused() {
+    let (tmp, hooks, plugins) = installed();
+    // A directory anyone may write to, baked into the plugin as its DT_RUNPATH, and a
+    // library there that it links: root would load whatever a user puts there.
+    let open = tmp.path().join("open-lib");
+    fs::create_dir(&open).unwrap();
+    c_plugin(tmp.path(), &open.join("libhelper.so"), "return 0;");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let rpath = format!("-Wl,-rpath,{},--enable-new-dtags", open.display());
+    let lib_dir = format!("-L{}", open.display());
+    c_plugin_with(
+        tmp.path(),
+        &plugins.join("10-rpath.so"),
+        "return 0;",
+        &[&rpath, &lib_dir, "-lhelper"],
+    );
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .failure()
+        .stderr(contains("10-rpath.so").and(contains("library search path")))
+        .stderr(contains(open.to_str().unwrap()));
+    // `$ORIGIN` in a trusted plugins dir is fine.
+    fs::remove_file(plugins.join("10-rpath.so")).unwrap();
+    let own = plugins.join("lib");
+    fs::create_dir(&own).unwrap();
+    fs::copy(open.join("libhelper.so"), own.join("libhelper.so")).unwrap();
+    let origin_flags = [
+        "-Wl,-rpath,$ORIGIN/lib,--enable-new-dtags",
+        &format!("-L{}", own.display()),
+        "-lhelper",
+    ];
+    c_plugin_with(tmp.path(), &plugins.join("20-origin.so"), "return 0;", &origin_flags);
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success();
+}

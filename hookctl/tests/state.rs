@@ -328,3 +328,42 @@ fn the_port_forward_example_removes_exactly_what_it_added_whatever_the_config_sa
         .success();
     assert_eq!(fs::read_to_string(&cmds).unwrap(), all);
 }
+
+#[test]
+fn check_warns_where_state_settings_do_less_than_they_seem() {
+    let (tmp, hooks, plugins, _state) = with_state();
+    // In libvirt's own layout: libvirt gives it no state.
+    let legacy = hooks.join("qemu.d/10-legacy");
+    script(&legacy, "#!/bin/sh\nexit 0\n");
+    fs::write(hooks.join("qemu.d/10-legacy.toml"), "state = true\n").unwrap();
+    // A cap an exec plugin does not get, and a match that never sees `release end`.
+    recorder(tmp.path(), &plugins, "20-capped", true, 0);
+    fs::write(plugins.join("20-capped.toml"), "state = true\nstate_max = 4096\n").unwrap();
+    recorder(tmp.path(), &plugins, "30-start-only", true, 0);
+    fs::write(
+        plugins.join("30-start-only.toml"),
+        "state = true\n[match]\nops = [\"start\"]\n",
+    )
+    .unwrap();
+    recorder(tmp.path(), &plugins, "40-fine", true, 0);
+    fs::write(
+        plugins.join("40-fine.toml"),
+        "state = true\n[match]\nops = [\"start\", \"rel*\"]\n",
+    )
+    .unwrap();
+    let out = hookctl(&hooks, &["check", "qemu"]).assert().success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("10-legacy: state = true in libvirt's qemu.d/"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("20-capped: state_max caps WASM modules only"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("30-start-only: state = true, but its [match] leaves out `release end`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("40-fine"), "{stderr}");
+}

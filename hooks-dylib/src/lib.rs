@@ -32,6 +32,7 @@
 
 mod library;
 mod plugin;
+mod search_path;
 
 pub use hooks_plugin::abi;
 pub use library::Library;

@@ -55,6 +55,9 @@ impl Library {
         if let Some(lib) = table.get(&real) {
             return Ok(Arc::clone(lib));
         }
+        // What it makes the loader search first runs with it: the same rule applies.
+        crate::search_path::check(&real, &hooks_core::backend::TrustPolicy::current_user())
+            .map_err(|why| fail(LoadErrorKind::Untrusted(Box::new(why))))?;
         // Loading runs the library's constructors: name it if they crash.
         // SAFETY: the bytes of `real` stay where they are until the guard drops at the end
         // of this function, on this thread: `real` is only borrowed until then, or moved

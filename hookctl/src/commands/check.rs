@@ -101,6 +101,10 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                     continue;
                 }
             };
+            for why in state_warnings(&hooks, driver, loader.backend(), &settings) {
+                warned += 1;
+                eprintln!("warning: {}: {why}", entry.path.display());
+            }
             match loader.check(&entry.path, &settings) {
                 Ok(()) => {
                     sound += 1;
@@ -126,4 +130,46 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
         println!("all {sound} hook file(s) are sound");
     }
     Ok(broken == 0)
+}
+
+/// What makes `state` settings do less than they seem to.
+fn state_warnings(
+    hooks: &HooksDir,
+    driver: Driver,
+    backend: &str,
+    settings: &hooks_core::backend::HookSettings,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if settings.state && !hooks.is_flat() {
+        warnings.push(format!(
+            "state = true in libvirt's {}.d/: libvirt runs that dir itself and gives no state directory (VIRT_HOOK_STATE); move it to {}.plugins/",
+            driver.as_str(),
+            driver.as_str()
+        ));
+    }
+    if settings.state_max.is_some() && backend != "wasm" {
+        warnings.push(format!(
+            "state_max caps WASM modules only; a {backend} plugin's state directory is not capped"
+        ));
+    }
+    if settings.state {
+        let (op, subop) = match driver {
+            Driver::Network => ("stopped", "end"),
+            _ => ("release", "end"),
+        };
+        let matches = |patterns: Vec<&str>, value: &str| {
+            patterns.is_empty()
+                || patterns
+                    .iter()
+                    .any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches(value)))
+        };
+        let ops: Vec<&str> = settings.matcher.ops().collect();
+        let subops: Vec<&str> = settings.matcher.subops().collect();
+        if !matches(ops, op) || !matches(subops, subop) {
+            warnings.push(format!(
+                "state = true, but its [match] leaves out `{op} {subop}`, the object's last event: it never gets to undo what it recorded (the directory is still removed then)"
+            ));
+        }
+    }
+    warnings
 }

@@ -81,6 +81,11 @@ pub fn crashing_plugin(scratch: &Path, dest: &Path) {
 /// Compiles a native plugin whose `call` has `body` (C; `inv` is its argument, and
 /// `<unistd.h>`/`<string.h>` are included) into `dest` (mode 0644). Needs `cc`.
 pub fn c_plugin(scratch: &Path, dest: &Path, body: &str) {
+    c_plugin_with(scratch, dest, body, &[]);
+}
+
+/// [`c_plugin`] with extra arguments for `cc` (linker flags).
+pub fn c_plugin_with(scratch: &Path, dest: &Path, body: &str, flags: &[&str]) {
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
     let src = scratch.join(format!("{}.c", dest.file_name().unwrap().to_string_lossy()));
     fs::write(
@@ -91,6 +96,7 @@ pub fn c_plugin(scratch: &Path, dest: &Path, body: &str) {
     )
     .unwrap();
     let built = std::process::Command::new("cc")
+        .args(flags)
         .args(["-shared", "-fPIC", "-o"])
         .arg(dest)
         .arg("-I")
