@@ -128,3 +128,8 @@ pub mod backend {
     pub use crate::trust::{TrustPolicy, Untrusted};
     pub use crate::xpath::{EventDocument, XPath, XPathError};
 }
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

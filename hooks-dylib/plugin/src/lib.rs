@@ -256,3 +256,8 @@ macro_rules! export_hook {
         }
     };
 }
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
