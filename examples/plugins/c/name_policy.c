@@ -6,7 +6,7 @@
  *
  *   cc -shared -fPIC -O2 -I hooks-dylib/include -o 40-name-policy.so examples/plugins/c/name_policy.c
  *
- * then copy the .so into /etc/libvirt/hooks/qemu.d/ (no execute bit needed).
+ * then copy the .so into /etc/libvirt/hooks/qemu.plugins/ (no execute bit needed).
  */
 #include <string.h>
 #include "virt_hook.h"

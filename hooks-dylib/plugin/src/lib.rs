@@ -21,7 +21,8 @@
 //! export_hook!(NoTestGuests);
 //! ```
 //!
-//! Build it as a `cdylib` and drop the `.so` into `/etc/libvirt/hooks/<driver>.d/`.
+//! Build it as a `cdylib` and drop the `.so` into `/etc/libvirt/hooks/<driver>.plugins/`
+//! (run by hookctl's dispatcher; libvirt runs `<driver>.d/` itself and does not load plugins).
 //! A panic inside `call` is caught at the boundary: the event fails with status 101
 //! and the panic message on stderr.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

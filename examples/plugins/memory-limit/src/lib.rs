@@ -2,7 +2,7 @@
 //! [`LIMIT_KIB`], reading the domain XML with a real XML parser.
 //!
 //! Build with `cargo build --release -p memory-limit-plugin` and copy
-//! `target/release/libmemory_limit_plugin.so` to `/etc/libvirt/hooks/qemu.d/50-memory-limit.so`.
+//! `target/release/libmemory_limit_plugin.so` to `/etc/libvirt/hooks/qemu.plugins/50-memory-limit.so`.
 
 use std::io::Write;
 
