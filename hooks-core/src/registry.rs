@@ -667,8 +667,9 @@ impl Registry {
         for source in &self.inner.sources {
             let Source::Dir(dir) = source else { continue };
             let Some(root) = dir.state_root() else { continue };
-            // Two dirs sharing a root are one set of objects.
-            if finished.contains(&root.path()) {
+            // Two dirs sharing a root are one set of objects; no directory, no work (the
+            // scan below is a second read of the hooks dir).
+            if finished.contains(&root.path()) || !root.holds(event.driver(), object.get(0)) {
                 continue;
             }
             finished.push(root.path());

@@ -346,6 +346,14 @@ impl StateRoot {
         self.check_root(false)
     }
 
+    /// Whether `object` may have state directories here: one `lstat`, so that an
+    /// object's last event costs nothing more when no hook kept state for it.
+    pub fn holds(&self, driver: Driver, object: &OsStr) -> bool {
+        driver != Driver::Daemon
+            && check_name("object", object).is_ok()
+            && fs::symlink_metadata(self.root.join(driver.as_str()).join(object)).is_ok()
+    }
+
     /// The checks of [`StateRoot::check`]; with `create`, a missing root (and missing
     /// levels above it, below a trusted ancestor) is created 0700.
     fn check_root(&self, create: bool) -> Result<(), StateError> {

@@ -63,8 +63,18 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
             .check()
             .map_err(|e| UsageError(format!("--state {}: {e}", state.path().display())))?;
     }
-    refuse_wrapped_dispatcher(dir, args.driver)?;
-    let registry = simulation(dir, args.driver, args.input.timeout, args.input.wasm_memory, state);
+    // Reads the whole hook file when it is not this very binary: once.
+    let dispatcher = super::install::runs_a_hookctl(&dir.join(args.driver.as_str()));
+    if !dispatcher {
+        refuse_wrapped_dispatcher(dir, args.driver)?;
+    }
+    let registry = simulation(
+        dir,
+        args.driver,
+        dispatcher,
+        (args.input.timeout, args.input.wasm_memory),
+        state,
+    );
     registry
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, args.driver));
@@ -100,11 +110,11 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
 fn simulation(
     dir: &Path,
     driver: Driver,
-    timeout: Option<std::time::Duration>,
-    wasm_memory: Option<u32>,
+    dispatcher: bool,
+    (timeout, wasm_memory): (Option<std::time::Duration>, Option<u32>),
     state: hooks_core::StateRoot,
 ) -> hooks_core::Registry {
-    if !super::install::runs_a_hookctl(&dir.join(driver.as_str())) {
+    if !dispatcher {
         return super::registry(dir, timeout, wasm_memory);
     }
     let plugins = super::dispatch::plugins_dir_for(&dir.join(driver.as_str()), driver);
@@ -121,12 +131,10 @@ fn simulation(
 
 /// A hook script that wraps hookctl's dispatcher (`exec hookctl dispatch --plugins ...`)
 /// cannot be simulated safely: run as a hook, it would use the real state and audit log.
+/// For a hook that is not itself a hookctl binary.
 fn refuse_wrapped_dispatcher(dir: &Path, driver: Driver) -> Result<(), UsageError> {
     use std::io::Read;
     let main = dir.join(driver.as_str());
-    if super::install::runs_a_hookctl(&main) {
-        return Ok(());
-    }
     let mut head = Vec::new();
     let read = std::fs::File::open(&main).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
     let wraps = read.is_ok() && head.starts_with(b"#!") && memchr::memmem::find(&head, b"hookctl").is_some();
