@@ -49,6 +49,7 @@
 mod cache;
 mod engine;
 mod pipe;
+mod quota;
 mod runtime;
 mod sandbox;
 
@@ -82,8 +83,8 @@ pub struct WasmOptions {
     /// default none.
     pub fuel: Option<u64>,
     /// Cap in bytes on the state directory preopened as `/state` for hooks that keep
-    /// state (see [`Invocation::state_dir`]): checked while the module runs (every
-    /// 20 ms) and when it ends; past it the call fails. By default 1 MiB.
+    /// state (see [`Invocation::state_dir`]): enforced at each WASI call that would
+    /// pass it (that call returns `dquot` and writes nothing). By default 1 MiB.
     pub state_max: u64,
 }
 

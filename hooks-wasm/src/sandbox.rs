@@ -24,6 +24,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 use crate::cache::{default_cache_dir, hex, DiskCache};
 use crate::engine::{build_engine, EngineConfig, Ticker, MAX_MEMORIES, MAX_TABLES};
 use crate::pipe::CappedPipe;
+use crate::quota::StateQuota;
 use crate::runtime;
 
 /// Where a loaded module came from.
@@ -66,112 +67,10 @@ impl CompiledModule {
 }
 /// Per-store state: the WASI context, the memory cap and the deadline.
 pub(crate) struct HostState {
-    wasi: WasiP1Ctx,
+    pub(crate) wasi: WasiP1Ctx,
     limits: MemoryCap,
     deadline: Option<Instant>,
-    state: Option<StateCap>,
-}
-
-/// How often a running module's state directory is measured.
-const STATE_CHECK: Duration = Duration::from_millis(20);
-
-/// Most files and directories a state directory may hold: each costs the host memory
-/// (tmpfs), and each is walked at every check.
-const MAX_STATE_ENTRIES: u64 = 1000;
-
-/// The cap on a call's `/state`: WASI has no quota, so the directory is measured while
-/// the module runs and when it ends.
-struct StateCap {
-    dir: PathBuf,
-    max: u64,
-    checked: Instant,
-}
-
-impl StateCap {
-    /// Why the directory is over its cap, if it is.
-    fn over(&self) -> Option<String> {
-        let usage = state_usage(&self.dir, self.max).map(|mut usage| {
-            usage.bytes = usage.bytes.saturating_add(unlinked_open_files(&self.dir));
-            usage
-        });
-        match usage {
-            Ok(Usage { bytes, .. }) if bytes > self.max => Some(format!(
-                "its state directory `{}` holds more than its state_max of {} bytes ({bytes} counted so far)",
-                self.dir.display(),
-                self.max
-            )),
-            Ok(Usage { entries, .. }) if entries > MAX_STATE_ENTRIES => Some(format!(
-                "its state directory `{}` holds more than {MAX_STATE_ENTRIES} files and directories",
-                self.dir.display()
-            )),
-            Ok(_) => None,
-            Err(e) => Some(format!(
-                "its state directory `{}` cannot be measured: {e}",
-                self.dir.display()
-            )),
-        }
-    }
-}
-
-struct Usage {
-    bytes: u64,
-    entries: u64,
-}
-
-/// Bytes held by files of `dir` that this process still has open but that are no
-/// longer in it (unlinked, or renamed over): the walk cannot see them, and a module
-/// writing through such a descriptor would otherwise write without a cap.
-fn unlinked_open_files(dir: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
-    let Ok(fds) = fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    let prefix = dir.as_os_str().as_bytes();
-    let mut seen = Vec::new();
-    let mut bytes = 0u64;
-    for fd in fds.flatten() {
-        let Ok(target) = fs::read_link(fd.path()) else { continue };
-        let target = target.as_os_str().as_bytes();
-        let inside = target.starts_with(prefix) && target.get(prefix.len()) == Some(&b'/');
-        if !inside || !target.ends_with(b" (deleted)") {
-            continue;
-        }
-        // Through the descriptor's own link: the file, wherever its name went.
-        let Ok(meta) = fs::metadata(fd.path()) else { continue };
-        if seen.contains(&(meta.dev(), meta.ino())) {
-            continue;
-        }
-        seen.push((meta.dev(), meta.ino()));
-        bytes = bytes.saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
-    }
-    bytes
-}
-
-/// What a state directory holds: the larger of each entry's length and its allocated
-/// blocks (a sparse file counts at its length), without following links; stops once
-/// past `max` bytes or [`MAX_STATE_ENTRIES`].
-fn state_usage(dir: &Path, max: u64) -> std::io::Result<Usage> {
-    use std::os::unix::fs::MetadataExt;
-    let mut usage = Usage { bytes: 0, entries: 0 };
-    let mut pending = vec![dir.to_owned()];
-    while let Some(next) = pending.pop() {
-        for entry in fs::read_dir(&next)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            usage.entries += 1;
-            usage.bytes = usage
-                .bytes
-                .saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
-            if usage.bytes > max || usage.entries > MAX_STATE_ENTRIES {
-                return Ok(usage);
-            }
-            if meta.is_dir() {
-                pending.push(entry.path());
-            }
-        }
-    }
-    Ok(usage)
+    pub(crate) state: Option<StateQuota>,
 }
 
 /// Most table elements a store may hold, all tables together (8 bytes each).
@@ -329,6 +228,7 @@ impl Sandbox {
         linker.allow_shadowing(true);
         linker.func_wrap_async("wasi_snapshot_preview1", "random_get", random_get)?;
         linker.allow_shadowing(false);
+        crate::quota::add_to_linker(&mut linker)?;
         let cache = cache_dir.and_then(|dir| DiskCache::open(&dir, &engine));
         Ticker::global().register(&engine);
         Ok(Sandbox {
@@ -504,18 +404,22 @@ impl Sandbox {
                 return HookOutcome::new(HookStatus::Crashed(why)).with_duration(start.elapsed());
             }
         }
+        let quota = match state.map(|dir| StateQuota::new(dir, limits.state_max)).transpose() {
+            Ok(quota) => quota,
+            Err(e) => {
+                let dir = state.unwrap_or(Path::new("")).display();
+                let why = format!("its state directory `{dir}` cannot be measured: {e}");
+                return HookOutcome::new(HookStatus::Crashed(why)).with_duration(start.elapsed());
+            }
+        };
         let mut wasi = wasi.build_p1();
         wasi.ctx().table.set_max_capacity(MAX_WASI_HANDLES);
-        let watched = deadline.is_some() || cancel.is_some() || state.is_some();
+        let watched = deadline.is_some() || cancel.is_some();
         let state = HostState {
             wasi,
             limits: MemoryCap::new(limits.memory),
             deadline,
-            state: state.map(|dir| StateCap {
-                dir: dir.to_owned(),
-                max: limits.state_max,
-                checked: start,
-            }),
+            state: quota,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -526,18 +430,9 @@ impl Sandbox {
         // yields, so the caller's cancellation is seen while it computes too.
         let _ticking = if self.config.interruptible && watched {
             store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|mut s| {
-                let now = Instant::now();
-                if let Some(cap) = &mut s.data_mut().state {
-                    if now.duration_since(cap.checked) >= STATE_CHECK {
-                        cap.checked = now;
-                        if let Some(why) = cap.over() {
-                            wasmtime::bail!("{why}");
-                        }
-                    }
-                }
+            store.epoch_deadline_callback(|s| {
                 Ok(match s.data().deadline {
-                    Some(d) if now >= d => UpdateDeadline::Interrupt,
+                    Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
                     _ => UpdateDeadline::Yield(1),
                 })
             });
@@ -568,11 +463,13 @@ impl Sandbox {
             .state
             .as_ref()
             .filter(|_| !state_ends)
-            .and_then(StateCap::over);
+            .and_then(StateQuota::over);
         let status = match (status, over) {
             (HookStatus::Exited(_), Some(why)) => HookStatus::Crashed(why),
             (status, _) => status,
         };
+        // The module saw `dquot` and may have carried on: the operator sees why.
+        let refused = store.data().state.as_ref().and_then(|q| q.refused().map(str::to_owned));
         drop(store);
         let (out, out_cut) = stdout.take();
         let (err, err_cut) = stderr.take();
@@ -582,6 +479,7 @@ impl Sandbox {
             .with_duration(start.elapsed());
         outcome.stdout_truncated = out_cut;
         outcome.stderr_truncated = err_cut;
+        outcome.warnings.extend(refused);
         outcome
     }
 }
