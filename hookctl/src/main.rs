@@ -16,7 +16,18 @@ mod sys;
 
 use std::process::ExitCode;
 
+/// The argument that makes hookctl a WASM compiler child (`hooks_wasm::Compiler::Child`).
+#[cfg(feature = "wasm")]
+const COMPILE_WASM: &str = "--compile-wasm";
+
 fn main() -> ExitCode {
+    #[cfg(feature = "wasm")]
+    {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if args.get(1).is_some_and(|a| a == COMPILE_WASM) {
+            return hooks_wasm::compiler_child_main(&args[2..]);
+        }
+    }
     // Orphans that a hook detached come back to us, so a timeout can kill them too.
     #[cfg(feature = "exec")]
     if let Err(e) = hooks_exec::become_subreaper() {
@@ -34,6 +45,14 @@ fn main() -> ExitCode {
             ..hooks_wasm::EngineConfig::default()
         };
         let _ = hooks_wasm::Sandbox::configure_global(one_shot);
+        // Modules are compiled by a child of this very binary (the inode running now,
+        // even if an upgrade replaced the file), under a memory limit and killed at the
+        // hook's timeout: a module built to exhaust the compiler cannot hold an event.
+        let _ = hooks_wasm::Sandbox::configure_compiler(hooks_wasm::Compiler::Child {
+            program: "/proc/self/exe".into(),
+            args: vec![COMPILE_WASM.into()],
+            memory: hooks_wasm::DEFAULT_COMPILE_MEMORY,
+        });
     }
     if let Ok(filter) = std::env::var("HOOKCTL_LOG") {
         tracing_subscriber::fmt()

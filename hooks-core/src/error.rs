@@ -85,6 +85,13 @@ pub enum LoadErrorKind {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// Compiling it passed the limits on compiling at an event (time or memory), or
+    /// waited past them for another process compiling it.
+    #[error("not compiled within the limits for compiling at an event: {why}")]
+    CompileLimit {
+        /// What happened (how long it ran, how much memory it had).
+        why: String,
+    },
     /// It asks for more of something than the backend allows (WASM memories, ...).
     #[error("{what}: {found}, at most {max}")]
     ExceedsLimit {

@@ -30,6 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use hooks_core::backend::TrustPolicy;
 use sha2::{Digest, Sha256};
@@ -89,6 +90,69 @@ pub fn cache_dir_for(euid: u32, env: impl Fn(&str) -> Option<OsString>) -> Optio
     var("HOME")
         .and_then(absolute)
         .map(|home| home.join(".cache/virt-hooks/wasm"))
+}
+
+/// How often a process waiting for another's compile of the same module looks again.
+const LOCK_POLL: Duration = Duration::from_millis(10);
+
+/// The most bytes of a recorded compile failure read.
+const MAX_FAILURE: u64 = 4 << 10;
+
+/// Held while this process compiles one module for one engine: others wait for it,
+/// then load what it stored. Released when dropped (the descriptor closes).
+#[derive(Debug)]
+pub(crate) struct CompileLock {
+    _file: fs::File,
+}
+
+/// The limits a compile ran under, as recorded with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompileLimits {
+    /// `None`: no time limit.
+    pub(crate) timeout: Option<Duration>,
+    /// `None`: compiled in this process, with no memory limit.
+    pub(crate) memory: Option<u64>,
+}
+
+impl CompileLimits {
+    /// Whether a compile that failed under `self` would fail under `other` too: `other`
+    /// gives no more time and no more memory.
+    pub(crate) fn covers(self, other: CompileLimits) -> bool {
+        let time = match (self.timeout, other.timeout) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b <= a,
+        };
+        let memory = match (self.memory, other.memory) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b <= a,
+        };
+        time && memory
+    }
+
+    fn render(self) -> String {
+        let num = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+        format!(
+            "timeout_ms={} memory={}",
+            num(self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            num(self.memory)
+        )
+    }
+
+    fn parse(line: &str) -> Option<CompileLimits> {
+        let num = |v: &str| -> Option<Option<u64>> {
+            match v {
+                "none" => Some(None),
+                v => v.parse().ok().map(Some),
+            }
+        };
+        let (timeout, memory) = line.split_once(' ')?;
+        Some(CompileLimits {
+            timeout: num(timeout.strip_prefix("timeout_ms=")?)?.map(Duration::from_millis),
+            memory: num(memory.strip_prefix("memory=")?)?,
+        })
+    }
 }
 
 /// A cache dir that passed the trust rule, for one engine.
@@ -164,7 +228,122 @@ impl DiskCache {
     }
 
     fn entry_path(&self, digest: &[u8; 32]) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", hex(digest), self.compat_tag))
+        self.side_path(digest, "cwasm")
+    }
+
+    fn side_path(&self, digest: &[u8; 32], extension: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.{extension}", hex(digest), self.compat_tag))
+    }
+
+    /// Takes the compile lock of `digest`'s entry (`flock` on a `.lock` file beside
+    /// it), waiting for another process or thread compiling the same module for this
+    /// engine until `deadline`. `Ok(None)` when no lock can be had here (the dir is no
+    /// longer trusted, or the lock file is not ours): compile without it.
+    ///
+    /// # Errors
+    /// How long it waited, when the deadline passed first.
+    pub(crate) fn lock(&self, digest: &[u8; 32], deadline: Option<Instant>) -> Result<Option<CompileLock>, Duration> {
+        if !self.still_trusted() {
+            return Ok(None);
+        }
+        let path = self.side_path(digest, "lock");
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .and_then(|file| self.own_file(&file).map(|()| file))
+        {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "WASM compile lock not used");
+                return Ok(None);
+            }
+        };
+        let started = Instant::now();
+        loop {
+            // SAFETY: a valid descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(CompileLock { _file: file }));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != io::ErrorKind::Interrupted {
+                tracing::warn!(path = %path.display(), error = %err, "WASM compile lock not used");
+                return Ok(None);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(started.elapsed());
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    /// A regular file owned by the effective uid and not writable by group or others.
+    fn own_file(&self, file: &fs::File) -> io::Result<()> {
+        let meta = file.metadata()?;
+        self.policy
+            .file_problem(&meta)
+            .map_err(|p| io::Error::other(p.to_string()))?;
+        if meta.uid() != self.policy.uid() {
+            return Err(io::Error::other(format!(
+                "owned by uid {}, not the effective uid {}",
+                meta.uid(),
+                self.policy.uid()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A compile of `digest` that failed for its limits, recorded by
+    /// [`DiskCache::record_failure`], if one is there and was made with limits at least
+    /// as large as `limits`: trying again would fail the same way.
+    pub(crate) fn failure(&self, digest: &[u8; 32], limits: CompileLimits) -> Option<String> {
+        if !self.still_trusted() {
+            return None;
+        }
+        let path = self.side_path(digest, "failed");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .ok()?;
+        self.own_file(&file).ok()?;
+        let mut text = String::new();
+        (&mut file).take(MAX_FAILURE).read_to_string(&mut text).ok()?;
+        let (head, why) = text.split_once('\n')?;
+        let recorded = CompileLimits::parse(head)?;
+        recorded.covers(limits).then(|| why.trim_end().to_owned())
+    }
+
+    /// Records that compiling `digest` under `limits` failed, and why; failures are
+    /// logged, never fatal.
+    pub(crate) fn record_failure(&self, digest: &[u8; 32], limits: CompileLimits, why: &str) {
+        if !self.still_trusted() {
+            return;
+        }
+        let path = self.side_path(digest, "failed");
+        let write = || -> io::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            let why: String = why
+                .chars()
+                .filter(|c| *c != '\n')
+                .take(MAX_FAILURE as usize / 2)
+                .collect();
+            writeln!(tmp, "{}\n{why}", limits.render())?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::debug!(path = %path.display(), error = %e, "cannot record the WASM compile failure");
+        }
+    }
+
+    /// Forgets a recorded failure of `digest` (it compiled since).
+    pub(crate) fn clear_failure(&self, digest: &[u8; 32]) {
+        let _ = fs::remove_file(self.side_path(digest, "failed"));
     }
 
     /// The dir still passes the trust rule (its owner could have loosened it since).
@@ -235,18 +414,8 @@ impl DiskCache {
                 Some(libc::ELOOP) => io::Error::other("it is a symlink"),
                 _ => e,
             })?;
-        let meta = file.metadata()?;
-        self.policy
-            .file_problem(&meta)
-            .map_err(|p| io::Error::other(p.to_string()))?;
-        if meta.uid() != self.policy.uid() {
-            return Err(io::Error::other(format!(
-                "owned by uid {}, not the effective uid {}",
-                meta.uid(),
-                self.policy.uid()
-            )));
-        }
-        let len = meta.len();
+        self.own_file(&file)?;
+        let len = file.metadata()?.len();
         if len > MAX_ENTRY {
             return Err(io::Error::other(format!("{len} bytes, more than {MAX_ENTRY}")));
         }

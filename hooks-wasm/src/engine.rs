@@ -52,34 +52,43 @@ impl Default for EngineConfig {
     }
 }
 
+/// The engine settings for `cfg`, with the pooling allocator or without.
+fn engine_config(cfg: EngineConfig, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(cfg.interruptible).consume_fuel(cfg.fuel);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_memories(cfg.max_concurrency)
+            .total_tables(cfg.max_concurrency)
+            .total_core_instances(cfg.max_concurrency)
+            .total_stacks(cfg.max_concurrency)
+            .max_memory_size(MAX_MEMORY)
+            .max_memories_per_module(MAX_MEMORIES)
+            .max_tables_per_module(MAX_TABLES)
+            // Hooks touch little memory: zeroing it on reuse beats returning it to
+            // the kernel and faulting it back in on every call.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// What a compiler child builds its engine with: the same code generation as
+/// [`build_engine`]'s engine (the allocator does not change compiled code), and no
+/// pool to reserve under its memory limit.
+pub(crate) fn compile_config(cfg: EngineConfig) -> Config {
+    engine_config(cfg, false)
+}
+
 pub(crate) fn build_engine(cfg: EngineConfig) -> wasmtime::Result<(Engine, bool)> {
-    let base = |pooling: bool| {
-        let mut config = Config::new();
-        config.epoch_interruption(cfg.interruptible).consume_fuel(cfg.fuel);
-        if pooling {
-            let mut pool = PoolingAllocationConfig::default();
-            pool.total_memories(cfg.max_concurrency)
-                .total_tables(cfg.max_concurrency)
-                .total_core_instances(cfg.max_concurrency)
-                .total_stacks(cfg.max_concurrency)
-                .max_memory_size(MAX_MEMORY)
-                .max_memories_per_module(MAX_MEMORIES)
-                .max_tables_per_module(MAX_TABLES)
-                // Hooks touch little memory: zeroing it on reuse beats returning it to
-                // the kernel and faulting it back in on every call.
-                .linear_memory_keep_resident(KEEP_RESIDENT)
-                .table_keep_resident(KEEP_RESIDENT);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        }
-        config
-    };
     if cfg.pooling {
-        match Engine::new(&base(true)) {
+        match Engine::new(&engine_config(cfg, true)) {
             Ok(engine) => return Ok((engine, true)),
             Err(e) => tracing::warn!(error = %e, "pooling allocator unavailable; allocating on demand"),
         }
     }
-    Ok((Engine::new(&base(false))?, false))
+    Ok((Engine::new(&engine_config(cfg, false))?, false))
 }
 
 /// One thread advances the epoch of every engine with a running deadline, and sleeps

@@ -26,6 +26,16 @@
 //! Speed: one engine per process (pooling allocator), each module compiled once (keyed
 //! by the SHA-256 of its bytes) and kept linked (`InstancePre`), a fresh store per
 //! call, and an on-disk cache of compiled code so a new process does not recompile.
+//! Processes sharing the cache compile a module once: the first takes a lock beside
+//! the entry, the others wait for it and load what it stored.
+//!
+//! **Compiling** is the one step the per-call limits do not cover, and a small module
+//! can be built to make the compiler run for minutes and gigabytes. With
+//! [`Compiler::Child`] ([`Sandbox::configure_compiler`], [`Sandbox::set_compiler`]) it
+//! runs in a child process under an address-space limit and is stopped at the hook's
+//! timeout ([`CompileBudget`]); a failure for those limits is remembered beside the
+//! cache entry. The default, [`Compiler::InProcess`], has no limit: give the child
+//! compiler to any program that loads modules it does not trust.
 //!
 //! The disk cache holds native code that runs with the caller's privileges (root,
 //! under libvirt), so an entry is loaded only from a directory that passes
@@ -47,6 +57,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod cache;
+mod compile;
 mod engine;
 mod pipe;
 mod quota;
@@ -54,6 +65,7 @@ mod runtime;
 mod sandbox;
 
 pub use cache::{cache_dir_for, default_cache_dir};
+pub use compile::{compiler_child_main, CompileBudget, Compiler, DEFAULT_COMPILE_MEMORY};
 pub use engine::EngineConfig;
 pub use sandbox::{CacheSource, CompiledModule, EngineError, Sandbox};
 
@@ -129,7 +141,7 @@ impl WasmHook {
     /// As [`WasmHook::load`].
     pub fn load_in(sandbox: Arc<Sandbox>, path: impl AsRef<Path>, options: WasmOptions) -> Result<Self, LoadError> {
         let path = path.as_ref();
-        let module = sandbox.load(path)?;
+        let module = sandbox.load_within(path, options.timeout)?;
         Ok(WasmHook {
             sandbox,
             module,

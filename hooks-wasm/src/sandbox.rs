@@ -6,7 +6,7 @@ use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use wasmtime_wasi::p2::bindings::random::random::Host as _;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
-use crate::cache::{default_cache_dir, hex, DiskCache};
+use crate::cache::{default_cache_dir, hex, CompileLimits, DiskCache};
+use crate::compile::{compile_in_child, ChildFailure, CompileBudget, Compiler};
 use crate::engine::{build_engine, EngineConfig, Ticker, MAX_MEMORIES, MAX_TABLES};
 use crate::pipe::CappedPipe;
 use crate::quota::StateQuota;
@@ -155,6 +156,11 @@ pub struct Sandbox {
     pooling: bool,
     cache: Option<DiskCache>,
     modules: Mutex<HashMap<[u8; 32], Arc<CompiledModule>>>,
+    compiler: RwLock<Compiler>,
+    budget: RwLock<CompileBudget>,
+    /// Compiles that failed for their limits, when there is no disk cache to record
+    /// them in: the module and the limits it failed under.
+    failures: Mutex<HashMap<[u8; 32], (CompileLimits, String)>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -209,6 +215,8 @@ async fn bounded<F: Future>(
 static GLOBAL: OnceLock<Result<Arc<Sandbox>, EngineError>> = OnceLock::new();
 /// Its configuration, if set before then ([`Sandbox::configure_global`]).
 static GLOBAL_CONFIG: OnceLock<EngineConfig> = OnceLock::new();
+/// How sandboxes built from now on compile ([`Sandbox::configure_compiler`]).
+static GLOBAL_COMPILER: OnceLock<Compiler> = OnceLock::new();
 
 impl Sandbox {
     /// A sandbox with its own engine; `cache_dir` `None` keeps compiled modules in
@@ -238,6 +246,9 @@ impl Sandbox {
             pooling,
             cache,
             modules: Mutex::default(),
+            compiler: RwLock::new(GLOBAL_COMPILER.get().cloned().unwrap_or(Compiler::InProcess)),
+            budget: RwLock::new(CompileBudget::default()),
+            failures: Mutex::default(),
         })
     }
 
@@ -279,6 +290,28 @@ impl Sandbox {
         GLOBAL_CONFIG.set(config)
     }
 
+    /// Sets how every sandbox built from now on compiles (the global one included),
+    /// before the first is built: a program that can run itself as a compiler child
+    /// gives [`Compiler::Child`], so a module built to exhaust the compiler costs an
+    /// event no more than its timeout and the child's memory limit.
+    ///
+    /// # Errors
+    /// Gives `compiler` back when it was already set.
+    pub fn configure_compiler(compiler: Compiler) -> Result<(), Compiler> {
+        GLOBAL_COMPILER.set(compiler)
+    }
+
+    /// This sandbox's compiler from now on.
+    pub fn set_compiler(&self, compiler: Compiler) {
+        *self.compiler.write().unwrap_or_else(|p| p.into_inner()) = compiler;
+    }
+
+    /// How long loads may spend compiling from now on ([`CompileBudget::HookTimeout`]
+    /// by default; compiling ahead of events wants a fixed, longer one).
+    pub fn set_compile_budget(&self, budget: CompileBudget) {
+        *self.budget.write().unwrap_or_else(|p| p.into_inner()) = budget;
+    }
+
     /// Whether instances come from the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
@@ -292,15 +325,28 @@ impl Sandbox {
 
     /// Loads a module file: from memory if this content was seen, else from the disk
     /// cache (only an entry bound to this content, in a trusted dir; anything else is
-    /// recompiled), else compiled. Checks that it is a WASI command module whose
+    /// recompiled), else compiled, with no time limit unless the sandbox's
+    /// [`CompileBudget`] is fixed. Checks that it is a WASI command module whose
     /// imports the sandbox provides.
     ///
     /// # Errors
     /// A [`LoadError`] naming the file and what is wrong.
     pub fn load(&self, path: &Path) -> Result<Arc<CompiledModule>, LoadError> {
+        self.load_within(path, None)
+    }
+
+    /// [`Sandbox::load`] for a hook whose timeout is `hook_timeout`: under
+    /// [`CompileBudget::HookTimeout`], compiling (or waiting for another process
+    /// compiling the same module) stops there, and a failure for that limit is
+    /// remembered beside the cache entry so later loads with no more time or memory
+    /// fail at once instead of trying again.
+    ///
+    /// # Errors
+    /// As [`Sandbox::load`]; [`LoadErrorKind::CompileLimit`] past the limits.
+    pub fn load_within(&self, path: &Path, hook_timeout: Option<Duration>) -> Result<Arc<CompiledModule>, LoadError> {
         let bytes =
             fs::read(path).map_err(|e| LoadError::new(path, "wasm", LoadErrorKind::Unreadable).with_source(e))?;
-        self.load_bytes(path, &bytes)
+        self.load_bytes_within(path, &bytes, hook_timeout)
     }
 
     /// [`Sandbox::load`] from bytes; `path` names the module in errors.
@@ -308,20 +354,134 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::load`].
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<CompiledModule>, LoadError> {
+        self.load_bytes_within(path, bytes, None)
+    }
+
+    /// The limits a compile for a hook with `hook_timeout` runs under.
+    fn compile_limits(&self, hook_timeout: Option<Duration>) -> CompileLimits {
+        let timeout = match *self.budget.read().unwrap_or_else(|p| p.into_inner()) {
+            CompileBudget::HookTimeout => hook_timeout.map(|t| t.max(MIN_COMPILE_TIME)),
+            CompileBudget::Fixed(budget) => Some(budget),
+        };
+        let memory = match &*self.compiler.read().unwrap_or_else(|p| p.into_inner()) {
+            Compiler::InProcess => None,
+            Compiler::Child { memory, .. } => Some(*memory),
+        };
+        CompileLimits { timeout, memory }
+    }
+
+    /// The module for `bytes`: from the disk cache, or compiled under `limits` (once per
+    /// module and engine across processes sharing the cache: the others wait for the
+    /// compile lock and load what it stored).
+    fn compiled(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &[u8; 32],
+        limits: CompileLimits,
+    ) -> Result<(Module, CacheSource), LoadError> {
+        let fail = |kind: LoadErrorKind| LoadError::new(path, "wasm", kind);
+        let Some(cache) = &self.cache else {
+            let known = self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(digest)
+                .cloned();
+            if let Some((_, why)) = known.filter(|(failed, _)| failed.covers(limits)) {
+                return Err(fail(LoadErrorKind::CompileLimit { why: remembered(&why) }));
+            }
+            return match self.compile(path, bytes, limits) {
+                Err(Failed::Limit(why)) => {
+                    let why = with_hint(&why);
+                    self.failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*digest, (limits, why.clone()));
+                    Err(fail(LoadErrorKind::CompileLimit { why }))
+                }
+                Err(Failed::Other(e)) => Err(e),
+                Ok(module) => Ok((module, CacheSource::Compiled)),
+            };
+        };
+        if let Some(module) = cache.load(&self.engine, digest) {
+            return Ok((module, CacheSource::Disk));
+        }
+        let deadline = limits.timeout.and_then(|t| Instant::now().checked_add(t));
+        let lock = cache.lock(digest, deadline).map_err(|waited| {
+            fail(LoadErrorKind::CompileLimit {
+                why: format!(
+                    "waited {:.1} s for another process compiling the same module{HINT}",
+                    waited.as_secs_f64()
+                ),
+            })
+        })?;
+        if lock.is_some() {
+            // Compiled by whoever held the lock.
+            if let Some(module) = cache.load(&self.engine, digest) {
+                return Ok((module, CacheSource::Disk));
+            }
+        }
+        if let Some(why) = cache.failure(digest, limits) {
+            return Err(fail(LoadErrorKind::CompileLimit { why: remembered(&why) }));
+        }
+        let remaining = CompileLimits {
+            timeout: deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            ..limits
+        };
+        match self.compile(path, bytes, remaining) {
+            Ok(module) => {
+                cache.store(digest, &module);
+                cache.clear_failure(digest);
+                Ok((module, CacheSource::Compiled))
+            }
+            Err(Failed::Limit(why)) => {
+                let why = with_hint(&why);
+                cache.record_failure(digest, limits, &why);
+                Err(fail(LoadErrorKind::CompileLimit { why }))
+            }
+            Err(Failed::Other(e)) => Err(e),
+        }
+    }
+
+    /// Compiles `bytes` with this sandbox's compiler.
+    fn compile(&self, path: &Path, bytes: &[u8], limits: CompileLimits) -> Result<Module, Failed> {
+        let invalid =
+            |why: WasmError| Failed::Other(LoadError::new(path, "wasm", LoadErrorKind::InvalidModule).with_source(why));
+        let compiler = self.compiler.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Compiler::Child { program, args, memory } = compiler else {
+            return Module::new(&self.engine, bytes).map_err(|e| invalid(WasmError::from(e)));
+        };
+        match compile_in_child((&program, &args, memory), self.config, bytes, limits.timeout) {
+            // SAFETY: `deserialize` runs the native code it is given; these bytes are
+            // what our own compiler child wrote to a pipe only this process reads, from
+            // the module being loaded, with this engine's code settings (an artifact of
+            // other settings is refused by wasmtime's own check).
+            Ok(code) => unsafe { Module::deserialize(&self.engine, &code) }.map_err(|e| {
+                Failed::Other(
+                    LoadError::new(path, "wasm", LoadErrorKind::BackendUnavailable).with_source(WasmError::from(e)),
+                )
+            }),
+            Err(ChildFailure::Invalid(why)) => Err(invalid(WasmError(why))),
+            Err(e) if e.is_limit() => Err(Failed::Limit(e.to_string())),
+            Err(e) => Err(Failed::Other(
+                LoadError::new(path, "wasm", LoadErrorKind::BackendUnavailable).with_source(WasmError(e.to_string())),
+            )),
+        }
+    }
+
+    fn load_bytes_within(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        hook_timeout: Option<Duration>,
+    ) -> Result<Arc<CompiledModule>, LoadError> {
         let fail = |kind: LoadErrorKind| LoadError::new(path, "wasm", kind);
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(m) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             return Ok(Arc::clone(m));
         }
-        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &digest));
-        let (module, source) = match cached {
-            Some(module) => (module, CacheSource::Disk),
-            None => {
-                let module = Module::new(&self.engine, bytes)
-                    .map_err(|e| fail(LoadErrorKind::InvalidModule).with_source(WasmError::from(e)))?;
-                (module, CacheSource::Compiled)
-            }
-        };
+        let (module, source) = self.compiled(path, bytes, &digest, self.compile_limits(hook_timeout))?;
         match module.get_export("_start") {
             Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
             Some(_) => {
@@ -354,11 +514,6 @@ impl Sandbox {
             })
             .with_source(WasmError::from(e))
         })?;
-        if source == CacheSource::Compiled {
-            if let Some(cache) = &self.cache {
-                cache.store(&digest, &module);
-            }
-        }
         let compiled = Arc::new(CompiledModule { pre, digest, source });
         self.modules
             .lock()
@@ -551,7 +706,71 @@ fn classify(e: &wasmtime::Error, refused: Option<usize>, limits: CallLimits) -> 
         Some(Trap::Interrupt) => HookStatus::TimedOut(limits.timeout.unwrap_or_default()),
         Some(Trap::OutOfFuel) => HookStatus::Crashed("ran out of fuel".into()),
         Some(trap) => HookStatus::Crashed(format!("trap: {trap}")),
-        None => HookStatus::Crashed(format!("{e:#}")),
+        // The cause first, then where: wasmtime's own message puts a backtrace (the
+        // module's function names) before the cause, and a cut would lose the cause.
+        None => HookStatus::Crashed(match e.downcast_ref::<wasmtime::WasmBacktrace>() {
+            Some(trace) => format!(
+                "{}\nwasm backtrace:\n{}",
+                capped(e.root_cause().to_string()),
+                capped(trace.to_string())
+            ),
+            None => capped(format!("{e:#}")),
+        }),
+    }
+}
+
+/// The most bytes of a wasmtime error kept in a status: its backtrace names the
+/// module's functions, and a name section can make one name megabytes long.
+const MAX_ERROR: usize = 2 << 10;
+
+/// `text` cut to [`MAX_ERROR`] bytes on a character boundary, saying how much went.
+fn capped(mut text: String) -> String {
+    if text.len() <= MAX_ERROR {
+        return text;
+    }
+    let mut end = MAX_ERROR;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… ({cut} more bytes cut)"));
+    text
+}
+
+/// How a compile failed.
+enum Failed {
+    /// For its limits: the reason, worth remembering.
+    Limit(String),
+    Other(LoadError),
+}
+
+/// The least time a compile at an event gets, whatever the hook's timeout: a hook
+/// timed to 100 ms must not become uncompilable on a busy host.
+const MIN_COMPILE_TIME: Duration = Duration::from_secs(2);
+
+/// What a message about a compile past its limits ends with.
+const HINT: &str = "; compile it ahead of events (`hookctl check`), where the per-event limit does not apply";
+
+fn with_hint(why: &str) -> String {
+    format!("{why}{HINT}")
+}
+
+fn remembered(why: &str) -> String {
+    format!("an earlier attempt with no less time and memory failed: {why}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary_saying_how_much() {
+        assert_eq!(capped("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR);
+        let cut = capped(long.clone());
+        assert!(cut.len() < MAX_ERROR + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("… ({} more bytes cut)", long.len() - MAX_ERROR)));
     }
 }
 

@@ -31,13 +31,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cache entry of a loaded module (its file name starts with the module's digest).
+/// The cache entry of a loaded module (its file name starts with the module's digest;
+/// its compile lock beside it ends in `.lock`).
 fn entry_of(cache: &Path, hook: &WasmHook) -> PathBuf {
     let prefix = hex(&hook.module().digest());
     fs::read_dir(cache)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".cwasm")
+        })
         .expect("an entry was written")
 }
 

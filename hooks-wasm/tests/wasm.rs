@@ -675,3 +675,28 @@ fn a_deep_tree_with_long_names_is_measured_and_removed() {
     fs::remove_dir_all(&state).unwrap();
     assert!(!state.exists());
 }
+
+#[test]
+fn a_megabyte_function_name_in_a_host_call_error_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The name section names the function that makes a failing host call (a buffer
+    // out of bounds): wasmtime's error carries a backtrace with that name.
+    let name = "n".repeat(1_200_000);
+    let wat = format!(
+        r#"(module
+             (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func ${name} (drop (call $random_get (i32.const 65000) (i32.const 100000))))
+             (func (export "_start") (call ${name})))"#
+    );
+    let path = write_module(tmp.path(), "long-name.wasm", &wat::parse_str(wat).unwrap());
+    let hook = WasmHook::load_in(sandbox(None), &path, WasmOptions::default()).unwrap();
+    let out = call(&hook, &inv("vm", "start", None));
+    let HookStatus::Crashed(why) = &out.status else {
+        panic!("{:?}", out.status)
+    };
+    assert!(why.len() < 5000, "a {} byte status", why.len());
+    assert!(why.contains("more bytes cut"), "{why}");
+    // The cause survives the cut, ahead of the backtrace.
+    assert!(why.starts_with("random_get: buffer"), "{}", &why[..200]);
+}

@@ -6,8 +6,17 @@ use hooks_core::{error_chain, Driver, HooksDir};
 
 use crate::cli::{require_dir, CheckArgs, Outcome};
 
+/// How long `check` lets one module compile: it warms the cache ahead of events, so
+/// the per-event limit (the hook's timeout) does not apply.
+#[cfg(feature = "wasm")]
+const AHEAD_OF_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     require_dir(dir)?;
+    #[cfg(feature = "wasm")]
+    if let Ok(sandbox) = hooks_wasm::Sandbox::global() {
+        sandbox.set_compile_budget(hooks_wasm::CompileBudget::Fixed(AHEAD_OF_TIME));
+    }
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
     let (mut sound, mut broken, mut warned) = (0, 0, 0);
     // The hooks dir itself, and each dispatcher plugins dir beside it with its settings.
