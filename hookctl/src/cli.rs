@@ -206,8 +206,10 @@ pub(crate) struct CheckArgs {
 
 const LOG_HELP: &str = "\
 Reads the log and its rotations (<log>.5 … <log>.1, oldest first) and says on stderr which
-files it read. Control characters from the log are shown escaped (\\x1b); --json prints the
-lines as they are.
+files it read. Control characters and bidi overrides from the log are shown escaped
+(\\x1b, \\u{202e}); --json prints the lines as they are (on a terminal, with those as \\u
+escapes). A line that cannot be read (not an audit record, or longer than 1 MiB) is a row
+marked UNREADABLE, with its line number and what can still be read of it.
 
 Examples:
   hookctl log --failed --object web1          # why did web1 not start?
@@ -305,7 +307,8 @@ pub(crate) fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(UsageError(msg)) => {
-            eprintln!("hookctl: error: {msg}");
+            // Errors name files and objects: escaped, their own line breaks kept.
+            eprintln!("hookctl: error: {}", hooks_core::text::escape_lines(&msg));
             ExitCode::from(2)
         }
     }

@@ -138,7 +138,8 @@ pub(crate) fn load(plugins: &Path) -> (DispatchConfig, Option<ConfigError>) {
     match read(plugins) {
         Ok(config) => (config, None),
         Err(e) => {
-            eprintln!("hookctl: ignoring {e} (using the defaults; run `hookctl check`)");
+            let why = crate::output::message(&e.to_string()).into_owned();
+            eprintln!("hookctl: ignoring {why} (using the defaults; run `hookctl check`)");
             (DispatchConfig::default(), Some(e))
         }
     }

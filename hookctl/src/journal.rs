@@ -6,10 +6,12 @@
 //! One datagram of fields, each `KEY=value\n`, or, when the value holds a newline,
 //! `KEY\n` + its length as a little-endian `u64` + the value + `\n`: object names and
 //! plugins' stderr come from others, and a newline in them must never start a field of
-//! their own (`\nPRIORITY=0`). Values are capped (4096 bytes, stderr 500 characters),
-//! so an entry stays far below a datagram's limit; should a tiny socket buffer still
-//! refuse it (`EMSGSIZE`), the entry is sent once more with every value cut to 256
-//! bytes, instead of passing a memfd as journald also accepts.
+//! their own (`\nPRIORITY=0`). Values are capped (4096 bytes, stderr 500 characters; a
+//! cut value ends saying how much was cut), so an entry stays far below a datagram's
+//! limit; should a tiny socket buffer still refuse it (`EMSGSIZE`), the entry is sent
+//! once more with every value cut to 256 bytes, instead of passing a memfd as journald
+//! also accepts. `MESSAGE` is escaped ([`hooks_core::text::escape`]): journalctl prints
+//! it to terminals.
 //!
 //! Sending never delays or fails the dispatch: the socket is non-blocking (a stalled
 //! journald with a full queue means the entry is dropped, where a blocking sender would
@@ -20,6 +22,7 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::time::Instant;
 
+use hooks_core::text::Limit;
 use hooks_core::{HookEvent, HookRecord, RawEvent, Report};
 
 use crate::output;
@@ -79,7 +82,7 @@ fn entry(event: &RawEvent, report: &Report, duration_us: u64, cap: usize) -> Vec
     field(
         &mut buf,
         "MESSAGE",
-        cut(&message(event, report, failed, refused, duration_us), cap),
+        &cut(&message(event, report, failed, refused, duration_us), cap),
     );
     field(&mut buf, "PRIORITY", priority);
     field(&mut buf, "SYSLOG_IDENTIFIER", "hookctl");
@@ -88,7 +91,7 @@ fn entry(event: &RawEvent, report: &Report, duration_us: u64, cap: usize) -> Vec
         .into_iter()
         .zip(args)
     {
-        field(&mut buf, key, cut(value, cap));
+        field(&mut buf, key, &cut(value, cap));
     }
     field(
         &mut buf,
@@ -97,10 +100,9 @@ fn entry(event: &RawEvent, report: &Report, duration_us: u64, cap: usize) -> Vec
     );
     field(&mut buf, "HOOK_DURATION_USEC", &duration_us.to_string());
     if let Some(rec) = failed {
-        field(&mut buf, "HOOK_FAILED_PLUGIN", cut(&rec.name, cap));
-        let stderr = rec.stderr.trim_end();
-        let end = stderr.char_indices().nth(STDERR_CHARS).map_or(stderr.len(), |(i, _)| i);
-        field(&mut buf, "HOOK_STDERR", cut(&stderr[..end], cap));
+        field(&mut buf, "HOOK_FAILED_PLUGIN", &cut(&rec.name, cap));
+        let stderr = Limit::bytes(cap).chars(STDERR_CHARS).apply(rec.stderr.trim_end());
+        field(&mut buf, "HOOK_STDERR", &stderr);
     }
     buf
 }
@@ -110,10 +112,10 @@ fn message(event: &RawEvent, report: &Report, failed: Option<&HookRecord>, refus
     let what = format!(
         "{} {} {} {} {}",
         event.driver().as_str(),
-        one_line(event.object(), 256),
-        one_line(event.op(), 64),
-        one_line(event.subop(), 64),
-        one_line(event.extra(), 64),
+        one_line(event.object(), 1024),
+        one_line(event.op(), 256),
+        one_line(event.subop(), 256),
+        one_line(event.extra(), 256),
     );
     let Some(rec) = failed else {
         let n = report.hooks.len();
@@ -127,31 +129,19 @@ fn message(event: &RawEvent, report: &Report, failed: Option<&HookRecord>, refus
     format!(
         "{what}: {verdict} {}: {}{sep}{}",
         one_line(&rec.name, 1024),
-        output::status(rec),
-        one_line(first, MESSAGE_STDERR_CHARS)
+        one_line(&output::status(rec), 1024),
+        Limit::bytes(1024).chars(MESSAGE_STDERR_CHARS).escaped().apply(first)
     )
 }
 
-/// `s` with control characters escaped (`\n`, `\u{1b}`) and cut to `max` characters.
-fn one_line(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in s.chars().enumerate() {
-        if n == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// `s` escaped ([`hooks_core::text::escape`]) and cut to `max` bytes.
+fn one_line(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    Limit::bytes(max).escaped().apply(s)
 }
 
-/// At most `cap` bytes of `s`, cut at a character boundary.
-fn cut(s: &str, cap: usize) -> &str {
-    &s[..s.floor_char_boundary(cap)]
+/// At most `cap` bytes of `s` (a cut says how much went).
+fn cut(s: &str, cap: usize) -> std::borrow::Cow<'_, str> {
+    Limit::bytes(cap).apply(s)
 }
 
 /// Appends one field. Keys are ours (uppercase, digits, `_`); a value with a newline

@@ -18,7 +18,7 @@ use hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
 use hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
 use hooks_exec::{ExecHook, ExecOptions};
 
-use crate::native_wire::{header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
+use crate::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
 
 const BACKEND: &str = "dylib";
 const HOST_NAME: &str = "hookctl-native";
@@ -143,7 +143,8 @@ fn host_end(outcome: &mut HookOutcome, token: &str) -> HostEnd {
         },
         // Its own refusal, or exec's 126/127 (not executable, not found, no loader).
         HookStatus::Exited(UNUSABLE_STATUS | 127) => {
-            HostEnd::Unusable(String::from_utf8_lossy(&outcome.stderr).trim_end().to_owned())
+            // A plugin can exit 126 itself, after megabytes of stderr.
+            HostEnd::Unusable(bounded(String::from_utf8_lossy(&outcome.stderr).trim_end().to_owned()))
         }
         HookStatus::Failed(HookError::Spawn { ref source, .. }) => HostEnd::Unusable(source.to_string()),
         _ => HostEnd::Unreported,
@@ -184,12 +185,8 @@ fn examine(plugin: &Path, how: &str) -> Result<(), LoadError> {
         HostEnd::Reported(report) => Err(host_failed(plugin, &format!("{:?}", report.end))),
         HostEnd::Unusable(why) => Err(host_unusable(plugin, host, &why)),
         HostEnd::Unreported => {
-            let stderr = String::from_utf8_lossy(&outcome.stderr);
-            let why = format!(
-                "{UNREPORTED} while it loaded ({}): {}",
-                outcome.status.describe(),
-                stderr.trim_end()
-            );
+            let stderr = bounded(String::from_utf8_lossy(&outcome.stderr).trim_end().to_owned());
+            let why = format!("{UNREPORTED} while it loaded ({}): {stderr}", outcome.status.describe());
             Err(host_failed(plugin, &why))
         }
     }

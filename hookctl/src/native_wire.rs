@@ -92,16 +92,13 @@ pub(crate) enum LoadKind {
     },
 }
 
-/// Cuts `text` to [`MAX_MESSAGE`] bytes, at a character boundary.
-pub(crate) fn bounded(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+/// Cuts `text` to [`MAX_MESSAGE`] bytes, at a character boundary, saying how much was
+/// cut.
+pub(crate) fn bounded(text: String) -> String {
+    match hooks_core::text::Limit::bytes(MAX_MESSAGE).apply(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(cut) => cut,
     }
-    text
 }
 
 impl Report {
@@ -203,6 +200,13 @@ mod tests {
     fn messages_are_bounded_at_a_character_boundary() {
         let long = "é".repeat(MAX_MESSAGE);
         let cut = bounded(long);
-        assert!(cut.len() <= MAX_MESSAGE && cut.chars().all(|c| c == 'é'));
+        assert!(cut.len() <= MAX_MESSAGE, "{}", cut.len());
+        let (kept, note) = cut.split_once('…').unwrap();
+        assert!(kept.chars().all(|c| c == 'é'));
+        assert_eq!(
+            note,
+            format!(" ({:.1} KiB cut)", (2 * MAX_MESSAGE - kept.len()) as f64 / 1024.0)
+        );
+        assert_eq!(bounded("short".into()), "short");
     }
 }

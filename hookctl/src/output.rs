@@ -1,11 +1,54 @@
 //! Writing to stdout without dying on a closed pipe, and shared formatting.
+//!
+//! Text that plugins or guests control is capped wherever hookctl writes it (the audit
+//! line, the journal, stderr for libvirt, the terminal) with these limits, and escaped
+//! wherever it reaches a terminal ([`hooks_core::text`]).
 
-use std::io::{self, Write};
+use std::borrow::Cow;
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use hooks_core::backend::format_duration;
+use hooks_core::text::{self, Limit};
 use hooks_core::{HookRecord, StatusRecord};
 use serde::Serialize;
+
+/// A name or a path: a plugin's, an object's, a state directory's (`PATH_MAX`).
+pub(crate) const NAME: Limit = Limit::bytes(4096);
+/// A status or a message: a crash's or a load error's, why the document was not
+/// evaluated, a state directory's trouble.
+pub(crate) const MESSAGE: Limit = Limit::bytes(2048);
+/// One warning about a hook.
+pub(crate) const WARNING: Limit = Limit::bytes(512);
+/// How many warnings of one hook are kept.
+pub(crate) const WARNINGS: usize = 8;
+/// An excerpt of a hook's stderr or stdout: its first 500 characters.
+pub(crate) const EXCERPT: Limit = Limit::bytes(2048).chars(500);
+/// What the dispatcher passes on to libvirt of a failed plugin's stderr: its first
+/// lines, which virsh shows on its error line.
+pub(crate) const STDERR_LINES: Limit = Limit::bytes(2048).lines(10).escaped_lines();
+
+/// A name or a path for a terminal: escaped, and cut at [`NAME`].
+pub(crate) fn name(s: &str) -> Cow<'_, str> {
+    NAME.escaped().apply(s)
+}
+
+/// A path for a terminal (see [`name`]).
+pub(crate) fn path(p: &Path) -> String {
+    name(&p.to_string_lossy()).into_owned()
+}
+
+/// A status or a message for a terminal: escaped, on one line, and cut at [`MESSAGE`].
+pub(crate) fn message(s: &str) -> Cow<'_, str> {
+    MESSAGE.escaped().apply(s)
+}
+
+/// A hook's first [`WARNINGS`] warnings, each within `limit` ([`WARNING`] in some
+/// form), and how many more there were.
+pub(crate) fn capped_warnings(rec: &HookRecord, limit: Limit) -> (Vec<Cow<'_, str>>, usize) {
+    let kept = rec.warnings.iter().take(WARNINGS).map(|w| limit.apply(w)).collect();
+    (kept, rec.warnings.len().saturating_sub(WARNINGS))
+}
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.
 pub(crate) fn stdout(bytes: &[u8]) {
@@ -17,9 +60,14 @@ pub(crate) fn stdout(bytes: &[u8]) {
     }
 }
 
+/// Prints `value` as JSON; on a terminal, with what serde_json leaves raw in strings
+/// (C1 controls, bidirectional overrides) written as `\u` escapes.
 pub(crate) fn json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(mut s) => {
+            if io::stdout().is_terminal() {
+                s = text::escape_json(&s).into_owned();
+            }
             s.push('\n');
             stdout(s.as_bytes());
         }
@@ -34,7 +82,7 @@ pub(crate) fn short(path: &str, dir: &Path) -> String {
         .map_or_else(|_| path.to_owned(), |p| p.display().to_string())
 }
 
-/// `exit status 1`, `fatal signal 9`, `timed out after 2s`, ...
+/// `exit status 1`, `fatal signal 9`, `timed out after 2s`, ... (whole: each sink caps it)
 pub(crate) fn status(rec: &HookRecord) -> String {
     if let Some(why) = &rec.rejected_output {
         return format!("exit status 0, but {why}");
@@ -59,8 +107,13 @@ pub(crate) fn first_line(text: &str) -> &str {
     text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
 }
 
+/// Prints a hook's warnings on stderr, escaped and capped.
 pub(crate) fn warnings(rec: &HookRecord) {
-    for w in &rec.warnings {
-        eprintln!("hookctl: warning: {}: {w}", rec.name);
+    let (kept, more) = capped_warnings(rec, WARNING.escaped());
+    for w in kept {
+        eprintln!("hookctl: warning: {}: {w}", name(&rec.name));
+    }
+    if more > 0 {
+        eprintln!("hookctl: warning: {}: … ({more} more warnings)", name(&rec.name));
     }
 }

@@ -279,9 +279,10 @@ fn hostile_names_and_stderr_cannot_forge_fields() {
         assert_eq!(get(&e, "SYSLOG_IDENTIFIER"), "hookctl");
         assert_eq!(get(&e, "HOOK_RESULT"), "failed");
         assert_eq!(get(&e, "HOOK_OBJECT"), object);
-        // The first 500 characters (not bytes) of the stderr, trailing newlines trimmed.
+        // The first 500 characters (not bytes) of the stderr, trailing newlines trimmed,
+        // and how much was cut (154 of the `é`s).
         let expected: String = stderr.trim_end().chars().take(500).collect();
-        assert_eq!(get(&e, "HOOK_STDERR"), expected);
+        assert_eq!(get(&e, "HOOK_STDERR"), format!("{expected}… (308 bytes cut)"));
         let message = get(&e, "MESSAGE");
         assert!(!message.contains('\n'), "{message:?}");
         assert!(
@@ -291,13 +292,18 @@ fn hostile_names_and_stderr_cannot_forge_fields() {
         );
         assert!(message.ends_with(": exit status 1: boom"), "{message}");
 
-        // A huge name is cut (at a character boundary), and still sent.
+        // A huge name is cut (at a character boundary), says so, and is still sent.
         let huge = "ü\n".repeat(10_000);
         as_libvirt_xml(&hooks, [&huge, "start", "begin", "-"]).assert().code(1);
         let e = journal.one();
         let sent = get(&e, "HOOK_OBJECT");
         assert!(sent.len() <= 4096 && sent.len() > 4000, "{}", sent.len());
-        assert!(huge.starts_with(sent));
+        let (kept, note) = sent.rsplit_once('…').unwrap();
+        assert!(huge.starts_with(kept));
+        assert_eq!(
+            note,
+            format!(" ({:.1} KiB cut)", (huge.len() - kept.len()) as f64 / 1024.0)
+        );
         assert!(get(&e, "MESSAGE").len() <= 4096);
     });
 }

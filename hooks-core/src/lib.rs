@@ -82,6 +82,7 @@ mod settings;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;
 pub mod trust;
 mod xpath;
 

@@ -101,8 +101,7 @@ pub struct StateEntry {
     pub hook: OsString,
     /// The directory.
     pub path: PathBuf,
-    /// Why it was kept past the object's last event, when it was (control characters
-    /// escaped).
+    /// Why it was kept past the object's last event, when it was ([escaped](crate::text::escape)).
     pub kept: Option<String>,
 }
 
@@ -219,21 +218,6 @@ fn trusted_holder(dir: &Path) -> Result<(), StateError> {
         .map_err(|why| refused(dir, why.reason()))
 }
 
-/// Escapes control and bidirectional-override characters, so that what a hook printed
-/// cannot drive the operator's terminal when `list` shows a note.
-pub(crate) fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
-        if c.is_control() || bidi {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A note, if it is a regular file of ours (never a link, a FIFO or a device).
 fn read_note(path: &Path) -> Option<String> {
     use std::io::Read;
@@ -249,7 +233,8 @@ fn read_note(path: &Path) -> Option<String> {
     }
     let mut text = String::new();
     file.take(MAX_NOTE).read_to_string(&mut text).ok()?;
-    Some(printable(text.trim_end()))
+    // Escaped again, for a note written by an older version or by hand.
+    Some(crate::text::escape(text.trim_end()).into_owned())
 }
 
 /// The first mount point inside `dir` (a different mount than `dir`'s own), if any.
@@ -539,7 +524,9 @@ fn write_note(root: &Path, notes: &Path, note: &Path, why: &str) -> io::Result<(
         .create_new(true)
         .mode(0o600)
         .open(note)?;
-    io::Write::write_all(&mut file, format!("{}\n", printable(why)).as_bytes())
+    // Escaped, so that the note is safe to `cat`, and short enough to be read whole.
+    let why = crate::text::Limit::bytes(MAX_NOTE as usize - 1).escaped().apply(why);
+    io::Write::write_all(&mut file, format!("{why}\n").as_bytes())
 }
 
 #[cfg(test)]
@@ -648,7 +635,7 @@ mod tests {
         let a = entries.iter().find(|e| e.hook == "a").unwrap();
         let shown = a.kept.as_deref().unwrap();
         assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}'), "{shown:?}");
-        assert!(shown.contains("\\u{1b}"), "{shown}");
+        assert_eq!(shown, r"release end failed: \x1b]0;pwned\x07\u{202e}txt");
         assert_eq!(entries.iter().find(|e| e.hook == "b").unwrap().kept, None);
     }
 

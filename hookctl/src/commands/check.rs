@@ -5,6 +5,7 @@ use std::path::Path;
 use hooks_core::{error_chain, Driver, HooksDir};
 
 use crate::cli::{require_dir, CheckArgs, Outcome};
+use crate::output::{message, path as shown};
 
 /// How long `check` lets one module compile: it warms the cache ahead of events, so
 /// the per-event limit (the hook's timeout) does not apply.
@@ -34,7 +35,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(config) => config,
                 Err(e) => {
                     broken += 1;
-                    eprintln!("broken: {e}");
+                    eprintln!("broken: {}", message(&e.to_string()));
                     crate::config::DispatchConfig::default()
                 }
             };
@@ -42,7 +43,10 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             // fails each of them.
             if let Err(e) = hooks_core::StateRoot::new(&config.state).check() {
                 broken += 1;
-                eprintln!("broken: state root: {e} (every plugin with `state = true` would fail)");
+                eprintln!(
+                    "broken: state root: {} (every plugin with `state = true` would fail)",
+                    message(&e.to_string())
+                );
             }
             let log = config.log;
             match crate::audit::check(&log) {
@@ -51,13 +55,13 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                     warned += 1;
                     eprintln!(
                         "warning: audit log {}: {} (dispatch will say so on each event)",
-                        log.display(),
-                        why.reason()
+                        shown(&log),
+                        message(&why.reason())
                     );
                 }
                 Err(e) => {
                     broken += 1;
-                    eprintln!("broken: audit log {}: {e}", log.display());
+                    eprintln!("broken: audit log {}: {}", shown(&log), message(&e.to_string()));
                 }
             }
         }
@@ -67,7 +71,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 broken += 1;
                 eprintln!(
                     "broken: {}: cannot read directory: {e}",
-                    hooks.drop_in_dir(driver).display()
+                    shown(&hooks.drop_in_dir(driver))
                 );
                 continue;
             }
@@ -75,19 +79,19 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
         for entry in entries {
             if let Some(why) = entry.refusal() {
                 broken += 1;
-                eprintln!("broken: {}: refused: {}", entry.path.display(), why.reason());
+                eprintln!("broken: {}: refused: {}", shown(&entry.path), message(&why.reason()));
                 continue;
             }
             if let (true, hooks_core::backend::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
                 if why.is_likely_mistake() {
                     broken += 1;
-                    eprintln!("broken: {}: {why}: it will never run", entry.path.display());
+                    eprintln!("broken: {}: {why}: it will never run", shown(&entry.path));
                 }
                 continue;
             }
             if let Some(why) = super::misplaced_plugin(&hooks, &entry, driver) {
                 broken += 1;
-                eprintln!("broken: {}: {why}", entry.path.display());
+                eprintln!("broken: {}: {}", shown(&entry.path), message(&why));
                 continue;
             }
             let Some(loader) = entry.loader() else { continue };
@@ -97,8 +101,8 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                     warned += 1;
                     eprintln!(
                         "warning: {}: {} (libvirt runs it as root anyway; hookctl would refuse it as a plugin)",
-                        entry.path.display(),
-                        why.reason()
+                        shown(&entry.path),
+                        message(&why.reason())
                     );
                 }
             }
@@ -106,13 +110,17 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(settings) => settings,
                 Err(e) => {
                     broken += 1;
-                    eprintln!("broken: {}: invalid settings: {e}", entry.path.display());
+                    eprintln!(
+                        "broken: {}: invalid settings: {}",
+                        shown(&entry.path),
+                        message(&e.to_string())
+                    );
                     continue;
                 }
             };
             for why in state_warnings(&hooks, driver, loader.backend(), &settings) {
                 warned += 1;
-                eprintln!("warning: {}: {why}", entry.path.display());
+                eprintln!("warning: {}: {}", shown(&entry.path), message(&why));
             }
             match loader.check(&entry.path, &settings) {
                 Ok(()) => {
@@ -121,12 +129,13 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                         "ok      {:<8} {:<6} {}",
                         driver.as_str(),
                         loader.backend(),
-                        entry.path.display()
+                        shown(&entry.path)
                     );
                 }
                 Err(e) => {
                     broken += 1;
-                    eprintln!("broken: {}", error_chain(&e));
+                    // A plugin's own words (a WASM module's names) are in it: escaped and capped.
+                    eprintln!("broken: {}", message(&error_chain(&e)));
                 }
             }
         }

@@ -81,8 +81,9 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
             output::stdout(doc);
         }
     } else {
+        // What virsh shows on its error line: bounded, and escaped (but its lines kept).
         for rec in report.hooks.iter().filter(|r| !r.success && !r.optional) {
-            let stderr = rec.stderr.trim_end();
+            let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
             let sep = if stderr.is_empty() { "" } else { ": " };
             // `check` finds broken files and settings, not a state directory's trouble.
             let hint = match &rec.status {
@@ -91,21 +92,29 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
                 }
                 _ => "",
             };
-            eprintln!("{}: {}{sep}{stderr}{hint}", rec.name, output::status(rec));
+            eprintln!(
+                "{}: {}{sep}{stderr}{hint}",
+                output::name(&rec.name),
+                output::message(&output::status(rec))
+            );
         }
     }
     for rec in report.hooks.iter().filter(|r| !r.success && r.optional) {
-        eprintln!("hookctl: ignored failure: {}: {}", rec.name, output::status(rec));
+        eprintln!(
+            "hookctl: ignored failure: {}: {}",
+            output::name(&rec.name),
+            output::message(&output::status(rec))
+        );
         output::warnings(rec);
     }
     for dir in &report.state_kept {
         eprintln!(
             "hookctl: kept the state directory {} (its plugin failed this last event; `hookctl list` shows it)",
-            dir.display()
+            output::path(dir)
         );
     }
     for why in &report.state_errors {
-        eprintln!("hookctl: {why}");
+        eprintln!("hookctl: {}", output::message(why));
     }
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
@@ -123,9 +132,6 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     crate::journal::send(config.journal, &event, &report, start);
     ok
 }
-
-/// How much of a plugin's stdout and stderr an audit line keeps.
-const EXCERPT_CHARS: usize = 500;
 
 /// The audit lines' format version: readers may rely on the fields of this version.
 const AUDIT_VERSION: u32 = 1;
@@ -145,7 +151,7 @@ fn event_fields(event: &RawEvent, started: SystemTime) -> serde_json::Map<String
         ("subop", event.subop()),
         ("extra", event.extra()),
     ] {
-        fields.insert(key.into(), value.into());
+        fields.insert(key.into(), capped(value, output::NAME));
     }
     fields
 }
@@ -157,8 +163,16 @@ fn caller() -> serde_json::Value {
     json!({ "pid": ppid, "name": comm.trim_end() })
 }
 
+/// `text` within `limit` as it will be in the audit line (a JSON string).
+fn capped(text: &str, limit: hooks_core::text::Limit) -> serde_json::Value {
+    limit.json().apply(text).into()
+}
+
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
-/// concurrent dispatches never interleave within a line.
+/// concurrent dispatches never interleave within a line. Every text from a plugin or a
+/// guest in it is capped (`output`'s limits, measured as JSON), so a line stays a few
+/// KiB per plugin; characters that JSON leaves raw but a terminal acts on are written
+/// as `\u` escapes, so the log is safe to `cat`.
 fn audit(
     log: &Path,
     opened: Option<std::fs::File>,
@@ -168,24 +182,30 @@ fn audit(
     (start, started): (Instant, SystemTime),
     config_error: Option<String>,
 ) {
-    let excerpt = |s: &str| -> String { s.chars().take(EXCERPT_CHARS).collect() };
-    let cut = |s: &str| s.chars().nth(EXCERPT_CHARS).is_some();
+    let excerpt = output::EXCERPT.json();
     let hooks: Vec<_> = report
         .hooks
         .iter()
         .map(|r| {
+            let stderr = excerpt.apply(&r.stderr);
+            // Measured as JSON, a text is only ever copied when it is cut.
+            let stderr_cut = matches!(stderr, std::borrow::Cow::Owned(_));
+            let (mut warnings, more) = output::capped_warnings(r, output::WARNING.json());
+            if more > 0 {
+                warnings.push(format!("… ({more} more warnings)").into());
+            }
             let mut hook = json!({
-                "name": r.name,
+                "name": capped(&r.name, output::NAME),
                 "backend": r.backend,
-                "status": output::status(r),
+                "status": capped(&output::status(r), output::MESSAGE),
                 "success": r.success,
                 "optional": r.optional,
                 "duration_us": r.duration_us,
-                "stderr": excerpt(&r.stderr),
-                "stderr_truncated": cut(&r.stderr) || r.stderr_truncated,
+                "stderr": stderr,
+                "stderr_truncated": stderr_cut || r.stderr_truncated,
                 // libvirt throws a hook's stdout away except for filters; keep a trace.
-                "stdout": excerpt(&r.stdout),
-                "warnings": r.warnings,
+                "stdout": excerpt.apply(&r.stdout),
+                "warnings": warnings,
             });
             // Filter stages: whether it changed the document, in lines (no diff here).
             if let (Some(d), serde_json::Value::Object(fields)) = (&r.document, &mut hook) {
@@ -202,7 +222,7 @@ fn audit(
         .or_else(|| report.hooks.iter().find(|r| !r.success));
     let rest = json!({
         "result": if ok { "ok" } else { "failed" },
-        "failed_plugin": failed.map(|r| r.name.as_str()),
+        "failed_plugin": failed.map(|r| capped(&r.name, output::NAME)),
         "policy": report.policy,
         "document_changed": report.document_changed,
         "duration_us": start.elapsed().as_micros() as u64,
@@ -213,26 +233,33 @@ fn audit(
     }
     // `[match] xpath` failed closed: every plugin that matches on the document ran.
     if let Some(why) = &report.unevaluated_document {
-        line.insert("document_not_evaluated".into(), why.as_str().into());
+        line.insert("document_not_evaluated".into(), capped(why, output::MESSAGE));
     }
     // After an object's last event: state kept for the operator, or not removable.
     if !report.state_kept.is_empty() {
-        let kept: Vec<_> = report.state_kept.iter().map(|p| p.display().to_string()).collect();
+        let kept: Vec<_> = (report.state_kept.iter())
+            .map(|p| capped(&p.to_string_lossy(), output::NAME))
+            .collect();
         line.insert("state_kept".into(), kept.into());
     }
     if !report.state_errors.is_empty() {
-        line.insert("state_errors".into(), report.state_errors.clone().into());
+        let errors: Vec<_> = (report.state_errors.iter())
+            .map(|why| capped(why, output::MESSAGE))
+            .collect();
+        line.insert("state_errors".into(), errors.into());
     }
     // A hookctl.toml it could not use: stderr reaches nobody when the event succeeds.
     if let Some(why) = config_error {
-        line.insert("config_error".into(), why.into());
+        line.insert("config_error".into(), capped(&why, output::MESSAGE));
     }
-    let mut bytes = serde_json::Value::Object(line).to_string().into_bytes();
+    let text = serde_json::Value::Object(line).to_string();
+    let mut bytes = hooks_core::text::escape_json(&text).into_owned().into_bytes();
     bytes.push(b'\n');
     if let Err(e) = crate::audit::append(log, opened, &bytes, crate::audit::ROTATE_BYTES) {
         eprintln!(
-            "hookctl: cannot write the audit log `{}`: {e} (dispatch itself is unaffected)",
-            log.display()
+            "hookctl: cannot write the audit log `{}`: {} (dispatch itself is unaffected)",
+            output::path(log),
+            output::message(&e.to_string())
         );
     }
 }
@@ -240,6 +267,44 @@ fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The longest audit line: every text a plugin or a guest controls a megabyte of
+    /// what JSON writes longest (`\u0001`, six bytes a character).
+    #[test]
+    fn every_text_in_an_audit_line_is_capped() {
+        let huge = "\u{1}".repeat(1 << 20);
+        let hook = json!({
+            "name": huge, "backend": "wasm", "success": false,
+            "status": {"kind": "crashed", "message": huge},
+            "duration_us": 1, "stdout": huge, "stderr": huge, "input": "none",
+            "warnings": vec![huge.clone(); 100],
+        });
+        let report: Report = serde_json::from_value(json!({
+            "driver": "qemu", "object": huge, "op": huge, "subop": huge, "extra": huge,
+            "policy": "ignore", "filters": false, "hooks": [hook.clone(), hook],
+            "unevaluated_document": huge, "state_kept": [huge, huge], "state_errors": [huge],
+        }))
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("audit.jsonl");
+        let event = RawEvent::new(Driver::Qemu, [huge.as_str(), &huge, &huge, &huge]);
+        let times = (Instant::now(), SystemTime::now());
+        audit(&log, None, &event, &report, false, times, Some(huge.clone()));
+        let line = std::fs::read_to_string(&log).unwrap();
+        // Per hook 15 KiB; the event's own fields 24 KiB, 4 KiB a kept state directory,
+        // 2 KiB a state error; 1 KiB for the rest.
+        let bound = 2 * (15 << 10) + (24 << 10) + 2 * (4 << 10) + (2 << 10) + (1 << 10);
+        eprintln!("audit line: {} bytes (bound {bound})", line.len());
+        assert!(line.len() <= bound, "{} > {bound}", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let status = v["hooks"][0]["status"].as_str().unwrap();
+        assert!(
+            status.ends_with(" KiB cut)") || status.ends_with(" MiB cut)"),
+            "{status}"
+        );
+        assert_eq!(v["hooks"][0]["warnings"].as_array().unwrap().len(), 9);
+        assert_eq!(v["hooks"][0]["warnings"][8], "… (92 more warnings)");
+    }
 
     #[test]
     fn an_unusable_hookctl_toml_is_recorded_in_the_audit_line() {

@@ -38,7 +38,7 @@ fn trusted_self() -> Result<PathBuf, UsageError> {
     TrustPolicy::current_user().check_file(&exe).map_err(|why| {
         UsageError(format!(
             "refusing to make `{}` libvirt's hook: {}; whoever can replace it would run code as root on the next event\n\thint: install it where only root can write first, e.g. `install -m 0755 target/release/hookctl /usr/bin/`, and run that copy",
-            exe.display(),
+            crate::output::path(&exe),
             why.reason()
         ))
     })?;
@@ -92,7 +92,7 @@ fn is_us(link: &Path, exe: &Path) -> bool {
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> UsageError {
-    UsageError(format!("cannot {what} `{}`: {e}", path.display()))
+    UsageError(format!("cannot {what} `{}`: {e}", crate::output::path(path)))
 }
 
 /// What `install` will do for one driver, decided before anything is touched.
@@ -117,7 +117,7 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
         fs::create_dir_all(&plugins).map_err(|e| io_err("create", &plugins, e))?;
         match step {
             Step::AlreadyInstalled => {
-                println!("{}: already installed", link.display());
+                println!("{}: already installed", crate::output::path(&link));
                 continue;
             }
             Step::Link => {}
@@ -125,17 +125,17 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
                 fs::rename(&link, &kept).map_err(|e| io_err("move", &link, e))?;
                 println!(
                     "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
-                    link.display(),
-                    kept.display()
+                    crate::output::path(&link),
+                    crate::output::path(&kept)
                 );
             }
         }
         std::os::unix::fs::symlink(&exe, &link).map_err(|e| io_err("create the link", &link, e))?;
         println!(
             "{}: -> {} (plugins in {})",
-            link.display(),
-            exe.display(),
-            plugins.display()
+            crate::output::path(&link),
+            crate::output::path(&exe),
+            crate::output::path(&plugins)
         );
     }
     apparmor_note(&exe);
@@ -155,15 +155,15 @@ fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, Usa
     if !force {
         return Err(UsageError(format!(
             "`{}` exists and is not hookctl; rerun with --force to move it to `{}` (where it keeps running first, from the same directory)",
-            link.display(),
-            kept.display()
+            crate::output::path(&link),
+            crate::output::path(&kept)
         )));
     }
     for earlier in [kept.clone(), legacy_original(dir, driver)] {
         if fs::symlink_metadata(&earlier).is_ok() {
             return Err(UsageError(format!(
                 "`{}` already holds a hook saved by an earlier install; not overwriting it. Move one of them away by hand first",
-                earlier.display()
+                crate::output::path(&earlier)
             )));
         }
     }
@@ -180,7 +180,7 @@ fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, Usa
     if let Some(why) = trust.check_file(&link).err().or_else(|| runs_with(&link)) {
         return Err(UsageError(format!(
             "not moving `{}`: {}; libvirt runs it as root, so whoever can change it has root today. Fix its owner and mode (e.g. `chown root: FILE; chmod go-w FILE`), then rerun",
-            link.display(),
+            crate::output::path(&link),
             why.reason()
         )));
     }
@@ -202,7 +202,7 @@ fn apparmor_note(exe: &Path) {
     if enabled && !apparmor_lets_libvirtd_run(exe) {
         println!(
             "note: AppArmor is enabled, and Debian's/Ubuntu's libvirtd profile lets libvirtd run hooks only from /usr/bin, /usr/sbin, /bin, /sbin or /etc/libvirt/hooks. If libvirtd's hooks fail with \"Permission denied\", add\n    {} PUx,\nto /etc/apparmor.d/local/usr.sbin.libvirtd and reload it (apparmor_parser -r /etc/apparmor.d/usr.sbin.libvirtd), or install hookctl as /usr/bin/hookctl.",
-            exe.display()
+            crate::output::path(exe)
         );
     }
 }
@@ -214,7 +214,7 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     for driver in args.drivers {
         let link = dir.join(driver.as_str());
         if !is_us(&link, &exe) {
-            println!("{}: not hookctl, left alone", link.display());
+            println!("{}: not hookctl, left alone", crate::output::path(&link));
             continue;
         }
         fs::remove_file(&link).map_err(|e| io_err("remove", &link, e))?;
@@ -224,9 +224,9 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
         match kept {
             Some(kept) => {
                 fs::rename(&kept, &link).map_err(|e| io_err("restore", &kept, e))?;
-                println!("{}: restored the original hook", link.display());
+                println!("{}: restored the original hook", crate::output::path(&link));
             }
-            None => println!("{}: removed (the plugins dir is kept)", link.display()),
+            None => println!("{}: removed (the plugins dir is kept)", crate::output::path(&link)),
         }
     }
     Ok(true)

@@ -175,6 +175,9 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         output::json(&listings);
         return Ok(true);
     }
+    // Every name, path and message is escaped (`output::name`, `output::message`): file
+    // names, guests' names and plugins' messages reach the operator's terminal.
+    let (name, message) = (output::name, output::message);
     let mut text = String::new();
     for l in &listings {
         if l.entries.is_empty() && l.error.is_none() && l.state.is_empty() && args.driver.is_none() {
@@ -185,18 +188,24 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                 let log = l
                     .log
                     .as_deref()
-                    .map(|log| format!("; audit log {log}"))
+                    .map(|log| format!("; audit log {}", name(log)))
                     .unwrap_or_default();
                 text.push_str(&format!(
-                    "{} plugins ({p}, run by the hookctl dispatcher{log}):\n",
-                    l.driver
+                    "{} plugins ({}, run by the hookctl dispatcher{log}):\n",
+                    l.driver,
+                    name(p)
                 ));
             }
-            (Some(p), Some(why)) => text.push_str(&format!("{} plugins ({p}): NOT RUN: {why}\n", l.driver)),
+            (Some(p), Some(why)) => text.push_str(&format!(
+                "{} plugins ({}): NOT RUN: {}\n",
+                l.driver,
+                name(p),
+                message(why)
+            )),
             (None, _) => text.push_str(&format!("{}:\n", l.driver)),
         }
         if let Some(e) = &l.error {
-            text.push_str(&format!("  error: {e}\n"));
+            text.push_str(&format!("  error: {}\n", message(e)));
         }
         if l.entries.is_empty() {
             text.push_str("  (no hooks)\n");
@@ -204,36 +213,39 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         for e in &l.entries {
             match (e.order, e.backend, &e.skipped) {
                 (Some(n), Some(backend), _) => {
-                    let settings = e.settings.as_deref().map(|s| format!("  [{s}]")).unwrap_or_default();
+                    let settings = (e.settings.as_deref())
+                        .map(|s| format!("  [{}]", message(s)))
+                        .unwrap_or_default();
                     let mut broken = match (&e.refused, &e.broken) {
-                        (Some(r), _) => format!("  REFUSED: {r}"),
-                        (None, Some(b)) => format!("  BROKEN: {b}"),
+                        (Some(r), _) => format!("  REFUSED: {}", message(r)),
+                        (None, Some(b)) => format!("  BROKEN: {}", message(b)),
                         (None, None) => String::new(),
                     };
                     if let Some(w) = &e.warning {
-                        broken.push_str(&format!("  WARNING: {w}"));
+                        broken.push_str(&format!("  WARNING: {}", message(w)));
                     }
-                    text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}{broken}\n", e.path));
+                    text.push_str(&format!("  {n:>3}. {backend:<6} {}{settings}{broken}\n", name(&e.path)));
                     if let Some(note) = &e.note {
                         text.push_str(&format!("              {note}\n"));
                     }
                 }
-                (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({why})\n", e.path)),
+                (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({})\n", name(&e.path), message(why))),
                 _ => {}
             }
         }
         for st in &l.state {
+            let (path, plugin, object) = (name(&st.path), name(&st.plugin), name(&st.object));
             match &st.kept {
                 Some(why) => text.push_str(&format!(
-                    "  state KEPT: {} ({} for {}): {why}; remove it once the plugin's work is undone\n",
-                    st.path, st.plugin, st.object
+                    "  state KEPT: {path} ({plugin} for {object}): {}; remove it once the plugin's work is undone\n",
+                    message(why)
                 )),
-                None => text.push_str(&format!("  state: {} ({} for {})\n", st.path, st.plugin, st.object)),
+                None => text.push_str(&format!("  state: {path} ({plugin} for {object})\n")),
             }
         }
     }
     if text.is_empty() {
-        text = format!("no hooks in {}\n", dir.display());
+        text = format!("no hooks in {}\n", output::path(dir));
     }
     output::stdout(text.as_bytes());
     Ok(true)

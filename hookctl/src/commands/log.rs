@@ -3,8 +3,11 @@
 //! (`--follow`, across rotations).
 //!
 //! The log is written by others (and holds hooks' stderr), so nothing from it reaches
-//! the terminal raw: control characters are shown escaped, fields are cut to a width,
-//! and a line longer than [`MAX_LINE`] is skipped without being kept in memory.
+//! the terminal raw: control characters are shown escaped, fields are cut to a width.
+//! A line that cannot be read (not an audit record, or longer than [`MAX_LINE`], of
+//! which only its first and last [`KEPT_OF_LONG`] bytes are kept in memory) is never
+//! skipped: it is a row marked UNREADABLE with its line number and byte offset, showing
+//! what could still be read of it (with `--json`, a warning on stderr).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -14,15 +17,18 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hooks_core::Driver;
+use hooks_core::{text, Driver};
 use serde::Deserialize;
 
 use crate::cli::{LogArgs, Outcome, UsageError};
 use crate::output;
 
-/// A longer line is skipped (and counted): the dispatcher's own lines are a few KiB, its
-/// excerpts of a plugin's output being 500 characters.
+/// A longer line is not parsed: the dispatcher's own lines are a few KiB per plugin,
+/// every text in them being capped.
 const MAX_LINE: usize = 1 << 20;
+/// Of a longer line, how much of its start and of its end is kept, to read its time,
+/// object and result (which serde_json writes after `hooks`, in key order).
+const KEPT_OF_LONG: usize = 64 << 10;
 /// How often `--follow` looks for new lines.
 const POLL: Duration = Duration::from_millis(200);
 /// Characters shown of an object name, a plugin's name, and a failure's detail.
@@ -44,7 +50,7 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
     };
     let mut seen = HashSet::new();
     let mut errors = Vec::new();
-    let mut malformed: Vec<(PathBuf, usize)> = Vec::new();
+    let mut unreadable: Vec<(PathBuf, usize)> = Vec::new();
     let mut per_log = Vec::new();
     let mut tails = Vec::new();
     let mut total = 0usize;
@@ -56,13 +62,25 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
         for mut f in files {
             let live = f.path == log.path;
             let mut lines = Lines::default();
+            let mut source = Source::new(&f.path);
             let mut bad = 0;
-            let mut take = |piece: Piece<'_>| match ctx.event(piece) {
-                Parsed::Blank => {}
-                Parsed::Malformed => bad += 1,
-                Parsed::Filtered => total += 1,
-                Parsed::Event(event) => {
-                    total += 1;
+            let mut take = |piece: Piece<'_>| {
+                let event = match ctx.event(piece, &mut source) {
+                    Parsed::Blank => None,
+                    Parsed::Unreadable(event) => {
+                        bad += 1;
+                        event
+                    }
+                    Parsed::Filtered => {
+                        total += 1;
+                        None
+                    }
+                    Parsed::Event(event) => {
+                        total += 1;
+                        Some(event)
+                    }
+                };
+                if let Some(event) = event {
                     events.push_back(event);
                     if args.last.is_some_and(|n| events.len() > n) {
                         events.pop_front();
@@ -74,7 +92,7 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
                 lines.finish(&mut take);
             }
             if bad > 0 {
-                malformed.push((f.path.clone(), bad));
+                unreadable.push((f.path.clone(), bad));
             }
             match result {
                 Ok(n) if live && args.follow => {
@@ -87,6 +105,7 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
                             pos: n,
                         }),
                         lines,
+                        source,
                         complained: false,
                     });
                 }
@@ -100,24 +119,12 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
                 path: log.path.clone(),
                 current: None,
                 lines: Lines::default(),
+                source: Source::new(&log.path),
                 complained: false,
             });
         }
         say_what_was_read(log, &read, live_file);
         per_log.push(events);
-    }
-    if !malformed.is_empty() {
-        let count: usize = malformed.iter().map(|(_, n)| n).sum();
-        let files: Vec<_> = malformed
-            .iter()
-            .map(|(p, n)| format!("{}: {n}", shown(&p.to_string_lossy(), NAME_WIDTH)))
-            .collect();
-        eprintln!(
-            "hookctl: warning: skipped {count} malformed line{} (not an audit record, or longer than {} MiB): {}",
-            if count == 1 { "" } else { "s" },
-            MAX_LINE >> 20,
-            files.join(", ")
-        );
     }
     let mut events = merge(per_log);
     if let Some(n) = args.last {
@@ -138,6 +145,24 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
     let mut out = Out::new(args.json, &events);
     if let Err(e) = out.print(&events, args.follow) {
         return stdout_gone(e);
+    }
+    if !unreadable.is_empty() {
+        let count: usize = unreadable.iter().map(|(_, n)| n).sum();
+        let files: Vec<_> = unreadable
+            .iter()
+            .map(|(p, n)| format!("{}: {n}", shown(&p.to_string_lossy(), NAME_WIDTH)))
+            .collect();
+        let how = if args.json {
+            "each said above"
+        } else {
+            "rows marked UNREADABLE"
+        };
+        eprintln!(
+            "hookctl: warning: {count} unreadable line{} (not an audit record, or longer than {} MiB; {how} when they match): {}",
+            if count == 1 { "" } else { "s" },
+            MAX_LINE >> 20,
+            files.join(", ")
+        );
     }
     if !errors.is_empty() {
         return Err(UsageError(errors.join("; ")));
@@ -348,54 +373,140 @@ fn say_what_was_read(log: &Log, read: &[PathBuf], live_file: Live) {
 // ---------------------------------------------------------------------------------
 // Lines
 
-/// Splits what is read into lines, keeping at most [`MAX_LINE`] bytes of one.
+/// Where a line starts in its file: its number (from 1) and its byte offset.
+#[derive(Clone, Copy)]
+struct At {
+    line: u64,
+    byte: u64,
+}
+
+/// Splits what is read into lines, keeping at most [`MAX_LINE`] bytes of one; of a
+/// longer one, its first and last [`KEPT_OF_LONG`] bytes.
 #[derive(Default)]
 struct Lines {
+    /// The line so far; for a long one, its start.
     partial: Vec<u8>,
-    too_long: bool,
+    long: Option<Long>,
+    /// Lines ended so far, and the offset of the next.
+    done: u64,
+    offset: u64,
+}
+
+/// A line past [`MAX_LINE`]: its length so far, and its last bytes (at most twice
+/// [`KEPT_OF_LONG`], trimmed as it grows).
+struct Long {
+    len: u64,
+    tail: Vec<u8>,
+}
+
+impl Long {
+    fn push(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        let bytes = &bytes[bytes.len().saturating_sub(KEPT_OF_LONG)..];
+        if self.tail.len() + bytes.len() > 2 * KEPT_OF_LONG {
+            let drop = self.tail.len().saturating_sub(KEPT_OF_LONG - bytes.len());
+            self.tail.drain(..drop);
+        }
+        self.tail.extend_from_slice(bytes);
+    }
+
+    fn tail(&self) -> &[u8] {
+        &self.tail[self.tail.len().saturating_sub(KEPT_OF_LONG)..]
+    }
 }
 
 enum Piece<'a> {
-    Line(&'a [u8]),
-    TooLong,
+    Line {
+        text: &'a [u8],
+        at: At,
+    },
+    /// Longer than [`MAX_LINE`] bytes: `len` bytes, of which `head` and `tail` were kept.
+    TooLong {
+        at: At,
+        len: u64,
+        head: &'a [u8],
+        tail: &'a [u8],
+    },
 }
 
 impl Lines {
     fn feed(&mut self, mut chunk: &[u8], each: &mut dyn FnMut(Piece<'_>)) {
-        while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
-            let head = &chunk[..nl];
+        while let Some(nl) = memchr::memchr(b'\n', chunk) {
+            self.end_line(&chunk[..nl], each);
             chunk = &chunk[nl + 1..];
-            if self.too_long || self.partial.len() + head.len() > MAX_LINE {
-                each(Piece::TooLong);
-            } else if self.partial.is_empty() {
-                each(Piece::Line(head));
-            } else {
-                self.partial.extend_from_slice(head);
-                each(Piece::Line(&self.partial));
-            }
-            self.partial.clear();
-            self.too_long = false;
         }
-        if self.too_long {
-            return;
-        }
-        if self.partial.len() + chunk.len() > MAX_LINE {
-            self.too_long = true;
-            self.partial = Vec::new();
+        self.extend(chunk);
+    }
+
+    fn extend(&mut self, part: &[u8]) {
+        if let Some(long) = &mut self.long {
+            long.push(part);
+        } else if self.partial.len() + part.len() > MAX_LINE {
+            let mut long = Long {
+                len: 0,
+                tail: Vec::new(),
+            };
+            long.push(&self.partial);
+            long.push(part);
+            self.partial.truncate(KEPT_OF_LONG);
+            self.partial.shrink_to(KEPT_OF_LONG);
+            self.long = Some(long);
         } else {
-            self.partial.extend_from_slice(chunk);
+            self.partial.extend_from_slice(part);
         }
     }
 
-    /// The end of a file that will not grow: a last line without its newline counts.
-    fn finish(&mut self, each: &mut dyn FnMut(Piece<'_>)) {
-        if self.too_long {
-            each(Piece::TooLong);
-        } else if !self.partial.is_empty() {
-            each(Piece::Line(&self.partial));
+    /// Ends the line so far with `last`, its rest up to the newline.
+    fn end_line(&mut self, last: &[u8], each: &mut dyn FnMut(Piece<'_>)) {
+        let at = At {
+            line: self.done + 1,
+            byte: self.offset,
+        };
+        if self.long.is_none() && self.partial.len() + last.len() > MAX_LINE {
+            self.extend(last);
+        } else if let Some(long) = &mut self.long {
+            long.push(last);
+        } else if self.partial.is_empty() {
+            each(Piece::Line { text: last, at });
+            self.next_line(last.len() as u64);
+            return;
+        } else {
+            self.partial.extend_from_slice(last);
         }
+        let len = match self.long.take() {
+            Some(long) => {
+                each(Piece::TooLong {
+                    at,
+                    len: long.len,
+                    head: &self.partial,
+                    tail: long.tail(),
+                });
+                long.len
+            }
+            None => {
+                each(Piece::Line {
+                    text: &self.partial,
+                    at,
+                });
+                self.partial.len() as u64
+            }
+        };
         self.partial.clear();
-        self.too_long = false;
+        self.next_line(len);
+    }
+
+    fn next_line(&mut self, len: u64) {
+        self.done += 1;
+        self.offset += len + 1;
+    }
+
+    /// The end of a file that will not grow: a last line without its newline counts.
+    /// What comes next is another file.
+    fn finish(&mut self, each: &mut dyn FnMut(Piece<'_>)) {
+        if self.long.is_some() || !self.partial.is_empty() {
+            self.end_line(&[], each);
+        }
+        *self = Lines::default();
     }
 }
 
@@ -458,8 +569,9 @@ struct HookLine {
 
 enum Parsed {
     Blank,
-    /// Not an audit record (or too long to keep).
-    Malformed,
+    /// Not an audit record, or too long to parse: shown (`Some`) unless what could be
+    /// read of it does not match.
+    Unreadable(Option<Event>),
     Filtered,
     Event(Event),
 }
@@ -474,6 +586,97 @@ enum Shown {
     Json(Vec<u8>),
     /// Table cells, made safe for a terminal.
     Row([String; 7]),
+    /// With `--json`, a line that cannot be read: said on stderr, made safe.
+    Notice(String),
+}
+
+/// The file being read, for what a line cannot say itself.
+struct Source {
+    path: PathBuf,
+    /// The time of the last record read from it: an unreadable line after it was
+    /// written no earlier.
+    last_time: Option<SystemTime>,
+}
+
+impl Source {
+    fn new(path: &Path) -> Self {
+        Source {
+            path: path.to_owned(),
+            last_time: None,
+        }
+    }
+}
+
+/// The top-level fields of an audit line that can be found in what is kept of one that
+/// cannot be parsed. These keys occur nowhere else in a line (see `commands/dispatch.rs`)
+/// and a string's own quotes are escaped, so `"key":"` only ever starts the field.
+struct Salvaged {
+    time: Option<String>,
+    driver: Option<String>,
+    object: Option<String>,
+    op: Option<String>,
+    subop: Option<String>,
+    result: Option<String>,
+    failed_plugin: Option<String>,
+}
+
+impl Salvaged {
+    fn from(parts: &[&[u8]]) -> Self {
+        let find = |key: &str| parts.iter().find_map(|part| string_field(part, key));
+        Salvaged {
+            time: find("time"),
+            driver: find("driver"),
+            object: find("object"),
+            op: find("op"),
+            subop: find("subop"),
+            result: find("result"),
+            failed_plugin: find("failed_plugin"),
+        }
+    }
+
+    /// `2026-03-01T10:00:01Z qemu web1 start begin failed <plugin>`, as far as it is known.
+    fn summary(&self) -> String {
+        let fields = [
+            &self.time,
+            &self.driver,
+            &self.object,
+            &self.op,
+            &self.subop,
+            &self.result,
+            &self.failed_plugin,
+        ];
+        let known: Vec<&str> = fields.iter().filter_map(|f| f.as_deref()).collect();
+        shown(&known.join(" "), DETAIL_WIDTH)
+    }
+}
+
+/// The value of the string field `key` in `bytes`, if it is whole there.
+fn string_field(bytes: &[u8], key: &str) -> Option<String> {
+    let pattern = format!("\"{key}\":\"");
+    let mut from = 0;
+    while let Some(found) = memchr::memmem::find(&bytes[from..], pattern.as_bytes()) {
+        let start = from + found;
+        from = start + 1;
+        // A key follows `{` or `,` (a part kept of a long line may start anywhere).
+        if !matches!(
+            bytes[..start].iter().rev().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b',')
+        ) {
+            continue;
+        }
+        let value = start + pattern.len() - 1;
+        let mut end = value + 1;
+        loop {
+            match bytes.get(end)? {
+                b'\\' => end += 2,
+                b'"' => break,
+                _ => end += 1,
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes[value..=end]);
+        return serde_json::from_str(&text).ok();
+    }
+    None
 }
 
 /// The filters, and how to show what passes them.
@@ -489,9 +692,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn event(&self, piece: Piece<'_>) -> Parsed {
-        let Piece::Line(line) = piece else {
-            return Parsed::Malformed;
+    fn event(&self, piece: Piece<'_>, source: &mut Source) -> Parsed {
+        let (line, at) = match piece {
+            Piece::Line { text, at } => (text, at),
+            Piece::TooLong { at, len, head, tail } => {
+                let why = format!("longer than {} MiB ({})", MAX_LINE >> 20, text::size(len));
+                return self.unreadable(source, at, &why, &[head, tail], None);
+            }
         };
         if line.iter().all(u8::is_ascii_whitespace) {
             return Parsed::Blank;
@@ -504,10 +711,18 @@ impl Ctx<'_> {
             }
             parsed => parsed,
         };
-        let Ok(record) = parsed else { return Parsed::Malformed };
-        let Some(time) = parse_time(&record.time, false) else {
-            return Parsed::Malformed;
+        let record = match parsed {
+            Ok(record) => record,
+            Err(e) => {
+                let why = format!("not an audit record ({e})");
+                return self.unreadable(source, at, &why, &[line], Some(line));
+            }
         };
+        let Some(time) = parse_time(&record.time, false) else {
+            let why = format!("not an audit record (its time `{}` is not RFC 3339)", record.time);
+            return self.unreadable(source, at, &why, &[line], Some(line));
+        };
+        source.last_time = Some(time);
         if !self.matches(&record, time) {
             return Parsed::Filtered;
         }
@@ -517,6 +732,78 @@ impl Ctx<'_> {
             Shown::Row(self.row(&record, time))
         };
         Parsed::Event(Event { time, shown })
+    }
+
+    /// A line that cannot be read, `why`, with what can be read of `parts` of it (and
+    /// the start of the line itself, `excerpt`, when it is short enough to have one).
+    fn unreadable(&self, source: &Source, at: At, why: &str, parts: &[&[u8]], excerpt: Option<&[u8]>) -> Parsed {
+        let found = Salvaged::from(parts);
+        let time = found.time.as_deref().and_then(|t| parse_time(t, false));
+        let known = |value: &Option<String>, wanted: &str| value.as_deref().is_none_or(|v| v == wanted);
+        let op_matches = match self.op.as_deref().map(|op| op.split_once('/').unwrap_or((op, ""))) {
+            None => true,
+            Some((op, "")) => known(&found.op, op),
+            Some((op, subop)) => known(&found.op, op) && known(&found.subop, subop),
+        };
+        let matches = time
+            .or(source.last_time)
+            .is_none_or(|t| self.since.is_none_or(|since| t >= since))
+            && self.driver.is_none_or(|d| known(&found.driver, d.as_str()))
+            && self.object.as_deref().is_none_or(|o| known(&found.object, o))
+            && op_matches
+            && !(self.failed && self.plugin.is_none() && found.result.as_deref() == Some("ok"));
+        if !matches {
+            return Parsed::Unreadable(None);
+        }
+        let file = shown(&source.path.to_string_lossy(), NAME_WIDTH);
+        let mut detail = format!(
+            "line {} (byte {}) of {file}: {}",
+            at.line,
+            at.byte,
+            shown(why, DETAIL_WIDTH)
+        );
+        if let Some(plugin) = &found.failed_plugin {
+            let _ = write!(
+                detail,
+                "; failed plugin: {}",
+                shown(&output::short(plugin, self.hooks_dir), NAME_WIDTH)
+            );
+        }
+        if let Some(line) = excerpt {
+            let _ = write!(detail, ": {}", shown(&String::from_utf8_lossy(line), 80));
+        }
+        let shown_as = if self.json {
+            let summary = found.summary();
+            let read = if summary.is_empty() {
+                String::new()
+            } else {
+                format!(" (what could be read: {summary})")
+            };
+            Shown::Notice(format!(
+                "hookctl: warning: {file}: line {} (byte {}) is unreadable: {}{read}",
+                at.line,
+                at.byte,
+                shown(why, DETAIL_WIDTH)
+            ))
+        } else {
+            let cell =
+                |value: &Option<String>, width| value.as_deref().map_or_else(|| "?".to_owned(), |v| shown(v, width));
+            let op = match (&found.op, &found.subop) {
+                (Some(op), Some(subop)) if !subop.is_empty() => format!("{op}/{subop}"),
+                (op, _) => op.clone().unwrap_or_else(|| "?".to_owned()),
+            };
+            Shown::Row([
+                time.map_or_else(|| "?".to_owned(), local_time),
+                cell(&found.driver, 16),
+                cell(&found.object, OBJECT_WIDTH),
+                shown(&op, 40),
+                cell(&found.result, 16),
+                "-".to_owned(),
+                format!("UNREADABLE {detail}"),
+            ])
+        };
+        let time = time.or(source.last_time).unwrap_or(UNIX_EPOCH);
+        Parsed::Unreadable(Some(Event { time, shown: shown_as }))
     }
 
     fn named(&self, name: &str) -> bool {
@@ -665,30 +952,33 @@ impl Out {
 
     /// Prints the events (the table's header first, also when `follow` waits for rows).
     fn print(&mut self, events: &[Event], follow: bool) -> io::Result<()> {
-        let mut text = Vec::new();
+        let mut bytes = Vec::new();
         if !self.json && !self.header_done && (follow || !events.is_empty()) {
-            self.row(&mut text, &HEADER.map(str::to_owned));
+            self.row(&mut bytes, &HEADER.map(str::to_owned));
             self.header_done = true;
         }
         for event in events {
             match &event.shown {
-                Shown::Row(cells) => self.row(&mut text, cells),
+                Shown::Row(cells) => self.row(&mut bytes, cells),
                 Shown::Json(line) if self.tty => {
-                    text.extend_from_slice(for_terminal(line).as_bytes());
-                    text.push(b'\n');
+                    // Lossily: bytes that are not UTF-8 would not be escaped.
+                    let line = String::from_utf8_lossy(line);
+                    bytes.extend_from_slice(text::escape_json(&line).as_bytes());
+                    bytes.push(b'\n');
                 }
                 Shown::Json(line) => {
-                    text.extend_from_slice(line);
-                    text.push(b'\n');
+                    bytes.extend_from_slice(line);
+                    bytes.push(b'\n');
                 }
+                Shown::Notice(notice) => eprintln!("{notice}"),
             }
         }
-        if text.is_empty() {
+        if bytes.is_empty() {
             return Ok(());
         }
-        let mut out = io::stdout().lock();
-        out.write_all(&text)?;
-        out.flush()
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(&bytes)?;
+        stdout.flush()
     }
 
     fn row(&self, text: &mut Vec<u8>, cells: &[String; 7]) {
@@ -703,50 +993,14 @@ impl Out {
     }
 }
 
-/// A JSON line for a terminal: the same JSON, with the C1 controls and DEL that JSON
-/// allows raw in strings written as `\u` escapes (and bytes that are not UTF-8 replaced).
-fn for_terminal(line: &[u8]) -> String {
-    let text = String::from_utf8_lossy(line);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `s` made safe for a terminal and cut to `max` characters: control characters (C0,
-/// DEL, C1: ANSI escapes, carriage returns) and the bidirectional controls that
-/// reorder what follows are shown as escapes, and so is `\` itself.
+/// `s` made safe for a terminal ([`text::escape`]: control characters, among them ANSI
+/// escapes and carriage returns, and the bidirectional controls that reorder what
+/// follows) and cut to `max` of its characters: a table's cell, `…` marking the cut.
 fn shown(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max + 8));
-    for (n, c) in s.chars().enumerate() {
-        if n == max {
-            out.push('…');
-            break;
-        }
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x80 && c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() || is_bidi_control(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", text::escape(&s[..end])),
+        None => text::escape(s).into_owned(),
     }
-    out
-}
-
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 // ---------------------------------------------------------------------------------
@@ -843,6 +1097,7 @@ struct Tail {
     path: PathBuf,
     current: Option<Current>,
     lines: Lines,
+    source: Source,
     complained: bool,
 }
 
@@ -857,20 +1112,7 @@ fn follow(ctx: &Ctx<'_>, tails: &mut [Tail], out: &mut Out) -> io::Result<()> {
         std::thread::sleep(POLL);
         let mut events = Vec::new();
         for tail in tails.iter_mut() {
-            let mut bad = 0usize;
-            let mut take = |piece: Piece<'_>| match ctx.event(piece) {
-                Parsed::Malformed => bad += 1,
-                Parsed::Event(event) => events.push(event),
-                Parsed::Blank | Parsed::Filtered => {}
-            };
-            tail.poll(&mut take);
-            if bad > 0 {
-                eprintln!(
-                    "hookctl: warning: skipped {bad} malformed line{} in {}",
-                    if bad == 1 { "" } else { "s" },
-                    shown(&tail.path.to_string_lossy(), NAME_WIDTH)
-                );
-            }
+            tail.poll(ctx, &mut events);
         }
         if tails.len() > 1 {
             // Stable: each log's events stay in their order.
@@ -881,7 +1123,14 @@ fn follow(ctx: &Ctx<'_>, tails: &mut [Tail], out: &mut Out) -> io::Result<()> {
 }
 
 impl Tail {
-    fn poll(&mut self, take: &mut dyn FnMut(Piece<'_>)) {
+    /// Reads what is new, and the file now at the path once the old one is read.
+    fn poll(&mut self, ctx: &Ctx<'_>, events: &mut Vec<Event>) {
+        let source = &mut self.source;
+        let mut take = |piece: Piece<'_>| match ctx.event(piece, source) {
+            Parsed::Event(event) | Parsed::Unreadable(Some(event)) => events.push(event),
+            Parsed::Blank | Parsed::Filtered | Parsed::Unreadable(None) => {}
+        };
+        let take = &mut take;
         let at_path = fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
         if let Some(current) = &mut self.current {
             let read = read_available(&mut current.file, &mut self.lines, take);

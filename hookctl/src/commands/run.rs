@@ -18,7 +18,7 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
         eprintln!(
             "hookctl: note: libvirt never calls {} hooks with op `{}`; a failure is treated as fatal",
             event.driver(),
-            event.op()
+            output::name(event.op())
         );
     }
     let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
@@ -39,12 +39,13 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
         }
     }
     if report.hooks.is_empty() {
-        eprintln!("hookctl: note: no {} hooks in `{}`", event.driver(), dir.display());
+        eprintln!("hookctl: note: no {} hooks in `{}`", event.driver(), output::path(dir));
     }
     if !ok {
+        // libvirt's message, with the hook's whole stderr: its first lines, escaped.
         for rec in report.hooks.iter().filter(|r| !r.success) {
             if let Some(msg) = &rec.message {
-                eprintln!("{msg}");
+                eprintln!("{}", output::STDERR_LINES.apply(msg));
             }
         }
         let failed = report.hooks.iter().filter(|r| !r.success).count();
@@ -52,7 +53,7 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
             "hookctl: {failed} of {} hooks failed for `{} {}`: {}",
             report.hooks.len(),
             report.driver,
-            report.args_line(),
+            output::name(&report.args_line()),
             report.policy.consequence()
         );
     }

@@ -178,23 +178,25 @@ fn installed_libvirt() -> Option<(u32, u32)> {
         .and_then(|out| parse_version(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// The sequence for a terminal: names, paths, hooks' words and the XML escaped
+/// ([`output::name`], [`output::message`]), a refusal's message and the XML bounded.
 fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String {
     let mut out = String::new();
     let who = if guest.driver == Driver::Daemon {
         "daemon".to_owned()
     } else {
-        format!("{} {}", guest.driver, guest.name)
+        format!("{} {}", guest.driver, output::name(&guest.name))
     };
-    let _ = writeln!(out, "simulate {who}: {} (hooks in {})", seq.scenario, dir.display());
+    let _ = writeln!(out, "simulate {who}: {} (hooks in {})", seq.scenario, output::path(dir));
     for step in &seq.steps {
         let r = &step.report;
         let cleanup = if step.cleanup { "  (cleanup)" } else { "" };
-        let _ = writeln!(out, "\n  {} {}{cleanup}", r.driver, r.args());
+        let _ = writeln!(out, "\n  {} {}{cleanup}", r.driver, output::name(&r.args().to_string()));
         if r.hooks.is_empty() {
             let _ = writeln!(out, "    (no hooks)");
         }
         for rec in &r.hooks {
-            let name = output::short(&rec.name, dir);
+            let name = output::name(&output::short(&rec.name, dir)).into_owned();
             let time = hooks_core::backend::format_duration(std::time::Duration::from_micros(rec.duration_us));
             if rec.success {
                 let rewrote = match &rec.document {
@@ -206,13 +208,13 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
                 };
                 let _ = writeln!(out, "    ok      {:<5} {name:<40} {time:>8}{rewrote}", rec.backend);
             } else {
-                let why = output::first_line(&rec.stderr);
+                let why = output::message(output::first_line(&rec.stderr));
                 let sep = if why.is_empty() { "" } else { ": " };
                 let _ = writeln!(
                     out,
                     "    FAILED  {:<5} {name:<40} {time:>8}  {}{sep}{why}",
                     rec.backend,
-                    output::status(rec)
+                    output::message(&output::status(rec))
                 );
             }
         }
@@ -220,7 +222,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
             let _ = writeln!(
                 out,
                 "    state kept: {} (its plugin failed this last event{})",
-                kept.display(),
+                output::path(kept),
                 if temporary {
                     "; temporary, removed when simulate ends"
                 } else {
@@ -240,12 +242,22 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
     }
     let _ = writeln!(out);
     let op = seq.scenario.as_str();
+    // libvirt's message holds the hook's whole stderr: its first lines, as libvirt's.
     let _ = match &seq.verdict {
         Verdict::Proceed => writeln!(out, "result: {op} of {who} would go through"),
-        Verdict::Aborted { message, .. } => writeln!(out, "result: {op} of {who} would be REFUSED\n  {message}"),
-        Verdict::Killed { message, .. } => writeln!(out, "result: {who} would be KILLED\n  {message}"),
+        Verdict::Aborted { message, .. } => writeln!(
+            out,
+            "result: {op} of {who} would be REFUSED\n  {}",
+            output::STDERR_LINES.apply(message)
+        ),
+        Verdict::Killed { message, .. } => writeln!(
+            out,
+            "result: {who} would be KILLED\n  {}",
+            output::STDERR_LINES.apply(message)
+        ),
     };
     if let (Some(xml), true) = (&seq.xml, seq.steps.first().is_some_and(|s| s.report.document_changed)) {
+        let xml = hooks_core::text::escape_lines(xml);
         let _ = writeln!(out, "\nthe guest starts with this XML (rewritten by a hook):\n{xml}");
     }
     out
