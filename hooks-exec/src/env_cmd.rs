@@ -99,21 +99,25 @@ enum Takes {
     Optional,
 }
 
-/// env's long options, and the short option each stands for (`'\0'`: none).
-const LONG_OPTIONS: [(&str, Takes, char); 12] = [
-    ("ignore-environment", Takes::Nothing, 'i'),
-    ("null", Takes::Nothing, '0'),
-    ("unset", Takes::Required, 'u'),
-    ("chdir", Takes::Required, 'C'),
-    ("default-signal", Takes::Optional, '\0'),
-    ("ignore-signal", Takes::Optional, '\0'),
-    ("block-signal", Takes::Optional, '\0'),
-    ("list-signal-handling", Takes::Nothing, '\0'),
-    ("debug", Takes::Nothing, 'v'),
-    ("split-string", Takes::Required, 'S'),
-    ("help", Takes::Nothing, '\0'),
-    ("version", Takes::Nothing, '\0'),
+/// env's long options (coreutils 9.5; an older env rejects `--argv0` and runs nothing).
+const LONG_OPTIONS: [(&str, Takes); 13] = [
+    ("argv0", Takes::Required),
+    ("ignore-environment", Takes::Nothing),
+    ("null", Takes::Nothing),
+    ("unset", Takes::Required),
+    ("chdir", Takes::Required),
+    ("default-signal", Takes::Optional),
+    ("ignore-signal", Takes::Optional),
+    ("block-signal", Takes::Optional),
+    ("list-signal-handling", Takes::Nothing),
+    ("debug", Takes::Nothing),
+    ("split-string", Takes::Required),
+    ("help", Takes::Nothing),
+    ("version", Takes::Nothing),
 ];
+
+/// The most bytes one `-S` string may split into (`${NAME}` can make it grow).
+const MAX_SPLIT_BYTES: usize = 1 << 16;
 
 fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -164,7 +168,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
                 let rest = (short < word.len()).then(|| word[short..].to_vec());
                 match c {
                     b'i' | b'v' | b'0' => (format!("-{}", c as char), None, Takes::Nothing),
-                    b'u' | b'S' | b'C' => {
+                    b'a' | b'u' | b'S' | b'C' => {
                         short = word.len();
                         (format!("-{}", c as char), rest, Takes::Required)
                     }
@@ -208,7 +212,8 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
                 ("-0" | "--null" | "--help" | "--version", _) => {
                     return Err(format!("`{option}` makes env print instead of running the hook"))
                 }
-                // Debug output, signal dispositions: nothing that changes what runs.
+                // Debug output, signal dispositions, the command's argv[0] (execvp is
+                // still given its name): nothing that changes what runs.
                 _ => {}
             }
             if word.starts_with(b"--") || short >= word.len() {
@@ -267,14 +272,14 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
 /// The long option `name` stands for: an exact name, or the one name it begins
 /// (getopt's abbreviations).
 fn long_option(name: &[u8]) -> Result<(&'static str, Takes), String> {
-    if let Some(&(full, takes, _)) = LONG_OPTIONS.iter().find(|(full, ..)| full.as_bytes() == name) {
+    if let Some(&(full, takes)) = LONG_OPTIONS.iter().find(|(full, _)| full.as_bytes() == name) {
         return Ok((full, takes));
     }
     let mut matching = LONG_OPTIONS
         .iter()
-        .filter(|(full, ..)| full.as_bytes().starts_with(name));
+        .filter(|(full, _)| full.as_bytes().starts_with(name));
     match (matching.next(), matching.next()) {
-        (Some(&(full, takes, _)), None) if !name.is_empty() => Ok((full, takes)),
+        (Some(&(full, takes)), None) if !name.is_empty() => Ok((full, takes)),
         (Some(_), Some(_)) => Err(format!("env rejects the ambiguous option `--{}`", show(name))),
         _ => Err(format!("env has no option `--{}`", show(name))),
     }
@@ -354,6 +359,9 @@ pub(crate) fn split_string(text: &[u8], environment: &Environment) -> Result<Vec
                         start_word(&mut words, &mut separated);
                         if let Some(word) = words.last_mut() {
                             word.extend_from_slice(value);
+                        }
+                        if words.iter().map(Vec::len).sum::<usize>() > MAX_SPLIT_BYTES {
+                            return Err(format!("a -S string expands to more than {MAX_SPLIT_BYTES} bytes"));
                         }
                     }
                     Value::Unset => {}
@@ -515,6 +523,7 @@ mod tests {
             "-S -u HOME -uLANG - PATH=/home/u evil",
             "-S -S -S\\_PATH=/home/u\\_evil",
             "-S --unset=X --debug --default-signal=PIPE --block-signal PATH=/home/u evil",
+            "-S -a name --argv0=name -aname PATH=/home/u evil",
         ] {
             assert_eq!(command(line), evil, "{line}");
         }
@@ -559,5 +568,9 @@ mod tests {
         env.set(b"A", Some(b"-S${A}"));
         let args = vec![Arg::Known(b"-S${A}".to_vec()), Arg::HookArgs];
         assert!(parse(args, &env).unwrap_err().contains("too deep"));
+        // ...and so do those that double at each step.
+        env.set(b"A", Some(b"-S${A}${A}"));
+        let args = vec![Arg::Known(b"-S${A}".to_vec()), Arg::HookArgs];
+        assert!(parse(args, &env).unwrap_err().contains("more than 65536 bytes"));
     }
 }

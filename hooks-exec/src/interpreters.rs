@@ -150,6 +150,8 @@ impl Walk<'_> {
                 // directory, and only trusted users could change that.
                 Ok(()) => {}
                 Err(why) if matches!(why.problem, Problem::NotRegular) && why.culprit_kind == CulpritKind::Itself => {}
+                // Missing from the directory just checked: nobody else can add it.
+                Err(why) if nothing_there(&why) && why.culprit.parent() == Some(dir) => {}
                 Err(why) if nothing_there(&why) => self.none_can_create(&candidate, &why)?,
                 Err(why) => return Err(why),
             }
