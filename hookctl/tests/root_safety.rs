@@ -602,3 +602,219 @@ fn a_plugin_whose_library_search_path_a_user_could_fill_is_refused() {
         .assert()
         .success();
 }
+
+/// A user's directory of executables, `<tmp>/home-u/bin`, holding `evil` (which touches
+/// `<tmp>/ran`). As root it all belongs to uid 65534; otherwise (no chown) the
+/// directories are writable by others, which fails the rule the same way.
+fn a_users_bin(tmp: &std::path::Path) -> std::path::PathBuf {
+    let home = tmp.join("home-u");
+    let bin = home.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    script_mode(
+        &bin.join("evil"),
+        &format!("#!/bin/sh\n/usr/bin/touch '{}'\n", tmp.join("ran").display()),
+        0o755,
+    );
+    if is_root() {
+        let user = Some(rustix::fs::Uid::from_raw(65534));
+        for p in [&home, &bin, &bin.join("evil")] {
+            rustix::fs::chown(p, user, None).unwrap();
+        }
+    } else {
+        eprintln!("not root: the user's dirs are world-writable instead of owned by uid 65534");
+        for p in [&home, &bin] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+    }
+    bin
+}
+
+/// Runs the installed `qemu` link as libvirt would, with `path` as the hook's PATH and
+/// `guest` as the object's name.
+fn dispatch_with(hooks: &std::path::Path, path: &str, guest: &str) -> std::process::Output {
+    std::process::Command::new(hooks.join("qemu"))
+        .current_dir("/")
+        .env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", path)
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args([guest, "prepare", "begin", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Installs `body` as a root-owned plugin `name`, dispatches, and checks that the event
+/// failed because the plugin was refused, with `why` in the message, and that the
+/// user's code did not run.
+fn assert_refused(tmp: &std::path::Path, hooks: &std::path::Path, name: &str, body: &str, why: &str) {
+    let plugin = hooks.join("qemu.plugins").join(name);
+    script_mode(&plugin, body, 0o755);
+    let out = dispatch_with(hooks, "/usr/bin:/bin", "vm1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !tmp.join("ran").exists(),
+        "{body} ran the user's code as root: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{body}: {stderr}");
+    let refused = format!(
+        "cannot load hook `{}` (exec): refused: its interpreter",
+        plugin.display()
+    );
+    assert!(stderr.contains(&refused), "{body}: wanted `{refused}` in: {stderr}");
+    assert!(stderr.contains(why), "{body}: wanted `{why}` in: {stderr}");
+    fs::remove_file(&plugin).unwrap();
+}
+
+#[test]
+fn env_split_strings_that_run_a_users_file_are_refused() {
+    let (tmp, hooks, _plugins) = installed();
+    let bin = a_users_bin(tmp.path());
+    let (u, evil) = (bin.display().to_string(), bin.join("evil").display().to_string());
+    let trusted = tmp.path().join("opt-bin");
+    fs::create_dir(&trusted).unwrap();
+    let t = trusted.display();
+    let via_path = format!("its command `evil`: its PATH directory `{u}`");
+    let direct = format!("its command `{evil}`");
+    let cases = [
+        (format!("#!/usr/bin/env -S \"{evil}\"\n"), direct.clone()),
+        (format!("#!/usr/bin/env -S {u}/\"ev\"'il'\n"), direct.clone()),
+        (format!("#!/usr/bin/env -S PATH={u} evil\n"), via_path.clone()),
+        // The trusted dir has no `evil`: the lookup goes on into the user's.
+        (format!("#!/usr/bin/env -S PATH={t}:{u} evil\n"), via_path.clone()),
+        (format!("#!/usr/bin/env -vS PATH={u} evil\n"), via_path.clone()),
+        (format!("#!/usr/bin/env -S\"PATH={u}\" evil\n"), via_path.clone()),
+        (
+            format!("#!/usr/bin/env --split-string=PATH={u}\\_evil\n"),
+            via_path.clone(),
+        ),
+        (format!("#!/usr/bin/env --split=PATH={u}\\_evil\n"), via_path.clone()),
+        (format!("#!/usr/bin/env -S -i PATH={u} evil\n"), via_path.clone()),
+        (
+            format!("#!/usr/bin/env -S -u HOME -- PATH={u} evil\n"),
+            via_path.clone(),
+        ),
+        (
+            format!("#!/usr/bin/env -S - PATH=\"{u}\" evil # a comment\n"),
+            via_path.clone(),
+        ),
+        // env running env: the inner one's PATH lookup and its own -S string.
+        (format!("#!/usr/bin/env -S env -S 'PATH={u} evil'\n"), via_path.clone()),
+        (format!("#!/usr/bin/env -S env -S\\_{evil}\n"), direct.clone()),
+        (
+            format!("#!/usr/bin/env -S PATH=/usr/bin:{u} env evil\n"),
+            via_path.clone(),
+        ),
+        // What env runs gets a user's script as its argument.
+        (
+            format!("#!/usr/bin/env -S sh -e {evil}\n"),
+            format!("its command's argument `{evil}`"),
+        ),
+        // Not resolvable without running it: refused, saying why.
+        ("#!/usr/bin/env -S ${HOME}/evil\n".to_owned(), "${HOME}".to_owned()),
+        (format!("#!/usr/bin/env -S -C {u} ./evil\n"), "-C".to_owned()),
+        (format!("#!/usr/bin/env -S --chdir={u} ./evil\n"), "--chdir".to_owned()),
+    ];
+    for (body, why) in cases {
+        assert_refused(tmp.path(), &hooks, "10-plugin", &body, &why);
+    }
+    // A root-owned interpreter script whose own line is the attack.
+    script_mode(
+        &trusted.join("wrapper"),
+        &format!("#!/usr/bin/env -S PATH={u} evil\n"),
+        0o755,
+    );
+    assert_refused(tmp.path(), &hooks, "10-plugin", &format!("#!{t}/wrapper\n"), &via_path);
+}
+
+#[test]
+fn env_running_the_guests_name_is_refused() {
+    // A plugin file name with `=` is an assignment to env, so the command env runs
+    // would be the hook's first argument: the name a guest owner gave the guest.
+    let (tmp, hooks, plugins) = installed();
+    let bin = a_users_bin(tmp.path());
+    let plugin = plugins.join("10-a=b");
+    script_mode(&plugin, &format!("#!/usr/bin/env -S PATH={}\n", bin.display()), 0o755);
+    let out = dispatch_with(&hooks, "/usr/bin:/bin", "evil");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !tmp.path().join("ran").exists(),
+        "the guest's name chose what ran: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot load hook `{}` (exec): refused: its interpreter `/usr/bin/env`",
+            plugin.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the hook's arguments"), "{stderr}");
+}
+
+#[test]
+fn a_path_lookup_checks_every_directory_up_to_the_match() {
+    let (tmp, hooks, plugins) = installed();
+    let bin = a_users_bin(tmp.path());
+    let plugin = plugins.join("10-plugin");
+    let ran = tmp.path().join("ran");
+    // The user's dir comes first in the hook's PATH: `evil` there wins.
+    script_mode(&plugin, "#!/usr/bin/env evil\n", 0o755);
+    let user_first = format!("{}:/usr/bin:/bin", bin.display());
+    let out = dispatch_with(&hooks, &user_first, "vm1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!ran.exists(), "`/usr/bin/env evil` ran the user's file: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("its command `evil`: its PATH directory `{}`", bin.display())),
+        "{stderr}"
+    );
+    // `sh` is not in the user's dir yet, but the user could put one there at any time.
+    let ok = format!("#!/usr/bin/env sh\ntouch '{}'\n", ran.display());
+    script_mode(&plugin, &ok, 0o755);
+    let out = dispatch_with(&hooks, &user_first, "vm1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("its command `sh`: its PATH directory `{}`", bin.display())),
+        "{stderr}"
+    );
+    assert!(!ran.exists());
+    // With the system's PATH the same plugin runs, and so does a plain -S line.
+    for body in [
+        ok.clone(),
+        format!("#!/usr/bin/env -S sh -eu\ntouch '{}'\n", ran.display()),
+    ] {
+        script_mode(&plugin, &body, 0o755);
+        let out = dispatch_with(&hooks, "/usr/bin:/bin", "vm1");
+        assert!(out.status.success(), "{body}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(ran.exists(), "{body} did not run");
+        fs::remove_file(&ran).unwrap();
+    }
+}
+
+#[test]
+fn an_absolute_argument_that_does_not_exist_yet_is_refused() {
+    // Whoever can create the file after the check would have it run as root.
+    let (tmp, hooks, _plugins) = installed();
+    let bin = a_users_bin(tmp.path());
+    let later = bin.join("later");
+    let l = later.display();
+    // Even under a root-only directory (it could appear before the exec): refused.
+    let root_only = tmp.path().join("nothing-here-yet");
+    let cases = [
+        (format!("#!/usr/bin/env {l}\n"), format!("`{l}`")),
+        (format!("#!/bin/sh {l}\n"), format!("its interpreter's argument `{l}`")),
+        (
+            format!("#!/usr/bin/env -S sh {l}\n"),
+            format!("its command's argument `{l}`"),
+        ),
+        (
+            format!("#!/bin/sh {}\n", root_only.display()),
+            "does not exist".to_owned(),
+        ),
+    ];
+    for (body, why) in cases {
+        assert_refused(tmp.path(), &hooks, "10-plugin", &body, &why);
+    }
+}

@@ -67,6 +67,11 @@ pub enum Problem {
     NotRegular,
     /// It could not be examined.
     Io(Arc<io::Error>),
+    /// What it would run cannot be known without running it, or is not there yet: an
+    /// `env -S` string that expands a variable or changes directory, a relative path, a
+    /// file named on a `#!` line that does not exist (whoever creates it first would
+    /// have it run). The text says which.
+    Unverifiable(String),
     /// Something that runs with it fails the rule (a script's interpreter).
     Dependency {
         /// What it is to the file: `interpreter`, `library path`.
@@ -84,6 +89,7 @@ impl fmt::Display for Problem {
             Problem::WritableByGroup { mode } => write!(f, "writable by group (mode {mode:04o})"),
             Problem::NotRegular => f.write_str("not a regular file"),
             Problem::Io(e) => write!(f, "cannot be examined: {e}"),
+            Problem::Unverifiable(why) => f.write_str(why),
             Problem::Dependency { role, why } => write!(f, "its {role} `{}`: {}", why.path.display(), why.reason()),
         }
     }
@@ -146,6 +152,12 @@ impl Untrusted {
                 why: Box::new(why),
             },
         )
+    }
+
+    /// A path refused because what it makes run cannot be worked out before it runs
+    /// (`why` says what and why).
+    pub fn unverifiable(path: &Path, why: impl Into<String>) -> Self {
+        Self::file(path, path, false, Problem::Unverifiable(why.into()))
     }
 
     /// A path refused because `culprit` (it, or something on the way to it) cannot be

@@ -17,62 +17,93 @@ pub fn check_executable(path: &Path) -> Result<(), LoadError> {
     if !is_executable(path) {
         return Err(fail(LoadErrorKind::NotExecutable));
     }
-    let mut head = [0u8; 256];
-    let n = File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| fail(LoadErrorKind::Unreadable).with_source(e))?;
-    let head = &head[..n];
+    let head = read_head(path).map_err(|e| fail(LoadErrorKind::Unreadable).with_source(e))?;
     if head.starts_with(b"\x7fELF") {
         return Ok(());
     }
-    let Some(rest) = head.strip_prefix(b"#!") else {
-        return Err(fail(LoadErrorKind::NoInterpreterLine));
-    };
-    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-    let interpreter = line
-        .split(|b| b.is_ascii_whitespace())
-        .find(|w| !w.is_empty())
-        .ok_or_else(|| fail(LoadErrorKind::NoInterpreterLine))?;
-    let interpreter = Path::new(std::ffi::OsStr::from_bytes(interpreter));
+    let line = parse_shebang(&head).ok_or_else(|| fail(LoadErrorKind::NoInterpreterLine))?;
+    let interpreter = line.interpreter;
     let missing = !interpreter.exists();
-    if missing || !is_executable(interpreter) {
-        return Err(fail(LoadErrorKind::BadInterpreter {
-            interpreter: interpreter.to_owned(),
-            missing,
-        }));
+    if missing || !is_executable(&interpreter) {
+        return Err(fail(LoadErrorKind::BadInterpreter { interpreter, missing }));
     }
     Ok(())
 }
 
-/// What a `#!` line names, split as the kernel splits it: the interpreter is the first
-/// word after `#!` (leading blanks skipped), and the rest of the line, trimmed, is one
-/// optional argument.
+/// How much of a file the kernel reads to find its `#!` line (`BINPRM_BUF_SIZE`).
+const BINPRM_BUF_SIZE: usize = 256;
+
+/// What a `#!` line names, split as the kernel splits it (`binfmt_script`): the
+/// interpreter is the first word after `#!` (leading blanks skipped), and the rest of
+/// the line, without its leading and trailing spaces and tabs, is one optional argument.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Shebang {
     pub(crate) interpreter: std::path::PathBuf,
     pub(crate) argument: Option<std::ffi::OsString>,
 }
 
-/// The `#!` line of a file, if it has one.
+/// The `#!` line of a file, if the kernel would find one.
 pub(crate) fn shebang(path: &Path) -> std::io::Result<Option<Shebang>> {
-    let mut head = [0u8; 256];
-    let n = File::open(path)?.read(&mut head)?;
-    let Some(rest) = head[..n].strip_prefix(b"#!") else {
-        return Ok(None);
-    };
-    let blank = |b: &u8| *b == b' ' || *b == b'\t';
-    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = &line[line.iter().position(|b| !blank(b)).unwrap_or(line.len())..];
-    let end = line.iter().position(blank).unwrap_or(line.len());
-    let (interpreter, argument) = line.split_at(end);
-    if interpreter.is_empty() {
-        return Ok(None);
+    Ok(parse_shebang(&read_head(path)?))
+}
+
+/// The file's first [`BINPRM_BUF_SIZE`] bytes, zero-filled past its end, as the kernel
+/// reads them.
+fn read_head(path: &Path) -> std::io::Result<[u8; BINPRM_BUF_SIZE]> {
+    let mut head = [0u8; BINPRM_BUF_SIZE];
+    let mut file = File::open(path)?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    let argument = argument.trim_ascii();
-    Ok(Some(Shebang {
+    Ok(head)
+}
+
+/// `load_script` in the kernel's `fs/binfmt_script.c`, byte for byte: the line ends at
+/// the first newline before any NUL, or else at the end of the buffer when the
+/// interpreter's name ends before it; only spaces and tabs are blanks (a `\r` is part
+/// of the line); the interpreter ends at a blank or NUL, and the argument, a C string,
+/// at the first NUL.
+fn parse_shebang(head: &[u8; BINPRM_BUF_SIZE]) -> Option<Shebang> {
+    if !head.starts_with(b"#!") {
+        return None;
+    }
+    let blank = |b: u8| b == b' ' || b == b'\t';
+    let ends_name = |b: u8| blank(b) || b == 0;
+    let first = |from: usize, to: usize, what: &dyn Fn(u8) -> bool| (from..to).find(|&i| what(head[i]));
+    let buf_end = BINPRM_BUF_SIZE - 1;
+    let text_end = head.iter().position(|&b| b == 0).unwrap_or(head.len());
+    let mut end = match head[..text_end].iter().position(|&b| b == b'\n') {
+        Some(newline) => newline,
+        None => {
+            let name = first(2, buf_end, &|b| !blank(b))?;
+            // No blank or NUL after the name: it may be cut off, and the kernel refuses.
+            first(name, buf_end, &ends_name)?;
+            buf_end
+        }
+    };
+    while blank(head[end - 1]) {
+        end -= 1;
+    }
+    let name = first(2, end, &|b| !blank(b))?;
+    let separator = first(name, end, &ends_name);
+    let argument = match separator {
+        Some(sep) if head[sep] != 0 => first(sep, end, &|b| !blank(b)).map(|arg| {
+            let arg = &head[arg..end];
+            &arg[..arg.iter().position(|&b| b == 0).unwrap_or(arg.len())]
+        }),
+        _ => None,
+    };
+    let interpreter = &head[name..separator.unwrap_or(end)];
+    Some(Shebang {
         interpreter: Path::new(std::ffi::OsStr::from_bytes(interpreter)).to_owned(),
-        argument: (!argument.is_empty()).then(|| std::ffi::OsStr::from_bytes(argument).to_owned()),
-    }))
+        argument: argument.map(|a| std::ffi::OsStr::from_bytes(a).to_owned()),
+    })
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -104,6 +135,21 @@ mod tests {
         assert_eq!(s.argument.as_deref(), Some(std::ffi::OsStr::new("/tmp/x")));
         assert_eq!(parse("#!tmp/evil\n").unwrap().interpreter, Path::new("tmp/evil"));
         assert_eq!(parse("#!\n"), None);
+        assert_eq!(parse("#!  \t \n"), None);
+        // Only spaces and tabs are blanks: a CR is part of the argument env looks up.
+        let s = parse("#!/usr/bin/env python3\r\n").unwrap();
+        assert_eq!(s.argument.as_deref(), Some(std::ffi::OsStr::new("python3\r")));
+        // No newline: the line is the buffer, the argument a C string ending at a NUL.
+        let s = parse("#!/bin/sh").unwrap();
+        assert_eq!((s.interpreter.as_path(), s.argument), (Path::new("/bin/sh"), None));
+        let s = parse("#!/usr/bin/env python3 \0/home/u/evil\n").unwrap();
+        assert_eq!(s.argument.as_deref(), Some(std::ffi::OsStr::new("python3 ")));
+        let s = parse("#!/bin/sh\0 /home/u/evil\n").unwrap();
+        assert_eq!((s.interpreter.as_path(), s.argument), (Path::new("/bin/sh"), None));
+        // Only the first 255 bytes count; an interpreter name cut off there is refused.
+        let long = format!("#!/bin/sh -{}\n", "e".repeat(300));
+        assert_eq!(parse(&long).unwrap().argument.unwrap().len(), 255 - "#!/bin/sh ".len());
+        assert_eq!(parse(&format!("#!/{}\n", "x".repeat(300))), None);
     }
 
     #[test]

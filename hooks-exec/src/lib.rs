@@ -61,6 +61,8 @@
 
 mod check;
 mod child;
+mod env_cmd;
+mod interpreters;
 mod spawn;
 mod supervise;
 mod sys;
@@ -407,44 +409,14 @@ impl HookLoader for ExecLoader {
 
     /// A script's `#!` interpreter runs as root with it: it must pass the rule too (a
     /// root-owned script naming a user's `venv/bin/python3` would run that user's code),
-    /// and so must its own interpreter (the kernel follows up to four), and any absolute
-    /// path in the `#!` line's argument (`#!/usr/bin/env /opt/x`, `#!/bin/sh /opt/x`).
-    /// A relative interpreter is resolved against libvirtd's working directory: refused.
+    /// and so must its own interpreter (the kernel follows four), any path the
+    /// line names (`#!/bin/sh /opt/x`), which must exist, and for `env` whatever env
+    /// would run: its `-S` string is split as env splits it, and a command name is
+    /// looked up in the `PATH` the hook runs with (this process's, as libvirt passes it
+    /// on, or one the line sets), every directory searched up to the match passing the
+    /// rule. What cannot be worked out before the hook runs is refused, saying why.
     fn check_dependencies(&self, path: &Path, trust: &TrustPolicy) -> Result<(), Untrusted> {
-        let mut script = path.to_owned();
-        // The kernel's own limit on nested interpreters.
-        for _ in 0..5 {
-            let Ok(Some(line)) = check::shebang(&script) else {
-                return Ok(());
-            };
-            if !line.interpreter.is_absolute() {
-                let why = Untrusted::io(
-                    &line.interpreter,
-                    &line.interpreter,
-                    std::io::Error::other("a relative interpreter is looked up from the caller's working directory"),
-                );
-                return Err(Untrusted::dependency(path, "interpreter", why));
-            }
-            trust
-                .check_file(&line.interpreter)
-                .map_err(|why| Untrusted::dependency(path, "interpreter", why))?;
-            let argument = line.argument.as_deref().unwrap_or_default().as_bytes();
-            for word in argument.split(|b| b.is_ascii_whitespace()) {
-                let word = Path::new(OsStr::from_bytes(word));
-                if word.is_absolute() && word.exists() {
-                    trust
-                        .check_file(word)
-                        .map_err(|why| Untrusted::dependency(path, "interpreter's argument", why))?;
-                }
-            }
-            script = line.interpreter;
-        }
-        let why = Untrusted::io(
-            &script,
-            &script,
-            std::io::Error::other("interpreters nested deeper than the kernel follows"),
-        );
-        Err(Untrusted::dependency(path, "interpreter", why))
+        interpreters::check_what_runs(path, trust, std::env::var_os("PATH").as_deref())
     }
 }
 
