@@ -750,7 +750,7 @@ enum Failed {
 const MIN_COMPILE_TIME: Duration = Duration::from_secs(2);
 
 /// What a message about a compile past its limits ends with.
-const HINT: &str = "; compile it ahead of events (`hookctl check`), where the per-event limit does not apply";
+const HINT: &str = "; compile it ahead of events, where the per-event limit does not apply";
 
 fn with_hint(why: &str) -> String {
     format!("{why}{HINT}")
