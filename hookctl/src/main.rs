@@ -16,16 +16,17 @@ mod sys;
 
 use std::process::ExitCode;
 
-/// The argument that makes hookctl a WASM compiler child (`hooks_wasm::Compiler::Child`).
+/// The `argv[0]` that makes hookctl a WASM compiler child (`hooks_wasm::Compiler::Child`):
+/// never an argument, since a dispatcher's first argument is a guest's name.
 #[cfg(feature = "wasm")]
-const COMPILE_WASM: &str = "--compile-wasm";
+const COMPILE_WASM: &str = "hookctl-compile-wasm";
 
 fn main() -> ExitCode {
     #[cfg(feature = "wasm")]
     {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        if args.get(1).is_some_and(|a| a == COMPILE_WASM) {
-            return hooks_wasm::compiler_child_main(&args[2..]);
+        if args.first().is_some_and(|a| a == COMPILE_WASM) {
+            return hooks_wasm::compiler_child_main(&args[1..]);
         }
     }
     // Orphans that a hook detached come back to us, so a timeout can kill them too.
@@ -50,7 +51,8 @@ fn main() -> ExitCode {
         // hook's timeout: a module built to exhaust the compiler cannot hold an event.
         let _ = hooks_wasm::Sandbox::configure_compiler(hooks_wasm::Compiler::Child {
             program: "/proc/self/exe".into(),
-            args: vec![COMPILE_WASM.into()],
+            arg0: Some(COMPILE_WASM.into()),
+            args: vec![],
             memory: hooks_wasm::DEFAULT_COMPILE_MEMORY,
         });
     }

@@ -38,9 +38,13 @@ pub enum Compiler {
     /// empty environment, under `RLIMIT_AS` = `memory`, and is killed at the load's
     /// deadline.
     Child {
-        /// The program: usually the embedding program itself, with an argument that
-        /// makes it a compiler (hookctl: its own binary and `--compile-wasm`).
+        /// The program: usually the embedding program itself, told by `arg0` or `args`
+        /// to be a compiler (hookctl: its own binary, as `hookctl-compile-wasm`).
         program: PathBuf,
+        /// The child's `argv[0]`, if not `program`. A program that runs as something
+        /// else depending on its arguments (a hook dispatcher, whose first argument is a
+        /// guest's name) must be told by `argv[0]`, which no guest chooses.
+        arg0: Option<OsString>,
         /// Arguments before the engine settings.
         args: Vec<OsString>,
         /// The child's address-space limit in bytes ([`DEFAULT_COMPILE_MEMORY`]).
@@ -64,8 +68,8 @@ pub enum CompileBudget {
 /// Why a compile in a child failed.
 #[derive(Debug)]
 pub(crate) enum ChildFailure {
-    /// It passed its deadline and was killed.
-    TimedOut { after: Duration, peak: u64 },
+    /// It passed its deadline and was killed, having had `cpu` of processor time.
+    TimedOut { after: Duration, cpu: Duration, peak: u64 },
     /// It was killed for memory (the allocator failed under `RLIMIT_AS` and aborted) or
     /// by a signal.
     Killed { signal: i32, peak: u64, stderr: String },
@@ -77,7 +81,19 @@ pub(crate) enum ChildFailure {
 
 impl ChildFailure {
     /// Whether a later attempt with the same limits would fail the same way: worth
-    /// remembering beside the cache entry.
+    /// remembering beside the cache entry. A compile that ran out of time while it had
+    /// the processor (not one starved by a busy host: others' load must not make a
+    /// module uncompilable), or ran out of its own memory limit (not one killed by the
+    /// kernel's OOM killer or anyone else).
+    pub(crate) fn is_repeatable(&self) -> bool {
+        match self {
+            ChildFailure::TimedOut { after, cpu, .. } => cpu.as_secs_f64() >= after.as_secs_f64() * MOSTLY_RUNNING,
+            ChildFailure::Killed { signal, stderr, .. } => *signal == libc::SIGABRT && out_of_memory(stderr),
+            ChildFailure::Invalid(_) | ChildFailure::Broken(_) => false,
+        }
+    }
+
+    /// Whether it failed for its time or memory limit.
     pub(crate) fn is_limit(&self) -> bool {
         matches!(self, ChildFailure::TimedOut { .. } | ChildFailure::Killed { .. })
     }
@@ -86,10 +102,11 @@ impl ChildFailure {
 impl std::fmt::Display for ChildFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChildFailure::TimedOut { after, peak } => write!(
+            ChildFailure::TimedOut { after, cpu, peak } => write!(
                 f,
-                "compiling it took longer than {:.1} s and was stopped ({} MiB of memory at the end)",
+                "compiling it took longer than {:.1} s ({:.1} s of CPU) and was stopped ({} MiB of memory at the end)",
                 after.as_secs_f64(),
+                cpu.as_secs_f64(),
                 peak >> 20
             ),
             ChildFailure::Killed { signal, peak, stderr } => {
@@ -98,7 +115,7 @@ impl std::fmt::Display for ChildFailure {
                     "the compiler was killed by signal {signal} ({} MiB of memory at peak)",
                     peak >> 20
                 )?;
-                if stderr.contains("memory allocation") || stderr.contains("out of memory") {
+                if out_of_memory(stderr) {
                     write!(f, ": it ran out of its memory limit")?;
                 }
                 Ok(())
@@ -107,6 +124,15 @@ impl std::fmt::Display for ChildFailure {
             ChildFailure::Broken(why) => write!(f, "the compiler process failed: {why}"),
         }
     }
+}
+
+/// How much of its time a compile stopped at its deadline must have spent on the
+/// processor for the failure to be the module's.
+const MOSTLY_RUNNING: f64 = 0.5;
+
+/// Whether a compiler child's stderr says an allocation failed (its memory limit).
+fn out_of_memory(stderr: &str) -> bool {
+    stderr.contains("memory allocation") || stderr.contains("out of memory")
 }
 
 /// The engine settings a compiler child must build its engine with, as one argument.
@@ -148,15 +174,17 @@ fn parse_settings(arg: &str) -> Option<EngineConfig> {
 /// argument, before doing anything else:
 ///
 /// ```no_run
+/// use std::path::Path;
 /// use std::process::ExitCode;
 ///
 /// fn main() -> ExitCode {
 ///     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-///     if args.get(1).is_some_and(|a| a == "--compile-wasm") {
-///         return hooks_wasm::compiler_child_main(&args[2..]);
+///     // By argv[0], which no input of the program's chooses.
+///     if args.first().is_some_and(|a| Path::new(a).file_name() == Some("my-compile-wasm".as_ref())) {
+///         return hooks_wasm::compiler_child_main(&args[1..]);
 ///     }
-///     // … the program, which builds its sandbox with
-///     // `Compiler::Child { program: "/proc/self/exe".into(), args: vec!["--compile-wasm".into()], memory }`
+///     // … the program, which builds its sandbox with `Compiler::Child { program:
+///     // "/proc/self/exe".into(), arg0: Some("my-compile-wasm".into()), args: vec![], memory }`
 ///     ExitCode::SUCCESS
 /// }
 /// ```
@@ -194,13 +222,16 @@ pub fn compiler_child_main(args: &[OsString]) -> ExitCode {
 
 /// Compiles `bytes` in a child of `program`, killed at `timeout`; the serialized module.
 pub(crate) fn compile_in_child(
-    (program, args, memory): (&PathBuf, &[OsString], u64),
+    (program, arg0, args, memory): (&PathBuf, Option<&OsString>, &[OsString], u64),
     config: EngineConfig,
     bytes: &[u8],
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, ChildFailure> {
     let started = Instant::now();
     let mut command = Command::new(program);
+    if let Some(arg0) = arg0 {
+        command.arg0(arg0);
+    }
     command
         .args(args)
         .arg(settings_arg(config))
@@ -231,35 +262,57 @@ pub(crate) fn compile_in_child(
         let _ = child.wait();
         return Err(ChildFailure::Broken("no pipes to the compiler".into()));
     };
-    let module = bytes.to_vec();
-    // A child that dies early closes its stdin: the write then fails, which is fine.
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&module);
-    });
-    let reader = thread::spawn(move || read_capped(stdout, MAX_ARTIFACT + 1));
-    let errors = thread::spawn(move || read_capped(stderr, MAX_CHILD_STDERR));
     let deadline = timeout.and_then(|t| started.checked_add(t));
-    let (status, usage) = loop {
+    // Scoped: the module is written from where it is, not copied; every thread ends
+    // once the child is gone (its pipes close).
+    thread::scope(|scope| {
+        // A child that dies early closes its stdin: the write then fails, which is fine.
+        scope.spawn(move || {
+            let _ = stdin.write_all(bytes);
+        });
+        let reader = scope.spawn(move || read_capped(stdout, MAX_ARTIFACT + 1));
+        let errors = scope.spawn(move || read_capped(stderr, MAX_CHILD_STDERR));
+        let ended = wait_until(&mut child, pid, deadline, timeout);
+        let code = reader.join().unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default())
+            .trim()
+            .to_owned();
+        outcome(ended?, code, stderr, started)
+    })
+}
+
+/// Waits for the compiler child until `deadline`, then kills it.
+fn wait_until(
+    child: &mut std::process::Child,
+    pid: libc::pid_t,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+) -> Result<(libc::c_int, libc::rusage), ChildFailure> {
+    loop {
         if let Some(done) = wait4(pid, libc::WNOHANG) {
-            break done;
+            return Ok(done);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let peak = current_rss(pid);
             let _ = child.kill();
-            let _ = wait4(pid, 0);
-            let _ = (writer.join(), reader.join(), errors.join());
+            let cpu = wait4(pid, 0).map_or(Duration::ZERO, |(_, usage)| cpu_time(&usage));
             return Err(ChildFailure::TimedOut {
                 after: timeout.unwrap_or_default(),
+                cpu,
                 peak,
             });
         }
         thread::sleep(POLL);
-    };
-    let _ = writer.join();
-    let code = reader.join().unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default())
-        .trim()
-        .to_owned();
+    }
+}
+
+/// What a compiler child that ended with `status` after `usage` produced.
+fn outcome(
+    (status, usage): (libc::c_int, libc::rusage),
+    code: Vec<u8>,
+    stderr: String,
+    started: Instant,
+) -> Result<Vec<u8>, ChildFailure> {
     let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0).saturating_mul(1024);
     tracing::debug!(elapsed = ?started.elapsed(), peak, "compiled a WASM module in a child");
     match status {
@@ -281,6 +334,12 @@ pub(crate) fn compile_in_child(
             stderr
         ))),
     }
+}
+
+fn cpu_time(usage: &libc::rusage) -> Duration {
+    let micros =
+        |t: libc::timeval| u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0);
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 fn read_capped(from: impl Read, cap: u64) -> Vec<u8> {

@@ -67,7 +67,7 @@ mod sandbox;
 pub use cache::{cache_dir_for, default_cache_dir};
 pub use compile::{compiler_child_main, CompileBudget, Compiler, DEFAULT_COMPILE_MEMORY};
 pub use engine::EngineConfig;
-pub use sandbox::{CacheSource, CompiledModule, EngineError, Sandbox};
+pub use sandbox::{CacheSource, CompiledModule, EngineError, Sandbox, MAX_MODULE_SIZE};
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};

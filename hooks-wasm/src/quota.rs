@@ -11,17 +11,20 @@
 //! each admitted call may add), so the common call costs no I/O; only when the bound
 //! would pass the cap is the directory measured again, exactly, before refusing.
 
+use std::collections::BTreeSet;
 use std::ffi::CStr;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
-use wasmtime_wasi::p1::types::{Errno, Fdflags, Filetype, Lookupflags, Oflags};
+use wasmtime_wasi::p1::types::{Errno, Fd, Fdflags, Filetype, Lookupflags, Oflags};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as wasi, WasiSnapshotPreview1 as _};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wiggle::{GuestMemory, GuestPtr};
 
 use crate::sandbox::HostState;
@@ -46,6 +49,9 @@ pub(crate) struct Usage {
 #[derive(Debug)]
 pub(crate) struct StateQuota {
     dir: PathBuf,
+    /// The directory, opened and `flock`ed for the call: calls of the same plugin for
+    /// the same object run one at a time, so each one's bound is the whole truth.
+    handle: OwnedFd,
     max: u64,
     /// Never less than what the directory holds.
     bound: Usage,
@@ -53,34 +59,79 @@ pub(crate) struct StateQuota {
     /// freed anything: a refusal then needs no new walk (a module retrying a refused
     /// call would otherwise make the host walk the whole tree each time).
     exact: bool,
+    /// The module's descriptors opened by `path_open` (renumbered and closed as it
+    /// does): files it unlinked while holding them open are counted through these.
+    opened: BTreeSet<u32>,
     /// The first refusal, for the report.
     refused: Option<String>,
 }
 
+/// How often a call waiting for another call's hold on the same state directory looks
+/// again.
+const LOCK_POLL: Duration = Duration::from_millis(10);
+
 impl StateQuota {
-    /// Measures `dir` as the call starts.
-    pub(crate) fn new(dir: &Path, max: u64) -> io::Result<Self> {
-        let bound = measure(dir)?;
+    /// Opens and locks `dir` (waiting for another call of the same plugin for the same
+    /// object until `deadline`), and measures it as the call starts.
+    pub(crate) fn new(dir: &Path, max: u64, deadline: Option<Instant>) -> Result<Self, String> {
+        let handle = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("its state directory `{}` cannot be opened: {e}", dir.display()))?;
+        loop {
+            match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if deadline.is_none_or(|d| Instant::now() < d) => {
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(format!(
+                        "its state directory `{}` was held by another call of it for the same object until its timeout",
+                        dir.display()
+                    ))
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(format!("its state directory `{}` cannot be locked: {e}", dir.display())),
+            }
+        }
+        let bound = measure_at(&handle)
+            .map_err(|e| format!("its state directory `{}` cannot be measured: {e}", dir.display()))?;
         Ok(StateQuota {
             dir: dir.to_owned(),
+            handle,
             max,
             bound,
             exact: true,
+            opened: BTreeSet::new(),
             refused: None,
         })
     }
 
-    /// Whether `bytes` more and `entries` more may be added; an admitted growth is
+    /// Whether `bytes` more and `entries` more fit under the bound; if so they are
     /// counted at once.
-    fn admit(&mut self, bytes: u64, entries: u64) -> Result<(), Errno> {
-        if self.fits(self.bound, bytes, entries) {
-            self.bound.bytes += bytes;
-            self.bound.entries += entries;
-            self.exact &= bytes == 0 && entries == 0;
-            return Ok(());
+    fn admit_within_bound(&mut self, bytes: u64, entries: u64) -> bool {
+        if !self.fits(self.bound, bytes, entries) {
+            return false;
         }
-        // The bound over-counts (overwrites, removals): measure before refusing.
-        let measured = if self.exact { Ok(self.bound) } else { measure(&self.dir) };
+        self.bound.bytes += bytes;
+        self.bound.entries += entries;
+        self.exact &= bytes == 0 && entries == 0;
+        true
+    }
+
+    /// Whether `bytes` more and `entries` more may be added, measuring the directory
+    /// first unless the bound is exact; `unlinked` is what the module's open but
+    /// unlinked files hold (`None` when the bound is exact).
+    fn admit_measured(&mut self, bytes: u64, entries: u64, unlinked: Option<u64>) -> Result<(), Errno> {
+        let measured = match unlinked {
+            None if self.exact => Ok(self.bound),
+            unlinked => measure_at(&self.handle).map(|mut usage| {
+                usage.bytes = usage.bytes.saturating_add(unlinked.unwrap_or(0));
+                usage
+            }),
+        };
         match measured {
             Ok(now) if self.fits(now, bytes, entries) => {
                 self.bound = Usage {
@@ -106,7 +157,12 @@ impl StateQuota {
     }
 
     fn fits(&self, usage: Usage, bytes: u64, entries: u64) -> bool {
-        usage.bytes.checked_add(bytes).is_some_and(|b| b <= self.max)
+        let room = if entries > 0 { CREATE_ROOM } else { 0 };
+        usage
+            .bytes
+            .checked_add(bytes)
+            .and_then(|b| b.checked_add(room))
+            .is_some_and(|b| b <= self.max)
             && usage.entries.saturating_add(entries) <= MAX_STATE_ENTRIES
     }
 
@@ -118,7 +174,7 @@ impl StateQuota {
             )
         } else {
             format!(
-                "a write of {bytes} bytes to its state directory `{}` was refused: it holds {} of its state_max of {} bytes",
+                "{bytes} more bytes in its state directory `{}` were refused: it holds {} of its state_max of {} bytes",
                 self.dir.display(),
                 now.bytes,
                 self.max
@@ -139,7 +195,7 @@ impl StateQuota {
     /// Why the directory is over its cap now, if it is: it may have been over before
     /// the call (a lowered `state_max`), or grown by what the WASI layer cannot see.
     pub(crate) fn over(&self) -> Option<String> {
-        match measure(&self.dir) {
+        match measure_at(&self.handle) {
             Ok(Usage { bytes, .. }) if bytes > self.max => Some(format!(
                 "its state directory `{}` holds more than its state_max of {} bytes ({bytes} counted)",
                 self.dir.display(),
@@ -158,16 +214,22 @@ impl StateQuota {
     }
 }
 
-/// What `dir` holds: each entry at the larger of its length and its allocated blocks (a
-/// sparse file counts at its length), links not followed; plus files this process
-/// holds open that were unlinked or renamed over (a module could write through one).
-/// Walked through directory descriptors, so no path grows with the tree's depth.
+/// What `dir` holds: see [`measure_at`].
+#[cfg(test)]
 pub(crate) fn measure(dir: &Path) -> io::Result<Usage> {
     let root = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    measure_at(&root)
+}
+
+/// What the directory `root` holds: each entry at the larger of its length and its
+/// allocated blocks (a sparse file counts at its length), links not followed. Walked
+/// through directory descriptors, so no path grows with the tree's depth. Files the
+/// module unlinked while holding them open are not in the tree: the caller adds them.
+pub(crate) fn measure_at(root: &OwnedFd) -> io::Result<Usage> {
     let mut usage = Usage::default();
     // Each pending directory is opened relative to its parent, which its `Arc` keeps
     // open only while children are left to visit.
@@ -196,13 +258,19 @@ pub(crate) fn measure(dir: &Path) -> io::Result<Usage> {
         }
         Ok(())
     };
-    visit(Arc::new(root), &mut usage, &mut pending)?;
+    // The root's own size grows with its entries too (ext4 adds blocks, tmpfs bytes
+    // per name); its first page is free, as an empty directory's.
+    let stat = rustix::fs::fstat(root)?;
+    let own = u64::try_from(stat.st_size)
+        .unwrap_or(0)
+        .max(u64::try_from(stat.st_blocks).unwrap_or(0).saturating_mul(512));
+    usage.bytes = own.saturating_sub(PAGE);
+    visit(Arc::new(rustix::io::dup(root)?), &mut usage, &mut pending)?;
     while let Some((parent, name)) = pending.pop() {
         let child = open_dir_at(&parent, &name)?;
         drop(parent);
         visit(Arc::new(child), &mut usage, &mut pending)?;
     }
-    usage.bytes = usage.bytes.saturating_add(unlinked_open_files(dir));
     Ok(usage)
 }
 
@@ -213,39 +281,6 @@ fn open_dir_at(parent: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
-}
-
-/// Bytes held by files of `dir` that this process still has open but that are no
-/// longer in it (unlinked, or renamed over): the walk cannot see them.
-fn unlinked_open_files(dir: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    let prefix = dir.as_os_str().as_bytes();
-    let mut seen = Vec::new();
-    let mut bytes = 0u64;
-    for fd in fds.flatten() {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            continue;
-        };
-        let target = target.as_os_str().as_bytes();
-        let inside = target.starts_with(prefix) && target.get(prefix.len()) == Some(&b'/');
-        if !inside || !target.ends_with(b" (deleted)") {
-            continue;
-        }
-        // Through the descriptor's own link: the file, wherever its name went.
-        let Ok(meta) = std::fs::metadata(fd.path()) else {
-            continue;
-        };
-        if seen.contains(&(meta.dev(), meta.ino())) {
-            continue;
-        }
-        seen.push((meta.dev(), meta.ino()));
-        bytes = bytes.saturating_add(meta.len().max(meta.blocks().saturating_mul(512)));
-    }
-    bytes
 }
 
 /// `end` rounded up to a page, less `size` rounded up: what extending a file from
@@ -272,6 +307,13 @@ fn first_buffer_len(memory: &[u8], iovs: u32, count: u32) -> Option<u64> {
         .find(|&len| len > 0)
         .unwrap_or(0);
     Some(len.into())
+}
+
+/// The little-endian `u32` at `at` in the module's memory, if in bounds.
+fn read_u32(memory: &[u8], at: i32) -> Option<u32> {
+    let at = usize::try_from(at as u32).ok()?;
+    let bytes = memory.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
 fn unshared<'a>(mem: &'a GuestMemory<'_>) -> &'a [u8] {
@@ -309,7 +351,7 @@ macro_rules! wasi_parts {
 /// Bytes a write to `fd` may add, if `fd` is a regular file (every file a module can
 /// open is in `/state`; stdout and stderr have caps of their own).
 async fn write_growth(host: &mut HostState, mem: &mut GuestMemory<'_>, fd: i32, len: u64, at: At) -> Option<u64> {
-    let fd = wasmtime_wasi::p1::types::Fd::from(fd);
+    let fd = Fd::from(fd);
     let stat = host.wasi.fd_fdstat_get(mem, fd).await.ok()?;
     if stat.fs_filetype != Filetype::RegularFile || len == 0 {
         return None;
@@ -326,10 +368,53 @@ async fn write_growth(host: &mut HostState, mem: &mut GuestMemory<'_>, fd: i32, 
     Some(growth(size, start.saturating_add(len)))
 }
 
-fn refuse(host: &mut HostState, bytes: u64, entries: u64) -> Option<i32> {
-    let quota = host.state.as_mut()?;
-    quota.admit(bytes, entries).err().map(|errno| errno as i32)
+/// `None` when `bytes` more and `entries` more may go into the state directory (or the
+/// call has none), else the errno to return.
+async fn refuse(host: &mut HostState, mem: &mut GuestMemory<'_>, bytes: u64, entries: u64) -> Option<i32> {
+    let HostState { wasi, state, .. } = host;
+    let quota = state.as_mut()?;
+    if quota.admit_within_bound(bytes, entries) {
+        return None;
+    }
+    let unlinked = if quota.exact {
+        None
+    } else {
+        Some(unlinked_bytes(wasi, mem, &quota.opened).await)
+    };
+    quota
+        .admit_measured(bytes, entries, unlinked)
+        .err()
+        .map(|errno| errno as i32)
 }
+
+/// What the module's open files that are no longer in any directory hold: the walk
+/// cannot see them, and a module writing through one would otherwise have no cap.
+/// Asked of WASI itself (the module's own descriptors), never of paths.
+async fn unlinked_bytes(wasi: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>, opened: &BTreeSet<u32>) -> u64 {
+    let mut seen = BTreeSet::new();
+    let mut bytes = 0u64;
+    for &fd in opened {
+        let Ok(stat) = wasi.fd_filestat_get(mem, Fd::from(fd)).await else {
+            continue;
+        };
+        if stat.filetype == Filetype::RegularFile && stat.nlink == 0 && seen.insert((stat.dev, stat.ino)) {
+            bytes = bytes.saturating_add(stat.size);
+        }
+    }
+    bytes
+}
+
+/// What a new entry named by `path_len` bytes may add to its directory: twice its
+/// name and bookkeeping (an ext4 entry is 8 bytes and the name, 4-aligned, and blocks
+/// split half full).
+fn entry_cost(path_len: i32) -> u64 {
+    u64::from(path_len as u32).saturating_add(16).saturating_mul(2)
+}
+
+/// Room a create must leave under the cap, not charged: one entry can grow its
+/// directory by whole blocks at once (ext4 turns a one-block directory into an indexed
+/// one of three).
+const CREATE_ROOM: u64 = 2 * PAGE;
 
 /// Shadows the WASI calls that add to the state directory with ones that ask the
 /// quota first. Calls of a store without state go straight to WASI.
@@ -345,7 +430,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 if host.state.is_some() {
                     let len = first_buffer_len(unshared(&mem), iovs as u32, count as u32);
                     if let Some(bytes) = write_growth_opt(host, &mut mem, fd, len, At::Cursor).await {
-                        if let Some(errno) = refuse(host, bytes, 0) {
+                        if let Some(errno) = refuse(host, &mut mem, bytes, 0).await {
                             return Ok(errno);
                         }
                     }
@@ -366,7 +451,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     let len = first_buffer_len(unshared(&mem), iovs as u32, count as u32);
                     let at = At::Offset(offset as u64);
                     if let Some(bytes) = write_growth_opt(host, &mut mem, fd, len, at).await {
-                        if let Some(errno) = refuse(host, bytes, 0) {
+                        if let Some(errno) = refuse(host, &mut mem, bytes, 0).await {
                             return Ok(errno);
                         }
                     }
@@ -382,13 +467,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 wasi_parts!(caller, mem, host);
                 if host.state.is_some() {
-                    let current = host
-                        .wasi
-                        .fd_filestat_get(&mut mem, wasmtime_wasi::p1::types::Fd::from(fd))
-                        .await
-                        .map(|s| s.size);
+                    let current = host.wasi.fd_filestat_get(&mut mem, Fd::from(fd)).await.map(|s| s.size);
                     if let Ok(current) = current {
-                        if let Some(errno) = refuse(host, growth(current, size as u64), 0) {
+                        if let Some(errno) = refuse(host, &mut mem, growth(current, size as u64), 0).await {
                             return Ok(errno);
                         }
                     }
@@ -425,16 +506,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 if creates && host.state.is_some() {
                     // Opening a file that is there already adds nothing.
                     let name = GuestPtr::<str>::new((path as u32, path_len as u32));
-                    let fd = wasmtime_wasi::p1::types::Fd::from(dirfd);
+                    let fd = Fd::from(dirfd);
                     let flags = Lookupflags::from_bits_truncate(dirflags as u32);
                     let exists = host.wasi.path_filestat_get(&mut mem, fd, flags, name).await.is_ok();
                     if !exists {
-                        if let Some(errno) = refuse(host, 0, 1) {
+                        if let Some(errno) = refuse(host, &mut mem, entry_cost(path_len), 1).await {
                             return Ok(errno);
                         }
                     }
                 }
-                wasi::path_open(
+                let errno = wasi::path_open(
                     &mut host.wasi,
                     &mut mem,
                     dirfd,
@@ -447,7 +528,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     fdflags,
                     opened,
                 )
-                .await
+                .await?;
+                if errno == 0 {
+                    if let (Some(quota), Some(fd)) = (host.state.as_mut(), read_u32(unshared(&mem), opened)) {
+                        quota.opened.insert(fd);
+                    }
+                }
+                Ok(errno)
             })
         },
     )?;
@@ -458,7 +545,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 wasi_parts!(caller, mem, host);
                 // A directory's own size is counted (ext4 gives each a block).
-                if let Some(errno) = refuse(host, PAGE, 1) {
+                if let Some(errno) = refuse(host, &mut mem, PAGE + entry_cost(path_len), 1).await {
                     return Ok(errno);
                 }
                 wasi::path_create_directory(&mut host.wasi, &mut mem, fd, path, path_len).await
@@ -474,7 +561,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 wasi_parts!(caller, mem, host);
                 // The target is stored in the link.
-                if let Some(errno) = refuse(host, growth(0, old_len as u32 as u64), 1) {
+                if let Some(errno) = refuse(
+                    host,
+                    &mut mem,
+                    growth(0, old_len as u32 as u64) + entry_cost(new_len),
+                    1,
+                )
+                .await
+                {
                     return Ok(errno);
                 }
                 wasi::path_symlink(&mut host.wasi, &mut mem, old, old_len, fd, new, new_len).await
@@ -492,14 +586,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 // The measure counts each name of a file at the file's size.
                 if host.state.is_some() {
                     let name = GuestPtr::<str>::new((old as u32, old_len as u32));
-                    let fd = wasmtime_wasi::p1::types::Fd::from(old_fd);
+                    let fd = Fd::from(old_fd);
                     let flags = Lookupflags::from_bits_truncate(old_flags as u32);
                     let size = host
                         .wasi
                         .path_filestat_get(&mut mem, fd, flags, name)
                         .await
                         .map_or(0, |s| s.size);
-                    if let Some(errno) = refuse(host, growth(0, size), 1) {
+                    if let Some(errno) = refuse(host, &mut mem, growth(0, size) + entry_cost(new_len), 1).await {
                         return Ok(errno);
                     }
                 }
@@ -561,7 +655,34 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 wasi_parts!(caller, mem, host);
                 freed(host);
-                wasi::fd_close(&mut host.wasi, &mut mem, fd).await
+                let errno = wasi::fd_close(&mut host.wasi, &mut mem, fd).await?;
+                if errno == 0 {
+                    if let Some(quota) = host.state.as_mut() {
+                        quota.opened.remove(&(fd as u32));
+                    }
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        MODULE,
+        "fd_renumber",
+        |mut caller: Caller<'_, HostState>, (from, to): (i32, i32)| -> HostFuture<'_> {
+            Box::new(async move {
+                wasi_parts!(caller, mem, host);
+                // `to` is closed: what it held may be freed.
+                freed(host);
+                let errno = wasi::fd_renumber(&mut host.wasi, &mut mem, from, to).await?;
+                if errno == 0 {
+                    if let Some(quota) = host.state.as_mut() {
+                        quota.opened.remove(&(to as u32));
+                        if quota.opened.remove(&(from as u32)) {
+                            quota.opened.insert(to as u32);
+                        }
+                    }
+                }
+                Ok(errno)
             })
         },
     )?;
@@ -633,14 +754,32 @@ mod tests {
     fn a_refusal_is_measured_first_and_explained() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("a"), vec![1u8; 8192]).unwrap();
-        let mut quota = StateQuota::new(tmp.path(), 16384).unwrap();
-        assert!(quota.admit(8192, 1).is_ok());
-        // The bound is now 16384 + a page for `a`'s blocks, at most: the next write
-        // is measured, and since nothing was written, fits.
+        let mut quota = StateQuota::new(tmp.path(), 16384, None).unwrap();
+        let admit = |quota: &mut StateQuota, bytes| {
+            if quota.admit_within_bound(bytes, 0) {
+                Ok(())
+            } else {
+                let unlinked = (!quota.exact).then_some(0);
+                quota.admit_measured(bytes, 0, unlinked)
+            }
+        };
+        assert!(admit(&mut quota, 8192).is_ok());
+        // The bound is now 16384: the next write is measured, and since `a` went, fits.
         fs::remove_file(tmp.path().join("a")).unwrap();
-        assert!(quota.admit(12288, 0).is_ok());
-        assert_eq!(quota.admit(1 << 20, 0), Err(Errno::Dquot));
+        assert!(admit(&mut quota, 12288).is_ok());
+        assert_eq!(admit(&mut quota, 1 << 20), Err(Errno::Dquot));
         let why = quota.refused().unwrap();
         assert!(why.contains("state_max of 16384 bytes"), "{why}");
+    }
+
+    #[test]
+    fn a_second_call_waits_for_the_first_and_gives_up_at_its_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = StateQuota::new(tmp.path(), 1 << 20, None).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let why = StateQuota::new(tmp.path(), 1 << 20, Some(deadline)).unwrap_err();
+        assert!(why.contains("held by another call"), "{why}");
+        drop(first);
+        assert!(StateQuota::new(tmp.path(), 1 << 20, Some(Instant::now())).is_ok());
     }
 }

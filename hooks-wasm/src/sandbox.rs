@@ -344,8 +344,33 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::load`]; [`LoadErrorKind::CompileLimit`] past the limits.
     pub fn load_within(&self, path: &Path, hook_timeout: Option<Duration>) -> Result<Arc<CompiledModule>, LoadError> {
-        let bytes =
-            fs::read(path).map_err(|e| LoadError::new(path, "wasm", LoadErrorKind::Unreadable).with_source(e))?;
+        use std::io::Read;
+        let unreadable = |e| LoadError::new(path, "wasm", LoadErrorKind::Unreadable).with_source(e);
+        // Bounded before anything is read: a sparse 1 GiB file would otherwise be read,
+        // hashed and held whole, outside every limit.
+        let file = fs::File::open(path).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        let too_big = |found| {
+            LoadError::new(
+                path,
+                "wasm",
+                LoadErrorKind::ExceedsLimit {
+                    what: "module size in bytes",
+                    found,
+                    max: MAX_MODULE_SIZE,
+                },
+            )
+        };
+        if len > MAX_MODULE_SIZE {
+            return Err(too_big(len));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(MAX_MODULE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > MAX_MODULE_SIZE {
+            return Err(too_big(bytes.len() as u64));
+        }
         self.load_bytes_within(path, &bytes, hook_timeout)
     }
 
@@ -392,12 +417,14 @@ impl Sandbox {
                 return Err(fail(LoadErrorKind::CompileLimit { why: remembered(&why) }));
             }
             return match self.compile(path, bytes, limits) {
-                Err(Failed::Limit(why)) => {
+                Err(Failed::Limit { why, repeatable }) => {
                     let why = with_hint(&why);
-                    self.failures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(*digest, (limits, why.clone()));
+                    if repeatable {
+                        self.failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(*digest, (limits, why.clone()));
+                    }
                     Err(fail(LoadErrorKind::CompileLimit { why }))
                 }
                 Err(Failed::Other(e)) => Err(e),
@@ -435,9 +462,13 @@ impl Sandbox {
                 cache.clear_failure(digest);
                 Ok((module, CacheSource::Compiled))
             }
-            Err(Failed::Limit(why)) => {
+            Err(Failed::Limit { why, repeatable }) => {
                 let why = with_hint(&why);
-                cache.record_failure(digest, limits, &why);
+                // With the limits it had: a compile that took the lock late had less
+                // time than the hook's whole budget.
+                if repeatable {
+                    cache.record_failure(digest, remaining, &why);
+                }
                 Err(fail(LoadErrorKind::CompileLimit { why }))
             }
             Err(Failed::Other(e)) => Err(e),
@@ -449,10 +480,21 @@ impl Sandbox {
         let invalid =
             |why: WasmError| Failed::Other(LoadError::new(path, "wasm", LoadErrorKind::InvalidModule).with_source(why));
         let compiler = self.compiler.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let Compiler::Child { program, args, memory } = compiler else {
+        let Compiler::Child {
+            program,
+            arg0,
+            args,
+            memory,
+        } = compiler
+        else {
             return Module::new(&self.engine, bytes).map_err(|e| invalid(WasmError::from(e)));
         };
-        match compile_in_child((&program, &args, memory), self.config, bytes, limits.timeout) {
+        match compile_in_child(
+            (&program, arg0.as_ref(), &args, memory),
+            self.config,
+            bytes,
+            limits.timeout,
+        ) {
             // SAFETY: `deserialize` runs the native code it is given; these bytes are
             // what our own compiler child wrote to a pipe only this process reads, from
             // the module being loaded, with this engine's code settings (an artifact of
@@ -463,7 +505,10 @@ impl Sandbox {
                 )
             }),
             Err(ChildFailure::Invalid(why)) => Err(invalid(WasmError(why))),
-            Err(e) if e.is_limit() => Err(Failed::Limit(e.to_string())),
+            Err(e) if e.is_limit() => Err(Failed::Limit {
+                why: e.to_string(),
+                repeatable: e.is_repeatable(),
+            }),
             Err(e) => Err(Failed::Other(
                 LoadError::new(path, "wasm", LoadErrorKind::BackendUnavailable).with_source(WasmError(e.to_string())),
             )),
@@ -477,6 +522,13 @@ impl Sandbox {
         hook_timeout: Option<Duration>,
     ) -> Result<Arc<CompiledModule>, LoadError> {
         let fail = |kind: LoadErrorKind| LoadError::new(path, "wasm", kind);
+        if bytes.len() as u64 > MAX_MODULE_SIZE {
+            return Err(fail(LoadErrorKind::ExceedsLimit {
+                what: "module size in bytes",
+                found: bytes.len() as u64,
+                max: MAX_MODULE_SIZE,
+            }));
+        }
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(m) = self.modules.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
             return Ok(Arc::clone(m));
@@ -559,13 +611,12 @@ impl Sandbox {
                 return HookOutcome::new(HookStatus::Crashed(why)).with_duration(start.elapsed());
             }
         }
-        let quota = match state.map(|dir| StateQuota::new(dir, limits.state_max)).transpose() {
+        let quota = match state
+            .map(|dir| StateQuota::new(dir, limits.state_max, deadline))
+            .transpose()
+        {
             Ok(quota) => quota,
-            Err(e) => {
-                let dir = state.unwrap_or(Path::new("")).display();
-                let why = format!("its state directory `{dir}` cannot be measured: {e}");
-                return HookOutcome::new(HookStatus::Crashed(why)).with_duration(start.elapsed());
-            }
+            Err(why) => return HookOutcome::new(HookStatus::Crashed(why)).with_duration(start.elapsed()),
         };
         let mut wasi = wasi.build_p1();
         wasi.ctx().table.set_max_capacity(MAX_WASI_HANDLES);
@@ -740,10 +791,19 @@ fn capped(mut text: String) -> String {
 
 /// How a compile failed.
 enum Failed {
-    /// For its limits: the reason, worth remembering.
-    Limit(String),
+    /// For its limits: the reason, and whether the same limits would fail again (then
+    /// worth remembering).
+    Limit {
+        why: String,
+        repeatable: bool,
+    },
     Other(LoadError),
 }
+
+/// The largest module loaded: far above hooks built by real toolchains (a C hook is
+/// ~150 KB, CPython as a component ~19 MB), and a bound on what the host reads, hashes
+/// and holds before any compile limit applies.
+pub const MAX_MODULE_SIZE: u64 = 64 << 20;
 
 /// The least time a compile at an event gets, whatever the hook's timeout: a hook
 /// timed to 100 ms must not become uncompilable on a busy host.

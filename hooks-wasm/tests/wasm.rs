@@ -419,8 +419,19 @@ fn with_state(inv: Invocation, state: &Path) -> Invocation {
     inv.with_state_dir(Some(Arc::from(state)))
 }
 
-/// Bytes and entries under `dir`, as `du --apparent-size` would count them, plus blocks.
+/// Bytes and entries in a state directory as the cap counts them: each entry at the
+/// larger of its length and its blocks, and the directory's own size past one page.
 fn held(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).unwrap();
+    let (bytes, entries) = held_below(dir);
+    (
+        bytes + meta.len().max(meta.blocks() * 512).saturating_sub(4096),
+        entries,
+    )
+}
+
+fn held_below(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let (mut bytes, mut entries) = (0, 0);
     for entry in fs::read_dir(dir).unwrap() {
@@ -429,7 +440,7 @@ fn held(dir: &Path) -> (u64, u64) {
         entries += 1;
         bytes += meta.len().max(meta.blocks() * 512);
         if meta.is_dir() {
-            let (b, e) = held(&entry.path());
+            let (b, e) = held_below(&entry.path());
             bytes += b;
             entries += e;
         }
@@ -470,7 +481,7 @@ fn straight_line_writes_past_the_cap_are_refused_at_the_call() {
     assert!(matches!(out.status, HookStatus::Exited(0)), "{:?}", out.status);
     let warning = out.warnings.join("\n");
     assert!(
-        warning.contains("write of 4194304 bytes") && warning.contains("state_max of 1048576"),
+        warning.contains("4194304 more bytes") && warning.contains("state_max of 1048576"),
         "{warning}"
     );
 }
@@ -699,4 +710,112 @@ fn a_megabyte_function_name_in_a_host_call_error_is_cut() {
     assert!(why.contains("more bytes cut"), "{why}");
     // The cause survives the cut, ahead of the backtrace.
     assert!(why.starts_with("random_get: buffer"), "{}", &why[..200]);
+}
+
+/// Makes a chain of `levels` directories with 250-byte names under /state (deeper than
+/// PATH_MAX past 16), each through the descriptor of the one before; leaves the
+/// deepest's descriptor in the global `$deep`.
+const DEEP_CHAIN: &str = r#"
+  (global $deep (mut i32) (i32.const 3))
+  (func $descend (param $levels i32) (local $n i32) (local $e i32)
+    (loop $deeper
+      (local.set $e (call $mkdir (global.get $deep) (i32.const 4096) (i32.const 250)))
+      (if (local.get $e) (then (call $proc_exit (i32.const 90))))
+      (local.set $e (call $path_open (global.get $deep) (i32.const 0) (i32.const 4096) (i32.const 250)
+                       (i32.const 2) (i64.const 0x1FFFFFBF) (i64.const 0x1FFFFFFF) (i32.const 0) (i32.const 304)))
+      (if (local.get $e) (then (call $proc_exit (i32.add (i32.const 60) (local.get $e)))))
+      (if (i32.ne (global.get $deep) (i32.const 3)) (then (drop (call $fd_close (global.get $deep)))))
+      (global.set $deep (i32.load (i32.const 304)))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br_if $deeper (i32.lt_u (local.get $n) (local.get $levels)))))
+"#;
+
+#[test]
+fn an_unlinked_file_deeper_than_path_max_still_counts_against_the_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 20 levels down (5 KB of path), opens `big`, unlinks it, writes 64 KiB at a time
+    // through the descriptor until refused. The state dir is reached through a
+    // symlink, as a configured root may be.
+    let name = "d".repeat(250);
+    let body = format!(
+        r#"(data (i32.const 4096) "{name}")
+           {DEEP_CHAIN}
+           (func (export "_start")
+             (call $descend (i32.const 20))
+             (if (call $path_open (global.get $deep) (i32.const 0) (i32.const 100) (i32.const 3)
+                                  (i32.const 1) (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 300))
+               (then (call $proc_exit (i32.const 70))))
+             (if (call $path_unlink_file (global.get $deep) (i32.const 100) (i32.const 3))
+               (then (call $proc_exit (i32.const 71))))
+             (i32.store (i32.const 0) (i32.const 65536))
+             (i32.store (i32.const 4) (i32.const 65536))
+             (loop $more (call $write_or_exit) (br $more)))"#
+    );
+    let (hook, _) = stateful_hook(&tmp.path().join("real"), "deep-unlinked.wasm", &body, 1 << 20);
+    std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("link")).unwrap();
+    let out = call(
+        &hook,
+        &with_state(inv("vm", "start", None), &tmp.path().join("link/state")),
+    );
+    refused_with_dquot(&out);
+}
+
+#[test]
+fn calls_for_the_same_object_at_once_share_one_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Each call appends 64 KiB at a time to `big` until refused.
+    let (hook, state) = stateful_hook(
+        tmp.path(),
+        "append.wasm",
+        r#"(func (export "_start")
+             (call $open)
+             (drop (call $fd_seek (i32.load (i32.const 300)) (i64.const 0) (i32.const 2) (i32.const 16)))
+             (i32.store (i32.const 0) (i32.const 65536))
+             (i32.store (i32.const 4) (i32.const 65536))
+             (loop $more (call $write_or_exit) (br $more)))"#,
+        1 << 20,
+    );
+    let hook = Arc::new(hook);
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (hook, state) = (Arc::clone(&hook), state.clone());
+            std::thread::spawn(move || call(&hook, &with_state(inv("vm", "start", None), &state)))
+        })
+        .collect();
+    for c in calls {
+        refused_with_dquot(&c.join().unwrap());
+    }
+    let (bytes, _) = held(&state);
+    assert!(bytes <= 1 << 20, "{bytes} bytes under a 1 MiB cap");
+}
+
+#[test]
+fn names_count_against_the_cap_as_the_directory_grows() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Fills `big` to 12 KiB under the cap, then makes empty files with 250-byte names
+    // until refused: each name grows the directory itself.
+    let name = "f".repeat(250);
+    let body = format!(
+        r#"(data (i32.const 4096) "{name}")
+           (func (export "_start") (local $n i32) (local $e i32)
+             (call $open)
+             (i32.store (i32.const 0) (i32.const 1024))
+             (i32.store (i32.const 4) (i32.const 1036288))
+             (call $write_or_exit)
+             (loop $more
+               (i32.store8 (i32.const 4342) (i32.add (i32.const 65) (i32.rem_u (local.get $n) (i32.const 26))))
+               (i32.store8 (i32.const 4343) (i32.add (i32.const 65) (i32.rem_u (i32.div_u (local.get $n) (i32.const 26)) (i32.const 26))))
+               (local.set $e (call $path_open (i32.const 3) (i32.const 0) (i32.const 4096) (i32.const 250)
+                                (i32.const 5) (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 304)))
+               (if (local.get $e) (then (call $proc_exit (local.get $e))))
+               (drop (call $fd_close (i32.load (i32.const 304))))
+               (local.set $n (i32.add (local.get $n) (i32.const 1)))
+               (br_if $more (i32.lt_u (local.get $n) (i32.const 990))))
+             (call $proc_exit (i32.const 0)))"#
+    );
+    let (hook, state) = stateful_hook(tmp.path(), "names.wasm", &body, 1 << 20);
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    refused_with_dquot(&out);
+    let (bytes, entries) = held(&state);
+    assert!(bytes <= 1 << 20, "{bytes} bytes in {entries} entries under a 1 MiB cap");
 }
