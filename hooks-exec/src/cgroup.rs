@@ -52,13 +52,35 @@ pub(crate) struct Setup {
 
 static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
 
+/// Set when a call found that cgroups cannot work here after all (a seccomp filter that
+/// refuses `clone3`, a read-only cgroupfs): later calls go straight to the subreaper.
+static GIVEN_UP: OnceLock<String> = OnceLock::new();
+
 /// This process's cgroup setup, probed at the first call; `Err` says why hooks cannot
 /// get a cgroup here.
 pub(crate) fn setup() -> Result<&'static Setup, &'static str> {
+    if let Some(why) = GIVEN_UP.get() {
+        return Err(why);
+    }
     match SETUP.get_or_init(probe) {
         Ok(s) => Ok(s),
         Err(why) => Err(why),
     }
+}
+
+/// No more cgroups in this process, for this reason.
+pub(crate) fn give_up(why: String) {
+    tracing::warn!(reason = %why, "exec hooks get no cgroup from now on");
+    let _ = GIVEN_UP.set(why);
+}
+
+/// Whether a failure with this errno will happen again on every call (rather than
+/// pass, as a full pids limit or a lack of memory may).
+pub(crate) fn recurs(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOSYS | libc::EPERM | libc::EACCES | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | libc::EROFS
+    )
 }
 
 fn probe() -> Result<Setup, String> {

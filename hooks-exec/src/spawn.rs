@@ -143,6 +143,11 @@ fn in_cgroup(plan: &Plan<'_>, req: &Request<'_>, notes: &mut Vec<String>) -> Res
                 "it ran under a per-hook subreaper: it could not be started in its cgroup {} ({err})",
                 cg.path().display()
             ));
+            if cgroup::recurs(errno) {
+                cgroup::give_up(format!(
+                    "the kernel refuses to start a process in a cgroup (clone3: {err})"
+                ));
+            }
             Ok(None)
         }
         Err(e) => Err(SpawnError::from_launch(e, Containment::Cgroup)),
