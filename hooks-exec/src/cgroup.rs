@@ -314,6 +314,8 @@ pub(crate) struct HookCgroup {
     /// As `/proc/<pid>/cgroup` names it.
     name: String,
     dir: OwnedFd,
+    /// It has the memory controller (and so `memory.peak`).
+    memory: bool,
 }
 
 impl HookCgroup {
@@ -358,6 +360,7 @@ impl HookCgroup {
             name: format!("{}/{leaf}", setup.parent_name),
             path,
             dir,
+            memory: setup.memory,
         };
         let mut limit = |what: &str, file: &str, enabled: bool, value: Option<u64>| {
             let Some(value) = value else { return };
@@ -455,14 +458,18 @@ impl HookCgroup {
             .ok()
             .and_then(|t| field(&t, "usage_usec"))
             .map(Duration::from_micros);
-        let memory_peak = self.read("memory.peak").ok().and_then(|t| t.trim().parse().ok());
+        let memory_peak = self
+            .memory
+            .then(|| self.read("memory.peak").ok()?.trim().parse().ok())
+            .flatten();
         Usage { cpu, memory_peak }
     }
 }
 
 impl Drop for HookCgroup {
     fn drop(&mut self) {
-        if self.populated() || remove(&self.path).is_err() {
+        // Fails (EBUSY) while a process is still in it.
+        if remove(&self.path).is_err() {
             let mut left = LEFT_BEHIND.lock().unwrap_or_else(PoisonError::into_inner);
             left.push(std::mem::take(&mut self.path));
         }
@@ -485,13 +492,17 @@ fn remove(path: &Path) -> io::Result<()> {
 }
 
 fn remove_below(path: &Path, depth: u32) -> io::Result<()> {
-    if depth > 0 {
-        if let Ok(entries) = fs::read_dir(path) {
-            for entry in entries.flatten() {
-                // Cgroups are the directories; the rest are its interface files.
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove_below(&entry.path(), depth - 1)?;
-                }
+    match fs::remove_dir(path) {
+        // Only a cgroup with cgroups below it needs a look inside (cgroupfs says EBUSY,
+        // other file systems ENOTEMPTY).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) && depth > 0 => {}
+        done => return done,
+    }
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            // Cgroups are the directories; the rest are its interface files.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_below(&entry.path(), depth - 1)?;
             }
         }
     }

@@ -164,7 +164,11 @@ impl Helper {
             match (len, decode(&msg)) {
                 (16, (STARTED, hook, _, _)) => {
                     helper.hook = hook;
-                    // Pinned before any of the hook's code ran.
+                    // Pinned at once. The hook sent this before it exec'd, so for its pid to
+                    // name another process here, it would have had to run, end, be reaped
+                    // and have its pid handed out again (after a whole cycle of pid_max
+                    // forks) in the moment since. Its parent is not checked: a hook that
+                    // kills its helper is reparented, and must still be killable.
                     helper.hook_pidfd = sys::pidfd_open(hook).ok();
                 }
                 (16, (RUNNING, _, _, _)) if helper.hook > 0 => return Ok(helper),

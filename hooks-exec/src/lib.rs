@@ -55,9 +55,11 @@
 //! - It must not reap children it did not start with `waitpid(-1)` or ignore SIGCHLD
 //!   while hooks run: the hook (in a cgroup) or its helper is its child until the call
 //!   ends, and a call whose child was reaped by someone else fails.
-//! - Under systemd, hooks' cgroups are made inside the service's own cgroup; a unit
-//!   whose cgroup belongs to another user (a delegated subtree) gets the subreaper
-//!   instead, since that user could move the hook's processes out of its cgroup.
+//! - Under systemd, hooks' cgroups are made inside the service's own cgroup (systemd
+//!   leaves such sub-cgroups alone while the unit runs, and kills what is in them when
+//!   it stops; `Delegate=yes` makes that arrangement official). A unit whose cgroup
+//!   belongs to another user (a delegated subtree) gets the subreaper instead, since
+//!   that user could move the hook's processes out of its cgroup.
 //!
 //! **On drop**: dropping the future of [`Hook::call`] inside tokio (a caller's
 //! `tokio::time::timeout`, the registry's timeout layer, a cancelled request) kills and
