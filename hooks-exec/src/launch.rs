@@ -166,10 +166,9 @@ enum Never {}
 
 fn set_up_and_exec(ctx: &Ctx<'_>) -> Result<Never, (Step, i32)> {
     let plan = ctx.plan;
-    raw::reset_signal_actions().map_err(|e| (Step::Signals, e))?;
-    if plan.new_group {
-        raw::new_process_group().map_err(|e| (Step::Group, e))?;
-    }
+    // Descriptors first: until they are closed, this process holds copies of every file
+    // the caller has open, and one that another thread is writing (a hook script being
+    // installed) cannot be executed by anyone (ETXTBSY).
     match plan.stdin {
         Some(fd) => raw::dup_onto(fd, 0),
         None => raw::open(c"/dev/null", libc::O_RDONLY).and_then(|fd| {
@@ -188,6 +187,10 @@ fn set_up_and_exec(ctx: &Ctx<'_>) -> Result<Never, (Step, i32)> {
     // socket close at exec.
     let announce = plan.announce.map_or(-1, |(fd, _)| fd);
     raw::close_from_3_but(&[ctx.report, announce]).map_err(|e| (Step::Descriptors, e))?;
+    raw::reset_signal_actions().map_err(|e| (Step::Signals, e))?;
+    if plan.new_group {
+        raw::new_process_group().map_err(|e| (Step::Group, e))?;
+    }
     if let Some((fd, mut msg)) = plan.announce {
         // SAFETY: getpid takes nothing and cannot fail.
         let me = unsafe { libc::getpid() };
