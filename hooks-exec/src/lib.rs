@@ -482,8 +482,8 @@ impl Hook for ExecHook {
         Some(&self.path)
     }
 
-    /// It stops at its timeout itself: TERM, the kill grace, KILL, the walk for
-    /// escaped descendants and the reaping take a little longer than the grace.
+    /// It stops at its timeout itself: TERM, the kill grace, then the kill of everything
+    /// in its containment and the reaping take a little longer than the grace.
     fn stop_grace(&self) -> Option<Duration> {
         Some(self.options.kill_grace.saturating_add(Duration::from_millis(500)))
     }
