@@ -9,6 +9,23 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation, OFlags};
 
+/// How a hook's processes were contained, and what its cgroup measured, as fields of its
+/// entry in the audit line (exec hooks; nothing for in-process ones).
+pub(crate) fn containment_fields(record: &hooks_core::HookRecord, entry: &mut serde_json::Value) {
+    let serde_json::Value::Object(fields) = entry else {
+        return;
+    };
+    if let Some(c) = record.containment {
+        fields.insert("containment".into(), c.as_str().into());
+    }
+    if let Some(us) = record.cpu_us {
+        fields.insert("cpu_us".into(), us.into());
+    }
+    if let Some(bytes) = record.memory_peak {
+        fields.insert("memory_peak".into(), bytes.into());
+    }
+}
+
 /// Past this size the log is rotated before the next line.
 pub(crate) const ROTATE_BYTES: u64 = 10 << 20;
 /// How many rotated files are kept (`<log>.1` newest … `<log>.5` oldest).

@@ -29,11 +29,7 @@ fn main() -> ExitCode {
             return hooks_wasm::compiler_child_main(&args[1..]);
         }
     }
-    // Orphans that a hook detached come back to us, so a timeout can kill them too.
-    #[cfg(feature = "exec")]
-    if let Err(e) = hooks_exec::become_subreaper() {
-        tracing::debug!(error = %e, "cannot become a child subreaper");
-    }
+    // No child subreaper needed: each exec hook has a containment of its own.
     #[cfg(feature = "exec")]
     hooks_exec::link();
     #[cfg(feature = "wasm")]

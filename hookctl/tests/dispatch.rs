@@ -472,3 +472,30 @@ fn a_filter_plugin_that_prints_a_broken_document_is_named_with_line_and_column()
     );
     assert!(line["hooks"][1].get("document").is_none(), "{line}");
 }
+
+/// The audit line says what contained each exec plugin (and, in a cgroup, its CPU
+/// time), and `list` says the same of the plugins dir.
+#[test]
+fn the_audit_line_and_list_say_how_plugins_are_contained() {
+    let (tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>\n")
+        .assert()
+        .success();
+    let text = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let hook = &line["hooks"][0];
+    let kind = hook["containment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no containment: {line}"));
+    match kind {
+        "cgroup" => assert!(hook["cpu_us"].is_u64(), "{line}"),
+        "subreaper" => assert!(hook.get("cpu_us").is_none(), "{line}"),
+        other => panic!("{other}: {line}"),
+    }
+    hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .stdout(contains(format!("  exec containment: {kind}: ")));
+}

@@ -45,6 +45,8 @@ macro_rules! snapshot {
                 // Times vary in width and are right-aligned: the padding goes with them.
                 (r" +\d+(\.\d+)?(µs|ms|s)\b", " [TIME]"),
                 (r"\b\d+(\.\d+)?(µs|ms|s)\b", "[TIME]"),
+                // What contains exec hooks depends on the host (cgroups, privileges).
+                (r"exec containment: .*", "exec containment: [CONTAINMENT]"),
             ],
             prepend_module_to_snapshot => false,
         }, {

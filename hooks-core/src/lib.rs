@@ -99,7 +99,7 @@ pub use self::lifecycle::{
     UnknownScenario, UnsupportedScenario, Verdict,
 };
 pub use self::loader::HooksDir;
-pub use self::outcome::{HookOutcome, HookStatus};
+pub use self::outcome::{Containment, HookOutcome, HookStatus};
 pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
 pub use self::report::{HookRecord, InputSource, Report, StatusRecord};
 pub use self::settings::{HookPolicy, MAX_TIMEOUT};

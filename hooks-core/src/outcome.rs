@@ -2,7 +2,39 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::HookError;
+
+/// How a hook that runs as processes (exec) was contained: what a timeout or a
+/// dropped call kills, exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Containment {
+    /// A cgroup v2 of its own, killed as a whole (`cgroup.kill`); its CPU time (and,
+    /// with the memory controller, its peak memory) is measured.
+    Cgroup,
+    /// A helper process that is the child subreaper of this hook alone: everything the
+    /// hook starts stays its descendant, and is killed from there.
+    Subreaper,
+}
+
+impl Containment {
+    /// Its name in reports and logs: `cgroup` or `subreaper`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Containment::Cgroup => "cgroup",
+            Containment::Subreaper => "subreaper",
+        }
+    }
+}
+
+impl std::fmt::Display for Containment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How a hook call ended.
 #[derive(Debug)]
@@ -85,6 +117,13 @@ pub struct HookOutcome {
     /// How the hook was run, for messages: libvirt shows the environment and argv of a
     /// child process (`LC_ALL=C PATH=... /etc/libvirt/hooks/qemu vm prepare begin -`).
     pub command: Option<String>,
+    /// How its processes were contained (hooks that run as processes only).
+    pub containment: Option<Containment>,
+    /// CPU time (user and system) its processes used, where it was measured (a cgroup).
+    pub cpu_time: Option<Duration>,
+    /// The peak memory of its processes together, in bytes, where it was measured (a
+    /// cgroup with the memory controller).
+    pub memory_peak: Option<u64>,
 }
 
 impl HookOutcome {
@@ -99,6 +138,9 @@ impl HookOutcome {
             stderr_truncated: false,
             warnings: Vec::new(),
             command: None,
+            containment: None,
+            cpu_time: None,
+            memory_peak: None,
         }
     }
 

@@ -114,6 +114,15 @@ pub struct HookRecord {
     /// Anything unusual (background process kept the pipes open, output capped, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How its processes were contained (exec hooks): `cgroup` or `subreaper`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<crate::Containment>,
+    /// CPU time (user and system) of its processes in microseconds, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us: Option<u64>,
+    /// Peak memory of its processes together in bytes, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak: Option<u64>,
 }
 
 const CUT_DOCUMENT: &str = "its stdout exceeded the output cap, so the filtered document is incomplete";
@@ -191,6 +200,11 @@ impl HookRecord {
             document: None,
             optional: hook.policy() == crate::HookPolicy::Optional,
             warnings,
+            containment: outcome.containment,
+            cpu_us: outcome
+                .cpu_time
+                .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
+            memory_peak: outcome.memory_peak,
         }
     }
 }

@@ -1,13 +1,23 @@
-//! The spawned hook as an owned value. It is reaped exactly once; until it is, dropping
-//! it (an error path, a panic, a dropped call) kills the hook and everything it started
-//! and reaps them, so that no error leaves a process running or a zombie behind.
+//! The spawned hook as an owned value, contained either in a cgroup of its own (the hook
+//! is our child) or under a helper that is its subreaper (the helper is our child, the
+//! hook the helper's). It is reaped exactly once; until it is, dropping it (an error
+//! path, a panic, a dropped call) kills the hook and everything it started and reaps
+//! what is ours, so that no error leaves a process running or a zombie behind.
+//!
+//! Either way, what is killed is exactly what the hook started: the members of its
+//! cgroup, or the helper's descendants. A child of this process that the hook did not
+//! start is never in either.
 
+use std::collections::HashSet;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::sys;
-use crate::tree::{self, Sweep};
+use hooks_core::Containment;
+
+use crate::cgroup::{HookCgroup, Usage};
+use crate::helper::Helper;
+use crate::{procfs, sys};
 
 /// How the process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,47 +39,102 @@ fn decode(status: libc::c_int) -> Exit {
 pub(crate) struct Terminated {
     pub(crate) exit: Exit,
     /// Processes that had left the hook's process group (or, without one, descended
-    /// from it) and were killed one by one.
+    /// from it) and were killed with the rest.
     pub(crate) escaped: usize,
+    /// The hook had ended by itself before the kill could start: nothing was killed.
+    pub(crate) finished_first: bool,
 }
 
-/// A hook this crate spawned and has not reaped yet.
+/// Dead processes are normally gone within microseconds of SIGKILL; one stuck in the
+/// kernel (a hung NFS read) is not waited for longer than this.
+const REAP_WAIT: Duration = Duration::from_secs(1);
+
+/// A hook this crate spawned, not reaped yet.
 #[derive(Debug)]
 pub(crate) struct Child {
+    /// The hook's pid.
     pub(crate) pid: libc::pid_t,
-    /// It leads its own process group (spawned with setpgid(0, 0)).
+    /// It leads its own process group.
     group: bool,
-    pidfd: Option<OwnedFd>,
-    /// Set once it is reaped: from then on its pid may name another process.
+    kind: Kind,
+    /// Set once it is reaped (or its end reported): from then on its pid may name
+    /// another process.
     exit: Option<Exit>,
 }
 
+#[derive(Debug)]
+enum Kind {
+    /// Our child, in `cgroup` (taken when the call is finished).
+    Cgroup {
+        pidfd: Option<OwnedFd>,
+        cgroup: Option<HookCgroup>,
+    },
+    /// The helper's child.
+    Helper(Helper),
+}
+
 impl Child {
-    /// Takes charge of a pid that was just spawned and [`tree::register`]ed.
-    pub(crate) fn new(pid: libc::pid_t, group: bool) -> Self {
+    /// Takes charge of a hook just started in `cgroup`.
+    pub(crate) fn in_cgroup(pid: libc::pid_t, pidfd: Option<OwnedFd>, group: bool, cgroup: HookCgroup) -> Self {
+        // Our child, not reaped: its pid is still its own.
+        let pidfd = pidfd.or_else(|| sys::pidfd_open(pid).ok());
         Child {
             pid,
             group,
-            pidfd: sys::pidfd_open(pid).ok(),
+            kind: Kind::Cgroup {
+                pidfd,
+                cgroup: Some(cgroup),
+            },
             exit: None,
         }
     }
 
-    /// Readable once the hook has exited, where the kernel has pidfds.
-    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
-        self.pidfd.as_ref()
+    /// Takes charge of a hook its helper just started.
+    pub(crate) fn under_helper(helper: Helper, group: bool) -> Self {
+        Child {
+            pid: helper.hook,
+            group,
+            kind: Kind::Helper(helper),
+            exit: None,
+        }
+    }
+
+    /// Which containment it has.
+    pub(crate) fn containment(&self) -> Containment {
+        match self.kind {
+            Kind::Cgroup { .. } => Containment::Cgroup,
+            Kind::Helper(_) => Containment::Subreaper,
+        }
+    }
+
+    /// Readable once the hook has exited (for a helper: once it has something to say).
+    /// `None` where the kernel has no pidfds: look every few milliseconds.
+    pub(crate) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.kind {
+            Kind::Cgroup { pidfd, .. } => pidfd.as_ref().map(|fd| fd.as_fd()),
+            Kind::Helper(h) => Some(h.fd()),
+        }
     }
 
     fn reaped(&mut self, exit: Exit) -> Exit {
         self.exit = Some(exit);
-        tree::unregister(self.pid);
         exit
     }
 
-    /// `waitpid`, blocking or not; `None` while it runs.
+    /// Its exit, once it has ended (waiting for it if `block`); `None` while it runs.
     pub(crate) fn wait(&mut self, block: bool) -> io::Result<Option<Exit>> {
         if let Some(exit) = self.exit {
             return Ok(Some(exit));
+        }
+        if let Kind::Helper(h) = &mut self.kind {
+            h.receive(block)?;
+            return match h.status {
+                Some(status) => Ok(Some(self.reaped(decode(status)))),
+                None if block || h.hung_up() => {
+                    Err(io::Error::other("the hook's helper process died before the hook ended"))
+                }
+                None => Ok(None),
+            };
         }
         loop {
             // Our own child, not reaped yet: its pid is still its own.
@@ -100,36 +165,90 @@ impl Child {
         }
     }
 
-    /// Stops the hook and everything it started. Its group gets TERM, up to `grace` for
-    /// the hook to go, then KILL, as before; what left the group (setsid, setpgid,
-    /// orphans reparented to a subreaper) is found from `/proc` and gets SIGKILL. All are
-    /// reaped if they are ours.
+    /// Stops the hook and everything it started: SIGTERM to its group, up to `grace` for
+    /// the hook to go, then SIGKILL to all of it (its cgroup, or everything under its
+    /// helper), and reaps what is ours.
     pub(crate) fn terminate(&mut self, grace: Duration) -> io::Result<Terminated> {
         if let Some(exit) = self.exit {
-            return Ok(Terminated { exit, escaped: 0 });
+            return Ok(Terminated {
+                exit,
+                escaped: 0,
+                finished_first: true,
+            });
         }
-        let mut sweep = Sweep::new(self.pid, self.group);
-        // Frozen, nothing in the group can fork, so the walk can see all that left it.
-        // Looked for before TERM: once the hook dies, its children are no longer its.
-        self.signal(libc::SIGSTOP);
-        sweep.catch();
-        sweep.kill();
+        match &mut self.kind {
+            Kind::Helper(h) => {
+                let _ = h.receive(false);
+                if !h.finished() {
+                    h.term();
+                    h.wait_status(grace)?;
+                }
+                if h.finished() {
+                    // It ended before the helper read the request: nothing was killed.
+                    let exit = decode(h.status.unwrap_or(0));
+                    h.reap();
+                    return Ok(Terminated {
+                        exit: self.reaped(exit),
+                        escaped: 0,
+                        finished_first: true,
+                    });
+                }
+                let killed = h.kill();
+                let exit = h.status.map_or(Exit::Signal(libc::SIGKILL), decode);
+                Ok(Terminated {
+                    exit: self.reaped(exit),
+                    escaped: killed.escaped,
+                    finished_first: false,
+                })
+            }
+            Kind::Cgroup { .. } => self.terminate_cgroup(grace),
+        }
+    }
+
+    fn terminate_cgroup(&mut self, grace: Duration) -> io::Result<Terminated> {
+        let mut escaped = HashSet::new();
+        self.note_escapees(&mut escaped);
         self.signal(libc::SIGTERM);
         self.signal(libc::SIGCONT);
         let waited = self.wait_exit(grace);
-        // Whatever the group started during the grace.
-        self.signal(libc::SIGSTOP);
-        sweep.catch();
-        sweep.kill();
-        // The rest of the group (children that ignored TERM) goes too.
-        self.signal(libc::SIGKILL);
+        // And those that left during the grace.
+        self.note_escapees(&mut escaped);
+        if let Kind::Cgroup { cgroup: Some(cg), .. } = &self.kind {
+            if let Err(e) = cg.kill() {
+                tracing::warn!(cgroup = %cg.path().display(), error = %e, "cgroup.kill failed; killing its processes one by one");
+                self.signal(libc::SIGKILL);
+                kill_each(cg);
+            }
+        }
         let exit = self.wait(true);
-        sweep.reap();
+        if let Kind::Cgroup { cgroup: Some(cg), .. } = &self.kind {
+            if !cg.wait_empty(REAP_WAIT) {
+                tracing::warn!(cgroup = %cg.path().display(), "a killed process started by a hook has not exited yet");
+            }
+            reap_orphans(cg);
+        }
         waited?;
         Ok(Terminated {
             exit: exit?.unwrap_or(Exit::Signal(libc::SIGKILL)),
-            escaped: sweep.escaped(),
+            escaped: escaped.len(),
+            finished_first: false,
         })
+    }
+
+    /// The processes in its cgroup that are not in its group (for the report).
+    fn note_escapees(&self, escaped: &mut HashSet<libc::pid_t>) {
+        let Kind::Cgroup { cgroup: Some(cg), .. } = &self.kind else {
+            return;
+        };
+        for pid in cg.procs() {
+            if pid == self.pid {
+                continue;
+            }
+            let left = !self.group || procfs::read_stat(pid).is_some_and(|p| p.pgid != self.pid);
+            if left {
+                escaped.insert(pid);
+            }
+        }
     }
 
     /// Waits up to `grace` for the hook to exit, without reaping it.
@@ -143,7 +262,7 @@ impl Child {
             if left.is_zero() {
                 return Ok(());
             }
-            match &self.pidfd {
+            match self.exit_fd() {
                 Some(fd) => {
                     let mut pfd = [libc::pollfd {
                         fd: fd.as_raw_fd(),
@@ -171,6 +290,60 @@ impl Child {
             }
         }
     }
+
+    /// Once the call is over: what its cgroup measured, and the end of its containment
+    /// (the cgroup removed, or left until its last process exits; the helper reaped).
+    pub(crate) fn finish(&mut self) -> Usage {
+        match &mut self.kind {
+            Kind::Cgroup { cgroup, .. } => cgroup.take().map(|cg| cg.usage()).unwrap_or_default(),
+            Kind::Helper(h) => {
+                h.reap();
+                Usage::default()
+            }
+        }
+    }
+}
+
+/// Without `cgroup.kill`: SIGKILL to each process in the cgroup, pinned by a pidfd
+/// first and checked to be in it still, so that a recycled pid is never signalled.
+fn kill_each(cg: &HookCgroup) {
+    for pid in cg.procs() {
+        if let Ok(fd) = sys::pidfd_open(pid) {
+            if cg.holds(pid) {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// In a subreaper, the hook's killed orphans came here: reaps them (only those that
+/// were in the hook's cgroup; any other child of ours is left alone).
+fn reap_orphans(cg: &HookCgroup) {
+    if !sys::is_child_subreaper() {
+        return;
+    }
+    for pid in children_of_self() {
+        // Pinned, then checked: a pid reaped meanwhile by someone else is not waited for.
+        let Ok(fd) = sys::pidfd_open(pid) else { continue };
+        if cg.holds(pid) {
+            let _ = sys::waitid(sys::WaitId::PidFd(fd.as_fd()), libc::WEXITED | libc::WNOHANG);
+        }
+    }
+}
+
+/// The pids of this process's children (those of every thread).
+fn children_of_self() -> Vec<libc::pid_t> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        // A thread that exited meanwhile handed its children to another one.
+        if let Ok(list) = std::fs::read(task.path().join("children")) {
+            procfs::for_each_pid(&list, false, |p| pids.push(p));
+        }
+    }
+    pids
 }
 
 impl Drop for Child {
@@ -181,65 +354,6 @@ impl Drop for Child {
                 tracing::warn!(pid = self.pid, error = %e, "killing an abandoned hook failed");
             }
         }
-        if self.exit.is_none() {
-            // Left registered: its pid stays ours (unreaped), and no other call's sweep
-            // takes it for an orphan.
-            tracing::warn!(pid = self.pid, "an abandoned hook could not be reaped");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::CString;
-    use std::os::fd::AsFd;
-
-    fn alive(pid: libc::pid_t) -> bool {
-        sys::kill(pid, 0).is_ok()
-    }
-
-    fn running(pid: libc::pid_t) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
-    }
-
-    /// `sh -c script` in its own group, its stdout kept open here.
-    fn spawn_sh(script: &str) -> crate::spawn::Spawned {
-        let argv = [c"/bin/sh".to_owned(), c"-c".to_owned(), CString::new(script).unwrap()];
-        match crate::spawn::spawn(c"/bin/sh", &argv, &[], false, true) {
-            Ok(s) => s,
-            Err(_) => panic!("cannot spawn /bin/sh"),
-        }
-    }
-
-    fn read_line(fd: &OwnedFd) -> String {
-        let mut out = Vec::new();
-        let mut byte = 0u8;
-        while matches!(sys::read(fd.as_fd(), std::slice::from_mut(&mut byte)), Ok(1)) && byte != b'\n' {
-            out.push(byte);
-        }
-        String::from_utf8(out).unwrap()
-    }
-
-    /// The error path: a panic while the hook runs kills and reaps it and what escaped
-    /// its group.
-    #[test]
-    fn a_panic_kills_and_reaps_the_hook_and_its_escapee() {
-        let spawned = spawn_sh("setsid sh -c 'echo $$; exec sleep 30' & wait");
-        let leader = spawned.child.pid;
-        let escapee: libc::pid_t = read_line(&spawned.stdout).parse().unwrap();
-        assert!(running(escapee));
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _spawned = spawned;
-            panic!("supervisor bug");
-        }));
-        assert!(panicked.is_err());
-        // Reaped: not even a zombie is left of the hook.
-        assert!(!alive(leader), "the hook {leader} is still there");
-        // A non-blocking waitpid on a pid that must no longer be our child.
-        assert!(sys::waitpid(leader, libc::WNOHANG).is_err());
-        // Killed; not our child (no subreaper here), so init reaps it.
-        assert!(!running(escapee), "the escaped sleep {escapee} survived");
+        // The cgroup (removed when empty) and the helper (reaped) clean up as they drop.
     }
 }

@@ -13,24 +13,53 @@
 //! Added, all configurable in [`ExecOptions`]: a timeout that kills everything the hook
 //! started and reports `TimedOut`; a drain limit so a background child holding the pipes
 //! cannot block the caller after the hook exited; output caps that are reported, never
-//! silent.
+//! silent; memory and process-count limits where cgroups allow.
+//!
+//! # Containment
+//!
+//! Each call's processes are contained exactly, so that a timeout or a dropped call
+//! kills everything the hook started, however it detached (`setsid`, a double fork, a
+//! process that keeps changing its pid), and nothing else:
+//!
+//! - **A cgroup v2 of its own** wherever this process can make one: under its own
+//!   cgroup, in `virt-hooks/` (found from `/proc/self/mountinfo` and `/proc/self/cgroup`,
+//!   so hybrid hosts with the v2 hierarchy beside the v1 controllers work too; under
+//!   systemd, that is the calling service's cgroup). The hook is created in it
+//!   (`clone3` with `CLONE_INTO_CGROUP`): no fork can slip out before a move. A kill is
+//!   `cgroup.kill`. The report records its CPU time and, with the memory controller,
+//!   its peak memory, and [`ExecOptions::memory_max`] and [`ExecOptions::max_processes`]
+//!   apply when the controllers are enabled for it. Needs Linux 5.14 and the right to
+//!   write that cgroup (root, or a delegated subtree this process's user owns).
+//! - **A per-hook subreaper** everywhere else: a helper process, forked for the call,
+//!   that is the child subreaper of that hook alone. All the hook's orphans come back to
+//!   it, and a kill goes on until it has no child left. It costs a copy of the caller's
+//!   page tables per call (a `fork`).
+//!
+//! Which one a call got is in [`HookOutcome::containment`] (and the report, and
+//! `hookctl`'s audit log); [`containment`] says which one this process gets and why.
+//! A failure to contain a hook in a cgroup is never a failure of the hook: the
+//! subreaper takes over and a warning says why.
 //!
 //! On timeout the hook's process group (it gets one whenever there is a timeout) gets
-//! TERM, a short grace, then KILL. Its descendants that left the group (`setsid`,
-//! `setpgid`) are found in `/proc` before that, frozen and killed with SIGKILL; and
-//! when this process is a child subreaper (see [`become_subreaper`]), so are the
-//! hook's orphans that were reparented here during the call, which is how a
-//! double-forked daemon is caught (without a subreaper, one already orphaned is out of
-//! reach). A process group such an escapee made, if it holds nothing else, is stopped and
-//! killed as a whole, and a subreaper goes on killing the hook's orphans as they come
-//! back to it until none has for a short while (30 ms, at most 1 s): even a process that
-//! keeps changing its pid (it forks, the parent exits, over and over) is caught. Whatever
-//! of this was reparented here is reaped. Children of this process that started before
-//! the hook, and hooks that other calls are running, are left alone; an orphan cannot
-//! say which hook it came from, so other processes reparented here from concurrent
-//! calls, or started by this program, during the call (or just after it, while the
-//! orphans are being killed) may be killed too. A hook that finishes in time keeps its
-//! background processes, as in libvirt.
+//! TERM and a short grace, then everything is killed. A hook that finishes in time keeps
+//! its background processes, as in libvirt (in its cgroup, which is removed once they
+//! are gone).
+//!
+//! What an embedder must and must not do:
+//!
+//! - It need not, and should not count on, being a child subreaper
+//!   ([`become_subreaper`]): hooks never rely on it. If it is one, it still inherits the
+//!   daemons that successful hooks leave behind, and must reap them.
+//! - Its own children are never touched: not the ones it had before a call, nor the ones
+//!   it starts while hooks run (another guest's VMM), whatever their timing.
+//! - It must not reap children it did not start with `waitpid(-1)` or ignore SIGCHLD
+//!   while hooks run: the hook (in a cgroup) or its helper is its child until the call
+//!   ends, and a call whose child was reaped by someone else fails.
+//! - Under systemd, hooks' cgroups are made inside the service's own cgroup (systemd
+//!   leaves such sub-cgroups alone while the unit runs, and kills what is in them when
+//!   it stops; `Delegate=yes` makes that arrangement official). A unit whose cgroup
+//!   belongs to another user (a delegated subtree) gets the subreaper instead, since
+//!   that user could move the hook's processes out of its cgroup.
 //!
 //! **On drop**: dropping the future of [`Hook::call`] inside tokio (a caller's
 //! `tokio::time::timeout`, the registry's timeout layer, a cancelled request) kills and
@@ -39,8 +68,9 @@
 //! a runtime (`fire_blocking`) the wait happens inside the poll, so there is nothing to
 //! drop mid-call: the hook's own timeout is what stops it.
 //!
-//! The spawn is `posix_spawn` (glibc's `clone(CLONE_VM|CLONE_VFORK)`), as std's
-//! `Command` uses when it can: no copy of the caller's page tables.
+//! The hook's process is made as `posix_spawn` makes one (`CLONE_VM | CLONE_VFORK`, on
+//! a stack of its own): no copy of the caller's page tables. Only the helper of the
+//! subreaper (and, outside x86-64, the hook started into a cgroup) is a plain copy.
 //!
 //! ```no_run
 //! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
@@ -59,14 +89,18 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
+mod cgroup;
 mod check;
 mod child;
 mod env_cmd;
+mod helper;
 mod interpreters;
+mod launch;
+mod procfs;
+mod raw;
 mod spawn;
 mod supervise;
 mod sys;
-mod tree;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::Metadata;
@@ -78,10 +112,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration, TrustPolicy, Untrusted};
-use hooks_core::{Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
+use hooks_core::{Containment, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
 
 pub use check::check_executable;
-pub use tree::become_subreaper;
 
 /// The variables libvirt passes on from the daemon, in libvirt's order, after `LC_ALL=C`.
 pub const ENV_WHITELIST: [&str; 9] = [
@@ -112,6 +145,17 @@ pub struct ExecOptions {
     /// Cap on each of stdout and stderr; more is read and dropped, and the record says
     /// so (a cut filter document fails the hook). By default 16 MiB.
     pub max_output: usize,
+    /// Run each call in a cgroup v2 of its own where this process can make one (the
+    /// default); `false`: always under a per-hook subreaper. See the crate docs.
+    pub cgroup: bool,
+    /// The most memory the hook's processes may use together, in bytes (`memory.max` of
+    /// its cgroup). Applies only where its cgroup has the memory controller; elsewhere
+    /// the record carries a warning. By default none.
+    pub memory_max: Option<u64>,
+    /// The most processes (and threads) the hook may have at once (`pids.max` of its
+    /// cgroup). Applies only where its cgroup has the pids controller; elsewhere the
+    /// record carries a warning. By default none.
+    pub max_processes: Option<u64>,
 }
 
 impl Default for ExecOptions {
@@ -121,7 +165,80 @@ impl Default for ExecOptions {
             kill_grace: Duration::from_millis(200),
             drain_limit: Duration::from_secs(1),
             max_output: 16 << 20,
+            cgroup: true,
+            memory_max: None,
+            max_processes: None,
         }
+    }
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
+///
+/// Hooks do not need it any more: each call has a containment of its own (see the crate
+/// docs), and a timeout kills exactly what the hook started, whether or not this process
+/// is a subreaper. It is kept for programs that want orphans for their own reasons; such
+/// a program inherits the daemons that successful hooks leave behind and must reap them.
+/// None of its own children is ever touched by a hook's timeout.
+///
+/// # Errors
+/// The `prctl` error (Linux only).
+pub fn become_subreaper() -> std::io::Result<()> {
+    sys::set_child_subreaper()
+}
+
+/// Which containment exec hooks get in this process, and why: see [`containment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ContainmentInEffect {
+    /// What calls get (unless [`ExecOptions::cgroup`] is false, or making a call's
+    /// cgroup fails: then the subreaper, and the record says why).
+    pub kind: Containment,
+    /// Where the hooks' cgroups are made: `<this process's cgroup>/virt-hooks`.
+    pub cgroup_parent: Option<PathBuf>,
+    /// The memory controller is enabled for them: [`ExecOptions::memory_max`] applies
+    /// and peak memory is recorded.
+    pub memory: bool,
+    /// The pids controller is enabled for them: [`ExecOptions::max_processes`] applies.
+    pub pids: bool,
+    /// A sentence for people: where the cgroups go and what they measure and limit, or
+    /// why there are none.
+    pub description: String,
+}
+
+impl std::fmt::Display for ContainmentInEffect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.description)
+    }
+}
+
+/// Which containment exec hooks get in this process: a cgroup v2 of their own (where,
+/// and whether memory and process limits apply), or a per-hook subreaper (and why no
+/// cgroup). The first call (of this or of any hook) looks once, and makes the
+/// `virt-hooks` cgroup under this process's own if it can.
+///
+/// ```
+/// let c = hooks_exec::containment();
+/// println!("exec hooks run in {c}");
+/// ```
+pub fn containment() -> ContainmentInEffect {
+    match cgroup::setup() {
+        Ok(setup) => ContainmentInEffect {
+            kind: Containment::Cgroup,
+            cgroup_parent: Some(setup.parent.clone()),
+            memory: setup.memory,
+            pids: setup.pids,
+            description: setup.describe(),
+        },
+        Err(why) => ContainmentInEffect {
+            kind: Containment::Subreaper,
+            cgroup_parent: None,
+            memory: false,
+            pids: false,
+            description: format!(
+                "a per-hook subreaper (no cgroup: {why}); CPU time and peak memory are not recorded, memory and \
+                 pids limits do not apply"
+            ),
+        },
     }
 }
 
@@ -204,6 +321,11 @@ impl ExecHook {
             env,
             input: inv.input_shared().cloned(),
             cancel: None,
+            cgroup: self.options.cgroup,
+            cgroup_limits: cgroup::Limits {
+                memory_max: self.options.memory_max,
+                pids_max: self.options.max_processes,
+            },
             limits: supervise::Limits {
                 timeout,
                 kill_grace: self.options.kill_grace,
@@ -249,6 +371,9 @@ struct Job {
     input: Option<Arc<[u8]>>,
     /// Hangs up when the caller's future is dropped (async calls only).
     cancel: Option<std::os::fd::OwnedFd>,
+    /// A cgroup of its own where possible, with these limits.
+    cgroup: bool,
+    cgroup_limits: cgroup::Limits,
     limits: supervise::Limits,
 }
 
@@ -265,13 +390,23 @@ impl Job {
 
     fn run(self) -> HookOutcome {
         let start = Instant::now();
-        let new_group = self.limits.timeout.is_some();
-        let spawned = spawn::spawn(&self.program, &self.argv, &self.env, self.input.is_some(), new_group);
+        let spawned = spawn::spawn(spawn::Request {
+            program: &self.program,
+            argv: &self.argv,
+            envp: &self.env,
+            stdin_pipe: self.input.is_some(),
+            new_group: self.limits.timeout.is_some(),
+            cgroup: self.cgroup,
+            limits: self.cgroup_limits,
+        });
         let mut outcome = match spawned {
-            Err(spawn::SpawnError::Exec(errno)) => {
+            Err(spawn::SpawnError::Exec(errno, containment)) => {
                 let err = std::io::Error::from_raw_os_error(errno);
                 let code = if errno == libc::ENOENT { 127 } else { 126 };
-                HookOutcome::exited(code).with_stderr(format!("cannot execute binary {}: {err}\n", self.path.display()))
+                let mut outcome = HookOutcome::exited(code)
+                    .with_stderr(format!("cannot execute binary {}: {err}\n", self.path.display()));
+                outcome.containment = Some(containment);
+                outcome
             }
             Err(spawn::SpawnError::Setup(source)) => HookOutcome::failed(HookError::Spawn {
                 path: self.path.clone(),
@@ -307,6 +442,10 @@ impl Job {
             .with_stderr(cap.stderr.data);
         outcome.stdout_truncated = cap.stdout.truncated;
         outcome.stderr_truncated = cap.stderr.truncated;
+        outcome.containment = Some(cap.containment);
+        outcome.cpu_time = cap.usage.cpu;
+        outcome.memory_peak = cap.usage.memory_peak;
+        outcome.warnings.extend(cap.notes);
         if cap.timed_out {
             let escaped = match cap.escaped {
                 0 => String::new(),
@@ -345,8 +484,8 @@ impl Hook for ExecHook {
         Some(&self.path)
     }
 
-    /// It stops at its timeout itself: TERM, the kill grace, KILL, the walk for
-    /// escaped descendants and the reaping take a little longer than the grace.
+    /// It stops at its timeout itself: TERM, the kill grace, then the kill of everything
+    /// in its containment and the reaping take a little longer than the grace.
     fn stop_grace(&self) -> Option<Duration> {
         Some(self.options.kill_grace.saturating_add(Duration::from_millis(500)))
     }
@@ -400,6 +539,8 @@ impl HookLoader for ExecLoader {
         if let Some(cap) = settings.max_output {
             options.max_output = usize::try_from(cap).unwrap_or(usize::MAX);
         }
+        // `memory` becomes the hook cgroup's `memory.max` where there is one.
+        options.memory_max = settings.memory;
         Ok(Arc::new(ExecHook::with_options(path, options)))
     }
 

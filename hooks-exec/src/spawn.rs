@@ -1,14 +1,19 @@
-//! `posix_spawn` with libvirt's child setup: every signal back to its default, an empty
-//! signal mask, every fd >= 3 closed, stdio on pipes (or /dev/null), optionally a new
-//! process group. std's `Command` would need a `pre_exec` closure for this, which makes
-//! it fall back to a plain `fork` of the whole (possibly large) caller.
+//! Starts a hook with its pipes, contained: in a cgroup of its own where this process can
+//! make one (see `cgroup.rs`), else under a helper that is its subreaper alone (see
+//! `helper.rs`). A failure to contain it in a cgroup is never a failure to run it: the
+//! helper takes over, and a note says why.
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
+use hooks_core::Containment;
+
+use crate::cgroup::{self, HookCgroup};
 use crate::child::Child;
-use crate::sys;
+use crate::helper::{Helper, StartError};
+use crate::launch::{self, LaunchError, Plan, Step};
+use crate::sys::{self, CStrArray};
 
 /// The child's end of things, as the parent holds them.
 pub(crate) struct Spawned {
@@ -16,67 +21,88 @@ pub(crate) struct Spawned {
     pub(crate) stdin: Option<OwnedFd>,
     pub(crate) stdout: OwnedFd,
     pub(crate) stderr: OwnedFd,
+    /// What the report should say about its containment or limits (a fallback, a limit
+    /// that does not apply here).
+    pub(crate) notes: Vec<String>,
 }
 
 /// Why a spawn failed.
+#[derive(Debug)]
 pub(crate) enum SpawnError {
-    /// exec itself failed in the child (the errno): libvirt reports this as exit status
-    /// 127 for ENOENT and 126 otherwise.
-    Exec(i32),
-    /// Setting up (pipes, spawn attributes) failed.
+    /// exec itself failed in the child (the errno), contained as said: libvirt reports
+    /// this as exit status 127 for ENOENT and 126 otherwise.
+    Exec(i32, Containment),
+    /// Setting up (pipes, the process, its descriptors) failed.
     Setup(io::Error),
 }
 
-/// Spawns `program` with `argv` and `envp` (both without the trailing null).
-pub(crate) fn spawn(
-    program: &CStr,
-    argv: &[CString],
-    envp: &[CString],
-    stdin_pipe: bool,
-    new_group: bool,
-) -> Result<Spawned, SpawnError> {
-    let (stdout_r, stdout_w) = sys::pipe().map_err(SpawnError::Setup)?;
-    let (stderr_r, stderr_w) = sys::pipe().map_err(SpawnError::Setup)?;
-    let stdin = if stdin_pipe {
-        Some(sys::pipe().map_err(SpawnError::Setup)?)
+impl SpawnError {
+    fn from_launch(e: LaunchError, containment: Containment) -> Self {
+        match e {
+            LaunchError::Child(Step::Exec, errno) => SpawnError::Exec(errno, containment),
+            LaunchError::Child(step, errno) => {
+                let err = io::Error::from_raw_os_error(errno);
+                SpawnError::Setup(io::Error::new(
+                    err.kind(),
+                    format!("the hook's process failed {}: {err}", step.describe()),
+                ))
+            }
+            LaunchError::Clone(errno) => SpawnError::Setup(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// How to start a hook.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub(crate) program: &'a CStr,
+    /// argv and envp, without the trailing null.
+    pub(crate) argv: &'a [CString],
+    pub(crate) envp: &'a [CString],
+    /// stdin on a pipe (else `/dev/null`).
+    pub(crate) stdin_pipe: bool,
+    /// A process group of its own.
+    pub(crate) new_group: bool,
+    /// A cgroup where one can be made (else always the helper).
+    pub(crate) cgroup: bool,
+    pub(crate) limits: cgroup::Limits,
+}
+
+pub(crate) fn spawn(req: Request<'_>) -> Result<Spawned, SpawnError> {
+    let (stdout_r, stdout_w) = sys::pipe_above_stdio().map_err(SpawnError::Setup)?;
+    let (stderr_r, stderr_w) = sys::pipe_above_stdio().map_err(SpawnError::Setup)?;
+    let stdin = if req.stdin_pipe {
+        Some(sys::pipe_above_stdio().map_err(SpawnError::Setup)?)
     } else {
         None
     };
-
-    // The attributes and file actions, destroyed on every way out.
-    let mut storage = sys::SpawnStorage::new();
-    let mut cfg = storage.config();
-    match &stdin {
-        Some((read, _)) => cfg.add_dup2(read.as_fd(), 0),
-        None => cfg.add_open(0, c"/dev/null", libc::O_RDONLY, 0),
-    }
-    .map_err(SpawnError::Setup)?;
-    cfg.add_dup2(stdout_w.as_fd(), 1).map_err(SpawnError::Setup)?;
-    cfg.add_dup2(stderr_w.as_fd(), 2).map_err(SpawnError::Setup)?;
-    // Closes whatever the embedding process left open without O_CLOEXEC.
-    cfg.add_closefrom(3).map_err(SpawnError::Setup)?;
-
-    cfg.set_sigmask_empty().map_err(SpawnError::Setup)?;
-    cfg.set_sigdefault_all().map_err(SpawnError::Setup)?;
-    let mut flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
-    if new_group {
-        flags |= libc::POSIX_SPAWN_SETPGROUP;
-        cfg.set_pgroup(0).map_err(SpawnError::Setup)?;
-    }
-    cfg.set_flags(flags).map_err(SpawnError::Setup)?;
-
-    let argv = sys::CStrArray::new(argv);
-    let envp = sys::CStrArray::new(envp);
-
-    // A sweep (a timed-out call in another thread) must not see this child before it
-    // is registered, or it could take it for that call's orphan.
-    let gate = crate::tree::spawning();
-    // glibc reports exec failures here (and reaps the child itself).
-    let pid = cfg.spawn(program, &argv, &envp).map_err(SpawnError::Exec)?;
-    crate::tree::register(pid);
-    drop(gate);
-    // From here on, dropping it kills and reaps it.
-    let child = Child::new(pid, new_group);
+    let argv = CStrArray::new(req.argv);
+    let envp = CStrArray::new(req.envp);
+    let plan = Plan {
+        program: req.program,
+        argv: &argv,
+        envp: &envp,
+        stdin: stdin.as_ref().map(|(read, _)| read.as_raw_fd()),
+        stdout: stdout_w.as_raw_fd(),
+        stderr: stderr_w.as_raw_fd(),
+        new_group: req.new_group,
+        announce: None,
+    };
+    let mut notes = Vec::new();
+    let child = match in_cgroup(&plan, &req, &mut notes)? {
+        Some(child) => child,
+        None => {
+            if req.limits.memory_max.is_some() || req.limits.pids_max.is_some() {
+                notes.push("its memory/pids limits are not enforced: it has no cgroup here".to_owned());
+            }
+            match Helper::start(&plan) {
+                Ok(helper) => Child::under_helper(helper, req.new_group),
+                Err(StartError::Launch(e)) => return Err(SpawnError::from_launch(e, Containment::Subreaper)),
+                Err(StartError::Helper(e)) => return Err(SpawnError::Setup(e)),
+            }
+        }
+    };
+    // From here on, dropping `child` kills and reaps it.
     drop((stdout_w, stderr_w));
     let stdin = stdin.map(|(read, write)| {
         drop(read);
@@ -87,5 +113,43 @@ pub(crate) fn spawn(
         stdin,
         stdout: stdout_r,
         stderr: stderr_r,
+        notes,
     })
+}
+
+/// The hook in a cgroup of its own, or `None` where it cannot have one (and `notes` says
+/// why, when it could have been expected to).
+fn in_cgroup(plan: &Plan<'_>, req: &Request<'_>, notes: &mut Vec<String>) -> Result<Option<Child>, SpawnError> {
+    if !req.cgroup {
+        return Ok(None);
+    }
+    // Unavailable in this process: `hooks_exec::containment()` says why; no note on
+    // every call.
+    let Ok(setup) = cgroup::setup() else { return Ok(None) };
+    let cg = match HookCgroup::create(setup, req.limits, notes) {
+        Ok(cg) => cg,
+        Err(e) => {
+            notes.push(format!(
+                "it ran under a per-hook subreaper: its cgroup could not be made ({e})"
+            ));
+            return Ok(None);
+        }
+    };
+    match launch::launch(plan, Some(cg.dir())) {
+        Ok(launched) => Ok(Some(Child::in_cgroup(launched.pid, launched.pidfd, req.new_group, cg))),
+        Err(LaunchError::Clone(errno)) => {
+            let err = io::Error::from_raw_os_error(errno);
+            notes.push(format!(
+                "it ran under a per-hook subreaper: it could not be started in its cgroup {} ({err})",
+                cg.path().display()
+            ));
+            if cgroup::recurs(errno) {
+                cgroup::give_up(format!(
+                    "the kernel refuses to start a process in a cgroup (clone3: {err})"
+                ));
+            }
+            Ok(None)
+        }
+        Err(e) => Err(SpawnError::from_launch(e, Containment::Cgroup)),
+    }
 }

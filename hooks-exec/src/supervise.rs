@@ -7,6 +7,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use hooks_core::Containment;
+
+use crate::cgroup::Usage;
 pub(crate) use crate::child::Exit;
 use crate::spawn::Spawned;
 use crate::sys;
@@ -34,6 +37,12 @@ pub(crate) struct Captured {
     pub(crate) escaped: usize,
     /// The pipes were still open when the drain limit ran out (a background process).
     pub(crate) pipes_abandoned: bool,
+    /// How the hook was contained, and what that measured.
+    pub(crate) containment: Containment,
+    pub(crate) usage: Usage,
+    /// What the report should say about the containment (a fallback, a limit not
+    /// enforced).
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +165,7 @@ pub(crate) fn supervise(
         stdin,
         stdout,
         stderr,
+        notes,
     } = spawned;
     let start = Instant::now();
     let deadline = limits.timeout.map(|t| start + t);
@@ -221,7 +231,7 @@ pub(crate) fn supervise(
                 };
             }
         }
-        if let (None, Some(fd)) = (exit, child.pidfd()) {
+        if let (None, Some(fd)) = (exit, child.exit_fd()) {
             fds[3] = libc::pollfd {
                 fd: fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -242,7 +252,7 @@ pub(crate) fn supervise(
             Some(_) => drain_until,
         };
         let mut wait = wake.map(|w| w.saturating_duration_since(now));
-        if exit.is_none() && child.pidfd().is_none() {
+        if exit.is_none() && child.exit_fd().is_none() {
             // No pidfd (old kernel): look for the exit every few milliseconds.
             wait = Some(wait.map_or(Duration::from_millis(5), |w| w.min(Duration::from_millis(5))));
         }
@@ -267,7 +277,7 @@ pub(crate) fn supervise(
                 r.drain(&mut buf, limits.max_output)?;
             }
         }
-        if exit.is_none() && (child.pidfd().is_none() || fds[3].revents != 0) {
+        if exit.is_none() && (child.exit_fd().is_none() || fds[3].revents != 0) {
             if let Some(e) = child.wait(false)? {
                 exit = Some(e);
                 // A hook that exited in time is not timed out by its background
@@ -283,11 +293,17 @@ pub(crate) fn supervise(
             let killed = child.terminate(limits.kill_grace)?;
             exit = Some(killed.exit);
             escaped = killed.escaped;
-            timed_out = true;
             writer.fd = None;
-            // The group and what left it are gone; only a process that escaped the walk
-            // (an orphan when this process is not a subreaper) can still hold the pipes.
-            drain_until = Some(Instant::now() + limits.drain_limit.min(Duration::from_millis(100)));
+            if killed.finished_first {
+                // It ended just as its time ran out, before anything was killed: not a
+                // timeout; its background processes live on, as after any run.
+                let now = Instant::now();
+                drain_until = Some(now + limits.drain_limit.min(Duration::from_millis(10)));
+            } else {
+                timed_out = true;
+                // Everything it started is gone; only the pipes' buffers are left to read.
+                drain_until = Some(Instant::now() + limits.drain_limit.min(Duration::from_millis(100)));
+            }
         } else if exit.is_some() && drain_until.is_some_and(|d| now >= d) && readers.iter().any(|r| r.fd.is_some()) {
             for r in &mut readers {
                 // Take what is already buffered before giving up on the pipe.
@@ -304,6 +320,8 @@ pub(crate) fn supervise(
     }
     let [stdout, stderr] = readers.map(|r| r.out);
     let exit = exit.expect("loop ends only after the exit was seen");
+    let containment = child.containment();
+    let usage = child.finish();
     Ok(Captured {
         exit,
         stdout,
@@ -312,5 +330,8 @@ pub(crate) fn supervise(
         cancelled,
         escaped,
         pipes_abandoned,
+        containment,
+        usage,
+        notes,
     })
 }

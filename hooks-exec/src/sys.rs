@@ -5,9 +5,8 @@
 //! errno, read at once, before anything else can overwrite it. (Reading `/proc` is plain
 //! std file I/O and stays where it is used.)
 //!
-//! None of this runs between fork and exec: the child is set up by glibc's
-//! `posix_spawn` (in a `CLONE_VM | CLONE_VFORK` child) from the attributes and file
-//! actions recorded by [`SpawnConfig`], and no code of this crate runs in it.
+//! None of this runs between clone and exec or in the per-hook helper: the code that
+//! does (`launch.rs`, `helper.rs`) uses the calls of `raw.rs`, which allocate nothing.
 //!
 //! A pid is a number, not a handle: these wrappers cannot make a signal or a wait reach
 //! the right process (a reaped pid may name another one), which is for their callers to
@@ -18,7 +17,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr;
 
@@ -29,6 +28,63 @@ use libc::{c_int, pid_t};
 /// A pipe, both ends close-on-exec: (read, write).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// [`pipe`], both ends numbered 3 or more: a caller that closed its stdin (or stdout)
+/// gets a pipe there, which the child's setup would overwrite before using it.
+pub(crate) fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe()?;
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
+}
+
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec: each send is one
+/// record, read whole or not at all.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as c_int; 2];
+    // SAFETY: the kernel writes two descriptor numbers into `fds`, a live local array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two new descriptors that nothing else owns.
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(pair.0)?, above_stdio(pair.1)?))
+}
+
+/// One `send(2)` of `data` as a record, never raising SIGPIPE (`MSG_NOSIGNAL`).
+pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads `data.len()` bytes from `data`.
+    let r = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One `recv(2)` of a record into `buf`, without waiting if `wait` is false: its length,
+/// 0 at end of file (the peer is gone).
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], wait: bool) -> io::Result<usize> {
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
 }
 
 /// Sets `O_NONBLOCK` on `fd` (`F_GETFL`, then `F_SETFL`).
@@ -73,11 +129,6 @@ pub(crate) fn getpid() -> pid_t {
     std::process::id() as pid_t
 }
 
-/// This process's process group.
-pub(crate) fn getpgrp() -> pid_t {
-    rustix::process::getpgrp().as_raw_pid()
-}
-
 /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
 pub(crate) fn set_child_subreaper() -> io::Result<()> {
     // rustix passes the pid as the flag: 1, as before.
@@ -87,6 +138,26 @@ pub(crate) fn set_child_subreaper() -> io::Result<()> {
 /// `prctl(PR_GET_CHILD_SUBREAPER)`: whether this process is a child subreaper.
 pub(crate) fn is_child_subreaper() -> bool {
     matches!(rustix::process::child_subreaper(), Ok(Some(_)))
+}
+
+/// This process's effective uid.
+pub(crate) fn geteuid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// `fork(2)`: 0 in the child, the child's pid in the parent.
+///
+/// # Safety
+/// This process may have other threads, which the child does not have: until it execs
+/// or exits, the child must run only code that allocates nothing and takes no lock (the
+/// calls of `raw.rs`), and must never return into the caller's code.
+pub(crate) unsafe fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: the caller keeps the child to async-signal-safe code (see above).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
 }
 
 /// `pidfd_open(2)`: a descriptor that refers to the process `pid` (> 0) for as long as
@@ -217,209 +288,27 @@ pub(crate) fn take_pending_sigpipe() {
     while unsafe { libc::sigtimedwait(&set, ptr::null_mut(), &zero) } == libc::SIGPIPE {}
 }
 
-// posix_spawn.
+// Arguments for exec.
 
 /// A null-terminated array of pointers to the NUL-terminated strings it borrows, as
 /// `argv` and `envp` are passed to exec.
 pub(crate) struct CStrArray<'a> {
-    ptrs: Vec<*mut libc::c_char>,
+    ptrs: Vec<*const libc::c_char>,
     _strings: PhantomData<&'a CStr>,
 }
 
 impl<'a> CStrArray<'a> {
     pub(crate) fn new(strings: &'a [CString]) -> Self {
-        let mut ptrs: Vec<*mut libc::c_char> = strings.iter().map(|s| s.as_ptr().cast_mut()).collect();
-        ptrs.push(ptr::null_mut());
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(ptr::null());
         CStrArray {
             ptrs,
             _strings: PhantomData,
         }
     }
-}
 
-/// Room for the spawn attributes and the file actions of one spawn. They are built in
-/// place by the [`SpawnConfig`] that borrows it, so they never move once initialised.
-pub(crate) struct SpawnStorage {
-    attr: MaybeUninit<libc::posix_spawnattr_t>,
-    actions: MaybeUninit<libc::posix_spawn_file_actions_t>,
-}
-
-impl SpawnStorage {
-    pub(crate) fn new() -> Self {
-        SpawnStorage {
-            attr: MaybeUninit::uninit(),
-            actions: MaybeUninit::uninit(),
-        }
-    }
-
-    /// The attributes and file actions of a spawn, built here. Each object is
-    /// initialised when first used and destroyed when the config is dropped.
-    pub(crate) fn config(&mut self) -> SpawnConfig<'_> {
-        SpawnConfig {
-            attr: &mut self.attr,
-            actions: &mut self.actions,
-            attr_init: false,
-            actions_init: false,
-        }
-    }
-}
-
-/// `posix_spawn`'s attributes and file actions, recorded for [`SpawnConfig::spawn`].
-pub(crate) struct SpawnConfig<'s> {
-    attr: &'s mut MaybeUninit<libc::posix_spawnattr_t>,
-    actions: &'s mut MaybeUninit<libc::posix_spawn_file_actions_t>,
-    /// Whether `attr` holds an object that `posix_spawnattr_init` made, not destroyed yet.
-    attr_init: bool,
-    /// The same for `actions`.
-    actions_init: bool,
-}
-
-/// The posix_spawn functions return the error number instead of setting errno.
-fn check(ret: c_int) -> io::Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(ret))
-    }
-}
-
-impl SpawnConfig<'_> {
-    fn actions(&mut self) -> io::Result<*mut libc::posix_spawn_file_actions_t> {
-        if !self.actions_init {
-            // SAFETY: `actions` is storage we hold exclusively (borrowed for as long as
-            // this config lives, so it stays in place), that init makes an object in.
-            check(unsafe { libc::posix_spawn_file_actions_init(self.actions.as_mut_ptr()) })?;
-            self.actions_init = true;
-        }
-        Ok(self.actions.as_mut_ptr())
-    }
-
-    fn attr(&mut self) -> io::Result<*mut libc::posix_spawnattr_t> {
-        if !self.attr_init {
-            // SAFETY: as for the file actions: our own storage, which does not move.
-            check(unsafe { libc::posix_spawnattr_init(self.attr.as_mut_ptr()) })?;
-            self.attr_init = true;
-        }
-        Ok(self.attr.as_mut_ptr())
-    }
-
-    /// In the child, `dup2(fd, target)`. `fd` must still be open when [`Self::spawn`]
-    /// runs (or the spawn fails with EBADF): only its number is recorded.
-    pub(crate) fn add_dup2(&mut self, fd: BorrowedFd<'_>, target: c_int) -> io::Result<()> {
-        let actions = self.actions()?;
-        // SAFETY: `actions` points to an initialised file actions object (see
-        // `actions`), to which the call only appends an entry holding two numbers.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(actions, fd.as_raw_fd(), target) })
-    }
-
-    /// In the child, `open(path, oflag, mode)` as `target`.
-    pub(crate) fn add_open(
-        &mut self,
-        target: c_int,
-        path: &'static CStr,
-        oflag: c_int,
-        mode: libc::mode_t,
-    ) -> io::Result<()> {
-        let actions = self.actions()?;
-        // SAFETY: an initialised file actions object, as in `add_dup2`; `path` is
-        // NUL-terminated and static, so it outlives the object even where the C
-        // library records the pointer rather than a copy (glibc copies it).
-        check(unsafe { libc::posix_spawn_file_actions_addopen(actions, target, path.as_ptr(), oflag, mode) })
-    }
-
-    /// In the child, closes every descriptor from `from` up.
-    pub(crate) fn add_closefrom(&mut self, from: c_int) -> io::Result<()> {
-        let actions = self.actions()?;
-        // SAFETY: an initialised file actions object, as in `add_dup2`; one number.
-        check(unsafe { libc::posix_spawn_file_actions_addclosefrom_np(actions, from) })
-    }
-
-    /// The child's signal mask is empty (with `POSIX_SPAWN_SETSIGMASK`).
-    pub(crate) fn set_sigmask_empty(&mut self) -> io::Result<()> {
-        let attr = self.attr()?;
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initialises the whole local set before setsigmask reads
-        // (copies) it into `attr`, an initialised attributes object (see `attr`).
-        check(unsafe {
-            libc::sigemptyset(set.as_mut_ptr());
-            libc::posix_spawnattr_setsigmask(attr, set.as_ptr())
-        })
-    }
-
-    /// Every signal goes back to its default action in the child (with
-    /// `POSIX_SPAWN_SETSIGDEF`).
-    pub(crate) fn set_sigdefault_all(&mut self) -> io::Result<()> {
-        let attr = self.attr()?;
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: as in `set_sigmask_empty`, with the full set from sigfillset.
-        check(unsafe {
-            libc::sigfillset(set.as_mut_ptr());
-            libc::posix_spawnattr_setsigdefault(attr, set.as_ptr())
-        })
-    }
-
-    /// The child's process group (with `POSIX_SPAWN_SETPGROUP`; 0: a new one it leads).
-    pub(crate) fn set_pgroup(&mut self, pgroup: pid_t) -> io::Result<()> {
-        let attr = self.attr()?;
-        // SAFETY: an initialised attributes object (see `attr`), given one number.
-        check(unsafe { libc::posix_spawnattr_setpgroup(attr, pgroup) })
-    }
-
-    /// Which of the attributes apply (`POSIX_SPAWN_*`).
-    pub(crate) fn set_flags(&mut self, flags: c_int) -> io::Result<()> {
-        let attr = self.attr()?;
-        // SAFETY: an initialised attributes object (see `attr`), given one number.
-        check(unsafe { libc::posix_spawnattr_setflags(attr, flags as libc::c_short) })
-    }
-
-    /// `posix_spawn(program, argv, envp)` with what was recorded: the child's pid, or the
-    /// error number. glibc reports a failed exec here too (and reaps that child itself).
-    pub(crate) fn spawn(&mut self, program: &CStr, argv: &CStrArray<'_>, envp: &CStrArray<'_>) -> Result<pid_t, c_int> {
-        let actions = if self.actions_init {
-            self.actions.as_ptr()
-        } else {
-            ptr::null()
-        };
-        let attr = if self.attr_init {
-            self.attr.as_ptr()
-        } else {
-            ptr::null()
-        };
-        let mut pid: pid_t = 0;
-        // SAFETY: `pid` is a live local, the only memory written. `program` is
-        // NUL-terminated; `actions` and `attr` are null (none) or objects initialised in
-        // storage this config borrows; `argv` and `envp` are null-terminated arrays of
-        // pointers to NUL-terminated strings, all borrowed until this returns. The child
-        // shares our memory (CLONE_VM) but we are suspended (CLONE_VFORK) until it has
-        // exec'd or failed, so all of this is alive while it reads it, and it runs only
-        // glibc's code, never ours.
-        let ret = unsafe {
-            libc::posix_spawn(
-                &mut pid,
-                program.as_ptr(),
-                actions,
-                attr,
-                argv.ptrs.as_ptr(),
-                envp.ptrs.as_ptr(),
-            )
-        };
-        if ret != 0 {
-            return Err(ret);
-        }
-        Ok(pid)
-    }
-}
-
-impl Drop for SpawnConfig<'_> {
-    fn drop(&mut self) {
-        if self.attr_init {
-            // SAFETY: initialised by `attr` and not destroyed yet (the flag says so); it is
-            // destroyed once, here, and not used after.
-            unsafe { libc::posix_spawnattr_destroy(self.attr.as_mut_ptr()) };
-        }
-        if self.actions_init {
-            // SAFETY: as above, for the file actions.
-            unsafe { libc::posix_spawn_file_actions_destroy(self.actions.as_mut_ptr()) };
-        }
+    /// The array, for `execve`: valid while this (and so the strings) lives.
+    pub(crate) fn as_ptr(&self) -> *const *const libc::c_char {
+        self.ptrs.as_ptr()
     }
 }

@@ -4,6 +4,9 @@
 //! Tests named `*_in_a_subreaper` run in a fresh copy of this binary that made itself a
 //! child subreaper: the flag is process-wide, and orphans must come back to a process
 //! that runs no other test (and be reaped by nobody else, so "no zombie" is checked).
+//!
+//! Each test runs under both containments: a cgroup of the hook's own (where this
+//! process can make one) and the per-hook subreaper.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -51,11 +54,15 @@ fn inv() -> Invocation {
     )
 }
 
-fn with_timeout(path: &Path, ms: u64) -> ExecHook {
+/// A cgroup where one can be made, then always the per-hook subreaper.
+const CONTAINMENTS: [bool; 2] = [true, false];
+
+fn with_timeout(path: &Path, ms: u64, cgroup: bool) -> ExecHook {
     ExecHook::with_options(
         path,
         ExecOptions {
             timeout: Some(Duration::from_millis(ms)),
+            cgroup,
             ..Default::default()
         },
     )
@@ -152,59 +159,69 @@ fn daemonize_then_hang(pidfile: &Path) -> String {
 #[test]
 fn timeout_kills_a_setsid_escapee_in_a_subreaper() {
     in_subreaper("timeout_kills_a_setsid_escapee_in_a_subreaper", || {
-        let tmp = tempfile::tempdir().unwrap();
-        let pidfile = tmp.path().join("escapee");
-        let hook = with_timeout(&script(tmp.path(), "hook", &setsid_then_hang(&pidfile)), 300);
-        let t = Instant::now();
-        let out = hook.run_blocking(&inv());
-        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
-        assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
-        assert!(
-            out.warnings.iter().any(|w| w.contains("that had left it")),
-            "{:?}",
-            out.warnings
-        );
-        let escapee = read_pid(&pidfile);
-        assert!(
-            gone_within(escapee, Duration::from_secs(2)),
-            "the setsid sleep {escapee} is still there (running: {})",
-            running(escapee)
-        );
+        for cgroup in CONTAINMENTS {
+            let tmp = tempfile::tempdir().unwrap();
+            let pidfile = tmp.path().join("escapee");
+            let hook = with_timeout(&script(tmp.path(), "hook", &setsid_then_hang(&pidfile)), 300, cgroup);
+            let t = Instant::now();
+            let out = hook.run_blocking(&inv());
+            assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+            assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
+            assert!(
+                out.warnings.iter().any(|w| w.contains("1 process that had left it")),
+                "{:?} ({:?})",
+                out.warnings,
+                out.containment
+            );
+            let escapee = read_pid(&pidfile);
+            assert!(
+                gone_within(escapee, Duration::from_secs(2)),
+                "the setsid sleep {escapee} is still there (running: {}, {:?})",
+                running(escapee),
+                out.containment
+            );
+        }
     });
 }
 
 #[test]
 fn timeout_kills_a_double_forked_daemon_in_a_subreaper() {
     in_subreaper("timeout_kills_a_double_forked_daemon_in_a_subreaper", || {
-        let tmp = tempfile::tempdir().unwrap();
-        let pidfile = tmp.path().join("daemon");
-        let hook = with_timeout(&script(tmp.path(), "hook", &daemonize_then_hang(&pidfile)), 300);
-        let t = Instant::now();
-        let out = hook.run_blocking(&inv());
-        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
-        assert!(out.status.is_timeout(), "{:?}", out.status);
-        let daemon = read_pid(&pidfile);
-        assert!(
-            gone_within(daemon, Duration::from_secs(2)),
-            "the orphaned sleep {daemon} is still there (running: {})",
-            running(daemon)
-        );
+        for cgroup in CONTAINMENTS {
+            let tmp = tempfile::tempdir().unwrap();
+            let pidfile = tmp.path().join("daemon");
+            let hook = with_timeout(&script(tmp.path(), "hook", &daemonize_then_hang(&pidfile)), 300, cgroup);
+            let t = Instant::now();
+            let out = hook.run_blocking(&inv());
+            assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+            assert!(out.status.is_timeout(), "{:?}", out.status);
+            let daemon = read_pid(&pidfile);
+            assert!(
+                gone_within(daemon, Duration::from_secs(2)),
+                "the orphaned sleep {daemon} is still there (running: {}, {:?})",
+                running(daemon),
+                out.containment
+            );
+        }
     });
 }
 
 #[test]
 fn timeout_kills_a_setsid_escapee_without_a_subreaper() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pidfile = tmp.path().join("escapee");
-    let hook = with_timeout(&script(tmp.path(), "hook", &setsid_then_hang(&pidfile)), 300);
-    let out = hook.run_blocking(&inv());
-    assert!(out.status.is_timeout(), "{:?}", out.status);
-    let escapee = read_pid(&pidfile);
-    // Killed; init, its parent now, reaps it.
-    assert!(
-        dead_within(escapee, Duration::from_secs(2)),
-        "the setsid sleep {escapee} survived"
-    );
+    for cgroup in CONTAINMENTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("escapee");
+        let hook = with_timeout(&script(tmp.path(), "hook", &setsid_then_hang(&pidfile)), 300, cgroup);
+        let out = hook.run_blocking(&inv());
+        assert!(out.status.is_timeout(), "{:?}", out.status);
+        let escapee = read_pid(&pidfile);
+        // Killed; init, its parent now, reaps it.
+        assert!(
+            dead_within(escapee, Duration::from_secs(2)),
+            "the setsid sleep {escapee} survived ({:?})",
+            out.containment
+        );
+    }
 }
 
 #[test]
@@ -212,33 +229,39 @@ fn a_successful_hooks_daemon_survives_a_later_timeout_in_a_subreaper() {
     in_subreaper(
         "a_successful_hooks_daemon_survives_a_later_timeout_in_a_subreaper",
         || {
-            let tmp = tempfile::tempdir().unwrap();
-            let first = tmp.path().join("first");
-            let leaves = script(
-                tmp.path(),
-                "leaves-a-daemon",
-                &format!(
-                    "#!/bin/sh\n\
-                 setsid sh -c 'echo $$ > {f}; exec sleep 30' </dev/null >/dev/null 2>&1 &\n\
-                 while [ ! -s {f} ]; do sleep 0.01; done\n\
-                 exit 0\n",
-                    f = first.display()
-                ),
-            );
-            let out = with_timeout(&leaves, 5000).run_blocking(&inv());
-            assert!(out.status.is_success(), "{:?}", out.status);
-            let daemon = Daemon(read_pid(&first));
-            assert!(running(daemon.0), "the daemon of a successful hook was killed");
-            // Reparented here, among the children a later sweep looks at.
-            assert_eq!(parent_of(daemon.0), Some(me()));
+            for cgroup in CONTAINMENTS {
+                let tmp = tempfile::tempdir().unwrap();
+                let first = tmp.path().join("first");
+                let leaves = script(
+                    tmp.path(),
+                    "leaves-a-daemon",
+                    &format!(
+                        "#!/bin/sh\n\
+                     setsid sh -c 'echo $$ > {f}; exec sleep 30' </dev/null >/dev/null 2>&1 &\n\
+                     while [ ! -s {f} ]; do sleep 0.01; done\n\
+                     exit 0\n",
+                        f = first.display()
+                    ),
+                );
+                let out = with_timeout(&leaves, 5000, cgroup).run_blocking(&inv());
+                assert!(out.status.is_success(), "{:?}", out.status);
+                let daemon = Daemon(read_pid(&first));
+                assert!(running(daemon.0), "the daemon of a successful hook was killed");
+                // Reparented here (when its hook's helper left, under a subreaper).
+                assert_eq!(parent_of(daemon.0), Some(me()));
 
-            let second = tmp.path().join("second");
-            let hangs = with_timeout(&script(tmp.path(), "hangs", &daemonize_then_hang(&second)), 300);
-            let out = hangs.run_blocking(&inv());
-            assert!(out.status.is_timeout(), "{:?}", out.status);
-            let escapee = read_pid(&second);
-            assert!(gone_within(escapee, Duration::from_secs(2)), "{escapee} survived");
-            assert!(running(daemon.0), "a timeout killed the daemon an earlier hook left");
+                let second = tmp.path().join("second");
+                let hangs = with_timeout(&script(tmp.path(), "hangs", &daemonize_then_hang(&second)), 300, cgroup);
+                let out = hangs.run_blocking(&inv());
+                assert!(out.status.is_timeout(), "{:?}", out.status);
+                let escapee = read_pid(&second);
+                assert!(gone_within(escapee, Duration::from_secs(2)), "{escapee} survived");
+                assert!(
+                    running(daemon.0),
+                    "a timeout killed the daemon an earlier hook left ({:?})",
+                    out.containment
+                );
+            }
         },
     );
 }
@@ -270,7 +293,7 @@ fn drop_the_call_when(hook: &ExecHook, ready: &Path) -> tokio::runtime::Runtime 
 }
 
 /// No timeout (so no process group of its own): the hook and its background sleep.
-fn hook_with_a_background_sleep(dir: &Path) -> (ExecHook, PathBuf, PathBuf) {
+fn hook_with_a_background_sleep(dir: &Path, cgroup: bool) -> (ExecHook, PathBuf, PathBuf) {
     let (hook_pid, bg_pid) = (dir.join("hook"), dir.join("bg"));
     let p = script(
         dir,
@@ -281,43 +304,51 @@ fn hook_with_a_background_sleep(dir: &Path) -> (ExecHook, PathBuf, PathBuf) {
             bg_pid.display()
         ),
     );
-    (ExecHook::new(p), hook_pid, bg_pid)
+    let options = ExecOptions {
+        cgroup,
+        ..Default::default()
+    };
+    (ExecHook::with_options(p, options), hook_pid, bg_pid)
 }
 
 #[test]
 fn dropping_the_call_kills_and_reaps_everything_in_a_subreaper() {
     in_subreaper("dropping_the_call_kills_and_reaps_everything_in_a_subreaper", || {
-        let tmp = tempfile::tempdir().unwrap();
-        let (hook, hook_pid, bg_pid) = hook_with_a_background_sleep(tmp.path());
-        let _rt = drop_the_call_when(&hook, &bg_pid);
-        let (hook_pid, bg_pid) = (read_pid(&hook_pid), read_pid(&bg_pid));
-        assert!(
-            gone_within(hook_pid, Duration::from_secs(5)),
-            "the hook {hook_pid} is still there"
-        );
-        assert!(
-            gone_within(bg_pid, Duration::from_secs(5)),
-            "its sleep {bg_pid} is still there"
-        );
+        for cgroup in CONTAINMENTS {
+            let tmp = tempfile::tempdir().unwrap();
+            let (hook, hook_pid, bg_pid) = hook_with_a_background_sleep(tmp.path(), cgroup);
+            let _rt = drop_the_call_when(&hook, &bg_pid);
+            let (hook_pid, bg_pid) = (read_pid(&hook_pid), read_pid(&bg_pid));
+            assert!(
+                gone_within(hook_pid, Duration::from_secs(5)),
+                "the hook {hook_pid} is still there (cgroup: {cgroup})"
+            );
+            assert!(
+                gone_within(bg_pid, Duration::from_secs(5)),
+                "its sleep {bg_pid} is still there (cgroup: {cgroup})"
+            );
+        }
     });
 }
 
 #[test]
 fn dropping_the_call_kills_everything_without_a_subreaper() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (hook, hook_pid, bg_pid) = hook_with_a_background_sleep(tmp.path());
-    let _rt = drop_the_call_when(&hook, &bg_pid);
-    let (hook_pid, bg_pid) = (read_pid(&hook_pid), read_pid(&bg_pid));
-    // Our child: reaped, not even a zombie.
-    assert!(
-        gone_within(hook_pid, Duration::from_secs(5)),
-        "the hook {hook_pid} is still there"
-    );
-    // Init's child by now: dead is all we can ask.
-    assert!(
-        dead_within(bg_pid, Duration::from_secs(5)),
-        "its sleep {bg_pid} survived"
-    );
+    for cgroup in CONTAINMENTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hook, hook_pid, bg_pid) = hook_with_a_background_sleep(tmp.path(), cgroup);
+        let _rt = drop_the_call_when(&hook, &bg_pid);
+        let (hook_pid, bg_pid) = (read_pid(&hook_pid), read_pid(&bg_pid));
+        // Our child (or our helper's, reaped by it): not even a zombie.
+        assert!(
+            gone_within(hook_pid, Duration::from_secs(5)),
+            "the hook {hook_pid} is still there (cgroup: {cgroup})"
+        );
+        // Init's child by now, or the helper's: dead is all we can ask.
+        assert!(
+            dead_within(bg_pid, Duration::from_secs(5)),
+            "its sleep {bg_pid} survived (cgroup: {cgroup})"
+        );
+    }
 }
 
 /// A process that keeps changing its pid, as a hook may leave behind: each hop notes its
@@ -400,13 +431,13 @@ fn timeout_kills_a_process_that_keeps_changing_its_pid_in_a_subreaper() {
             // HOPPER_RUNS=n, with the test binary run directly, to measure.
             let runs: usize = std::env::var("HOPPER_RUNS").map_or(6, |v| v.parse().unwrap());
             let mut survived = Vec::new();
-            for run in 0..runs {
+            for (run, cgroup) in (0..runs).flat_map(|r| CONTAINMENTS.map(|c| (r, c))) {
                 // Hops in one session, with and without a pause, and in a new one each.
                 let (delay, setsid) = [("0", ""), ("0.001", ""), ("0", "setsid")][run % 3];
-                let pids = tmp.path().join(format!("hops{run}"));
+                let pids = tmp.path().join(format!("hops{run}-{cgroup}"));
                 let hook = script(
                     tmp.path(),
-                    &format!("hook{run}"),
+                    &format!("hook{run}-{cgroup}"),
                     &format!(
                         "#!/bin/sh\n\
                          setsid {h} {f} {HOPS} {delay} {setsid} </dev/null >/dev/null 2>&1 &\n\
@@ -418,7 +449,7 @@ fn timeout_kills_a_process_that_keeps_changing_its_pid_in_a_subreaper() {
                 );
                 let hops = Hops(&pids);
                 let t = Instant::now();
-                let out = with_timeout(&hook, 300).run_blocking(&inv());
+                let out = with_timeout(&hook, 300, cgroup).run_blocking(&inv());
                 let took = t.elapsed();
                 assert!(out.status.is_timeout(), "{:?}", out.status);
                 // A survivor is free to hop on; a killed hop may take a moment to go.
@@ -426,14 +457,17 @@ fn timeout_kills_a_process_that_keeps_changing_its_pid_in_a_subreaper() {
                 let alive = hops.alive();
                 // All of them: one that ran out of hops outlived the kill by seconds.
                 let hopped = fs::read_to_string(&pids).unwrap().lines().count();
-                eprintln!("run {run} (sleep {delay} {setsid}): {hopped} hops, took {took:?}, running: {alive:?}");
+                eprintln!(
+                    "run {run} (sleep {delay} {setsid}, {:?}): {hopped} hops, took {took:?}, running: {alive:?}",
+                    out.containment
+                );
                 if !alive.is_empty() || hopped >= HOPS || took > Duration::from_secs(5) {
-                    survived.push((run, delay, setsid, hopped, took, alive));
+                    survived.push((run, out.containment, delay, setsid, hopped, took, alive));
                 }
             }
             assert!(
                 survived.is_empty(),
-                "it outlived the kill (run, sleep, setsid, hops, took, running): {survived:?}"
+                "it outlived the kill (run, containment, sleep, setsid, hops, took, running): {survived:?}"
             );
         },
     );

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hooks_core::{Driver, HookOutcome, HookStatus, Invocation};
+use hooks_core::{Containment, Driver, Hook, HookOutcome, HookStatus, Invocation};
 use hooks_exec::{ExecHook, ExecOptions};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -23,8 +23,36 @@ fn inv(input: Option<&[u8]>) -> Invocation {
     )
 }
 
+/// Runs the hook as it is configured, and again always under a per-hook subreaper: the
+/// contract is the same whatever contains the hook. Returns the first outcome.
 fn run(hook: &ExecHook, input: Option<&[u8]>) -> HookOutcome {
-    hook.run_blocking(&inv(input))
+    let out = hook.run_blocking(&inv(input));
+    let path = hook.path().expect("an exec hook has a path");
+    let options = ExecOptions {
+        cgroup: false,
+        ..*hook.options()
+    };
+    let sub = ExecHook::with_options(path, options).run_blocking(&inv(input));
+    assert_eq!(sub.containment, Some(Containment::Subreaper));
+    assert_eq!(
+        (
+            sub.status.describe(),
+            &sub.stdout,
+            &sub.stderr,
+            sub.stdout_truncated,
+            sub.stderr_truncated
+        ),
+        (
+            out.status.describe(),
+            &out.stdout,
+            &out.stderr,
+            out.stdout_truncated,
+            out.stderr_truncated
+        ),
+        "under a subreaper vs {:?}",
+        out.containment
+    );
+    out
 }
 
 #[test]
@@ -212,7 +240,6 @@ fn large_input_that_the_hook_never_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_inside_a_tokio_runtime() {
-    use hooks_core::Hook;
     let tmp = tempfile::tempdir().unwrap();
     let p = script(tmp.path(), "ok", "#!/bin/sh\ncat\n");
     let calls: Vec<_> = (0..8)

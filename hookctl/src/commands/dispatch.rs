@@ -213,6 +213,7 @@ fn audit(
                     json!({"changed": d.changed, "lines_added": d.lines_added, "lines_removed": d.lines_removed});
                 fields.insert("document".into(), summary);
             }
+            crate::audit::containment_fields(r, &mut hook);
             hook
         })
         .collect();

@@ -27,6 +27,9 @@ struct DriverListing {
     /// Plugins' per-object state directories that exist now.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     state: Vec<StateView>,
+    /// For a listing with exec hooks: what contains them when this process runs them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exec_containment: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +174,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             listings.push(l);
         }
     }
+    exec_containment(&mut listings);
     if args.json {
         output::json(&listings);
         return Ok(true);
@@ -233,6 +237,9 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                 _ => {}
             }
         }
+        if let Some(c) = &l.exec_containment {
+            text.push_str(&format!("  exec containment: {c}\n"));
+        }
         for st in &l.state {
             let (path, plugin, object) = (name(&st.path), name(&st.plugin), name(&st.object));
             match &st.kept {
@@ -249,6 +256,27 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     }
     output::stdout(text.as_bytes());
     Ok(true)
+}
+
+/// Which containment exec hooks get (a cgroup of their own, or a per-hook subreaper),
+/// on each listing that has any: hookctl run the same way (as root, from the same
+/// cgroup) gets the same.
+fn exec_containment(listings: &mut [DriverListing]) {
+    #[cfg(feature = "exec")]
+    {
+        let mut found = None;
+        for l in listings.iter_mut() {
+            if l.entries.iter().any(|e| e.backend == Some("exec")) {
+                l.exec_containment = Some(
+                    found
+                        .get_or_insert_with(|| hooks_exec::containment().to_string())
+                        .clone(),
+                );
+            }
+        }
+    }
+    #[cfg(not(feature = "exec"))]
+    let _ = listings;
 }
 
 fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
@@ -345,6 +373,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 entries,
                 error: None,
                 state: Vec::new(),
+                exec_containment: None,
             }
         }
         Err(e) => DriverListing {
@@ -355,6 +384,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
             entries: Vec::new(),
             error: Some(format!("cannot read `{}`: {e}", hooks.drop_in_dir(driver).display())),
             state: Vec::new(),
+            exec_containment: None,
         },
     }
 }

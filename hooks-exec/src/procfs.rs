@@ -1,0 +1,109 @@
+//! What `/proc` says about a process: its parent, process group, start time and whether
+//! it is a zombie. The parsing allocates nothing, so the per-hook helper uses it too.
+
+use std::ffi::CStr;
+
+use crate::raw;
+
+/// One line of `/proc/<pid>/stat`, the fields we need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Proc {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) ppid: libc::pid_t,
+    pub(crate) pgid: libc::pid_t,
+    /// Start time in clock ticks after boot: with the pid, who it is.
+    pub(crate) start: u64,
+    /// Dead, not reaped yet.
+    pub(crate) zombie: bool,
+}
+
+pub(crate) fn parse_stat(pid: libc::pid_t, stat: &[u8]) -> Option<Proc> {
+    // The command name is in parentheses and may itself contain any byte but NUL.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let zombie = matches!(fields.next()?, "Z" | "X");
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    // Fields 6 to 21, then starttime (22).
+    let start = fields.nth(16)?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        pgid,
+        start,
+        zombie,
+    })
+}
+
+/// `/proc/<pid>/stat`, without allocating.
+pub(crate) fn read_stat(pid: libc::pid_t) -> Option<Proc> {
+    let mut path = [0u8; 32];
+    let path = raw::proc_path(&mut path, b"/proc/", u64::try_from(pid).ok()?, b"/stat")?;
+    read_stat_at(pid, path)
+}
+
+fn read_stat_at(pid: libc::pid_t, path: &CStr) -> Option<Proc> {
+    let mut buf = [0u8; 1024];
+    let len = raw::read_file(path, &mut buf).ok()?;
+    parse_stat(pid, buf.get(..len)?)
+}
+
+/// The pids in a `children` file or `cgroup.procs`: whitespace-separated decimals. A
+/// number cut off at the end of a full buffer is skipped.
+pub(crate) fn for_each_pid(text: &[u8], full: bool, mut each: impl FnMut(libc::pid_t)) {
+    let mut words = text.split(|b| b.is_ascii_whitespace()).peekable();
+    while let Some(word) = words.next() {
+        if full && words.peek().is_none() {
+            break;
+        }
+        if let Some(pid) = raw::parse_decimal(word).and_then(|n| libc::pid_t::try_from(n).ok()) {
+            each(pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_a_hostile_command_name() {
+        let line = b"4242 (a) S 1 2 (b) R 77 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1234 56\n";
+        assert_eq!(
+            parse_stat(4242, line),
+            Some(Proc {
+                pid: 4242,
+                ppid: 77,
+                pgid: 4242,
+                start: 987654,
+                zombie: false,
+            })
+        );
+        assert_eq!(parse_stat(1, b"1 (init) S 0"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let (me, parent) = (
+            std::process::id() as libc::pid_t,
+            std::os::unix::process::parent_id() as libc::pid_t,
+        );
+        let p = read_stat(me).unwrap();
+        assert_eq!(p.ppid, parent);
+        assert!(!p.zombie);
+    }
+
+    #[test]
+    fn pid_lists_skip_a_number_cut_off() {
+        let mut seen = Vec::new();
+        for_each_pid(b"12 345 6", false, |p| seen.push(p));
+        assert_eq!(seen, [12, 345, 6]);
+        seen.clear();
+        for_each_pid(b"12 345 6", true, |p| seen.push(p));
+        assert_eq!(seen, [12, 345]);
+        seen.clear();
+        for_each_pid(b"\n7 x 99999999999 8\n", false, |p| seen.push(p));
+        assert_eq!(seen, [7, 8]);
+    }
+}

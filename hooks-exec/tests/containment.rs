@@ -1,0 +1,428 @@
+//! Each exec hook is contained exactly: a timeout kills every process the hook started,
+//! however it detached, and never a process the embedder started itself.
+//!
+//! Tests named `*_in_a_subreaper` run in a fresh copy of this binary that made itself a
+//! child subreaper (the flag is process-wide), as an embedder following the old advice
+//! would. Each runs under both containments: a cgroup of the hook's own (where this
+//! process can make one) and the per-hook subreaper. Tests of what only a cgroup can do
+//! say so and skip where this process cannot make one (not root, no cgroup v2), or
+//! where the controller they need is not enabled.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hooks_core::{Containment, Driver, HookStatus, Invocation};
+use hooks_exec::{ExecHook, ExecOptions};
+
+const IN_CHILD: &str = "HOOKS_EXEC_TEST_IN_SUBREAPER";
+
+/// Runs `body` in a copy of this test binary that is a child subreaper.
+fn in_subreaper(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(IN_CHILD).is_some_and(|v| v == test) {
+        hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+        body();
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(IN_CHILD, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // What the copy printed (skips included) shows in this test's output too.
+    eprint!("{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in a subreaper:\n{stdout}\n{stderr}"
+    );
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, body).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn inv() -> Invocation {
+    Invocation::new(
+        Driver::Qemu,
+        hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
+        None,
+    )
+}
+
+/// A cgroup where one can be made, then always the per-hook subreaper.
+const CONTAINMENTS: [bool; 2] = [true, false];
+
+fn with_timeout(path: &Path, ms: u64, cgroup: bool) -> ExecHook {
+    ExecHook::with_options(
+        path,
+        ExecOptions {
+            timeout: Some(Duration::from_millis(ms)),
+            cgroup,
+            ..Default::default()
+        },
+    )
+}
+
+/// Whether this process gives hooks cgroups; if not, says so (the test is skipped).
+fn cgroups_here(test: &str) -> bool {
+    let c = hooks_exec::containment();
+    if c.kind != Containment::Cgroup {
+        eprintln!("SKIPPED {test}: hooks get no cgroup here ({c})");
+        return false;
+    }
+    true
+}
+
+fn read_pid(file: &Path) -> libc::pid_t {
+    fs::read_to_string(file).unwrap().trim().parse().unwrap()
+}
+
+/// Has a /proc entry that is not a zombie.
+fn running(pid: libc::pid_t) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+}
+
+fn dead_within(pid: libc::pid_t, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while running(pid) {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// SIGKILL to a process a test started or expected dead, whatever the test's outcome.
+struct KillOnDrop(libc::pid_t);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if running(self.0) {
+            // SAFETY: kill takes no pointers; the pid was seen running just now and is
+            // one this test's hook or the test itself started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A hook that detaches `sleep 30` as a daemon does (a new session, then its parent
+/// exits, so it is orphaned before the timeout), notes its pid in `pidfile`, and hangs.
+fn daemonize_then_hang(pidfile: &Path) -> String {
+    let f = pidfile.display();
+    format!(
+        "#!/bin/sh\n\
+         setsid sh -c 'sh -c \"echo \\$\\$ > {f}.tmp; mv {f}.tmp {f}; exec sleep 30\" &' </dev/null >/dev/null 2>&1\n\
+         while [ ! -s {f} ]; do sleep 0.01; done\n\
+         sleep 30\n"
+    )
+}
+
+/// Waits for a file a hook writes (by rename, so it is whole once it exists).
+fn wait_for(file: &Path) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// The embedder's case: it is a subreaper (as the docs used to advise) and, while a hook
+/// hangs, starts a long-lived child of its own (another guest's VMM). The hook's timeout
+/// kills the hook's daemon, and leaves the embedder's child alone.
+#[test]
+fn a_timeout_spares_the_embedders_own_child_in_a_subreaper() {
+    in_subreaper("a_timeout_spares_the_embedders_own_child_in_a_subreaper", || {
+        for cgroup in CONTAINMENTS {
+            let tmp = tempfile::tempdir().unwrap();
+            let pidfile = tmp.path().join("daemon");
+            let hook = with_timeout(
+                &script(tmp.path(), "hook", &daemonize_then_hang(&pidfile)),
+                1000,
+                cgroup,
+            );
+            let (embedder, out) = std::thread::scope(|s| {
+                let vmm = s.spawn(|| {
+                    // Started while the hook runs: after it, and not by this crate.
+                    assert!(wait_for(&pidfile), "the hook never started its daemon");
+                    Command::new("sleep").arg("30").spawn().expect("spawn sleep")
+                });
+                let out = hook.run_blocking(&inv());
+                (vmm.join().unwrap(), out)
+            });
+            let vmm = KillOnDrop(embedder.id() as libc::pid_t);
+            assert!(out.status.is_timeout(), "{:?}", out.status);
+            let daemon = KillOnDrop(read_pid(&pidfile));
+            assert!(
+                dead_within(daemon.0, Duration::from_secs(2)),
+                "the hook's daemon {} survived its timeout ({:?})",
+                daemon.0,
+                out.containment
+            );
+            assert!(
+                running(vmm.0),
+                "the hook's timeout killed the embedder's own child {} ({:?})",
+                vmm.0,
+                out.containment
+            );
+            let mut embedder = embedder;
+            let _ = embedder.kill();
+            let _ = embedder.wait();
+        }
+    });
+}
+
+/// Without a subreaper anywhere, a daemon the hook detached (orphaned, so reparented to
+/// init, before the timeout) dies with the hook's timeout all the same.
+#[test]
+fn a_timeout_kills_a_detached_daemon_without_a_subreaper() {
+    for cgroup in CONTAINMENTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("daemon");
+        let hook = with_timeout(&script(tmp.path(), "hook", &daemonize_then_hang(&pidfile)), 300, cgroup);
+        let out = hook.run_blocking(&inv());
+        assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
+        let daemon = KillOnDrop(read_pid(&pidfile));
+        assert!(
+            dead_within(daemon.0, Duration::from_secs(2)),
+            "the detached sleep {} survived the timeout ({:?})",
+            daemon.0,
+            out.containment
+        );
+    }
+}
+
+/// The record, and the report's JSON, say which containment each call had.
+#[test]
+fn the_report_says_which_containment_was_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = script(tmp.path(), "ok", "#!/bin/sh\nexit 0\n");
+    let expected = hooks_exec::containment().kind;
+    if expected != Containment::Cgroup {
+        eprintln!(
+            "NOTE the_report_says_which_containment_was_used: hooks get no cgroup here; checking the subreaper only"
+        );
+    }
+    for (cgroup, want) in [(true, expected), (false, Containment::Subreaper)] {
+        let options = ExecOptions {
+            cgroup,
+            ..Default::default()
+        };
+        let registry = hooks_core::RegistryBuilder::new()
+            .hook(Driver::Qemu, ExecHook::with_options(&hook, options))
+            .build();
+        let event = hooks_core::RawEvent::new(Driver::Qemu, ["vm1", "prepare", "begin", "-"]);
+        let report = registry.fire_blocking(&event).unwrap();
+        assert_eq!(report.hooks[0].containment, Some(want));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["hooks"][0]["containment"], want.as_str(), "{json}");
+        // Measured in a cgroup only.
+        assert_eq!(report.hooks[0].cpu_us.is_some(), want == Containment::Cgroup, "{json}");
+    }
+}
+
+/// A shell loop that burns CPU for a while (~100 ms on a slow machine).
+const BUSY: &str = "#!/bin/sh\ni=0\nwhile [ $i -lt 100000 ]; do i=$((i+1)); done\n";
+
+/// CPU time counts every process in the hook's cgroup, those that left its group
+/// included; peak memory is there where the memory controller is.
+#[test]
+fn cpu_time_and_peak_memory_are_recorded_in_a_cgroup() {
+    if !cgroups_here("cpu_time_and_peak_memory_are_recorded_in_a_cgroup") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let idle = ExecHook::new(script(tmp.path(), "idle", "#!/bin/sh\nexit 0\n")).run_blocking(&inv());
+    let busy_path = script(tmp.path(), "busy", BUSY);
+    // The busy loop runs in a new session, as a detached process would.
+    let detached = script(
+        tmp.path(),
+        "detached",
+        &format!(
+            "#!/bin/sh\nsetsid {} </dev/null >/dev/null 2>&1 &\nwait\n",
+            busy_path.display()
+        ),
+    );
+    let busy = ExecHook::new(&detached).run_blocking(&inv());
+    assert!(busy.status.is_success(), "{:?}", busy.status);
+    let (idle_cpu, busy_cpu) = (idle.cpu_time.unwrap(), busy.cpu_time.unwrap());
+    assert!(busy_cpu > idle_cpu, "busy {busy_cpu:?} vs idle {idle_cpu:?}");
+    let c = hooks_exec::containment();
+    if c.memory {
+        assert!(busy.memory_peak.is_some_and(|m| m > 0), "{:?}", busy.memory_peak);
+    } else {
+        eprintln!("SKIPPED peak memory: no memory controller for hook cgroups here ({c})");
+        assert_eq!(busy.memory_peak, None);
+    }
+}
+
+/// `memory_max` stops a hook that allocates past it, where the memory controller is;
+/// elsewhere the record says the limit was not enforced.
+#[test]
+fn a_memory_limit_applies_where_the_controller_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = hooks_exec::containment();
+    let options = ExecOptions {
+        memory_max: Some(16 << 20),
+        timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    if !c.memory {
+        eprintln!("SKIPPED enforcing memory_max: no memory controller for hook cgroups here ({c})");
+        let ok = script(tmp.path(), "ok", "#!/bin/sh\nexit 0\n");
+        let out = ExecHook::with_options(&ok, options).run_blocking(&inv());
+        assert!(out.status.is_success(), "{:?}", out.status);
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.contains("memory limit") && w.contains("not enforced")),
+            "{:?}",
+            out.warnings
+        );
+        return;
+    }
+    // Holds 64 MiB in the shell's memory.
+    let hog = script(
+        tmp.path(),
+        "hog",
+        "#!/bin/sh\nx=$(head -c 67108864 /dev/zero | tr '\\0' x)\necho ${#x}\n",
+    );
+    let out = ExecHook::with_options(&hog, options).run_blocking(&inv());
+    assert!(
+        !out.status.is_success(),
+        "it got past its memory limit: {:?}",
+        out.status
+    );
+}
+
+/// `max_processes` stops a hook that forks past it, where the pids controller is;
+/// elsewhere the record says the limit was not enforced.
+#[test]
+fn a_process_limit_applies_where_the_controller_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = hooks_exec::containment();
+    let forker = script(
+        tmp.path(),
+        "forker",
+        "#!/bin/sh\nn=0\nwhile [ $n -lt 20 ]; do sleep 5 & n=$((n+1)); done\nkill $(jobs -p) 2>/dev/null\nexit 0\n",
+    );
+    let options = ExecOptions {
+        max_processes: Some(5),
+        timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let out = ExecHook::with_options(&forker, options).run_blocking(&inv());
+    if c.pids {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(stderr.contains("fork"), "{:?}: {stderr}", out.status);
+    } else {
+        eprintln!("SKIPPED enforcing max_processes: no pids controller for hook cgroups here ({c})");
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.contains("pids limit") && w.contains("not enforced")),
+            "{:?}",
+            out.warnings
+        );
+    }
+}
+
+/// The directory of the cgroup named by a `/proc/<pid>/cgroup` text.
+fn cgroup_dir_of(text: &str) -> PathBuf {
+    let name = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim();
+    let parent = hooks_exec::containment().cgroup_parent.unwrap();
+    parent.join(Path::new(name).file_name().unwrap())
+}
+
+/// A hook's cgroup is gone after its call; one a hook's daemon lives in stays until the
+/// daemon is gone, and a later call removes it.
+#[test]
+fn a_hooks_cgroup_is_removed_once_empty() {
+    if !cgroups_here("a_hooks_cgroup_is_removed_once_empty") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = script(tmp.path(), "plain", "#!/bin/sh\ncat /proc/self/cgroup\n");
+    let out = ExecHook::new(&plain).run_blocking(&inv());
+    let dir = cgroup_dir_of(&String::from_utf8_lossy(&out.stdout));
+    assert!(!dir.exists(), "{} is still there", dir.display());
+
+    let pidfile = tmp.path().join("daemon");
+    let leaves = script(
+        tmp.path(),
+        "leaves",
+        &format!(
+            "#!/bin/sh\ncat /proc/self/cgroup\nsetsid sh -c 'echo $$ > {f}; exec sleep 30' </dev/null >/dev/null 2>&1 &\n\
+             while [ ! -s {f} ]; do sleep 0.01; done\n",
+            f = pidfile.display()
+        ),
+    );
+    let out = ExecHook::new(&leaves).run_blocking(&inv());
+    assert!(out.status.is_success(), "{:?}", out.status);
+    let dir = cgroup_dir_of(&String::from_utf8_lossy(&out.stdout));
+    let daemon = KillOnDrop(read_pid(&pidfile));
+    assert!(running(daemon.0), "a successful hook's daemon was killed");
+    assert!(dir.exists(), "{} was removed under its daemon", dir.display());
+    let pid = daemon.0;
+    drop(daemon);
+    assert!(
+        dead_within(pid, Duration::from_secs(2)),
+        "the daemon {pid} survived SIGKILL"
+    );
+    // Its parent (init) reaps it; a zombie would not keep the cgroup populated anyway.
+    let until = Instant::now() + Duration::from_secs(5);
+    while dir.exists() && Instant::now() < until {
+        let _ = ExecHook::new(&plain).run_blocking(&inv());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!dir.exists(), "{} outlived its daemon", dir.display());
+}
+
+/// A hook that kills its own helper (it is root: it can) gets a clear error, is killed
+/// itself, and nothing hangs.
+#[test]
+fn a_hook_that_kills_its_helper_is_an_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("hook");
+    let hook = script(
+        tmp.path(),
+        "parricide",
+        &format!(
+            "#!/bin/sh\necho $$ > {}\nkill -9 $PPID\nexec sleep 30\n",
+            pidfile.display()
+        ),
+    );
+    let options = ExecOptions {
+        cgroup: false,
+        timeout: Some(Duration::from_secs(20)),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let out = ExecHook::with_options(&hook, options).run_blocking(&inv());
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    // Whenever it died (before or after the hook was reported running), it says so.
+    match &out.status {
+        HookStatus::Failed(e) => {
+            let why = hooks_core::error_chain(e);
+            assert!(why.contains("helper process died"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let pid = KillOnDrop(read_pid(&pidfile));
+    assert!(
+        dead_within(pid.0, Duration::from_secs(2)),
+        "the hook {} survived",
+        pid.0
+    );
+}
