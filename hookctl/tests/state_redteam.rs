@@ -651,3 +651,111 @@ fn simulate_with_state_in_tmp_deletes_through_a_users_planted_link() {
         victim.display()
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Issue 19, finding 1A (FAILS): a WASM module with `state = true` makes 20 levels of
+// 255-byte directory names in /state (80 KiB of its quota). The path passes PATH_MAX, so
+// the walk that looks for mount points (by path) fails with ENAMETOOLONG, and that
+// failure keeps the directory, with a note, at every `release end`: the module's state
+// outlives its guest, lifecycle after lifecycle.
+// ---------------------------------------------------------------------------------
+fn deep_tree_module(levels: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"
+(module
+  (import "wasi_snapshot_preview1" "path_create_directory" (func $mkdir (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{name}")
+  (data (i32.const 2048) "f")
+  (func (export "_start") (local $fd i32) (local $i i32) (local $errno i32)
+    (local.set $fd (i32.const 3))
+    (loop $down
+      ;; at a later event the tree is there (errno 20: exist)
+      (local.set $errno (call $mkdir (local.get $fd) (i32.const 1024) (i32.const 255)))
+      (if (i32.eq (local.get $errno) (i32.const 20)) (then (call $proc_exit (i32.const 0))))
+      (if (local.get $errno) (then (call $proc_exit (i32.const 10))))
+      ;; opened as a directory (oflags 2), with every right but fd_write
+      (if (call $path_open (local.get $fd) (i32.const 0) (i32.const 1024) (i32.const 255)
+                           (i32.const 2) (i64.const 0x1FFFFFBF) (i64.const 0x1FFFFFFF) (i32.const 0) (i32.const 16))
+        (then (call $proc_exit (i32.const 11))))
+      (local.set $fd (i32.load (i32.const 16)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $down (i32.lt_u (local.get $i) (i32.const {levels}))))
+    ;; a file at the bottom (oflags 1: create)
+    (if (call $path_open (local.get $fd) (i32.const 0) (i32.const 2048) (i32.const 1)
+                         (i32.const 1) (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 16))
+      (then (call $proc_exit (i32.const 12))))
+    (call $proc_exit (i32.const 0))))
+"#,
+        name = "d".repeat(255)
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_wasm_modules_tree_past_path_max_outlives_its_guest() {
+    let tmp0 = tempfile::tempdir().unwrap();
+    let state = tmp0.path().join("state");
+    let (_tmp, hooks, plugins) = installed_with_state(&state);
+    fs::write(plugins.join("10-deep.wasm"), deep_tree_module(20)).unwrap();
+    fs::write(plugins.join("10-deep.wasm.toml"), "state = true\n").unwrap();
+    for round in 0..2 {
+        as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        assert!(state.join("qemu/web1/10-deep.wasm").join("d".repeat(255)).is_dir());
+        let release = as_libvirt_xml(&hooks, ["web1", "release", "end", "-"])
+            .assert()
+            .success();
+        let note = fs::read_to_string(state.join(".kept/qemu/web1/10-deep.wasm")).unwrap_or_default();
+        assert!(
+            !state.join("qemu/web1").exists() && note.is_empty(),
+            "round {round}: the module's tree outlived its guest (note: {note:.200}; stderr: {:.300})",
+            stderr_of(&release)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// FAILS: removal held a descriptor per level (std's `remove_dir_all`): a stateful plugin
+// whose tree is deeper than the dispatcher's open-file limit (300 levels, under a limit
+// of 64; libvirtd's own soft limit is commonly 1024) keeps its state forever, each
+// `release end` failing with EMFILE.
+// ---------------------------------------------------------------------------------
+#[test]
+fn a_tree_deeper_than_the_open_file_limit_outlives_its_guest() {
+    if std::process::Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: util-linux `prlimit` is not installed");
+        return;
+    }
+    let tmp0 = tempfile::tempdir().unwrap();
+    let state = tmp0.path().join("state");
+    let (_tmp, hooks, plugins) = installed_with_state(&state);
+    stateful_plugin(
+        &plugins,
+        "10-deep",
+        "if [ \"$2\" = prepare ]; then cd \"$VIRT_HOOK_STATE\" || exit 8; i=0; \
+         while [ $i -lt 300 ]; do mkdir d && cd d || exit 7; i=$((i+1)); done; echo x > f; fi",
+        0,
+    );
+    as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+        .assert()
+        .success();
+    let bottom = state.join("qemu/web1/10-deep").join("d/".repeat(300)).join("f");
+    assert!(bottom.exists());
+    let mut release = assert_cmd::Command::new("prlimit");
+    common::libvirt_env(&mut release)
+        .arg("--nofile=64")
+        .arg("--")
+        .arg(hooks.join("qemu"))
+        .args(["web1", "release", "end", "-"])
+        .write_stdin("<domain/>\n");
+    let release = release.assert().success();
+    assert!(
+        !state.join("qemu/web1").exists(),
+        "a tree deeper than the open-file limit outlived its guest: {:.300}",
+        stderr_of(&release)
+    );
+}

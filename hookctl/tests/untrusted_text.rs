@@ -305,3 +305,47 @@ fn plugin_file_names_are_escaped_in_list_check_run_and_simulate() {
         hookctl(&hooks, &["simulate", "qemu", "start", "vm"]).output().unwrap(),
     );
 }
+
+/// A native or WASM plugin in libvirt's own `qemu.d/` gets a warning from `run` and
+/// `simulate` (libvirt would not load it): that warning names the file escaped, also
+/// beside `--json` output and on a terminal.
+#[test]
+fn a_misplaced_plugins_file_name_is_escaped_in_the_warning_of_run_and_simulate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let drop_ins = hooks.join("qemu.d");
+    fs::create_dir_all(&drop_ins).unwrap();
+    let evil = "x\u{1b}]0;OWNED\u{7}\u{1b}[2J\u{9b}H\u{202e}.wasm";
+    let module = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#).unwrap();
+    fs::write(drop_ins.join(evil), module).unwrap();
+    let shown = "x\\x1b]0;OWNED\\x07\\x1b[2J\\u{9b}H\\u{202e}.wasm";
+    let commands = [
+        "run qemu vm prepare begin -",
+        "run qemu vm prepare begin - --json",
+        "simulate qemu start vm",
+        "simulate qemu start vm --json",
+    ];
+    for what in commands {
+        let args: Vec<&str> = what.split(' ').collect();
+        let out = hookctl(&hooks, &args).output().unwrap();
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+        assert_no_raw(what, &stderr);
+        if !what.ends_with("--json") {
+            assert_no_raw(what, &stdout_of(&out));
+        }
+        let warning = stderr
+            .lines()
+            .find(|l| l.contains("libvirt runs qemu.d/ itself"))
+            .unwrap_or_else(|| panic!("{what}: no warning about the misplaced plugin: {stderr}"));
+        assert!(warning.contains(shown), "{what}: {warning}");
+    }
+    // What the operator sees: stdout and stderr on one terminal.
+    for what in commands {
+        let Some(seen) = on_a_terminal(&hooks, what) else {
+            return;
+        };
+        assert_no_raw(what, &seen.replace("\r\n", "\n"));
+        assert!(seen.contains(shown), "{what} on a terminal: {seen}");
+    }
+}

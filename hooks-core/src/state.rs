@@ -10,12 +10,16 @@
 //! A root belongs to one hooks dir: the last event removes every directory of the
 //! object under it, whichever registry made it.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, StatxFlags};
+use rustix::io::Errno;
 
 use crate::trust::TrustPolicy;
 use crate::{Driver, HookEvent};
@@ -67,15 +71,16 @@ pub enum StateError {
     #[error("the hook asks for a state directory (`state = true`) but whoever runs it keeps none (libvirt itself never does; hookctl's dispatcher does for `<driver>.plugins/`)")]
     NoRoot,
     /// A directory on the way is not safe to use.
-    #[error("state directory `{}` refused: {why}", path.display())]
+    #[error("state directory refused: {why}: `{}`", path.display())]
     Refused {
         /// The directory.
         path: PathBuf,
         /// Why.
         why: String,
     },
-    /// A directory holds a mount point: removing it would empty another file system.
-    #[error("state directory `{}` holds a mount point (`{}`): not removed", path.display(), mount.display())]
+    /// A directory holds a mount point (or is one): removing it would empty another
+    /// file system.
+    #[error("{}", holds_mount(path, mount))]
     HoldsMount {
         /// The directory.
         path: PathBuf,
@@ -83,7 +88,7 @@ pub enum StateError {
         mount: PathBuf,
     },
     /// The file system said no.
-    #[error("state directory `{}`: {cause}", path.display())]
+    #[error("state directory: {cause}: `{}`", path.display())]
     Io {
         /// The directory.
         path: PathBuf,
@@ -237,30 +242,190 @@ fn read_note(path: &Path) -> Option<String> {
     Some(crate::text::escape(text.trim_end()).into_owned())
 }
 
-/// The first mount point inside `dir` (a different mount than `dir`'s own), if any.
-/// Bind mounts of the same file system have the same device, so mount IDs decide.
-fn mount_inside(dir: &Path) -> Result<Option<PathBuf>, StateError> {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
-    let mount_id = |path: &Path| -> io::Result<u64> {
-        let stx = statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID)?;
-        Ok(stx.stx_mnt_id)
+/// [`StateError::HoldsMount`]'s message: the cause first, since a path in a tree may be
+/// longer than the caps on messages.
+fn holds_mount(path: &Path, mount: &Path) -> String {
+    match mount.strip_prefix(path) {
+        Ok(inside) if inside.as_os_str().is_empty() => {
+            format!("is a mount point, so not removed: state directory `{}`", path.display())
+        }
+        Ok(inside) => format!(
+            "holds a mount point, so not removed: state directory `{}`, mount point `{}` in it",
+            path.display(),
+            inside.display()
+        ),
+        Err(_) => format!(
+            "holds a mount point, so not removed: state directory `{}`, mount point `{}`",
+            path.display(),
+            mount.display()
+        ),
+    }
+}
+
+/// Opens the directory `name` in `at`, never through a link.
+fn open_dir_at(at: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(at, name, flags, Mode::empty())
+}
+
+/// The entry `name` of `at` opened, if it is a directory (not a link to one).
+fn open_if_dir(at: BorrowedFd<'_>, name: &CStr, kind: FileType) -> rustix::io::Result<Option<OwnedFd>> {
+    if !matches!(kind, FileType::Directory | FileType::Unknown) {
+        return Ok(None);
+    }
+    match open_dir_at(at, name) {
+        Ok(dir) => Ok(Some(dir)),
+        // A link, or no longer a directory.
+        Err(Errno::NOTDIR | Errno::LOOP) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Which directory a walk is in, and on which mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirId {
+    dev: (u32, u32),
+    ino: u64,
+    mount: u64,
+}
+
+fn dir_id(dir: BorrowedFd<'_>) -> io::Result<DirId> {
+    let stx = rustix::fs::statx(dir, c"", AtFlags::EMPTY_PATH, StatxFlags::INO | StatxFlags::MNT_ID)?;
+    // Bind mounts of one file system share its device: mount IDs tell them apart. A
+    // kernel before 5.8 has none; the device still tells other file systems apart.
+    let mount = if stx.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+        stx.stx_mnt_id
+    } else {
+        (u64::from(stx.stx_dev_major) << 32) | u64::from(stx.stx_dev_minor)
     };
-    let own = mount_id(dir).map_err(io_error(dir))?;
-    let mut pending = vec![dir.to_owned()];
-    while let Some(next) = pending.pop() {
-        for entry in fs::read_dir(&next).map_err(io_error(&next))? {
-            let entry = entry.map_err(io_error(&next))?;
-            if !entry.file_type().map_err(io_error(&next))?.is_dir() {
+    Ok(DirId {
+        dev: (stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mount,
+    })
+}
+
+/// What [`walk_tree`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Looks for a mount point, changing nothing.
+    FindMount,
+    /// Removes everything, down to a mount point if it meets one.
+    Empty,
+}
+
+/// A level that [`walk_tree`] went down from.
+struct Above {
+    id: DirId,
+    /// The directory it went into.
+    name: CString,
+    /// Where to read on: the position after `name`.
+    resume: i64,
+}
+
+/// Walks the tree below the directory `top` (at `path`, for messages) depth first, and
+/// returns the first directory in it on another mount than `mount`, where it stopped.
+/// [`Walk::Empty`] removes what it passes (links, not what they name).
+///
+/// Any depth and any length of names: it holds no path to open, and two descriptors at
+/// most. A level is opened from the one above and left through its `..`, which must be
+/// the directory it came from, or the walk fails (something moved the tree meanwhile).
+fn walk_tree(top: BorrowedFd<'_>, path: &Path, mount: u64, walk: Walk) -> Result<Option<PathBuf>, StateError> {
+    let errno = |at: &Path, e: Errno| io_error(at)(e.into());
+    let mut at = path.to_owned();
+    let mut id = dir_id(top).map_err(io_error(&at))?;
+    let mut level = Dir::read_from(top).map_err(|e| errno(&at, e))?;
+    let mut above: Vec<Above> = Vec::new();
+    // Whether `level` was read on from a position: after removals, a file system whose
+    // positions count entries (tmpfs before Linux 6.6) skips some, so it is read again.
+    let mut resumed = false;
+    loop {
+        let mut below = None;
+        while let Some(entry) = level.read() {
+            let entry = entry.map_err(|e| errno(&at, e))?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
                 continue;
             }
-            let path = entry.path();
-            if mount_id(&path).map_err(io_error(&path))? != own {
-                return Ok(Some(path));
+            let here = level.fd().map_err(|e| errno(&at, e))?;
+            let child = at.join(OsStr::from_bytes(name.to_bytes()));
+            let dir = match open_if_dir(here, name, entry.file_type()) {
+                Ok(Some(dir)) => dir,
+                Ok(None) if walk == Walk::Empty => match rustix::fs::unlinkat(here, name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(errno(&child, e)),
+                },
+                Ok(None) | Err(Errno::NOENT) => continue,
+                Err(e) => return Err(errno(&child, e)),
+            };
+            let dir_id = dir_id(dir.as_fd()).map_err(io_error(&child))?;
+            if dir_id.mount != mount {
+                return Ok(Some(child));
             }
-            pending.push(path);
+            below = Some((dir, dir_id, name.to_owned(), entry.offset(), child));
+            break;
         }
+        if let Some((dir, dir_id, name, resume, child)) = below {
+            above.push(Above { id, name, resume });
+            (id, at, resumed) = (dir_id, child, false);
+            level = Dir::new(dir).map_err(|e| errno(&at, e))?;
+            continue;
+        }
+        if resumed && walk == Walk::Empty {
+            level.rewind();
+            resumed = false;
+            continue;
+        }
+        let Some(up) = above.pop() else {
+            return Ok(None);
+        };
+        let here = level.fd().map_err(|e| errno(&at, e))?;
+        let parent = open_dir_at(here, c"..").map_err(|e| errno(&at, e))?;
+        if dir_id(parent.as_fd()).map_err(io_error(&at))? != up.id {
+            return Err(refused(&at, "it was moved while its tree was walked".into()));
+        }
+        if walk == Walk::Empty {
+            match rustix::fs::unlinkat(&parent, &up.name, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(errno(&at, e)),
+            }
+        }
+        at.pop();
+        id = up.id;
+        level = Dir::new(parent).map_err(|e| errno(&at, e))?;
+        level.seek(up.resume).map_err(|e| errno(&at, e))?;
+        resumed = true;
     }
-    Ok(None)
+}
+
+/// The first mount point in the open directory `dir` (at `path`), or `dir` itself if
+/// it is one: a directory on another mount than `mount`, its object's.
+fn mount_in(dir: BorrowedFd<'_>, path: &Path, mount: u64) -> Result<Option<PathBuf>, StateError> {
+    if dir_id(dir).map_err(io_error(path))?.mount != mount {
+        return Ok(Some(path.to_owned()));
+    }
+    walk_tree(dir, path, mount, Walk::FindMount)
+}
+
+/// Removes the directory `name` of `object` (open as `dir`, at `path`) and all it
+/// holds; stops at a mount point, which it names.
+fn remove_tree(
+    object: BorrowedFd<'_>,
+    name: &CStr,
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    mount: u64,
+) -> Result<(), StateError> {
+    if let Some(inner) = walk_tree(dir, path, mount, Walk::Empty)? {
+        return Err(StateError::HoldsMount {
+            path: path.to_owned(),
+            mount: inner,
+        });
+    }
+    match rustix::fs::unlinkat(object, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(io_error(path)(e.into())),
+    }
 }
 
 impl StateRoot {
@@ -380,10 +545,12 @@ impl StateRoot {
     }
 
     /// After an object's last event: removes its hooks' directories, except those for
-    /// which `kept` gives a reason (the hook failed that event) and those holding a
-    /// mount point; a note with the reason goes to `<root>/.kept/<driver>/<object>/<hook>`.
-    /// Returns the directories kept. Nothing is removed unless the root and the levels
-    /// down to the object are directories of the effective user that only it may write.
+    /// which `kept` gives a reason (the hook failed that event) and those that are or
+    /// hold a mount point; a note with the reason goes to
+    /// `<root>/.kept/<driver>/<object>/<hook>`. Returns the directories kept. Nothing is
+    /// removed unless the root and the levels down to the object are directories of the
+    /// effective user that only it may write. Trees are walked through descriptors, so
+    /// no depth or length of names keeps one.
     ///
     /// # Errors
     /// A level that fails those checks, or the first directory that could not be
@@ -404,65 +571,82 @@ impl StateRoot {
                 return Ok(Vec::new());
             }
         }
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_error(&dir)(e)),
+        // Read through a descriptor: the hooks' trees are walked from it, never by path.
+        let object_dir = match rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(&dir)(e.into())),
         };
+        // A hook's directory on another mount than its object's is, or holds, a mount point.
+        let mount = dir_id(object_dir.as_fd()).map_err(io_error(&dir))?.mount;
+        let mut entries = Dir::read_from(&object_dir).map_err(|e| io_error(&dir)(e.into()))?;
         let notes = self.root.join(KEPT).join(driver.as_str()).join(object);
         let mut first_error = None;
         let mut kept_dirs = Vec::new();
-        for entry in entries {
+        while let Some(entry) = entries.read() {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
-                    first_error.get_or_insert(io_error(&dir)(e));
+                    first_error.get_or_insert(io_error(&dir)(e.into()));
                     continue;
                 }
             };
-            let name = entry.file_name();
-            let path = entry.path();
-            let note = notes.join(&name);
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            let mount = if is_dir { mount_inside(&path) } else { Ok(None) };
-            let keep = match (kept(&name), mount) {
-                (Some(why), _) => Some(why),
-                (None, Ok(Some(mount))) => {
-                    let e = StateError::HoldsMount {
-                        path: path.clone(),
-                        mount,
-                    };
-                    let why = e.to_string();
-                    first_error.get_or_insert(e);
-                    Some(why)
-                }
-                (None, Err(e)) => {
-                    let why = e.to_string();
-                    first_error.get_or_insert(e);
-                    Some(why)
-                }
-                (None, Ok(None)) => None,
+            let c_name = entry.file_name();
+            if c_name == c"." || c_name == c".." {
+                continue;
+            }
+            let name = OsStr::from_bytes(c_name.to_bytes());
+            let path = dir.join(name);
+            let note = notes.join(name);
+            let hook_dir = match open_if_dir(object_dir.as_fd(), c_name, entry.file_type()) {
+                Err(Errno::NOENT) => continue,
+                opened => opened,
             };
-            let done = match keep {
-                Some(why) => {
+            let keep = kept(name).or_else(|| {
+                let found = match &hook_dir {
+                    Ok(Some(fd)) => mount_in(fd.as_fd(), &path, mount),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(io_error(&path)((*e).into())),
+                };
+                let e = match found {
+                    Ok(None) => return None,
+                    Ok(Some(inner)) => StateError::HoldsMount {
+                        path: path.clone(),
+                        mount: inner,
+                    },
+                    Err(e) => e,
+                };
+                let why = e.to_string();
+                first_error.get_or_insert(e);
+                Some(why)
+            });
+            let done = match (keep, hook_dir) {
+                (Some(why), _) => {
                     kept_dirs.push(path.clone());
-                    write_note(&self.root, &notes, &note, &why)
+                    write_note(&self.root, &notes, &note, &why).map_err(io_error(&note))
                 }
-                None => {
+                (None, hook_dir) => {
                     // Never follows links: a hook's own symlinks go, not what they name.
-                    let removed = if is_dir {
-                        fs::remove_dir_all(&path)
-                    } else {
-                        fs::remove_file(&path)
+                    let removed = match hook_dir {
+                        Ok(Some(fd)) => remove_tree(object_dir.as_fd(), c_name, fd.as_fd(), &path, mount),
+                        Err(e) => Err(io_error(&path)(e.into())),
+                        Ok(None) => match rustix::fs::unlinkat(&object_dir, c_name, AtFlags::empty()) {
+                            Ok(()) | Err(Errno::NOENT) => Ok(()),
+                            Err(e) => Err(io_error(&path)(e.into())),
+                        },
                     };
                     match fs::remove_file(&note) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => removed.and(Err(e)),
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => removed.and(Err(io_error(&note)(e))),
                         _ => removed,
                     }
                 }
             };
             if let Err(e) = done {
-                first_error.get_or_insert(io_error(&path)(e));
+                first_error.get_or_insert(e);
             }
         }
         // The object's empty levels go too (a level still in use stays: ENOTEMPTY); the
@@ -706,6 +890,162 @@ mod tests {
         assert!(!root.path().join("qemu/vm").exists());
         assert!(!root.path().join(".kept/qemu/vm").exists());
         assert_eq!(root.entries(Driver::Qemu).len(), 1);
+    }
+
+    /// Makes `levels` directories named `name`, each in the last, below `dir`, through
+    /// descriptors (the path soon passes `PATH_MAX`), and returns the deepest.
+    fn chain(dir: &Path, name: &str, levels: usize) -> rustix::fd::OwnedFd {
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = open_dir(dir);
+        for _ in 0..levels {
+            mkdirat(&fd, name, Mode::from_raw_mode(0o700)).unwrap();
+            fd = openat(&fd, name, flags, Mode::empty()).unwrap();
+        }
+        fd
+    }
+
+    fn open_dir(dir: &Path) -> rustix::fd::OwnedFd {
+        use rustix::fs::{open, Mode, OFlags};
+        open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    }
+
+    fn file_at(dir: &rustix::fd::OwnedFd, name: &str) {
+        use rustix::fs::{openat, Mode, OFlags};
+        openat(
+            dir,
+            name,
+            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    /// A hook's tree past `PATH_MAX` (40 levels of 200-byte names: 8 KB of path), beside
+    /// a wide one (many directories per level, so a level is read on after each visit
+    /// below it), with files and a link out at the bottom.
+    fn deep_and_wide(dir: &Path, outside: &Path) {
+        let bottom = chain(dir, &"d".repeat(200), 40);
+        file_at(&bottom, "f");
+        rustix::fs::symlinkat(outside, &bottom, "out").unwrap();
+        for i in 0..30 {
+            let branch = chain(dir, &format!("w{i}"), 1);
+            for j in 0..5 {
+                file_at(&chain(&dir.join(format!("w{i}")), &format!("x{j}"), 2), "f");
+            }
+            file_at(&branch, "f");
+        }
+    }
+
+    #[test]
+    fn a_tree_deeper_than_path_max_goes_at_the_last_event() {
+        let (tmp, root) = root();
+        let dir = root.open(Driver::Qemu, "vm".as_ref(), "10-deep.wasm".as_ref()).unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, "keep me").unwrap();
+        deep_and_wide(&dir, &outside);
+        let kept = root.finish(Driver::Qemu, "vm".as_ref(), &|_| None);
+        assert!(kept.as_ref().is_ok_and(Vec::is_empty), "{kept:?}");
+        assert!(!root.path().join("qemu/vm").exists(), "the tree outlived its object");
+        assert!(!root.path().join(".kept/qemu/vm").exists());
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "keep me");
+    }
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// A tmpfs mounted at `<at>/<name>` (`at` open: the path may pass `PATH_MAX`),
+    /// holding `media.iso`; unmounted when dropped.
+    struct Mounted(rustix::fd::OwnedFd, &'static str);
+
+    impl Mounted {
+        fn new(at: rustix::fd::OwnedFd, name: &'static str) -> Option<Self> {
+            use std::os::fd::AsRawFd;
+            let _ = rustix::fs::mkdirat(&at, name, rustix::fs::Mode::from_raw_mode(0o700));
+            let target = format!("/proc/self/fd/{}/{name}", at.as_raw_fd());
+            let flags = rustix::mount::MountFlags::empty();
+            if let Err(e) = rustix::mount::mount("none", target.as_str(), "tmpfs", flags, None) {
+                eprintln!("SKIPPED: cannot mount a tmpfs here: {e}");
+                return None;
+            }
+            let mounted = Mounted(at, name);
+            fs::write(mounted.path().join("media.iso"), "not to be deleted").unwrap();
+            Some(mounted)
+        }
+
+        fn path(&self) -> PathBuf {
+            use std::os::fd::AsRawFd;
+            PathBuf::from(format!("/proc/self/fd/{}/{}", self.0.as_raw_fd(), self.1))
+        }
+    }
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(self.path(), rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+
+    #[test]
+    fn a_mount_point_deep_in_a_tree_keeps_the_directory_and_the_note_says_why_first() {
+        if !is_root() {
+            eprintln!("SKIPPED: mounting needs root");
+            return;
+        }
+        let (tmp, root) = root();
+        let dir = root.open(Driver::Qemu, "vm".as_ref(), "10-media".as_ref()).unwrap();
+        deep_and_wide(&dir, &tmp.path().join("outside"));
+        // A file system mounted at the bottom of a chain past PATH_MAX, under a wide level.
+        let bottom = chain(&dir.join("w17"), &"m".repeat(200), 40);
+        let Some(mounted) = Mounted::new(bottom, "media") else {
+            return;
+        };
+        let err = root.finish(Driver::Qemu, "vm".as_ref(), &|_| None).unwrap_err();
+        let StateError::HoldsMount { path, mount } = &err else {
+            panic!("not kept for its mount point: {err}")
+        };
+        assert_eq!(path, &dir);
+        assert!(
+            mount.starts_with(dir.join("w17")) && mount.ends_with("media"),
+            "{}",
+            err
+        );
+        assert_eq!(
+            fs::read_to_string(mounted.path().join("media.iso")).unwrap(),
+            "not to be deleted"
+        );
+        assert!(
+            dir.join("w3/x0/x0/f").exists(),
+            "nothing of a kept directory is removed"
+        );
+        // The note names the cause first, whatever the length of the path.
+        let note = root.entries(Driver::Qemu)[0].kept.clone().unwrap();
+        assert!(note.starts_with("holds a mount point"), "{note:.300}");
+        drop(mounted);
+        assert!(root.finish(Driver::Qemu, "vm".as_ref(), &|_| None).unwrap().is_empty());
+        assert!(!root.path().join("qemu/vm").exists());
+    }
+
+    #[test]
+    fn a_hook_directory_that_is_a_mount_point_is_kept_not_emptied() {
+        if !is_root() {
+            eprintln!("SKIPPED: mounting needs root");
+            return;
+        }
+        let (_tmp, root) = root();
+        let dir = root.open(Driver::Qemu, "vm".as_ref(), "10-media".as_ref()).unwrap();
+        let object = open_dir(dir.parent().unwrap());
+        fs::remove_dir(&dir).unwrap();
+        let Some(mounted) = Mounted::new(object, "10-media") else {
+            return;
+        };
+        let finished = root.finish(Driver::Qemu, "vm".as_ref(), &|_| None);
+        assert_eq!(
+            fs::read_to_string(mounted.path().join("media.iso")).ok().as_deref(),
+            Some("not to be deleted"),
+            "the mounted file system was emptied ({finished:?})"
+        );
+        assert!(matches!(finished, Err(StateError::HoldsMount { .. })), "{finished:?}");
     }
 
     #[test]

@@ -75,11 +75,15 @@ pub(crate) fn misplaced_plugin(
 }
 
 /// Warns about plugins in libvirt's `<driver>.d/`, which `run`/`simulate` load but
-/// libvirt would not.
+/// libvirt would not. The file name is anyone's who can write there: escaped.
 pub(crate) fn warn_misplaced(dir: &hooks_core::HooksDir, driver: hooks_core::Driver) {
     for entry in dir.scan(driver).unwrap_or_default() {
         if let Some(why) = misplaced_plugin(dir, &entry, driver) {
-            eprintln!("hookctl: warning: {}: {why}", entry.path.display());
+            eprintln!(
+                "hookctl: warning: {}: {}",
+                crate::output::path(&entry.path),
+                crate::output::message(&why)
+            );
         }
     }
 }
