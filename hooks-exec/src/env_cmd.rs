@@ -86,6 +86,8 @@ pub(crate) struct EnvRun {
     pub(crate) command: Option<Vec<u8>>,
     /// The command's arguments that are known now (the hook's own follow them).
     pub(crate) args: Vec<Vec<u8>>,
+    /// The `NAME=VALUE` assignments env makes, in order.
+    pub(crate) assignments: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The most `-S` strings env is followed through (one can expand to another).
@@ -226,6 +228,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
         ignore_environment = true;
     }
     let mut after = environment.clone();
+    let mut assignments = Vec::new();
     if ignore_environment {
         after.clear();
     } else {
@@ -242,6 +245,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
                 Some(0) => return Err(format!("env cannot set `{}`", show(word))),
                 Some(eq) => {
                     after.set(&word[..eq], Some(&word[eq + 1..]));
+                    assignments.push((word[..eq].to_vec(), word[eq + 1..].to_vec()));
                     args.pop_front();
                 }
                 None => break,
@@ -266,6 +270,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
         environment: after,
         command,
         args,
+        assignments,
     })
 }
 
@@ -527,6 +532,12 @@ mod tests {
         ] {
             assert_eq!(command(line), evil, "{line}");
         }
+        // Every assignment is recorded in order, also one overridden later.
+        let assigned = run("-S -i A=1 PATH=/a B= PATH=/b sh").unwrap().assignments;
+        let pairs: Vec<(String, String)> = assigned.iter().map(|(n, v)| (show(n), show(v))).collect();
+        let want = [("A", "1"), ("PATH", "/a"), ("B", ""), ("PATH", "/b")].map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(pairs, want);
+        assert!(run("-S -u HOME sh").unwrap().assignments.is_empty());
         // No command in the line: env runs the script's own path.
         assert_eq!(command("PATH=/x").0, "/hooks/10-x");
         assert_eq!(command("-S -i").2, None);
