@@ -513,7 +513,8 @@ mod tests {
         for name in ["awk", "php", "python-config", "shellcheck"] {
             assert!(family_named(name).is_none(), "{name}");
         }
-        // `/bin/sh` by what it links to, when its own name says nothing.
+        // A path by its file name (by what it links to: see the ruby case in
+        // interpreters.rs, whose fixture can make links).
         assert_eq!(family(Path::new("/usr/bin/python3")).map(|f| f.name), Some("python"));
     }
 
