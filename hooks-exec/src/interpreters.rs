@@ -271,7 +271,7 @@ impl Walk<'_> {
     /// which some interpreters split themselves). Returns the program file it would run
     /// instead of the script, if a word names one.
     fn arguments(&self, program: &Path, words: &[&[u8]]) -> Result<Option<PathBuf>, Untrusted> {
-        let words: Vec<&[u8]> = words.iter().flat_map(|w| w.split(u8::is_ascii_whitespace)).collect();
+        let words: Vec<&[u8]> = words.iter().flat_map(|w| w.split(options::is_blank)).collect();
         let reading = options::read(options::family(program), &words, Source::CommandLine).map_err(refused)?;
         for path in &reading.paths {
             self.existing(Path::new(OsStr::from_bytes(path)))?;

@@ -462,18 +462,20 @@ fn named_path(word: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Whether `b` separates words where an interpreter splits a line itself: ASCII
+/// whitespace and the vertical tab (perl's `isSPACE`, which Rust's `is_ascii_whitespace`
+/// leaves out).
+pub(super) fn is_blank(b: &u8) -> bool {
+    b.is_ascii_whitespace() || *b == 0x0b
+}
+
 /// The words of `line` (a script's first line, without `#!`) from which `family`
 /// reads switches: everything after the first `after` word (perl reads from the first
 /// `perl -`, ruby from the first ` -` after `ruby`; taking all that follows the first
 /// occurrence covers both), or `None` when the line does not name it.
 pub(super) fn first_line_words<'l>(line: &'l [u8], after: &[u8]) -> Option<Vec<&'l [u8]>> {
     let start = line.windows(after.len()).position(|w| w == after)? + after.len();
-    Some(
-        line[start..]
-            .split(u8::is_ascii_whitespace)
-            .filter(|w| !w.is_empty())
-            .collect(),
-    )
+    Some(line[start..].split(is_blank).filter(|w| !w.is_empty()).collect())
 }
 
 #[cfg(test)]
@@ -619,6 +621,8 @@ mod tests {
         assert_eq!(read(Some(&PERL), &words, Source::FirstLine), Ok(Reading::default()));
         let words = first_line_words(b"/usr/bin/env -S perl\t#perl -Mrt6", b"perl").unwrap();
         assert!(read(Some(&PERL), &words, Source::FirstLine).is_err());
+        let words = first_line_words(b"/usr/bin/perl -w\x0b-Mrt6", b"perl").unwrap();
+        assert_eq!(words, [b"-w".as_slice(), b"-Mrt6"]);
         assert_eq!(first_line_words(b"/bin/sh -e", b"perl"), None);
     }
 }
