@@ -701,9 +701,10 @@ fn env_split_strings_that_run_a_users_file_are_refused() {
         // env running env: the inner one's PATH lookup and its own -S string.
         (format!("#!/usr/bin/env -S env -S 'PATH={u} evil'\n"), via_path.clone()),
         (format!("#!/usr/bin/env -S env -S\\_{evil}\n"), direct.clone()),
+        // The inner env is found, but it runs with the user's dir in its PATH.
         (
             format!("#!/usr/bin/env -S PATH=/usr/bin:{u} env evil\n"),
-            via_path.clone(),
+            format!("its command `/usr/bin/env`: its PATH directory `{u}`"),
         ),
         // What env runs gets a user's script as its argument.
         (
@@ -725,6 +726,227 @@ fn env_split_strings_that_run_a_users_file_are_refused() {
         0o755,
     );
     assert_refused(tmp.path(), &hooks, "10-plugin", &format!("#!{t}/wrapper\n"), &via_path);
+}
+
+/// Makes `path` and everything under it the user's: owned by uid 65534 as root,
+/// otherwise (no chown) with its directories writable by others, which fails the rule
+/// the same way.
+fn hand_to_the_user(path: &std::path::Path) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            hand_to_the_user(&entry.unwrap().path());
+        }
+    }
+    if is_root() {
+        rustix::fs::chown(path, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+    } else if meta.is_dir() {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+}
+
+#[test]
+fn lines_whose_interpreter_runs_a_file_the_user_adds_later_are_refused() {
+    // The red team's `#!` lines (issue 19 item 6): root-owned plugins that passed the
+    // check while `rt6` did not exist yet, and ran what the user put there afterwards.
+    let (tmp, hooks, plugins) = installed();
+    let home = tmp.path().join("home-u");
+    fs::create_dir(&home).unwrap();
+    hand_to_the_user(&home);
+    let rt6 = home.join("rt6");
+    let u = rt6.display().to_string();
+    let marker = |case: &str| tmp.path().join(format!("ran-{case}"));
+    let touch = |case: &str| format!("/usr/bin/touch '{}'", marker(case).display());
+    let py_site = std::process::Command::new("/usr/bin/python3")
+        .env_clear()
+        .env("HOME", &rt6)
+        .args(["-c", "import site; print(site.getusersitepackages())"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let long_perl = format!("#!/usr/bin/perl {} -I{u}", " ".repeat(300));
+    let path_dir = format!("its PATH directory `{u}`");
+    // (plugin, `#!` line and body, what the refusal names)
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "10-bashenv",
+            format!("#!/usr/bin/env -S BASH_ENV={u}/bashenv bash\nexit 0\n"),
+            "sets `BASH_ENV`".into(),
+        ),
+        (
+            "11-ldpreload",
+            format!("#!/usr/bin/env -S LD_PRELOAD={u}/evil.so sh\nexit 0\n"),
+            "sets `LD_PRELOAD`".into(),
+        ),
+        (
+            "12-pathtail",
+            format!("#!/usr/bin/env -S PATH=/usr/bin:/bin:{u} sh\nrt6cmd; exit 0\n"),
+            format!("its command `/usr/bin/sh`: {path_dir}"),
+        ),
+        (
+            "13-pathtail-c",
+            format!("#!/usr/bin/env -S PATH=/usr/bin:/bin:{u} sh -c rt6cmd\n"),
+            format!("its command `/usr/bin/sh`: {path_dir}"),
+        ),
+        (
+            "14-home-py",
+            format!("#!/usr/bin/env -S HOME={u} python3\nimport sys; sys.exit(0)\n"),
+            "sets `HOME`".into(),
+        ),
+        (
+            "15-home-login",
+            format!("#!/usr/bin/env -S HOME={u} bash --login\nexit 0\n"),
+            "sets `HOME`".into(),
+        ),
+        (
+            "16-perl5",
+            format!("#!/usr/bin/env -S PERL5LIB={u} PERL5OPT=-Mrt6evil perl\nexit 0;\n"),
+            "sets `PERL5LIB`".into(),
+        ),
+        (
+            "17-sh-bare",
+            "#!/bin/sh rt6evil\nexit 0\n".into(),
+            "its interpreter's argument `rt6evil`".into(),
+        ),
+        (
+            "18-bash-bare",
+            "#!/bin/bash rt6evil\nexit 0\n".into(),
+            "its interpreter's argument `rt6evil`".into(),
+        ),
+        (
+            "19-pythonpath",
+            format!("#!/usr/bin/env -S PYTHONPATH={u} python3 -m rt6mod\n"),
+            "sets `PYTHONPATH`".into(),
+        ),
+        // Found on the way. `python3 -m` looks in the working directory first.
+        (
+            "20-py-m",
+            "#!/usr/bin/env -S python3 -m rt6mod\n".into(),
+            "its command's argument `-m`".into(),
+        ),
+        // bash with PATH unset searches its built-in PATH, which ends in `.`.
+        (
+            "21-bash-no-path",
+            "#!/usr/bin/env -S -i bash\nrt6cmd; exit 0\n".into(),
+            "its command `/bin/bash`: runs with PATH unset".into(),
+        ),
+        // perl reads switches from the whole first line, past the kernel's 255 bytes.
+        (
+            "22-perl-long-line",
+            format!("{long_perl}\nuse rt6evil; exit 0;\n"),
+            format!("its interpreter `/usr/bin/perl`: its switch it reads from the script's first line `{u}`"),
+        ),
+        // perl -n opens each argument with `<>`, which runs a name ending in `|`: the
+        // guest's name.
+        (
+            "23-perl-n",
+            "#!/usr/bin/perl -n\n".into(),
+            "its interpreter's argument `-n`".into(),
+        ),
+    ];
+    for (name, body, _) in &cases {
+        script_mode(&plugins.join(name), body, 0o755);
+    }
+    let refused_each = |out: &std::process::Output, when: &str, problems: &mut Vec<String>| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1) {
+            problems.push(format!("{when}: the event did not fail: {:?}\n{stderr}", out.status));
+        }
+        for (name, body, why) in &cases {
+            let refused = format!("cannot load hook `{}` (exec): refused: ", plugins.join(name).display());
+            let line = stderr.lines().find(|l| l.contains(&refused));
+            match line {
+                Some(line) if line.contains(why.as_str()) => {}
+                Some(line) => problems.push(format!("{when}: {name}: wanted `{why}` in: {line}")),
+                None => problems.push(format!(
+                    "{when}: {name} was not refused: {}",
+                    body.lines().next().unwrap()
+                )),
+            }
+        }
+    };
+    let mut problems = Vec::new();
+    // Before the user acts: nothing of theirs exists yet.
+    let out = dispatch_in(&hooks, "/usr/bin:/bin", "vm1", std::path::Path::new("/"));
+    refused_each(&out, "before", &mut problems);
+
+    // The user fills `rt6` (as in repro_6_user.sh), every payload touching a marker.
+    fs::create_dir(&rt6).unwrap();
+    let payload =
+        |file: &str, case: &str| script_mode(&rt6.join(file), &format!("#!/bin/sh\n{}\n", touch(case)), 0o755);
+    fs::write(rt6.join("bashenv"), format!("{}\n", touch("10"))).unwrap();
+    payload("rt6cmd", "12-13-21");
+    payload("rt6evil", "17-18");
+    fs::write(rt6.join(".bash_profile"), format!("{}\n", touch("15"))).unwrap();
+    fs::write(
+        rt6.join("rt6evil.pm"),
+        format!("package rt6evil; system(\"{}\"); 1;\n", touch("16-22")),
+    )
+    .unwrap();
+    fs::write(
+        rt6.join("rt6mod.py"),
+        format!("import os; os.system(\"{}\")\n", touch("19-20")),
+    )
+    .unwrap();
+    match &py_site {
+        Some(site) => {
+            let site = std::path::Path::new(site);
+            fs::create_dir_all(site).unwrap();
+            let pth = format!("import os; os.system(\"{}\")\n", touch("14"));
+            fs::write(site.join("rt6.pth"), pth).unwrap();
+        }
+        None => eprintln!("no /usr/bin/python3: 14-home-py has no payload (it is still refused)"),
+    }
+    let evil_c = tmp.path().join("evil.c");
+    fs::write(
+        &evil_c,
+        format!(
+            "#include <stdlib.h>\n__attribute__((constructor)) static void evil(void) {{ system(\"{}\"); }}\n",
+            touch("11")
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(rt6.join("evil.so"))
+        .arg(&evil_c)
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        eprintln!("no working cc: 11-ldpreload has no payload (it is still refused)");
+    }
+    hand_to_the_user(&rt6);
+
+    // libvirt fires (cwd /), and an admin runs the hooks from the user's directory with
+    // a guest whose name perl's `<>` would run.
+    for (cwd, guest) in [("/", "vm1"), (u.as_str(), "touch ran-23|")] {
+        let out = dispatch_in(&hooks, "/usr/bin:/bin", guest, std::path::Path::new(cwd));
+        refused_each(&out, &format!("after, from {cwd}"), &mut problems);
+    }
+    let mut ran: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ran-"))
+        .collect();
+    ran.extend(rt6.join("ran-23").exists().then(|| "ran-23".to_owned()));
+    if !ran.is_empty() {
+        problems.push(format!("the user's code ran as root: {ran:?}"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// [`dispatch_with`] from the working directory `cwd`.
+fn dispatch_in(hooks: &std::path::Path, path: &str, guest: &str, cwd: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(hooks.join("qemu"))
+        .current_dir(cwd)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .env("PATH", path)
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .args([guest, "prepare", "begin", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -753,33 +975,37 @@ fn env_running_the_guests_name_is_refused() {
 }
 
 #[test]
-fn a_path_lookup_checks_every_directory_up_to_the_match() {
+fn every_directory_of_the_path_a_hook_runs_with_must_pass() {
     let (tmp, hooks, plugins) = installed();
     let bin = a_users_bin(tmp.path());
     let plugin = plugins.join("10-plugin");
     let ran = tmp.path().join("ran");
-    // The user's dir comes first in the hook's PATH: `evil` there wins.
-    script_mode(&plugin, "#!/usr/bin/env evil\n", 0o755);
-    let user_first = format!("{}:/usr/bin:/bin", bin.display());
-    let out = dispatch_with(&hooks, &user_first, "vm1");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!ran.exists(), "`/usr/bin/env evil` ran the user's file: {stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("its command `evil`: its PATH directory `{}`", bin.display())),
-        "{stderr}"
+    let in_path = format!(
+        "cannot load hook `{}` (exec): refused: its PATH directory `{}`",
+        plugin.display(),
+        bin.display()
     );
-    // `sh` is not in the user's dir yet, but the user could put one there at any time.
     let ok = format!("#!/usr/bin/env sh\ntouch '{}'\n", ran.display());
-    script_mode(&plugin, &ok, 0o755);
-    let out = dispatch_with(&hooks, &user_first, "vm1");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("its command `sh`: its PATH directory `{}`", bin.display())),
-        "{stderr}"
-    );
-    assert!(!ran.exists());
+    // First, the user's `evil` wins the lookup; last, the user's dir still gets every
+    // name the script runs that the system's do not have (`sysctl` with /usr/sbin left
+    // out, as the red team used), and at any time the user can add one.
+    for path in [
+        format!("{}:/usr/bin:/bin", bin.display()),
+        format!("/usr/bin:/bin:{}", bin.display()),
+    ] {
+        for body in [
+            "#!/usr/bin/env evil\n".to_owned(),
+            ok.clone(),
+            "#!/bin/sh\nevil\n".to_owned(),
+        ] {
+            script_mode(&plugin, &body, 0o755);
+            let out = dispatch_with(&hooks, &path, "vm1");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!ran.exists(), "{body} with PATH={path} ran the user's file: {stderr}");
+            assert_eq!(out.status.code(), Some(1), "{body} with PATH={path}: {stderr}");
+            assert!(stderr.contains(&in_path), "{body} with PATH={path}: {stderr}");
+        }
+    }
     // With the system's PATH the same plugin runs, and so does a plain -S line.
     for body in [
         ok.clone(),

@@ -86,6 +86,8 @@ pub(crate) struct EnvRun {
     pub(crate) command: Option<Vec<u8>>,
     /// The command's arguments that are known now (the hook's own follow them).
     pub(crate) args: Vec<Vec<u8>>,
+    /// The `NAME=VALUE` assignments env makes, in order.
+    pub(crate) assignments: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The most `-S` strings env is followed through (one can expand to another).
@@ -131,8 +133,9 @@ fn show(bytes: &[u8]) -> String {
 /// # Errors
 /// Why what it runs cannot be known now: the hook's arguments would be read as options,
 /// assignments or the command; `${NAME}` of a variable whose value is not known;
-/// `-C`/`--chdir` (a relative command would be found from the new directory); an
-/// option env itself rejects or that makes it run nothing useful (`-0`, `--help`).
+/// `-C`/`--chdir` (a relative command would be found from the new directory);
+/// `-a`/`--argv0` (the name a program runs under can change what it is); an option env
+/// itself rejects or that makes it run nothing useful (`-0`, `--help`).
 pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun, String> {
     let mut args: VecDeque<Arg> = args.into();
     let (mut ignore_environment, mut unset) = (false, Vec::new());
@@ -212,8 +215,12 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
                 ("-0" | "--null" | "--help" | "--version", _) => {
                     return Err(format!("`{option}` makes env print instead of running the hook"))
                 }
-                // Debug output, signal dispositions, the command's argv[0] (execvp is
-                // still given its name): nothing that changes what runs.
+                ("-a" | "--argv0", _) => {
+                    return Err(format!(
+                        "`{option}` runs the command under another name, which changes what some programs are (busybox picks its applet by it, perl whether to run another interpreter): not allowed on a checked `#!` line"
+                    ))
+                }
+                // Debug output, signal dispositions: nothing that changes what runs.
                 _ => {}
             }
             if word.starts_with(b"--") || short >= word.len() {
@@ -226,6 +233,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
         ignore_environment = true;
     }
     let mut after = environment.clone();
+    let mut assignments = Vec::new();
     if ignore_environment {
         after.clear();
     } else {
@@ -242,6 +250,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
                 Some(0) => return Err(format!("env cannot set `{}`", show(word))),
                 Some(eq) => {
                     after.set(&word[..eq], Some(&word[eq + 1..]));
+                    assignments.push((word[..eq].to_vec(), word[eq + 1..].to_vec()));
                     args.pop_front();
                 }
                 None => break,
@@ -266,6 +275,7 @@ pub(crate) fn parse(args: Vec<Arg>, environment: &Environment) -> Result<EnvRun,
         environment: after,
         command,
         args,
+        assignments,
     })
 }
 
@@ -523,10 +533,15 @@ mod tests {
             "-S -u HOME -uLANG - PATH=/home/u evil",
             "-S -S -S\\_PATH=/home/u\\_evil",
             "-S --unset=X --debug --default-signal=PIPE --block-signal PATH=/home/u evil",
-            "-S -a name --argv0=name -aname PATH=/home/u evil",
         ] {
             assert_eq!(command(line), evil, "{line}");
         }
+        // Every assignment is recorded in order, also one overridden later.
+        let assigned = run("-S -i A=1 PATH=/a B= PATH=/b sh").unwrap().assignments;
+        let pairs: Vec<(String, String)> = assigned.iter().map(|(n, v)| (show(n), show(v))).collect();
+        let want = [("A", "1"), ("PATH", "/a"), ("B", ""), ("PATH", "/b")].map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(pairs, want);
+        assert!(run("-S -u HOME sh").unwrap().assignments.is_empty());
         // No command in the line: env runs the script's own path.
         assert_eq!(command("PATH=/x").0, "/hooks/10-x");
         assert_eq!(command("-S -i").2, None);
@@ -539,6 +554,9 @@ mod tests {
             ("-S -C /tmp ./evil", "`-C`"),
             ("-S --chdir=/tmp ./evil", "`--chdir`"),
             ("-S --ch /tmp ./evil", "`--chdir`"),
+            ("-S -a sh /usr/bin/busybox", "`-a` runs the command under another name"),
+            ("-S -aperl /usr/bin/tool", "`-a`"),
+            ("-S --argv0=sh busybox", "`--argv0`"),
             ("-S -0", "`-0`"),
             ("-S --help", "`--help`"),
             ("-S ${HOME}/evil", "`${HOME}`"),

@@ -561,8 +561,11 @@ impl HookLoader for ExecLoader {
     /// line names (`#!/bin/sh /opt/x`), which must exist, and for `env` whatever env
     /// would run: its `-S` string is split as env splits it, and a command name is
     /// looked up in the `PATH` the hook runs with (this process's, as libvirt passes it
-    /// on, or one the line sets), every directory searched up to the match passing the
-    /// rule. What cannot be worked out before the hook runs is refused, saying why.
+    /// on, or one the line sets). Every directory of that `PATH` must pass, for any
+    /// hook; env may set only variables that name no code; words given to an
+    /// interpreter are read as it reads them, and a bare name or an option that loads
+    /// code by name is refused. What cannot be worked out before the hook runs is
+    /// refused, saying why.
     fn check_dependencies(&self, path: &Path, trust: &TrustPolicy) -> Result<(), Untrusted> {
         interpreters::check_what_runs(path, trust, std::env::var_os("PATH").as_deref())
     }
