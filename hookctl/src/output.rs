@@ -5,7 +5,7 @@
 //! wherever it reaches a terminal ([`hooks_core::text`]).
 
 use std::borrow::Cow;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use hooks_core::backend::format_duration;
@@ -64,10 +64,10 @@ pub(crate) fn stdout(bytes: &[u8]) {
 /// (C1 controls, bidirectional overrides) written as `\u` escapes.
 pub(crate) fn json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(mut s) => {
-            if io::stdout().is_terminal() {
-                s = text::escape_json(&s).into_owned();
-            }
+        Ok(s) => {
+            // Always: the same value for a program, and safe when a pipe (`| cat`,
+            // `ssh host hookctl … --json`) ends at a terminal after all.
+            let mut s = text::escape_json(&s).into_owned();
             s.push('\n');
             stdout(s.as_bytes());
         }

@@ -118,10 +118,12 @@ impl CompileLimits {
     /// Whether a compile that failed under `self` would fail under `other` too: `other`
     /// gives no more time and no more memory.
     pub(crate) fn covers(self, other: CompileLimits) -> bool {
+        // A recorded time is what the compile had left after waiting for the lock, cut
+        // to milliseconds: a load with the same budget must match it.
         let time = match (self.timeout, other.timeout) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(a), Some(b)) => b <= a,
+            (Some(a), Some(b)) => b <= a + (a / 20).max(Duration::from_millis(100)),
         };
         let memory = match (self.memory, other.memory) {
             (None, _) => true,

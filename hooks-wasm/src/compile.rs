@@ -128,7 +128,7 @@ impl std::fmt::Display for ChildFailure {
 
 /// How much of its time a compile stopped at its deadline must have spent on the
 /// processor for the failure to be the module's.
-const MOSTLY_RUNNING: f64 = 0.5;
+const MOSTLY_RUNNING: f64 = 0.9;
 
 /// Whether a compiler child's stderr says an allocation failed (its memory limit).
 fn out_of_memory(stderr: &str) -> bool {
@@ -243,10 +243,26 @@ pub(crate) fn compile_in_child(
         rlim_cur: memory,
         rlim_max: memory,
     };
-    // SAFETY: between fork and exec only `setrlimit`, which is async-signal-safe.
+    // A backstop for the deadline should this process die without killing the child.
+    let cpu = timeout.map(|t| t.as_secs().saturating_add(2));
+    // SAFETY: between fork and exec only `setrlimit` and `prctl`, which are
+    // async-signal-safe.
     unsafe {
         command.pre_exec(move || {
             if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(secs) = cpu {
+                let cpu = libc::rlimit {
+                    rlim_cur: secs,
+                    rlim_max: secs,
+                };
+                if libc::setrlimit(libc::RLIMIT_CPU, &cpu) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Dies with the thread that waits for it (a dispatcher killed mid-compile).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

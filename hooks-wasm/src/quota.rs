@@ -428,8 +428,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 wasi_parts!(caller, mem, host);
                 if host.state.is_some() {
-                    let len = first_buffer_len(unshared(&mem), iovs as u32, count as u32);
-                    if let Some(bytes) = write_growth_opt(host, &mut mem, fd, len, At::Cursor).await {
+                    // An array past the end of memory: WASI would still write its first
+                    // buffers (it reads the array lazily), so the call is refused here.
+                    let Some(len) = first_buffer_len(unshared(&mem), iovs as u32, count as u32) else {
+                        return Ok(Errno::Fault as i32);
+                    };
+                    if let Some(bytes) = write_growth(host, &mut mem, fd, len, At::Cursor).await {
                         if let Some(errno) = refuse(host, &mut mem, bytes, 0).await {
                             return Ok(errno);
                         }
@@ -448,9 +452,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Box::new(async move {
                 wasi_parts!(caller, mem, host);
                 if host.state.is_some() {
-                    let len = first_buffer_len(unshared(&mem), iovs as u32, count as u32);
+                    let Some(len) = first_buffer_len(unshared(&mem), iovs as u32, count as u32) else {
+                        return Ok(Errno::Fault as i32);
+                    };
                     let at = At::Offset(offset as u64);
-                    if let Some(bytes) = write_growth_opt(host, &mut mem, fd, len, at).await {
+                    if let Some(bytes) = write_growth(host, &mut mem, fd, len, at).await {
                         if let Some(errno) = refuse(host, &mut mem, bytes, 0).await {
                             return Ok(errno);
                         }
@@ -674,7 +680,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 // `to` is closed: what it held may be freed.
                 freed(host);
                 let errno = wasi::fd_renumber(&mut host.wasi, &mut mem, from, to).await?;
-                if errno == 0 {
+                // Onto itself: WASI does nothing, and so must the bookkeeping (removing
+                // `to` would forget the file, and its bytes once it is unlinked).
+                if errno == 0 && from != to {
                     if let Some(quota) = host.state.as_mut() {
                         quota.opened.remove(&(to as u32));
                         if quota.opened.remove(&(from as u32)) {
@@ -694,16 +702,6 @@ fn freed(host: &mut HostState) {
     if let Some(quota) = host.state.as_mut() {
         quota.may_have_freed();
     }
-}
-
-async fn write_growth_opt(
-    host: &mut HostState,
-    mem: &mut GuestMemory<'_>,
-    fd: i32,
-    len: Option<u64>,
-    at: At,
-) -> Option<u64> {
-    write_growth(host, mem, fd, len?, at).await
 }
 
 #[cfg(test)]

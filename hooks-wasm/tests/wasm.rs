@@ -384,6 +384,7 @@ const STATE_OPEN: &str = r#"
   (import "wasi_snapshot_preview1" "fd_pwrite" (func $fd_pwrite (param i32 i32 i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_seek" (func $fd_seek (param i32 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_renumber" (func $renumber (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_filestat_set_size" (func $set_size (param i32 i64) (result i32)))
   (import "wasi_snapshot_preview1" "path_unlink_file" (func $path_unlink_file (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_create_directory" (func $mkdir (param i32 i32 i32) (result i32)))
@@ -818,4 +819,49 @@ fn names_count_against_the_cap_as_the_directory_grows() {
     refused_with_dquot(&out);
     let (bytes, entries) = held(&state);
     assert!(bytes <= 1 << 20, "{bytes} bytes in {entries} entries under a 1 MiB cap");
+}
+
+#[test]
+fn an_iovec_array_running_past_memory_is_refused_not_unchecked() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The array's first entry is the last 8 bytes of memory, its second past the end:
+    // WASI reads the array lazily and would write the first buffer.
+    let (hook, state) = stateful_hook(
+        tmp.path(),
+        "oob.wasm",
+        r#"(func (export "_start") (local $e i32)
+             (call $open)
+             (i32.store (i32.const 6553592) (i32.const 1024))
+             (i32.store (i32.const 6553596) (i32.const 4194304))
+             (local.set $e (call $fd_write (i32.load (i32.const 300)) (i32.const 6553592) (i32.const 2) (i32.const 8)))
+             (if (i32.eqz (local.get $e)) (then (call $proc_exit (i32.const 1))))
+             (local.set $e (call $fd_pwrite (i32.load (i32.const 300)) (i32.const 6553592) (i32.const 2) (i64.const 0) (i32.const 8)))
+             (call $proc_exit (local.get $e)))"#,
+        1 << 20,
+    );
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    // WASI's `fault`.
+    assert!(matches!(out.status, HookStatus::Exited(21)), "{:?}", out.status);
+    assert_eq!(fs::metadata(state.join("big")).unwrap().len(), 0);
+}
+
+#[test]
+fn renumbering_a_descriptor_onto_itself_keeps_its_file_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hook, state) = stateful_hook(
+        tmp.path(),
+        "renumber.wasm",
+        r#"(func (export "_start")
+             (call $open)
+             (if (call $renumber (i32.load (i32.const 300)) (i32.load (i32.const 300)))
+               (then (call $proc_exit (i32.const 72))))
+             (if (call $path_unlink_file (i32.const 3) (i32.const 100) (i32.const 3))
+               (then (call $proc_exit (i32.const 71))))
+             (i32.store (i32.const 0) (i32.const 65536))
+             (i32.store (i32.const 4) (i32.const 65536))
+             (loop $more (call $write_or_exit) (br $more)))"#,
+        1 << 20,
+    );
+    let out = call(&hook, &with_state(inv("vm", "start", None), &state));
+    refused_with_dquot(&out);
 }
