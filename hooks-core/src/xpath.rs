@@ -664,7 +664,7 @@ pub(crate) fn parse_guarded(text: &str) -> Result<roxmltree::Document<'_>, Unpar
 /// A linear scan that refuses what would make the parser slow or large: see the
 /// module's limits. Text that is not XML passes when the scan cannot tell; the parser
 /// refuses it then.
-fn prescan(b: &[u8]) -> Result<(), String> {
+pub(crate) fn prescan(b: &[u8]) -> Result<(), String> {
     if b.len() > MAX_DOCUMENT_BYTES {
         return Err(format!(
             "{} bytes, more than the {} MiB allowed",

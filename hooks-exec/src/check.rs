@@ -31,7 +31,7 @@ pub fn check_executable(path: &Path) -> Result<(), LoadError> {
 }
 
 /// How much of a file the kernel reads to find its `#!` line (`BINPRM_BUF_SIZE`).
-const BINPRM_BUF_SIZE: usize = 256;
+pub(crate) const BINPRM_BUF_SIZE: usize = 256;
 
 /// What a `#!` line names, split as the kernel splits it (`binfmt_script`): the
 /// interpreter is the first word after `#!` (leading blanks skipped), and the rest of
@@ -69,7 +69,7 @@ fn read_head(path: &Path) -> std::io::Result<[u8; BINPRM_BUF_SIZE]> {
 /// interpreter's name ends before it; only spaces and tabs are blanks (a `\r` is part
 /// of the line); the interpreter ends at a blank or NUL, and the argument, a C string,
 /// at the first NUL.
-fn parse_shebang(head: &[u8; BINPRM_BUF_SIZE]) -> Option<Shebang> {
+pub(crate) fn parse_shebang(head: &[u8; BINPRM_BUF_SIZE]) -> Option<Shebang> {
     if !head.starts_with(b"#!") {
         return None;
     }

@@ -62,6 +62,9 @@
 mod check;
 mod child;
 mod env_cmd;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod interpreters;
 mod spawn;
 mod supervise;
