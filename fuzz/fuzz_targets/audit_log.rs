@@ -80,7 +80,12 @@ fn hookctl_log(extra: &[&str]) -> (Vec<u8>, Result<bool, String>) {
     let matches = match kept.iter().find(|(k, _)| *k == key) {
         Some((_, m)) => m.clone(),
         None => {
-            let mut args = vec!["hookctl", "log", "--file", log_file().to_str().expect("a UTF-8 temp path")];
+            let mut args = vec![
+                "hookctl",
+                "log",
+                "--file",
+                log_file().to_str().expect("a UTF-8 temp path"),
+            ];
             args.extend_from_slice(extra);
             let m = cli::Cli::command().try_get_matches_from(args).expect("log's arguments");
             kept.push((key, m.clone()));
@@ -88,10 +93,15 @@ fn hookctl_log(extra: &[&str]) -> (Vec<u8>, Result<bool, String>) {
         }
     };
     drop(kept);
-    let cli::Cli { command: cli::Command::Log(log), .. } = cli::Cli::from_arg_matches(&matches).expect("log's arguments") else {
+    let cli::Cli {
+        command: cli::Command::Log(log),
+        ..
+    } = cli::Cli::from_arg_matches(&matches).expect("log's arguments")
+    else {
         unreachable!("parsed as `log`");
     };
-    let capture = |name: &str| File::from(rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).expect("memfd"));
+    let capture =
+        |name: &str| File::from(rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).expect("memfd"));
     let (mut out, err) = (capture("stdout"), capture("stderr"));
     saved();
     let _ = std::io::stdout().flush();
@@ -100,7 +110,9 @@ fn hookctl_log(extra: &[&str]) -> (Vec<u8>, Result<bool, String>) {
     let result = commands::log::exec(Path::new("/etc/libvirt/hooks"), false, log);
     restore();
     let mut printed = Vec::new();
-    out.seek(SeekFrom::Start(0)).and_then(|_| out.read_to_end(&mut printed)).expect("read the captured stdout");
+    out.seek(SeekFrom::Start(0))
+        .and_then(|_| out.read_to_end(&mut printed))
+        .expect("read the captured stdout");
     (printed, result.map_err(|cli::UsageError(e)| e))
 }
 
@@ -111,7 +123,9 @@ fn is_bidi_control(c: char) -> bool {
 /// Whether `part`'s lines appear in `whole`'s lines, in order.
 fn in_order(part: &[u8], whole: &[&[u8]]) -> bool {
     let mut rest = whole.iter();
-    part.split(|&b| b == b'\n').filter(|l| !l.is_empty()).all(|line| rest.any(|w| *w == line))
+    part.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .all(|line| rest.any(|w| *w == line))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -119,7 +133,9 @@ fuzz_target!(|data: &[u8]| {
     let (table, result) = hookctl_log(&[]);
     assert_eq!(result, Ok(true));
     let text = String::from_utf8(table).expect("the table is UTF-8");
-    let bad = text.chars().find(|&c| (c.is_control() && c != '\n') || is_bidi_control(c));
+    let bad = text
+        .chars()
+        .find(|&c| (c.is_control() && c != '\n') || is_bidi_control(c));
     assert!(bad.is_none(), "{bad:?} reaches the terminal: {text:?}");
 
     let (json, result) = hookctl_log(&["--json"]);
@@ -128,9 +144,15 @@ fuzz_target!(|data: &[u8]| {
     assert!(in_order(&json, &lines), "--json printed what is not a line of the log");
     let events = json.iter().filter(|&&b| b == b'\n').count();
     let rows = text.lines().count();
-    assert_eq!(rows, if events == 0 { 0 } else { events + 1 }, "{events} events, table:\n{text}");
+    assert_eq!(
+        rows,
+        if events == 0 { 0 } else { events + 1 },
+        "{events} events, table:\n{text}"
+    );
 
-    let filters = ["--json", "--failed", "--plugin", "10-x.sh", "--op", "prepare", "--driver", "qemu"];
+    let filters = [
+        "--json", "--failed", "--plugin", "10-x.sh", "--op", "prepare", "--driver", "qemu",
+    ];
     let (filtered, result) = hookctl_log(&filters);
     assert_eq!(result, Ok(true));
     let json_lines: Vec<&[u8]> = json.split(|&b| b == b'\n').collect();

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         let shown = format_duration(d);
         let back = parse_duration(&shown).unwrap_or_else(|e| panic!("{text:?} -> {d:?} shown as {shown:?}: {e}"));
         let apart = if back > d { back - d } else { d - back };
-        assert!(apart <= Duration::from_micros(500), "{text:?} -> {d:?} -> {shown:?} -> {back:?}");
+        assert!(
+            apart <= Duration::from_micros(500),
+            "{text:?} -> {d:?} -> {shown:?} -> {back:?}"
+        );
     }
     match Timeout::parse(text) {
         Ok(Timeout::Default) => panic!("{text:?} parsed as the default"),
@@ -46,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
             "GB" => 1_000_000_000,
             other => panic!("{text:?} parsed with unit {other:?}"),
         };
-        let number: u128 = digits.parse().unwrap_or_else(|e| panic!("{text:?} parsed from {digits:?}: {e}"));
+        let number: u128 = digits
+            .parse()
+            .unwrap_or_else(|e| panic!("{text:?} parsed from {digits:?}: {e}"));
         assert_eq!(u128::from(n), number * unit, "{text:?}");
     }
 });

@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // The document after a header may be anything, the token any word hookctl makes.
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len().min(32));
-    let token: String = String::from_utf8_lossy(&data[..split]).chars().filter(|c| !matches!(c, ' ' | '\n')).collect();
+    let token: String = String::from_utf8_lossy(&data[..split])
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\n'))
+        .collect();
     let mut input = header(&token).into_bytes();
     let start = input.len();
     input.extend_from_slice(data);

@@ -61,5 +61,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let message = bounded(String::from_utf8_lossy(data).into_owned());
-    round_trip(data, &Report { end: End::Crashed { message }, stdout_truncated: true, stderr_truncated: false });
+    round_trip(
+        data,
+        &Report {
+            end: End::Crashed { message },
+            stdout_truncated: true,
+            stderr_truncated: false,
+        },
+    );
 });

@@ -88,12 +88,24 @@ fuzz_target!(|data: &[u8]| {
     head[..n].copy_from_slice(&data[..n]);
     let ours = parse_shebang(&head);
     let kernel = kernel_load_script(&head);
-    assert_eq!(ours, kernel, "the kernel splits {:?} otherwise", String::from_utf8_lossy(&head));
+    assert_eq!(
+        ours,
+        kernel,
+        "the kernel splits {:?} otherwise",
+        String::from_utf8_lossy(&head)
+    );
     let Some(line) = ours else { return };
     // Possibly empty (`#!\0`: the kernel then fails with ENOENT), never with a blank.
-    assert!(!line.interpreter.iter().any(|&b| matches!(b, b' ' | b'\t' | 0)), "{line:?}");
+    assert!(
+        !line.interpreter.iter().any(|&b| matches!(b, b' ' | b'\t' | 0)),
+        "{line:?}"
+    );
     if line.interpreter.rsplit(|&b| b == b'/').next() == Some(b"env") {
-        let run = env_runs(line.argument.as_deref(), b"/etc/libvirt/hooks/qemu", Some(b"/usr/bin:/bin"));
+        let run = env_runs(
+            line.argument.as_deref(),
+            b"/etc/libvirt/hooks/qemu",
+            Some(b"/usr/bin:/bin"),
+        );
         if let Ok(run) = run {
             assert!(run.command.is_some(), "env would run the script itself, at least");
         }

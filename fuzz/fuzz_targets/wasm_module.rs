@@ -89,7 +89,10 @@ fn sandbox() -> Arc<Sandbox> {
             Arc::clone(sandbox)
         }
         _ => {
-            let config = EngineConfig { pooling: false, ..EngineConfig::default() };
+            let config = EngineConfig {
+                pooling: false,
+                ..EngineConfig::default()
+            };
             let sandbox = Arc::new(Sandbox::new(config, None).expect("an engine without pooling or cache"));
             *current = Some((Arc::clone(&sandbox), 1));
             sandbox
@@ -106,16 +109,25 @@ fuzz_target!(|data: &[u8]| {
             assert!(
                 matches!(
                     e.kind,
-                    LoadErrorKind::InvalidModule | LoadErrorKind::UnsupportedModule { .. } | LoadErrorKind::ExceedsLimit { .. }
+                    LoadErrorKind::InvalidModule
+                        | LoadErrorKind::UnsupportedModule { .. }
+                        | LoadErrorKind::ExceedsLimit { .. }
                 ),
                 "{e}"
             );
         }
         Ok(module) => {
             let shape = shape(data).expect("accepted, yet wasmparser cannot read it");
-            assert_eq!(shape.start, Some((0, 0)), "accepted without a `_start` of type [] -> []: {shape:?}");
+            assert_eq!(
+                shape.start,
+                Some((0, 0)),
+                "accepted without a `_start` of type [] -> []: {shape:?}"
+            );
             assert!(shape.memories <= 4 && shape.tables <= 4, "{shape:?}");
-            assert!(shape.import_modules.iter().all(|m| m == "wasi_snapshot_preview1"), "{shape:?}");
+            assert!(
+                shape.import_modules.iter().all(|m| m == "wasi_snapshot_preview1"),
+                "{shape:?}"
+            );
             let again = sandbox.load_bytes(path, data).expect("accepted once, refused after");
             assert!(Arc::ptr_eq(&module, &again));
         }

@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     } else {
         // Not evaluated: all hold (refused, failing closed) or none (no document).
         assert_eq!(always, never, "unevaluated input: true() {always}, false() {never}");
-        assert!(results.iter().all(|&r| r == always), "unevaluated input, yet {results:?}");
+        assert!(
+            results.iter().all(|&r| r == always),
+            "unevaluated input, yet {results:?}"
+        );
     }
 
     let Ok(text) = std::str::from_utf8(data) else {
@@ -68,8 +71,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(prescan_document(data).is_ok(), "parsed although the prescan refuses it");
     let (depth, attributes) = shape(&parsed);
     assert!(depth <= MAX_DEPTH, "parsed with elements nested {depth} deep");
-    assert!(attributes <= MAX_ATTRIBUTES_PER_ELEMENT, "parsed with {attributes} attributes on one element");
-    assert!(parsed.descendants().count() <= MAX_NODES + 1, "parsed with more nodes than the limit");
+    assert!(
+        attributes <= MAX_ATTRIBUTES_PER_ELEMENT,
+        "parsed with {attributes} attributes on one element"
+    );
+    assert!(
+        parsed.descendants().count() <= MAX_NODES + 1,
+        "parsed with more nodes than the limit"
+    );
 
     let written = serialize(&parsed);
     let again = match parse_document(&written) {
@@ -81,7 +90,10 @@ fuzz_target!(|data: &[u8]| {
 
     match check_filter_output(Some(data), data) {
         Ok(()) => {}
-        Err(why) => assert!(why.contains("declares encoding"), "a document refused as its own rewrite: {why}"),
+        Err(why) => assert!(
+            why.contains("declares encoding"),
+            "a document refused as its own rewrite: {why}"
+        ),
     }
     let change = document_change(data, written.as_bytes());
     assert_eq!(change.changed, data != written.as_bytes());

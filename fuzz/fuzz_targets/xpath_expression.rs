@@ -29,13 +29,19 @@ fuzz_target!(|data: &[u8]| {
     ];
     match XPath::compile(expression, &ns) {
         Err(e) => {
-            assert!(e.offset <= expression.len() && expression.is_char_boundary(e.offset), "{e:?}");
+            assert!(
+                e.offset <= expression.len() && expression.is_char_boundary(e.offset),
+                "{e:?}"
+            );
             assert_eq!(e.column, expression[..e.offset].chars().count() + 1, "{e:?}");
         }
         Ok(x) => {
             assert_eq!(x.as_str(), expression);
             x.holds(&EventDocument::new(Some(document)), &ns);
-            assert!(!x.holds(&EventDocument::new(None), &ns), "matched an event without input");
+            assert!(
+                !x.holds(&EventDocument::new(None), &ns),
+                "matched an event without input"
+            );
             let refused = EventDocument::new(Some(b"<!DOCTYPE d><domain/>"));
             assert!(x.holds(&refused, &ns), "a refused document must fail closed");
         }

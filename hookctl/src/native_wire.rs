@@ -241,6 +241,19 @@ mod tests {
     }
 
     #[test]
+    fn the_host_reads_the_header_and_leaves_the_document() {
+        let mut input = header("t0k3n").into_bytes();
+        let start = input.len();
+        input.extend_from_slice(b"<domain/>\nhookctl-native/1 x y\n");
+        assert_eq!(read_header(&input), Ok(("t0k3n".to_owned(), start)));
+        assert_eq!(read_header(b"<domain/>"), Err(HeaderError::Missing));
+        assert_eq!(read_header(b"hookctl-native/1 only\n"), Err(HeaderError::Malformed));
+        let other = format!("{PROTOCOL} 0.0.0-other t\n");
+        let err = read_header(other.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("install both from the same build"), "{err}");
+    }
+
+    #[test]
     fn messages_are_bounded_at_a_character_boundary() {
         let long = "é".repeat(MAX_MESSAGE);
         let cut = bounded(long);

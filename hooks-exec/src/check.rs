@@ -163,7 +163,11 @@ mod tests {
         let prefix = format!("{}/", tmp.path().display());
         // "#!" and the name fill bytes 0..255; byte 255 is the NUL past a 255-byte file.
         let name = format!("{prefix}{}", "i".repeat(BINPRM_BUF_SIZE - 3 - prefix.len()));
-        script(tmp.path(), &name[prefix.len()..], &format!("#!/bin/sh\necho \"$0\" > {}\n", marker.display()));
+        script(
+            tmp.path(),
+            &name[prefix.len()..],
+            &format!("#!/bin/sh\necho \"$0\" > {}\n", marker.display()),
+        );
         let hook = script(tmp.path(), "hook", &format!("#!{name}"));
         assert_eq!(fs::metadata(&hook).unwrap().len(), BINPRM_BUF_SIZE as u64 - 1);
         let status = std::process::Command::new(&hook).status().unwrap();
