@@ -85,9 +85,22 @@ pub(crate) fn read(plugins: &Path) -> Result<DispatchConfig, ConfigError> {
         Err(e) => return Err(fail(None, format!("refused: {}", e.reason()))),
     };
     let text = String::from_utf8(bytes).map_err(|_| fail(None, "not UTF-8 text".into()))?;
+    parse(&path, &text)
+}
+
+/// Parses the text of `hookctl.toml`; `path` names it in errors.
+///
+/// # Errors
+/// As [`read`], but for the trust rule.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<DispatchConfig, ConfigError> {
+    let fail = |line: Option<usize>, message: String| ConfigError {
+        path: path.to_owned(),
+        line,
+        message,
+    };
     let line_at = |span: std::ops::Range<usize>| Some(text[..span.start.min(text.len())].matches('\n').count() + 1);
     let file: File =
-        toml::from_str(&text).map_err(|e| fail(e.span().and_then(line_at), e.message().trim().to_owned()))?;
+        toml::from_str(text).map_err(|e| fail(e.span().and_then(line_at), e.message().trim().to_owned()))?;
     let mut config = DispatchConfig::default();
     // libvirtd's working directory is `/`: a relative path would land there.
     let absolute = |key: &str, value: toml::Spanned<PathBuf>| {

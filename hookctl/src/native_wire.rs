@@ -42,6 +42,47 @@ pub(crate) fn header(token: &str) -> String {
     format!("{PROTOCOL} {VERSION} {token}\n")
 }
 
+/// Why the host cannot serve what is on its stdin.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// No line at all: not run by hookctl.
+    Missing,
+    /// Fewer than three words on it.
+    Malformed,
+    /// Another build's protocol or version.
+    OtherBuild { protocol: String, version: String },
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Missing => f.write_str("no header on stdin: this program is run by hookctl, not by hand"),
+            HeaderError::Malformed => f.write_str("a malformed header on stdin"),
+            HeaderError::OtherBuild { protocol, version } => write!(
+                f,
+                "this is hookctl-native {VERSION} ({PROTOCOL}), but hookctl {version} ({protocol}) ran it: install both from the same build"
+            ),
+        }
+    }
+}
+
+/// The host's side of [`header`]: the token, and where the document starts in `input`.
+pub(crate) fn read_header(input: &[u8]) -> Result<(String, usize), HeaderError> {
+    let newline = input.iter().position(|&b| b == b'\n').ok_or(HeaderError::Missing)?;
+    let header = String::from_utf8_lossy(&input[..newline]);
+    let mut words = header.split(' ');
+    let (Some(protocol), Some(version), Some(token)) = (words.next(), words.next(), words.next()) else {
+        return Err(HeaderError::Malformed);
+    };
+    if (protocol, version) != (PROTOCOL, VERSION) {
+        return Err(HeaderError::OtherBuild {
+            protocol: protocol.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+    Ok((token.to_owned(), newline + 1))
+}
+
 /// How the plugin's call ended, and whether the host cut its output.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Report {
@@ -194,6 +235,19 @@ mod tests {
             );
             assert_eq!(stderr, text);
         }
+    }
+
+    #[test]
+    fn the_host_reads_the_header_and_leaves_the_document() {
+        let mut input = header("t0k3n").into_bytes();
+        let start = input.len();
+        input.extend_from_slice(b"<domain/>\nhookctl-native/1 x y\n");
+        assert_eq!(read_header(&input), Ok(("t0k3n".to_owned(), start)));
+        assert_eq!(read_header(b"<domain/>"), Err(HeaderError::Missing));
+        assert_eq!(read_header(b"hookctl-native/1 only\n"), Err(HeaderError::Malformed));
+        let other = format!("{PROTOCOL} 0.0.0-other t\n");
+        let err = read_header(other.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("install both from the same build"), "{err}");
     }
 
     #[test]

@@ -71,6 +71,9 @@ mod driver;
 mod error;
 mod event;
 mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hook;
 pub mod layer;
 mod lifecycle;

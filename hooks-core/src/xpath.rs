@@ -655,16 +655,46 @@ pub(crate) fn parse_guarded(text: &str) -> Result<roxmltree::Document<'_>, Unpar
         nodes_limit: MAX_NODES,
         ..roxmltree::ParsingOptions::default()
     };
-    roxmltree::Document::parse_with_options(text, options).map_err(|e| match e {
+    let doc = roxmltree::Document::parse_with_options(text, options).map_err(|e| match e {
         roxmltree::Error::NodesLimitReached => Unparsed::Refused(format!("more than {MAX_NODES} nodes")),
         e => Unparsed::NotXml(e),
-    })
+    })?;
+    strict_processing_instructions(&doc, text).map_err(Unparsed::Refused)?;
+    Ok(doc)
+}
+
+/// Refuses the processing instructions roxmltree lets through and libxml2 (libvirt's
+/// parser) does not: a target `xml` in any case (reserved), but for a declaration at the
+/// start written with another blank than a space (`<?xml\tversion=…?>`, which libxml2
+/// reads as one), and a target not followed by a blank or `?>` (`<?xml@ …?>`, `<?a@b?>`).
+fn strict_processing_instructions(doc: &roxmltree::Document<'_>, text: &str) -> Result<(), String> {
+    for node in doc.descendants().filter(roxmltree::Node::is_pi) {
+        let Some(pi) = node.pi() else { continue };
+        let start = node.range().start;
+        let after_target = text.as_bytes().get(start + 2 + pi.target.len()).copied();
+        let blank = |b: Option<u8>| matches!(b, Some(b' ' | b'\t' | b'\r' | b'\n'));
+        let declaration =
+            pi.target == "xml" && blank(after_target) && text[..start].trim_start_matches('\u{feff}').is_empty();
+        let why = if pi.target.eq_ignore_ascii_case("xml") && !declaration {
+            "its target `xml` is reserved"
+        } else if !blank(after_target) && after_target != Some(b'?') {
+            "no blank follows its target"
+        } else {
+            continue;
+        };
+        let pos = doc.text_pos_at(start);
+        return Err(format!(
+            "not well-formed: the processing instruction at line {}, column {}: {why}",
+            pos.row, pos.col
+        ));
+    }
+    Ok(())
 }
 
 /// A linear scan that refuses what would make the parser slow or large: see the
 /// module's limits. Text that is not XML passes when the scan cannot tell; the parser
 /// refuses it then.
-fn prescan(b: &[u8]) -> Result<(), String> {
+pub(crate) fn prescan(b: &[u8]) -> Result<(), String> {
     if b.len() > MAX_DOCUMENT_BYTES {
         return Err(format!(
             "{} bytes, more than the {} MiB allowed",
@@ -1023,6 +1053,31 @@ mod tests {
         assert!(holds("/nothing", xxe));
         // Undeclared entities are errors, not empty text: not evaluated, failing closed.
         assert!(holds("/nothing", "<domain>&x;</domain>"));
+    }
+
+    /// Found by the `xml_document` fuzz target: roxmltree reads `<?xml@ …?>` as a
+    /// processing instruction with the reserved target `xml`, and wants no blank after a
+    /// target; libxml2, which libvirt parses with, refuses both.
+    #[test]
+    fn processing_instructions_libxml2_refuses_are_refused() {
+        for bad in [
+            "<?xml@ version='1.0' encoding='ISO-8859-1'?><domain/>",
+            "<domain><?XML x?></domain>",
+            "<domain>\n<?xml\tversion='1.0'?></domain>",
+            "<domain><?a@b?></domain>",
+        ] {
+            match parse_guarded(bad) {
+                Err(Unparsed::Refused(why)) => assert!(why.contains("processing instruction at line"), "{bad}: {why}"),
+                _ => panic!("{bad:?} parsed"),
+            }
+            assert!(holds("/nothing", bad), "not evaluated, failing closed: {bad:?}");
+        }
+        for good in [
+            "<?xml version='1.0'?><domain><?a b?><?a?><?xml-stylesheet href='x'?></domain>",
+            "\u{feff}<?xml\tversion='1.0'?><domain><?a\nb?></domain>",
+        ] {
+            assert!(parse_guarded(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn check_executable(path: &Path) -> Result<(), LoadError> {
 }
 
 /// How much of a file the kernel reads to find its `#!` line (`BINPRM_BUF_SIZE`).
-const BINPRM_BUF_SIZE: usize = 256;
+pub(crate) const BINPRM_BUF_SIZE: usize = 256;
 
 /// What a `#!` line names, split as the kernel splits it (`binfmt_script`): the
 /// interpreter is the first word after `#!` (leading blanks skipped), and the rest of
@@ -69,7 +69,7 @@ fn read_head(path: &Path) -> std::io::Result<[u8; BINPRM_BUF_SIZE]> {
 /// interpreter's name ends before it; only spaces and tabs are blanks (a `\r` is part
 /// of the line); the interpreter ends at a blank or NUL, and the argument, a C string,
 /// at the first NUL.
-fn parse_shebang(head: &[u8; BINPRM_BUF_SIZE]) -> Option<Shebang> {
+pub(crate) fn parse_shebang(head: &[u8; BINPRM_BUF_SIZE]) -> Option<Shebang> {
     if !head.starts_with(b"#!") {
         return None;
     }
@@ -81,9 +81,10 @@ fn parse_shebang(head: &[u8; BINPRM_BUF_SIZE]) -> Option<Shebang> {
     let mut end = match head[..text_end].iter().position(|&b| b == b'\n') {
         Some(newline) => newline,
         None => {
-            let name = first(2, buf_end, &|b| !blank(b))?;
+            // Up to the buffer's last byte included, as the kernel looks (`first <= last`).
+            let name = first(2, BINPRM_BUF_SIZE, &|b| !blank(b))?;
             // No blank or NUL after the name: it may be cut off, and the kernel refuses.
-            first(name, buf_end, &ends_name)?;
+            first(name, BINPRM_BUF_SIZE, &ends_name)?;
             buf_end
         }
     };
@@ -150,6 +151,37 @@ mod tests {
         let long = format!("#!/bin/sh -{}\n", "e".repeat(300));
         assert_eq!(parse(&long).unwrap().argument.unwrap().len(), 255 - "#!/bin/sh ".len());
         assert_eq!(parse(&format!("#!/{}\n", "x".repeat(300))), None);
+    }
+
+    /// Found by the `shebang` fuzz target: the kernel looks for the blank or NUL that
+    /// ends an interpreter's name up to the buffer's last byte (`buf[255]`) included, so a
+    /// line that fills the buffer is run, and its interpreter must be checked.
+    #[test]
+    fn a_line_that_fills_the_buffer_is_run_by_the_kernel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("ran");
+        let prefix = format!("{}/", tmp.path().display());
+        // "#!" and the name fill bytes 0..255; byte 255 is the NUL past a 255-byte file.
+        let name = format!("{prefix}{}", "i".repeat(BINPRM_BUF_SIZE - 3 - prefix.len()));
+        script(
+            tmp.path(),
+            &name[prefix.len()..],
+            &format!("#!/bin/sh\necho \"$0\" > {}\n", marker.display()),
+        );
+        let hook = script(tmp.path(), "hook", &format!("#!{name}"));
+        assert_eq!(fs::metadata(&hook).unwrap().len(), BINPRM_BUF_SIZE as u64 - 1);
+        let status = std::process::Command::new(&hook).status().unwrap();
+        assert!(status.success() && marker.exists(), "the kernel ran {name}: {status}");
+        let line = shebang(&hook).unwrap().expect("the kernel's #! line");
+        assert_eq!((line.interpreter, line.argument), (Path::new(&name).to_owned(), None));
+        check_executable(&hook).unwrap();
+        // The same with a blank in the last byte, the line going on past the buffer.
+        let hook = script(tmp.path(), "hook2", &format!("#!{name} more\n"));
+        let line = shebang(&hook).unwrap().expect("the kernel's #! line");
+        assert_eq!((line.interpreter, line.argument), (Path::new(&name).to_owned(), None));
+        // One byte longer, the name may be cut off: refused, as the kernel refuses it.
+        let hook = script(tmp.path(), "hook3", &format!("#!{name}i"));
+        assert_eq!(shebang(&hook).unwrap(), None);
     }
 
     #[test]

@@ -93,6 +93,9 @@ mod cgroup;
 mod check;
 mod child;
 mod env_cmd;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod helper;
 mod interpreters;
 mod launch;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use hooks_core::backend::{HookLoader, HookSettings};
 use hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError, LoadErrorKind};
-use native_wire::{bounded, End, LoadKind, Report, PROTOCOL, REPORT_STATUS, UNUSABLE_STATUS, VERSION};
+use native_wire::{bounded, read_header, End, LoadKind, Report, REPORT_STATUS, UNUSABLE_STATUS};
 
 /// Where the host's results go: its original stdout and stderr, kept aside before any
 /// plugin code runs, so the plugin's own writes to fds 1 and 2 cannot become the
@@ -51,20 +51,11 @@ fn run() -> i32 {
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
         return unusable(&format!("cannot read stdin: {e}"));
     }
-    let Some(newline) = input.iter().position(|&b| b == b'\n') else {
-        return unusable("no header on stdin: this program is run by hookctl, not by hand");
+    let (token, document_start) = match read_header(&input) {
+        Ok(header) => header,
+        Err(e) => return unusable(&e.to_string()),
     };
-    let header = String::from_utf8_lossy(&input[..newline]).into_owned();
-    let document = input.split_off(newline + 1);
-    let mut words = header.split(' ');
-    let (Some(protocol), Some(version), Some(token)) = (words.next(), words.next(), words.next()) else {
-        return unusable("a malformed header on stdin");
-    };
-    if (protocol, version) != (PROTOCOL, VERSION) {
-        return unusable(&format!(
-            "this is hookctl-native {VERSION} ({PROTOCOL}), but hookctl {version} ({protocol}) ran it: install both from the same build"
-        ));
-    }
+    let document = input.split_off(document_start);
     let out = match set_aside() {
         Ok(out) => out,
         Err(e) => return unusable(&format!("cannot set up its output: {e}")),
@@ -77,7 +68,7 @@ fn run() -> i32 {
         },
         _ => return unusable("usage: hookctl-native call|check|inspect ..."),
     };
-    finish(out, token, end, plugin_out)
+    finish(out, &token, end, plugin_out)
 }
 
 /// Keeps the real stdout and stderr on private descriptors, and points fds 1 and 2
