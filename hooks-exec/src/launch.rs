@@ -201,11 +201,6 @@ fn set_up_and_exec(ctx: &Ctx<'_>) -> Result<Never, (Step, i32)> {
         unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
     }
     raw::set_signal_mask(0);
-    // In `/`, as libvirtd's hooks are (its working directory): an interpreter resolving
-    // a bare name through the working directory then finds nothing the caller's shell
-    // happened to be in. `program` is absolute. Cannot fail short of a broken system.
-    // SAFETY: a NUL-terminated path.
-    let _ = unsafe { libc::chdir(c"/".as_ptr()) };
     // SAFETY: `program` is NUL-terminated; `argv` and `envp` are null-terminated arrays of
     // NUL-terminated strings, all alive until the parent resumes (after this exec).
     unsafe { libc::execve(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };

@@ -250,10 +250,7 @@ pub fn containment() -> ContainmentInEffect {
 pub struct ExecHook {
     path: PathBuf,
     name: String,
-    /// What `execve` runs: `path`, absolute.
     program: Arc<CString>,
-    /// `path` as given.
-    argv0: Arc<CString>,
     leading_args: Arc<[CString]>,
     options: ExecOptions,
 }
@@ -268,13 +265,9 @@ impl ExecHook {
     /// A hook with chosen limits.
     pub fn with_options(path: impl Into<PathBuf>, options: ExecOptions) -> Self {
         let path = path.into();
-        // Hooks run in `/` (see `launch`): a relative path is made absolute here, for
-        // `execve`, while argv[0] stays as given.
-        let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-        let program = Arc::new(cstring(absolute.as_os_str()));
+        let program = Arc::new(cstring(path.as_os_str()));
         ExecHook {
             name: path.display().to_string(),
-            argv0: Arc::new(cstring(path.as_os_str())),
             path,
             program,
             leading_args: Arc::new([]),
@@ -312,7 +305,7 @@ impl ExecHook {
 
     fn job(&self, inv: &Invocation) -> Job {
         let mut argv = Vec::with_capacity(5 + self.leading_args.len());
-        argv.push((*self.argv0).clone());
+        argv.push((*self.program).clone());
         argv.extend(self.leading_args.iter().cloned());
         argv.extend((0..4).map(|i| inv.args().c_str(i).to_owned()));
         let timeout = inv.timeout_with(self.options.timeout);
