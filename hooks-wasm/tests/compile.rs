@@ -67,13 +67,16 @@ fn a_module_built_to_exhaust_the_compiler_is_stopped_at_the_hooks_timeout() {
     assert!(err.to_string().contains("costly.wasm"), "{err}");
     // Stopped at its deadline, not after the minutes the compile would take here.
     assert!(took < Duration::from_secs(15), "{took:?}");
-    // Remembered beside the cache when the compile had the processor for at least half
-    // its time (not when a busy host starved it): the next load with no more time then
-    // fails at once, also in another process (a new sandbox).
-    let recorded = cpu_share(why) >= 0.5;
+    // Remembered beside the cache when the compile had the processor for 90% of its
+    // time (not when a busy host starved it): the next load with no more time then
+    // fails at once, also in another process (a new sandbox). The message rounds the
+    // CPU time to 0.1 s: too close to the line to tell, nothing is asserted.
+    let share = cpu_share(why);
     let again = self::sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let err = again.load_within(&module, Some(Duration::from_secs(1))).unwrap_err();
-    assert_eq!(err.to_string().contains("an earlier attempt"), recorded, "{why}\n{err}");
+    if !(0.85..0.95).contains(&share) {
+        assert_eq!(err.to_string().contains("an earlier attempt"), share >= 0.9, "{why}\n{err}");
+    }
 }
 
 /// The share of its 2 s a stopped compile had the processor, from its message.
