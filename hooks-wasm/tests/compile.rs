@@ -75,7 +75,11 @@ fn a_module_built_to_exhaust_the_compiler_is_stopped_at_the_hooks_timeout() {
     let again = self::sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let err = again.load_within(&module, Some(Duration::from_secs(1))).unwrap_err();
     if !(0.85..0.95).contains(&share) {
-        assert_eq!(err.to_string().contains("an earlier attempt"), share >= 0.9, "{why}\n{err}");
+        assert_eq!(
+            err.to_string().contains("an earlier attempt"),
+            share >= 0.9,
+            "{why}\n{err}"
+        );
     }
 }
 
