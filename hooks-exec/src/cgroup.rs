@@ -377,6 +377,17 @@ impl HookCgroup {
         };
         limit("memory", "memory.max", setup.memory, limits.memory_max);
         limit("pids", "pids.max", setup.pids, limits.pids_max);
+        // A tree the hook makes below its cgroup stays shallow and small enough for
+        // `remove_below` to take whole (a deeper one was never swept, and each left
+        // behind made every later event walk it). Core files, no controller needed.
+        for (file, value) in [
+            ("cgroup.max.depth", MAX_HOOK_DEPTH),
+            ("cgroup.max.descendants", MAX_HOOK_DESCENDANTS),
+        ] {
+            if let Err(e) = cgroup.write(file, value.to_string().as_bytes()) {
+                tracing::debug!(cgroup = %cgroup.path.display(), file, error = %e, "cannot bound the hook's cgroup tree");
+            }
+        }
         Ok(cgroup)
     }
 
@@ -490,6 +501,11 @@ fn retry_left_behind() {
 fn remove(path: &Path) -> io::Result<()> {
     remove_below(path, 8)
 }
+
+/// How deep the cgroups a hook may make below its own go; `remove_below` looks deeper.
+const MAX_HOOK_DEPTH: u32 = 4;
+/// How many cgroups a hook may make below its own.
+const MAX_HOOK_DESCENDANTS: u32 = 64;
 
 fn remove_below(path: &Path, depth: u32) -> io::Result<()> {
     match fs::remove_dir(path) {

@@ -389,6 +389,28 @@ fn a_hooks_cgroup_is_removed_once_empty() {
     assert!(!dir.exists(), "{} outlived its daemon", dir.display());
 }
 
+/// A hook cannot make a cgroup tree below its own deeper than the removal looks: one
+/// twelve levels deep was never removed, and every later event walked it.
+#[test]
+fn a_hooks_cgroup_tree_stays_shallow_enough_to_be_removed() {
+    if !cgroups_here("a_hooks_cgroup_tree_stays_shallow_enough_to_be_removed") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = script(
+        tmp.path(),
+        "deep",
+        "#!/bin/sh\ncat /proc/self/cgroup\n\
+         m=$(awk '{for (i = 1; i <= NF; i++) if ($i == \"-\") { if ($(i+1) == \"cgroup2\") print $5; break }}' /proc/self/mountinfo | head -n 1)\n\
+         cg=\"$m$(sed -n 's/^0:://p' /proc/self/cgroup)\"\n\
+         mkdir -p \"$cg/a/b/c/d/e/f/g/h/i/j/k/l\" 2>/dev/null\nexit 0\n",
+    );
+    let out = ExecHook::new(&deep).run_blocking(&inv());
+    assert!(out.status.is_success(), "{:?}", out.status);
+    let dir = cgroup_dir_of(&String::from_utf8_lossy(&out.stdout));
+    assert!(!dir.exists(), "{} and the tree below it are still there", dir.display());
+}
+
 /// A hook that kills its own helper (it is root: it can) gets a clear error, is killed
 /// itself, and nothing hangs.
 #[test]
