@@ -2,8 +2,8 @@
 # Builds every fuzz target and runs each for SECONDS (default 60) on its seed corpus.
 #
 #   bash fuzz/run.sh [SECONDS] [TARGET...]      # all targets when none is named
-#   FUZZ_MERGE=1 bash fuzz/run.sh 600 shebang   # then add what found new coverage to
-#                                               # fuzz/corpus/TARGET (minimized merge)
+#   FUZZ_MERGE=1 bash fuzz/run.sh 600 shebang   # then add to fuzz/corpus/TARGET the
+#                                               # fewest inputs that reach new edges
 #
 # cargo-fuzz (libFuzzer, AddressSanitizer, debug assertions) on the stable compiler:
 # RUSTC_BOOTSTRAP=1 lets it pass its -Z flags. Inputs at most 64 KiB, 10 s each, 2 GiB of
@@ -47,7 +47,7 @@ for target in "${targets[@]}"; do
     failed+=("$target")
     tail -n 60 "$log"
   elif [ "${FUZZ_MERGE:-0}" = 1 ]; then
-    cargo fuzz run "${build[@]}" "$target" "corpus/$target" "$scratch" -- -merge=1 -max_len=65536 \
+    cargo fuzz run "${build[@]}" "$target" "corpus/$target" "$scratch" -- -set_cover_merge=1 -use_counters=0 -max_len=65536 \
       -timeout=10 -rss_limit_mb=2048 >/dev/null 2>&1
   fi
   summary+=("$target: ${execs:-?} runs, ${rate:-?} exec/s, cov ${cov:-?}, exit $status")

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         assert!((MIN_TIMEOUT..=MAX_TIMEOUT).contains(&d), "{text:?} -> {d:?}");
         let shown = format_duration(d);
         let back = parse_duration(&shown).unwrap_or_else(|e| panic!("{text:?} -> {d:?} shown as {shown:?}: {e}"));
-        let apart = if back > d { back - d } else { d - back };
+        let apart = back.abs_diff(d);
         assert!(
             apart <= Duration::from_micros(500),
             "{text:?} -> {d:?} -> {shown:?} -> {back:?}"

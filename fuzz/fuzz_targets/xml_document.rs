@@ -34,19 +34,37 @@ const EXPRESSIONS: &[&str] = &[
     "sum(//memory) > 1048576 or contains(normalize-space(//description), 'x')",
 ];
 
-fn compiled() -> &'static (Vec<XPath>, Vec<(String, String)>, XPath, XPath) {
-    static COMPILED: OnceLock<(Vec<XPath>, Vec<(String, String)>, XPath, XPath)> = OnceLock::new();
+/// [`EXPRESSIONS`] compiled with their namespaces, and `true()` and `false()`.
+struct Compiled {
+    expressions: Vec<XPath>,
+    namespaces: Vec<(String, String)>,
+    yes: XPath,
+    no: XPath,
+}
+
+fn compiled() -> &'static Compiled {
+    static COMPILED: OnceLock<Compiled> = OnceLock::new();
     COMPILED.get_or_init(|| {
-        let ns = vec![("app".to_owned(), "http://example.org/app/1.0".to_owned())];
-        let all = EXPRESSIONS.iter().map(|e| XPath::compile(e, &ns).expect(e)).collect();
-        let yes = XPath::compile("true()", &[]).expect("true()");
-        let no = XPath::compile("false()", &[]).expect("false()");
-        (all, ns, yes, no)
+        let namespaces = vec![("app".to_owned(), "http://example.org/app/1.0".to_owned())];
+        Compiled {
+            expressions: EXPRESSIONS
+                .iter()
+                .map(|e| XPath::compile(e, &namespaces).expect(e))
+                .collect(),
+            yes: XPath::compile("true()", &[]).expect("true()"),
+            no: XPath::compile("false()", &[]).expect("false()"),
+            namespaces,
+        }
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (expressions, ns, yes, no) = compiled();
+    let Compiled {
+        expressions,
+        namespaces: ns,
+        yes,
+        no,
+    } = compiled();
     let doc = EventDocument::new(Some(data));
     let results: Vec<bool> = expressions.iter().map(|x| x.holds(&doc, ns)).collect();
     let (always, never) = (yes.holds(&doc, ns), no.holds(&doc, ns));
