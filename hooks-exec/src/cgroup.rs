@@ -316,6 +316,8 @@ pub(crate) struct HookCgroup {
     dir: OwnedFd,
     /// It has the memory controller (and so `memory.peak`).
     memory: bool,
+    /// Held by the watchdog, which kills it if this process dies mid-call.
+    watched: Option<crate::watchdog::Watched>,
 }
 
 impl HookCgroup {
@@ -356,12 +358,29 @@ impl HookCgroup {
                 return Err(io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())));
             }
         };
-        let cgroup = HookCgroup {
+        let mut cgroup = HookCgroup {
             name: format!("{}/{leaf}", setup.parent_name),
             path,
             dir,
             memory: setup.memory,
+            watched: None,
         };
+        // Before the hook exists: there is no moment when this process could die and
+        // leave it running.
+        let watched = rustix::fs::openat(
+            &cgroup.dir,
+            "cgroup.kill",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+        .and_then(|kill_file| crate::watchdog::watch(kill_file.as_fd()));
+        match watched {
+            Ok(w) => cgroup.watched = Some(w),
+            Err(e) => notes.push(format!(
+                "it would outlive this process if this process died during the call: no watchdog ({e})"
+            )),
+        }
         let mut limit = |what: &str, file: &str, enabled: bool, value: Option<u64>| {
             let Some(value) = value else { return };
             let applied = if enabled {
@@ -479,6 +498,9 @@ impl HookCgroup {
 
 impl Drop for HookCgroup {
     fn drop(&mut self) {
+        // The call is over: whatever is left in it (a daemon of a hook that succeeded)
+        // outlives this process, as in libvirt.
+        drop(self.watched.take());
         // Fails (EBUSY) while a process is still in it.
         if remove(&self.path).is_err() {
             let mut left = LEFT_BEHIND.lock().unwrap_or_else(PoisonError::into_inner);

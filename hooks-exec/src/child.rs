@@ -35,7 +35,7 @@ fn decode(status: libc::c_int) -> Exit {
 }
 
 /// What [`Child::terminate`] did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Terminated {
     pub(crate) exit: Exit,
     /// Processes that had left the hook's process group (or, without one, descended
@@ -43,6 +43,8 @@ pub(crate) struct Terminated {
     pub(crate) escaped: usize,
     /// The hook had ended by itself before the kill could start: nothing was killed.
     pub(crate) finished_first: bool,
+    /// What the kill could not reach or make sure of, for the record.
+    pub(crate) not_killed: Option<String>,
 }
 
 /// Dead processes are normally gone within microseconds of SIGKILL; one stuck in the
@@ -174,6 +176,7 @@ impl Child {
                 exit,
                 escaped: 0,
                 finished_first: true,
+                not_killed: None,
             });
         }
         match &mut self.kind {
@@ -191,14 +194,32 @@ impl Child {
                         exit: self.reaped(exit),
                         escaped: 0,
                         finished_first: true,
+                        not_killed: None,
                     });
                 }
                 let killed = h.kill();
                 let exit = h.status.map_or(Exit::Signal(libc::SIGKILL), decode);
+                let not_killed = if killed.helper_died {
+                    Some(
+                        "its helper process died before the kill (the hook killed it, or the OOM killer did): \
+                         only the hook itself was killed, and what it started may still run"
+                            .to_owned(),
+                    )
+                } else {
+                    (killed.leftover > 0).then(|| {
+                        format!(
+                            "{} of its processes were still alive when the kill gave up after {} s (stuck in the \
+                             kernel, or forking faster than they could be killed)",
+                            killed.leftover,
+                            crate::helper::KILL_LIMIT_MS / 1000
+                        )
+                    })
+                };
                 Ok(Terminated {
                     exit: self.reaped(exit),
                     escaped: killed.escaped,
                     finished_first: false,
+                    not_killed,
                 })
             }
             Kind::Cgroup { .. } => self.terminate_cgroup(grace),
@@ -220,11 +241,34 @@ impl Child {
                 kill_each(cg);
             }
         }
-        let exit = self.wait(true);
+        let mut not_killed = None;
         if let Kind::Cgroup { cgroup: Some(cg), .. } = &self.kind {
             if !cg.wait_empty(REAP_WAIT) {
-                tracing::warn!(cgroup = %cg.path().display(), "a killed process started by a hook has not exited yet");
+                let left = cg.procs().into_iter().filter(|&p| running(p)).count();
+                tracing::warn!(cgroup = %cg.path().display(), left, "a killed process started by a hook has not exited yet");
+                not_killed = Some(format!(
+                    "{left} of its processes had not exited {} s after its cgroup was killed (stuck in the kernel)",
+                    REAP_WAIT.as_secs()
+                ));
             }
+            // Only root can move a process out of the hook's cgroup; one that kept the
+            // hook's process group is still reached through it (its leader is not reaped
+            // yet, so the group id is the hook's).
+            let moved = if self.group { moved_out(cg, self.pid) } else { 0 };
+            if moved > 0 {
+                self.signal(libc::SIGKILL);
+                let moved_note = format!(
+                    "{moved} of its processes had moved out of its cgroup (only root can): killed through its \
+                     process group; one that also left the group is out of reach"
+                );
+                not_killed = Some(match not_killed {
+                    Some(n) => format!("{n}; {moved_note}"),
+                    None => moved_note,
+                });
+            }
+        }
+        let exit = self.wait(true);
+        if let Kind::Cgroup { cgroup: Some(cg), .. } = &self.kind {
             reap_orphans(cg);
         }
         waited?;
@@ -232,6 +276,7 @@ impl Child {
             exit: exit?.unwrap_or(Exit::Signal(libc::SIGKILL)),
             escaped: escaped.len(),
             finished_first: false,
+            not_killed,
         })
     }
 
@@ -302,6 +347,24 @@ impl Child {
             }
         }
     }
+}
+
+/// Alive (not a zombie): its `stat` says so.
+fn running(pid: libc::pid_t) -> bool {
+    procfs::read_stat(pid).is_some_and(|p| !p.zombie)
+}
+
+/// The live processes of the process group `group` that are not in `cg` (a scan of
+/// `/proc`: only after a kill).
+fn moved_out(cg: &HookCgroup, group: libc::pid_t) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| procfs::read_stat(pid).is_some_and(|p| p.pgid == group && !p.zombie) && !cg.holds(pid))
+        .count()
 }
 
 /// Without `cgroup.kill`: SIGKILL to each process in the cgroup, pinned by a pidfd

@@ -55,7 +55,7 @@ const KILL: u8 = b'K';
 
 /// The helper gives up killing after this long (a process stuck in the kernel, a fork
 /// bomb that outruns it) and says so.
-const KILL_LIMIT_MS: u64 = 5000;
+pub(crate) const KILL_LIMIT_MS: u64 = 5000;
 
 /// A message of the helper's: kind and three numbers.
 type Msg = [u8; 16];
@@ -90,8 +90,12 @@ fn decode(m: &Msg) -> (u32, i32, i32, i32) {
 pub(crate) struct Killed {
     /// Processes killed one by one that were not in the hook's process group.
     pub(crate) escaped: usize,
-    /// Some were still there when the helper gave up.
-    pub(crate) leftover: bool,
+    /// Processes still alive when the helper gave up (stuck in the kernel, or a fork bomb
+    /// faster than the kill).
+    pub(crate) leftover: usize,
+    /// The helper died before it could kill (the hook killed it, or the OOM killer did):
+    /// only the hook itself was killed, and what it started is loose.
+    pub(crate) helper_died: bool,
 }
 
 /// The caller's end of a helper.
@@ -219,7 +223,8 @@ impl Helper {
                         }
                         self.killed = Some(Killed {
                             escaped: escaped.max(0) as usize,
-                            leftover: leftover != 0,
+                            leftover: leftover.max(0) as usize,
+                            helper_died: false,
                         });
                     }
                     _ => return Err(io::Error::other("the hook's helper process sent nonsense")),
@@ -300,11 +305,13 @@ impl Helper {
         }
         let killed = self.killed.unwrap_or(Killed {
             escaped: 0,
-            leftover: !self.finished(),
+            leftover: 0,
+            helper_died: !self.finished(),
         });
-        if killed.leftover {
+        if killed.leftover > 0 {
             tracing::warn!(
                 hook = self.hook,
+                leftover = killed.leftover,
                 "processes started by a hook were still there when the kill gave up"
             );
         }
@@ -582,9 +589,18 @@ impl State {
     }
 
     /// SIGKILL to everything under the helper until nothing is; reports and exits.
+    ///
+    /// Each pass walks the whole tree below the helper and kills every process in it,
+    /// each before its children are listed (a killed process forks no more, so the list
+    /// is whole). Nothing is reaped until a pass finds none alive: a reaped pid frees its
+    /// place under a process limit (`pids.max`, `RLIMIT_NPROC`), and a fork bomb refills
+    /// a freed place at once (reaping as they died left 339 of one after 5 s).
     fn kill_all_and_exit(&mut self) -> ! {
         let start = raw::now_millis();
         let reported = self.status.is_some();
+        // Ahead of a fork bomb for the CPU where that is allowed (root); else as it is.
+        // SAFETY: integer arguments only; it changes this process's priority.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) };
         if self.status.is_none() {
             let target = if self.group != 0 { -self.group } else { self.hook };
             let _ = raw::kill(target, libc::SIGKILL);
@@ -592,69 +608,151 @@ impl State {
         let mut counted = PidSet::new();
         let mut escaped: i32 = 0;
         let leftover = loop {
-            if self.reap_some() {
-                break false;
+            let alive = self.kill_pass(&mut counted, &mut escaped);
+            if alive == 0 && self.reap_some() {
+                break 0;
             }
-            let hook = self.hook;
-            let group = self.group;
-            for_each_child(|pid| {
-                if pid != hook && counted.insert(pid) {
-                    if let Some(p) = procfs::read_stat(pid) {
-                        if !p.zombie && (group == 0 || p.pgid != group) {
-                            escaped = escaped.saturating_add(1);
-                        }
-                    }
-                }
-                // Our child, not reaped: the pid is still this process's.
-                let _ = raw::kill(pid, libc::SIGKILL);
-            });
             if raw::now_millis().saturating_sub(start) > KILL_LIMIT_MS {
-                break true;
+                break alive;
             }
-            // Until one of them dies (and hands us its children), or a moment passes.
-            let mut fds = [libc::pollfd {
-                fd: self.sigfd,
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            // SAFETY: one initialised pollfd in a live local array.
-            unsafe { libc::poll(fds.as_mut_ptr(), 1, 10) };
-            self.drain_signalfd();
+            if alive > 0 {
+                // Until one of them dies, or a moment passes.
+                let mut fds = [libc::pollfd {
+                    fd: self.sigfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                // SAFETY: one initialised pollfd in a live local array.
+                unsafe { libc::poll(fds.as_mut_ptr(), 1, 1) };
+                self.drain_signalfd();
+            }
         };
+        // What is dead is ours to reap, whatever is left alive.
+        self.reap_some();
         let status = match (reported, self.status) {
             (false, Some(s)) => s,
             _ => -1,
         };
-        send_raw(self.control, &encode(KILLED, escaped, i32::from(leftover), status));
+        let leftover = i32::try_from(leftover).unwrap_or(i32::MAX);
+        send_raw(self.control, &encode(KILLED, escaped, leftover, status));
         raw::exit_now(0)
+    }
+
+    /// One pass over the tree below the helper: SIGKILL to each process in it. How many
+    /// of them were alive (not zombies).
+    fn kill_pass(&self, counted: &mut PidSet, escaped: &mut i32) -> usize {
+        let me = sys::getpid();
+        let (hook, group) = (self.hook, self.group);
+        let mut alive = 0;
+        let mut pending = PidStack::new();
+        let mut note = |p: &procfs::Proc, pending: &mut PidStack| {
+            if p.zombie {
+                return;
+            }
+            alive += 1;
+            if p.pid != hook && counted.insert(p.pid) && (group == 0 || p.pgid != group) {
+                *escaped = escaped.saturating_add(1);
+            }
+            // Too many to hold: its children come to us when it dies, for the next pass.
+            pending.push(p.pid);
+        };
+        for_each_child_of(me, |pid| {
+            // Our child, not reaped: the pid is still this process's.
+            let _ = raw::kill(pid, libc::SIGKILL);
+            if let Some(p) = procfs::read_stat(pid) {
+                note(&p, &mut pending);
+            }
+        });
+        while let Some(parent) = pending.pop() {
+            for_each_child_of(parent, |pid| {
+                // Not our child: pinned, then checked to be the child of the one it was
+                // listed under (or ours, reparented since), so that a pid reaped and
+                // handed out again meanwhile is never signalled.
+                let Ok(fd) = raw::pidfd_open(pid) else { return };
+                if let Some(p) = procfs::read_stat(pid).filter(|p| p.ppid == parent || p.ppid == me) {
+                    let _ = raw::pidfd_kill(fd, libc::SIGKILL);
+                    note(&p, &mut pending);
+                }
+                raw::close(fd);
+            });
+        }
+        alive
     }
 }
 
-/// Calls `each` with the pid of each child of this (single-threaded) process.
-fn for_each_child(mut each: impl FnMut(pid_t)) {
+/// Calls `each` with the pid of each child of `pid` (those of all its threads).
+fn for_each_child_of(pid: pid_t, mut each: impl FnMut(pid_t)) {
     let mut path = [0u8; 48];
-    let me = u64::from(sys::getpid().unsigned_abs());
-    let mut buf = [0u8; 4096];
-    if let Some(path) = raw::proc_path(&mut path, b"/proc/self/task/", me, b"/children") {
-        if let Ok(len) = raw::read_file(path, &mut buf) {
-            procfs::for_each_pid(buf.get(..len).unwrap_or_default(), len == buf.len(), each);
-            return;
+    let Some(tasks) = raw::proc_path(&mut path, b"/proc/", u64::from(pid.unsigned_abs()), b"/task") else {
+        return;
+    };
+    let Ok(dir) = raw::open(tasks, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) else {
+        return;
+    };
+    let mut any = false;
+    let _ = raw::for_each_entry(dir, |name| {
+        let Some(tid) = raw::parse_decimal(name) else {
+            return true;
+        };
+        let mut rel = [0u8; 40];
+        if let Some(children) = raw::proc_path(&mut rel, b"", tid, b"/children") {
+            if let Ok(fd) = raw::openat(dir, children, libc::O_RDONLY | libc::O_CLOEXEC) {
+                any = true;
+                let _ = raw::for_each_pid_in(fd, &mut each);
+                raw::close(fd);
+            }
         }
+        true
+    });
+    raw::close(dir);
+    if !any {
+        for_each_child_by_scan(pid, each);
     }
-    // No `children` files (a kernel without CONFIG_PROC_CHILDREN): all of /proc.
+}
+
+/// Without `children` files (a kernel without CONFIG_PROC_CHILDREN): all of /proc.
+fn for_each_child_by_scan(parent: pid_t, mut each: impl FnMut(pid_t)) {
     let Ok(dir) = raw::open(c"/proc", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) else {
         return;
     };
-    let me = sys::getpid();
     let _ = raw::for_each_entry(dir, |name| {
         if let Some(pid) = raw::parse_decimal(name).and_then(|n| pid_t::try_from(n).ok()) {
-            if procfs::read_stat(pid).is_some_and(|p| p.ppid == me) {
+            if procfs::read_stat(pid).is_some_and(|p| p.ppid == parent) {
                 each(pid);
             }
         }
         true
     });
     raw::close(dir);
+}
+
+/// The processes a kill pass has yet to look below, without allocating; when full it
+/// takes no more (their children are reparented to the helper as they die, and the next
+/// pass finds them).
+struct PidStack {
+    pids: [pid_t; 1024],
+    len: usize,
+}
+
+impl PidStack {
+    fn new() -> Self {
+        PidStack {
+            pids: [0; 1024],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, pid: pid_t) {
+        if let Some(slot) = self.pids.get_mut(self.len) {
+            *slot = pid;
+            self.len += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<pid_t> {
+        self.len = self.len.checked_sub(1)?;
+        self.pids.get(self.len).copied()
+    }
 }
 
 /// A fixed-size set of pids (open addressing), to count each process once without

@@ -104,6 +104,7 @@ mod raw;
 mod spawn;
 mod supervise;
 mod sys;
+mod watchdog;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::Metadata;
@@ -452,11 +453,15 @@ impl Job {
         if cap.timed_out {
             let escaped = match cap.escaped {
                 0 => String::new(),
-                1 => ", and 1 process that had left it".to_owned(),
-                n => format!(", and {n} processes that had left it"),
+                1 => ", 1 process of them outside its process group".to_owned(),
+                n => format!(", {n} processes of them outside its process group"),
+            };
+            let whole = match cap.containment {
+                Containment::Cgroup => "everything in its cgroup",
+                _ => "everything under its helper",
             };
             outcome.warnings.push(format!(
-                "timed out after {}; its process group {pid} was killed{escaped}",
+                "timed out after {}; it ({pid}) and {whole} were killed{escaped}",
                 hooks_core::backend::format_duration(self.limits.timeout.unwrap_or_default())
             ));
         }

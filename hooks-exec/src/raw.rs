@@ -109,6 +109,16 @@ pub(crate) fn open(path: &CStr, flags: c_int) -> Result<c_int, i32> {
     Ok(fd)
 }
 
+/// `openat(dir, path, flags)`.
+pub(crate) fn openat(dir: c_int, path: &CStr, flags: c_int) -> Result<c_int, i32> {
+    // SAFETY: `path` is NUL-terminated and borrowed for the call.
+    let fd = unsafe { libc::openat(dir, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    Ok(fd)
+}
+
 /// `close(fd)`; its error is of no use to anyone here.
 pub(crate) fn close(fd: c_int) {
     // SAFETY: a number; the caller owns the descriptor and never uses it after this.
@@ -298,6 +308,74 @@ pub(crate) fn proc_path<'b>(buf: &'b mut [u8], prefix: &[u8], n: u64, suffix: &[
     CStr::from_bytes_with_nul(out).ok()
 }
 
+/// Calls `each` with every pid in the list file open at `fd` (`children`,
+/// `cgroup.procs`: decimals separated by white space), however long it is: read a page
+/// at a time, a number cut by a page's end carried over to the next.
+pub(crate) fn for_each_pid_in(fd: c_int, mut each: impl FnMut(pid_t)) -> Result<(), i32> {
+    let mut buf = [0u8; 4096];
+    let mut carried = 0;
+    loop {
+        let Some(room) = buf.get_mut(carried..) else {
+            return Ok(());
+        };
+        // SAFETY: the kernel writes at most `room.len()` bytes into `room`.
+        let n = unsafe { libc::read(fd, room.as_mut_ptr().cast(), room.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(errno());
+        }
+        let len = carried + n as usize;
+        let text = buf.get(..len).unwrap_or_default();
+        // At the end, the last word is whole; before it, it may go on in the next read.
+        let whole = if n == 0 {
+            len
+        } else {
+            text.iter().rposition(|b| b.is_ascii_whitespace()).map_or(0, |i| i + 1)
+        };
+        for word in text.get(..whole).unwrap_or_default().split(|b| b.is_ascii_whitespace()) {
+            if let Some(pid) = parse_decimal(word).and_then(|v| pid_t::try_from(v).ok()) {
+                each(pid);
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        carried = len - whole;
+        if carried >= 32 {
+            // No pid is that long: not a pid list.
+            return Ok(());
+        }
+        buf.copy_within(whole..len, 0);
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that names `pid` for as long as it is open.
+pub(crate) fn pidfd_open(pid: pid_t) -> Result<c_int, i32> {
+    // SAFETY: numbers only.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    check(ret).map(|fd| fd as c_int)
+}
+
+/// `pidfd_send_signal(2)`; ESRCH (gone already) is not an error.
+pub(crate) fn pidfd_kill(pidfd: c_int, sig: c_int) -> Result<(), i32> {
+    // SAFETY: numbers and a null siginfo.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match check(ret) {
+        Err(libc::ESRCH) | Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// `kill(2)`; ESRCH (gone already) is not an error.
 pub(crate) fn kill(pid: pid_t, sig: c_int) -> Result<(), i32> {
     // SAFETY: two integers, no memory.
@@ -360,6 +438,21 @@ mod tests {
         for bad in [&b""[..], b"12a", b"-1", b" 1", b"9999999999999999999"] {
             assert_eq!(parse_decimal(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn reads_pid_lists_longer_than_a_page() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("children");
+        let pids: Vec<pid_t> = (1..3000).map(|n| n * 7919 % 4_000_000).collect();
+        let text: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        std::fs::write(&path, text.join(" ") + "\n").unwrap();
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let fd = open(&path, libc::O_RDONLY | libc::O_CLOEXEC).unwrap();
+        let mut seen = Vec::new();
+        for_each_pid_in(fd, |p| seen.push(p)).unwrap();
+        close(fd);
+        assert_eq!(seen, pids);
     }
 
     #[test]

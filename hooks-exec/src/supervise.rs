@@ -165,7 +165,7 @@ pub(crate) fn supervise(
         stdin,
         stdout,
         stderr,
-        notes,
+        mut notes,
     } = spawned;
     let start = Instant::now();
     let deadline = limits.timeout.map(|t| start + t);
@@ -264,6 +264,7 @@ pub(crate) fn supervise(
                 let killed = child.terminate(limits.kill_grace)?;
                 exit = Some(killed.exit);
                 escaped = killed.escaped;
+                notes.extend(killed.not_killed);
             }
             // A hook that already exited keeps its background processes, as after any
             // successful run; only the reading stops.
@@ -293,6 +294,7 @@ pub(crate) fn supervise(
             let killed = child.terminate(limits.kill_grace)?;
             exit = Some(killed.exit);
             escaped = killed.escaped;
+            notes.extend(killed.not_killed);
             writer.fd = None;
             if killed.finished_first {
                 // It ended just as its time ran out, before anything was killed: not a

@@ -448,3 +448,233 @@ fn a_hook_that_kills_its_helper_is_an_error_not_a_hang() {
         pid.0
     );
 }
+
+const AS_NOBODY: &str = "HOOKS_EXEC_TEST_AS_NOBODY";
+const NOBODY: u32 = 65534;
+
+/// Runs `body` in a copy of this test binary running as nobody with at most `nproc`
+/// processes (a normal user's limit, which root would not be held to): a fork bomb in it
+/// stays that size. Skipped loudly where this process cannot change its user.
+fn as_nobody(test: &str, nproc: u64, body: impl FnOnce()) {
+    if std::env::var_os(AS_NOBODY).is_some_and(|v| v == test) {
+        body();
+        return;
+    }
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: needs root to run a copy of itself as nobody");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(AS_NOBODY, test)
+        .env("TMPDIR", "/tmp")
+        .current_dir("/")
+        .uid(NOBODY)
+        .gid(NOBODY);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: nproc,
+                rlim_max: nproc,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprint!("{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} as nobody:\n{stdout}\n{stderr}"
+    );
+}
+
+/// The live processes whose command line contains `marker`.
+fn marked(marker: &str) -> Vec<libc::pid_t> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) && running(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Stops then kills every process marked `marker`, until none is left (a bomb that got
+/// away must not outlive its test).
+fn kill_marked(marker: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let pids = marked(marker);
+        if pids.is_empty() {
+            return;
+        }
+        for sig in [libc::SIGSTOP, libc::SIGKILL] {
+            for &pid in &pids {
+                // SAFETY: kill takes no pointers; these run as nobody, as this copy does.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A hook that turns into a fork bomb of new sessions: each process leaves its group,
+/// forks two and exits, so every one is an orphan of the helper, and the user's process
+/// limit keeps a few hundred alive, refilled as fast as any dies. Its timeout kills all of
+/// it (killing child by child and reaping as they died freed a slot for each one killed:
+/// 339 were still there when the helper gave up after 5 s).
+#[test]
+fn a_setsid_fork_bomb_dies_with_its_timeout_under_the_subreaper() {
+    as_nobody(
+        "a_setsid_fork_bomb_dies_with_its_timeout_under_the_subreaper",
+        300,
+        || {
+            let tmp = tempfile::tempdir().unwrap();
+            let marker = format!("VHBOMB{}", std::process::id());
+            let hook = script(
+                tmp.path(),
+                "bomb",
+                &format!(
+                    "#!/usr/bin/perl\n\
+                 use POSIX qw(setsid);\n\
+                 $SIG{{TERM}} = 'IGNORE'; $0 = '{marker}';\n\
+                 if (fork() == 0) {{\n\
+                   while (1) {{ setsid(); my $a = fork(); my $b = fork();\n\
+                     if ((defined $a && $a == 0) || (defined $b && $b == 0)) {{ next }}\n\
+                     exit 0 if (defined $a || defined $b); select(undef, undef, undef, 0.005) }}\n\
+                 }}\n\
+                 sleep 1000;\n"
+                ),
+            );
+            let out = with_timeout(&hook, 1000, false).run_blocking(&inv());
+            let left = marked(&marker);
+            kill_marked(&marker);
+            assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
+            assert_eq!(out.containment, Some(Containment::Subreaper));
+            assert!(
+                left.is_empty(),
+                "{} bomb processes outlived the kill: {out:?}",
+                left.len()
+            );
+            assert!(
+                out.warnings.iter().all(|w| !w.contains("still running")),
+                "{:?}",
+                out.warnings
+            );
+        },
+    );
+}
+
+const DOOMED_CALLER: &str = "HOOKS_EXEC_TEST_DOOMED_CALLER";
+
+/// The caller is SIGKILLed in the middle of a call (the OOM killer, an operator's
+/// `kill -9`): the hook and the daemon it detached die with it, under either containment,
+/// rather than run on untimed (in a cgroup they did, for good: nothing was left to time
+/// them out).
+#[test]
+fn a_hook_dies_with_its_caller() {
+    const TEST: &str = "a_hook_dies_with_its_caller";
+    if let Some(hook) = std::env::var_os(DOOMED_CALLER) {
+        // The copy: runs the hook until it is killed.
+        let cgroup = std::env::var_os("HOOKS_EXEC_TEST_CGROUP").is_some();
+        let out = with_timeout(Path::new(&hook), 60_000, cgroup).run_blocking(&inv());
+        panic!("the call was expected to be cut off by a kill: {out:?}");
+    }
+    for cgroup in CONTAINMENTS {
+        if cgroup && !cgroups_here(TEST) {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let daemon_file = tmp.path().join("daemon");
+        let hook_file = tmp.path().join("hook");
+        let hook = script(
+            tmp.path(),
+            "hang",
+            &daemonize_then_hang(&daemon_file).replacen(
+                "#!/bin/sh\n",
+                &format!("#!/bin/sh\necho $$ > {0}.tmp; mv {0}.tmp {0}\n", hook_file.display()),
+                1,
+            ),
+        );
+        let mut caller = Command::new(std::env::current_exe().unwrap());
+        caller
+            .args([TEST, "--exact", "--test-threads=1", "--nocapture"])
+            .env(DOOMED_CALLER, &hook);
+        if cgroup {
+            caller.env("HOOKS_EXEC_TEST_CGROUP", "1");
+        }
+        let mut caller = caller.spawn().unwrap();
+        assert!(wait_for(&daemon_file) && wait_for(&hook_file), "the hook did not start");
+        let (hook_pid, daemon) = (KillOnDrop(read_pid(&hook_file)), KillOnDrop(read_pid(&daemon_file)));
+        caller.kill().unwrap();
+        caller.wait().unwrap();
+        let mode = if cgroup { "in a cgroup" } else { "under a helper" };
+        assert!(
+            dead_within(hook_pid.0, Duration::from_secs(5)),
+            "{mode}: the hook {} outlived its caller",
+            hook_pid.0
+        );
+        assert!(
+            dead_within(daemon.0, Duration::from_secs(5)),
+            "{mode}: the hook's daemon {} outlived its caller",
+            daemon.0
+        );
+    }
+}
+
+/// A root hook moves a child of its that ignores SIGTERM out of its cgroup (into the
+/// caller's own), keeping its process group: the timeout still kills it, through the
+/// group, and the record says what happened.
+#[test]
+fn a_process_moved_out_of_the_hooks_cgroup_is_killed_through_its_group() {
+    const TEST: &str = "a_process_moved_out_of_the_hooks_cgroup_is_killed_through_its_group";
+    if !cgroups_here(TEST) {
+        return;
+    }
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
+    let mount = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split(' ').nth(4).map(str::to_owned))
+        .unwrap();
+    let procs = Path::new(&mount).join(own.trim_start_matches('/')).join("cgroup.procs");
+    let tmp = tempfile::tempdir().unwrap();
+    let moved_file = tmp.path().join("moved");
+    let hook = script(
+        tmp.path(),
+        "mover",
+        &format!(
+            "#!/bin/sh\n(trap '' TERM; exec sleep 30) &\necho $! > {procs}\necho $! > {f}.tmp; mv {f}.tmp {f}\nsleep 30\n",
+            procs = procs.display(),
+            f = moved_file.display()
+        ),
+    );
+    let out = with_timeout(&hook, 1000, true).run_blocking(&inv());
+    let moved = KillOnDrop(read_pid(&moved_file));
+    assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
+    assert!(
+        dead_within(moved.0, Duration::from_secs(2)),
+        "the process moved out of the hook's cgroup survived: {out:?}"
+    );
+    assert!(
+        out.warnings.iter().any(|w| w.contains("moved out of its cgroup")),
+        "{:?} (stderr: {})",
+        out.warnings,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -168,7 +168,9 @@ fn timeout_kills_a_setsid_escapee_in_a_subreaper() {
             assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
             assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
             assert!(
-                out.warnings.iter().any(|w| w.contains("1 process that had left it")),
+                out.warnings
+                    .iter()
+                    .any(|w| w.contains("1 process of them outside its process group")),
                 "{:?} ({:?})",
                 out.warnings,
                 out.containment
