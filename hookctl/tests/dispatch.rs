@@ -494,8 +494,65 @@ fn the_audit_line_and_list_say_how_plugins_are_contained() {
         "subreaper" => assert!(hook.get("cpu_us").is_none(), "{line}"),
         other => panic!("{other}: {line}"),
     }
-    hookctl(&hooks, &["list", "qemu"])
+    let out = hookctl(&hooks, &["list", "qemu"])
         .assert()
         .success()
-        .stdout(contains(format!("  exec containment: {kind}: ")));
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8_lossy(&out);
+    let said = out
+        .lines()
+        .find_map(|l| l.strip_prefix("  exec containment: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    // No libvirt daemon here: it says whose cgroup it judged by.
+    assert!(said.contains(&format!(": {kind}: ")), "{said}");
+}
+
+/// `list` only looks: run from a cgroup of its own, it makes no `virt-hooks` there (it
+/// used to, and reported its own cgroup's containment as the dispatcher's).
+#[test]
+fn list_creates_no_cgroup() {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED list_creates_no_cgroup: needs root to make a cgroup");
+        return;
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(mount) = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split(' ').nth(4))
+    else {
+        eprintln!("SKIPPED list_creates_no_cgroup: no cgroup v2 here");
+        return;
+    };
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let cgroup = std::path::Path::new(mount)
+        .join(own.trim_start_matches('/'))
+        .join(format!("hookctl-list-test-{}", std::process::id()));
+    if let Err(e) = fs::create_dir(&cgroup) {
+        eprintln!("SKIPPED list_creates_no_cgroup: cannot make {}: {e}", cgroup.display());
+        return;
+    }
+    let (_tmp, hooks, plugins) = installed();
+    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    // The shell moves itself into the cgroup, then becomes `hookctl list`.
+    let out = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "echo $$ > \"$1/cgroup.procs\" && exec \"$2\" --hooks-dir \"$3\" list qemu",
+            "sh",
+        ])
+        .arg(&cgroup)
+        .arg(env!("CARGO_BIN_EXE_hookctl"))
+        .arg(&hooks)
+        .output()
+        .unwrap();
+    let made = cgroup.join("virt-hooks").exists();
+    let _ = fs::remove_dir(cgroup.join("virt-hooks"));
+    let _ = fs::remove_dir(&cgroup);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!made, "list made a virt-hooks cgroup in its own cgroup");
 }

@@ -136,6 +136,57 @@ fn probe() -> Result<Setup, String> {
     Ok(setup)
 }
 
+/// What [`setup`] would find in a process in the cgroup `own` (as `/proc/<pid>/cgroup`
+/// names it), creating nothing: where hook cgroups would go and which controllers they
+/// would get. For telling people what another process (a libvirt daemon) gives its hooks.
+pub(crate) fn preview(own: &str) -> Result<(PathBuf, bool, bool), String> {
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mount = find_cgroup2(&mountinfo).ok_or("no cgroup v2 hierarchy is mounted")?;
+    let dir = cgroup_dir(&mount, own).ok_or_else(|| {
+        format!(
+            "its cgroup {own} is not under the cgroup2 mount at {}",
+            mount.point.display()
+        )
+    })?;
+    check_owners(&mount.point, &dir)?;
+    let parent = dir.join(PARENT);
+    // Made already (by an earlier call), it says what it passes down; else what it could.
+    let (kill_file, controllers) = if parent.is_dir() {
+        check_owners(&mount.point, &parent)?;
+        (parent.join("cgroup.kill"), parent.join("cgroup.subtree_control"))
+    } else {
+        (dir.join("cgroup.kill"), dir.join("cgroup.subtree_control"))
+    };
+    if !kill_file.exists() && dir != mount.point {
+        return Err(format!(
+            "{} has no cgroup.kill (it needs Linux 5.14 or later)",
+            dir.display()
+        ));
+    }
+    let enabled = fs::read_to_string(controllers).unwrap_or_default();
+    let has = |c: &str| enabled.split_ascii_whitespace().any(|e| e == c);
+    Ok((parent, has("memory"), has("pids")))
+}
+
+/// What the hooks' cgroups under `parent` are and give, for people.
+pub(crate) fn describe(parent: &Path, memory: bool, pids: bool) -> String {
+    let controllers = match (memory, pids) {
+        (true, true) => "memory and pids limits apply; CPU time and peak memory are recorded".to_owned(),
+        (true, false) => {
+            "memory limits apply, pids limits do not (no pids controller); CPU time and peak memory are recorded"
+                .to_owned()
+        }
+        (false, true) => "pids limits apply; CPU time is recorded; memory limits and peak memory are \
+                          unavailable (no memory controller)"
+            .to_owned(),
+        (false, false) => "CPU time is recorded; memory and pids limits and peak memory are unavailable (no \
+                           memory or pids controller)"
+            .to_owned(),
+    };
+    format!("a cgroup v2 of its own under {} ({controllers})", parent.display())
+}
+
 /// The cgroup2 mount: where it is, and which cgroup its root is.
 #[derive(Debug, PartialEq, Eq)]
 struct Mount {
@@ -263,20 +314,7 @@ impl Setup {
 
     /// What the hooks' cgroups are and give, for people.
     pub(crate) fn describe(&self) -> String {
-        let controllers = match (self.memory, self.pids) {
-            (true, true) => "memory and pids limits apply; CPU time and peak memory are recorded".to_owned(),
-            (true, false) => {
-                "memory limits apply, pids limits do not (no pids controller); CPU time and peak memory are recorded"
-                    .to_owned()
-            }
-            (false, true) => "pids limits apply; CPU time is recorded; memory limits and peak memory are \
-                              unavailable (no memory controller)"
-                .to_owned(),
-            (false, false) => "CPU time is recorded; memory and pids limits and peak memory are unavailable (no \
-                               memory or pids controller)"
-                .to_owned(),
-        };
-        format!("a cgroup v2 of its own under {} ({controllers})", self.parent.display())
+        describe(&self.parent, self.memory, self.pids)
     }
 }
 

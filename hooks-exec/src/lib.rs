@@ -215,6 +215,46 @@ impl std::fmt::Display for ContainmentInEffect {
     }
 }
 
+/// Which containment exec hooks would get in the process `pid` (a libvirt daemon that
+/// runs `hookctl` as its hook, say: the dispatcher runs in its cgroup), as this process
+/// sees it, creating nothing. Root is assumed where `pid` is root's: a cgroup that
+/// another user owns is refused as [`containment`] refuses it.
+///
+/// ```
+/// let c = hooks_exec::containment_of(std::process::id()).unwrap();
+/// println!("exec hooks of this process would run in {c}");
+/// ```
+pub fn containment_of(pid: u32) -> std::io::Result<ContainmentInEffect> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let own = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| std::io::Error::other(format!("process {pid} is in no cgroup v2")))?;
+    Ok(match cgroup::preview(own) {
+        Ok((parent, memory, pids)) => ContainmentInEffect {
+            kind: Containment::Cgroup,
+            description: cgroup::describe(&parent, memory, pids),
+            cgroup_parent: Some(parent),
+            memory,
+            pids,
+        },
+        Err(why) => subreaper_in_effect(&why),
+    })
+}
+
+fn subreaper_in_effect(why: &str) -> ContainmentInEffect {
+    ContainmentInEffect {
+        kind: Containment::Subreaper,
+        cgroup_parent: None,
+        memory: false,
+        pids: false,
+        description: format!(
+            "a per-hook subreaper (no cgroup: {why}); CPU time and peak memory are not recorded, memory and \
+             pids limits do not apply"
+        ),
+    }
+}
+
 /// Which containment exec hooks get in this process: a cgroup v2 of their own (where,
 /// and whether memory and process limits apply), or a per-hook subreaper (and why no
 /// cgroup). The first call (of this or of any hook) looks once, and makes the
@@ -233,16 +273,7 @@ pub fn containment() -> ContainmentInEffect {
             pids: setup.pids,
             description: setup.describe(),
         },
-        Err(why) => ContainmentInEffect {
-            kind: Containment::Subreaper,
-            cgroup_parent: None,
-            memory: false,
-            pids: false,
-            description: format!(
-                "a per-hook subreaper (no cgroup: {why}); CPU time and peak memory are not recorded, memory and \
-                 pids limits do not apply"
-            ),
-        },
+        Err(why) => subreaper_in_effect(why),
     }
 }
 

@@ -258,25 +258,65 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     Ok(true)
 }
 
-/// Which containment exec hooks get (a cgroup of their own, or a per-hook subreaper),
-/// on each listing that has any: hookctl run the same way (as root, from the same
-/// cgroup) gets the same.
+/// Which containment exec hooks get (a cgroup of their own, or a per-hook subreaper), on
+/// each listing that has any. The dispatcher runs in the cgroup of the libvirt daemon
+/// that calls it, not in this one's: what that daemon's cgroup gives, where one runs;
+/// else what a dispatcher in this process's cgroup would get, and that it is a guess.
+/// Nothing is created either way.
 fn exec_containment(listings: &mut [DriverListing]) {
     #[cfg(feature = "exec")]
-    {
-        let mut found = None;
-        for l in listings.iter_mut() {
-            if l.entries.iter().any(|e| e.backend == Some("exec")) {
-                l.exec_containment = Some(
-                    found
-                        .get_or_insert_with(|| hooks_exec::containment().to_string())
-                        .clone(),
-                );
-            }
+    for l in listings.iter_mut() {
+        if !l.entries.iter().any(|e| e.backend == Some("exec")) {
+            continue;
         }
+        let found = running_daemon(daemons(l.driver));
+        let (pid, who) = match &found {
+            Some((name, pid)) => (*pid, format!("as {name} (pid {pid}) runs them")),
+            None => (
+                std::process::id(),
+                "no libvirt daemon runs now; a dispatcher in this shell's cgroup would get".to_owned(),
+            ),
+        };
+        l.exec_containment = Some(match hooks_exec::containment_of(pid) {
+            Ok(c) => format!("{who}: {c}"),
+            Err(e) => format!("{who}: unknown ({e})"),
+        });
     }
     #[cfg(not(feature = "exec"))]
     let _ = listings;
+}
+
+/// The libvirt daemons that run a driver's hooks: the modular one first, then the
+/// monolithic `libvirtd`.
+#[cfg(feature = "exec")]
+fn daemons(driver: Driver) -> &'static [&'static str] {
+    match driver {
+        Driver::Qemu => &["virtqemud", "libvirtd"],
+        Driver::Lxc => &["virtlxcd", "libvirtd"],
+        Driver::Libxl => &["virtxend", "libvirtd"],
+        Driver::Bhyve => &["virtbhyved", "libvirtd"],
+        Driver::Network => &["virtnetworkd", "libvirtd"],
+        _ => &["libvirtd", "virtqemud"],
+    }
+}
+
+/// The first of `names` running now (by `/proc/<pid>/comm`), and its pid.
+#[cfg(feature = "exec")]
+fn running_daemon(names: &[&str]) -> Option<(String, u32)> {
+    let mut found: Vec<(usize, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        if let Some(rank) = names.iter().position(|n| *n == comm.trim_end()) {
+            found.push((rank, pid));
+        }
+    }
+    found.sort_unstable();
+    found.first().map(|&(rank, pid)| (names[rank].to_owned(), pid))
 }
 
 fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
