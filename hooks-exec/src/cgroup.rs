@@ -405,15 +405,7 @@ impl HookCgroup {
         };
         // Before the hook exists: there is no moment when this process could die and
         // leave it running.
-        let watched = rustix::fs::openat(
-            &cgroup.dir,
-            "cgroup.kill",
-            OFlags::WRONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)
-        .and_then(|kill_file| crate::watchdog::watch(kill_file.as_fd()));
-        match watched {
+        match crate::watchdog::watch(cgroup.dir.as_fd()) {
             Ok(w) => cgroup.watched = Some(w),
             Err(e) => notes.push(format!(
                 "it would outlive this process if this process died during the call: no watchdog ({e})"

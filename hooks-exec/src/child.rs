@@ -238,13 +238,15 @@ impl Child {
             if let Err(e) = cg.kill() {
                 tracing::warn!(cgroup = %cg.path().display(), error = %e, "cgroup.kill failed; killing its processes one by one");
                 self.signal(libc::SIGKILL);
-                kill_each(cg);
             }
+            // Also one by one: `cgroup.kill` passes by a process whose leader thread
+            // exited while others run on.
+            kill_each(cg);
         }
         let mut not_killed = None;
         if let Kind::Cgroup { cgroup: Some(cg), .. } = &self.kind {
             if !cg.wait_empty(REAP_WAIT) {
-                let left = cg.procs().into_iter().filter(|&p| running(p)).count();
+                let left = cg.procs().len();
                 tracing::warn!(cgroup = %cg.path().display(), left, "a killed process started by a hook has not exited yet");
                 not_killed = Some(format!(
                     "{left} of its processes had not exited {} s after its cgroup was killed (stuck in the kernel)",
@@ -349,11 +351,6 @@ impl Child {
     }
 }
 
-/// Alive (not a zombie): its `stat` says so.
-fn running(pid: libc::pid_t) -> bool {
-    procfs::read_stat(pid).is_some_and(|p| !p.zombie)
-}
-
 /// The live processes of the process group `group` that are not in `cg` (a scan of
 /// `/proc`: only after a kill).
 fn moved_out(cg: &HookCgroup, group: libc::pid_t) -> usize {
@@ -363,7 +360,7 @@ fn moved_out(cg: &HookCgroup, group: libc::pid_t) -> usize {
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|&pid| procfs::read_stat(pid).is_some_and(|p| p.pgid == group && !p.zombie) && !cg.holds(pid))
+        .filter(|&pid| procfs::read_stat(pid).is_some_and(|p| p.pgid == group && p.alive()) && !cg.holds(pid))
         .count()
 }
 

@@ -646,7 +646,7 @@ impl State {
         let mut alive = 0;
         let mut pending = PidStack::new();
         let mut note = |p: &procfs::Proc, pending: &mut PidStack| {
-            if p.zombie {
+            if !p.alive() {
                 return;
             }
             alive += 1;

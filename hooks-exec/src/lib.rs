@@ -491,11 +491,16 @@ impl Job {
                 Containment::Cgroup => "everything in its cgroup",
                 _ => "everything under its helper",
             };
-            outcome.warnings.push(format!(
-                "timed out after {}; it ({pid}) and {whole} were killed{escaped}",
-                hooks_core::backend::format_duration(self.limits.timeout.unwrap_or_default())
-            ));
+            let timeout = hooks_core::backend::format_duration(self.limits.timeout.unwrap_or_default());
+            outcome.warnings.push(if cap.not_killed.is_empty() {
+                format!("timed out after {timeout}; it ({pid}) and {whole} were killed{escaped}")
+            } else {
+                format!(
+                    "timed out after {timeout}; the kill of it ({pid}) and {whole} did not reach everything{escaped}:"
+                )
+            });
         }
+        outcome.warnings.extend(cap.not_killed);
         if cap.pipes_abandoned {
             outcome.warnings.push(format!(
                 "a background process kept its stdout/stderr open {} after it exited; stopped reading (close or redirect them in background children)",

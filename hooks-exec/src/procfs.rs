@@ -13,8 +13,19 @@ pub(crate) struct Proc {
     pub(crate) pgid: libc::pid_t,
     /// Start time in clock ticks after boot: with the pid, who it is.
     pub(crate) start: u64,
-    /// Dead, not reaped yet.
+    /// Its leader thread is dead (not reaped yet); see [`Proc::alive`].
     pub(crate) zombie: bool,
+    /// Its threads, the dead leader included until the last one goes.
+    pub(crate) threads: u64,
+}
+
+impl Proc {
+    /// Whether any of its threads still runs: a leader thread that called `exit` (not
+    /// `exit_group`) shows `Z` while the others go on, and it is alive for every purpose
+    /// here (it forks, and a kill of the whole cgroup can pass it by).
+    pub(crate) fn alive(&self) -> bool {
+        !self.zombie || self.threads > 1
+    }
 }
 
 pub(crate) fn parse_stat(pid: libc::pid_t, stat: &[u8]) -> Option<Proc> {
@@ -25,14 +36,16 @@ pub(crate) fn parse_stat(pid: libc::pid_t, stat: &[u8]) -> Option<Proc> {
     let zombie = matches!(fields.next()?, "Z" | "X");
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
-    // Fields 6 to 21, then starttime (22).
-    let start = fields.nth(16)?.parse().ok()?;
+    // Fields 6 to 19, num_threads (20), 21, then starttime (22).
+    let threads = fields.nth(14)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
     Some(Proc {
         pid,
         ppid,
         pgid,
         start,
         zombie,
+        threads,
     })
 }
 
@@ -78,9 +91,19 @@ mod tests {
                 pgid: 4242,
                 start: 987654,
                 zombie: false,
+                threads: 1,
             })
         );
         assert_eq!(parse_stat(1, b"1 (init) S 0"), None);
+    }
+
+    #[test]
+    fn a_dead_leader_with_live_threads_is_alive() {
+        let line =
+            |state: &str, threads: u32| format!("9 (x) {state} 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 {threads} 0 5 0 0\n");
+        assert!(parse_stat(9, line("Z", 3).as_bytes()).unwrap().alive());
+        assert!(!parse_stat(9, line("Z", 1).as_bytes()).unwrap().alive());
+        assert!(parse_stat(9, line("S", 1).as_bytes()).unwrap().alive());
     }
 
     #[test]

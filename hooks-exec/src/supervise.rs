@@ -43,6 +43,8 @@ pub(crate) struct Captured {
     /// What the report should say about the containment (a fallback, a limit not
     /// enforced).
     pub(crate) notes: Vec<String>,
+    /// What a kill could not reach or make sure of.
+    pub(crate) not_killed: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -165,7 +167,7 @@ pub(crate) fn supervise(
         stdin,
         stdout,
         stderr,
-        mut notes,
+        notes,
     } = spawned;
     let start = Instant::now();
     let deadline = limits.timeout.map(|t| start + t);
@@ -203,6 +205,7 @@ pub(crate) fn supervise(
     let mut timed_out = false;
     let mut cancelled = false;
     let mut escaped = 0;
+    let mut not_killed = Vec::new();
     let mut drain_until: Option<Instant> = None;
     let mut pipes_abandoned = false;
 
@@ -264,7 +267,7 @@ pub(crate) fn supervise(
                 let killed = child.terminate(limits.kill_grace)?;
                 exit = Some(killed.exit);
                 escaped = killed.escaped;
-                notes.extend(killed.not_killed);
+                not_killed.extend(killed.not_killed);
             }
             // A hook that already exited keeps its background processes, as after any
             // successful run; only the reading stops.
@@ -294,7 +297,7 @@ pub(crate) fn supervise(
             let killed = child.terminate(limits.kill_grace)?;
             exit = Some(killed.exit);
             escaped = killed.escaped;
-            notes.extend(killed.not_killed);
+            not_killed.extend(killed.not_killed);
             writer.fd = None;
             if killed.finished_first {
                 // It ended just as its time ran out, before anything was killed: not a
@@ -335,5 +338,6 @@ pub(crate) fn supervise(
         containment,
         usage,
         notes,
+        not_killed,
     })
 }

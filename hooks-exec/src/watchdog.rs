@@ -2,11 +2,12 @@
 //! cgroup of its own is this process's child and nobody else's: when this process is
 //! SIGKILLed (the OOM killer, an operator), nothing would time the hook out, and it would
 //! run on untimed (the per-hook helper, its parent in the other containment, kills on
-//! hang-up instead). So each hook cgroup's `cgroup.kill` is handed, for the length of its
+//! hang-up instead). So each hook cgroup's directory is handed, for the length of its
 //! call, to a watchdog: a process that does nothing but hold them and, when this
-//! process's end of their socket hangs up (it exited or died), writes `1` to every one it
-//! still holds. A call that ends hands its file back first, so a daemon left by a hook
-//! that succeeded lives on after this process, as in libvirt.
+//! process's end of their socket hangs up (it exited or died), kills every one it still
+//! holds (`cgroup.kill`, then SIGKILL to each process `cgroup.procs` lists, which
+//! `cgroup.kill` can pass by). A call that ends hands its cgroup back first, so a daemon
+//! left by a hook that succeeded lives on after this process, as in libvirt.
 //!
 //! One watchdog per process, forked at the first cgroup call, restarted if it dies. Like
 //! the helper it is a fork that never execs (`raw.rs` rules: no allocation, no lock): it
@@ -48,9 +49,9 @@ pub(crate) struct Watched {
     id: u64,
 }
 
-/// Hands `kill_file` (a hook cgroup's `cgroup.kill`, open for writing) to the watchdog,
-/// starting it if need be. `Err` says why it could not be.
-pub(crate) fn watch(kill_file: BorrowedFd<'_>) -> io::Result<Watched> {
+/// Hands `cgroup` (a hook cgroup's directory) to the watchdog, starting it if need be.
+/// `Err` says why it could not be.
+pub(crate) fn watch(cgroup: BorrowedFd<'_>) -> io::Result<Watched> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut guard = WATCHDOG.lock().unwrap_or_else(PoisonError::into_inner);
     let me = sys::getpid();
@@ -60,7 +61,7 @@ pub(crate) fn watch(kill_file: BorrowedFd<'_>) -> io::Result<Watched> {
             *guard = Some(start(me)?);
         }
         let Some(dog) = guard.as_ref() else { break };
-        match send(dog.sock.as_fd(), &message(WATCH, id), Some(kill_file)) {
+        match send(dog.sock.as_fd(), &message(WATCH, id), Some(cgroup)) {
             Ok(()) => return Ok(Watched { id }),
             Err(e) => {
                 // It died (killed from outside, or a stray `waitpid(-1)` reaped it): reap
@@ -186,8 +187,8 @@ fn watchdog_main(sock: c_int) -> ! {
         if n <= 0 {
             // This process's end hung up: it exited or died. Every call still held was
             // cut off in the middle.
-            for &(_, kill_file) in held.iter().filter(|(_, f)| *f >= 0) {
-                let _ = raw::write_all(kill_file, b"1");
+            for &(_, cgroup) in held.iter().filter(|(_, f)| *f >= 0) {
+                kill_cgroup(cgroup);
             }
             raw::exit_now(0);
         }
@@ -206,6 +207,45 @@ fn watchdog_main(sock: c_int) -> ! {
             _ if fd >= 0 => raw::close(fd),
             _ => {}
         }
+    }
+}
+
+/// Kills everything in the cgroup whose directory is open at `cgroup`: `cgroup.kill`,
+/// then each process it lists, for up to a second, until it lists none.
+fn kill_cgroup(cgroup: c_int) {
+    if let Ok(kill_file) = raw::openat(cgroup, c"cgroup.kill", libc::O_WRONLY | libc::O_CLOEXEC) {
+        let _ = raw::write_all(kill_file, b"1");
+        raw::close(kill_file);
+    }
+    let until = raw::now_millis() + 1000;
+    while raw::now_millis() < until {
+        let mut listed = 0;
+        for_each_member(cgroup, |pid| {
+            listed += 1;
+            // Pinned, then still listed: a pid that ended and was handed out again
+            // meanwhile is in another cgroup, and is never signalled.
+            if let Ok(fd) = raw::pidfd_open(pid) {
+                let mut still = false;
+                for_each_member(cgroup, |p| still |= p == pid);
+                if still {
+                    let _ = raw::pidfd_kill(fd, libc::SIGKILL);
+                }
+                raw::close(fd);
+            }
+        });
+        if listed == 0 {
+            return;
+        }
+        // SAFETY: a plain sleep of 1 ms.
+        unsafe { libc::usleep(1000) };
+    }
+}
+
+/// Calls `each` with every pid in the cgroup's `cgroup.procs`.
+fn for_each_member(cgroup: c_int, each: impl FnMut(pid_t)) {
+    if let Ok(procs) = raw::openat(cgroup, c"cgroup.procs", libc::O_RDONLY | libc::O_CLOEXEC) {
+        let _ = raw::for_each_pid_in(procs, each);
+        raw::close(procs);
     }
 }
 

@@ -678,3 +678,116 @@ fn a_process_moved_out_of_the_hooks_cgroup_is_killed_through_its_group() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Compiles `source` (C, with pthreads) into `dir/name`; `None` (the test skips, loudly)
+/// without a C compiler.
+fn compile_c(dir: &Path, name: &str, source: &str) -> Option<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    fs::write(&src, source).unwrap();
+    let out = dir.join(name);
+    match Command::new("cc")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg("-pthread")
+        .status()
+    {
+        Ok(s) if s.success() => Some(out),
+        other => {
+            eprintln!("SKIPPED: cannot compile {name} with cc: {other:?}");
+            None
+        }
+    }
+}
+
+/// A process alive by any thread (its leader may be a zombie while the others run).
+fn alive_by_any_thread(pid: libc::pid_t) -> bool {
+    fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks.flatten().any(|t| {
+            fs::read_to_string(t.path().join("stat"))
+                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+        })
+    })
+}
+
+/// A process whose leader thread called `exit` (not `exit_group`) while a second thread
+/// runs on looks dead (`Z`) and is not: `cgroup.kill` passed it by, and the helper's
+/// kill neither counted it nor looked below it. Its timeout kills it, and the child its
+/// thread started, under either containment; needs no root powers at all.
+#[test]
+fn a_process_with_a_dead_leader_thread_dies_with_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("zleader.pid");
+    let childfile = tmp.path().join("child");
+    let Some(program) = compile_c(
+        tmp.path(),
+        "zleader",
+        &format!(
+            r#"#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+static void *run(void *arg) {{
+    (void)arg;
+    pid_t child = fork();
+    if (child == 0) {{ setsid(); execl("/bin/sleep", "sleep", "1000", (char *)0); _exit(1); }}
+    FILE *f = fopen("{child}.tmp", "w"); fprintf(f, "%d\n", child); fclose(f);
+    rename("{child}.tmp", "{child}");
+    f = fopen("{pid}.tmp", "w"); fprintf(f, "%d\n", getpid()); fclose(f);
+    rename("{pid}.tmp", "{pid}");
+    for (;;) pause();
+}}
+int main(void) {{
+    signal(SIGTERM, SIG_IGN);
+    pthread_t t;
+    pthread_create(&t, 0, run, 0);
+    syscall(SYS_exit, 0);
+}}
+"#,
+            child = childfile.display(),
+            pid = pidfile.display()
+        ),
+    ) else {
+        return;
+    };
+    for cgroup in CONTAINMENTS {
+        if cgroup && !cgroups_here("a_process_with_a_dead_leader_thread_dies_with_its_timeout") {
+            continue;
+        }
+        let _ = fs::remove_file(&pidfile);
+        let _ = fs::remove_file(&childfile);
+        let hook = script(
+            tmp.path(),
+            "hook",
+            &format!(
+                "#!/bin/sh\ntrap '' TERM\nsetsid {} </dev/null >/dev/null 2>&1 &\nexec sleep 1000\n",
+                program.display()
+            ),
+        );
+        let out = with_timeout(&hook, 1000, cgroup).run_blocking(&inv());
+        let mode = if cgroup { "in a cgroup" } else { "under a helper" };
+        assert!(wait_for(&pidfile), "{mode}: the program did not start: {out:?}");
+        let (zleader, child) = (KillOnDrop(read_pid(&pidfile)), KillOnDrop(read_pid(&childfile)));
+        assert!(
+            matches!(out.status, HookStatus::TimedOut(_)),
+            "{mode}: {:?}",
+            out.status
+        );
+        let until = Instant::now() + Duration::from_secs(2);
+        while alive_by_any_thread(zleader.0) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !alive_by_any_thread(zleader.0),
+            "{mode}: the process with a dead leader thread survived: {:?}",
+            out.warnings
+        );
+        assert!(
+            dead_within(child.0, Duration::from_secs(2)),
+            "{mode}: its thread's child survived: {:?}",
+            out.warnings
+        );
+    }
+}
