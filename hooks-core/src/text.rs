@@ -374,7 +374,7 @@ mod tests {
         assert!(matches!(escape(plain), Cow::Borrowed(s) if s == plain));
     }
 
-    /// Each range of characters a renderer may draw as nothing, first and last: a guest
+    /// Every character of each range a renderer may draw as nothing: a guest
     /// named `web\u{3164}1` must not pass for `web1` in `hookctl list` or `log`.
     #[test]
     fn invisible_characters_cannot_forge_a_name() {
@@ -410,7 +410,7 @@ mod tests {
             ),
         ];
         for (first, last, what) in ranges {
-            for c in (first..=last).filter(|&c| c == first || c == last || (c as u32) % 7 == 0) {
+            for c in first..=last {
                 let name = format!("web{c}1");
                 let shown = escape(&name);
                 assert_eq!(
