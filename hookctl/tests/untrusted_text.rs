@@ -349,3 +349,39 @@ fn a_misplaced_plugins_file_name_is_escaped_in_the_warning_of_run_and_simulate()
         assert!(seen.contains(shown), "{what} on a terminal: {seen}");
     }
 }
+
+/// Forty plugins failing with 1.9 KB of stderr each (90 KB before) give libvirt at most
+/// 4 KiB: the first failure whole, then as many as fit, then how many more failed.
+#[test]
+fn many_failing_plugins_give_libvirt_a_bounded_error_line() {
+    let (_tmp, hooks, plugins) = installed();
+    for n in 0..40 {
+        script(
+            &plugins.join(format!("{n:02}-fails")),
+            &format!("#!/bin/sh\ncat >/dev/null\nprintf 'plugin {n:02} says: %01900d\\n' 0 >&2\nexit 1\n"),
+        );
+    }
+    let out = as_libvirt_xml(&hooks, ["web1", "release", "end", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = stderr_of(&out);
+    eprintln!("stderr for libvirt: {} bytes from 40 failed plugins", out.stderr.len());
+    assert!(
+        out.stderr.len() <= 4096,
+        "{} bytes of stderr:\n{stderr}",
+        out.stderr.len()
+    );
+    // The first failure is there whole: its name, status and stderr.
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("00-fails: exit status 1: plugin 00 says: "), "{stderr}");
+    assert!(first.ends_with(&"0".repeat(1900)), "{first}");
+    // Those shown and those counted are all forty.
+    let shown = stderr.lines().filter(|l| l.contains("-fails: exit status 1")).count();
+    let more = 40 - shown;
+    assert!(shown >= 1 && more > 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("and {more} more plugins failed: see `hookctl log --failed`")),
+        "{stderr}"
+    );
+}

@@ -130,7 +130,7 @@ pub mod backend {
         parse_duration, parse_size, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MIN_TIMEOUT,
     };
     pub use crate::trust::{TrustPolicy, Untrusted};
-    pub use crate::xpath::{EventDocument, XPath, XPathError};
+    pub use crate::xpath::{limits as xpath_limits, EventDocument, XPath, XPathError};
 }
 
 /// The README's examples, compiled as doc tests so that they stay true.

@@ -3,9 +3,9 @@
 //!
 //! - **Escaping.** A character that could drive a terminal or make a line read other
 //!   than it is ([`is_escaped`]: C0 and C1 controls, DEL, the bidirectional controls,
-//!   the line and paragraph separators, invisible format characters) is written as an
-//!   escape: `\n`, `\r`, `\t`, `\x1b` for the other ASCII controls, `\u{9b}` for the
-//!   rest. A backslash is left as it is, so escaping escaped text changes nothing.
+//!   the line and paragraph separators, characters a renderer may draw as nothing) is
+//!   written as an escape: `\n`, `\r`, `\t`, `\x1b` for the other ASCII controls,
+//!   `\u{9b}` for the rest. A backslash is left as it is, so escaping escaped text changes nothing.
 //! - **Cutting.** A [`Limit`] keeps at most so many bytes (characters, lines) of a text,
 //!   cut at a character boundary, and ends a cut text with a note saying how much went:
 //!   `… (1.2 MiB cut)`. The note counts against the limit.
@@ -25,30 +25,47 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use icu_properties::props::DefaultIgnorableCodePoint;
+use icu_properties::{CodePointSetData, CodePointSetDataBorrowed};
+
 /// Whether `c` is shown escaped: the C0 and C1 controls and DEL (`\u{1b}` starts a
 /// terminal's escape sequence, `\u{9b}` is a one-character CSI, `\u{85}` a new line),
 /// the bidirectional controls that reorder what follows (U+202A–U+202E,
-/// U+2066–U+2069, U+200E, U+200F, U+061C), the line and paragraph separators, and the
-/// format characters that are invisible (zero-width space, word joiner, BOM, soft
-/// hyphen, tags, ...), with which two names that differ look the same.
+/// U+2066–U+2069, U+200E, U+200F, U+061C), the line and paragraph separators, the
+/// interlinear annotation controls, and every character Unicode makes
+/// `Default_Ignorable_Code_Point` (zero-width space and joiners, word joiner, BOM, soft
+/// hyphen, variation selectors, Hangul fillers, musical formatting, tags, ...): a
+/// renderer may draw those as nothing, so two names that differ would look the same.
+/// Emoji sequences and scripts that need a joiner show it escaped (`👩\u{200d}👧`):
+/// still legible, and never mistaken for another name.
+///
+/// The ignorable set is [ICU4X](https://docs.rs/icu_properties)'s data for the Unicode
+/// version it carries, so new ones are escaped when it is updated.
 ///
 /// ```
 /// use hooks_core::text::is_escaped;
 /// assert!(is_escaped('\u{9b}') && is_escaped('\u{202e}') && is_escaped('\n'));
-/// assert!(!is_escaped('é') && !is_escaped('\\'));
+/// assert!(is_escaped('\u{3164}') && is_escaped('\u{1d173}') && is_escaped('\u{e0100}'));
+/// assert!(!is_escaped('é') && !is_escaped('\\') && !is_escaped('한'));
 /// ```
 pub fn is_escaped(c: char) -> bool {
+    /// Unicode's `Default_Ignorable_Code_Point`: compiled in, looked up in a few steps.
+    const DEFAULT_IGNORABLE: CodePointSetDataBorrowed<'static> = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    // Printable ASCII, nearly all that is ever checked, needs no look-up.
+    if (' '..='~').contains(&c) {
+        return false;
+    }
     c.is_control()
         || matches!(
             c,
-            // Bidirectional controls.
+            // Bidirectional controls (also default ignorable, but named here as the core).
             '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
             // Line and paragraph separators.
             | '\u{2028}' | '\u{2029}'
-            // Invisible format characters (joiners, which scripts and emoji need, stay).
-            | '\u{00ad}' | '\u{180e}' | '\u{200b}' | '\u{2060}'..='\u{2064}' | '\u{206a}'..='\u{206f}'
-            | '\u{feff}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}'
+            // Interlinear annotation controls: invisible, not default ignorable.
+            | '\u{fff9}'..='\u{fffb}'
         )
+        || DEFAULT_IGNORABLE.contains(c)
 }
 
 /// `text` with every [escaped](is_escaped) character escaped, newlines included: one
@@ -353,8 +370,75 @@ mod tests {
             "\\x1b[31m\\u{9b}1m\\u{85}NEL\\u{202e}txt\\u{2066}\\x7f\\x00\\r\t\n\\u{200b}\\u{feff}\\u{2028}\\u{e0041}"
         );
         // Text that needs nothing is not copied; scripts and emoji stay.
-        let plain = "web-1 é 中文 ‍👩‍👧 \\x1b";
+        let plain = "web-1 é 中文 한글 👩👧 \\x1b";
         assert!(matches!(escape(plain), Cow::Borrowed(s) if s == plain));
+    }
+
+    /// Every character of each range a renderer may draw as nothing: a guest
+    /// named `web\u{3164}1` must not pass for `web1` in `hookctl list` or `log`.
+    #[test]
+    fn invisible_characters_cannot_forge_a_name() {
+        let ranges = [
+            ('\u{00ad}', '\u{00ad}', "soft hyphen"),
+            ('\u{034f}', '\u{034f}', "combining grapheme joiner"),
+            ('\u{061c}', '\u{061c}', "Arabic letter mark"),
+            ('\u{115f}', '\u{1160}', "Hangul choseong and jungseong fillers"),
+            ('\u{17b4}', '\u{17b5}', "Khmer inherent vowels"),
+            (
+                '\u{180b}',
+                '\u{180f}',
+                "Mongolian variation selectors and vowel separator",
+            ),
+            ('\u{200b}', '\u{200f}', "zero-width space, joiners, directional marks"),
+            ('\u{202a}', '\u{202e}', "bidirectional embeddings and overrides"),
+            (
+                '\u{2060}',
+                '\u{206f}',
+                "word joiner, invisible operators, isolates, deprecated formats",
+            ),
+            ('\u{3164}', '\u{3164}', "Hangul filler"),
+            ('\u{fe00}', '\u{fe0f}', "variation selectors"),
+            ('\u{feff}', '\u{feff}', "zero-width no-break space (BOM)"),
+            ('\u{ffa0}', '\u{ffa0}', "halfwidth Hangul filler"),
+            ('\u{fff0}', '\u{fff8}', "unassigned specials"),
+            ('\u{1bca0}', '\u{1bca3}', "shorthand format controls"),
+            ('\u{1d173}', '\u{1d17a}', "musical symbol formatting"),
+            (
+                '\u{e0000}',
+                '\u{e0fff}',
+                "tags, variation selectors supplement, reserved",
+            ),
+        ];
+        for (first, last, what) in ranges {
+            for c in first..=last {
+                let name = format!("web{c}1");
+                let shown = escape(&name);
+                assert_eq!(
+                    shown,
+                    format!("web\\u{{{:x}}}1", c as u32),
+                    "{what}: U+{:04X}",
+                    c as u32
+                );
+                // The same in every form that reaches a terminal.
+                assert!(!Limit::bytes(4096).escaped_lines().apply(&name).contains(c), "{what}");
+                assert!(
+                    !escape_json(&serde_json::to_string(&name).unwrap()).contains(c),
+                    "{what}"
+                );
+            }
+        }
+        // Their neighbours are visible, and stay.
+        for c in [
+            '\u{115e}',
+            '\u{1161}',
+            '\u{3165}',
+            '\u{ffa1}',
+            '\u{1d172}',
+            '\u{1d17b}',
+            '\u{fe10}',
+        ] {
+            assert!(!is_escaped(c), "U+{:04X}", c as u32);
+        }
     }
 
     #[test]
@@ -435,7 +519,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn limits_hold_for_any_text(text in "\\PC*|[\\x00-\\x{a0}\\x{2028}\\x{202e}é\n]{0,400}", max in 0usize..600, chars in 1usize..300, lines in 1usize..20) {
+        fn limits_hold_for_any_text(text in "\\PC*|[\\x00-\\x{a0}\\x{2028}\\x{202e}\\x{200d}\\x{3164}\\x{1d173}\\x{e0100}é\n]{0,400}", max in 0usize..600, chars in 1usize..300, lines in 1usize..20) {
             for limit in [
                 Limit::bytes(max),
                 Limit::bytes(max).json(),

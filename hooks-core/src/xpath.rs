@@ -6,24 +6,37 @@ use std::sync::{Arc, OnceLock};
 
 use xpath_eval::{ExpandedName, Expr, FilterExpr, NodeKind, NodeTest, PathExpr, PrimaryExpr};
 
-/// The largest document that is parsed (libvirt's own limit on an XML string).
-const MAX_DOCUMENT_BYTES: usize = 4 << 20;
-/// The deepest element nesting accepted (libxml2's default, which libvirt keeps).
-const MAX_DEPTH: usize = 256;
-/// Attributes on one element (the parser's duplicate check is quadratic in it).
-const MAX_ATTRIBUTES_PER_ELEMENT: usize = 64;
-/// Attributes in the whole document.
-const MAX_ATTRIBUTES: usize = 50_000;
-/// Namespace declarations in the whole document (each one copies the namespaces in scope).
-const MAX_NAMESPACE_DECLARATIONS: usize = 256;
-/// Nodes (elements, text, comments, processing instructions) in the whole document: a
-/// large guest's definition has a few thousand. It also bounds what an expression that
-/// is quadratic in the document (`//a[preceding::b]`) costs, since nothing else does.
-const MAX_NODES: u32 = 10_000;
-/// The longest expression accepted.
-const MAX_EXPRESSION_BYTES: usize = 4096;
-/// The deepest nesting of brackets in an expression (the expression parser recurses).
-const MAX_EXPRESSION_NESTING: usize = 64;
+/// The limits on a guest's document and on `[match] xpath` expressions ([`XPath`] says
+/// how they apply), public so that its docs can name them.
+pub mod limits {
+    /// The largest document that is parsed, in bytes (libvirt's own limit on an XML
+    /// string).
+    pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+    /// The deepest element nesting accepted (libxml2's default, which libvirt keeps).
+    pub const MAX_DEPTH: usize = 256;
+    /// Attributes on one element (the parser's duplicate check is quadratic in it).
+    pub const MAX_ATTRIBUTES_PER_ELEMENT: usize = 64;
+    /// Attributes in the whole document.
+    pub const MAX_ATTRIBUTES: usize = 50_000;
+    /// Namespace declarations in the whole document (each one copies the namespaces in
+    /// scope).
+    pub const MAX_NAMESPACE_DECLARATIONS: usize = 256;
+    /// Nodes (elements, text, comments, processing instructions) in the whole document:
+    /// a large guest's definition has a few thousand. It also bounds what an expression
+    /// that is quadratic in the document (`//a[preceding::b]`) costs, since nothing else
+    /// does.
+    pub const MAX_NODES: u32 = 10_000;
+    /// The longest expression accepted, in bytes.
+    pub const MAX_EXPRESSION_BYTES: usize = 4096;
+    /// The deepest nesting of brackets in an expression (the expression parser
+    /// recurses).
+    pub const MAX_EXPRESSION_NESTING: usize = 64;
+}
+use limits::{
+    MAX_ATTRIBUTES, MAX_ATTRIBUTES_PER_ELEMENT, MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_EXPRESSION_BYTES,
+    MAX_EXPRESSION_NESTING, MAX_NAMESPACE_DECLARATIONS, MAX_NODES,
+};
+
 /// The namespace of the `xml` prefix (`xml:lang`), bound without being declared.
 const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
 
@@ -78,13 +91,20 @@ const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
 /// may come from someone with less privilege than the host's hooks, so it is treated as
 /// hostile: the parser ([roxmltree](https://docs.rs/roxmltree)) expands no DTD entities
 /// (a document with a DTD is refused, as libvirt refuses one in a domain definition), and
-/// before parsing, a linear scan refuses documents larger than 8 MiB, nested deeper
-/// than 256 elements (libxml2's own limit, which libvirt keeps), with more than 64
-/// attributes on one element or 250,000 in all, or with more than 256 namespace
-/// declarations; the parser stops past 250,000 nodes. Together these bound the time
-/// (linear in the input) and the memory (a few tens of MiB at worst) that one event's
-/// document can take. Expressions come from the sidecar, which only root (or the
-/// effective uid) can write: they are limited to 4096 bytes and 64 levels of brackets.
+/// before parsing, a linear scan refuses documents larger than
+/// [`MAX_DOCUMENT_BYTES`](limits::MAX_DOCUMENT_BYTES) (libvirt's own limit on an XML
+/// string), nested deeper than [`MAX_DEPTH`](limits::MAX_DEPTH) elements (libxml2's own
+/// limit, which libvirt keeps), with more than
+/// [`MAX_ATTRIBUTES_PER_ELEMENT`](limits::MAX_ATTRIBUTES_PER_ELEMENT) attributes on one
+/// element or [`MAX_ATTRIBUTES`](limits::MAX_ATTRIBUTES) in all, or with more than
+/// [`MAX_NAMESPACE_DECLARATIONS`](limits::MAX_NAMESPACE_DECLARATIONS) namespace
+/// declarations; the parser stops past [`MAX_NODES`](limits::MAX_NODES) nodes. Together
+/// these bound the time (linear in the input) and the memory (a few tens of MiB at
+/// worst) that one event's document can take. Expressions come from the sidecar, which
+/// only root (or the effective uid) can write: they are limited to
+/// [`MAX_EXPRESSION_BYTES`](limits::MAX_EXPRESSION_BYTES) and
+/// [`MAX_EXPRESSION_NESTING`](limits::MAX_EXPRESSION_NESTING) levels of brackets. (The
+/// [`limits`] page gives their values.)
 ///
 /// # Example
 /// ```
@@ -922,6 +942,50 @@ impl<'a> XNode<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limits [`XPath`]'s docs state are links to the constants that enforce them,
+    /// never numbers written by hand (8 MiB and 250,000 were, beside 4 MiB and 10,000).
+    #[test]
+    fn the_documented_limits_are_the_constants() {
+        let source = include_str!("xpath.rs");
+        let mut docs: Vec<&str> = source[..source.find("pub struct XPath").expect("XPath is defined")]
+            .lines()
+            .rev()
+            .take_while(|line| line.starts_with("///") || line.starts_with("#["))
+            .filter_map(|line| line.strip_prefix("///"))
+            .collect();
+        docs.reverse();
+        let docs = docs.join("\n");
+        let section = docs
+            .split("# Cost, and hostile documents")
+            .nth(1)
+            .and_then(|rest| rest.split("\n # ").next())
+            .expect("XPath's docs have a section on cost");
+        let by_hand: Vec<&str> = section
+            .split(|c: char| !c.is_alphanumeric() && c != ',')
+            .filter(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        assert!(by_hand.is_empty(), "limits written by hand: {by_hand:?}\n{section}");
+        let constants = [
+            "MAX_DOCUMENT_BYTES",
+            "MAX_DEPTH",
+            "MAX_ATTRIBUTES_PER_ELEMENT",
+            "MAX_ATTRIBUTES",
+            "MAX_NAMESPACE_DECLARATIONS",
+            "MAX_NODES",
+            "MAX_EXPRESSION_BYTES",
+            "MAX_EXPRESSION_NESTING",
+        ];
+        for name in constants {
+            assert!(
+                section.contains(&format!("[`{name}`](limits::{name})")),
+                "{name} is not linked:\n{section}"
+            );
+        }
+        // Every limit declared is among them.
+        let declared = source.matches(concat!("pub const ", "MAX_")).count();
+        assert_eq!(declared, constants.len(), "a limit that the docs do not state");
+    }
 
     const DOMAIN: &str = r#"<domain type='kvm'>
   <name>gpu-worker-1</name>

@@ -119,11 +119,19 @@ impl Ticker {
         })
     }
 
+    /// Has the ticker advance `engine`'s epoch while calls run. Engines dropped since
+    /// are forgotten first, so the list holds the live ones and at most the last
+    /// dropped, however many sandboxes a process makes.
     pub(crate) fn register(&'static self, engine: &Engine) {
-        self.engines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(engine.weak());
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        engines.retain(|weak| weak.upgrade().is_some());
+        engines.push(engine.weak());
+    }
+
+    /// How many engines the ticker holds a weak reference to, dead or alive.
+    #[cfg(test)]
+    pub(crate) fn registered(&self) -> usize {
+        self.engines.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub(crate) fn start(&'static self) -> TickGuard {
@@ -153,5 +161,49 @@ impl Ticker {
         });
         thread.unpark();
         TickGuard(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ticker of the test's own, so other tests' sandboxes do not count.
+    fn fresh_ticker() -> &'static Ticker {
+        Box::leak(Box::new(Ticker {
+            active: AtomicUsize::new(0),
+            engines: Default::default(),
+            thread: OnceLock::new(),
+        }))
+    }
+
+    /// A long-lived embedder that makes a sandbox per request (or a test suite) must
+    /// not grow the ticker's list by one dead entry each time.
+    #[test]
+    fn dropped_engines_are_pruned_when_the_next_registers() {
+        let ticker = fresh_ticker();
+        let config = engine_config(
+            EngineConfig {
+                pooling: false,
+                ..EngineConfig::default()
+            },
+            false,
+        );
+        let kept = Engine::new(&config).expect("engine");
+        ticker.register(&kept);
+        for _ in 0..10_000 {
+            let engine = Engine::new(&config).expect("engine");
+            ticker.register(&engine);
+        }
+        // The one still alive, and the last dropped (pruned by the next register).
+        assert!(ticker.registered() <= 2, "{} weak engines kept", ticker.registered());
+        // A live engine is never pruned: its epoch must keep advancing.
+        let engine = Engine::new(&config).expect("engine");
+        ticker.register(&engine);
+        let alive = ticker.engines.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(alive.iter().filter(|w| w.upgrade().is_some()).count(), 2);
+        assert!(alive
+            .iter()
+            .any(|w| w.upgrade().is_some_and(|e| Engine::same(&e, &kept))));
     }
 }

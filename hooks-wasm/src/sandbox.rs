@@ -830,6 +830,22 @@ mod tests {
         assert!(cut.len() < MAX_ERROR + 40, "{}", cut.len());
         assert!(cut.ends_with(&format!("… ({} more bytes cut)", long.len() - MAX_ERROR)));
     }
+
+    /// Each sandbox registers its engine with the process's one ticker; an embedder
+    /// that makes and drops one per request must not grow that list without end.
+    #[test]
+    fn making_and_dropping_sandboxes_leaves_the_ticker_list_bounded() {
+        let config = EngineConfig {
+            pooling: false,
+            ..EngineConfig::default()
+        };
+        for _ in 0..10_000 {
+            drop(Sandbox::new(config, None).expect("engine"));
+        }
+        // Other tests in this process may hold a few sandboxes meanwhile.
+        let registered = Ticker::global().registered();
+        assert!(registered <= 16, "{registered} engines registered after 10,000 dropped");
+    }
 }
 
 /// The WASM engine could not be built (wasmtime's reason).

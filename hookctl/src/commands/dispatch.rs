@@ -2,10 +2,12 @@
 //! plugins in `<driver>.plugins/` and answers libvirt the way a hook script does.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use hooks_core::text::Limit;
 use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report};
 use serde_json::json;
 
@@ -81,23 +83,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
             output::stdout(doc);
         }
     } else {
-        // What virsh shows on its error line: bounded, and escaped (but its lines kept).
-        for rec in report.hooks.iter().filter(|r| !r.success && !r.optional) {
-            let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
-            let sep = if stderr.is_empty() { "" } else { ": " };
-            // `check` finds broken files and settings, not a state directory's trouble.
-            let hint = match &rec.status {
-                hooks_core::StatusRecord::Failed { message } if !message.contains("state director") => {
-                    " (run `hookctl check`)"
-                }
-                _ => "",
-            };
-            eprintln!(
-                "{}: {}{sep}{stderr}{hint}",
-                output::name(&rec.name),
-                output::message(&output::status(rec))
-            );
-        }
+        eprint!("{}", libvirt_error_line(&report));
     }
     for rec in report.hooks.iter().filter(|r| !r.success && r.optional) {
         eprintln!(
@@ -131,6 +117,56 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     );
     crate::journal::send(config.journal, &event, &report, start);
     ok
+}
+
+/// All that the dispatcher writes to stderr about failed plugins.
+const ERROR_LINE_BYTES: usize = 4096;
+
+/// What virsh shows on its error line when required plugins failed: each one's name,
+/// status and first lines of stderr, escaped (its lines kept), in at most
+/// [`ERROR_LINE_BYTES`] however many failed. The first failure is kept (cut only if it
+/// alone is too long), then as many whole ones as fit, then how many more failed.
+fn libvirt_error_line(report: &Report) -> String {
+    /// Room kept for the last line: `and N more plugins failed: see …`.
+    const MORE_ROOM: usize = 96;
+    let failed: Vec<_> = report.hooks.iter().filter(|r| !r.success && !r.optional).collect();
+    let mut out = String::new();
+    for (shown, rec) in failed.iter().enumerate() {
+        let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
+        let sep = if stderr.is_empty() { "" } else { ": " };
+        // `check` finds broken files and settings, not a state directory's trouble.
+        let hint = match &rec.status {
+            hooks_core::StatusRecord::Failed { message } if !message.contains("state director") => {
+                " (run `hookctl check`)"
+            }
+            _ => "",
+        };
+        let entry = format!(
+            "{}: {}{sep}{stderr}{hint}\n",
+            output::name(&rec.name),
+            output::message(&output::status(rec))
+        );
+        let room = if shown + 1 == failed.len() { 0 } else { MORE_ROOM };
+        if shown == 0 {
+            // Already escaped: the limit only cuts it (escaping again changes nothing).
+            let first = Limit::bytes(ERROR_LINE_BYTES - MORE_ROOM).escaped_lines().apply(&entry);
+            out.push_str(&first);
+            if !first.ends_with('\n') {
+                out.push('\n');
+            }
+        } else if out.len() + entry.len() + room <= ERROR_LINE_BYTES {
+            out.push_str(&entry);
+        } else {
+            let more = failed.len() - shown;
+            let plural = if more == 1 { "" } else { "s" };
+            let _ = writeln!(
+                out,
+                "hookctl: and {more} more plugin{plural} failed: see `hookctl log --failed`"
+            );
+            break;
+        }
+    }
+    out
 }
 
 /// The audit lines' format version: readers may rely on the fields of this version.
@@ -305,6 +341,48 @@ mod tests {
         );
         assert_eq!(v["hooks"][0]["warnings"].as_array().unwrap().len(), 9);
         assert_eq!(v["hooks"][0]["warnings"][8], "… (92 more warnings)");
+    }
+
+    /// virsh's error line stays within its cap whatever the failed plugins carry: a first
+    /// failure whose every text is a megabyte, and a thousand more.
+    #[test]
+    fn the_error_line_for_libvirt_is_capped_in_total() {
+        let hook = |name: &str, text: &str| {
+            json!({
+                "name": name, "backend": "exec", "success": false,
+                "status": {"kind": "crashed", "message": text},
+                "duration_us": 1, "stdout": "", "stderr": text, "input": "none",
+            })
+        };
+        let report = |hooks: Vec<serde_json::Value>| -> Report {
+            serde_json::from_value(json!({
+                "driver": "qemu", "object": "web1", "op": "prepare", "subop": "begin", "extra": "-",
+                "policy": "abort", "filters": false, "hooks": hooks,
+            }))
+            .unwrap()
+        };
+        let huge = "\u{1b}x\n".repeat(1 << 20);
+        let mut hooks = vec![hook(&huge, &huge)];
+        hooks.extend((1..1000).map(|n| hook(&format!("{n:03}-fails"), "out of disks")));
+        let line = libvirt_error_line(&report(hooks));
+        assert!(line.len() <= ERROR_LINE_BYTES, "{} bytes", line.len());
+        assert!(!line.contains('\u{1b}'), "{line}");
+        // The first, cut, and all the others counted.
+        assert!(line.starts_with("\\x1bx\\n\\x1bx"), "{line}");
+        assert!(line.contains("… (") && line.contains(" cut)\n"), "{line}");
+        assert!(
+            line.ends_with("hookctl: and 999 more plugins failed: see `hookctl log --failed`\n"),
+            "{line}"
+        );
+        // Small failures are all shown, and nothing more is said.
+        let few: Vec<_> = (0..3).map(|n| hook(&format!("{n}-fails"), "out of disks")).collect();
+        let line = libvirt_error_line(&report(few));
+        assert_eq!(line.lines().count(), 3, "{line}");
+        assert!(
+            line.starts_with("0-fails: crashed: out of disks: out of disks\n"),
+            "{line}"
+        );
+        assert!(!line.contains("more plugin"), "{line}");
     }
 
     #[test]
