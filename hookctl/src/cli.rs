@@ -43,8 +43,16 @@ pub(crate) enum Command {
     #[command(after_help = "Positional values may start with `-` (`-` is the usual \"none\"); `--` ends the options.")]
     Run(RunArgs),
     /// Run a whole lifecycle sequence and print each step: test hooks without a hypervisor.
+    /// The plugins RUN FOR REAL (they reserve hugepages, add firewall rules, ...); only
+    /// their state directories are temporary. --dry-run runs none.
     #[command(after_help = "Scenarios: start, stop, restore, migrate-in, migrate-out, reconnect; \
-for the daemon driver: start, reload, shutdown (OBJECT may be omitted).")]
+for the daemon driver: start, reload, shutdown (OBJECT may be omitted).
+
+Without --dry-run every matching plugin runs for real, as root if you are root: what it does
+to the host (hugepages, iptables, GPU binding) is done. Its per-guest state goes to a
+temporary directory (or --state DIR), so a plugin that undoes its work at `release` finds
+nothing to undo in a later real event. --dry-run shows which plugins would run, in order,
+and what each one's [match] decided, running none.")]
     Simulate(SimulateArgs),
     /// Print the run order per driver, each entry's backend, and skipped entries with the reason.
     List(ListArgs),
@@ -178,6 +186,10 @@ pub(crate) struct SimulateArgs {
     /// one installed here (`libvirtd --version`), else the newest.
     #[arg(long, value_name = "VERSION")]
     pub(crate) libvirt: Option<String>,
+    /// Run no plugin: print the events of the scenario and, for each, the plugins that
+    /// would run in order and what each one's [match] decided.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Where plugins with `state = true` keep their state (created 0700, kept), so a
     /// later `simulate` (`start`, then `stop`) sees it. By default a temporary one,
     /// removed at the end: never the real guests' state.
