@@ -27,7 +27,11 @@ fn two_hookctls() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
         fs::create_dir(&bin).unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         let copy = bin.join("hookctl");
-        fs::copy(exe(), &copy).unwrap();
+        // Copied by `cp`, not here: a write descriptor of ours, inherited by a child that
+        // another test thread forks meanwhile, would make running the copy fail with
+        // "text file busy".
+        let copied = StdCommand::new("cp").arg(exe()).arg(&copy).status().unwrap();
+        assert!(copied.success());
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
         copy
     };
