@@ -26,6 +26,15 @@ pub(crate) fn containment_fields(record: &hooks_core::HookRecord, entry: &mut se
     }
 }
 
+/// Adds `plugins_dir` to an audit line: the plugins dir the dispatch ran (absolute), so
+/// that `hookctl log` tells the rows of one hooks dir from another's (a second install's,
+/// a test's). Optional for readers: lines written before it have none.
+pub(crate) fn origin_field(plugins: &Path, line: &mut serde_json::Map<String, serde_json::Value>) {
+    let dir = std::path::absolute(plugins).unwrap_or_else(|_| plugins.to_owned());
+    let dir = crate::output::NAME.json().apply(&dir.to_string_lossy()).into_owned();
+    line.insert("plugins_dir".into(), dir.into());
+}
+
 /// Past this size the log is rotated before the next line.
 pub(crate) const ROTATE_BYTES: u64 = 10 << 20;
 /// How many rotated files are kept (`<log>.1` newest … `<log>.5` oldest).

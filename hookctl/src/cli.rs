@@ -43,8 +43,16 @@ pub(crate) enum Command {
     #[command(after_help = "Positional values may start with `-` (`-` is the usual \"none\"); `--` ends the options.")]
     Run(RunArgs),
     /// Run a whole lifecycle sequence and print each step: test hooks without a hypervisor.
+    /// The plugins RUN FOR REAL (they reserve hugepages, add firewall rules, ...); only
+    /// their state directories are temporary. --dry-run runs none.
     #[command(after_help = "Scenarios: start, stop, restore, migrate-in, migrate-out, reconnect; \
-for the daemon driver: start, reload, shutdown (OBJECT may be omitted).")]
+for the daemon driver: start, reload, shutdown (OBJECT may be omitted).
+
+Without --dry-run every matching plugin runs for real, as root if you are root: what it does
+to the host (hugepages, iptables, GPU binding) is done. Its per-guest state goes to a
+temporary directory (or --state DIR), so a plugin that undoes its work at `release` finds
+nothing to undo in a later real event. --dry-run shows which plugins would run, in order,
+and what each one's [match] decided, running none.")]
     Simulate(SimulateArgs),
     /// Print the run order per driver, each entry's backend, and skipped entries with the reason.
     List(ListArgs),
@@ -178,6 +186,10 @@ pub(crate) struct SimulateArgs {
     /// one installed here (`libvirtd --version`), else the newest.
     #[arg(long, value_name = "VERSION")]
     pub(crate) libvirt: Option<String>,
+    /// Run no plugin: print the events of the scenario and, for each, the plugins that
+    /// would run in order and what each one's [match] decided.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     /// Where plugins with `state = true` keep their state (created 0700, kept), so a
     /// later `simulate` (`start`, then `stop`) sees it. By default a temporary one,
     /// removed at the end: never the real guests' state.
@@ -205,8 +217,12 @@ pub(crate) struct CheckArgs {
 }
 
 const LOG_HELP: &str = "\
-Reads the log and its rotations (<log>.5 … <log>.1, oldest first) and says on stderr which
-files it read. Control characters and bidi overrides from the log are shown escaped
+Reads the log and its rotations (<log>.5 … <log>.1, oldest first; -v says which files on
+stderr). A failed event's DETAIL starts with why: `refused:` (a plugin said no), `not run:`
+(a plugin could not be run), `error:` (a plugin broke); an event that went through despite a
+failure says `ignored:`; one whose XML a filter rewrote says so. When the rows come from
+more than one caller (libvirtd, a shell) or hooks dir, CALLER and HOOKS DIR columns say
+which. Control characters and bidi overrides from the log are shown escaped
 (\\x1b, \\u{202e}); --json prints the lines as they are (on a terminal, with those as \\u
 escapes). A line that cannot be read (not an audit record, or longer than 1 MiB) is a row
 marked UNREADABLE, with its line number and what can still be read of it.
@@ -214,6 +230,8 @@ marked UNREADABLE, with its line number and what can still be read of it.
 Examples:
   hookctl log --failed --object web1          # why did web1 not start?
   hookctl log --plugin 20-limits.sh --since 1d
+  hookctl log --failed not-run --since '2024-05-01 08:00' --until '2024-05-01 18:00'
+  hookctl log --plugins --object web1 --last 3  # each plugin's result and duration
   hookctl log --follow                        # watch events as libvirt fires them
 
 Exit status: 0, also when nothing matches (stderr says so); 2 when a log cannot be read
@@ -240,14 +258,24 @@ pub(crate) struct LogArgs {
     /// only those in which it failed.
     #[arg(long, value_name = "NAME")]
     pub(crate) plugin: Option<String>,
-    /// Only failed events: a plugin refused, timed out or could not run, or crashed the
-    /// dispatcher.
-    #[arg(long)]
-    pub(crate) failed: bool,
+    /// Only failed events (a plugin refused, could not run, timed out or crashed); with
+    /// KIND, only failures of that kind. `ignored` and `all` include events that went
+    /// through despite a failure (an optional plugin's, or one libvirt ignores).
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "failed", hide_default_value = true)]
+    pub(crate) failed: Option<commands::log::FailedKind>,
     /// Only events since WHEN: a duration back from now (10m, 2h, 1d) or a time
     /// (2024-05-01T12:00:00Z, 2024-05-01T12:00:00+02:00, or local "2024-05-01 12:00").
     #[arg(long, value_name = "WHEN", value_parser = commands::log::parse_since)]
     pub(crate) since: Option<std::time::SystemTime>,
+    /// Only events up to WHEN (the same forms as --since: `--until 1h` ends an hour ago).
+    #[arg(long, value_name = "WHEN", value_parser = commands::log::parse_since, conflicts_with = "follow")]
+    pub(crate) until: Option<std::time::SystemTime>,
+    /// One row per plugin run (its result and its own duration) instead of one per event.
+    #[arg(long)]
+    pub(crate) plugins: bool,
+    /// Say on stderr which files were read.
+    #[arg(long, short = 'v')]
+    pub(crate) verbose: bool,
     /// Only the last N matching events.
     #[arg(long, short = 'n', value_name = "N")]
     pub(crate) last: Option<usize>,

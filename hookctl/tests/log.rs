@@ -85,7 +85,7 @@ fn one_row_per_event_and_a_failure_names_the_plugin_and_its_first_stderr_line() 
     let (tmp, hooks, _plugins) = setup();
     fire(&hooks, "vm-good", "prepare", true);
     fire(&hooks, "vm-bad", "prepare", false);
-    let out = run(log_cmd(&hooks, &[]));
+    let out = run(log_cmd(&hooks, &["-v"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let header = out.stdout.lines().next().unwrap();
     for column in ["TIME", "DRIVER", "OBJECT", "OP", "RESULT", "DURATION", "DETAIL"] {
@@ -272,7 +272,7 @@ fn rotated_logs_are_read_oldest_first_and_huge_lines_are_shown_as_unreadable() {
     let rotated = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
     assert!(rotated(2).exists() && !rotated(3).exists());
 
-    let out = run(log_cmd(&hooks, &[]));
+    let out = run(log_cmd(&hooks, &["-v"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(objects(&out), ["vm-1", "vm-2", "vm-bad", "vm-3"], "{}", out.stdout);
     assert!(
@@ -378,7 +378,7 @@ fn logs_named_by_several_plugins_dirs_are_each_read_once() {
         .success();
     fire(&hooks, "vm-2", "prepare", true);
 
-    let out = run(log_cmd(&hooks, &[]));
+    let out = run(log_cmd(&hooks, &["-v"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     // Merged by time.
     assert_eq!(objects(&out), ["vm-1", "default", "vm-2"], "{}", out.stdout);
@@ -400,7 +400,7 @@ fn logs_named_by_several_plugins_dirs_are_each_read_once() {
 #[test]
 fn a_log_not_written_yet_is_no_error_but_a_missing_or_unreadable_file_is() {
     let (tmp, hooks, _plugins) = setup();
-    let out = run(log_cmd(&hooks, &[]));
+    let out = run(log_cmd(&hooks, &["-v"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "");
     assert!(

@@ -107,7 +107,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     }
     let config_error = config_error.map(|e| e.to_string());
     audit(
-        &config.log,
+        (&config.log, plugins),
         log_file,
         &event,
         &report,
@@ -210,7 +210,7 @@ fn capped(text: &str, limit: hooks_core::text::Limit) -> serde_json::Value {
 /// KiB per plugin; characters that JSON leaves raw but a terminal acts on are written
 /// as `\u` escapes, so the log is safe to `cat`.
 fn audit(
-    log: &Path,
+    (log, plugins): (&Path, &Path),
     opened: Option<std::fs::File>,
     event: &RawEvent,
     report: &Report,
@@ -254,6 +254,7 @@ fn audit(
         })
         .collect();
     let mut line = event_fields(event, started);
+    crate::audit::origin_field(plugins, &mut line);
     let failed = report
         .failed_hook()
         .or_else(|| report.hooks.iter().find(|r| !r.success));
@@ -326,7 +327,15 @@ mod tests {
         let log = tmp.path().join("audit.jsonl");
         let event = RawEvent::new(Driver::Qemu, [huge.as_str(), &huge, &huge, &huge]);
         let times = (Instant::now(), SystemTime::now());
-        audit(&log, None, &event, &report, false, times, Some(huge.clone()));
+        audit(
+            (&log, tmp.path()),
+            None,
+            &event,
+            &report,
+            false,
+            times,
+            Some(huge.clone()),
+        );
         let line = std::fs::read_to_string(&log).unwrap();
         // Per hook 15 KiB; the event's own fields 24 KiB, 4 KiB a kept state directory,
         // 2 KiB a state error; 1 KiB for the rest.
@@ -393,8 +402,16 @@ mod tests {
         let report = RegistryBuilder::new().build().fire_blocking(&event).unwrap();
         let why = "/etc/libvirt/hooks/qemu.plugins/hookctl.toml:2: unknown field `tiemout`";
         let times = (Instant::now(), SystemTime::now());
-        audit(&log, None, &event, &report, true, times, Some(why.to_owned()));
-        audit(&log, None, &event, &report, true, times, None);
+        audit(
+            (&log, tmp.path()),
+            None,
+            &event,
+            &report,
+            true,
+            times,
+            Some(why.to_owned()),
+        );
+        audit((&log, tmp.path()), None, &event, &report, true, times, None);
         let text = std::fs::read_to_string(&log).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["config_error"], why);

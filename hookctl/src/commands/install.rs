@@ -99,30 +99,56 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> UsageError {
 enum Step {
     AlreadyInstalled,
     Link,
+    /// The link runs another hookctl (an install from another path, say `/usr/local/bin`
+    /// before the package's `/usr/bin`): pointed at this one, never kept as an old hook.
+    Relink(PathBuf),
     /// Keep the existing hook under this name, then link.
     ReplaceKeeping(PathBuf),
+}
+
+/// One driver's plan: the step, and a saved "original" that is really an earlier
+/// hookctl's link (saved by older versions), to be removed: run as an old hook, it
+/// failed every event.
+struct Plan {
+    step: Step,
+    stale_saved: Option<PathBuf>,
 }
 
 pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
     let exe = trusted_self()?;
     // Every refusal comes before the first change: a refused install leaves no trace.
-    let mut steps = Vec::new();
+    let mut plans = Vec::new();
     for &driver in &args.drivers {
-        steps.push((driver, plan(dir, driver, &exe, args.force)?));
+        plans.push((driver, plan(dir, driver, &exe, args.force)?));
     }
     fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
-    for (driver, step) in steps {
+    for (driver, Plan { step, stale_saved }) in plans {
         let link = dir.join(driver.as_str());
         let plugins = dir.join(format!("{}.plugins", driver.as_str()));
         fs::create_dir_all(&plugins).map_err(|e| io_err("create", &plugins, e))?;
+        if let Some(stale) = stale_saved {
+            fs::remove_file(&stale).map_err(|e| io_err("remove", &stale, e))?;
+            println!(
+                "{}: removed: it was an earlier hookctl's link, saved as if it were your hook (it failed every event)",
+                crate::output::path(&stale)
+            );
+        }
         match step {
             Step::AlreadyInstalled => {
                 println!("{}: already installed", crate::output::path(&link));
                 continue;
             }
-            Step::Link => {}
+            Step::Link => link_in_place(dir, driver, &exe)?,
+            Step::Relink(other) => {
+                link_in_place(dir, driver, &exe)?;
+                println!(
+                    "{}: was the hookctl at {}; relinked in one rename (nothing saved: a hookctl is never kept as an old hook)",
+                    crate::output::path(&link),
+                    crate::output::path(&other)
+                );
+            }
             Step::ReplaceKeeping(kept) => {
-                fs::rename(&link, &kept).map_err(|e| io_err("move", &link, e))?;
+                replace_keeping(dir, driver, &exe, &kept)?;
                 println!(
                     "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
                     crate::output::path(&link),
@@ -130,7 +156,6 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
                 );
             }
         }
-        std::os::unix::fs::symlink(&exe, &link).map_err(|e| io_err("create the link", &link, e))?;
         println!(
             "{}: -> {} (plugins in {})",
             crate::output::path(&link),
@@ -143,13 +168,94 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
     Ok(true)
 }
 
-fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, UsageError> {
+/// A new symlink to `exe` under a temporary name in `dir` (a dot name, which libvirt
+/// never runs): what [`link_in_place`] renames over the hook.
+fn temporary_link(dir: &Path, driver: Driver, exe: &Path) -> Result<PathBuf, UsageError> {
+    let tmp = dir.join(format!(".{}.hookctl-new-{}", driver.as_str(), std::process::id()));
+    let made = std::os::unix::fs::symlink(exe, &tmp).or_else(|e| {
+        // Left by an earlier run that had our pid and was killed: the hooks dir is
+        // root's (or, for `--user`, the caller's) alone, so it is ours to replace.
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        fs::remove_file(&tmp)?;
+        std::os::unix::fs::symlink(exe, &tmp)
+    });
+    made.map_err(|e| io_err("create the link", &tmp, e))?;
+    Ok(tmp)
+}
+
+/// Makes `<dir>/<driver>` a link to `exe` with one `rename`: libvirt, running the hook
+/// meanwhile, finds the old one or the new one, never nothing (a 126/127 failure).
+fn link_in_place(dir: &Path, driver: Driver, exe: &Path) -> Result<(), UsageError> {
+    let link = dir.join(driver.as_str());
+    let tmp = temporary_link(dir, driver, exe)?;
+    fs::rename(&tmp, &link).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("put the link in place at", &link, e)
+    })
+}
+
+/// Keeps the existing hook as `kept` and links `exe` in its place, with no moment in
+/// which the hook is missing: `kept` is a second name of the same file (a hard link,
+/// which never replaces an existing `kept`), then the new link is renamed over the
+/// hook. When that fails, `kept` is removed again and the hook is as it was.
+fn replace_keeping(dir: &Path, driver: Driver, exe: &Path, kept: &Path) -> Result<(), UsageError> {
+    let link = dir.join(driver.as_str());
+    // Linux's link(2) links a symlink itself, not its target.
+    fs::hard_link(&link, kept).map_err(|e| io_err("keep the existing hook as", kept, e))?;
+    link_in_place(dir, driver, exe).inspect_err(|_| {
+        let _ = fs::remove_file(kept);
+    })
+}
+
+/// Whether `path` is a link to a hookctl that is gone (`/usr/local/bin/hookctl`,
+/// removed after the package was installed): it is hookctl's, not a user's hook.
+fn dangling_hookctl_link(path: &Path) -> bool {
+    let is_dangling = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        && fs::metadata(path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
+    is_dangling
+        && fs::read_link(path).is_ok_and(|target| {
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "hookctl" || n.starts_with("hookctl-"))
+        })
+}
+
+/// Whether `path` is some hookctl (this one, another build, or a link to a removed one).
+fn is_a_hookctl(path: &Path) -> bool {
+    runs_a_hookctl(path) || dangling_hookctl_link(path)
+}
+
+fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Plan, UsageError> {
+    let stale_saved = [saved_original(dir, driver), legacy_original(dir, driver)]
+        .into_iter()
+        .find(|saved| fs::symlink_metadata(saved).is_ok() && is_a_hookctl(saved));
+    let step = step(dir, driver, exe, force, stale_saved.as_deref())?;
+    Ok(Plan { step, stale_saved })
+}
+
+fn step(dir: &Path, driver: Driver, exe: &Path, force: bool, stale_saved: Option<&Path>) -> Result<Step, UsageError> {
     let link = dir.join(driver.as_str());
     if is_us(&link, exe) {
         return Ok(Step::AlreadyInstalled);
     }
     if fs::symlink_metadata(&link).is_err() {
         return Ok(Step::Link);
+    }
+    if is_a_hookctl(&link) {
+        let other = fs::canonicalize(&link)
+            .or_else(|_| fs::read_link(&link))
+            .unwrap_or_else(|_| link.clone());
+        if !force {
+            return Err(UsageError(format!(
+                "`{}` runs another hookctl (`{}`); rerun with --force to point it at this one (a hookctl is replaced, never kept as an old hook)",
+                crate::output::path(&link),
+                crate::output::path(&other)
+            )));
+        }
+        return Ok(Step::Relink(other));
     }
     let kept = saved_original(dir, driver);
     if !force {
@@ -160,7 +266,7 @@ fn plan(dir: &Path, driver: Driver, exe: &Path, force: bool) -> Result<Step, Usa
         )));
     }
     for earlier in [kept.clone(), legacy_original(dir, driver)] {
-        if fs::symlink_metadata(&earlier).is_ok() {
+        if fs::symlink_metadata(&earlier).is_ok() && Some(earlier.as_path()) != stale_saved {
             return Err(UsageError(format!(
                 "`{}` already holds a hook saved by an earlier install; not overwriting it. Move one of them away by hand first",
                 crate::output::path(&earlier)
@@ -217,16 +323,19 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
             println!("{}: not hookctl, left alone", crate::output::path(&link));
             continue;
         }
-        fs::remove_file(&link).map_err(|e| io_err("remove", &link, e))?;
         let kept = [saved_original(dir, driver), legacy_original(dir, driver)]
             .into_iter()
             .find(|k| fs::symlink_metadata(k).is_ok());
         match kept {
+            // Renamed over the link: libvirt finds one hook or the other, never none.
             Some(kept) => {
                 fs::rename(&kept, &link).map_err(|e| io_err("restore", &kept, e))?;
                 println!("{}: restored the original hook", crate::output::path(&link));
             }
-            None => println!("{}: removed (the plugins dir is kept)", crate::output::path(&link)),
+            None => {
+                fs::remove_file(&link).map_err(|e| io_err("remove", &link, e))?;
+                println!("{}: removed (the plugins dir is kept)", crate::output::path(&link));
+            }
         }
     }
     Ok(true)

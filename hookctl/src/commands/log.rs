@@ -37,16 +37,25 @@ const NAME_WIDTH: usize = 80;
 const DETAIL_WIDTH: usize = 200;
 
 pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outcome {
+    if let (Some(since), Some(until)) = (args.since, args.until) {
+        if since > until {
+            return Err(UsageError(
+                "--since is later than --until: no event can match; swap them".into(),
+            ));
+        }
+    }
     let logs = which_logs(hooks_dir, explicit_dir, args.file.as_deref())?;
     let ctx = Ctx {
         hooks_dir,
         json: args.json,
+        plugins: args.plugins,
         object: args.object,
         driver: args.driver,
         op: args.op,
         plugin: args.plugin,
         failed: args.failed,
         since: args.since,
+        until: args.until,
     };
     let mut seen = HashSet::new();
     let mut errors = Vec::new();
@@ -123,7 +132,9 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
                 complained: false,
             });
         }
-        say_what_was_read(log, &read, live_file);
+        if args.verbose {
+            say_what_was_read(log, &read, live_file);
+        }
         per_log.push(events);
     }
     let mut events = merge(per_log);
@@ -142,7 +153,7 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
             );
         }
     }
-    let mut out = Out::new(args.json, &events);
+    let mut out = Out::new(args.json, args.plugins, &events);
     if let Err(e) = out.print(&events, args.follow) {
         return stdout_gone(e);
     }
@@ -198,6 +209,70 @@ pub(crate) fn parse_since(s: &str) -> Result<SystemTime, String> {
 2024-05-01T12:00:00+02:00, or local \"2024-05-01 12:00\")"
         )
     })
+}
+
+/// `--failed KIND`: which failures an event must have to be shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FailedKind {
+    /// The event failed, whatever the plugin's failure (`--failed` alone).
+    Failed,
+    /// The event failed because a plugin said no (exited non-zero).
+    Refused,
+    /// The event failed because a plugin could not be run.
+    NotRun,
+    /// The event failed because a plugin broke (timed out, killed, crashed, bad output).
+    Error,
+    /// A plugin failed and the event went on regardless.
+    Ignored,
+    /// Failed events and ignored failures.
+    All,
+}
+
+/// How a plugin failed, as told from its audit entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// It ran and said no: a non-zero exit status.
+    Refused,
+    /// It never ran as itself: refused by the trust rule, not loadable, not executable
+    /// (exit 126/127 from its exec), no time left in the event's budget.
+    NotRun,
+    /// It ran and broke: timed out, killed by a signal, crashed, printed a bad document.
+    Error,
+}
+
+impl Failure {
+    /// From the `status` hookctl wrote (`output::status`): `exit status N`, `exit status
+    /// 0, but …`, `could not run: …`, `timed out after …`, `fatal signal N`, `crashed: …`.
+    fn of(status: &str) -> Failure {
+        if status.starts_with("could not run") {
+            return Failure::NotRun;
+        }
+        match status
+            .strip_prefix("exit status ")
+            .map(|rest| rest.split([' ', ',']).next())
+        {
+            // The shell's and the exec backend's "cannot execute" and "not found".
+            Some(Some("126" | "127")) => Failure::NotRun,
+            Some(Some("0")) | None => Failure::Error,
+            Some(_) => Failure::Refused,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Refused => "refused",
+            Failure::NotRun => "not run",
+            Failure::Error => "error",
+        }
+    }
+
+    fn filtered_as(self) -> FailedKind {
+        match self {
+            Failure::Refused => FailedKind::Refused,
+            Failure::NotRun => FailedKind::NotRun,
+            Failure::Error => FailedKind::Error,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -553,6 +628,21 @@ struct Record {
     /// The dispatcher's `hookctl.toml` could not be used (defaults applied).
     #[serde(default)]
     config_error: Option<String>,
+    /// Whether a filter's output became the document libvirt uses.
+    #[serde(default)]
+    document_changed: bool,
+    /// Who ran the dispatcher (libvirtd, a shell trying a hook by hand).
+    #[serde(default)]
+    caller: Option<Caller>,
+    /// The plugins dir it ran (lines written before this field have none).
+    #[serde(default)]
+    plugins_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Caller {
+    #[serde(default)]
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -565,6 +655,68 @@ struct HookLine {
     status: String,
     #[serde(default)]
     stderr: String,
+    #[serde(default)]
+    duration_us: Option<u64>,
+    /// For a filter stage that succeeded: what it did to the document.
+    #[serde(default)]
+    document: Option<DocumentLine>,
+}
+
+#[derive(Deserialize)]
+struct DocumentLine {
+    #[serde(default)]
+    changed: bool,
+    #[serde(default)]
+    lines_added: u64,
+    #[serde(default)]
+    lines_removed: u64,
+}
+
+impl Record {
+    /// How `h` failed, and whether the event went on regardless (an optional plugin, or
+    /// an event that succeeded all the same: a failure libvirt or the dispatcher ignores).
+    fn failure(&self, h: &HookLine) -> Option<(Failure, bool)> {
+        (!h.success).then(|| (Failure::of(&h.status), h.optional || self.result == "ok"))
+    }
+
+    /// The plugin that failed the event and how, when it failed.
+    fn failed_by(&self) -> Option<(&HookLine, Failure)> {
+        if self.result == "ok" {
+            return None;
+        }
+        let h = (self.hooks.iter().find(|h| !h.success && !h.optional))
+            .or_else(|| self.hooks.iter().find(|h| !h.success))?;
+        Some((h, Failure::of(&h.status)))
+    }
+
+    /// Whether the event passes `--failed KIND` (for every plugin, or with `--plugin`
+    /// for those `named`).
+    fn failed_as(&self, kind: FailedKind, named: Option<&dyn Fn(&str) -> bool>) -> bool {
+        let accepts = |failure: Failure, ignored: bool| match kind {
+            FailedKind::Failed | FailedKind::All => true,
+            FailedKind::Ignored => ignored,
+            other => !ignored && other == failure.filtered_as(),
+        };
+        // A crash line: the dispatcher itself died in a native plugin.
+        if let Some(crashed) = &self.crashed_plugin {
+            if named.is_none_or(|named| named(crashed)) && accepts(Failure::Error, false) {
+                return true;
+            }
+        }
+        let Some(named) = named else {
+            return match kind {
+                FailedKind::Failed => self.result != "ok",
+                FailedKind::All => self.result != "ok" || self.hooks.iter().any(|h| !h.success),
+                FailedKind::Ignored => self.hooks.iter().any(|h| self.failure(h).is_some_and(|(_, i)| i)),
+                other => self.failed_by().is_some_and(|(_, f)| f.filtered_as() == other),
+            };
+        };
+        self.hooks
+            .iter()
+            .filter(|h| named(&h.name))
+            .filter_map(|h| self.failure(h))
+            .any(|(failure, ignored)| accepts(failure, ignored))
+    }
 }
 
 enum Parsed {
@@ -584,8 +736,9 @@ struct Event {
 enum Shown {
     /// The line as it is in the log.
     Json(Vec<u8>),
-    /// Table cells, made safe for a terminal.
-    Row([String; 7]),
+    /// Table rows (one per event, or per plugin with `--plugins`), their cells made safe
+    /// for a terminal, the last being DETAIL; and where the event came from.
+    Rows { rows: Vec<Vec<String>>, from: CameFrom },
     /// With `--json`, a line that cannot be read: said on stderr, made safe.
     Notice(String),
 }
@@ -687,8 +840,32 @@ struct Ctx<'a> {
     driver: Option<Driver>,
     op: Option<String>,
     plugin: Option<String>,
-    failed: bool,
+    failed: Option<FailedKind>,
     since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    /// `--plugins`: a row per plugin run.
+    plugins: bool,
+}
+
+/// Who ran the dispatcher for an event and from which hooks dir (`?` when the line does
+/// not say): shown when the rows do not all share them.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct CameFrom {
+    caller: String,
+    hooks_dir: String,
+}
+
+/// The hooks dir of a plugins dir `<hooks>/<driver>.plugins`; another plugins dir (run by
+/// `hookctl dispatch --plugins DIR`) as it is.
+fn hooks_dir_of(plugins_dir: &str, driver: &str) -> String {
+    let dir = Path::new(plugins_dir);
+    let named_for_driver = dir
+        .file_name()
+        .is_some_and(|n| n.to_str() == Some(&format!("{driver}.plugins")));
+    match dir.parent() {
+        Some(hooks) if named_for_driver => hooks.to_string_lossy().into_owned(),
+        _ => plugins_dir.to_owned(),
+    }
 }
 
 impl Ctx<'_> {
@@ -729,7 +906,22 @@ impl Ctx<'_> {
         let shown = if self.json {
             Shown::Json(line.to_vec())
         } else {
-            Shown::Row(self.row(&record, time))
+            let from = CameFrom {
+                caller: record
+                    .caller
+                    .as_ref()
+                    .map_or_else(|| "?".to_owned(), |c| shown(&c.name, 16)),
+                hooks_dir: record.plugins_dir.as_deref().map_or_else(
+                    || "?".to_owned(),
+                    |dir| shown(&hooks_dir_of(dir, &record.driver), NAME_WIDTH),
+                ),
+            };
+            let rows = if self.plugins {
+                self.plugin_rows(&record, time)
+            } else {
+                vec![self.row(&record, time)]
+            };
+            Shown::Rows { rows, from }
         };
         Parsed::Event(Event { time, shown })
     }
@@ -745,13 +937,15 @@ impl Ctx<'_> {
             Some((op, "")) => known(&found.op, op),
             Some((op, subop)) => known(&found.op, op) && known(&found.subop, subop),
         };
-        let matches = time
-            .or(source.last_time)
-            .is_none_or(|t| self.since.is_none_or(|since| t >= since))
+        let matches = time.or(source.last_time).is_none_or(|t| self.in_time(t))
             && self.driver.is_none_or(|d| known(&found.driver, d.as_str()))
             && self.object.as_deref().is_none_or(|o| known(&found.object, o))
             && op_matches
-            && !(self.failed && self.plugin.is_none() && found.result.as_deref() == Some("ok"));
+            && !(self
+                .failed
+                .is_some_and(|k| !matches!(k, FailedKind::Ignored | FailedKind::All))
+                && self.plugin.is_none()
+                && found.result.as_deref() == Some("ok"));
         if !matches {
             return Parsed::Unreadable(None);
         }
@@ -792,7 +986,7 @@ impl Ctx<'_> {
                 (Some(op), Some(subop)) if !subop.is_empty() => format!("{op}/{subop}"),
                 (op, _) => op.clone().unwrap_or_else(|| "?".to_owned()),
             };
-            Shown::Row([
+            let mut row = vec![
                 time.map_or_else(|| "?".to_owned(), local_time),
                 cell(&found.driver, 16),
                 cell(&found.object, OBJECT_WIDTH),
@@ -800,7 +994,18 @@ impl Ctx<'_> {
                 cell(&found.result, 16),
                 "-".to_owned(),
                 format!("UNREADABLE {detail}"),
-            ])
+            ];
+            if self.plugins {
+                let plugin = found.failed_plugin.as_deref().map_or_else(
+                    || "?".to_owned(),
+                    |p| shown(&output::short(p, self.hooks_dir), NAME_WIDTH),
+                );
+                row.insert(4, plugin);
+            }
+            Shown::Rows {
+                rows: vec![row],
+                from: CameFrom::default(),
+            }
         };
         let time = time.or(source.last_time).unwrap_or(UNIX_EPOCH);
         Parsed::Unreadable(Some(Event { time, shown: shown_as }))
@@ -812,8 +1017,12 @@ impl Ctx<'_> {
             .is_some_and(|p| !p.is_empty() && Path::new(name).ends_with(p))
     }
 
+    fn in_time(&self, t: SystemTime) -> bool {
+        self.since.is_none_or(|since| t >= since) && self.until.is_none_or(|until| t <= until)
+    }
+
     fn matches(&self, r: &Record, time: SystemTime) -> bool {
-        if self.since.is_some_and(|since| time < since)
+        if !self.in_time(time)
             || self.driver.is_some_and(|d| r.driver != d.as_str())
             || self.object.as_deref().is_some_and(|o| r.object != o)
         {
@@ -828,78 +1037,159 @@ impl Ctx<'_> {
                 return false;
             }
         }
-        let crashed = r.crashed_plugin.as_deref();
-        match (self.plugin.is_some(), self.failed) {
-            // The events in which that plugin failed (or crashed the dispatcher).
-            (true, true) => {
-                r.hooks.iter().any(|h| !h.success && self.named(&h.name)) || crashed.is_some_and(|c| self.named(c))
+        let named = |name: &str| self.named(name);
+        let named: Option<&dyn Fn(&str) -> bool> = self.plugin.is_some().then_some(&named);
+        match (self.failed, named) {
+            (Some(kind), named) => r.failed_as(kind, named),
+            (None, Some(named)) => {
+                r.hooks.iter().any(|h| named(&h.name)) || r.crashed_plugin.as_deref().is_some_and(named)
             }
-            (true, false) => r.hooks.iter().any(|h| self.named(&h.name)) || crashed.is_some_and(|c| self.named(c)),
-            (false, true) => r.result != "ok",
-            (false, false) => true,
+            (None, None) => true,
         }
     }
 
-    fn row(&self, r: &Record, time: SystemTime) -> [String; 7] {
-        let op = if r.subop.is_empty() {
-            r.op.clone()
-        } else {
-            format!("{}/{}", r.op, r.subop)
-        };
-        let duration = r.duration_us.map_or_else(
-            || "-".to_owned(),
-            |us| hooks_core::backend::format_duration(Duration::from_micros(us)),
-        );
-        [
+    /// The event's row: TIME DRIVER OBJECT OP RESULT DURATION DETAIL.
+    fn row(&self, r: &Record, time: SystemTime) -> Vec<String> {
+        let duration = r.duration_us.map_or_else(|| "-".to_owned(), micros);
+        vec![
             local_time(time),
             shown(&r.driver, 16),
             shown(&r.object, OBJECT_WIDTH),
-            shown(&op, 40),
+            shown(&op_of(r), 40),
             shown(&r.result, 16),
             duration,
             self.detail(r),
         ]
     }
 
-    /// Why an event failed: the plugin, how it ended, and the first line of its stderr;
-    /// for an event that went through, a failure that was ignored (optional plugin).
-    fn detail(&self, r: &Record) -> String {
+    /// `--plugins`: a row per plugin run, TIME DRIVER OBJECT OP PLUGIN RESULT DURATION
+    /// DETAIL, RESULT being the plugin's (ok, refused, not run, error, ignored); with
+    /// `--plugin`, that plugin's only. An event that ran none has one row saying so.
+    fn plugin_rows(&self, r: &Record, time: SystemTime) -> Vec<Vec<String>> {
+        let event = |plugin: String, result: String, duration: String, detail: String| {
+            vec![
+                local_time(time),
+                shown(&r.driver, 16),
+                shown(&r.object, OBJECT_WIDTH),
+                shown(&op_of(r), 40),
+                plugin,
+                result,
+                duration,
+                detail,
+            ]
+        };
         let name = |n: &str| shown(&output::short(n, self.hooks_dir), NAME_WIDTH);
         if let Some(plugin) = &r.crashed_plugin {
             let signal = r.signal.map_or_else(String::new, |s| format!(" with signal {s}"));
-            return format!("{}: crashed the dispatcher{signal}", name(plugin));
+            let detail = format!("crashed the dispatcher{signal}");
+            return vec![event(name(plugin), "error".into(), "-".into(), detail)];
         }
-        let failing = |h: &&HookLine| !h.success;
-        let required = |h: &&HookLine| !h.success && !h.optional;
-        // With --plugin, its own failure; else the first that failed the event.
-        let pick = r
-            .hooks
-            .iter()
-            .filter(failing)
-            .find(|h| self.named(&h.name))
-            .or_else(|| r.hooks.iter().find(required))
-            .or_else(|| r.hooks.iter().find(failing));
-        let ignored_config = r
-            .config_error
-            .as_deref()
-            .map(|why| format!("hookctl.toml ignored: {}", shown(output::first_line(why), DETAIL_WIDTH)));
-        let Some(h) = pick else {
-            return ignored_config.unwrap_or_default();
-        };
-        let mut text = String::new();
-        if h.optional {
-            text.push_str("ignored: ");
+        let mut rows: Vec<_> = (r.hooks.iter())
+            .filter(|h| self.plugin.is_none() || self.named(&h.name))
+            .map(|h| {
+                let duration = h.duration_us.map_or_else(|| "-".to_owned(), micros);
+                let (result, detail) = match r.failure(h) {
+                    None => ("ok".to_owned(), rewrote(h).unwrap_or_default()),
+                    Some((failure, ignored)) => {
+                        let result = if ignored { "ignored" } else { failure.as_str() };
+                        (result.to_owned(), self.why(h, failure))
+                    }
+                };
+                event(name(&h.name), result, duration, detail)
+            })
+            .collect();
+        if rows.is_empty() && self.plugin.is_none() {
+            let duration = r.duration_us.map_or_else(|| "-".to_owned(), micros);
+            let detail = self.detail(r);
+            rows.push(event("(none ran)".into(), shown(&r.result, 16), duration, detail));
         }
-        let _ = write!(text, "{}: {}", name(&h.name), shown(&h.status, DETAIL_WIDTH));
+        rows
+    }
+
+    /// `<plugin's status>: <first line of its stderr>`, and what kind of failure it was
+    /// when the status alone does not say (`exit status 127` is one that did not run).
+    fn why(&self, h: &HookLine, failure: Failure) -> String {
+        let mut text = shown(&h.status, DETAIL_WIDTH);
+        if failure == Failure::NotRun && h.status.starts_with("exit status") {
+            text.push_str(" (could not be executed)");
+        }
         let first = output::first_line(&h.stderr);
         if !first.is_empty() {
             let _ = write!(text, ": {}", shown(first, DETAIL_WIDTH));
         }
-        if let Some(note) = ignored_config {
-            let _ = write!(text, " ({note})");
-        }
         text
     }
+
+    /// Why an event failed, starting with what kind of failure (`refused:`, `not run:`,
+    /// `error:`): the plugin, how it ended, and the first line of its stderr; for an
+    /// event that went through, a failure that was ignored (`ignored:`); and whether a
+    /// filter rewrote the XML.
+    fn detail(&self, r: &Record) -> String {
+        let name = |n: &str| shown(&output::short(n, self.hooks_dir), NAME_WIDTH);
+        if let Some(plugin) = &r.crashed_plugin {
+            let signal = r.signal.map_or_else(String::new, |s| format!(" with signal {s}"));
+            return format!("error: {}: crashed the dispatcher{signal}", name(plugin));
+        }
+        // With --plugin, its own failure; else the one that failed the event; else the
+        // first that failed.
+        let pick = (r.hooks.iter())
+            .filter(|h| !h.success)
+            .find(|h| self.named(&h.name))
+            .map(|h| (h, Failure::of(&h.status)))
+            .or_else(|| r.failed_by())
+            .or_else(|| r.hooks.iter().find(|h| !h.success).map(|h| (h, Failure::of(&h.status))));
+        let ignored_config = r
+            .config_error
+            .as_deref()
+            .map(|why| format!("hookctl.toml ignored: {}", shown(output::first_line(why), DETAIL_WIDTH)));
+        let mut text = String::new();
+        if let Some((h, failure)) = pick {
+            let ignored = r.failure(h).is_some_and(|(_, ignored)| ignored);
+            let kind = if ignored { "ignored" } else { failure.as_str() };
+            let _ = write!(text, "{kind}: {}: {}", name(&h.name), self.why(h, failure));
+        }
+        if r.document_changed && r.result == "ok" {
+            let by: Vec<_> = (r.hooks.iter())
+                .filter_map(|h| rewrote(h).map(|what| format!("{} {what}", name(&h.name))))
+                .collect();
+            let sep = if text.is_empty() { "" } else { "; " };
+            match by.is_empty() {
+                true => {
+                    let _ = write!(text, "{sep}XML rewritten");
+                }
+                false => {
+                    let _ = write!(text, "{sep}XML rewritten: {}", by.join(", "));
+                }
+            }
+        }
+        match (ignored_config, text.is_empty()) {
+            (Some(note), true) => note,
+            (Some(note), false) => format!("{text} ({note})"),
+            (None, _) => text,
+        }
+    }
+}
+
+/// `prepare/begin`, or the op alone when there is no subop.
+fn op_of(r: &Record) -> String {
+    if r.subop.is_empty() {
+        r.op.clone()
+    } else {
+        format!("{}/{}", r.op, r.subop)
+    }
+}
+
+fn micros(us: u64) -> String {
+    hooks_core::backend::format_duration(Duration::from_micros(us))
+}
+
+/// For a filter stage whose output became the document: `rewrote the XML (+2 -1 lines)`.
+fn rewrote(h: &HookLine) -> Option<String> {
+    let d = h.document.as_ref().filter(|d| d.changed)?;
+    Some(format!(
+        "rewrote the XML (+{} -{} lines)",
+        d.lines_added, d.lines_removed
+    ))
 }
 
 /// Merges the logs' events (each in its file order) by time.
@@ -925,41 +1215,115 @@ fn merge(mut logs: Vec<VecDeque<Event>>) -> Vec<Event> {
 struct Out {
     tty: bool,
     json: bool,
-    widths: [usize; 6],
+    header: Vec<&'static str>,
+    /// The widths of every column but the last (DETAIL), CALLER and HOOKS DIR included.
+    widths: Vec<usize>,
+    /// Whether CALLER and HOOKS DIR are shown: the rows printed first differ in them.
+    caller_column: bool,
+    dir_column: bool,
+    /// What the rows printed first share, when they do: a row printed later (`--follow`)
+    /// that differs says where it came from in its DETAIL.
+    common: Option<CameFrom>,
     header_done: bool,
 }
 
 const HEADER: [&str; 7] = ["TIME", "DRIVER", "OBJECT", "OP", "RESULT", "DURATION", "DETAIL"];
+const PLUGINS_HEADER: [&str; 8] = [
+    "TIME", "DRIVER", "OBJECT", "OP", "PLUGIN", "RESULT", "DURATION", "DETAIL",
+];
 
 impl Out {
-    fn new(json: bool, events: &[Event]) -> Self {
+    fn new(json: bool, plugins: bool, events: &[Event]) -> Self {
         // Room for what usually comes, so that rows printed later line up too.
-        let mut widths = [19, 7, 12, 15, 7, 8];
+        let (mut header, mut widths) = if plugins {
+            (PLUGINS_HEADER.to_vec(), vec![19, 7, 12, 15, 20, 7, 8])
+        } else {
+            (HEADER.to_vec(), vec![19, 7, 12, 15, 7, 8])
+        };
+        let froms: Vec<&CameFrom> = (events.iter())
+            .filter_map(|e| match &e.shown {
+                Shown::Rows { from, .. } if *from != CameFrom::default() => Some(from),
+                _ => None,
+            })
+            .collect();
+        let differ = |field: fn(&CameFrom) -> &String| froms.windows(2).any(|w| field(w[0]) != field(w[1]));
+        let caller_column = differ(|f| &f.caller);
+        let dir_column = differ(|f| &f.hooks_dir);
+        let at = header.len() - 1;
+        if dir_column {
+            header.insert(at, "HOOKS DIR");
+            widths.push(20);
+        }
+        if caller_column {
+            header.insert(at, "CALLER");
+            widths.insert(at, 8);
+        }
+        let mut out = Out {
+            tty: io::stdout().is_terminal(),
+            json,
+            header,
+            widths,
+            caller_column,
+            dir_column,
+            common: (!caller_column && !dir_column)
+                .then(|| froms.first().map(|f| (*f).clone()))
+                .flatten(),
+            header_done: false,
+        };
         for event in events {
-            if let Shown::Row(cells) = &event.shown {
-                for (w, cell) in widths.iter_mut().zip(cells) {
-                    *w = (*w).max(cell.chars().count());
+            if let Shown::Rows { rows, from } = &event.shown {
+                for row in rows {
+                    let row = out.with_origin(row, from);
+                    for (w, cell) in out.widths.iter_mut().zip(&row) {
+                        *w = (*w).max(cell.chars().count());
+                    }
                 }
             }
         }
-        Out {
-            tty: io::stdout().is_terminal(),
-            json,
-            widths,
-            header_done: false,
+        out
+    }
+
+    /// `row` with the CALLER and HOOKS DIR cells this table shows, or a note in DETAIL for
+    /// a row from elsewhere than the rest.
+    fn with_origin(&self, row: &[String], from: &CameFrom) -> Vec<String> {
+        let mut row = row.to_vec();
+        let Some(detail) = row.pop() else { return row };
+        if self.caller_column {
+            row.push(from.caller.clone());
         }
+        if self.dir_column {
+            row.push(from.hooks_dir.clone());
+        }
+        match &self.common {
+            Some(common) if common != from && *from != CameFrom::default() => {
+                let sep = if detail.is_empty() { "" } else { " " };
+                row.push(format!("{detail}{sep}(from {}, {})", from.caller, from.hooks_dir));
+            }
+            _ => row.push(detail),
+        }
+        row
     }
 
     /// Prints the events (the table's header first, also when `follow` waits for rows).
     fn print(&mut self, events: &[Event], follow: bool) -> io::Result<()> {
         let mut bytes = Vec::new();
         if !self.json && !self.header_done && (follow || !events.is_empty()) {
-            self.row(&mut bytes, &HEADER.map(str::to_owned));
+            let header: Vec<String> = self.header.iter().map(|h| (*h).to_owned()).collect();
+            self.row(&mut bytes, &header);
             self.header_done = true;
         }
         for event in events {
             match &event.shown {
-                Shown::Row(cells) => self.row(&mut bytes, cells),
+                Shown::Rows { rows, from } => {
+                    if self.common.is_none() && !self.caller_column && !self.dir_column {
+                        // The first row of a table that started empty (`--follow`).
+                        self.common = Some(from.clone());
+                    }
+                    for row in rows {
+                        let row = self.with_origin(row, from);
+                        self.row(&mut bytes, &row);
+                    }
+                }
                 Shown::Json(line) if self.tty => {
                     // Lossily: bytes that are not UTF-8 would not be escaped.
                     let line = String::from_utf8_lossy(line);
@@ -981,13 +1345,16 @@ impl Out {
         stdout.flush()
     }
 
-    fn row(&self, text: &mut Vec<u8>, cells: &[String; 7]) {
+    fn row(&self, text: &mut Vec<u8>, cells: &[String]) {
         let mut line = String::new();
-        for (cell, width) in cells.iter().zip(self.widths) {
+        let Some((detail, padded)) = cells.split_last() else {
+            return;
+        };
+        for (cell, width) in padded.iter().zip(&self.widths) {
             let pad = width.saturating_sub(cell.chars().count());
             let _ = write!(line, "{cell}{:pad$}  ", "");
         }
-        line.push_str(&cells[6]);
+        line.push_str(detail);
         text.extend_from_slice(line.trim_end().as_bytes());
         text.push(b'\n');
     }

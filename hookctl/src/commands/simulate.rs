@@ -78,6 +78,9 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     registry
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, args.driver));
+    if args.dry_run {
+        return dry_run(&registry, (scenario, reason, reasons), &guest, dir, args.input.json);
+    }
     let lifecycle = Lifecycle::new(&registry).release_reasons(reasons);
     let seq = match pollster::block_on(lifecycle.run(scenario, &guest, reason)) {
         Ok(seq) => seq,
@@ -260,5 +263,216 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
         let xml = hooks_core::text::escape_lines(xml);
         let _ = writeln!(out, "\nthe guest starts with this XML (rewritten by a hook):\n{xml}");
     }
+    out
+}
+
+/// One entry of a hooks dir at one event of a `--dry-run`.
+#[derive(serde::Serialize)]
+struct PlannedEntry {
+    path: String,
+    backend: &'static str,
+    /// `run`, `skip` (its `[match]` does not take this event) or `fail` (it would fail
+    /// the event without running: refused by the trust rule, or its settings are invalid).
+    decision: &'static str,
+    /// Why: what its `[match]` said about this event, or why it would fail.
+    why: String,
+}
+
+#[derive(serde::Serialize)]
+struct PlannedEvent {
+    event: String,
+    entries: Vec<PlannedEntry>,
+}
+
+#[derive(serde::Serialize)]
+struct DryRun {
+    scenario: Scenario,
+    dry_run: bool,
+    /// Entries that never run, whatever the event (not executable, backups), but settings.
+    never_run: Vec<PlannedEntry>,
+    events: Vec<PlannedEvent>,
+}
+
+/// `simulate --dry-run`: the events of the scenario (as if every plugin let it go on),
+/// and for each, which entries would run in order and what their `[match]` decided.
+/// Nothing is loaded or run: only the directories and the sidecars are read.
+fn dry_run(
+    registry: &hooks_core::Registry,
+    (scenario, reason, reasons): (Scenario, ReleaseReason, bool),
+    guest: &Guest,
+    dir: &Path,
+    json: bool,
+) -> Outcome {
+    use hooks_core::backend::Disposition;
+    // The events themselves, from a registry with no hooks: the sequence libvirt fires
+    // when every hook lets the operation go on.
+    let nothing = hooks_core::RegistryBuilder::new().build();
+    let lifecycle = Lifecycle::new(&nothing).release_reasons(reasons);
+    let seq = match pollster::block_on(lifecycle.run(scenario, guest, reason)) {
+        Ok(seq) => seq,
+        Err(LifecycleError::Unsupported(e)) => return Err(UsageError(e.to_string())),
+        Err(LifecycleError::Refused { sequence, .. } | LifecycleError::Killed { sequence, .. }) => *sequence,
+        Err(LifecycleError::Driver { error, .. }) => match error {},
+    };
+    let short = |p: &Path| output::short(&p.to_string_lossy(), dir);
+    let mut plan = DryRun {
+        scenario,
+        dry_run: true,
+        never_run: Vec::new(),
+        events: Vec::new(),
+    };
+    let mut certain_failure = false;
+    let scanned: Vec<_> = registry
+        .hooks_dirs()
+        .map(|d| d.scan(guest.driver).map_err(|e| (d.drop_in_dir(guest.driver), e)))
+        .collect();
+    for entries in &scanned {
+        match entries {
+            Ok(entries) => {
+                for e in entries {
+                    // Sidecars and hookctl.toml are settings, not hooks that do not run.
+                    let settings = matches!(
+                        e.disposition,
+                        Disposition::Skipped(hooks_core::backend::SkipReason::Settings)
+                    );
+                    if let (Disposition::Skipped(why), false) = (&e.disposition, settings) {
+                        plan.never_run.push(PlannedEntry {
+                            path: short(&e.path),
+                            backend: "-",
+                            decision: "skip",
+                            why: why.to_string(),
+                        });
+                    }
+                }
+            }
+            Err((path, e)) => return Err(UsageError(format!("cannot read `{}`: {e}", path.display()))),
+        }
+    }
+    for step in &seq.steps {
+        let args = step.report.args();
+        let event =
+            hooks_core::RawEvent::from_os_args(step.report.driver, [0, 1, 2, 3].map(|i| args.get(i).to_owned()))
+                .with_input(Some(guest.xml.as_bytes().to_vec()));
+        let mut entries = Vec::new();
+        for e in scanned.iter().flatten().flatten() {
+            let (backend, decision, why) = match &e.disposition {
+                Disposition::Skipped(_) => continue,
+                Disposition::Refused(loader, why) => (
+                    loader.as_ref().map_or("-", |l| l.backend()),
+                    "fail",
+                    format!("refused: {}", why.reason()),
+                ),
+                Disposition::Hook(loader) => match e.settings() {
+                    Err(err) => (loader.backend(), "fail", format!("invalid settings: {err}")),
+                    Ok(settings) => {
+                        let (runs, why) = match_decision(&settings.matcher, &event);
+                        (loader.backend(), if runs { "run" } else { "skip" }, why)
+                    }
+                },
+            };
+            certain_failure |= decision == "fail";
+            entries.push(PlannedEntry {
+                path: short(&e.path),
+                backend,
+                decision,
+                why,
+            });
+        }
+        plan.events.push(PlannedEvent {
+            event: format!("{} {}", step.report.driver, step.report.args()),
+            entries,
+        });
+    }
+    if json {
+        output::json(&plan);
+    } else {
+        output::stdout(render_dry_run(&plan, guest, dir).as_bytes());
+    }
+    Ok(!certain_failure)
+}
+
+/// Whether `matcher` takes `event`, and why, clause by clause: the first of `objects`,
+/// `ops`, `subops` that does not match, else `xpath`.
+fn match_decision(matcher: &hooks_core::backend::Matcher, event: &hooks_core::RawEvent) -> (bool, String) {
+    use hooks_core::HookEvent;
+    if matcher.is_empty() {
+        return (true, "no [match]: every event".to_owned());
+    }
+    let clauses: [(&str, Vec<&str>, &str); 3] = [
+        ("objects", matcher.objects().collect(), event.object()),
+        ("ops", matcher.ops().collect(), event.op()),
+        ("subops", matcher.subops().collect(), event.subop()),
+    ];
+    for (key, patterns, value) in &clauses {
+        let matched = patterns.is_empty()
+            || patterns
+                .iter()
+                .any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches(value)));
+        if !matched {
+            return (false, format!("{key} = {patterns:?} does not match `{value}`"));
+        }
+    }
+    if matcher.matches(event) {
+        (true, format!("matched: {matcher}"))
+    } else {
+        let xpath: Vec<&str> = matcher.xpath().collect();
+        (
+            false,
+            format!("xpath = {xpath:?} does not hold on this XML (or it has none)"),
+        )
+    }
+}
+
+fn render_dry_run(plan: &DryRun, guest: &Guest, dir: &Path) -> String {
+    let mut out = String::new();
+    let who = if guest.driver == Driver::Daemon {
+        "daemon".to_owned()
+    } else {
+        format!("{} {}", guest.driver, output::name(&guest.name))
+    };
+    let _ = writeln!(
+        out,
+        "simulate {who}: {} (hooks in {}): DRY RUN, no plugin runs",
+        plan.scenario,
+        output::path(dir)
+    );
+    if !plan.never_run.is_empty() {
+        let _ = writeln!(out, "\n  never run:");
+        for e in &plan.never_run {
+            let _ = writeln!(out, "    {}  ({})", output::name(&e.path), output::message(&e.why));
+        }
+    }
+    for event in &plan.events {
+        let _ = writeln!(out, "\n  {}", output::name(&event.event));
+        if event.entries.is_empty() {
+            let _ = writeln!(out, "    (no hooks)");
+        }
+        let mut order = 0;
+        for e in &event.entries {
+            let (mark, what) = match e.decision {
+                "run" => {
+                    order += 1;
+                    (format!("{order:>3}."), "would run ")
+                }
+                "fail" => {
+                    order += 1;
+                    (format!("{order:>3}."), "would FAIL")
+                }
+                _ => ("   -".to_owned(), "skip      "),
+            };
+            let _ = writeln!(
+                out,
+                "    {mark} {what} {:<5} {:<40} {}",
+                e.backend,
+                output::name(&e.path),
+                output::message(&e.why)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nnothing ran. The events above assume every plugin lets {} go on; a refusal would stop it there (and start's cleanup events would follow). Without --dry-run the plugins run for real.",
+        plan.scenario
+    );
     out
 }
