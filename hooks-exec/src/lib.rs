@@ -484,8 +484,8 @@ impl Job {
         if cap.timed_out {
             let escaped = match cap.escaped {
                 0 => String::new(),
-                1 => ", 1 process of them outside its process group".to_owned(),
-                n => format!(", {n} processes of them outside its process group"),
+                1 => " (1 of them had left its process group)".to_owned(),
+                n => format!(" ({n} of them had left its process group)"),
             };
             let whole = match cap.containment {
                 Containment::Cgroup => "everything in its cgroup",
@@ -495,9 +495,7 @@ impl Job {
             outcome.warnings.push(if cap.not_killed.is_empty() {
                 format!("timed out after {timeout}; it ({pid}) and {whole} were killed{escaped}")
             } else {
-                format!(
-                    "timed out after {timeout}; the kill of it ({pid}) and {whole} did not reach everything{escaped}:"
-                )
+                format!("timed out after {timeout}; killing it ({pid}) and {whole} did not reach everything{escaped}:")
             });
         }
         outcome.warnings.extend(cap.not_killed);

@@ -170,7 +170,7 @@ fn timeout_kills_a_setsid_escapee_in_a_subreaper() {
             assert!(
                 out.warnings
                     .iter()
-                    .any(|w| w.contains("1 process of them outside its process group")),
+                    .any(|w| w.contains("1 of them had left its process group")),
                 "{:?} ({:?})",
                 out.warnings,
                 out.containment
