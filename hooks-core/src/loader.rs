@@ -478,7 +478,7 @@ impl HooksDir {
 
     /// A time limit for every hook whose settings set none (a backend whose own default
     /// is shorter keeps it). By default none, as in libvirt; hookctl's dispatcher uses
-    /// 120 s so that a hung plugin cannot hang libvirtd.
+    /// 30 s so that a hung plugin cannot hang libvirtd (which holds the guest's lock meanwhile).
     pub fn with_default_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         self.default_timeout = timeout;
         self

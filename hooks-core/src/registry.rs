@@ -623,7 +623,7 @@ impl Registry {
                 record.optional = true;
                 record.spared = true;
                 record.warnings.push(
-                    "failed at reconnect; logged instead of killing the running guest (on_reconnect_failure = \"log\"; \"kill\" in its sidecar kills it, as libvirt does)"
+                    "failed at reconnect: logged as an error instead of killing the running guest (on_reconnect_failure = \"log\"; with on_reconnect_failure = \"kill\" in its sidecar the guest is killed, as libvirt does)"
                         .into(),
                 );
                 tracing::error!(hook = %record.name, "hook failed at reconnect; the running guest is spared");
