@@ -132,7 +132,8 @@ fn check_and_list_show_what_a_failure_at_reconnect_does() {
     hookctl(&hooks, &["list", "qemu"])
         .assert()
         .success()
-        .stdout(contains("10-hugepages  [timeout=30s (default) on_reconnect_failure=log (default)]"))
+        .stdout(contains("at reconnect a plugin's failure is logged and the guest lives"))
+        .stdout(contains("10-hugepages  [timeout=30s (default)]"))
         .stdout(contains("20-gpu  [timeout=30s (default) on_reconnect_failure=kill]"));
     let out = hookctl(&hooks, &["list", "qemu", "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

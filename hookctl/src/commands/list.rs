@@ -203,6 +203,9 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                     l.driver,
                     name(p)
                 ));
+                if hooks_core::backend::libvirt_ops(l.driver).contains(&"reconnect") {
+                    text.push_str("  at reconnect a plugin's failure is logged and the guest lives, unless its sidecar says on_reconnect_failure=kill\n");
+                }
             }
             (Some(p), Some(why)) => text.push_str(&format!(
                 "{} plugins ({}): NOT RUN: {}\n",
@@ -323,10 +326,6 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                         if let (hooks_core::backend::Timeout::Default, Some(t)) = (s.timeout, effective) {
                             let shown = format!("timeout={} (default)", hooks_core::backend::format_duration(t));
                             settings = Some(settings.map_or(shown.clone(), |other| format!("{shown} {other}")));
-                        }
-                        if let (None, Some(on)) = (s.on_reconnect_failure, reconnect) {
-                            let shown = format!("on_reconnect_failure={on} (default)");
-                            settings = Some(settings.map_or(shown.clone(), |other| format!("{other} {shown}")));
                         }
                     }
                     match e.disposition {
