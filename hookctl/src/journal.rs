@@ -207,6 +207,9 @@ mod tests {
         let mut optional = record;
         optional["spared"] = false.into();
         let optional = fields(&entry(&event, &report(optional), 1, MAX_VALUE));
-        assert!(optional.contains("\nPRIORITY=4\n") && optional.contains("failure ignored:"), "{optional}");
+        assert!(
+            optional.contains("\nPRIORITY=4\n") && optional.contains("failure ignored:"),
+            "{optional}"
+        );
     }
 }

@@ -60,7 +60,10 @@ fn a_plugin_failing_at_reconnect_is_logged_as_an_error_and_the_guest_lives() {
         plugins.join("10-hugepages").display().to_string(),
         "{line}"
     );
-    assert_eq!(line["spared_plugins"][0], plugins.join("10-hugepages").display().to_string());
+    assert_eq!(
+        line["spared_plugins"][0],
+        plugins.join("10-hugepages").display().to_string()
+    );
     // Only `reconnect` is spared: the same plugin still refuses a start.
     as_libvirt_xml(&hooks, ["db1", "start", "begin", "-"])
         .assert()
@@ -101,7 +104,11 @@ fn libvirts_own_layout_keeps_libvirts_behaviour() {
     let hooks = tmp.path().join("hooks");
     script(&hooks.join("qemu.d/10-hugepages"), CASE_WITH_DEFAULT_EXIT_1);
     // libvirt runs qemu.d/ itself: no sidecar can make it spare the guest.
-    fs::write(hooks.join("qemu.d/10-hugepages.toml"), "on_reconnect_failure = \"log\"\n").unwrap();
+    fs::write(
+        hooks.join("qemu.d/10-hugepages.toml"),
+        "on_reconnect_failure = \"log\"\n",
+    )
+    .unwrap();
     hookctl(&hooks, &["run", "qemu", "db1", "reconnect", "begin", "-"])
         .write_stdin("<domain/>\n")
         .assert()
@@ -127,12 +134,16 @@ fn check_and_list_show_what_a_failure_at_reconnect_does() {
     hookctl(&hooks, &["check", "qemu"])
         .assert()
         .success()
-        .stdout(contains("10-hugepages  (at reconnect a failure is logged; the guest lives)"))
+        .stdout(contains(
+            "10-hugepages  (at reconnect a failure is logged; the guest lives)",
+        ))
         .stdout(contains("20-gpu  (at reconnect a failure KILLS the guest)"));
     hookctl(&hooks, &["list", "qemu"])
         .assert()
         .success()
-        .stdout(contains("at reconnect a plugin's failure is logged and the guest lives"))
+        .stdout(contains(
+            "at reconnect a plugin's failure is logged and the guest lives",
+        ))
         .stdout(contains("10-hugepages  [timeout=30s (default)]"))
         .stdout(contains("20-gpu  [timeout=30s (default) on_reconnect_failure=kill]"));
     let out = hookctl(&hooks, &["list", "qemu", "--json"]).output().unwrap();
@@ -156,7 +167,9 @@ fn simulate_reconnect_shows_both_outcomes() {
         .assert()
         .success()
         .stdout(contains("FAILED").and(contains("10-hugepages")))
-        .stdout(contains("error logged; the guest keeps running (on_reconnect_failure = log;"))
+        .stdout(contains(
+            "error logged; the guest keeps running (on_reconnect_failure = log;",
+        ))
         .stdout(contains("result: reconnect of qemu db1 would go through"));
     fs::write(plugins.join("10-hugepages.toml"), "on_reconnect_failure = \"kill\"\n").unwrap();
     hookctl(&hooks, &["simulate", "qemu", "reconnect", "db1", "--libvirt", "9.0"])

@@ -40,11 +40,15 @@ fn check_prints_its_findings_on_stdout_and_exits_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let broken: Vec<&str> = stdout.lines().filter(|l| l.contains("broken")).collect();
     assert!(
-        broken.iter().any(|l| l.contains("20-noexec") && l.contains("not executable")),
+        broken
+            .iter()
+            .any(|l| l.contains("20-noexec") && l.contains("not executable")),
         "{stdout}"
     );
     assert!(
-        broken.iter().any(|l| l.contains("30-typo.toml:1") && l.contains("unknown field `timout`")),
+        broken
+            .iter()
+            .any(|l| l.contains("30-typo.toml:1") && l.contains("unknown field `timout`")),
         "{stdout}"
     );
     assert!(stdout.contains("2 broken hook file(s)"), "{stdout}");
@@ -69,9 +73,14 @@ fn a_disabled_copy_never_runs_and_list_shows_it_skipped() {
     let body = format!("#!/bin/sh\necho \"$0\" >> {}\nexit 0\n", ran.display());
     script(&plugins.join("10-gpu.disabled"), &body);
     script(&plugins.join("20-cpu"), &body);
-    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success();
     let ran = fs::read_to_string(&ran).unwrap();
-    assert_eq!(ran.lines().collect::<Vec<_>>(), [plugins.join("20-cpu").to_str().unwrap()]);
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        [plugins.join("20-cpu").to_str().unwrap()]
+    );
     hookctl(&hooks, &["list", "qemu"])
         .assert()
         .success()
@@ -135,7 +144,10 @@ fn a_filters_bad_output_is_quoted_short_and_escaped() {
     let quote = stderr.split("it began `").nth(1).unwrap();
     let quote = &quote[..quote.find('`').unwrap()];
     assert!(quote.ends_with('…') && quote.matches('x').count() < 80, "{quote}");
-    assert!(!stderr.contains('\u{1b}'), "a raw escape reached the terminal: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "a raw escape reached the terminal: {stderr:?}"
+    );
 }
 
 // ---- packaging -------------------------------------------------------------------
@@ -181,13 +193,19 @@ fn purge_removes_its_own_log_and_state_and_only_a_cache_it_created() {
     fs::create_dir_all(r.join("run/virt-hooks/state/.kept/qemu/vm1/10-x")).unwrap();
     let out = run_postrm(r, "purge");
     assert!(out.status.success(), "{out:?}");
-    assert!(r.join("var/cache/virt-hooks/theirs").exists(), "removed a cache it did not create");
+    assert!(
+        r.join("var/cache/virt-hooks/theirs").exists(),
+        "removed a cache it did not create"
+    );
     assert!(!r.join("var/log/libvirt/hookctl.jsonl").exists());
     assert!(!r.join("var/log/libvirt/hookctl.jsonl.1").exists());
     assert!(!r.join("var/log/libvirt/hookctl.jsonl.5").exists());
     assert!(r.join("var/log/libvirt/qemu.log").exists(), "removed libvirt's own log");
     assert!(!r.join("run/virt-hooks").exists(), "left its state");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("var/cache/virt-hooks"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("var/cache/virt-hooks"),
+        "{out:?}"
+    );
 
     // A cache the package made goes with it.
     let root = tempfile::tempdir().unwrap();
@@ -215,10 +233,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, u32, i64, i64)> {
         for entry in fs::read_dir(&d).unwrap() {
             let entry = entry.unwrap();
             let meta = fs::symlink_metadata(entry.path()).unwrap();
-            out.insert(
-                entry.path(),
-                (meta.len(), meta.mode(), meta.mtime(), meta.mtime_nsec()),
-            );
+            out.insert(entry.path(), (meta.len(), meta.mode(), meta.mtime(), meta.mtime_nsec()));
             if meta.is_dir() {
                 stack.push(entry.path());
             }

@@ -367,7 +367,9 @@ fn check_warns_where_state_settings_do_less_than_they_seem() {
         "{stdout}"
     );
     assert!(
-        !stdout.lines().any(|l| l.starts_with("warning") && l.contains("40-fine")),
+        !stdout
+            .lines()
+            .any(|l| l.starts_with("warning") && l.contains("40-fine")),
         "{stdout}"
     );
 }

@@ -259,9 +259,12 @@ mod tests {
         output.extend(std::iter::repeat_n(b'x', 1 << 20));
         let err = check_output(Some(DOMAIN), &output).unwrap_err();
         let quote = err.split_once("; it began `").map(|(_, q)| q).expect(&err);
-        assert!(quote.starts_with(r"error: \x1b[2J\x60rm -rf\x60\u{202e} cannot find vm\n"), "{err}");
+        assert!(
+            quote.starts_with(r"error: \x1b[2J\x60rm -rf\x60\u{202e} cannot find vm\n"),
+            "{err}"
+        );
         assert!(quote.ends_with("…`"), "{err}");
-        assert!(!err.chars().any(|c| crate::text::is_escaped(c)), "{err:?}");
+        assert!(!err.chars().any(crate::text::is_escaped), "{err:?}");
         // 80 bytes of output at most, escapes and note aside.
         // 38 bytes of text, then 42 `x`; the three `\x` escapes hold one more each.
         assert_eq!(quote.matches('x').count(), 42 + 3, "{err}");

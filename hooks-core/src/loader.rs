@@ -1247,12 +1247,18 @@ mod tests {
             .unwrap();
         let by_name = |n: &str| entries.iter().find(|e| e.path.file_name().unwrap() == n).unwrap();
         let stray = by_name("10-x.toml").stray_settings_warning().unwrap();
-        assert!(stray.contains("matches no hook") && stray.contains("rename it `10-x.sh.toml`"), "{stray}");
+        assert!(
+            stray.contains("matches no hook") && stray.contains("rename it `10-x.sh.toml`"),
+            "{stray}"
+        );
         let gone = by_name("30-gone.toml").stray_settings_warning().unwrap();
         assert!(gone.contains("matches no hook") && !gone.contains("rename"), "{gone}");
         for real in ["20-y.toml", "hookctl.toml"] {
             assert!(by_name(real).stray_settings_warning().is_none(), "{real}");
-            assert!(matches!(by_name(real).disposition, Disposition::Skipped(SkipReason::Settings)));
+            assert!(matches!(
+                by_name(real).disposition,
+                Disposition::Skipped(SkipReason::Settings)
+            ));
         }
         assert!(by_name("10-x.sh").loader().is_some() && by_name("10-x.sh").settings().unwrap().source.is_none());
     }
@@ -1279,7 +1285,11 @@ mod tests {
                 .map(|e| {
                     let settings = e.settings().unwrap();
                     let name = e.path.file_name().unwrap().to_string_lossy().into_owned();
-                    (name, e.on_reconnect_failure(&settings), e.ignores_reconnect_setting(&settings))
+                    (
+                        name,
+                        e.on_reconnect_failure(&settings),
+                        e.ignores_reconnect_setting(&settings),
+                    )
                 })
                 .collect()
         };
@@ -1287,7 +1297,11 @@ mod tests {
         let flat = || HooksDir::plugins_with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]);
         assert_eq!(
             decided(flat().with_reconnect_failure(log)),
-            [("10-log".into(), log, false), ("20-kill".into(), kill, false), ("30-plain".into(), log, false)]
+            [
+                ("10-log".into(), log, false),
+                ("20-kill".into(), kill, false),
+                ("30-plain".into(), log, false)
+            ]
         );
         // The library's default is libvirt's.
         assert_eq!(decided(flat())[2], ("30-plain".into(), kill, false));

@@ -17,8 +17,7 @@ use crate::report::InputSource;
 use crate::xpath::DocumentScope;
 use crate::{
     Driver, EventArgs, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord,
-    OnReconnectFailure,
-    HookStatus, Invocation, LoadError, LoadErrorKind, Report,
+    HookStatus, Invocation, LoadError, LoadErrorKind, OnReconnectFailure, Report,
 };
 
 enum Source {

@@ -305,9 +305,10 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                         .is_ok_and(|s| s.matcher.needs_document())
                         .then(|| XPATH_NOTE.to_owned());
                     // Where the dispatcher decides what a failure at `reconnect` does.
-                    let reconnect = (hooks.is_flat() && hooks_core::backend::libvirt_ops(driver).contains(&"reconnect"))
-                        .then(|| loaded.as_ref().ok().map(|s| e.on_reconnect_failure(s)))
-                        .flatten();
+                    let reconnect = (hooks.is_flat()
+                        && hooks_core::backend::libvirt_ops(driver).contains(&"reconnect"))
+                    .then(|| loaded.as_ref().ok().map(|s| e.on_reconnect_failure(s)))
+                    .flatten();
                     let effective = match (&loaded, e.loader()) {
                         (Ok(s), Some(loader)) => Some(Effective {
                             on_reconnect_failure: reconnect,
