@@ -5,18 +5,25 @@
 # argument definitions), the README, examples and a tmpfiles.d entry. Needs cargo-deb
 # (`cargo install cargo-deb --locked`), and dpkg-dev for the automatic Depends.
 #
+# It writes only under the target dir (CARGO_TARGET_DIR, else target/ in the checkout):
+# from a read-only checkout, give one outside it, e.g.
+#   CARGO_TARGET_DIR=/var/tmp/hookctl-build bash packaging/build-deb.sh
+# and the package is $CARGO_TARGET_DIR/debian/hookctl_<version>-1_<arch>.deb.
+#
 # Usage: bash packaging/build-deb.sh [more cargo-deb options]   (from anywhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || { echo "build-deb: cargo-deb is missing: cargo install cargo-deb --locked" >&2; exit 2; }
+target=${CARGO_TARGET_DIR:-target}
 
 bash packaging/build-release.sh
-# What hookctl/Cargo.toml's [package.metadata.deb] assets take from packaging/generated/
-# (emptied first, so a removed subcommand leaves no page behind): the man pages and
+# What hookctl/Cargo.toml's [package.metadata.deb] assets take from
+# target/release/deb-assets/ (cargo-deb reads `target/release/` as the real target dir;
+# emptied first, so a removed subcommand leaves no page behind): the man pages and
 # completions, and the README gzipped as Debian's policy wants documentation over 4 kB.
-generated=packaging/generated
+generated=$target/release/deb-assets
 rm -rf "$generated"
-"${CARGO_TARGET_DIR:-target}/release/hookctl" generate-assets "$generated"
+"$target/release/hookctl" generate-assets "$generated"
 gzip -9n < README.md > "$generated/README.md.gz"
 # [profile.release] already drops the DWARF (`strip = "debuginfo"`) and keeps the symbol
 # table: a crash backtrace from the packaged binary still names each function, for a

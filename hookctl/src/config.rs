@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! log = "/var/log/libvirt/hookctl.jsonl"   # the audit log (an absolute path)
-//! timeout = "2m"                          # default per plugin: seconds, "500ms", "2m", or "none"
+//! timeout = "30s"                         # default per plugin (30 s): seconds, "500ms", "2m", or "none"
 //! journal = false                         # no journald entry per dispatch (default: true)
 //! state = "/run/virt-hooks/state"         # where `state = true` plugins keep theirs
 //! ```
@@ -17,8 +17,9 @@ use serde::Deserialize;
 pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
 
 /// A plugin whose settings set no timeout gets this one from the dispatcher, so that a
-/// hung plugin cannot hang libvirtd (which has no timeout of its own).
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// hung plugin cannot hang libvirtd (which has no timeout of its own). At most 30 s: libvirtd
+/// holds the guest's lock meanwhile (`virsh list` waited two minutes at 120 s).
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The dispatcher's settings in effect.
 #[derive(Debug, Clone, PartialEq)]

@@ -67,13 +67,15 @@ fn send_datagram(entry: &[u8]) -> io::Result<()> {
 
 /// The entry's fields, encoded; every value is cut to `cap` bytes.
 fn entry(event: &RawEvent, report: &Report, duration_us: u64, cap: usize) -> Vec<u8> {
-    // The failure libvirt reports (the last required one), else an optional one's.
-    let failed = report
-        .failed_hook()
+    // The failure libvirt reports (the last required one), else one that would have
+    // killed the running guest at `reconnect`, else an optional one's.
+    let failed = (report.failed_hook())
+        .or_else(|| report.hooks.iter().rev().find(|r| r.spared))
         .or_else(|| report.hooks.iter().rev().find(|r| !r.success));
     let refused = report.failed_hook().is_some() && report.policy.fails_operation();
     let priority = match failed {
-        Some(_) if refused => "3",
+        // A spared failure is an error all the same: the plugin did not do its work.
+        Some(rec) if refused || rec.spared => "3",
         Some(_) => "4",
         None => "6",
     };
@@ -123,7 +125,11 @@ fn message(event: &RawEvent, report: &Report, failed: Option<&HookRecord>, refus
         let ms = duration_us as f64 / 1000.0;
         return format!("{what}: ok ({n} plugin{plural}, {ms:.1} ms)");
     };
-    let verdict = if refused { "refused by" } else { "failure ignored:" };
+    let verdict = match rec.spared {
+        _ if refused => "refused by",
+        true => "error, the running guest is spared:",
+        false => "failure ignored:",
+    };
     let first = rec.stderr.trim().lines().next().unwrap_or("");
     let sep = if first.is_empty() { "" } else { ": " };
     format!(
@@ -163,4 +169,47 @@ fn field(buf: &mut Vec<u8>, key: &str, value: &str) {
     }
     buf.extend_from_slice(value.as_bytes());
     buf.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(entry: &[u8]) -> String {
+        String::from_utf8_lossy(entry).into_owned()
+    }
+
+    /// A plugin that failed at `reconnect` and was spared is an error (priority 3) in the
+    /// journal, not the warning an optional plugin's failure is.
+    #[test]
+    fn a_spared_failure_at_reconnect_is_an_error() {
+        let event = RawEvent::new(hooks_core::Driver::Qemu, ["db1", "reconnect", "begin", "-"]);
+        let record = serde_json::json!({
+            "name": "/etc/libvirt/hooks/qemu.plugins/10-hugepages", "backend": "exec",
+            "success": false, "optional": true, "spared": true,
+            "status": {"kind": "exited", "code": 1}, "duration_us": 1,
+            "stdout": "", "stderr": "unknown operation reconnect\n", "input": "original",
+        });
+        let report = |rec: serde_json::Value| -> Report {
+            serde_json::from_value(serde_json::json!({
+                "driver": "qemu", "object": "db1", "op": "reconnect", "subop": "begin", "extra": "-",
+                "policy": "kill-object", "filters": false, "hooks": [rec],
+            }))
+            .unwrap()
+        };
+        let spared = fields(&entry(&event, &report(record.clone()), 1, MAX_VALUE));
+        assert!(spared.contains("\nPRIORITY=3\n"), "{spared}");
+        assert!(
+            spared.contains("error, the running guest is spared: /etc/libvirt/hooks/qemu.plugins/10-hugepages: exit status 1: unknown operation reconnect"),
+            "{spared}"
+        );
+        assert!(spared.contains("HOOK_RESULT=ok"), "{spared}");
+        let mut optional = record;
+        optional["spared"] = false.into();
+        let optional = fields(&entry(&event, &report(optional), 1, MAX_VALUE));
+        assert!(
+            optional.contains("\nPRIORITY=4\n") && optional.contains("failure ignored:"),
+            "{optional}"
+        );
+    }
 }

@@ -266,12 +266,12 @@ fn check_names_each_broken_file() {
         .assert()
         .code(1)
         .stdout(contains("qemu.d/good"))
-        .stderr(contains(format!("`{}` (exec): no `#!` line", plain.display())))
-        .stderr(contains(format!(
+        .stdout(contains(format!("`{}` (exec): no `#!` line", plain.display())))
+        .stdout(contains(format!(
             "`{}` (exec): interpreter `/usr/bin/no-such-python` does not exist",
             interp.display()
         )))
-        .stderr(contains("2 broken hook file(s), 1 sound"));
+        .stdout(contains("2 broken hook file(s), 1 sound"));
     hookctl(&examples().join("hooks"))
         .arg("check")
         .assert()
@@ -383,7 +383,7 @@ fn native_plugins_run_list_and_check_beside_scripts() {
         .arg("check")
         .assert()
         .code(1)
-        .stderr(contains(format!(
+        .stdout(contains(format!(
             "broken: {}: libvirt runs qemu.d/ itself and would skip this file (not executable) rather than load it; move it to {}",
             so.display(),
             tmp.path().join("qemu.plugins/").display()
@@ -444,7 +444,7 @@ fn wasm_modules_run_list_and_check_beside_scripts() {
         .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
         .assert()
         .code(1)
-        .stderr(contains(format!(
+        .stdout(contains(format!(
             "broken: {}: libvirt runs qemu.d/ itself and would skip this file",
             bad.display()
         )));
@@ -456,7 +456,7 @@ fn wasm_modules_run_list_and_check_beside_scripts() {
         .env("VIRT_HOOKS_WASM_CACHE", tmp.path().join("cache"))
         .assert()
         .code(1)
-        .stderr(contains("qemu.plugins/40-bad.wasm` (wasm): invalid WebAssembly"));
+        .stdout(contains("qemu.plugins/40-bad.wasm` (wasm): invalid WebAssembly"));
     fs::remove_file(tmp.path().join("qemu.plugins/40-bad.wasm")).unwrap();
     // The script echoes, the WASM filter rewrites: chained.
     hookctl(tmp.path())

@@ -193,7 +193,7 @@ fn bad_settings_are_named_with_file_and_line() {
         .arg("check")
         .assert()
         .code(1)
-        .stderr(contains(format!(
+        .stdout(contains(format!(
             "{}:3: unknown field `retries`",
             layout.path().join("qemu.d/10-x.toml").display()
         )));
@@ -322,7 +322,7 @@ fn list_and_check_cover_the_dispatcher_plugins_dirs() {
         .assert()
         .code(1)
         .stdout(contains(plugins.join("10-ok").display().to_string()))
-        .stderr(contains(format!(
+        .stdout(contains(format!(
             "`{}` (exec): no `#!` line",
             plugins.join("20-no-shebang").display()
         )));

@@ -36,7 +36,7 @@ fn a_world_writable_plugin_fails_the_event_and_is_named_everywhere() {
     hookctl(&hooks, &["check", "qemu"])
         .assert()
         .code(1)
-        .stderr(contains(format!(
+        .stdout(contains(format!(
             "broken: {}: refused: writable by others (mode 0777)",
             evil.display()
         )));
@@ -151,7 +151,7 @@ fn a_group_writable_hookctl_toml_is_ignored_not_obeyed() {
     hookctl(&hooks, &["check", "qemu"])
         .assert()
         .code(1)
-        .stderr(contains("hookctl.toml: refused: writable by group (mode 0664)"));
+        .stdout(contains("hookctl.toml: refused: writable by group (mode 0664)"));
 }
 
 #[test]
@@ -376,7 +376,7 @@ fn the_hook_saved_at_install_is_checked_like_a_plugin() {
         .args(["check", "qemu"])
         .assert()
         .code(1)
-        .stderr(contains("qemu.pre-hookctl: refused"));
+        .stdout(contains("qemu.pre-hookctl: refused"));
 }
 
 #[test]
@@ -396,7 +396,7 @@ fn the_audit_log_goes_only_where_nobody_else_can_reach_it() {
     hookctl(&hooks, &["check", "qemu"])
         .assert()
         .code(1)
-        .stderr(contains(format!("broken: audit log {}", log.display())));
+        .stdout(contains(format!("broken: audit log {}", log.display())));
 }
 
 #[test]

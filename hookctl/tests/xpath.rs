@@ -88,11 +88,11 @@ fn a_bad_expression_is_named_by_check_with_file_line_and_column() {
     hookctl(&hooks, &["check", "qemu"])
         .assert()
         .code(1)
-        .stderr(contains(format!(
+        .stdout(contains(format!(
             "{}:3:54: xpath `/domain/devices/[x]`: ",
             sidecar.display()
         )))
-        .stderr(contains("(column 17 of the expression)"));
+        .stdout(contains("(column 17 of the expression)"));
     // An unknown function, a variable, an unbound prefix: caught when the sidecar is read.
     for (xpath, want) in [
         ("/domain/devices/hostdev[frob()]", "unknown function `frob()`"),
@@ -103,8 +103,8 @@ fn a_bad_expression_is_named_by_check_with_file_line_and_column() {
         hookctl(&hooks, &["check", "qemu"])
             .assert()
             .code(1)
-            .stderr(contains(format!("{}:2:", sidecar.display())))
-            .stderr(contains(want));
+            .stdout(contains(format!("{}:2:", sidecar.display())))
+            .stdout(contains(want));
     }
     // The dispatcher does not guess: the plugin cannot be configured, so the start fails.
     as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
@@ -260,7 +260,7 @@ fn no_input_never_matches_and_input_not_evaluated_fails_closed() {
     hookctl(&hooks, &["check", "daemon"])
         .assert()
         .code(1)
-        .stderr(contains("10-never.toml:2: xpath: daemon events carry no document"));
+        .stdout(contains("10-never.toml:2: xpath: daemon events carry no document"));
 }
 
 #[test]

@@ -89,6 +89,24 @@ impl DocumentChange {
 /// input: when the input itself is not a document this crate parses (past its limits,
 /// or XML libvirt keeps but a strict parser refuses), the output is not checked.
 pub(crate) fn check_output(input: Option<&[u8]>, output: &[u8]) -> Result<(), String> {
+    check_output_unquoted(input, output).map_err(|why| format!("{why}; it began `{}`", quoted(output)))
+}
+
+/// How many bytes of a refused output its message quotes.
+pub(crate) const QUOTED_BYTES: usize = 80;
+
+/// The first [`QUOTED_BYTES`] of a hook's output as one escaped line (a cut character
+/// and bytes that are not UTF-8 show as U+FFFD; `…` when there was more).
+fn quoted(output: &[u8]) -> String {
+    let head = &output[..output.len().min(QUOTED_BYTES)];
+    let more = if output.len() > QUOTED_BYTES { "…" } else { "" };
+    let text = String::from_utf8_lossy(head);
+    // A backtick would end the quote early: shown as its escape.
+    let text = crate::text::escape(&text).replace('`', "\\x60");
+    format!("{text}{more}")
+}
+
+fn check_output_unquoted(input: Option<&[u8]>, output: &[u8]) -> Result<(), String> {
     let input = match input {
         None => None,
         Some(bytes) => match std::str::from_utf8(bytes).ok().map(parse_guarded) {
@@ -190,7 +208,7 @@ mod tests {
         // The parser points at the element left open.
         assert_eq!(
             err,
-            "its output is not well-formed XML: line 1, column 1: the root node was opened but never closed"
+            "its output is not well-formed XML: line 1, column 1: the root node was opened but never closed; it began `<domain>\\n  <name>vm</name>\\n`"
         );
         let err = check_output(Some(DOMAIN), b"<domain>\n  <name>vm</nam>\n</domain>").unwrap_err();
         assert!(err.contains("line 2, column"), "{err}");
@@ -201,7 +219,7 @@ mod tests {
         let err = check_output(Some(DOMAIN), b"<network/>").unwrap_err();
         assert_eq!(
             err,
-            "its output's root element is <network> in no namespace, where its input's is <domain> in no namespace"
+            "its output's root element is <network> in no namespace, where its input's is <domain> in no namespace; it began `<network/>`"
         );
         // The namespace is part of the name.
         let err = check_output(Some(b"<domain/>"), b"<domain xmlns='urn:x'/>").unwrap_err();
@@ -215,7 +233,7 @@ mod tests {
         let err = check_output(Some(DOMAIN), b"<domain>\xff</domain>").unwrap_err();
         assert_eq!(
             err,
-            "its output is not UTF-8 at line 1, column 9, so not the XML libvirt expects"
+            "its output is not UTF-8 at line 1, column 9, so not the XML libvirt expects; it began `<domain>\u{fffd}</domain>`"
         );
         let deep = format!("<domain>{}{}</domain>", "<a>".repeat(100_000), "</a>".repeat(100_000));
         let err = check_output(Some(DOMAIN), deep.as_bytes()).unwrap_err();
@@ -229,6 +247,33 @@ mod tests {
         );
         let err = check_output(Some(DOMAIN), wide.as_bytes()).unwrap_err();
         assert!(err.contains("more than 64 attributes"), "{err}");
+    }
+
+    /// What a filter printed instead of XML is quoted, so the operator sees it, but
+    /// never more than 80 bytes, and nothing in it reaches a terminal raw.
+    #[test]
+    fn refused_output_is_quoted_short_and_escaped() {
+        // A log line a plugin printed on stdout by mistake, with a terminal escape, a
+        // bidi override, a backtick that would end the quote, and a megabyte more.
+        let mut output = b"error: \x1b[2J`rm -rf`\xe2\x80\xae cannot find vm\n".to_vec();
+        output.extend(std::iter::repeat_n(b'x', 1 << 20));
+        let err = check_output(Some(DOMAIN), &output).unwrap_err();
+        let quote = err.split_once("; it began `").map(|(_, q)| q).expect(&err);
+        assert!(
+            quote.starts_with(r"error: \x1b[2J\x60rm -rf\x60\u{202e} cannot find vm\n"),
+            "{err}"
+        );
+        assert!(quote.ends_with("…`"), "{err}");
+        assert!(!err.chars().any(crate::text::is_escaped), "{err:?}");
+        // 80 bytes of output at most, escapes and note aside.
+        // 38 bytes of text, then 42 `x`; the three `\x` escapes hold one more each.
+        assert_eq!(quote.matches('x').count(), 42 + 3, "{err}");
+        assert!(err.len() < 400, "{} bytes: {err}", err.len());
+        // A character cut at byte 80 shows as U+FFFD, never as half a character.
+        let mut multi = b"n".to_vec();
+        multi.extend("é".repeat(100).as_bytes());
+        let err = check_output(Some(DOMAIN), &multi).unwrap_err();
+        assert!(err.ends_with("é\u{fffd}…`"), "{err}");
     }
 
     #[test]

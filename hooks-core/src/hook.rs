@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Driver, HookEvent, HookOutcome, HookPolicy};
+use crate::{Driver, HookEvent, HookOutcome, HookPolicy, OnReconnectFailure};
 
 /// libvirt's four arguments `[object, op, subop, extra]` in one NUL-separated buffer:
 /// built once per event, shared by every hook, and usable as C strings as they are.
@@ -291,6 +291,13 @@ pub trait Hook: Send + Sync {
         HookPolicy::Required
     }
 
+    /// What its failure at `reconnect` does. Defaults to [`OnReconnectFailure::Kill`]
+    /// (libvirt's behaviour: the running guest is killed); a hook in a plugins dir gets
+    /// its sidecar's or the directory's choice.
+    fn on_reconnect_failure(&self) -> OnReconnectFailure {
+        OnReconnectFailure::Kill
+    }
+
     /// Whether the hook enforces [`Invocation::timeout`] itself, and how long past it it
     /// may take to stop and report (an exec hook terminates its process group, waits
     /// its kill grace, kills, reaps). `None`, the default: it does not, and the
@@ -323,6 +330,9 @@ macro_rules! forward_hook {
             }
             fn policy(&self) -> HookPolicy {
                 (**self).policy()
+            }
+            fn on_reconnect_failure(&self) -> OnReconnectFailure {
+                (**self).on_reconnect_failure()
             }
             fn stop_grace(&self) -> Option<Duration> {
                 (**self).stop_grace()

@@ -114,6 +114,9 @@ macro_rules! forward_identity {
         fn policy(&self) -> HookPolicy {
             self.inner.policy()
         }
+        fn on_reconnect_failure(&self) -> crate::OnReconnectFailure {
+            self.inner.on_reconnect_failure()
+        }
         fn stop_grace(&self) -> Option<Duration> {
             self.inner.stop_grace()
         }

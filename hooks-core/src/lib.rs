@@ -105,7 +105,7 @@ pub use self::loader::HooksDir;
 pub use self::outcome::{Containment, HookOutcome, HookStatus};
 pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
 pub use self::report::{HookRecord, InputSource, Report, StatusRecord};
-pub use self::settings::{HookPolicy, MAX_TIMEOUT};
+pub use self::settings::{HookPolicy, OnReconnectFailure, MAX_TIMEOUT};
 pub use self::state::{
     state_ends_at, state_ends_object, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX, SYSTEM_STATE_ROOT,
 };

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::{
-    Driver, Hook, HookEvent, HookOutcome, HookPolicy, HookSettings, Invocation, LoadError, SettingsError, TrustPolicy,
-    Untrusted,
+    Driver, Hook, HookEvent, HookOutcome, HookPolicy, HookSettings, Invocation, LoadError, OnReconnectFailure,
+    SettingsError, TrustPolicy, Untrusted,
 };
 
 /// A backend's way of turning a file into a [`Hook`].
@@ -221,6 +221,11 @@ pub enum SkipReason {
     Vanished,
     /// An editor backup or a package manager's leftover in a plugins dir.
     Leftover,
+    /// A copy set aside with `.disabled` at the end of its name, in a plugins dir.
+    Disabled,
+    /// A `*.toml` that is the sidecar of no entry beside it (`10-x.toml` for
+    /// `10-x.sh`, whose sidecar is `10-x.sh.toml`): settings that apply to nothing.
+    StraySettings,
 }
 
 impl SkipReason {
@@ -246,6 +251,8 @@ impl fmt::Display for SkipReason {
             SkipReason::DanglingSymlink => "dangling symlink",
             SkipReason::Vanished => "vanished",
             SkipReason::Leftover => "backup or package-manager leftover, never run",
+            SkipReason::Disabled => "disabled (`.disabled`), never run",
+            SkipReason::StraySettings => "settings file that matches no hook",
         })
     }
 }
@@ -279,6 +286,12 @@ pub(crate) fn is_leftover(name: &std::ffi::OsStr) -> bool {
         || SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
+/// Whether a plugins-dir entry was set aside as `<name>.disabled` (an operator's way of
+/// switching a plugin off; it ran before, as any executable would).
+fn is_disabled(name: &[u8]) -> bool {
+    name.len() > b".disabled".len() && name.ends_with(b".disabled")
+}
+
 /// One entry of a hooks directory, in run order.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -296,10 +309,46 @@ pub struct DirEntry {
     trust: Option<TrustPolicy>,
     /// The directory's default time limit for hooks that set none.
     default_timeout: Option<std::time::Duration>,
+    /// What a failure at `reconnect` does when the sidecar says nothing; `None` in
+    /// libvirt's own layout, where sidecars cannot change it (libvirt kills).
+    reconnect_failure: Option<OnReconnectFailure>,
     /// The driver it was scanned for (its `[match]` is checked against its operations).
     driver: Driver,
     /// Where hooks asking for state keep it.
     state_root: Option<Arc<crate::StateRoot>>,
+    /// For a stray sidecar: the entry it was probably meant for.
+    stray_hint: Option<std::ffi::OsString>,
+}
+
+/// For a `*.toml` in a hooks dir whose name is no entry's plus `.toml`: `Some` with the
+/// entry it was likely meant for (`10-x.sh` for `10-x.toml`), if one is there. `None`
+/// for a real sidecar and for the dispatcher's own `hookctl.toml`.
+fn stray_settings(
+    path: &Path,
+    names: &std::collections::HashSet<&std::ffi::OsStr>,
+    flat: bool,
+) -> Option<Option<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.file_name()?;
+    let hook = name.as_bytes().strip_suffix(b".toml")?;
+    if (flat && name == "hookctl.toml") || names.contains(std::ffi::OsStr::from_bytes(hook)) {
+        return None;
+    }
+    // A hook whose name less its extension is this one's: `10-x.sh` (or `10-x.wasm`).
+    let mut meant: Vec<&std::ffi::OsStr> = names
+        .iter()
+        .copied()
+        .filter(|n| {
+            let n = n.as_bytes();
+            !n.ends_with(b".toml")
+                && n.len() > hook.len() + 1
+                && n.starts_with(hook)
+                && n[hook.len()] == b'.'
+                && !n[hook.len() + 1..].contains(&b'.')
+        })
+        .collect();
+    meant.sort_unstable();
+    Some(meant.first().map(|n| n.to_os_string()))
 }
 
 /// A file's identity and version: a loaded hook is reused while it is unchanged.
@@ -360,6 +409,7 @@ pub struct HooksDir {
     skip_main: bool,
     default_timeout: Option<std::time::Duration>,
     state_root: Option<Arc<crate::StateRoot>>,
+    reconnect_failure: OnReconnectFailure,
 }
 
 impl fmt::Debug for HooksDir {
@@ -390,6 +440,7 @@ impl HooksDir {
             skip_main: false,
             default_timeout: None,
             state_root: None,
+            reconnect_failure: OnReconnectFailure::Kill,
         }
     }
 
@@ -427,9 +478,20 @@ impl HooksDir {
 
     /// A time limit for every hook whose settings set none (a backend whose own default
     /// is shorter keeps it). By default none, as in libvirt; hookctl's dispatcher uses
-    /// 120 s so that a hung plugin cannot hang libvirtd.
+    /// 30 s so that a hung plugin cannot hang libvirtd (which holds the guest's lock meanwhile).
     pub fn with_default_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         self.default_timeout = timeout;
+        self
+    }
+
+    /// What a hook's failure at `reconnect` does when its sidecar sets no
+    /// `on_reconnect_failure`, in a flat plugins directory, whose dispatcher decides what
+    /// libvirt sees. By default [`OnReconnectFailure::Kill`], libvirt's behaviour;
+    /// hookctl's dispatcher uses [`OnReconnectFailure::Log`]. libvirt's own layout
+    /// (`<driver>`, `<driver>.d/`) always kills, whatever this or a sidecar says: libvirt
+    /// runs it and applies its own rule.
+    pub fn with_reconnect_failure(mut self, default: OnReconnectFailure) -> Self {
+        self.reconnect_failure = default;
         self
     }
 
@@ -466,6 +528,11 @@ impl HooksDir {
         self.skip_main = true;
         self.flat_main = None;
         self
+    }
+
+    /// The default for entries: the directory's in a plugins dir, none in libvirt's layout.
+    fn reconnect_for_entries(&self) -> Option<OnReconnectFailure> {
+        self.flat.then_some(self.reconnect_failure)
     }
 
     /// Whether this is a flat plugins directory.
@@ -532,8 +599,10 @@ impl HooksDir {
                     has_sidecar: false,
                     trust: self.trust,
                     default_timeout: self.default_timeout,
+                    reconnect_failure: self.reconnect_for_entries(),
                     driver,
                     state_root: self.state_root.clone(),
+                    stray_hint: None,
                 });
                 return Ok(entries);
             }
@@ -556,12 +625,21 @@ impl HooksDir {
                 names.contains(name.as_os_str())
             })
             .collect();
+        let first = entries.len();
         entries.extend(
             paths
-                .into_iter()
+                .iter()
                 .zip(with_sidecar)
-                .map(|(path, has_sidecar)| self.entry(driver, path, EntryRole::DropIn, has_sidecar)),
+                .map(|(path, has_sidecar)| self.entry(driver, path.clone(), EntryRole::DropIn, has_sidecar)),
         );
+        for entry in &mut entries[first..] {
+            if let Disposition::Skipped(SkipReason::Settings) = entry.disposition {
+                if let Some(hint) = stray_settings(&entry.path, &names, self.flat) {
+                    entry.disposition = Disposition::Skipped(SkipReason::StraySettings);
+                    entry.stray_hint = hint;
+                }
+            }
+        }
         Ok(entries)
     }
 
@@ -589,8 +667,10 @@ impl HooksDir {
             has_sidecar,
             trust: self.trust,
             default_timeout: self.default_timeout,
+            reconnect_failure: self.reconnect_for_entries(),
             driver,
             state_root: self.state_root.clone(),
+            stray_hint: None,
         }
     }
 
@@ -604,15 +684,24 @@ impl HooksDir {
             has_sidecar: false,
             trust: self.trust,
             default_timeout: self.default_timeout,
+            reconnect_failure: self.reconnect_for_entries(),
             driver,
             state_root: self.state_root.clone(),
+            stray_hint: None,
         }
     }
 
     fn classify(&self, driver: Driver, path: &Path, role: EntryRole) -> (Disposition, Option<FileStamp>) {
         let plugin_entry = self.flat && role == EntryRole::DropIn;
-        if plugin_entry && path.file_name().is_some_and(is_leftover) {
-            return (Disposition::Skipped(SkipReason::Leftover), None);
+        if plugin_entry {
+            use std::os::unix::ffi::OsStrExt;
+            match path.file_name() {
+                Some(name) if is_disabled(name.as_bytes()) => {
+                    return (Disposition::Skipped(SkipReason::Disabled), None)
+                }
+                Some(name) if is_leftover(name) => return (Disposition::Skipped(SkipReason::Leftover), None),
+                _ => {}
+            }
         }
         let own = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
@@ -706,6 +795,41 @@ impl DirEntry {
         self.default_timeout
     }
 
+    /// What this entry's failure at `reconnect` does with these settings (its own): in a
+    /// plugins dir the sidecar's `on_reconnect_failure`, else the directory's default
+    /// ([`HooksDir::with_reconnect_failure`]); in libvirt's own layout always
+    /// [`OnReconnectFailure::Kill`], since libvirt runs it and kills the guest.
+    pub fn on_reconnect_failure(&self, settings: &HookSettings) -> OnReconnectFailure {
+        match self.reconnect_failure {
+            Some(default) => settings.on_reconnect_failure.unwrap_or(default),
+            None => OnReconnectFailure::Kill,
+        }
+    }
+
+    /// For a `*.toml` that is no hook's sidecar ([`SkipReason::StraySettings`]): what to
+    /// tell the operator, with the name it likely should have (`10-x.sh.toml`).
+    pub fn stray_settings_warning(&self) -> Option<String> {
+        if !matches!(self.disposition, Disposition::Skipped(SkipReason::StraySettings)) {
+            return None;
+        }
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        Some(match &self.stray_hint {
+            Some(hook) => format!(
+                "`{name}` matches no hook and is ignored: a hook's settings are its whole file name plus `.toml`; rename it `{}.toml` for `{}`",
+                hook.to_string_lossy(),
+                hook.to_string_lossy()
+            ),
+            None => format!(
+                "`{name}` matches no hook here and is ignored: a hook's settings are its whole file name plus `.toml` (`10-x.sh.toml` for `10-x.sh`)"
+            ),
+        })
+    }
+
+    /// Whether its sidecar's `on_reconnect_failure` is ignored here (libvirt's layout).
+    pub fn ignores_reconnect_setting(&self, settings: &HookSettings) -> bool {
+        self.reconnect_failure.is_none() && settings.on_reconnect_failure.is_some()
+    }
+
     /// Where this entry's state goes, if its directory keeps state.
     pub(crate) fn state_root(&self) -> Option<&Arc<crate::StateRoot>> {
         self.state_root.as_ref()
@@ -760,23 +884,28 @@ pub(crate) struct Configured {
     /// For a hook with `state = true`: where its directories go (`None`: nowhere, and
     /// each call fails saying so).
     state: Option<Option<Arc<crate::StateRoot>>>,
+    /// What its failure at `reconnect` does (its sidecar's or its directory's choice).
+    reconnect: OnReconnectFailure,
 }
 
 impl Configured {
-    /// Wraps `inner` when the settings ask for matching, a policy or state; otherwise
-    /// returns it.
+    /// Wraps `inner` when the settings ask for matching, a policy, state or a failure
+    /// at `reconnect` that spares the guest; otherwise returns it.
     pub(crate) fn wrap(
         inner: Arc<dyn Hook>,
         settings: &HookSettings,
         state_root: Option<&Arc<crate::StateRoot>>,
+        reconnect: OnReconnectFailure,
     ) -> Arc<dyn Hook> {
-        if settings.policy == HookPolicy::Required && settings.matcher.is_empty() && !settings.state {
+        let plain = settings.policy == HookPolicy::Required && settings.matcher.is_empty() && !settings.state;
+        if plain && reconnect == OnReconnectFailure::Kill {
             return inner;
         }
         Arc::new(Configured {
             inner,
             settings: settings.clone(),
             state: settings.state.then(|| state_root.cloned()),
+            reconnect,
         })
     }
 
@@ -812,6 +941,9 @@ impl Hook for Configured {
     }
     fn policy(&self) -> HookPolicy {
         self.settings.policy
+    }
+    fn on_reconnect_failure(&self) -> OnReconnectFailure {
+        self.reconnect
     }
     fn stop_grace(&self) -> Option<std::time::Duration> {
         self.inner.stop_grace()
@@ -917,7 +1049,7 @@ mod tests {
                 "9-y",
                 "B",
                 "a",
-                "conf.toml (settings file, never a hook)",
+                "conf.toml (settings file that matches no hook)",
                 "dangling (dangling symlink)",
                 "link-to-a",
                 "noexec (not executable)",
@@ -1067,6 +1199,121 @@ mod tests {
             .iter()
             .filter(|e| e.loader().is_none())
             .all(|e| matches!(&e.disposition, Disposition::Skipped(SkipReason::Leftover))));
+    }
+
+    /// `mv 10-a 10-a.disabled` is how an operator switches a plugin off; it ran anyway.
+    #[test]
+    fn disabled_copies_are_skipped_in_plugins_dirs_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("qemu.plugins");
+        let drop_ins = tmp.path().join("qemu.d");
+        for dir in [&plugins, &drop_ins] {
+            fs::create_dir(dir).unwrap();
+            write(&dir.join("10-a.disabled"), 0o755);
+            write(&dir.join("20-b"), 0o755);
+            write(&dir.join(".disabled"), 0o755);
+        }
+        let entries = HooksDir::plugins_with_loaders(&plugins, vec![Arc::new(&EXEC_LIKE)])
+            .scan(Driver::Qemu)
+            .unwrap();
+        assert_eq!(
+            listing(&entries),
+            [
+                ".disabled (skip: backup or package-manager leftover, never run)",
+                "10-a.disabled (skip: disabled (`.disabled`), never run)",
+                "20-b"
+            ]
+        );
+        // libvirt runs every executable of its own `<driver>.d/`: so does its layout here.
+        let entries = HooksDir::with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)])
+            .with_trust(None)
+            .scan(Driver::Qemu)
+            .unwrap();
+        assert_eq!(listing(&entries), [".disabled", "10-a.disabled", "20-b"]);
+    }
+
+    /// `10-x.toml` beside `10-x.sh` configures nothing (the sidecar is `10-x.sh.toml`):
+    /// it is told apart from a real sidecar, with the name it should have.
+    #[test]
+    fn a_sidecar_named_after_the_stem_is_stray_and_names_the_hook() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(&tmp.path().join("10-x.sh"), 0o755);
+        write(&tmp.path().join("20-y"), 0o755);
+        for toml in ["10-x.toml", "20-y.toml", "30-gone.toml", "hookctl.toml"] {
+            fs::write(tmp.path().join(toml), "").unwrap();
+        }
+        let entries = HooksDir::plugins_with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)])
+            .scan(Driver::Qemu)
+            .unwrap();
+        let by_name = |n: &str| entries.iter().find(|e| e.path.file_name().unwrap() == n).unwrap();
+        let stray = by_name("10-x.toml").stray_settings_warning().unwrap();
+        assert!(
+            stray.contains("matches no hook") && stray.contains("rename it `10-x.sh.toml`"),
+            "{stray}"
+        );
+        let gone = by_name("30-gone.toml").stray_settings_warning().unwrap();
+        assert!(gone.contains("matches no hook") && !gone.contains("rename"), "{gone}");
+        for real in ["20-y.toml", "hookctl.toml"] {
+            assert!(by_name(real).stray_settings_warning().is_none(), "{real}");
+            assert!(matches!(
+                by_name(real).disposition,
+                Disposition::Skipped(SkipReason::Settings)
+            ));
+        }
+        assert!(by_name("10-x.sh").loader().is_some() && by_name("10-x.sh").settings().unwrap().source.is_none());
+    }
+
+    /// Only a plugins dir lets the dispatcher decide what a failure at `reconnect` does;
+    /// libvirt's layout kills, whatever a sidecar says.
+    #[test]
+    fn on_reconnect_failure_applies_in_plugins_dirs_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("qemu.d");
+        fs::create_dir(&d).unwrap();
+        for dir in [tmp.path(), d.as_path()] {
+            write(&dir.join("10-log"), 0o755);
+            fs::write(dir.join("10-log.toml"), "on_reconnect_failure = \"log\"\n").unwrap();
+            write(&dir.join("20-kill"), 0o755);
+            fs::write(dir.join("20-kill.toml"), "on_reconnect_failure = \"kill\"\n").unwrap();
+            write(&dir.join("30-plain"), 0o755);
+        }
+        let decided = |dir: HooksDir| -> Vec<(String, OnReconnectFailure, bool)> {
+            let entries = dir.with_trust(None).scan(Driver::Qemu).unwrap();
+            entries
+                .iter()
+                .filter(|e| e.loader().is_some())
+                .map(|e| {
+                    let settings = e.settings().unwrap();
+                    let name = e.path.file_name().unwrap().to_string_lossy().into_owned();
+                    (
+                        name,
+                        e.on_reconnect_failure(&settings),
+                        e.ignores_reconnect_setting(&settings),
+                    )
+                })
+                .collect()
+        };
+        let (kill, log) = (OnReconnectFailure::Kill, OnReconnectFailure::Log);
+        let flat = || HooksDir::plugins_with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]);
+        assert_eq!(
+            decided(flat().with_reconnect_failure(log)),
+            [
+                ("10-log".into(), log, false),
+                ("20-kill".into(), kill, false),
+                ("30-plain".into(), log, false)
+            ]
+        );
+        // The library's default is libvirt's.
+        assert_eq!(decided(flat())[2], ("30-plain".into(), kill, false));
+        let libvirt = HooksDir::with_loaders(tmp.path(), vec![Arc::new(&EXEC_LIKE)]).with_reconnect_failure(log);
+        assert_eq!(
+            decided(libvirt),
+            [
+                ("10-log".into(), kill, true),
+                ("20-kill".into(), kill, true),
+                ("30-plain".into(), kill, false)
+            ]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::report::InputSource;
 use crate::xpath::DocumentScope;
 use crate::{
     Driver, EventArgs, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord,
-    HookStatus, Invocation, LoadError, LoadErrorKind, Report,
+    HookStatus, Invocation, LoadError, LoadErrorKind, OnReconnectFailure, Report,
 };
 
 enum Source {
@@ -265,14 +265,18 @@ impl State {
                 let err = LoadError::new(path, loader.backend(), LoadErrorKind::InvalidSettings).with_source(e);
                 Arc::new(BrokenHook::new(err)) as Arc<dyn Hook>
             }
-            Ok(settings) => match loader.load(path, &settings) {
-                Ok(hook) => Configured::wrap(hook, &settings, entry.state_root()),
-                Err(err) => {
-                    tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
-                    // Still optional and still matched as its sidecar says.
-                    Configured::wrap(Arc::new(BrokenHook::new(err)), &settings, entry.state_root())
+            Ok(settings) => {
+                let reconnect = entry.on_reconnect_failure(&settings);
+                match loader.load(path, &settings) {
+                    Ok(hook) => Configured::wrap(hook, &settings, entry.state_root(), reconnect),
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
+                        // Still optional and still matched as its sidecar says.
+                        let broken = Arc::new(BrokenHook::new(err));
+                        Configured::wrap(broken, &settings, entry.state_root(), reconnect)
+                    }
                 }
-            },
+            }
         };
         let hook = layers.wrap(hook);
         if let Some(stamp) = entry.stamp {
@@ -600,15 +604,28 @@ impl Registry {
             let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
             let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected);
             record.document = change;
-            if unusable && !record.success && event.on_failure() == FailurePolicy::KillObject {
+            let kills = !record.success && !record.optional && event.on_failure() == FailurePolicy::KillObject;
+            if kills && unusable {
                 // A file that cannot be loaded or configured is not a hook's decision:
                 // at `reconnect` failing would kill a running guest for a typo.
                 record.optional = true;
+                record.spared = true;
                 record.warnings.push(
                     "could not be loaded or configured; at this event a failure would kill the running guest, so it is logged instead (run `hookctl check`)"
                         .into(),
                 );
                 tracing::error!(hook = %record.name, "hook could not be loaded; not failing a guest-killing event for it");
+            } else if kills && hook.on_reconnect_failure() == OnReconnectFailure::Log {
+                // The plugins dir's dispatcher decides: the failure is an error to log,
+                // not a reason to kill a guest that runs (a `case` whose default is
+                // `exit 1` fails every op it does not know).
+                record.optional = true;
+                record.spared = true;
+                record.warnings.push(
+                    "failed at reconnect: logged as an error instead of killing the running guest (on_reconnect_failure = \"log\"; with on_reconnect_failure = \"kill\" in its sidecar the guest is killed, as libvirt does)"
+                        .into(),
+                );
+                tracing::error!(hook = %record.name, "hook failed at reconnect; the running guest is spared");
             }
             if !record.success {
                 tracing::info!(hook = %record.name, message = record.message.as_deref().unwrap_or(""), optional = record.optional, "hook failed");

@@ -111,6 +111,11 @@ pub struct HookRecord {
     /// Whether it is optional: its failure is recorded but does not fail the event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+    /// Whether its failure would have killed the running object (at `reconnect`) and
+    /// was logged instead, as an error (then `optional` is set too): its settings or
+    /// directory chose [`crate::OnReconnectFailure::Log`], or it could not be loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spared: bool,
     /// Anything unusual (background process kept the pipes open, output capped, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -199,6 +204,7 @@ impl HookRecord {
             rejected_output,
             document: None,
             optional: hook.policy() == crate::HookPolicy::Optional,
+            spared: false,
             warnings,
             containment: outcome.containment,
             cpu_us: outcome

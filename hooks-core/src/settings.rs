@@ -6,6 +6,7 @@
 //! memory = "64MiB"       # wasm only
 //! max_output = "16MiB"   # per stream
 //! policy = "required"    # or "optional": its failure is logged, never fails the event
+//! on_reconnect_failure = "kill"  # or "log": what its failure at `reconnect` does (plugins dirs only)
 //! [match]                # all optional; a hook that does not match is not called
 //! objects = ["win*", "db-?"]     # globs on the object (domain/network) name
 //! ops = ["prepare", "release"]
@@ -91,6 +92,35 @@ pub enum HookPolicy {
     Required,
     /// The failure is recorded and logged but never fails the event.
     Optional,
+}
+
+/// What a hook's failure at `reconnect` (libvirtd restarting with the guest running)
+/// does, where the dispatcher decides it (a flat plugins dir; see
+/// [`crate::HooksDir::with_reconnect_failure`]). libvirt itself kills the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnReconnectFailure {
+    /// The failure fails the event and libvirt kills the running guest (libvirt's own
+    /// behaviour, and what its layout, `<driver>` and `<driver>.d/`, always does).
+    Kill,
+    /// The failure is logged as an error and the event succeeds: the guest lives.
+    Log,
+}
+
+impl OnReconnectFailure {
+    /// The value as written in a sidecar (`kill`, `log`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnReconnectFailure::Kill => "kill",
+            OnReconnectFailure::Log => "log",
+        }
+    }
+}
+
+impl fmt::Display for OnReconnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which events a hook wants; empty lists match everything.
@@ -245,7 +275,7 @@ impl PartialEq for Matcher {
 pub struct HookSettings {
     /// Time limit.
     pub timeout: Timeout,
-    /// The default limit of whoever runs the hook (hookctl's dispatcher: 120 s, or
+    /// The default limit of whoever runs the hook (hookctl's dispatcher: 30 s, or
     /// `timeout` in `hookctl.toml`), for hooks whose own `timeout` is unset; a backend
     /// whose own default is shorter keeps it. Set by [`crate::HooksDir::with_default_timeout`].
     pub default_timeout: Option<Duration>,
@@ -255,6 +285,9 @@ pub struct HookSettings {
     pub max_output: Option<u64>,
     /// Whether its failure fails the event.
     pub policy: HookPolicy,
+    /// `on_reconnect_failure` as its sidecar sets it (`None`: not set, the directory's
+    /// default applies; see [`crate::backend::DirEntry::on_reconnect_failure`]).
+    pub on_reconnect_failure: Option<OnReconnectFailure>,
     /// Which events it wants.
     pub matcher: Matcher,
     /// Whether it keeps a directory per object (`state = true`; see [`crate::StateRoot`]).
@@ -295,6 +328,7 @@ struct File {
     memory: Option<toml::Spanned<Value>>,
     max_output: Option<toml::Spanned<Value>>,
     policy: Option<HookPolicy>,
+    on_reconnect_failure: Option<OnReconnectFailure>,
     state: Option<bool>,
     state_max: Option<toml::Spanned<Value>>,
     #[serde(rename = "match")]
@@ -591,6 +625,13 @@ impl HookSettings {
         if state_max.is_some() && !state {
             return Err(fail(state_line, "state_max without `state = true`".into()));
         }
+        let policy = file.policy.unwrap_or_default();
+        if let (HookPolicy::Optional, Some(OnReconnectFailure::Kill)) = (policy, file.on_reconnect_failure) {
+            return Err(fail(
+                line_of("on_reconnect_failure"),
+                "on_reconnect_failure = \"kill\" with policy = \"optional\": an optional hook's failure never fails an event, so it could never kill".into(),
+            ));
+        }
         let mut matcher = Matcher::default();
         if let Some(m) = file.matcher {
             let globs = |key: &str, list: Vec<String>| -> Result<Vec<glob::Pattern>, SettingsError> {
@@ -632,7 +673,8 @@ impl HookSettings {
             timeout,
             memory,
             max_output,
-            policy: file.policy.unwrap_or_default(),
+            policy,
+            on_reconnect_failure: file.on_reconnect_failure,
             matcher,
             state,
             state_max,
@@ -675,6 +717,9 @@ impl HookSettings {
         }
         if self.policy == HookPolicy::Optional {
             parts.push("policy=optional".into());
+        }
+        if let Some(on) = self.on_reconnect_failure {
+            parts.push(format!("on_reconnect_failure={on}"));
         }
         match (self.state, self.state_max) {
             (true, Some(max)) => parts.push(format!("state(max={max})")),
@@ -728,6 +773,27 @@ mod tests {
         assert!(e.message.contains("too large"), "{e}");
         let e = parse("state = \"yes\"\n").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn on_reconnect_failure_is_kill_or_log_and_never_with_optional() {
+        let s = parse("on_reconnect_failure = \"kill\"\n").unwrap();
+        assert_eq!(s.on_reconnect_failure, Some(OnReconnectFailure::Kill));
+        assert_eq!(s.summary(), "on_reconnect_failure=kill");
+        let s = parse("on_reconnect_failure = \"log\"\n").unwrap();
+        assert_eq!(s.on_reconnect_failure, Some(OnReconnectFailure::Log));
+        assert_eq!(parse("").unwrap().on_reconnect_failure, None);
+        // A typo must not silently mean either.
+        let e = parse("timeout = 1\non_reconnect_failure = \"kil\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("kill") && e.message.contains("log"), "{e}");
+        let e = parse("on_reconnect_failure = true\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        // An optional hook never fails an event: asking it to kill is a contradiction.
+        let e = parse("policy = \"optional\"\non_reconnect_failure = \"kill\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("optional"), "{e}");
+        assert!(parse("policy = \"optional\"\non_reconnect_failure = \"log\"\n").is_ok());
     }
 
     #[test]

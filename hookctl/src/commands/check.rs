@@ -35,7 +35,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(config) => config,
                 Err(e) => {
                     broken += 1;
-                    eprintln!("broken: {}", message(&e.to_string()));
+                    println!("broken: {}", message(&e.to_string()));
                     crate::config::DispatchConfig::default()
                 }
             };
@@ -43,7 +43,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             // fails each of them.
             if let Err(e) = hooks_core::StateRoot::new(&config.state).check() {
                 broken += 1;
-                eprintln!(
+                println!(
                     "broken: state root: {} (every plugin with `state = true` would fail)",
                     message(&e.to_string())
                 );
@@ -53,7 +53,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(()) => {}
                 Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
                     warned += 1;
-                    eprintln!(
+                    println!(
                         "warning: audit log {}: {} (dispatch will say so on each event)",
                         shown(&log),
                         message(&why.reason())
@@ -61,7 +61,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 }
                 Err(e) => {
                     broken += 1;
-                    eprintln!("broken: audit log {}: {}", shown(&log), message(&e.to_string()));
+                    println!("broken: audit log {}: {}", shown(&log), message(&e.to_string()));
                 }
             }
         }
@@ -69,7 +69,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             Ok(entries) => entries,
             Err(e) => {
                 broken += 1;
-                eprintln!(
+                println!(
                     "broken: {}: cannot read directory: {e}",
                     shown(&hooks.drop_in_dir(driver))
                 );
@@ -79,19 +79,24 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
         for entry in entries {
             if let Some(why) = entry.refusal() {
                 broken += 1;
-                eprintln!("broken: {}: refused: {}", shown(&entry.path), message(&why.reason()));
+                println!("broken: {}: refused: {}", shown(&entry.path), message(&why.reason()));
+                continue;
+            }
+            if let Some(why) = entry.stray_settings_warning() {
+                warned += 1;
+                println!("warning: {}: {}", shown(&entry.path), message(&why));
                 continue;
             }
             if let (true, hooks_core::backend::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
                 if why.is_likely_mistake() {
                     broken += 1;
-                    eprintln!("broken: {}: {why}: it will never run", shown(&entry.path));
+                    println!("broken: {}: {why}: it will never run", shown(&entry.path));
                 }
                 continue;
             }
             if let Some(why) = super::misplaced_plugin(&hooks, &entry, driver) {
                 broken += 1;
-                eprintln!("broken: {}: {}", shown(&entry.path), message(&why));
+                println!("broken: {}: {}", shown(&entry.path), message(&why));
                 continue;
             }
             let Some(loader) = entry.loader() else { continue };
@@ -99,7 +104,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             if !hooks.is_flat() && loader.backend() == "exec" {
                 if let Some(why) = entry.trust_warning() {
                     warned += 1;
-                    eprintln!(
+                    println!(
                         "warning: {}: {} (libvirt runs it as root anyway; hookctl would refuse it as a plugin)",
                         shown(&entry.path),
                         message(&why.reason())
@@ -110,7 +115,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(settings) => settings,
                 Err(e) => {
                     broken += 1;
-                    eprintln!(
+                    println!(
                         "broken: {}: invalid settings: {}",
                         shown(&entry.path),
                         message(&e.to_string())
@@ -120,34 +125,61 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             };
             for why in state_warnings(&hooks, driver, loader.backend(), &settings) {
                 warned += 1;
-                eprintln!("warning: {}: {}", shown(&entry.path), message(&why));
+                println!("warning: {}: {}", shown(&entry.path), message(&why));
+            }
+            if entry.ignores_reconnect_setting(&settings) {
+                warned += 1;
+                println!(
+                    "warning: {}: on_reconnect_failure has no effect here: libvirt runs {}.d/ itself and kills the guest when a hook fails at reconnect; move it to {}.plugins/",
+                    shown(&entry.path),
+                    driver.as_str(),
+                    driver.as_str()
+                );
             }
             match loader.check(&entry.path, &settings) {
                 Ok(()) => {
                     sound += 1;
                     println!(
-                        "ok      {:<8} {:<6} {}",
+                        "ok      {:<8} {:<6} {}{}",
                         driver.as_str(),
                         loader.backend(),
-                        shown(&entry.path)
+                        shown(&entry.path),
+                        at_reconnect(&hooks, &entry, driver, &settings)
                     );
                 }
                 Err(e) => {
                     broken += 1;
                     // A plugin's own words (a WASM module's names) are in it: escaped and capped.
-                    eprintln!("broken: {}", message(&error_chain(&e)));
+                    println!("broken: {}", message(&error_chain(&e)));
                 }
             }
         }
     }
     if broken > 0 {
-        eprintln!("hookctl: {broken} broken hook file(s), {sound} sound");
+        println!("hookctl: {broken} broken hook file(s), {sound} sound");
     } else if warned > 0 {
         println!("all {sound} hook file(s) are sound; {warned} warning(s)");
     } else {
         println!("all {sound} hook file(s) are sound");
     }
     Ok(broken == 0)
+}
+
+/// For a plugin of a driver with `reconnect`, in a plugins dir (where the dispatcher
+/// decides): what its failure there does to the running guest.
+fn at_reconnect(
+    hooks: &HooksDir,
+    entry: &hooks_core::backend::DirEntry,
+    driver: Driver,
+    settings: &hooks_core::backend::HookSettings,
+) -> &'static str {
+    if !hooks.is_flat() || !hooks_core::backend::libvirt_ops(driver).contains(&"reconnect") {
+        return "";
+    }
+    match entry.on_reconnect_failure(settings) {
+        hooks_core::OnReconnectFailure::Log => "  (at reconnect a failure is logged; the guest lives)",
+        hooks_core::OnReconnectFailure::Kill => "  (at reconnect a failure KILLS the guest)",
+    }
 }
 
 /// What makes `state` settings do less than they seem to.

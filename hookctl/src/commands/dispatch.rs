@@ -29,11 +29,13 @@ pub(crate) fn saved_original(hooks_dir: &Path, driver: Driver) -> PathBuf {
 }
 
 /// The plugins dir as the dispatcher runs it: the saved original hook (if any) first, as
-/// libvirt ran it, the configured `timeout` for plugins whose settings set none, and the
-/// configured root for plugins that keep state.
+/// libvirt ran it, the configured `timeout` for plugins whose settings set none, the
+/// configured root for plugins that keep state, and a failure at `reconnect` logged
+/// rather than killing the running guest unless a plugin's sidecar says `kill`.
 pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, config: &crate::config::DispatchConfig) -> HooksDir {
     let dir = super::with_backends(HooksDir::plugins(plugins))
         .with_default_timeout(config.timeout)
+        .with_reconnect_failure(hooks_core::OnReconnectFailure::Log)
         .with_state_root(Some(hooks_core::StateRoot::new(&config.state)));
     let named_for_driver = plugins
         .file_name()
@@ -86,6 +88,10 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         eprint!("{}", libvirt_error_line(&report));
     }
     for rec in report.hooks.iter().filter(|r| !r.success && r.optional) {
+        if rec.spared {
+            spared_error(rec);
+            continue;
+        }
         eprintln!(
             "hookctl: ignored failure: {}: {}",
             output::name(&rec.name),
@@ -169,6 +175,25 @@ fn libvirt_error_line(report: &Report) -> String {
     out
 }
 
+/// A plugin whose failure at `reconnect` would have killed the running guest: an error
+/// for the operator (libvirt's log keeps our stderr), with what it said and why the guest
+/// still runs.
+fn spared_error(rec: &hooks_core::HookRecord) {
+    let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
+    let sep = if stderr.is_empty() { "" } else { ": " };
+    eprintln!(
+        "hookctl: error: {}: {}{sep}{stderr}",
+        output::name(&rec.name),
+        output::message(&output::status(rec))
+    );
+    eprintln!(
+        "hookctl: ignored failure: {}: the guest keeps running",
+        output::name(&rec.name)
+    );
+    // The registry's note says why (the plugin's choice, or a file that cannot load).
+    output::warnings(rec);
+}
+
 /// The audit lines' format version: readers may rely on the fields of this version.
 const AUDIT_VERSION: u32 = 1;
 
@@ -236,6 +261,7 @@ fn audit(
                 "status": capped(&output::status(r), output::MESSAGE),
                 "success": r.success,
                 "optional": r.optional,
+                "spared": r.spared,
                 "duration_us": r.duration_us,
                 "stderr": stderr,
                 "stderr_truncated": stderr_cut || r.stderr_truncated,
@@ -270,6 +296,13 @@ fn audit(
         line.extend(rest);
     }
     // `[match] xpath` failed closed: every plugin that matches on the document ran.
+    // Failures at `reconnect` logged instead of killing the running guest: errors.
+    let spared: Vec<_> = (report.hooks.iter().filter(|r| r.spared))
+        .map(|r| capped(&r.name, output::NAME))
+        .collect();
+    if !spared.is_empty() {
+        line.insert("spared_plugins".into(), spared.into());
+    }
     if let Some(why) = &report.unevaluated_document {
         line.insert("document_not_evaluated".into(), capped(why, output::MESSAGE));
     }

@@ -107,6 +107,9 @@ struct Effective {
     /// The sidecar these came from, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     sidecar: Option<String>,
+    /// In a plugins dir, for a driver with `reconnect`: what a failure there does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_reconnect_failure: Option<hooks_core::OnReconnectFailure>,
 }
 
 #[derive(Serialize)]
@@ -143,6 +146,7 @@ impl Effective {
                 needs_document: s.matcher.needs_document(),
             },
             sidecar: s.source.as_ref().map(|p| p.display().to_string()),
+            on_reconnect_failure: None,
         }
     }
 }
@@ -199,6 +203,9 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                     l.driver,
                     name(p)
                 ));
+                if hooks_core::backend::libvirt_ops(l.driver).contains(&"reconnect") {
+                    text.push_str("  at reconnect a plugin's failure is logged and the guest lives, unless its sidecar says on_reconnect_failure=kill\n");
+                }
             }
             (Some(p), Some(why)) => text.push_str(&format!(
                 "{} plugins ({}): NOT RUN: {}\n",
@@ -233,7 +240,11 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                         text.push_str(&format!("              {note}\n"));
                     }
                 }
-                (_, _, Some(why)) => text.push_str(&format!("     skip   {}  ({})\n", name(&e.path), message(why))),
+                (_, _, Some(why)) => {
+                    let warning = (e.warning.as_deref()).map(|w| format!("  WARNING: {}", message(w)));
+                    let (path, why) = (name(&e.path), message(why));
+                    text.push_str(&format!("     skip   {path}  ({why}){}\n", warning.unwrap_or_default()));
+                }
                 _ => {}
             }
         }
@@ -327,14 +338,22 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 .into_iter()
                 .map(|e| {
                     let path = e.path.display().to_string();
-                    let warning = super::misplaced_plugin(hooks, &e, driver);
+                    let warning = super::misplaced_plugin(hooks, &e, driver).or_else(|| e.stray_settings_warning());
                     let loaded = e.settings();
                     let note = loaded
                         .as_ref()
                         .is_ok_and(|s| s.matcher.needs_document())
                         .then(|| XPATH_NOTE.to_owned());
+                    // Where the dispatcher decides what a failure at `reconnect` does.
+                    let reconnect = (hooks.is_flat()
+                        && hooks_core::backend::libvirt_ops(driver).contains(&"reconnect"))
+                    .then(|| loaded.as_ref().ok().map(|s| e.on_reconnect_failure(s)))
+                    .flatten();
                     let effective = match (&loaded, e.loader()) {
-                        (Ok(s), Some(loader)) => Some(Effective::of(s, loader.default_timeout())),
+                        (Ok(s), Some(loader)) => Some(Effective {
+                            on_reconnect_failure: reconnect,
+                            ..Effective::of(s, loader.default_timeout())
+                        }),
                         _ => None,
                     };
                     let mut settings = match &loaded {

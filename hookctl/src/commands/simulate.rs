@@ -219,6 +219,16 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
                     rec.backend,
                     output::message(&output::status(rec))
                 );
+                if rec.spared {
+                    // At `reconnect`: libvirt would kill the guest; the dispatcher did not.
+                    let unusable = rec.warnings.iter().any(|w| w.starts_with("could not be loaded"));
+                    let reason = if unusable {
+                        "it could not be loaded or configured; run `hookctl check`"
+                    } else {
+                        "on_reconnect_failure = log; `kill` in its sidecar would kill it"
+                    };
+                    let _ = writeln!(out, "            error logged; the guest keeps running ({reason})");
+                }
             }
         }
         for kept in &r.state_kept {
