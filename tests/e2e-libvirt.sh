@@ -103,6 +103,11 @@ fi
 if [ "\$2" = start ] && [ -e "$work/hang" ]; then
   sleep 600
 fi
+# The commonest hook: a case whose default refuses what it does not know.
+if [ "\$2" = reconnect ] && [ -e "$work/fail-reconnect" ]; then
+  echo "e2e: unknown op \$2" >&2
+  exit 1
+fi
 exit 0
 EOF
 chmod 755 "$plugins/10-script.sh"
@@ -213,23 +218,41 @@ virsh -q start "$domain" >/dev/null || fail "virsh start failed"
 cp "$plugins/20-native.so.toml" "$work/20-native.so.toml.good"
 printf 'timout = 2\n[match]\nobjects = ["someone-else-*"]\n' > "$plugins/20-native.so.toml"
 "$hookctl" --hooks-dir "$hooks" check qemu >/dev/null 2>&1 && fail "hookctl check passed a sidecar with a typo"
-kill "$started_libvirtd"
-for _ in $(seq 1 100); do kill -0 "$started_libvirtd" 2>/dev/null || break; sleep 0.1; done
-rm -f "$work/libvirtd.pid"
-/usr/sbin/libvirtd -d -p "$work/libvirtd.pid"
-for _ in $(seq 1 100); do
-  [ -s "$work/libvirtd.pid" ] && virsh version >/dev/null 2>&1 && break
-  sleep 0.2
-done
-started_libvirtd=$(cat "$work/libvirtd.pid" 2>/dev/null || true)
-[ -n "$started_libvirtd" ] || fail "libvirtd did not restart"
-for _ in $(seq 1 50); do grep -q "^$domain reconnect begin - xml$" "$work/calls.log" && break; sleep 0.2; done
-grep -q "^$domain reconnect begin - xml$" "$work/calls.log" || fail "no reconnect hook after the restart"
-[ "$(virsh domstate "$domain")" = "running" ] || fail "libvirt killed the running guest over a sidecar typo"
+restart_libvirtd() {
+  : > "$work/calls.log"
+  kill "$started_libvirtd"
+  for _ in $(seq 1 100); do kill -0 "$started_libvirtd" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$work/libvirtd.pid"
+  /usr/sbin/libvirtd -d -p "$work/libvirtd.pid"
+  for _ in $(seq 1 100); do
+    [ -s "$work/libvirtd.pid" ] && virsh version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  started_libvirtd=$(cat "$work/libvirtd.pid" 2>/dev/null || true)
+  [ -n "$started_libvirtd" ] || fail "libvirtd did not restart"
+  for _ in $(seq 1 50); do grep -q "^$domain reconnect begin - xml$" "$work/calls.log" && break; sleep 0.2; done
+  grep -q "^$domain reconnect begin - xml$" "$work/calls.log" || fail "no reconnect hook after the restart"
+  # libvirt acts on the hook's status right after it: give it a moment.
+  sleep 1
+}
+# And the script plugin fails at reconnect, as a `case` with a default `exit 1` does.
+touch "$work/fail-reconnect"
+restart_libvirtd
+[ "$(virsh domstate "$domain")" = "running" ] || fail "libvirt killed the running guest over a sidecar typo or a plugin failing at reconnect"
 grep '"op":"reconnect"' "$work/audit.jsonl" | tail -n 1 | grep -q 'unknown field `timout`' \
   || fail "the audit log does not record the ignored, unloadable plugin at reconnect"
+grep '"op":"reconnect"' "$work/audit.jsonl" | tail -n 1 | grep -q '"spared_plugins":\[[^]]*10-script.sh' \
+  || fail "the audit log does not record the script plugin's failure at reconnect as spared"
 cp "$work/20-native.so.toml.good" "$plugins/20-native.so.toml"
-virsh -q destroy "$domain" >/dev/null
 
-say "passed (start, destroy, save/restore filter, refusal, timeout; ${took}s for the hung start; a sidecar typo at reconnect spared the guest)"
+say "a plugin whose sidecar says on_reconnect_failure = \"kill\" fails at reconnect: libvirt kills the guest"
+printf 'timeout = 3\non_reconnect_failure = "kill"\n' > "$plugins/10-script.sh.toml"
+restart_libvirtd
+for _ in $(seq 1 50); do [ "$(virsh domstate "$domain")" = "shut off" ] && break; sleep 0.2; done
+[ "$(virsh domstate "$domain")" = "shut off" ] || fail "the guest still runs though its plugin asked for libvirt's behaviour at reconnect"
+rm "$work/fail-reconnect"
+printf 'timeout = 3\n' > "$plugins/10-script.sh.toml"
+virsh -q destroy "$domain" >/dev/null 2>&1 || true
+
+say "passed (start, destroy, save/restore filter, refusal, timeout; ${took}s for the hung start; a sidecar typo and a failing plugin at reconnect spared the guest; on_reconnect_failure = \"kill\" did not)"
 echo "e2e-libvirt: 1 passed, 0 failed"

@@ -131,7 +131,7 @@ fn non_utf8_output_fails_the_filter_stage_with_its_position() {
     let stage = &failure.report().hooks[0];
     assert_eq!(
         stage.rejected_output.as_deref(),
-        Some("its output is not UTF-8 at line 1, column 9, so not the XML libvirt expects")
+        Some("its output is not UTF-8 at line 1, column 9, so not the XML libvirt expects; it began `<domain>\u{FFFD}</domain>`")
     );
     assert_eq!(failure.report().document, None);
 }
