@@ -255,10 +255,10 @@ fn check_exits_1_naming_every_mistake() {
 fn log_reads_the_log_the_file_names_despite_another_mistake() {
     let (tmp, hooks, _plugins) =
         installed_with(|tmp| format!("log = \"{}/audit.jsonl\"\njournal = \"no\"\n", tmp.display()));
-    let line = r#"{"v":1,"time":"2026-12-01T10:00:00Z","driver":"qemu","object":"web1","op":"prepare","subop":"begin","extra":"-","result":"ok","duration_us":900,"hooks":[]}"#;
+    let line = r#"{"v":1,"time":"2026-12-01T10:00:00Z","driver":"qemu","object":"ops-config-only-here","op":"prepare","subop":"begin","extra":"-","result":"ok","duration_us":900,"hooks":[]}"#;
     fs::write(tmp.path().join("audit.jsonl"), format!("{line}\n")).unwrap();
     hookctl(&hooks, &["log", "--json"])
         .assert()
         .success()
-        .stdout(contains("\"object\":\"web1\""));
+        .stdout(contains("\"object\":\"ops-config-only-here\""));
 }
