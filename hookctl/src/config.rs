@@ -299,7 +299,11 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Settings {
 
 /// A TOML type's name with its article: `a string`, `an integer`.
 fn a(kind: &str) -> String {
-    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
     format!("{article} {kind}")
 }
 
@@ -335,7 +339,10 @@ mod tests {
         assert_eq!(c.timeout, Some(Duration::from_secs(30)));
         assert_eq!(with("timeout = \"none\"\n").unwrap().timeout, None);
         assert_eq!(with("timeout = 5\n").unwrap().timeout, Some(Duration::from_secs(5)));
-        assert_eq!(with("timeout = 1.5\n").unwrap().timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            with("timeout = 1.5\n").unwrap().timeout,
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]
@@ -395,7 +402,12 @@ mod tests {
 
     #[test]
     fn wrong_types_and_relative_paths_make_the_path_unusable_not_the_default() {
-        for text in ["log = 5\n", "log = \"rel.jsonl\"\n", "[log]\nx = 1\n", "log = [\"/a\"]\n"] {
+        for text in [
+            "log = 5\n",
+            "log = \"rel.jsonl\"\n",
+            "[log]\nx = 1\n",
+            "log = [\"/a\"]\n",
+        ] {
             let s = keys(text);
             assert!(s.log.is_err(), "{text:?}: {s:?}");
             assert_eq!(s.state, Ok(PathBuf::from(hooks_core::SYSTEM_STATE_ROOT)), "{text:?}");

@@ -368,7 +368,11 @@ fn install_force_keeps_a_vfio_tools_dispatcher_working_and_uninstall_restores_it
     let log = tmp.path().join("audit.jsonl");
     fs::write(
         hooks.join("qemu.plugins/hookctl.toml"),
-        format!("log = \"{}\"\nstate = \"{}/state\"\n", log.display(), tmp.path().display()),
+        format!(
+            "log = \"{}\"\nstate = \"{}/state\"\n",
+            log.display(),
+            tmp.path().display()
+        ),
     )
     .unwrap();
     let plugin_seen = tmp.path().join("plugin-seen");

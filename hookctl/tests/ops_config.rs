@@ -111,8 +111,14 @@ fn audit(path: &Path) -> Vec<serde_json::Value> {
 }
 
 fn assert_no_default_paths() {
-    assert!(!Path::new(DEFAULT_LOG).exists(), "the dispatcher fell back to {DEFAULT_LOG}");
-    assert!(!Path::new(DEFAULT_STATE).exists(), "the dispatcher fell back to {DEFAULT_STATE}");
+    assert!(
+        !Path::new(DEFAULT_LOG).exists(),
+        "the dispatcher fell back to {DEFAULT_LOG}"
+    );
+    assert!(
+        !Path::new(DEFAULT_STATE).exists(),
+        "the dispatcher fell back to {DEFAULT_STATE}"
+    );
 }
 
 /// The file: `journal = "no"` threw `log` and `state` away, the audit line went
@@ -139,7 +145,10 @@ fn one_bad_value_keeps_the_log_and_the_state_where_the_file_says() {
         let lines = audit(&tmp.path().join("audit.jsonl"));
         assert_eq!(lines.len(), 2);
         assert!(
-            lines[0]["config_error"].as_str().unwrap().contains("journal: expected true or false"),
+            lines[0]["config_error"]
+                .as_str()
+                .unwrap()
+                .contains("journal: expected true or false"),
             "{}",
             lines[0]
         );
@@ -208,8 +217,7 @@ fn an_unusable_state_fails_the_plugins_that_keep_state_and_only_them() {
 #[test]
 fn an_unreadable_hookctl_toml_leaves_log_and_state_unknown() {
     with_default_paths_private(|| {
-        let (tmp, hooks, plugins) =
-            installed_with(|tmp| format!("log = \"{}/audit.jsonl\"\n", tmp.display()));
+        let (tmp, hooks, plugins) = installed_with(|tmp| format!("log = \"{}/audit.jsonl\"\n", tmp.display()));
         let toml = plugins.join("hookctl.toml");
         fs::write(&toml, b"log = \"/tmp/\xff.jsonl\"\n").unwrap();
         noting(tmp.path(), &plugins, "10-note", false);

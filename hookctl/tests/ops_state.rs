@@ -31,7 +31,9 @@ fn with_stateful_plugin() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
 }
 
 fn start(hooks: &Path, guest: &str) {
-    as_libvirt_xml(hooks, [guest, "prepare", "begin", "-"]).assert().success();
+    as_libvirt_xml(hooks, [guest, "prepare", "begin", "-"])
+        .assert()
+        .success();
 }
 
 fn release(hooks: &Path, guest: &str) -> assert_cmd::assert::Assert {
@@ -41,28 +43,51 @@ fn release(hooks: &Path, guest: &str) -> assert_cmd::assert::Assert {
 #[test]
 fn state_lists_live_and_kept_state_with_driver_object_plugin_age_and_note() {
     let (_tmp, hooks, _plugins, state) = with_stateful_plugin();
-    hookctl(&hooks, &["state"]).assert().success().stdout(contains("no state"));
+    hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .stdout(contains("no state"));
     start(&hooks, "web1");
     start(&hooks, "bad1");
     release(&hooks, "bad1").code(1);
-    let out = hookctl(&hooks, &["state"]).assert().success().get_output().stdout.clone();
+    let out = hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let text = String::from_utf8(out).unwrap();
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(rows[0], ["DRIVER", "OBJECT", "PLUGIN", "STATE", "AGE", "NOTE"], "{text}");
+    assert_eq!(
+        rows[0],
+        ["DRIVER", "OBJECT", "PLUGIN", "STATE", "AGE", "NOTE"],
+        "{text}"
+    );
     assert_eq!(rows[1][..4], ["qemu", "bad1", "10-reserve", "KEPT"], "{text}");
     assert!(
-        text.lines().nth(1).unwrap().contains("release end failed: exit status 1: could not free 512 hugepages"),
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .contains("release end failed: exit status 1: could not free 512 hugepages"),
         "{text}"
     );
     assert_eq!(rows[2][..4], ["qemu", "web1", "10-reserve", "live"], "{text}");
     assert!(text.contains(&format!("(under {})", state.display())), "{text}");
-    let out = hookctl(&hooks, &["state", "--json"]).assert().success().get_output().stdout.clone();
+    let out = hookctl(&hooks, &["state", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let web1 = &v["state"][1];
     assert_eq!(web1["object"], "web1");
     assert_eq!(web1["state"], "live");
     assert_eq!(web1["path"], state.join("qemu/web1/10-reserve").display().to_string());
-    assert!(web1["age_secs"].as_u64().is_some() && web1["since"].is_string(), "{web1}");
+    assert!(
+        web1["age_secs"].as_u64().is_some() && web1["since"].is_string(),
+        "{web1}"
+    );
     assert!(v["state"][0]["note"].as_str().unwrap().contains("hugepages"));
     assert_eq!(v["unreadable"], serde_json::json!([]));
 }
@@ -126,15 +151,12 @@ fn state_clear_never_leaves_the_root() {
 fn uninstall_refuses_while_a_guest_holds_live_state_and_names_it() {
     let (_tmp, hooks, _plugins, state) = with_stateful_plugin();
     start(&hooks, "web1");
-    hookctl(&hooks, &["uninstall", "qemu"])
-        .assert()
-        .code(1)
-        .stderr(
-            contains("not uninstalling")
-                .and(contains("qemu web1: 10-reserve"))
-                .and(contains("virsh destroy web1"))
-                .and(contains("--force")),
-        );
+    hookctl(&hooks, &["uninstall", "qemu"]).assert().code(1).stderr(
+        contains("not uninstalling")
+            .and(contains("qemu web1: 10-reserve"))
+            .and(contains("virsh destroy web1"))
+            .and(contains("--force")),
+    );
     assert!(fs::symlink_metadata(hooks.join("qemu")).is_ok(), "the hook was removed");
     // Kept state does not hold it back: only what a release is still to reach.
     release(&hooks, "web1").success();
@@ -216,5 +238,8 @@ fn prerm_removes_the_link_of_a_hookctl_that_cannot_run() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("removing") && stderr.contains("by hand"), "{stderr}");
-    assert!(fs::symlink_metadata(hooks.join("qemu")).unwrap().is_file(), "the saved hook is back");
+    assert!(
+        fs::symlink_metadata(hooks.join("qemu")).unwrap().is_file(),
+        "the saved hook is back"
+    );
 }

@@ -1126,7 +1126,10 @@ mod tests {
         assert!(!a.exists() && b.exists());
         assert!(!root.path().join(".kept/qemu/vm/a").exists());
         assert_eq!(fs::read_to_string(&outside).unwrap(), "keep me");
-        assert!(!root.remove(Driver::Qemu, "vm".as_ref(), "a".as_ref()).unwrap(), "nothing left");
+        assert!(
+            !root.remove(Driver::Qemu, "vm".as_ref(), "a".as_ref()).unwrap(),
+            "nothing left"
+        );
         assert!(root.remove(Driver::Qemu, "..".as_ref(), "b".as_ref()).is_err());
         assert!(root.remove(Driver::Qemu, "vm".as_ref(), "b".as_ref()).unwrap());
         assert!(!root.path().join("qemu/vm").exists(), "the empty object level goes");

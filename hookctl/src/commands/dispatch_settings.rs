@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use hooks_core::{
-    Driver, FailurePolicy, Hook, HookError, HookEvent, HookOutcome, HookPolicy, Invocation, Registry,
-    RegistryBuilder, StateError,
+    Driver, FailurePolicy, Hook, HookError, HookEvent, HookOutcome, HookPolicy, Invocation, Registry, RegistryBuilder,
+    StateError,
 };
 
 use crate::config::{ConfigError, DispatchConfig, Settings};

@@ -167,7 +167,9 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
     for (d, root) in roots(dir, &drivers) {
         match root {
             Ok(root) => {
-                listing.state.extend(root.entries(d).into_iter().map(|e| row(d, e, now)));
+                listing
+                    .state
+                    .extend(root.entries(d).into_iter().map(|e| row(d, e, now)));
                 if !where_.iter().any(|p| p == root.path()) {
                     where_.push(root.path().to_owned());
                 }
@@ -186,7 +188,10 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
     let shown: Vec<String> = where_.iter().map(|p| output::path(p)).collect();
     if listing.state.is_empty() {
         if shown.is_empty() {
-            println!("no plugins dir in {}: no dispatcher keeps state here", output::path(dir));
+            println!(
+                "no plugins dir in {}: no dispatcher keeps state here",
+                output::path(dir)
+            );
         } else {
             println!("no state (under {})", shown.join(", "));
         }
@@ -212,9 +217,16 @@ fn table(rows: &[Row]) -> String {
                 r.driver.to_string(),
                 output::name(&r.object).into_owned(),
                 output::name(&r.plugin).into_owned(),
-                if r.state == "kept" { "KEPT".into() } else { "live".into() },
+                if r.state == "kept" {
+                    "KEPT".into()
+                } else {
+                    "live".into()
+                },
                 r.age_secs.map(age).unwrap_or_else(|| "?".into()),
-                r.note.as_deref().map(|n| output::message(n).into_owned()).unwrap_or_default(),
+                r.note
+                    .as_deref()
+                    .map(|n| output::message(n).into_owned())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -255,7 +267,9 @@ fn age(secs: u64) -> String {
 fn clear(dir: &Path, args: StateClearArgs) -> Outcome {
     let d = args.driver;
     if d == Driver::Daemon {
-        return Err(UsageError("daemon events have no object: the daemon driver keeps no state".into()));
+        return Err(UsageError(
+            "daemon events have no object: the daemon driver keeps no state".into(),
+        ));
     }
     let root = match roots(dir, &[d]).pop() {
         None => {
@@ -286,7 +300,10 @@ fn clear(dir: &Path, args: StateClearArgs) -> Outcome {
     }
     let live: Vec<&StateEntry> = entries.iter().filter(|e| e.kept.is_none()).collect();
     if !live.is_empty() && !args.force {
-        let plugins: Vec<_> = live.iter().map(|e| output::name(&e.hook.to_string_lossy()).into_owned()).collect();
+        let plugins: Vec<_> = live
+            .iter()
+            .map(|e| output::name(&e.hook.to_string_lossy()).into_owned())
+            .collect();
         let object = output::name(&object.to_string_lossy()).into_owned();
         eprintln!(
             "hookctl: not removing the live state of {d} {object} ({}): its plugins need it at the object's last event to undo their work. Release it: {}. Or pass --force to remove it anyway. Nothing was removed.",
