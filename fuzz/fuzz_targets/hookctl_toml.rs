@@ -1,8 +1,10 @@
 //! The dispatcher's `<driver>.plugins/hookctl.toml`, parsed by hookctl's own `config.rs`
 //! (compiled here from its source: hookctl is a binary crate).
 //!
-//! Properties: nothing panics; an error names the file and a line within the text; what
-//! parses has absolute paths and a timeout within the limits.
+//! Properties: nothing panics; every mistake names the file and a line within the text;
+//! a path in effect is absolute, and a path that is not in effect is a mistake (never
+//! the default in its place); the timeout is within the limits; the file as a whole is
+//! sound exactly when there is no mistake.
 #![no_main]
 
 #[allow(dead_code)]
@@ -20,20 +22,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = Path::new("/etc/libvirt/hooks/qemu.plugins/hookctl.toml");
-    match config::parse(path, text) {
-        Err(e) => {
-            assert_eq!(e.path, path);
-            if let Some(line) = e.line {
-                let lines = text.split('\n').count();
-                assert!(line >= 1 && line <= lines, "line {line} of {lines}: {e}");
-            }
-            assert!(e.to_string().starts_with(&path.display().to_string()));
+    let s = config::parse_settings(path, text);
+    let lines = text.split('\n').count();
+    for e in &s.mistakes {
+        assert_eq!(e.path, path);
+        if let Some(line) = e.line {
+            assert!(line >= 1 && line <= lines, "line {line} of {lines}: {e}");
         }
-        Ok(c) => {
-            assert!(c.log.is_absolute() && c.state.is_absolute(), "{c:?}");
-            if let Some(t) = c.timeout {
-                assert!((MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t), "{t:?}");
-            }
+        assert!(e.to_string().starts_with(&path.display().to_string()));
+    }
+    for key in [&s.log, &s.state] {
+        match key {
+            Ok(p) => assert!(p.is_absolute(), "{s:?}"),
+            Err(_) => assert!(!s.mistakes.is_empty(), "an unusable path without a mistake: {s:?}"),
         }
     }
+    if let Some(t) = s.timeout {
+        assert!((MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t), "{t:?}");
+    }
+    assert_eq!(s.config().is_ok(), s.mistakes.is_empty(), "{s:?}");
 });

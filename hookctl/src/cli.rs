@@ -70,8 +70,12 @@ with <dir>/<driver>.plugins/ when libvirt calls it with four arguments."
     Dispatch(DispatchArgs),
     /// Install hookctl as libvirt's hook for these drivers (a symlink) with a plugins dir.
     Install(InstallArgs),
-    /// Remove hookctl as libvirt's hook for these drivers, restoring a moved original.
+    /// Remove hookctl as libvirt's hook for these drivers, restoring a moved original;
+    /// refused while a guest or network holds live plugin state (unless --force).
     Uninstall(UninstallArgs),
+    /// List plugins' per-object state (live and kept), or clear a kept one.
+    #[command(after_help = STATE_HELP, args_conflicts_with_subcommands = true)]
+    State(StateArgs),
     /// Write the man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -111,6 +115,59 @@ pub(crate) struct UninstallArgs {
     /// The hooks dir of session (unprivileged) daemons: $XDG_CONFIG_HOME/libvirt/hooks.
     #[arg(long)]
     pub(crate) user: bool,
+    /// Uninstall even while objects hold live state: their `release` will then never
+    /// reach the plugins that hold it (hugepages stay reserved, firewall rules stay).
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+const STATE_HELP: &str = "\
+A plugin with `state = true` keeps a directory per guest or network from the object's first
+event until its last (`release end`; a network's `stopped end`). LIVE: that last event has not
+come (the object runs, or libvirt lost track of it). KEPT: the plugin failed the last event,
+so what it did may not be undone; the note says why.
+
+Examples:
+  hookctl state                         # every object's state, for every driver
+  hookctl state --json
+  hookctl state clear qemu web1         # remove web1's kept state, once its work is undone
+  hookctl state clear qemu web1 10-fw --force   # remove live state (its release will miss it)
+
+Exit status: 0; 1 when a state root cannot be read (listing) or a live directory is not
+removed without --force (clear); 2 usage error or nothing to clear.";
+
+#[derive(Debug, Args)]
+pub(crate) struct StateArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<StateAction>,
+    /// Only this driver (when listing).
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+    /// Print JSON (when listing).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StateAction {
+    /// Remove an object's kept state (every plugin's, or PLUGIN's); live state only with --force.
+    Clear(StateClearArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StateClearArgs {
+    /// daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Driver,
+    /// The guest or network.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) object: OsString,
+    /// Only this plugin's directory (its file name).
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) plugin: Option<OsString>,
+    /// Remove live state too: the object's `release` will then find nothing to undo.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +386,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Uninstall(args) => {
             install_dir(args.user, &cli.hooks_dir, hooks_dir).and_then(|d| commands::install::uninstall(&d, args))
         }
+        Command::State(args) => commands::state::exec(&hooks_dir, args),
         Command::GenerateAssets { dir } => commands::assets::exec(&dir),
     };
     match result {

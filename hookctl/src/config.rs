@@ -6,12 +6,17 @@
 //! journal = false                         # no journald entry per dispatch (default: true)
 //! state = "/run/virt-hooks/state"         # where `state = true` plugins keep theirs
 //! ```
+//!
+//! Read key by key ([`Settings`]): a mistake in one key never changes another. A `log`
+//! or `state` that cannot be used is never replaced by the default path: the file meant
+//! another place, and the default would split the audit trail or hide a guest's state
+//! from the plugin that wrote it. What the dispatcher does instead is in
+//! `commands/dispatch_settings.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hooks_core::backend::{Timeout, TrustPolicy};
-use serde::Deserialize;
 
 /// Where the audit log goes unless `hookctl.toml` says otherwise.
 pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
@@ -21,7 +26,10 @@ pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
 /// holds the guest's lock meanwhile (`virsh list` waited two minutes at 120 s).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The dispatcher's settings in effect.
+/// The keys `hookctl.toml` knows.
+const KEYS: [&str; 4] = ["log", "timeout", "journal", "state"];
+
+/// The dispatcher's settings in effect, when the whole file is sound.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct DispatchConfig {
     /// The audit log.
@@ -45,22 +53,111 @@ impl Default for DispatchConfig {
     }
 }
 
-/// A `hookctl.toml` that cannot be used: the file, the line when known, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+/// A mistake in `hookctl.toml`: the file, the line when known, and why. When a file
+/// has several, the first is the error and `also` holds the others (shown after it).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ConfigError {
     pub(crate) path: PathBuf,
     pub(crate) line: Option<usize>,
     pub(crate) message: String,
+    /// The file's other mistakes: line and message.
+    pub(crate) also: Vec<(Option<usize>, String)>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    log: Option<toml::Spanned<PathBuf>>,
-    timeout: Option<toml::Spanned<toml::Value>>,
-    journal: Option<bool>,
-    state: Option<toml::Spanned<PathBuf>>,
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        for (line, message) in &self.also {
+            match line {
+                Some(line) => write!(f, "; line {line}: {message}")?,
+                None => write!(f, "; {message}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(path: &Path, line: Option<usize>, message: String) -> Self {
+        ConfigError {
+            path: path.to_owned(),
+            line,
+            message,
+            also: Vec::new(),
+        }
+    }
+}
+
+/// `hookctl.toml` key by key: every key that is sound, the defaults for keys not
+/// given, and each mistake.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    /// The file.
+    pub(crate) path: PathBuf,
+    /// The audit log, or why the file's `log` cannot be used (then no other path is).
+    pub(crate) log: Result<PathBuf, ConfigError>,
+    /// The state root, or why the file's `state` cannot be used (then no other path is).
+    pub(crate) state: Result<PathBuf, ConfigError>,
+    /// The default time limit per plugin (the default when the key is wrong).
+    pub(crate) timeout: Option<Duration>,
+    /// Whether to send journal entries (yes when the key is wrong: a record too many
+    /// rather than none).
+    pub(crate) journal: bool,
+    /// Every mistake, in the order of the file.
+    pub(crate) mistakes: Vec<ConfigError>,
+}
+
+impl Settings {
+    /// The defaults: what a plugins dir without `hookctl.toml` gets.
+    fn defaults(path: PathBuf) -> Self {
+        let config = DispatchConfig::default();
+        Settings {
+            path,
+            log: Ok(config.log),
+            state: Ok(config.state),
+            timeout: config.timeout,
+            journal: config.journal,
+            mistakes: Vec::new(),
+        }
+    }
+
+    /// A file that exists but cannot be used at all (refused by the trust rule, not
+    /// text): where it puts the log and the state is unknown.
+    fn unusable(path: PathBuf, why: ConfigError) -> Self {
+        Settings {
+            log: Err(why.clone()),
+            state: Err(why.clone()),
+            mistakes: vec![why],
+            ..Settings::defaults(path)
+        }
+    }
+
+    /// The settings as the whole: `Ok` when the file has no mistake, else the first
+    /// (with the others in [`ConfigError::also`]).
+    pub(crate) fn config(&self) -> Result<DispatchConfig, ConfigError> {
+        let mut mistakes = self.mistakes.iter();
+        if let Some(first) = mistakes.next() {
+            let mut e = first.clone();
+            e.also = mistakes.map(|m| (m.line, m.message.clone())).collect();
+            return Err(e);
+        }
+        match (&self.log, &self.state) {
+            (Ok(log), Ok(state)) => Ok(DispatchConfig {
+                log: log.clone(),
+                timeout: self.timeout,
+                journal: self.journal,
+                state: state.clone(),
+            }),
+            // Unreachable: an unusable key is always a mistake too.
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        }
+    }
 }
 
 /// `<plugins>/hookctl.toml`.
@@ -68,95 +165,155 @@ pub(crate) fn path(plugins: &Path) -> PathBuf {
     plugins.join("hookctl.toml")
 }
 
-/// Reads the settings; defaults when there is no file.
+/// Reads the settings key by key; the defaults when there is no file.
+pub(crate) fn settings(plugins: &Path) -> Settings {
+    let path = path(plugins);
+    let bytes = match TrustPolicy::current_user().read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Settings::defaults(path),
+        Err(e) => {
+            let why = ConfigError::new(&path, None, format!("refused: {}", e.reason()));
+            return Settings::unusable(path, why);
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => parse_settings(&path, &text),
+        Err(_) => {
+            let why = ConfigError::new(&path, None, "not UTF-8 text".into());
+            Settings::unusable(path, why)
+        }
+    }
+}
+
+/// Reads the settings as a whole; defaults when there is no file.
 ///
 /// # Errors
 /// A file that fails the trust rule (it names where root writes the log), does not
-/// parse, has unknown keys, a relative `log` or a bad `timeout`.
+/// parse, has unknown keys, a relative `log` or a bad `timeout`: every mistake.
 pub(crate) fn read(plugins: &Path) -> Result<DispatchConfig, ConfigError> {
-    let path = path(plugins);
-    let fail = |line: Option<usize>, message: String| ConfigError {
-        path: path.clone(),
-        line,
-        message,
-    };
-    let bytes = match TrustPolicy::current_user().read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => return Ok(DispatchConfig::default()),
-        Err(e) => return Err(fail(None, format!("refused: {}", e.reason()))),
-    };
-    let text = String::from_utf8(bytes).map_err(|_| fail(None, "not UTF-8 text".into()))?;
-    parse(&path, &text)
+    settings(plugins).config()
 }
 
-/// Parses the text of `hookctl.toml`; `path` names it in errors.
+/// Parses the text of `hookctl.toml` key by key; `path` names it in mistakes.
 ///
-/// # Errors
-/// As [`read`], but for the trust rule.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<DispatchConfig, ConfigError> {
-    let fail = |line: Option<usize>, message: String| ConfigError {
-        path: path.to_owned(),
-        line,
-        message,
-    };
-    let line_at = |span: std::ops::Range<usize>| Some(text[..span.start.min(text.len())].matches('\n').count() + 1);
-    let file: File =
-        toml::from_str(text).map_err(|e| fail(e.span().and_then(line_at), e.message().trim().to_owned()))?;
-    let mut config = DispatchConfig::default();
-    // libvirtd's working directory is `/`: a relative path would land there.
-    let absolute = |key: &str, value: toml::Spanned<PathBuf>| {
-        let line = line_at(value.span());
-        let path = value.into_inner();
-        if path.is_absolute() {
-            Ok(path)
-        } else {
-            Err(fail(
-                line,
-                format!("{key} must be an absolute path, not `{}`", path.display()),
-            ))
-        }
-    };
-    if let Some(log) = file.log {
-        config.log = absolute("log", log)?;
-    }
-    if let Some(state) = file.state {
-        config.state = absolute("state", state)?;
-    }
-    if let Some(timeout) = file.timeout {
-        let line = line_at(timeout.span());
-        let text = match timeout.into_inner() {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            other => {
-                let kind = other.type_str();
-                return Err(fail(
-                    line,
-                    format!("timeout: expected a duration or \"none\", not a {kind}"),
-                ));
+/// A syntax error spoils only the keys on its lines (toml's recovering parser reads
+/// on); a line whose key cannot be told spoils `log` and `state`, since it may have
+/// meant either.
+pub(crate) fn parse_settings(path: &Path, text: &str) -> Settings {
+    use toml::de::{DeTable, DeValue};
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let mut settings = Settings::defaults(path.to_owned());
+    let mut mistakes: Vec<ConfigError> = Vec::new();
+    let (table, errors) = DeTable::parse_recoverable(text);
+    // Lines with a syntax error: no key on them, or whose value runs through them, is
+    // used, and a path key among them is unusable rather than the default.
+    let mut broken_lines = Vec::new();
+    for e in &errors {
+        let line = e.span().map(|s| line_of(s.start));
+        let why = ConfigError::new(path, line, e.message().trim().to_owned());
+        match line.and_then(|l| key_on_line(text, l)) {
+            Some("log") => settings.log = Err(why.clone()),
+            Some("state") => settings.state = Err(why.clone()),
+            // Another key's line, known or not: no path of ours.
+            Some(_) => {}
+            None => {
+                settings.log = Err(why.clone());
+                settings.state = Err(why.clone());
             }
+        }
+        broken_lines.extend(line);
+        mistakes.push(why);
+    }
+    for (key, value) in table.into_inner().iter() {
+        let key_line = line_of(key.span().start);
+        let line = Some(key_line);
+        let value_lines = line_of(value.span().start)..=line_of(value.span().end);
+        let name: &str = key.get_ref();
+        let Some(known) = KEYS.into_iter().find(|&k| k == name) else {
+            let why = format!(
+                "unknown field `{}`, expected one of `log`, `timeout`, `journal`, `state`",
+                name.escape_debug()
+            );
+            mistakes.push(ConfigError::new(path, line, why));
+            continue;
         };
-        config.timeout = Timeout::parse(&text)
-            .map_err(|e| fail(line, format!("timeout: {e}")))?
-            .or(None);
+        if let Some(&broken) = broken_lines.iter().find(|l| **l == key_line || value_lines.contains(l)) {
+            // The syntax error names the line already; what was recovered of it is not used.
+            let why = ConfigError::new(path, Some(broken), format!("{known}: its line {broken} does not parse"));
+            match known {
+                "log" if settings.log.is_ok() => settings.log = Err(why),
+                "state" if settings.state.is_ok() => settings.state = Err(why),
+                _ => {}
+            }
+            continue;
+        }
+        let mut mistake = |why: String| {
+            let e = ConfigError::new(path, line, why);
+            mistakes.push(e.clone());
+            e
+        };
+        match (known, value.get_ref()) {
+            ("log" | "state", value) => {
+                let chosen = match value {
+                    DeValue::String(s) if Path::new(s.as_ref()).is_absolute() => Ok(PathBuf::from(s.as_ref())),
+                    // libvirtd's working directory is `/`: a relative path would land there.
+                    DeValue::String(s) => Err(mistake(format!("{known} must be an absolute path, not `{s}`"))),
+                    other => Err(mistake(format!(
+                        "{known}: expected an absolute path (a string), not {}",
+                        a(other.type_str())
+                    ))),
+                };
+                match known {
+                    "log" => settings.log = chosen,
+                    _ => settings.state = chosen,
+                }
+            }
+            ("journal", DeValue::Boolean(b)) => settings.journal = *b,
+            ("journal", other) => {
+                mistake(format!("journal: expected true or false, not {}", a(other.type_str())));
+            }
+            (_timeout, value) => {
+                let text = match value {
+                    DeValue::String(s) => Some(s.to_string()),
+                    DeValue::Integer(n) if n.radix() == 10 => Some(n.as_str().to_owned()),
+                    DeValue::Float(f) => Some(f.as_str().to_owned()),
+                    _ => None,
+                };
+                let parsed = match text {
+                    Some(text) => Timeout::parse(&text).map_err(|e| format!("timeout: {e}")),
+                    None => Err(format!(
+                        "timeout: expected a duration or \"none\", not {}",
+                        a(value.type_str())
+                    )),
+                };
+                match parsed {
+                    Ok(t) => settings.timeout = t.or(None),
+                    Err(why) => drop(mistake(why)),
+                }
+            }
+        }
     }
-    if let Some(journal) = file.journal {
-        config.journal = journal;
-    }
-    Ok(config)
+    mistakes.sort_by_key(|m| m.line.unwrap_or(usize::MAX));
+    settings.mistakes = mistakes;
+    settings
 }
 
-/// [`read`], for the dispatcher: a broken file is reported on stderr and the defaults
-/// apply, so the event itself goes on.
-pub(crate) fn load(plugins: &Path) -> (DispatchConfig, Option<ConfigError>) {
-    match read(plugins) {
-        Ok(config) => (config, None),
-        Err(e) => {
-            let why = crate::output::message(&e.to_string()).into_owned();
-            eprintln!("hookctl: ignoring {why} (using the defaults; run `hookctl check`)");
-            (DispatchConfig::default(), Some(e))
-        }
-    }
+/// A TOML type's name with its article: `a string`, `an integer`.
+fn a(kind: &str) -> String {
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {kind}")
+}
+
+/// The key a line of TOML sets, as written (quotes taken off), when it has one.
+fn key_on_line(text: &str, line: usize) -> Option<&str> {
+    let l = text.split('\n').nth(line - 1)?;
+    let (key, _) = l.split_once('=')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'').trim();
+    (!key.is_empty()).then_some(key)
 }
 
 #[cfg(test)]
@@ -170,6 +327,10 @@ mod tests {
         read(tmp.path())
     }
 
+    fn keys(text: &str) -> Settings {
+        parse_settings(Path::new("/x/hookctl.toml"), text)
+    }
+
     #[test]
     fn defaults_and_values() {
         let tmp = tempfile::tempdir().unwrap();
@@ -179,6 +340,10 @@ mod tests {
         assert_eq!(c.timeout, Some(Duration::from_secs(30)));
         assert_eq!(with("timeout = \"none\"\n").unwrap().timeout, None);
         assert_eq!(with("timeout = 5\n").unwrap().timeout, Some(Duration::from_secs(5)));
+        assert_eq!(
+            with("timeout = 1.5\n").unwrap().timeout,
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]
@@ -197,5 +362,69 @@ mod tests {
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("state must be an absolute path"), "{e}");
         assert_eq!(with("state = \"/srv/state\"\n").unwrap().state, Path::new("/srv/state"));
+    }
+
+    /// The issue's file: a mistyped `journal` threw `log` and `state` away, and the
+    /// dispatcher wrote to the defaults.
+    #[test]
+    fn one_bad_value_spoils_only_its_own_key() {
+        let s = keys("log = \"/srv/audit.jsonl\"\nstate = \"/srv/state\"\njournal = \"no\"\ntimeout = \"forever\"\n");
+        assert_eq!(s.log, Ok(PathBuf::from("/srv/audit.jsonl")));
+        assert_eq!(s.state, Ok(PathBuf::from("/srv/state")));
+        assert!(s.journal, "a wrong journal key keeps the default");
+        assert_eq!(s.timeout, Some(DEFAULT_TIMEOUT));
+        let lines: Vec<_> = s.mistakes.iter().map(|m| m.line).collect();
+        assert_eq!(lines, [Some(3), Some(4)], "{:?}", s.mistakes);
+        let e = s.config().unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("/x/hookctl.toml:3: journal: expected true or false, not a string; line 4: timeout:"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_spoils_the_keys_on_its_line_only() {
+        // `no` is not a TOML value: the line breaks, the others are read on.
+        let s = keys("log = \"/srv/audit.jsonl\"\njournal = no\nstate = \"/srv/state\"\n");
+        assert_eq!(s.log, Ok(PathBuf::from("/srv/audit.jsonl")), "{:?}", s.mistakes);
+        assert_eq!(s.state, Ok(PathBuf::from("/srv/state")));
+        assert!(s.journal);
+        assert_eq!(s.mistakes[0].line, Some(2), "{:?}", s.mistakes);
+        // The broken line is the log's: no recovered half of it is used.
+        let s = keys("log = \"/srv/audit.jsonl\ntimeout = 5\n");
+        assert!(s.log.is_err(), "{s:?}");
+        assert_eq!(s.state, Ok(PathBuf::from(hooks_core::SYSTEM_STATE_ROOT)));
+        // A line whose key cannot be told may have been either path.
+        let s = keys("journal = false\n= \"/srv/x\"\n");
+        assert!(s.log.is_err() && s.state.is_err(), "{s:?}");
+        assert!(!s.journal);
+    }
+
+    #[test]
+    fn wrong_types_and_relative_paths_make_the_path_unusable_not_the_default() {
+        for text in [
+            "log = 5\n",
+            "log = \"rel.jsonl\"\n",
+            "[log]\nx = 1\n",
+            "log = [\"/a\"]\n",
+        ] {
+            let s = keys(text);
+            assert!(s.log.is_err(), "{text:?}: {s:?}");
+            assert_eq!(s.state, Ok(PathBuf::from(hooks_core::SYSTEM_STATE_ROOT)), "{text:?}");
+            assert!(!s.mistakes.is_empty());
+        }
+        let s = keys("state = false\n");
+        assert!(s.state.is_err() && s.log.is_ok(), "{s:?}");
+    }
+
+    #[test]
+    fn an_unreadable_file_leaves_both_paths_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(path(tmp.path()), b"log = \"/srv/\xff\"\n").unwrap();
+        let s = settings(tmp.path());
+        assert!(s.log.is_err() && s.state.is_err(), "{s:?}");
+        assert_eq!(s.mistakes.len(), 1);
+        assert!(s.mistakes[0].message.contains("not UTF-8"));
     }
 }

@@ -245,6 +245,11 @@ fn install_is_idempotent_refuses_foreign_scripts_and_uninstall_restores() {
         .stderr(contains("rerun with --force"));
     run(&["install", "--force", "network"]).assert().success();
     assert!(hooks.join("network.pre-hookctl").is_file());
+    // uninstall reads each driver's state root: a temporary one, never the host's.
+    for driver in ["network", "qemu"] {
+        let toml = hooks.join(format!("{driver}.plugins/hookctl.toml"));
+        fs::write(toml, format!("state = \"{}/state\"\n", tmp.path().display())).unwrap();
+    }
     run(&["uninstall", "network", "qemu"])
         .assert()
         .success()
@@ -363,7 +368,11 @@ fn install_force_keeps_a_vfio_tools_dispatcher_working_and_uninstall_restores_it
     let log = tmp.path().join("audit.jsonl");
     fs::write(
         hooks.join("qemu.plugins/hookctl.toml"),
-        format!("log = \"{}\"\n", log.display()),
+        format!(
+            "log = \"{}\"\nstate = \"{}/state\"\n",
+            log.display(),
+            tmp.path().display()
+        ),
     )
     .unwrap();
     let plugin_seen = tmp.path().join("plugin-seen");

@@ -133,7 +133,7 @@ fn a_writable_plugins_dir_fails_every_event() {
 }
 
 #[test]
-fn a_group_writable_hookctl_toml_is_ignored_not_obeyed() {
+fn a_group_writable_hookctl_toml_is_not_obeyed_and_its_paths_are_not_guessed() {
     let (tmp, hooks, plugins) = installed();
     let elsewhere = tmp.path().join("elsewhere.jsonl");
     fs::write(
@@ -143,9 +143,11 @@ fn a_group_writable_hookctl_toml_is_ignored_not_obeyed() {
     .unwrap();
     fs::set_permissions(plugins.join("hookctl.toml"), fs::Permissions::from_mode(0o664)).unwrap();
     script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
+    // Where the file puts the log is unknown: a start is refused, naming why, rather
+    // than recorded in the default log (issue 20, item 1).
     as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
-        .success()
+        .code(1)
         .stderr(contains("ignoring").and(contains("writable by group (mode 0664)")));
     assert!(!elsewhere.exists(), "the log path came from a file others can write");
     hookctl(&hooks, &["check", "qemu"])

@@ -660,6 +660,70 @@ impl StateRoot {
         }
     }
 
+    /// Removes the directory of `hook` (its file name) for `object`, and its note, as
+    /// the object's last event would: only below levels that are directories of the
+    /// effective user that only it may write, through descriptors, never following a
+    /// link, and never into a mount point. For an operator clearing state by hand
+    /// (`hookctl state clear`): whether the directory was in use is the caller's to ask.
+    /// `Ok(false)` when there was nothing to remove.
+    ///
+    /// # Errors
+    /// A name that cannot name a directory, a level that fails those checks, a
+    /// directory that is or holds a mount point ([`StateError::HoldsMount`], nothing of
+    /// it removed), or what the file system said.
+    pub fn remove(&self, driver: Driver, object: &OsStr, hook: &OsStr) -> Result<bool, StateError> {
+        let path = self.dir(driver, object, hook)?;
+        self.check_root(false)?;
+        let dir = self.root.join(driver.as_str()).join(object);
+        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
+            if !is_own_dir(level)? {
+                return Ok(false);
+            }
+        }
+        let object_dir = match rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_error(&dir)(e.into())),
+        };
+        let mount = dir_id(object_dir.as_fd()).map_err(io_error(&dir))?.mount;
+        // `dir` checked the name: no NUL in it.
+        let c_name = CString::new(hook.as_bytes()).map_err(|_| StateError::BadName {
+            what: "hook file name",
+            name: hook.to_owned(),
+        })?;
+        let removed = match open_if_dir(object_dir.as_fd(), &c_name, FileType::Unknown) {
+            Ok(Some(fd)) => {
+                if let Some(inner) = mount_in(fd.as_fd(), &path, mount)? {
+                    return Err(StateError::HoldsMount { path, mount: inner });
+                }
+                remove_tree(object_dir.as_fd(), &c_name, fd.as_fd(), &path, mount)?;
+                true
+            }
+            Ok(None) => match rustix::fs::unlinkat(&object_dir, &c_name, AtFlags::empty()) {
+                Ok(()) => true,
+                Err(Errno::NOENT) => false,
+                Err(e) => return Err(io_error(&path)(e.into())),
+            },
+            Err(Errno::NOENT) => false,
+            Err(e) => return Err(io_error(&path)(e.into())),
+        };
+        let notes = self.root.join(KEPT).join(driver.as_str()).join(object);
+        let note = notes.join(hook);
+        match fs::remove_file(&note) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(&note)(e)),
+            _ => {}
+        }
+        // The object's levels go once empty, as after its last event.
+        for level in [dir, notes] {
+            let _ = fs::remove_dir(level);
+        }
+        Ok(removed)
+    }
+
     /// Every state directory of `driver`'s objects, with the note of those kept past
     /// their object's last event. Empty when the root fails its checks.
     pub fn entries(&self, driver: Driver) -> Vec<StateEntry> {
@@ -1046,6 +1110,36 @@ mod tests {
             "the mounted file system was emptied ({finished:?})"
         );
         assert!(matches!(finished, Err(StateError::HoldsMount { .. })), "{finished:?}");
+    }
+
+    #[test]
+    fn remove_takes_one_hooks_directory_and_its_note_and_never_follows_a_link() {
+        let (tmp, root) = root();
+        let a = root.open(Driver::Qemu, "vm".as_ref(), "a".as_ref()).unwrap();
+        let b = root.open(Driver::Qemu, "vm".as_ref(), "b".as_ref()).unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, "keep me").unwrap();
+        symlink(&outside, a.join("link")).unwrap();
+        root.finish(Driver::Qemu, "vm".as_ref(), &|_| Some("release end failed".into()))
+            .unwrap();
+        assert!(root.remove(Driver::Qemu, "vm".as_ref(), "a".as_ref()).unwrap());
+        assert!(!a.exists() && b.exists());
+        assert!(!root.path().join(".kept/qemu/vm/a").exists());
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "keep me");
+        assert!(
+            !root.remove(Driver::Qemu, "vm".as_ref(), "a".as_ref()).unwrap(),
+            "nothing left"
+        );
+        assert!(root.remove(Driver::Qemu, "..".as_ref(), "b".as_ref()).is_err());
+        assert!(root.remove(Driver::Qemu, "vm".as_ref(), "b".as_ref()).unwrap());
+        assert!(!root.path().join("qemu/vm").exists(), "the empty object level goes");
+        // An object level swapped for a link to someone else's directory: nothing there goes.
+        let victim = tmp.path().join("victim");
+        fs::create_dir_all(victim.join("h")).unwrap();
+        symlink(&victim, root.path().join("qemu/other")).unwrap();
+        let err = root.remove(Driver::Qemu, "other".as_ref(), "h".as_ref()).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(victim.join("h").exists());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use hooks_core::text::Limit;
-use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, RegistryBuilder, Report};
+use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, Report};
 use serde_json::json;
 
 use crate::cli::{DispatchArgs, Outcome};
@@ -71,11 +71,10 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if driver != Driver::Daemon || !input.is_empty() {
         event = event.with_input(Some(input));
     }
-    let (config, config_error) = crate::config::load(plugins);
-    let log_file = crate::audit::open(&config.log).ok();
-    let registry = RegistryBuilder::new()
-        .hooks_dir_with(dispatcher_dir(plugins, driver, &config))
-        .build();
+    let settings = crate::config::settings(plugins);
+    super::dispatch_settings::report(&settings);
+    let log_file = settings.log.as_ref().ok().and_then(|log| crate::audit::open(log).ok());
+    let registry = super::dispatch_settings::registry(plugins, driver, &settings, &event);
     let result = registry.fire_blocking(&event);
     // libvirt applies its own policy to our exit status: any failed plugin fails it.
     let report = result.unwrap_or_else(hooks_core::HookFailure::into_report);
@@ -111,17 +110,19 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    let config_error = config_error.map(|e| e.to_string());
-    audit(
-        (&config.log, plugins),
-        log_file,
-        &event,
-        &report,
-        ok,
-        (start, started),
-        config_error,
-    );
-    crate::journal::send(config.journal, &event, &report, start);
+    let config_error = settings.config().err().map(|e| e.to_string());
+    if let Ok(log) = &settings.log {
+        audit(
+            (log, plugins),
+            log_file,
+            &event,
+            &report,
+            ok,
+            (start, started),
+            config_error,
+        );
+    }
+    crate::journal::send(settings.journal, &event, &report, start);
     ok
 }
 
@@ -338,6 +339,7 @@ fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hooks_core::RegistryBuilder;
 
     /// The longest audit line: every text a plugin or a guest controls a megabyte of
     /// what JSON writes longest (`\u0001`, six bytes a character).

@@ -317,6 +317,24 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     let exe = std::env::current_exe()
         .and_then(fs::canonicalize)
         .map_err(|e| UsageError(format!("cannot find hookctl itself: {e}")))?;
+    // Before anything changes: an object whose state is live still has its `release`
+    // to come, and once hookctl is not the hook it never reaches the plugins.
+    let ours: Vec<Driver> = (args.drivers.iter().copied())
+        .filter(|d| is_us(&dir.join(d.as_str()), &exe))
+        .collect();
+    let held = super::state::live_state(dir, &ours);
+    if !held.is_empty() {
+        let objects = held.describe();
+        if !args.force {
+            eprintln!(
+                "hookctl: not uninstalling: once hookctl is not libvirt's hook, these objects' last event (`release`) never reaches the plugins that hold their state (hugepages stay reserved, firewall rules stay):\n{objects}Release them first, then uninstall again; or pass --force to leave their state behind. Nothing was changed."
+            );
+            return Ok(false);
+        }
+        eprintln!(
+            "hookctl: warning: uninstalling with --force: these objects' `release` will not reach the plugins that hold their state:\n{objects}`hookctl state` lists what is left; undo it by hand."
+        );
+    }
     for driver in args.drivers {
         let link = dir.join(driver.as_str());
         if !is_us(&link, &exe) {

@@ -167,7 +167,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             l.state = state_views(&hooks_core::StateRoot::new(&in_effect.state), d);
             match config {
                 Ok(c) => l.log = Some(c.log.display().to_string()),
-                Err(e) => l.error = Some(format!("{e} (the dispatcher uses the defaults)")),
+                Err(e) => l.error = Some(format!("{e} (the other settings apply; `hookctl check`)")),
             }
             if !super::install::is_hookctl(&dir.join(d.as_str())) {
                 l.not_run = Some(format!(

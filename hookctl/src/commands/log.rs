@@ -309,15 +309,15 @@ fn which_logs(hooks_dir: &Path, explicit_dir: bool, file: Option<&Path>) -> Resu
         let Some(plugins) = super::plugins_dir(hooks_dir, driver) else {
             continue;
         };
-        let path = match crate::config::read(&plugins) {
-            Ok(config) => config.log,
+        let path = match crate::config::settings(&plugins).log {
+            Ok(log) => log,
             Err(e) => {
                 eprintln!(
-                    "hookctl: warning: {}: {} (its dispatcher writes the default log; run `hookctl check`)",
+                    "hookctl: warning: {}: {} (its dispatcher writes no audit log until this is fixed; run `hookctl check`)",
                     shown(&e.path.to_string_lossy(), NAME_WIDTH),
                     shown(&e.message, DETAIL_WIDTH)
                 );
-                PathBuf::from(crate::config::DEFAULT_LOG)
+                continue;
             }
         };
         match logs.iter_mut().find(|l| l.path == path) {

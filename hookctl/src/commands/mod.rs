@@ -3,11 +3,13 @@
 pub(crate) mod assets;
 pub(crate) mod check;
 pub(crate) mod dispatch;
+pub(crate) mod dispatch_settings;
 pub(crate) mod install;
 pub(crate) mod list;
 pub(crate) mod log;
 pub(crate) mod run;
 pub(crate) mod simulate;
+pub(crate) mod state;
 
 use std::io::Read;
 use std::path::Path;

@@ -1,0 +1,331 @@
+//! `hookctl state`: every object's plugin state, live and kept, under the state root of
+//! each driver's dispatcher; `hookctl state clear` removes it. `uninstall` asks
+//! [`live_state`] before it takes hookctl away.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use hooks_core::{Driver, StateEntry, StateRoot};
+use serde::Serialize;
+
+use crate::cli::{require_dir, Outcome, StateAction, StateArgs, StateClearArgs, UsageError};
+use crate::output;
+
+/// The state root of each driver (not the daemon: it has no objects) whose dispatcher
+/// has a plugins dir in `dir`, or why it cannot be known or read.
+pub(crate) fn roots(dir: &Path, drivers: &[Driver]) -> Vec<(Driver, Result<StateRoot, String>)> {
+    let with_plugins = drivers
+        .iter()
+        .filter(|&&d| d != Driver::Daemon)
+        .filter_map(|&d| Some((d, super::plugins_dir(dir, d)?)));
+    with_plugins
+        .map(|(d, plugins)| {
+            let root = match crate::config::settings(&plugins).state {
+                Ok(root) => StateRoot::new(root),
+                Err(e) => return (d, Err(format!("`state` in hookctl.toml cannot be used: {e}"))),
+            };
+            (d, root.check().map(|()| root).map_err(|e| e.to_string()))
+        })
+        .collect()
+}
+
+/// What `uninstall` must not orphan: the live state of `drivers`' objects, and the
+/// drivers whose state cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct LiveState {
+    pub(crate) live: Vec<(Driver, StateEntry)>,
+    pub(crate) unknown: Vec<(Driver, String)>,
+}
+
+impl LiveState {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.unknown.is_empty()
+    }
+
+    /// The objects, one line each (`  qemu web1: 10-fw, 20-hugepages`), and the drivers
+    /// whose state cannot be read.
+    pub(crate) fn describe(&self) -> String {
+        let mut text = String::new();
+        let mut objects: Vec<(Driver, &OsStr, Vec<String>)> = Vec::new();
+        for (d, e) in &self.live {
+            let plugin = output::name(&e.hook.to_string_lossy()).into_owned();
+            match objects.iter_mut().find(|(od, o, _)| od == d && *o == e.object) {
+                Some((_, _, plugins)) => plugins.push(plugin),
+                None => objects.push((*d, &e.object, vec![plugin])),
+            }
+        }
+        for (d, object, plugins) in &objects {
+            let object = output::name(&object.to_string_lossy()).into_owned();
+            text.push_str(&format!("  {d} {object}: {}\n", plugins.join(", ")));
+            text.push_str(&format!("      release it: {}\n", release_hint(*d, &object)));
+        }
+        for (d, why) in &self.unknown {
+            text.push_str(&format!(
+                "  {d}: cannot tell which objects hold state: {}\n",
+                output::message(why)
+            ));
+        }
+        text
+    }
+}
+
+/// The live state of `drivers`' objects in `dir` (state whose object has not had its
+/// last event), and the drivers whose state root cannot be read.
+pub(crate) fn live_state(dir: &Path, drivers: &[Driver]) -> LiveState {
+    let mut found = LiveState::default();
+    for (d, root) in roots(dir, drivers) {
+        match root {
+            Ok(root) => found.live.extend(
+                (root.entries(d).into_iter())
+                    .filter(|e| e.kept.is_none())
+                    .map(|e| (d, e)),
+            ),
+            Err(why) => found.unknown.push((d, why)),
+        }
+    }
+    found
+}
+
+/// How to give an object its last event, so that its plugins undo what they did.
+fn release_hint(driver: Driver, object: &str) -> String {
+    let (stop, last) = match driver {
+        Driver::Network => (format!("virsh net-destroy {object}"), "stopped end"),
+        Driver::Lxc => (format!("virsh -c lxc:///system destroy {object}"), "release end"),
+        Driver::Libxl => (format!("virsh -c xen:///system destroy {object}"), "release end"),
+        Driver::Bhyve => (format!("virsh -c bhyve:///system destroy {object}"), "release end"),
+        _ => (format!("virsh destroy {object}"), "release end"),
+    };
+    format!(
+        "`{stop}` (or shut it down); if libvirt no longer runs it, run its {last} by hand (README, \"Releasing an object by hand\")"
+    )
+}
+
+pub(crate) fn exec(dir: &Path, args: StateArgs) -> Outcome {
+    require_dir(dir)?;
+    match args.action {
+        Some(StateAction::Clear(clear_args)) => clear(dir, clear_args),
+        None => list(dir, args.driver, args.json),
+    }
+}
+
+/// One state directory, as listed.
+#[derive(Serialize)]
+struct Row {
+    driver: Driver,
+    object: String,
+    plugin: String,
+    path: String,
+    /// `live` (the object has not had its last event) or `kept` (its plugin failed it).
+    state: &'static str,
+    /// Why it was kept (the note).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    /// When the directory was made (else last changed), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Unreadable {
+    driver: Driver,
+    why: String,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    state: Vec<Row>,
+    /// Drivers whose state root cannot be known or read.
+    unreadable: Vec<Unreadable>,
+}
+
+fn row(driver: Driver, e: StateEntry, now: SystemTime) -> Row {
+    let meta = std::fs::symlink_metadata(&e.path).ok();
+    let since = meta.and_then(|m| m.created().or_else(|_| m.modified()).ok());
+    Row {
+        driver,
+        object: e.object.to_string_lossy().into_owned(),
+        plugin: e.hook.to_string_lossy().into_owned(),
+        path: e.path.display().to_string(),
+        state: if e.kept.is_some() { "kept" } else { "live" },
+        note: e.kept,
+        since: since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        age_secs: since.map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+    }
+}
+
+fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
+    let drivers = driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
+    let now = SystemTime::now();
+    let mut listing = Listing {
+        state: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    let mut where_ = Vec::<PathBuf>::new();
+    for (d, root) in roots(dir, &drivers) {
+        match root {
+            Ok(root) => {
+                listing
+                    .state
+                    .extend(root.entries(d).into_iter().map(|e| row(d, e, now)));
+                if !where_.iter().any(|p| p == root.path()) {
+                    where_.push(root.path().to_owned());
+                }
+            }
+            Err(why) => listing.unreadable.push(Unreadable { driver: d, why }),
+        }
+    }
+    let complete = listing.unreadable.is_empty();
+    if json {
+        output::json(&listing);
+        return Ok(complete);
+    }
+    for u in &listing.unreadable {
+        eprintln!("hookctl: {}: {}", u.driver, output::message(&u.why));
+    }
+    let shown: Vec<String> = where_.iter().map(|p| output::path(p)).collect();
+    if listing.state.is_empty() {
+        if shown.is_empty() {
+            println!(
+                "no plugins dir in {}: no dispatcher keeps state here",
+                output::path(dir)
+            );
+        } else {
+            println!("no state (under {})", shown.join(", "));
+        }
+        return Ok(complete);
+    }
+    output::stdout(table(&listing.state).as_bytes());
+    println!("(under {})", shown.join(", "));
+    if listing.state.iter().any(|r| r.state == "live") {
+        println!("live: until the object's last event (release end; a network's stopped end), which the plugin needs to undo its work.");
+    }
+    if listing.state.iter().any(|r| r.state == "kept") {
+        println!("KEPT: its plugin failed the object's last event; undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
+    }
+    Ok(complete)
+}
+
+/// The rows as a table; every name and note escaped.
+fn table(rows: &[Row]) -> String {
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.driver.to_string(),
+                output::name(&r.object).into_owned(),
+                output::name(&r.plugin).into_owned(),
+                if r.state == "kept" {
+                    "KEPT".into()
+                } else {
+                    "live".into()
+                },
+                r.age_secs.map(age).unwrap_or_else(|| "?".into()),
+                r.note
+                    .as_deref()
+                    .map(|n| output::message(n).into_owned())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["DRIVER", "OBJECT", "PLUGIN", "STATE", "AGE", "NOTE"].map(String::from);
+    let mut widths = [0usize; 6];
+    for line in std::iter::once(&header).chain(&cells) {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for line in std::iter::once(&header).chain(&cells) {
+        let mut out = String::new();
+        for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+            if i == 5 {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        text.push_str(out.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// An age a person reads at a glance: `45s`, `12m`, `3h 5m`, `2d 4h`.
+fn age(secs: u64) -> String {
+    let d = Duration::from_secs(secs);
+    let rounded = match secs {
+        0..3600 => d,
+        3600..86400 => Duration::from_secs(secs / 60 * 60),
+        _ => Duration::from_secs(secs / 3600 * 3600),
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
+fn clear(dir: &Path, args: StateClearArgs) -> Outcome {
+    let d = args.driver;
+    if d == Driver::Daemon {
+        return Err(UsageError(
+            "daemon events have no object: the daemon driver keeps no state".into(),
+        ));
+    }
+    let root = match roots(dir, &[d]).pop() {
+        None => {
+            return Err(UsageError(format!(
+                "no {d}.plugins in {}: no dispatcher keeps {d} state here",
+                output::path(dir)
+            )))
+        }
+        Some((_, Err(why))) => return Err(UsageError(format!("{d}: {why}"))),
+        Some((_, Ok(root))) => root,
+    };
+    let object = args.object.as_os_str();
+    let entries: Vec<StateEntry> = (root.entries(d).into_iter())
+        .filter(|e| e.object == object && args.plugin.as_ref().is_none_or(|p| e.hook == *p))
+        .collect();
+    let named = format!(
+        "{d} {}{}",
+        output::name(&object.to_string_lossy()),
+        (args.plugin.as_ref())
+            .map(|p| format!(" {}", output::name(&p.to_string_lossy())))
+            .unwrap_or_default()
+    );
+    if entries.is_empty() {
+        return Err(UsageError(format!(
+            "no state for {named} under {}",
+            output::path(root.path())
+        )));
+    }
+    let live: Vec<&StateEntry> = entries.iter().filter(|e| e.kept.is_none()).collect();
+    if !live.is_empty() && !args.force {
+        let plugins: Vec<_> = live
+            .iter()
+            .map(|e| output::name(&e.hook.to_string_lossy()).into_owned())
+            .collect();
+        let object = output::name(&object.to_string_lossy()).into_owned();
+        eprintln!(
+            "hookctl: not removing the live state of {d} {object} ({}): its plugins need it at the object's last event to undo their work. Release it: {}. Or pass --force to remove it anyway. Nothing was removed.",
+            plugins.join(", "),
+            release_hint(d, &object)
+        );
+        return Ok(false);
+    }
+    let mut all_removed = true;
+    for e in &entries {
+        let shown = output::path(&e.path);
+        match root.remove(d, &e.object, &e.hook) {
+            Ok(true) if e.kept.is_none() => {
+                println!("removed {shown} (it was live: the object's release will find nothing to undo)")
+            }
+            Ok(true) => println!("removed {shown}"),
+            Ok(false) => println!("{shown}: already gone"),
+            Err(err) => {
+                all_removed = false;
+                eprintln!("hookctl: {}", output::message(&err.to_string()));
+            }
+        }
+    }
+    Ok(all_removed)
+}

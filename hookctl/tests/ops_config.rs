@@ -1,0 +1,272 @@
+//! `hookctl.toml` read key by key (issue 20, item 1): one bad value never moves the audit
+//! log or the state root, and a `log` or `state` that cannot be used fails the events
+//! that need it instead of falling back to the defaults.
+//!
+//! The dispatcher runs inside a private mount namespace with empty tmpfs mounts on
+//! `/run` and `/var/log`, so that the defaults (`/var/log/libvirt/hookctl.jsonl`,
+//! `/run/virt-hooks/state`) are never the host's, and a fallback to them is seen. Needs
+//! root and util-linux `unshare`; skipped loudly otherwise.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command as Std;
+
+use predicates::prelude::*;
+use predicates::str::contains;
+
+mod common;
+use common::*;
+
+/// Set for the run of this binary inside the namespace: the test to run there.
+const INNER: &str = "HOOKCTL_OPS_CONFIG_TEST_INNER";
+/// The mount namespace the run started in, which the inner run must not be in.
+const OUTER_NS: &str = "HOOKCTL_OPS_CONFIG_TEST_OUTER_NS";
+
+const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
+const DEFAULT_STATE: &str = "/run/virt-hooks";
+
+fn mount_ns() -> String {
+    fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string()
+}
+
+/// Runs `body` as root in a private mount namespace with empty tmpfs mounts on `/run`
+/// and `/var/log` (holding an empty `libvirt/`): this test binary runs itself again
+/// under `unshare`, for this one test (libtest names a test's thread after it).
+fn with_default_paths_private(body: impl FnOnce()) {
+    let thread = std::thread::current();
+    let name = thread.name().expect("a test's thread is named after the test");
+    if let Ok(inner) = std::env::var(INNER) {
+        assert_eq!(inner, name);
+        let outer = std::env::var(OUTER_NS).unwrap();
+        assert_ne!(mount_ns(), outer, "not in a private mount namespace");
+        for dir in ["/run", "/var/log"] {
+            let status = Std::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=0755", "hookctl-ops-config-test", dir])
+                .status()
+                .unwrap();
+            assert!(status.success(), "mounting a tmpfs on {dir}: {status}");
+        }
+        fs::create_dir("/var/log/libvirt").unwrap();
+        body();
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED {name}: needs root (a private mount namespace over the default log and state paths)");
+        return;
+    }
+    let probe = Std::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .status();
+    if !matches!(&probe, Ok(s) if s.success()) {
+        eprintln!("SKIPPED {name}: `unshare --mount` is unavailable here ({probe:?})");
+        return;
+    }
+    let out = Std::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INNER, name)
+        .env(OUTER_NS, mount_ns())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "in the private namespace ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprint!("{stderr}");
+}
+
+/// A hooks dir with hookctl installed for qemu and this `hookctl.toml`.
+fn installed_with(toml: impl Fn(&Path) -> String) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (tmp, hooks, plugins) = installed();
+    fs::write(plugins.join("hookctl.toml"), toml(tmp.path())).unwrap();
+    (tmp, hooks, plugins)
+}
+
+/// A plugin that notes each call in `<tmp>/<name>.ran`, and with state, its directory.
+fn noting(tmp: &Path, plugins: &Path, name: &str, stateful: bool) {
+    let ran = tmp.join(format!("{name}.ran"));
+    script(
+        &plugins.join(name),
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\necho \"$2 ${{VIRT_HOOK_STATE-}}\" >> '{}'\n\
+             [ -n \"${{VIRT_HOOK_STATE-}}\" ] && echo \"$2\" >> \"$VIRT_HOOK_STATE/seen\"\nexit 0\n",
+            ran.display()
+        ),
+    );
+    if stateful {
+        fs::write(plugins.join(format!("{name}.toml")), "state = true\n").unwrap();
+    }
+}
+
+fn audit(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_no_default_paths() {
+    assert!(
+        !Path::new(DEFAULT_LOG).exists(),
+        "the dispatcher fell back to {DEFAULT_LOG}"
+    );
+    assert!(
+        !Path::new(DEFAULT_STATE).exists(),
+        "the dispatcher fell back to {DEFAULT_STATE}"
+    );
+}
+
+/// The issue's file: `journal = "no"` threw `log` and `state` away, the audit line went
+/// to the default log and the plugin's state to the default root.
+#[test]
+fn one_bad_value_keeps_the_log_and_the_state_where_the_file_says() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) = installed_with(|tmp| {
+            format!(
+                "log = \"{}/audit.jsonl\"\nstate = \"{}/state\"\njournal = \"no\"\n",
+                tmp.display(),
+                tmp.display()
+            )
+        });
+        noting(tmp.path(), &plugins, "10-reserve", true);
+        for op in ["prepare", "start"] {
+            as_libvirt_xml(&hooks, ["web1", op, "begin", "-"])
+                .assert()
+                .success()
+                .stderr(contains("hookctl: ignoring").and(contains("hookctl.toml:3: journal")));
+        }
+        let seen = tmp.path().join("state/qemu/web1/10-reserve/seen");
+        assert_eq!(fs::read_to_string(&seen).unwrap(), "prepare\nstart\n");
+        let lines = audit(&tmp.path().join("audit.jsonl"));
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0]["config_error"]
+                .as_str()
+                .unwrap()
+                .contains("journal: expected true or false"),
+            "{}",
+            lines[0]
+        );
+        assert_no_default_paths();
+    });
+}
+
+#[test]
+fn an_unusable_log_refuses_what_libvirt_can_refuse_and_never_writes_elsewhere() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) =
+            installed_with(|tmp| format!("log = \"audit.jsonl\"\nstate = \"{}/state\"\n", tmp.display()));
+        noting(tmp.path(), &plugins, "10-note", false);
+        let ran = tmp.path().join("10-note.ran");
+        as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+            .assert()
+            .code(1)
+            .stderr(
+                contains("hookctl.toml:1: log must be an absolute path, not `audit.jsonl`")
+                    .and(contains("no plugin run")),
+            );
+        assert!(!ran.exists(), "a plugin ran at a start that went unrecorded");
+        // Cleanup must reach the host, and a failed reconnect would kill the guest.
+        for (op, subop) in [("release", "end"), ("reconnect", "begin")] {
+            as_libvirt_xml(&hooks, ["web1", op, subop, "-"])
+                .assert()
+                .success()
+                .stderr(contains("hookctl: ignored failure").and(contains("`log` cannot be used")));
+        }
+        assert_eq!(fs::read_to_string(&ran).unwrap(), "release \nreconnect \n");
+        assert!(!Path::new("/audit.jsonl").exists());
+        assert_no_default_paths();
+    });
+}
+
+#[test]
+fn an_unusable_state_fails_the_plugins_that_keep_state_and_only_them() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) =
+            installed_with(|tmp| format!("log = \"{}/audit.jsonl\"\nstate = 5\n", tmp.display()));
+        noting(tmp.path(), &plugins, "10-plain", false);
+        noting(tmp.path(), &plugins, "20-reserve", true);
+        as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+            .assert()
+            .code(1)
+            .stderr(
+                contains("20-reserve")
+                    .and(contains("`state` in hookctl.toml cannot be used"))
+                    .and(contains("hookctl.toml:2: state: expected an absolute path")),
+            );
+        assert!(tmp.path().join("10-plain.ran").exists(), "the other plugins run");
+        assert!(!tmp.path().join("20-reserve.ran").exists(), "ran without its record");
+        let lines = audit(&tmp.path().join("audit.jsonl"));
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0]["failed_plugin"].as_str().unwrap().ends_with("20-reserve"));
+        // Its last event fails it too (recorded; libvirt ignores it), and removes nothing.
+        as_libvirt_xml(&hooks, ["web1", "release", "end", "-"])
+            .assert()
+            .code(1)
+            .stderr(contains("20-reserve").and(contains("`state` in hookctl.toml cannot be used")));
+        assert!(!tmp.path().join("20-reserve.ran").exists());
+        assert_no_default_paths();
+    });
+}
+
+#[test]
+fn an_unreadable_hookctl_toml_leaves_log_and_state_unknown() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) = installed_with(|tmp| format!("log = \"{}/audit.jsonl\"\n", tmp.display()));
+        let toml = plugins.join("hookctl.toml");
+        fs::write(&toml, b"log = \"/tmp/\xff.jsonl\"\n").unwrap();
+        noting(tmp.path(), &plugins, "10-note", false);
+        as_libvirt_xml(&hooks, ["web1", "start", "begin", "-"])
+            .assert()
+            .code(1)
+            .stderr(contains("hookctl.toml: not UTF-8 text"));
+        assert!(!tmp.path().join("10-note.ran").exists());
+        assert!(!tmp.path().join("audit.jsonl").exists());
+        assert_no_default_paths();
+    });
+}
+
+/// `check` still fails on the file, and names every mistake, not the first only.
+#[test]
+fn check_exits_1_naming_every_mistake() {
+    let (tmp, hooks, _plugins) = installed_with(|tmp| {
+        format!(
+            "log = \"{}/audit.jsonl\"\nstate = \"{}/state\"\njournal = \"no\"\ntiemout = 5\n",
+            tmp.display(),
+            tmp.display()
+        )
+    });
+    let out = hookctl(&hooks, &["check", "qemu"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // Findings may be on stdout or stderr.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("hookctl.toml:3: journal: expected true or false")
+            && said.contains("line 4: unknown field `tiemout`"),
+        "{said}"
+    );
+    drop(tmp);
+}
+
+/// `hookctl log` reads the log the file names even when another key is wrong (it read
+/// the default log).
+#[test]
+fn log_reads_the_log_the_file_names_despite_another_mistake() {
+    let (tmp, hooks, _plugins) =
+        installed_with(|tmp| format!("log = \"{}/audit.jsonl\"\njournal = \"no\"\n", tmp.display()));
+    let line = r#"{"v":1,"time":"2026-12-01T10:00:00Z","driver":"qemu","object":"ops-config-only-here","op":"prepare","subop":"begin","extra":"-","result":"ok","duration_us":900,"hooks":[]}"#;
+    fs::write(tmp.path().join("audit.jsonl"), format!("{line}\n")).unwrap();
+    hookctl(&hooks, &["log", "--json"])
+        .assert()
+        .success()
+        .stdout(contains("\"object\":\"ops-config-only-here\""));
+}

@@ -1,0 +1,245 @@
+//! Plugins' per-object state handled by operators (issue 20, items 2 and 6): `hookctl
+//! state` lists it, `state clear` removes it (a live one only with `--force`), and
+//! `uninstall` and the package's `prerm` refuse while an object holds live state.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as Std;
+
+use predicates::prelude::*;
+use predicates::str::contains;
+
+mod common;
+use common::*;
+
+/// A hooks dir with hookctl installed for qemu, its state under `<tmp>/state`, and a
+/// plugin `10-reserve` with `state = true` that fails `release end` of guests named
+/// `bad*` (so their state is kept).
+fn with_stateful_plugin() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let (tmp, hooks, plugins) = installed();
+    let state = tmp.path().join("state");
+    let toml = plugins.join("hookctl.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    fs::write(&toml, format!("{text}state = \"{}\"\n", state.display())).unwrap();
+    script(
+        &plugins.join("10-reserve"),
+        "#!/bin/sh\ncat >/dev/null\necho \"$2\" >> \"$VIRT_HOOK_STATE/seen\"\n\
+         case \"$1 $2\" in bad*' release') echo 'could not free 512 hugepages' >&2; exit 1;; esac\nexit 0\n",
+    );
+    fs::write(plugins.join("10-reserve.toml"), "state = true\n").unwrap();
+    (tmp, hooks, plugins, state)
+}
+
+fn start(hooks: &Path, guest: &str) {
+    as_libvirt_xml(hooks, [guest, "prepare", "begin", "-"])
+        .assert()
+        .success();
+}
+
+fn release(hooks: &Path, guest: &str) -> assert_cmd::assert::Assert {
+    as_libvirt_xml(hooks, [guest, "release", "end", "-"]).assert()
+}
+
+#[test]
+fn state_lists_live_and_kept_state_with_driver_object_plugin_age_and_note() {
+    let (_tmp, hooks, _plugins, state) = with_stateful_plugin();
+    hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .stdout(contains("no state"));
+    start(&hooks, "web1");
+    start(&hooks, "bad1");
+    release(&hooks, "bad1").code(1);
+    let out = hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows[0],
+        ["DRIVER", "OBJECT", "PLUGIN", "STATE", "AGE", "NOTE"],
+        "{text}"
+    );
+    assert_eq!(rows[1][..4], ["qemu", "bad1", "10-reserve", "KEPT"], "{text}");
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .contains("release end failed: exit status 1: could not free 512 hugepages"),
+        "{text}"
+    );
+    assert_eq!(rows[2][..4], ["qemu", "web1", "10-reserve", "live"], "{text}");
+    assert!(text.contains(&format!("(under {})", state.display())), "{text}");
+    let out = hookctl(&hooks, &["state", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let web1 = &v["state"][1];
+    assert_eq!(web1["object"], "web1");
+    assert_eq!(web1["state"], "live");
+    assert_eq!(web1["path"], state.join("qemu/web1/10-reserve").display().to_string());
+    assert!(
+        web1["age_secs"].as_u64().is_some() && web1["since"].is_string(),
+        "{web1}"
+    );
+    assert!(v["state"][0]["note"].as_str().unwrap().contains("hugepages"));
+    assert_eq!(v["unreadable"], serde_json::json!([]));
+}
+
+#[test]
+fn state_clear_removes_kept_state_and_live_state_only_with_force() {
+    let (_tmp, hooks, _plugins, state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    start(&hooks, "bad1");
+    release(&hooks, "bad1").code(1);
+    hookctl(&hooks, &["state", "clear", "qemu", "bad1"])
+        .assert()
+        .success()
+        .stdout(contains("removed").and(contains("bad1/10-reserve")));
+    assert!(!state.join("qemu/bad1").exists());
+    assert!(!state.join(".kept/qemu/bad1").exists(), "the note goes with it");
+    // A live one: refused, named, with how to release it; nothing removed.
+    hookctl(&hooks, &["state", "clear", "qemu", "web1", "10-reserve"])
+        .assert()
+        .code(1)
+        .stderr(contains("live state of qemu web1 (10-reserve)").and(contains("virsh destroy web1")));
+    assert!(state.join("qemu/web1/10-reserve/seen").exists());
+    hookctl(&hooks, &["state", "clear", "qemu", "web1", "--force"])
+        .assert()
+        .success()
+        .stdout(contains("it was live"));
+    assert!(!state.join("qemu/web1").exists());
+    hookctl(&hooks, &["state", "clear", "qemu", "web1"])
+        .assert()
+        .code(2)
+        .stderr(contains("no state for qemu web1"));
+}
+
+/// A guest's name, or a level swapped for a link, never takes `clear` out of the root.
+#[test]
+fn state_clear_never_leaves_the_root() {
+    let (tmp, hooks, _plugins, state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    let victim = tmp.path().join("victim");
+    fs::create_dir_all(victim.join("10-reserve")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("qemu/evil")).unwrap();
+    for object in ["evil", "..", "../qemu", "/etc"] {
+        let _ = hookctl(&hooks, &["state", "clear", "qemu", object, "--force"]).output();
+    }
+    assert!(victim.join("10-reserve").exists(), "removed through a planted link");
+    assert!(state.join("qemu/web1/10-reserve").exists());
+    // A state root others may write to is not read, and says so.
+    let open = tmp.path().join("open");
+    fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let toml = hooks.join("qemu.plugins/hookctl.toml");
+    fs::write(&toml, format!("state = \"{}/state\"\n", open.display())).unwrap();
+    hookctl(&hooks, &["state"])
+        .assert()
+        .code(1)
+        .stderr(contains("qemu:").and(contains("writable by others")));
+}
+
+#[test]
+fn uninstall_refuses_while_a_guest_holds_live_state_and_names_it() {
+    let (_tmp, hooks, _plugins, state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    hookctl(&hooks, &["uninstall", "qemu"]).assert().code(1).stderr(
+        contains("not uninstalling")
+            .and(contains("qemu web1: 10-reserve"))
+            .and(contains("virsh destroy web1"))
+            .and(contains("--force")),
+    );
+    assert!(fs::symlink_metadata(hooks.join("qemu")).is_ok(), "the hook was removed");
+    // Kept state does not hold it back: only what a release is still to reach.
+    release(&hooks, "web1").success();
+    start(&hooks, "bad1");
+    release(&hooks, "bad1").code(1);
+    assert!(state.join("qemu/bad1").exists());
+    hookctl(&hooks, &["uninstall", "qemu"]).assert().success();
+    assert!(fs::symlink_metadata(hooks.join("qemu")).is_err());
+}
+
+#[test]
+fn uninstall_force_goes_on_and_says_what_is_left_behind() {
+    let (_tmp, hooks, _plugins, _state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    hookctl(&hooks, &["uninstall", "--force", "qemu"])
+        .assert()
+        .success()
+        .stderr(contains("warning").and(contains("qemu web1: 10-reserve")));
+    assert!(fs::symlink_metadata(hooks.join("qemu")).is_err());
+}
+
+#[test]
+fn uninstall_refuses_when_it_cannot_tell_which_objects_hold_state() {
+    let (_tmp, hooks, plugins, _state) = with_stateful_plugin();
+    fs::write(plugins.join("hookctl.toml"), "state = \"relative/state\"\n").unwrap();
+    hookctl(&hooks, &["uninstall", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("cannot tell which objects hold state").and(contains("absolute path")));
+    assert!(fs::symlink_metadata(hooks.join("qemu")).is_ok());
+}
+
+fn prerm(hooks: &Path, bin: &Path) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/debian/prerm");
+    Std::new("/bin/sh")
+        .arg(script)
+        .arg("remove")
+        .env("HOOKCTL_HOOKS_DIR", hooks)
+        .env("HOOKCTL_BIN", bin)
+        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .output()
+        .unwrap()
+}
+
+/// dpkg aborts a removal whose `prerm` fails: the package and its hook stay.
+#[test]
+fn prerm_fails_the_removal_while_state_is_live_and_keeps_the_hook() {
+    let (_tmp, hooks, _plugins, _state) = with_stateful_plugin();
+    script(&hooks.join("qemu.pre-hookctl"), "#!/bin/sh\nexit 0\n");
+    start(&hooks, "web1");
+    let out = prerm(&hooks, &exe());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("qemu web1: 10-reserve") && stderr.contains("not removing the package"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hookctl uninstall --force qemu"), "{stderr}");
+    assert_eq!(fs::read_link(hooks.join("qemu")).unwrap(), exe());
+    // Released: the removal goes through and the saved hook is back.
+    release(&hooks, "web1").success();
+    let out = prerm(&hooks, &exe());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fs::symlink_metadata(hooks.join("qemu")).unwrap().is_file());
+    assert!(!hooks.join("qemu.pre-hookctl").exists());
+}
+
+/// A hookctl that cannot run at all leaves no dangling link behind.
+#[test]
+fn prerm_removes_the_link_of_a_hookctl_that_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    let broken = tmp.path().join("bin/hookctl");
+    script(&broken, "#!/bin/sh\nexit 127\n");
+    fs::create_dir_all(&hooks).unwrap();
+    std::os::unix::fs::symlink(&broken, hooks.join("qemu")).unwrap();
+    script(&hooks.join("qemu.pre-hookctl"), "#!/bin/sh\nexit 0\n");
+    let out = prerm(&hooks, &broken);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("removing") && stderr.contains("by hand"), "{stderr}");
+    assert!(
+        fs::symlink_metadata(hooks.join("qemu")).unwrap().is_file(),
+        "the saved hook is back"
+    );
+}
