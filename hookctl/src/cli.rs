@@ -244,7 +244,7 @@ pub(crate) struct SimulateArgs {
     #[arg(long, value_name = "VERSION")]
     pub(crate) libvirt: Option<String>,
     /// Run no plugin: print the events of the scenario and, for each, the plugins that
-    /// would run in order and what each one's [match] decided.
+    /// would run in order and what each one's `[match]` decided.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Where plugins with `state = true` keep their state (created 0700, kept), so a

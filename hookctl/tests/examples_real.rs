@@ -319,7 +319,15 @@ fn every_settings_key_is_in_the_man_page_and_the_guide() {
     let guide = read("docs/settings.md");
     assert!(man.starts_with(".\\\"") && man.contains("\n.TH HOOKCTL-SETTINGS 5 "));
     let sidecar = declared_keys(&read("hooks-core/src/settings.rs"), &["File", "MatchFile"]);
-    let dispatcher = declared_keys(&read("hookctl/src/config.rs"), &["File"]);
+    // hookctl.toml is read key by key, from the list of keys it knows.
+    let config = read("hookctl/src/config.rs");
+    let list = config
+        .lines()
+        .find_map(|l| l.strip_prefix("const KEYS: "))
+        .and_then(|l| l.split_once("= ["))
+        .map(|(_, rest)| rest.trim_end_matches("];"))
+        .expect("no `const KEYS` in hookctl/src/config.rs");
+    let dispatcher: Vec<String> = list.split(',').map(|k| k.trim().trim_matches('"').to_owned()).collect();
     assert!(sidecar.contains(&"xpath".to_owned()) && dispatcher.contains(&"journal".to_owned()));
     for key in sidecar.iter().chain(&dispatcher) {
         let in_man = key == "match" && man.contains(".SS The [match] table")

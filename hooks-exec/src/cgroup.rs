@@ -84,18 +84,9 @@ pub(crate) fn recurs(errno: i32) -> bool {
 }
 
 fn probe() -> Result<Setup, String> {
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    let mount = find_cgroup2(&mountinfo).ok_or("no cgroup v2 hierarchy is mounted")?;
     let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let own = own_cgroup(&own).ok_or("this process is in no cgroup v2 (no `0::` line in /proc/self/cgroup)")?;
-    let dir = cgroup_dir(&mount, own).ok_or_else(|| {
-        format!(
-            "its cgroup {own} is not under the cgroup2 mount at {}",
-            mount.point.display()
-        )
-    })?;
-    check_owners(&mount.point, &dir)?;
+    let (mount, dir) = locate(own)?;
     let parent = dir.join(PARENT);
     match fs::create_dir(&parent) {
         Ok(()) => {}
@@ -136,10 +127,9 @@ fn probe() -> Result<Setup, String> {
     Ok(setup)
 }
 
-/// What [`setup`] would find in a process in the cgroup `own` (as `/proc/<pid>/cgroup`
-/// names it), creating nothing: where hook cgroups would go and which controllers they
-/// would get. For telling people what another process (a libvirt daemon) gives its hooks.
-pub(crate) fn preview(own: &str) -> Result<(PathBuf, bool, bool), String> {
+/// The cgroup2 mount and the directory of the cgroup `own` (as `/proc/<pid>/cgroup`
+/// names it), checked to belong to root or this user all the way down.
+fn locate(own: &str) -> Result<(Mount, PathBuf), String> {
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mount = find_cgroup2(&mountinfo).ok_or("no cgroup v2 hierarchy is mounted")?;
@@ -150,6 +140,14 @@ pub(crate) fn preview(own: &str) -> Result<(PathBuf, bool, bool), String> {
         )
     })?;
     check_owners(&mount.point, &dir)?;
+    Ok((mount, dir))
+}
+
+/// What [`setup`] would find in a process in the cgroup `own` (as `/proc/<pid>/cgroup`
+/// names it), creating nothing: where hook cgroups would go and which controllers they
+/// would get. For telling people what another process (a libvirt daemon) gives its hooks.
+pub(crate) fn preview(own: &str) -> Result<(PathBuf, bool, bool), String> {
+    let (mount, dir) = locate(own)?;
     let parent = dir.join(PARENT);
     // Made already (by an earlier call), it says what it passes down; else what it could.
     let (kill_file, controllers) = if parent.is_dir() {
