@@ -87,6 +87,7 @@ mkdir -p "$hooks"
 plugins=$hooks/qemu.plugins
 cat > "$plugins/hookctl.toml" <<EOF
 log = "$work/audit.jsonl"
+state = "$work/state"
 EOF
 cp "$plugins/hookctl.toml" "$hooks/daemon.plugins/hookctl.toml"
 cat > "$plugins/10-script.sh" <<EOF
@@ -254,5 +255,30 @@ rm "$work/fail-reconnect"
 printf 'timeout = 3\n' > "$plugins/10-script.sh.toml"
 virsh -q destroy "$domain" >/dev/null 2>&1 || true
 
-say "passed (start, destroy, save/restore filter, refusal, timeout; ${took}s for the hung start; a sidecar typo and a failing plugin at reconnect spared the guest; on_reconnect_failure = \"kill\" did not)"
+say "uninstall refuses while a running guest's plugin holds state, and release clears it"
+cat > "$plugins/40-state.sh" <<EOF
+#!/bin/sh
+cat >/dev/null
+[ "\$2" = prepare ] && echo "reserved for \$1" > "\$VIRT_HOOK_STATE/note"
+exit 0
+EOF
+chmod 755 "$plugins/40-state.sh"
+printf 'state = true\n' > "$plugins/40-state.sh.toml"
+virsh -q start "$domain" >/dev/null || fail "virsh start failed"
+if out=$("$hookctl" --hooks-dir "$hooks" uninstall qemu 2>&1); then
+  fail "uninstall went ahead while $domain holds live state: $out"
+fi
+case "$out" in *"$domain"*) ;; *) fail "uninstall's refusal does not name $domain: $out" ;; esac
+[ -L "$hooks/qemu" ] || fail "the refused uninstall removed the qemu hook"
+state=$("$hookctl" --hooks-dir "$hooks" state qemu)
+case "$state" in *"$domain"*) ;; *) fail "hookctl state does not list $domain's live state: $state" ;; esac
+virsh -q destroy "$domain" >/dev/null
+for _ in $(seq 1 50); do
+  state=$("$hookctl" --hooks-dir "$hooks" state qemu)
+  case "$state" in *"$domain"*) sleep 0.2 ;; *) break ;; esac
+done
+case "$state" in *"$domain"*) fail "the guest's release left its state behind: $state" ;; esac
+rm "$plugins/40-state.sh" "$plugins/40-state.sh.toml"
+
+say "passed (start, destroy, save/restore filter, refusal, timeout; ${took}s for the hung start; a sidecar typo and a failing plugin at reconnect spared the guest; on_reconnect_failure = \"kill\" did not; uninstall refused over live state)"
 echo "e2e-libvirt: 1 passed, 0 failed"

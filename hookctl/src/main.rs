@@ -2,6 +2,17 @@
 // Doc comments on the argument types are the `--help` text, where `<DIR>` is meant.
 #![allow(rustdoc::invalid_html_tags)]
 
+/// `println!` to stdout, except that a reader who stopped reading (`| head`, `| grep -q`)
+/// ends the output quietly instead of a panic: it has what it wanted.
+macro_rules! outln {
+    () => {
+        $crate::output::stdout(b"\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+
 mod audit;
 mod cli;
 mod commands;

@@ -503,3 +503,42 @@ fn wasm_memory_and_timeout_options_apply() {
         .stderr(contains("timed out after 200ms"));
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// A reader that stops early (`| head -1`, `| grep -q`) ends hookctl's output quietly:
+/// no panic, no "failed printing to stdout" (e2e's `hookctl state | grep -q` got one).
+#[test]
+fn a_reader_that_stops_early_gets_no_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["10-a", "20-b", "30-c"] {
+        script(tmp.path(), &format!("qemu.d/{name}"), "#!/bin/sh\nexit 0\n");
+    }
+    // Its own log and state root, never the host's.
+    let plugins = tmp.path().join("qemu.plugins");
+    fs::create_dir_all(plugins.join("state/qemu/vm1/10-a")).unwrap();
+    fs::write(
+        plugins.join("hookctl.toml"),
+        format!(
+            "log = \"{0}/audit.jsonl\"\nstate = \"{0}/state\"\n",
+            plugins.display()
+        ),
+    )
+    .unwrap();
+    fs::write(plugins.join("audit.jsonl"), "").unwrap();
+    for args in [&["check"][..], &["list"], &["state"], &["log"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookctl"))
+            .arg("--hooks-dir")
+            .arg(tmp.path())
+            .args(args)
+            .env("VIRT_HOOKS_WASM_CACHE", "off")
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("failed printing"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -35,7 +35,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(config) => config,
                 Err(e) => {
                     broken += 1;
-                    println!("broken: {}", message(&e.to_string()));
+                    outln!("broken: {}", message(&e.to_string()));
                     crate::config::DispatchConfig::default()
                 }
             };
@@ -43,7 +43,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             // fails each of them.
             if let Err(e) = hooks_core::StateRoot::new(&config.state).check() {
                 broken += 1;
-                println!(
+                outln!(
                     "broken: state root: {} (every plugin with `state = true` would fail)",
                     message(&e.to_string())
                 );
@@ -53,7 +53,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(()) => {}
                 Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
                     warned += 1;
-                    println!(
+                    outln!(
                         "warning: audit log {}: {} (dispatch will say so on each event)",
                         shown(&log),
                         message(&why.reason())
@@ -61,7 +61,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 }
                 Err(e) => {
                     broken += 1;
-                    println!("broken: audit log {}: {}", shown(&log), message(&e.to_string()));
+                    outln!("broken: audit log {}: {}", shown(&log), message(&e.to_string()));
                 }
             }
         }
@@ -69,7 +69,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             Ok(entries) => entries,
             Err(e) => {
                 broken += 1;
-                println!(
+                outln!(
                     "broken: {}: cannot read directory: {e}",
                     shown(&hooks.drop_in_dir(driver))
                 );
@@ -79,24 +79,24 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
         for entry in entries {
             if let Some(why) = entry.refusal() {
                 broken += 1;
-                println!("broken: {}: refused: {}", shown(&entry.path), message(&why.reason()));
+                outln!("broken: {}: refused: {}", shown(&entry.path), message(&why.reason()));
                 continue;
             }
             if let Some(why) = entry.stray_settings_warning() {
                 warned += 1;
-                println!("warning: {}: {}", shown(&entry.path), message(&why));
+                outln!("warning: {}: {}", shown(&entry.path), message(&why));
                 continue;
             }
             if let (true, hooks_core::backend::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
                 if why.is_likely_mistake() {
                     broken += 1;
-                    println!("broken: {}: {why}: it will never run", shown(&entry.path));
+                    outln!("broken: {}: {why}: it will never run", shown(&entry.path));
                 }
                 continue;
             }
             if let Some(why) = super::misplaced_plugin(&hooks, &entry, driver) {
                 broken += 1;
-                println!("broken: {}: {}", shown(&entry.path), message(&why));
+                outln!("broken: {}: {}", shown(&entry.path), message(&why));
                 continue;
             }
             let Some(loader) = entry.loader() else { continue };
@@ -104,7 +104,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             if !hooks.is_flat() && loader.backend() == "exec" {
                 if let Some(why) = entry.trust_warning() {
                     warned += 1;
-                    println!(
+                    outln!(
                         "warning: {}: {} (libvirt runs it as root anyway; hookctl would refuse it as a plugin)",
                         shown(&entry.path),
                         message(&why.reason())
@@ -115,7 +115,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Ok(settings) => settings,
                 Err(e) => {
                     broken += 1;
-                    println!(
+                    outln!(
                         "broken: {}: invalid settings: {}",
                         shown(&entry.path),
                         message(&e.to_string())
@@ -125,11 +125,11 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             };
             for why in state_warnings(&hooks, driver, loader.backend(), &settings) {
                 warned += 1;
-                println!("warning: {}: {}", shown(&entry.path), message(&why));
+                outln!("warning: {}: {}", shown(&entry.path), message(&why));
             }
             if entry.ignores_reconnect_setting(&settings) {
                 warned += 1;
-                println!(
+                outln!(
                     "warning: {}: on_reconnect_failure has no effect here: libvirt runs {}.d/ itself and kills the guest when a hook fails at reconnect; move it to {}.plugins/",
                     shown(&entry.path),
                     driver.as_str(),
@@ -139,7 +139,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             match loader.check(&entry.path, &settings) {
                 Ok(()) => {
                     sound += 1;
-                    println!(
+                    outln!(
                         "ok      {:<8} {:<6} {}{}",
                         driver.as_str(),
                         loader.backend(),
@@ -150,17 +150,17 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 Err(e) => {
                     broken += 1;
                     // A plugin's own words (a WASM module's names) are in it: escaped and capped.
-                    println!("broken: {}", message(&error_chain(&e)));
+                    outln!("broken: {}", message(&error_chain(&e)));
                 }
             }
         }
     }
     if broken > 0 {
-        println!("hookctl: {broken} broken hook file(s), {sound} sound");
+        outln!("hookctl: {broken} broken hook file(s), {sound} sound");
     } else if warned > 0 {
-        println!("all {sound} hook file(s) are sound; {warned} warning(s)");
+        outln!("all {sound} hook file(s) are sound; {warned} warning(s)");
     } else {
-        println!("all {sound} hook file(s) are sound");
+        outln!("all {sound} hook file(s) are sound");
     }
     Ok(broken == 0)
 }

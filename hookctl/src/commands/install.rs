@@ -128,20 +128,20 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
         fs::create_dir_all(&plugins).map_err(|e| io_err("create", &plugins, e))?;
         if let Some(stale) = stale_saved {
             fs::remove_file(&stale).map_err(|e| io_err("remove", &stale, e))?;
-            println!(
+            outln!(
                 "{}: removed: it was an earlier hookctl's link, saved as if it were your hook (it failed every event)",
                 crate::output::path(&stale)
             );
         }
         match step {
             Step::AlreadyInstalled => {
-                println!("{}: already installed", crate::output::path(&link));
+                outln!("{}: already installed", crate::output::path(&link));
                 continue;
             }
             Step::Link => link_in_place(dir, driver, &exe)?,
             Step::Relink(other) => {
                 link_in_place(dir, driver, &exe)?;
-                println!(
+                outln!(
                     "{}: was the hookctl at {}; relinked in one rename (nothing saved: a hookctl is never kept as an old hook)",
                     crate::output::path(&link),
                     crate::output::path(&other)
@@ -149,14 +149,14 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
             }
             Step::ReplaceKeeping(kept) => {
                 replace_keeping(dir, driver, &exe, &kept)?;
-                println!(
+                outln!(
                     "{}: moved the existing hook to {} (the dispatcher runs it first, as libvirt did)",
                     crate::output::path(&link),
                     crate::output::path(&kept)
                 );
             }
         }
-        println!(
+        outln!(
             "{}: -> {} (plugins in {})",
             crate::output::path(&link),
             crate::output::path(&exe),
@@ -164,7 +164,7 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
         );
     }
     apparmor_note(&exe);
-    println!("libvirt reads which hooks exist at start: restart it, or send it SIGHUP, to pick them up.");
+    outln!("libvirt reads which hooks exist at start: restart it, or send it SIGHUP, to pick them up.");
     Ok(true)
 }
 
@@ -306,7 +306,7 @@ fn apparmor_lets_libvirtd_run(exe: &Path) -> bool {
 fn apparmor_note(exe: &Path) {
     let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
     if enabled && !apparmor_lets_libvirtd_run(exe) {
-        println!(
+        outln!(
             "note: AppArmor is enabled, and Debian's/Ubuntu's libvirtd profile lets libvirtd run hooks only from /usr/bin, /usr/sbin, /bin, /sbin or /etc/libvirt/hooks. If libvirtd's hooks fail with \"Permission denied\", add\n    {} PUx,\nto /etc/apparmor.d/local/usr.sbin.libvirtd and reload it (apparmor_parser -r /etc/apparmor.d/usr.sbin.libvirtd), or install hookctl as /usr/bin/hookctl.",
             crate::output::path(exe)
         );
@@ -338,7 +338,7 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     for driver in args.drivers {
         let link = dir.join(driver.as_str());
         if !is_us(&link, &exe) {
-            println!("{}: not hookctl, left alone", crate::output::path(&link));
+            outln!("{}: not hookctl, left alone", crate::output::path(&link));
             continue;
         }
         let kept = [saved_original(dir, driver), legacy_original(dir, driver)]
@@ -348,11 +348,11 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
             // Renamed over the link: libvirt finds one hook or the other, never none.
             Some(kept) => {
                 fs::rename(&kept, &link).map_err(|e| io_err("restore", &kept, e))?;
-                println!("{}: restored the original hook", crate::output::path(&link));
+                outln!("{}: restored the original hook", crate::output::path(&link));
             }
             None => {
                 fs::remove_file(&link).map_err(|e| io_err("remove", &link, e))?;
-                println!("{}: removed (the plugins dir is kept)", crate::output::path(&link));
+                outln!("{}: removed (the plugins dir is kept)", crate::output::path(&link));
             }
         }
     }

@@ -188,22 +188,22 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
     let shown: Vec<String> = where_.iter().map(|p| output::path(p)).collect();
     if listing.state.is_empty() {
         if shown.is_empty() {
-            println!(
+            outln!(
                 "no plugins dir in {}: no dispatcher keeps state here",
                 output::path(dir)
             );
         } else {
-            println!("no state (under {})", shown.join(", "));
+            outln!("no state (under {})", shown.join(", "));
         }
         return Ok(complete);
     }
     output::stdout(table(&listing.state).as_bytes());
-    println!("(under {})", shown.join(", "));
+    outln!("(under {})", shown.join(", "));
     if listing.state.iter().any(|r| r.state == "live") {
-        println!("live: until the object's last event (release end; a network's stopped end), which the plugin needs to undo its work.");
+        outln!("live: until the object's last event (release end; a network's stopped end), which the plugin needs to undo its work.");
     }
     if listing.state.iter().any(|r| r.state == "kept") {
-        println!("KEPT: its plugin failed the object's last event; undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
+        outln!("KEPT: its plugin failed the object's last event; undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
     }
     Ok(complete)
 }
@@ -317,10 +317,10 @@ fn clear(dir: &Path, args: StateClearArgs) -> Outcome {
         let shown = output::path(&e.path);
         match root.remove(d, &e.object, &e.hook) {
             Ok(true) if e.kept.is_none() => {
-                println!("removed {shown} (it was live: the object's release will find nothing to undo)")
+                outln!("removed {shown} (it was live: the object's release will find nothing to undo)")
             }
-            Ok(true) => println!("removed {shown}"),
-            Ok(false) => println!("{shown}: already gone"),
+            Ok(true) => outln!("removed {shown}"),
+            Ok(false) => outln!("{shown}: already gone"),
             Err(err) => {
                 all_removed = false;
                 eprintln!("hookctl: {}", output::message(&err.to_string()));
