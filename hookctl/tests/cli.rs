@@ -517,10 +517,7 @@ fn a_reader_that_stops_early_gets_no_panic() {
     fs::create_dir_all(plugins.join("state/qemu/vm1/10-a")).unwrap();
     fs::write(
         plugins.join("hookctl.toml"),
-        format!(
-            "log = \"{0}/audit.jsonl\"\nstate = \"{0}/state\"\n",
-            plugins.display()
-        ),
+        format!("log = \"{0}/audit.jsonl\"\nstate = \"{0}/state\"\n", plugins.display()),
     )
     .unwrap();
     fs::write(plugins.join("audit.jsonl"), "").unwrap();
