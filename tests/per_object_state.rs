@@ -274,3 +274,41 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// The README's way to set a plugin aside (`mv 10-x 10-x.disabled`) while a guest it
+/// keeps state for runs: at the guest's `release` the plugin cannot run to undo what it
+/// did, so its directory is kept (with a note saying why), never removed in silence. A
+/// plugin still there that its `[match]` keeps off `release` loses its directory as before.
+#[test]
+fn a_plugin_set_aside_while_its_guest_runs_keeps_its_state() {
+    let s = Setup::new();
+    let gone = s.exec_plugin("10-gone", 0);
+    let quiet = s.exec_plugin("20-quiet", 0);
+    s.stateful(&quiet, "[match]\nops = [\"prepare\", \"start\", \"started\"]\n");
+    let registry = s.registry();
+    let guest = Guest::new(Driver::Qemu, "web1", "<domain/>\n");
+    let lifecycle = Lifecycle::new(&registry);
+    block_on(lifecycle.start(&guest)).unwrap();
+    assert!(s.dir("web1", "10-gone").join("seen").exists());
+    fs::rename(&gone, gone.with_extension("disabled")).unwrap();
+    fs::rename(
+        hooks_core::backend::HookSettings::sidecar(&gone),
+        s.plugins().join("10-gone.disabled.toml"),
+    )
+    .unwrap();
+    let release = QemuEvent::Release {
+        name: "web1".into(),
+        xml: "<domain/>\n".into(),
+        reason: hooks_core::ReleaseReason::Destroyed,
+    };
+    let report = registry.fire_blocking(&release).unwrap();
+    assert_eq!(report.state_kept, [s.dir("web1", "10-gone")], "{report:?}");
+    assert!(s.dir("web1", "10-gone").join("seen").exists());
+    assert!(
+        !s.dir("web1", "20-quiet").exists(),
+        "a plugin still there lost nothing to keep"
+    );
+    let entries = s.root.entries(Driver::Qemu);
+    let why = entries[0].kept.as_deref().expect("a note says why it was kept");
+    assert!(why.contains("no longer in"), "{why}");
+}

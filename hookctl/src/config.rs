@@ -160,6 +160,26 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// What a view (`list`, `check`, `simulate`) shows as in effect: every usable key as
+    /// the dispatcher applies it, the default for the others. Where `log` or `state`
+    /// cannot be used, their field says `None`: the dispatcher uses no other path.
+    pub(crate) fn in_effect(&self) -> (DispatchConfig, Option<PathBuf>, Option<PathBuf>) {
+        let defaults = DispatchConfig::default();
+        let config = DispatchConfig {
+            log: self.log.as_ref().map_or(defaults.log, Clone::clone),
+            timeout: self.timeout,
+            journal: self.journal,
+            state: self.state.as_ref().map_or(defaults.state, Clone::clone),
+        };
+        (
+            config,
+            self.log.as_ref().ok().cloned(),
+            self.state.as_ref().ok().cloned(),
+        )
+    }
+}
+
 /// `<plugins>/hookctl.toml`.
 pub(crate) fn path(plugins: &Path) -> PathBuf {
     plugins.join("hookctl.toml")
@@ -183,15 +203,6 @@ pub(crate) fn settings(plugins: &Path) -> Settings {
             Settings::unusable(path, why)
         }
     }
-}
-
-/// Reads the settings as a whole; defaults when there is no file.
-///
-/// # Errors
-/// A file that fails the trust rule (it names where root writes the log), does not
-/// parse, has unknown keys, a relative `log` or a bad `timeout`: every mistake.
-pub(crate) fn read(plugins: &Path) -> Result<DispatchConfig, ConfigError> {
-    settings(plugins).config()
 }
 
 /// Parses the text of `hookctl.toml` key by key; `path` names it in mistakes.

@@ -695,7 +695,7 @@ fn an_event_whose_hookctl_toml_was_ignored_says_so() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(rows(&out).len(), 1, "{}", out.stdout);
     assert!(
-        rows(&out)[0].ends_with("hookctl.toml ignored: qemu.plugins/hookctl.toml:2: unknown field `tiemout`"),
+        rows(&out)[0].ends_with("hookctl.toml has a mistake: qemu.plugins/hookctl.toml:2: unknown field `tiemout`"),
         "{}",
         out.stdout
     );

@@ -270,3 +270,39 @@ fn log_reads_the_log_the_file_names_despite_another_mistake() {
         .success()
         .stdout(contains("\"object\":\"ops-config-only-here\""));
 }
+
+/// `list` shows what the dispatcher applies: a valid `timeout` beside a bad key is the
+/// plugins' limit (it showed the built-in default, `30s (default)`, beside "the other
+/// settings apply"), and `check` judges the log and state root the file names, never
+/// the defaults.
+#[test]
+fn list_and_check_show_the_keys_that_apply_beside_a_bad_one() {
+    let (_tmp, hooks, plugins) = installed_with(|tmp| {
+        format!(
+            "log = \"{0}/audit.jsonl\"\nstate = \"{0}/state\"\ntimeout = \"2s\"\njournal = \"no\"\n",
+            tmp.display()
+        )
+    });
+    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    let out = hookctl(&hooks, &["list", "qemu"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("timeout=2s"), "{out}");
+    assert!(!out.contains("timeout=30s"), "{out}");
+    let out = hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("journal"), "{out}");
+    assert!(
+        !out.contains("/var/log/libvirt") && !out.contains("/run/virt-hooks"),
+        "{out}"
+    );
+}

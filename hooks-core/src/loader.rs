@@ -334,6 +334,12 @@ fn stray_settings(
     if (flat && name == "hookctl.toml") || names.contains(std::ffi::OsStr::from_bytes(hook)) {
         return None;
     }
+    // The settings of a plugin set aside (`10-x` moved to `10-x.disabled`): they apply
+    // again when it is moved back, and renaming them would lose them then.
+    let set_aside = [hook, b".disabled"].concat();
+    if names.contains(std::ffi::OsStr::from_bytes(&set_aside)) {
+        return None;
+    }
     // A hook whose name less its extension is this one's: `10-x.sh` (or `10-x.wasm`).
     let mut meant: Vec<&std::ffi::OsStr> = names
         .iter()
@@ -1234,6 +1240,27 @@ mod tests {
 
     /// `10-x.toml` beside `10-x.sh` configures nothing (the sidecar is `10-x.sh.toml`):
     /// it is told apart from a real sidecar, with the name it should have.
+    #[test]
+    fn the_sidecar_of_a_plugin_set_aside_is_not_stray() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("qemu.plugins");
+        fs::create_dir(&plugins).unwrap();
+        for (name, mode) in [("20-stateful.disabled", 0o755), ("20-stateful.toml", 0o644)] {
+            fs::write(plugins.join(name), "#!/bin/sh\n").unwrap();
+            fs::set_permissions(plugins.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let entries = HooksDir::plugins(&plugins).scan(Driver::Qemu).unwrap();
+        let sidecar = entries
+            .iter()
+            .find(|e| e.path.ends_with("20-stateful.toml"))
+            .expect("listed");
+        assert_eq!(
+            sidecar.stray_settings_warning(),
+            None,
+            "renaming it would lose it when the plugin comes back"
+        );
+    }
+
     #[test]
     fn a_sidecar_named_after_the_stem_is_stray_and_names_the_hook() {
         let tmp = tempfile::tempdir().unwrap();

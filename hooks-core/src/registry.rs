@@ -648,7 +648,9 @@ impl Registry {
     }
 
     /// After an object's last event: its state directories go, except those of hooks
-    /// that failed the event (kept for the operator, and listed in the report).
+    /// that failed the event or are no longer in their directory (set aside, renamed,
+    /// removed: nothing undid what they recorded), kept for the operator and listed in
+    /// the report.
     fn finish_state(&self, event: &dyn HookEvent, report: &mut Report) {
         let object = EventArgs::new(event.os_args());
         // One line: the status and the first line the hook printed.
@@ -692,10 +694,19 @@ impl Registry {
             finished.push(root.path());
             // A directory is its hook's, in this dir: a hook of the same file name
             // elsewhere that failed is not a reason to keep it.
-            let paths: Option<Vec<String>> = dir
-                .scan(event.driver())
-                .ok()
+            let scanned = dir.scan(event.driver()).ok();
+            let paths: Option<Vec<String>> = scanned
+                .as_ref()
                 .map(|entries| entries.iter().map(|e| e.path.display().to_string()).collect());
+            // Hooks that would run here now: a directory of none of them belongs to a
+            // plugin set aside, renamed or removed while its object ran.
+            let present: Option<Vec<std::ffi::OsString>> = scanned.as_ref().map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| !matches!(e.disposition, crate::loader::Disposition::Skipped(_)))
+                    .filter_map(|e| e.path.file_name().map(ToOwned::to_owned))
+                    .collect()
+            });
             let failed = |name: &std::ffi::OsStr| {
                 let own = |r: &&HookRecord| match &paths {
                     Some(paths) => paths
@@ -703,7 +714,19 @@ impl Registry {
                         .any(|p| r.name == *p && std::path::Path::new(p).file_name() == Some(name)),
                     None => std::path::Path::new(&r.name).file_name() == Some(name),
                 };
-                report.hooks.iter().filter(|r| !r.success).find(own).map(note)
+                if let Some(why) = report.hooks.iter().filter(|r| !r.success).find(own).map(note) {
+                    return Some(why);
+                }
+                // Nothing can undo what it did but the plugin itself: keep its record.
+                present.as_ref().filter(|p| !p.iter().any(|n| n == name)).map(|_| {
+                    format!(
+                        "{} {}: its plugin is no longer in {} (set aside, renamed or removed while the object \
+                         ran), so nothing undid what it recorded",
+                        event.op(),
+                        event.subop(),
+                        crate::text::escape(&dir.root().display().to_string())
+                    )
+                })
             };
             match root.finish(event.driver(), object.get(0), &failed) {
                 Ok(dirs) => kept.extend(dirs),
@@ -714,7 +737,7 @@ impl Registry {
             }
         }
         for dir in &kept {
-            tracing::warn!(dir = %dir.display(), "state directory kept: its hook failed the object's last event");
+            tracing::warn!(dir = %dir.display(), "state directory kept: its hook failed the object's last event, or is gone");
         }
         report.state_kept = kept;
         report.state_errors = errors;

@@ -23,45 +23,44 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     // The hooks dir itself, and each dispatcher plugins dir beside it with its settings.
     let sources = drivers.into_iter().flat_map(|d| {
         let plugins = super::plugins_dir(dir, d).map(|p| {
-            let config = crate::config::read(&p);
-            let in_effect = config.as_ref().cloned().unwrap_or_default();
-            (d, super::dispatch::dispatcher_dir(&p, d, &in_effect), Some(config))
+            let settings = crate::config::settings(&p);
+            let (in_effect, _, _) = settings.in_effect();
+            (d, super::dispatch::dispatcher_dir(&p, d, &in_effect), Some(settings))
         });
         std::iter::once((d, super::with_backends(HooksDir::new(dir)), None)).chain(plugins)
     });
     for (driver, hooks, config) in sources {
-        if let Some(config) = config {
-            let config = match config {
-                Ok(config) => config,
-                Err(e) => {
-                    broken += 1;
-                    outln!("broken: {}", message(&e.to_string()));
-                    crate::config::DispatchConfig::default()
-                }
-            };
-            // Where `state = true` plugins keep theirs: a root every call would refuse
-            // fails each of them.
-            if let Err(e) = hooks_core::StateRoot::new(&config.state).check() {
+        if let Some(settings) = config {
+            if let Err(e) = settings.config() {
                 broken += 1;
-                outln!(
-                    "broken: state root: {} (every plugin with `state = true` would fail)",
-                    message(&e.to_string())
-                );
+                outln!("broken: {}", message(&e.to_string()));
             }
-            let log = config.log;
-            match crate::audit::check(&log) {
-                Ok(()) => {}
-                Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
-                    warned += 1;
+            // Where `state = true` plugins keep theirs: a root every call would refuse
+            // fails each of them. An unusable `state` is the mistake above, no other root.
+            if let Ok(state) = &settings.state {
+                if let Err(e) = hooks_core::StateRoot::new(state).check() {
+                    broken += 1;
                     outln!(
-                        "warning: audit log {}: {} (dispatch will say so on each event)",
-                        shown(&log),
-                        message(&why.reason())
+                        "broken: state root: {} (every plugin with `state = true` would fail)",
+                        message(&e.to_string())
                     );
                 }
-                Err(e) => {
-                    broken += 1;
-                    outln!("broken: audit log {}: {}", shown(&log), message(&e.to_string()));
+            }
+            if let Ok(log) = &settings.log {
+                match crate::audit::check(log) {
+                    Ok(()) => {}
+                    Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
+                        warned += 1;
+                        outln!(
+                            "warning: audit log {}: {} (dispatch will say so on each event)",
+                            shown(log),
+                            message(&why.reason())
+                        );
+                    }
+                    Err(e) => {
+                        broken += 1;
+                        outln!("broken: audit log {}: {}", shown(log), message(&e.to_string()));
+                    }
                 }
             }
         }

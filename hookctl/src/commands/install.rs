@@ -324,13 +324,14 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
         .collect();
     let held = super::state::live_state(dir, &ours);
     if !held.is_empty() {
-        let objects = held.describe();
         if !args.force {
+            let objects = held.describe(true);
             eprintln!(
                 "hookctl: not uninstalling: once hookctl is not libvirt's hook, these objects' last event (`release`) never reaches the plugins that hold their state (hugepages stay reserved, firewall rules stay):\n{objects}Release them first, then uninstall again; or pass --force to leave their state behind. Nothing was changed."
             );
             return Ok(false);
         }
+        let objects = held.describe(false);
         eprintln!(
             "hookctl: warning: uninstalling with --force: these objects' `release` will not reach the plugins that hold their state:\n{objects}`hookctl state` lists what is left; undo it by hand."
         );

@@ -159,15 +159,18 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     for d in drivers {
         listings.push(listing(&hooks, d));
         if let Some(plugins) = super::plugins_dir(dir, d) {
-            let config = crate::config::read(&plugins);
-            let in_effect = config.as_ref().cloned().unwrap_or_default();
+            let settings = crate::config::settings(&plugins);
+            // The timeout and the other usable keys as the dispatcher applies them.
+            let (in_effect, log, state) = settings.in_effect();
             let hooks = super::dispatch::dispatcher_dir(&plugins, d, &in_effect);
             let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
-            l.state = state_views(&hooks_core::StateRoot::new(&in_effect.state), d);
-            match config {
-                Ok(c) => l.log = Some(c.log.display().to_string()),
-                Err(e) => l.error = Some(format!("{e} (the other settings apply; `hookctl check`)")),
+            if let Some(state) = &state {
+                l.state = state_views(&hooks_core::StateRoot::new(state), d);
+            }
+            l.log = log.map(|log| log.display().to_string());
+            if let Err(e) = settings.config() {
+                l.error = Some(format!("{e} (the other settings apply; `hookctl check`)"));
             }
             if !super::install::is_hookctl(&dir.join(d.as_str())) {
                 l.not_run = Some(format!(

@@ -1138,10 +1138,12 @@ impl Ctx<'_> {
             .map(|h| (h, Failure::of(&h.status)))
             .or_else(|| r.failed_by())
             .or_else(|| r.hooks.iter().find(|h| !h.success).map(|h| (h, Failure::of(&h.status))));
-        let ignored_config = r
-            .config_error
-            .as_deref()
-            .map(|why| format!("hookctl.toml ignored: {}", shown(output::first_line(why), DETAIL_WIDTH)));
+        let ignored_config = r.config_error.as_deref().map(|why| {
+            format!(
+                "hookctl.toml has a mistake: {}",
+                shown(output::first_line(why), DETAIL_WIDTH)
+            )
+        });
         let mut text = String::new();
         if let Some((h, failure)) = pick {
             let ignored = r.failure(h).is_some_and(|(_, ignored)| ignored);

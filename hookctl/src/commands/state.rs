@@ -45,7 +45,9 @@ impl LiveState {
 
     /// The objects, one line each (`  qemu web1: 10-fw, 20-hugepages`), and the drivers
     /// whose state cannot be read.
-    pub(crate) fn describe(&self) -> String {
+    /// Each object with its plugins; `before` says how to release it while hookctl is
+    /// still the hook (after it is not, only the by-hand dispatch reaches the plugins).
+    pub(crate) fn describe(&self, before: bool) -> String {
         let mut text = String::new();
         let mut objects: Vec<(Driver, &OsStr, Vec<String>)> = Vec::new();
         for (d, e) in &self.live {
@@ -58,7 +60,14 @@ impl LiveState {
         for (d, object, plugins) in &objects {
             let object = output::name(&object.to_string_lossy()).into_owned();
             text.push_str(&format!("  {d} {object}: {}\n", plugins.join(", ")));
-            text.push_str(&format!("      release it: {}\n", release_hint(*d, &object)));
+            if before {
+                text.push_str(&format!("      release it: {}\n", release_hint(*d, &object)));
+            } else {
+                text.push_str(&format!(
+                    "      its plugins get its last event only by hand: {}\n",
+                    by_hand_hint(*d, &object)
+                ));
+            }
         }
         for (d, why) in &self.unknown {
             text.push_str(&format!(
@@ -96,8 +105,22 @@ fn release_hint(driver: Driver, object: &str) -> String {
         Driver::Bhyve => (format!("virsh -c bhyve:///system destroy {object}"), "release end"),
         _ => (format!("virsh destroy {object}"), "release end"),
     };
+    format!("`{stop}` (or shut it down); if libvirt no longer runs it, run its {last} by hand ({BY_HAND_DOC})")
+}
+
+/// Where giving an object its last event by hand is explained.
+const BY_HAND_DOC: &str = "docs/matching-and-state.md, \"Releasing an object by hand\"";
+
+/// Giving an object its last event with the dispatcher itself, once hookctl is not the
+/// hook (libvirt's own events no longer reach the plugins).
+fn by_hand_hint(driver: Driver, object: &str) -> String {
+    let last = if driver == Driver::Network {
+        "stopped end"
+    } else {
+        "release end"
+    };
     format!(
-        "`{stop}` (or shut it down); if libvirt no longer runs it, run its {last} by hand (README, \"Releasing an object by hand\")"
+        "`hookctl dispatch --plugins <hooks>/{driver}.plugins {driver} {object} {last} - < its XML` ({BY_HAND_DOC})"
     )
 }
 
