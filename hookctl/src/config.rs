@@ -335,7 +335,7 @@ mod tests {
     fn with(text: &str) -> Result<DispatchConfig, ConfigError> {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(path(tmp.path()), text).unwrap();
-        read(tmp.path())
+        settings(tmp.path()).config()
     }
 
     fn keys(text: &str) -> Settings {
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(read(tmp.path()).unwrap(), DispatchConfig::default());
+        assert_eq!(settings(tmp.path()).config().unwrap(), DispatchConfig::default());
         let c = with("log = \"/var/log/x.jsonl\"\ntimeout = \"30s\"\n").unwrap();
         assert_eq!(c.log, Path::new("/var/log/x.jsonl"));
         assert_eq!(c.timeout, Some(Duration::from_secs(30)));
