@@ -2,17 +2,9 @@
 // Doc comments on the argument types are the `--help` text, where `<DIR>` is meant.
 #![allow(rustdoc::invalid_html_tags)]
 
-/// `println!` to stdout, except that a reader who stopped reading (`| head`, `| grep -q`)
-/// ends the output quietly instead of a panic: it has what it wanted.
-macro_rules! outln {
-    () => {
-        $crate::output::stdout(b"\n")
-    };
-    ($($arg:tt)*) => {
-        $crate::output::stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
-    };
-}
-
+// First: its `outln!` is used by the modules below.
+#[macro_use]
+mod output;
 mod audit;
 mod cli;
 mod commands;
@@ -22,7 +14,6 @@ mod journal;
 mod native;
 #[cfg(feature = "dylib")]
 mod native_wire;
-mod output;
 mod sys;
 
 use std::process::ExitCode;

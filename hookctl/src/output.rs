@@ -4,6 +4,17 @@
 //! line, the journal, stderr for libvirt, the terminal) with these limits, and escaped
 //! wherever it reaches a terminal ([`hooks_core::text`]).
 
+/// `println!` to stdout, except that a reader who stopped reading (`| head`, `| grep -q`)
+/// ends the output quietly instead of a panic: it has what it wanted.
+macro_rules! outln {
+    () => {
+        $crate::output::stdout(b"\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+
 use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::Path;
