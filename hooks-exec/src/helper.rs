@@ -657,9 +657,11 @@ impl State {
             pending.push(p.pid);
         };
         for_each_child_of(me, |pid| {
-            // Our child, not reaped: the pid is still this process's.
+            // Looked at first (once killed it may be a zombie by the time we look, and
+            // go uncounted); our child, not reaped: the pid is still this process's.
+            let seen = procfs::read_stat(pid);
             let _ = raw::kill(pid, libc::SIGKILL);
-            if let Some(p) = procfs::read_stat(pid) {
+            if let Some(p) = seen {
                 note(&p, &mut pending);
             }
         });
