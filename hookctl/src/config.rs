@@ -158,25 +158,19 @@ impl Settings {
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
         }
     }
-}
 
-impl Settings {
     /// What a view (`list`, `check`, `simulate`) shows as in effect: every usable key as
-    /// the dispatcher applies it, the default for the others. Where `log` or `state`
-    /// cannot be used, their field says `None`: the dispatcher uses no other path.
-    pub(crate) fn in_effect(&self) -> (DispatchConfig, Option<PathBuf>, Option<PathBuf>) {
+    /// the dispatcher applies it, the default for the others (where `log` or `state`
+    /// cannot be used, [`Settings::log`]/[`Settings::state`] say so: the dispatcher uses
+    /// no other path).
+    pub(crate) fn in_effect(&self) -> DispatchConfig {
         let defaults = DispatchConfig::default();
-        let config = DispatchConfig {
+        DispatchConfig {
             log: self.log.as_ref().map_or(defaults.log, Clone::clone),
             timeout: self.timeout,
             journal: self.journal,
             state: self.state.as_ref().map_or(defaults.state, Clone::clone),
-        };
-        (
-            config,
-            self.log.as_ref().ok().cloned(),
-            self.state.as_ref().ok().cloned(),
-        )
+        }
     }
 }
 

@@ -654,16 +654,7 @@ fn a_users_bin(tmp: &std::path::Path) -> std::path::PathBuf {
 /// Runs the installed `qemu` link as libvirt would, with `path` as the hook's PATH and
 /// `guest` as the object's name.
 fn dispatch_with(hooks: &std::path::Path, path: &str, guest: &str) -> std::process::Output {
-    std::process::Command::new(hooks.join("qemu"))
-        .current_dir("/")
-        .env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", path)
-        .env("VIRT_HOOKS_WASM_CACHE", "off")
-        .args([guest, "prepare", "begin", "-"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+    dispatch_in(hooks, path, guest, std::path::Path::new("/"))
 }
 
 /// Installs `body` as a root-owned plugin `name`, dispatches, and checks that the event

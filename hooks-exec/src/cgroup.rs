@@ -233,8 +233,8 @@ fn unescape(field: &str) -> Vec<u8> {
     out
 }
 
-/// This process's cgroup v2 path, from `/proc/self/cgroup`.
-fn own_cgroup(text: &str) -> Option<&str> {
+/// A process's cgroup v2 path, from its `/proc/<pid>/cgroup`.
+pub(crate) fn own_cgroup(text: &str) -> Option<&str> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .filter(|p| p.starts_with('/') && !p.ends_with(" (deleted)"))

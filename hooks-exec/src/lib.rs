@@ -226,10 +226,8 @@ impl std::fmt::Display for ContainmentInEffect {
 /// ```
 pub fn containment_of(pid: u32) -> std::io::Result<ContainmentInEffect> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let own = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or_else(|| std::io::Error::other(format!("process {pid} is in no cgroup v2")))?;
+    let own =
+        cgroup::own_cgroup(&text).ok_or_else(|| std::io::Error::other(format!("process {pid} is in no cgroup v2")))?;
     Ok(match cgroup::preview(own) {
         Ok((parent, memory, pids)) => ContainmentInEffect {
             kind: Containment::Cgroup,

@@ -29,7 +29,7 @@ const WATCH: u8 = b'+';
 const FORGET: u8 = b'-';
 /// A message: its kind, then the call's id.
 type Msg = [u8; 9];
-/// How many calls one watchdog holds at once; more go unwatched (and say so).
+/// How many calls one watchdog holds at once; more go unwatched.
 const MAX_WATCHED: usize = 512;
 
 struct Watchdog {
@@ -219,22 +219,27 @@ fn kill_cgroup(cgroup: c_int) {
     }
     let until = raw::now_millis() + 1000;
     while raw::now_millis() < until {
+        // Pinned a batch at a time, then checked against one more reading of the list:
+        // a pid that ended and was handed out again meanwhile is in another cgroup, and
+        // is never signalled.
+        let mut pinned = [(0 as pid_t, -1 as c_int); 256];
         let mut listed = 0;
         for_each_member(cgroup, |pid| {
             listed += 1;
-            // Pinned, then still listed: a pid that ended and was handed out again
-            // meanwhile is in another cgroup, and is never signalled.
-            if let Ok(fd) = raw::pidfd_open(pid) {
-                let mut still = false;
-                for_each_member(cgroup, |p| still |= p == pid);
-                if still {
-                    let _ = raw::pidfd_kill(fd, libc::SIGKILL);
-                }
-                raw::close(fd);
+            if let Some(slot) = pinned.get_mut(listed - 1) {
+                *slot = (pid, raw::pidfd_open(pid).unwrap_or(-1));
             }
         });
         if listed == 0 {
             return;
+        }
+        for_each_member(cgroup, |pid| {
+            if let Some(&(_, fd)) = pinned.iter().find(|&&(p, fd)| p == pid && fd >= 0) {
+                let _ = raw::pidfd_kill(fd, libc::SIGKILL);
+            }
+        });
+        for &(_, fd) in pinned.iter().filter(|(_, fd)| *fd >= 0) {
+            raw::close(fd);
         }
         // SAFETY: a plain sleep of 1 ms.
         unsafe { libc::usleep(1000) };

@@ -24,7 +24,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     let sources = drivers.into_iter().flat_map(|d| {
         let plugins = super::plugins_dir(dir, d).map(|p| {
             let settings = crate::config::settings(&p);
-            let (in_effect, _, _) = settings.in_effect();
+            let in_effect = settings.in_effect();
             (d, super::dispatch::dispatcher_dir(&p, d, &in_effect), Some(settings))
         });
         std::iter::once((d, super::with_backends(HooksDir::new(dir)), None)).chain(plugins)

@@ -161,14 +161,14 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         if let Some(plugins) = super::plugins_dir(dir, d) {
             let settings = crate::config::settings(&plugins);
             // The timeout and the other usable keys as the dispatcher applies them.
-            let (in_effect, log, state) = settings.in_effect();
+            let in_effect = settings.in_effect();
             let hooks = super::dispatch::dispatcher_dir(&plugins, d, &in_effect);
             let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
-            if let Some(state) = &state {
+            if let Ok(state) = &settings.state {
                 l.state = state_views(&hooks_core::StateRoot::new(state), d);
             }
-            l.log = log.map(|log| log.display().to_string());
+            l.log = settings.log.as_ref().ok().map(|log| log.display().to_string());
             if let Err(e) = settings.config() {
                 l.error = Some(format!("{e} (the other settings apply; `hookctl check`)"));
             }
@@ -279,11 +279,22 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
 /// Nothing is created either way.
 fn exec_containment(listings: &mut [DriverListing]) {
     #[cfg(feature = "exec")]
+    let mut running: Option<Vec<(String, u32)>> = None;
+    #[cfg(feature = "exec")]
     for l in listings.iter_mut() {
         if !l.entries.iter().any(|e| e.backend == Some("exec")) {
             continue;
         }
-        let found = running_daemon(daemons(l.driver));
+        // One look at /proc, whichever drivers are listed.
+        let running = running.get_or_insert_with(running_daemons);
+        let found = daemons(l.driver).iter().find_map(|name| {
+            running
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|&(_, pid)| pid)
+                .min()
+                .map(|pid| (name, pid))
+        });
         let (pid, who) = match &found {
             Some((name, pid)) => (*pid, format!("as {name} (pid {pid}) runs them")),
             None => (
@@ -314,23 +325,32 @@ fn daemons(driver: Driver) -> &'static [&'static str] {
     }
 }
 
-/// The first of `names` running now (by `/proc/<pid>/comm`), and its pid.
+/// Every libvirt daemon that runs hooks.
 #[cfg(feature = "exec")]
-fn running_daemon(names: &[&str]) -> Option<(String, u32)> {
-    let mut found: Vec<(usize, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
-            continue;
-        };
-        if let Some(rank) = names.iter().position(|n| *n == comm.trim_end()) {
-            found.push((rank, pid));
-        }
-    }
-    found.sort_unstable();
-    found.first().map(|&(rank, pid)| (names[rank].to_owned(), pid))
+const DAEMONS: [&str; 6] = [
+    "libvirtd",
+    "virtqemud",
+    "virtlxcd",
+    "virtxend",
+    "virtbhyved",
+    "virtnetworkd",
+];
+
+/// The libvirt daemons running now (by `/proc/<pid>/comm`), with their pids.
+#[cfg(feature = "exec")]
+fn running_daemons() -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim_end();
+            DAEMONS.contains(&comm).then(|| (comm.to_owned(), pid))
+        })
+        .collect()
 }
 
 fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {

@@ -48,7 +48,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         None => hooks_core::StateRoot::new(scratch.path().join("state")),
     };
     let plugins = dir.join(format!("{}.plugins", args.driver.as_str()));
-    let real = crate::config::settings(&plugins).in_effect().0.state;
+    let real = crate::config::settings(&plugins).in_effect().state;
     for real in [resolved(&real), resolved(Path::new(hooks_core::SYSTEM_STATE_ROOT))] {
         if state.path().starts_with(&real) || real.starts_with(state.path()) {
             return Err(UsageError(format!(
@@ -123,7 +123,7 @@ fn simulation(
     let plugins = super::dispatch::plugins_dir_for(&dir.join(driver.as_str()), driver);
     let config = crate::config::DispatchConfig {
         state: state.path().to_owned(),
-        ..crate::config::settings(&plugins).in_effect().0
+        ..crate::config::settings(&plugins).in_effect()
     };
     hooks_core::RegistryBuilder::new()
         .hooks_dir_with(super::dispatch::dispatcher_dir(&plugins, driver, &config))
