@@ -84,6 +84,11 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// The file's `log` is sound, but the log itself cannot be opened.
+    pub(crate) fn unopenable_log(log: &Path, why: &str) -> Self {
+        ConfigError::new(log, None, format!("cannot be opened: {why}"))
+    }
+
     fn new(path: &Path, line: Option<usize>, message: String) -> Self {
         ConfigError {
             path: path.to_owned(),
@@ -154,7 +159,7 @@ impl Settings {
                 journal: self.journal,
                 state: state.clone(),
             }),
-            // Unreachable: an unusable key is always a mistake too.
+            // A log that cannot be opened; otherwise an unusable key is a mistake too.
             (Err(e), _) | (_, Err(e)) => Err(e.clone()),
         }
     }

@@ -259,15 +259,38 @@ fn install_is_idempotent_refuses_foreign_scripts_and_uninstall_restores() {
 }
 
 #[test]
-fn the_audit_log_falls_back_gracefully() {
-    let (_tmp, hooks, plugins) = installed();
+fn a_log_that_cannot_be_opened_refuses_what_can_be_refused_and_never_loses_a_row() {
+    let (tmp, hooks, plugins) = installed();
     fs::write(plugins.join("hookctl.toml"), "log = \"/nonexistent-dir/audit.jsonl\"\n").unwrap();
-    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    let ran = tmp.path().join("ran");
+    script(
+        &plugins.join("10-ok"),
+        &format!("#!/bin/sh\ncat >/dev/null\necho \"$2\" >> {}\n", ran.display()),
+    );
+    // A start would change the host with no record of it: refused, nothing run.
     as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
         .write_stdin("<domain/>")
         .assert()
+        .code(1)
+        .stderr(contains("/nonexistent-dir/audit.jsonl").and(contains("refused, with no plugin run")));
+    assert!(!ran.exists(), "a plugin ran with no audit log");
+    // Cleanup must run; its row goes to stderr, with an exit status libvirt logs.
+    as_libvirt(&hooks, ["vm1", "release", "end", "-"])
+        .write_stdin("<domain/>")
+        .assert()
+        .code(1)
+        .stderr(
+            contains("not written to the audit log")
+                .and(contains(r#""op":"release""#))
+                .and(contains("10-ok\"")),
+        );
+    assert_eq!(fs::read_to_string(&ran).unwrap(), "release\n");
+    // reconnect: the guest lives (exit 0) and the row is still on stderr.
+    as_libvirt(&hooks, ["vm1", "reconnect", "begin", "-"])
+        .write_stdin("<domain/>")
+        .assert()
         .success()
-        .stderr(contains("cannot write the audit log `/nonexistent-dir/audit.jsonl`").and(contains("unaffected")));
+        .stderr(contains("not written to the audit log").and(contains(r#""op":"reconnect""#)));
 }
 
 #[test]

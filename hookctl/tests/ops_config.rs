@@ -171,12 +171,18 @@ fn an_unusable_log_refuses_what_libvirt_can_refuse_and_never_writes_elsewhere() 
                     .and(contains("no plugin run")),
             );
         assert!(!ran.exists(), "a plugin ran at a start that went unrecorded");
-        // Cleanup must reach the host, and a failed reconnect would kill the guest.
-        for (op, subop) in [("release", "end"), ("reconnect", "begin")] {
+        // Cleanup must reach the host, and a failed reconnect would kill the guest; the
+        // row goes to stderr, which libvirt logs at release since the hook then fails.
+        for (op, subop, code) in [("release", "end", 1), ("reconnect", "begin", 0)] {
             as_libvirt_xml(&hooks, ["web1", op, subop, "-"])
                 .assert()
-                .success()
-                .stderr(contains("hookctl: ignored failure").and(contains("`log` cannot be used")));
+                .code(code)
+                .stderr(
+                    contains("hookctl: ignored failure")
+                        .and(contains("`log` cannot be used"))
+                        .and(contains("not written to the audit log"))
+                        .and(contains(format!(r#""op":"{op}""#))),
+                );
         }
         assert_eq!(fs::read_to_string(&ran).unwrap(), "release \nreconnect \n");
         assert!(!Path::new("/audit.jsonl").exists());

@@ -243,3 +243,56 @@ fn prerm_removes_the_link_of_a_hookctl_that_cannot_run() {
         "the saved hook is back"
     );
 }
+
+/// libvirt runs `restore begin` (and `migrate begin`) before it has the guest, and a
+/// refusal there is followed by no `release`: what a plugin recorded must not stay
+/// "live" for ever (it held `uninstall` and `dpkg -r` back).
+#[test]
+fn a_refused_restore_leaves_no_live_state_and_spares_a_running_namesakes() {
+    let (_tmp, hooks, plugins, state) = with_stateful_plugin();
+    script(
+        &plugins.join("20-refuse"),
+        "#!/bin/sh\ncat >/dev/null\ncase \"$1 $2\" in nope*' restore') echo 'no restores here' >&2; exit 1;; esac\n",
+    );
+    // A stateful plugin that records nothing: its empty directory just goes.
+    script(&plugins.join("05-quiet"), "#!/bin/sh\ncat >/dev/null\n");
+    fs::write(plugins.join("05-quiet.toml"), "state = true\n").unwrap();
+    as_libvirt_xml(&hooks, ["nope1", "restore", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("no restores here").and(contains("kept the state directory")));
+    assert!(!state.join("qemu/nope1/05-quiet").exists());
+    assert!(state.join("qemu/nope1/10-reserve/seen").exists());
+    // A guest of the same name that runs keeps its live state through the refusal.
+    start(&hooks, "nope2");
+    as_libvirt_xml(&hooks, ["nope2", "restore", "begin", "-"])
+        .assert()
+        .code(1);
+    let out = hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let row = |object: &str, plugin: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().take(3).eq(["qemu", object, plugin]))
+            .unwrap_or_else(|| panic!("no row for {object} {plugin} in:\n{text}"))
+            .to_owned()
+    };
+    let refused = row("nope1", "10-reserve");
+    assert!(
+        refused.contains(" KEPT ") && refused.contains("no release"),
+        "{refused}"
+    );
+    assert!(row("nope2", "10-reserve").contains(" live "), "{text}");
+    assert!(row("nope2", "05-quiet").contains(" live "), "{text}");
+    // Only the running guest holds uninstall back.
+    hookctl(&hooks, &["uninstall", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("qemu nope2").and(contains("nope1").not()));
+    release(&hooks, "nope2").success();
+    hookctl(&hooks, &["uninstall", "qemu"]).assert().success();
+}

@@ -87,6 +87,39 @@ fn a_disabled_copy_never_runs_and_list_shows_it_skipped() {
         .stdout(contains("10-gpu.disabled  (disabled (`.disabled`), never run)"));
 }
 
+/// A plugin set aside while an event runs is not run by it, and does not fail it (it
+/// failed the event with exit status 127, as libvirt would for a missing file).
+#[test]
+fn a_plugin_set_aside_during_an_event_is_skipped_not_a_failure() {
+    let (_tmp, hooks, plugins) = installed_quietly();
+    let refuser = plugins.join("20-refuse");
+    script(
+        &plugins.join("10-set-aside"),
+        &format!(
+            "#!/bin/sh
+mv {0} {0}.disabled
+",
+            refuser.display()
+        ),
+    );
+    script(
+        &refuser,
+        "#!/bin/sh
+echo refused >&2
+exit 1
+",
+    );
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(
+            contains("20-refuse")
+                .and(contains("not run"))
+                .and(contains("refused").not()),
+        );
+    assert!(plugins.join("20-refuse.disabled").exists());
+}
+
 /// Issue 19: `10-x.toml` beside `10-x.sh` is no one's sidecar; it was silently
 /// "settings, never a hook" and its `[match]` or `timeout` applied to nothing.
 #[test]

@@ -221,8 +221,8 @@ fn the_audit_log_is_never_written_through_a_symlink() {
     script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
     as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
-        .success()
-        .stderr(contains("is a symlink").and(contains("unaffected")));
+        .code(1)
+        .stderr(contains("is a symlink").and(contains("`log` cannot be used")));
     assert_eq!(fs::read_to_string(&target).unwrap(), "root:x:\n");
     fs::remove_file(&log).unwrap();
     as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
@@ -366,6 +366,12 @@ fn the_hook_saved_at_install_is_checked_like_a_plugin() {
         .args(["install", "--force", "qemu"])
         .assert()
         .success();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(
+        hooks.join("qemu.plugins/hookctl.toml"),
+        format!("log = \"{}\"\n", log.display()),
+    )
+    .unwrap();
     // ...and one that became changeable later fails the event instead of running.
     fs::set_permissions(hooks.join("qemu.pre-hookctl"), fs::Permissions::from_mode(0o757)).unwrap();
     as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
@@ -392,8 +398,8 @@ fn the_audit_log_goes_only_where_nobody_else_can_reach_it() {
     script_mode(&plugins.join("10-ok"), "#!/bin/sh\nexit 0\n", 0o755);
     as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
-        .success()
-        .stderr(contains("cannot write the audit log").and(contains("writable by others")));
+        .code(1)
+        .stderr(contains("`log` cannot be used").and(contains("writable by others")));
     assert!(!log.exists());
     hookctl(&hooks, &["check", "qemu"])
         .assert()

@@ -173,6 +173,13 @@ pub enum HookError {
     /// The hook's state directory could not be made ready; the hook was not called.
     #[error(transparent)]
     State(crate::StateError),
+    /// The hook's file was removed or renamed after the event began (set aside by an
+    /// operator, say): it was not run, and the event goes on as it would have without it.
+    #[error("`{}` was removed or renamed after the event began: not run", path.display())]
+    Gone {
+        /// Where the file was.
+        path: PathBuf,
+    },
     /// A backend-specific error (dylib, wasm, ...).
     #[error("{backend} backend error")]
     Backend {

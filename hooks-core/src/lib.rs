@@ -107,7 +107,8 @@ pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT
 pub use self::report::{HookRecord, InputSource, Report, StatusRecord};
 pub use self::settings::{HookPolicy, OnReconnectFailure, MAX_TIMEOUT};
 pub use self::state::{
-    state_ends_at, state_ends_object, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX, SYSTEM_STATE_ROOT,
+    state_ends_at, state_ends_object, state_orphaned_by_failure, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX,
+    SYSTEM_STATE_ROOT,
 };
 
 // For the crate's own modules; outside, these are in `backend`.

@@ -523,6 +523,8 @@ impl Registry {
         // The budget covers finding and loading the hooks too.
         let budget = inner.event_timeout.map(|b| (Instant::now(), b));
         let (hooks, unevaluated) = self.collect_hooks(event).await;
+        // What state the object had, should the event fail with no last event to follow.
+        let state_before = crate::state_orphaned_by_failure(event).then(|| self.state_dirs(event));
         let base = Invocation::from_event(event).with_timeout(inner.timeout);
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
@@ -602,10 +604,17 @@ impl Registry {
                 }
             }
             let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
+            let gone = matches!(outcome.status, HookStatus::Failed(HookError::Gone { .. }));
             let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected);
             record.document = change;
             let kills = !record.success && !record.optional && event.on_failure() == FailurePolicy::KillObject;
-            if kills && unusable {
+            if gone {
+                // Set aside during the event: it takes effect now rather than failing it.
+                record.optional = true;
+                record
+                    .warnings
+                    .push("set aside, renamed or removed after the event began: not run, as at the next event".into());
+            } else if kills && unusable {
                 // A file that cannot be loaded or configured is not a hook's decision:
                 // at `reconnect` failing would kill a running guest for a typo.
                 record.optional = true;
@@ -644,7 +653,52 @@ impl Registry {
         if crate::state_ends_object(event) {
             self.finish_state(event, &mut report);
         }
+        if let (Some(before), false) = (state_before, report.succeeded()) {
+            self.abandon_state(event, &before, &mut report);
+        }
         report
+    }
+
+    /// The state roots of this registry's hooks dirs (each once), with the hooks that
+    /// have a directory there for the event's object.
+    fn state_dirs(&self, event: &dyn HookEvent) -> Vec<(&crate::StateRoot, Vec<std::ffi::OsString>)> {
+        let object = EventArgs::new(event.os_args());
+        let mut roots: Vec<(&crate::StateRoot, Vec<std::ffi::OsString>)> = Vec::new();
+        for source in &self.inner.sources {
+            let Source::Dir(dir) = source else { continue };
+            let Some(root) = dir.state_root() else { continue };
+            if !roots.iter().any(|(r, _)| r.path() == root.path()) {
+                roots.push((root, root.hooks_of(event.driver(), object.get(0))));
+            }
+        }
+        roots
+    }
+
+    /// After a failed `restore`/`migrate begin`, which libvirt follows with no
+    /// `release`: the state directories made during it are abandoned
+    /// ([`crate::StateRoot::abandon`]) rather than left live for a release that never
+    /// comes.
+    fn abandon_state(
+        &self,
+        event: &dyn HookEvent,
+        before: &[(&crate::StateRoot, Vec<std::ffi::OsString>)],
+        report: &mut Report,
+    ) {
+        let object = EventArgs::new(event.os_args());
+        let why = format!(
+            "{op} {subop} failed, and libvirt sends no release after a refused {op}: nothing undid what the plugin recorded",
+            op = event.op(),
+            subop = event.subop()
+        );
+        for (root, had) in before {
+            match root.abandon(event.driver(), object.get(0), had, &why) {
+                Ok(kept) => report.state_kept.extend(kept),
+                Err(e) => {
+                    tracing::error!(error = %e, "state directory made by a failed event not handled");
+                    report.state_errors.push(e.to_string());
+                }
+            }
+        }
     }
 
     /// After an object's last event: its state directories go, except those of hooks

@@ -133,6 +133,22 @@ pub fn state_ends_at(driver: Driver, op: &str, subop: &str) -> bool {
     }
 }
 
+/// Whether an event opens a guest's lifecycle here and, when it fails, is followed by no
+/// last event: `migrate begin` and `restore begin` (libvirt runs them before it has the
+/// guest; a refusal ends there, with no `release`). State made at such a failed event
+/// goes to [`StateRoot::abandon`].
+///
+/// ```
+/// use hooks_core::{state_orphaned_by_failure, Driver, RawEvent};
+/// assert!(state_orphaned_by_failure(&RawEvent::new(Driver::Qemu, ["vm", "restore", "begin", "-"])));
+/// assert!(!state_orphaned_by_failure(&RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"])));
+/// ```
+pub fn state_orphaned_by_failure(event: &dyn HookEvent) -> bool {
+    !matches!(event.driver(), Driver::Daemon | Driver::Network)
+        && matches!(event.op(), "migrate" | "restore")
+        && event.subop() == "begin"
+}
+
 fn check_name(what: &'static str, name: &OsStr) -> Result<(), StateError> {
     let bytes = name.as_bytes();
     let bad = bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.len() > 255 || bytes.contains(&b'/');
@@ -657,6 +673,73 @@ impl StateRoot {
         match first_error {
             Some(e) => Err(e),
             None => Ok(kept_dirs),
+        }
+    }
+
+    /// The file names of the hooks that have a directory for `object` (none when the
+    /// object has no level, or it cannot be read).
+    pub fn hooks_of(&self, driver: Driver, object: &OsStr) -> Vec<OsString> {
+        if !self.holds(driver, object) {
+            return Vec::new();
+        }
+        let Ok(entries) = fs::read_dir(self.root.join(driver.as_str()).join(object)) else {
+            return Vec::new();
+        };
+        entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect()
+    }
+
+    /// After a failed event that ended `object`'s lifecycle with no last event to follow
+    /// ([`state_orphaned_by_failure`]): of its hooks' directories not in `before` (made
+    /// during the event), an empty one goes, since nothing was recorded; any other is
+    /// kept with `why` as its note, as after a failed last event. Directories in `before`
+    /// are not touched (a guest of the same name may run). Returns the directories kept.
+    ///
+    /// # Errors
+    /// A level that fails [`StateRoot::finish`]'s checks, or the first note that could
+    /// not be written; the other directories are still handled.
+    pub fn abandon(
+        &self,
+        driver: Driver,
+        object: &OsStr,
+        before: &[OsString],
+        why: &str,
+    ) -> Result<Vec<PathBuf>, StateError> {
+        if driver == Driver::Daemon || check_name("object", object).is_err() {
+            return Ok(Vec::new());
+        }
+        let made: Vec<OsString> = (self.hooks_of(driver, object).into_iter())
+            .filter(|name| !before.contains(name))
+            .collect();
+        if made.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_root(false)?;
+        let dir = self.root.join(driver.as_str()).join(object);
+        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
+            if !is_own_dir(level)? {
+                return Ok(Vec::new());
+            }
+        }
+        let notes = self.root.join(KEPT).join(driver.as_str()).join(object);
+        let (mut kept, mut first_error) = (Vec::new(), None);
+        for name in made {
+            let path = dir.join(&name);
+            // rmdir: only an empty directory goes (never a link, a file or a mount point).
+            match fs::remove_dir(&path) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => {}
+            }
+            let note = notes.join(&name);
+            if let Err(e) = write_note(&self.root, &notes, &note, why) {
+                first_error.get_or_insert(io_error(&note)(e));
+            }
+            kept.push(path);
+        }
+        let _ = fs::remove_dir(&dir);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(kept),
         }
     }
 

@@ -433,6 +433,14 @@ impl Job {
             limits: self.cgroup_limits,
         });
         let mut outcome = match spawned {
+            // Renamed or removed since the event's scan: as if it had not been there.
+            Err(spawn::SpawnError::Exec(libc::ENOENT, _))
+                if std::fs::symlink_metadata(&self.path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                HookOutcome::failed(HookError::Gone {
+                    path: self.path.clone(),
+                })
+            }
             Err(spawn::SpawnError::Exec(errno, containment)) => {
                 let err = std::io::Error::from_raw_os_error(errno);
                 let code = if errno == libc::ENOENT { 127 } else { 126 };

@@ -71,14 +71,25 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if driver != Driver::Daemon || !input.is_empty() {
         event = event.with_input(Some(input));
     }
-    let settings = crate::config::settings(plugins);
+    let mut settings = crate::config::settings(plugins);
     super::dispatch_settings::report(&settings);
-    let log_file = settings.log.as_ref().ok().and_then(|log| crate::audit::open(log).ok());
+    // A log that cannot be opened is as unusable as a wrong `log` key: opened before
+    // any plugin runs, so that what cannot be recorded can still be refused.
+    let log_file = match &settings.log {
+        Ok(log) => match crate::audit::open(log) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                settings.log = Err(crate::config::ConfigError::unopenable_log(log, &e.to_string()));
+                None
+            }
+        },
+        Err(_) => None,
+    };
     let registry = super::dispatch_settings::registry(plugins, driver, &settings, &event);
     let result = registry.fire_blocking(&event);
     // libvirt applies its own policy to our exit status: any failed plugin fails it.
     let report = result.unwrap_or_else(hooks_core::HookFailure::into_report);
-    let ok = report.succeeded();
+    let mut ok = report.succeeded();
     if ok {
         if let (true, Some(doc)) = (report.document_changed, &report.document) {
             output::stdout(doc);
@@ -100,7 +111,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     }
     for dir in &report.state_kept {
         eprintln!(
-            "hookctl: kept the state directory {} (its plugin failed this last event; `hookctl list` shows it)",
+            "hookctl: kept the state directory {} (`hookctl state` says why)",
             output::path(dir)
         );
     }
@@ -111,16 +122,32 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
     let config_error = settings.config().err().map(|e| e.to_string());
-    if let Ok(log) = &settings.log {
-        audit(
-            (log, plugins),
-            log_file,
-            &event,
-            &report,
-            ok,
-            (start, started),
-            config_error,
+    let row = audit_line(plugins, &event, &report, ok, (start, started), config_error);
+    let not_written = match &settings.log {
+        Ok(log) => crate::audit::append(log, log_file, &row, crate::audit::ROTATE_BYTES)
+            .err()
+            .map(|e| {
+                format!(
+                    "cannot write `{}`: {}",
+                    output::path(log),
+                    output::message(&e.to_string())
+                )
+            }),
+        Err(why) => Some(output::message(&why.to_string()).into_owned()),
+    };
+    if let Some(why) = not_written {
+        // The row must reach some record: libvirt keeps a hook's stderr only when the
+        // hook fails, and where it ignores a failure, failing costs nothing.
+        eprint!(
+            "hookctl: this dispatch is not written to the audit log ({why}): {}",
+            String::from_utf8_lossy(&row)
         );
+        if ok && event.on_failure() == hooks_core::FailurePolicy::Ignore {
+            ok = false;
+            eprintln!(
+                "hookctl: exit status 1, so that libvirt logs the line above (it ignores a failure at this event)"
+            );
+        }
     }
     crate::journal::send(settings.journal, &event, &report, start);
     ok
@@ -234,16 +261,15 @@ fn capped(text: &str, limit: hooks_core::text::Limit) -> serde_json::Value {
 /// concurrent dispatches never interleave within a line. Every text from a plugin or a
 /// guest in it is capped (`output`'s limits, measured as JSON), so a line stays a few
 /// KiB per plugin; characters that JSON leaves raw but a terminal acts on are written
-/// as `\u` escapes, so the log is safe to `cat`.
-fn audit(
-    (log, plugins): (&Path, &Path),
-    opened: Option<std::fs::File>,
+/// as `\u` escapes, so the log is safe to `cat`. Ends with a newline.
+fn audit_line(
+    plugins: &Path,
     event: &RawEvent,
     report: &Report,
     ok: bool,
     (start, started): (Instant, SystemTime),
     config_error: Option<String>,
-) {
+) -> Vec<u8> {
     let excerpt = output::EXCERPT.json();
     let hooks: Vec<_> = report
         .hooks
@@ -327,13 +353,7 @@ fn audit(
     let text = serde_json::Value::Object(line).to_string();
     let mut bytes = hooks_core::text::escape_json(&text).into_owned().into_bytes();
     bytes.push(b'\n');
-    if let Err(e) = crate::audit::append(log, opened, &bytes, crate::audit::ROTATE_BYTES) {
-        eprintln!(
-            "hookctl: cannot write the audit log `{}`: {} (dispatch itself is unaffected)",
-            output::path(log),
-            output::message(&e.to_string())
-        );
-    }
+    bytes
 }
 
 #[cfg(test)]
@@ -358,20 +378,11 @@ mod tests {
             "unevaluated_document": huge, "state_kept": [huge, huge], "state_errors": [huge],
         }))
         .unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("audit.jsonl");
         let event = RawEvent::new(Driver::Qemu, [huge.as_str(), &huge, &huge, &huge]);
         let times = (Instant::now(), SystemTime::now());
-        audit(
-            (&log, tmp.path()),
-            None,
-            &event,
-            &report,
-            false,
-            times,
-            Some(huge.clone()),
-        );
-        let line = std::fs::read_to_string(&log).unwrap();
+        let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
+        let line = audit_line(plugins, &event, &report, false, times, Some(huge.clone()));
+        let line = String::from_utf8(line).unwrap();
         // Per hook 15 KiB; the event's own fields 24 KiB, 4 KiB a kept state directory,
         // 2 KiB a state error; 1 KiB for the rest.
         let bound = 2 * (15 << 10) + (24 << 10) + 2 * (4 << 10) + (2 << 10) + (1 << 10);
@@ -431,23 +442,14 @@ mod tests {
 
     #[test]
     fn an_unusable_hookctl_toml_is_recorded_in_the_audit_line() {
-        let tmp = tempfile::tempdir().unwrap();
-        let log = tmp.path().join("audit.jsonl");
         let event = RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"]);
         let report = RegistryBuilder::new().build().fire_blocking(&event).unwrap();
         let why = "/etc/libvirt/hooks/qemu.plugins/hookctl.toml:2: unknown field `tiemout`";
         let times = (Instant::now(), SystemTime::now());
-        audit(
-            (&log, tmp.path()),
-            None,
-            &event,
-            &report,
-            true,
-            times,
-            Some(why.to_owned()),
-        );
-        audit((&log, tmp.path()), None, &event, &report, true, times, None);
-        let text = std::fs::read_to_string(&log).unwrap();
+        let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
+        let mut text = audit_line(plugins, &event, &report, true, times, Some(why.to_owned()));
+        text.extend(audit_line(plugins, &event, &report, true, times, None));
+        let text = String::from_utf8(text).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["config_error"], why);
         assert_eq!(lines[0]["result"], "ok");

@@ -2,13 +2,15 @@
 //! key is used and each mistake reported, and a `log` or `state` that cannot be used is
 //! never swapped for the default path (the file meant another place).
 //!
-//! - `log` unusable: no audit line is written anywhere. At an event libvirt lets a hook
-//!   refuse without harm (its policy aborts the operation or reports it: `prepare`,
-//!   `start`, `migrate`, `restore`, a network's `start`...), nothing runs and the event
-//!   fails with the reason, so no change to the host goes unrecorded. At every other
-//!   event (`stopped`, `release`, `reconnect`, the daemon's) the plugins run, since
-//!   their cleanup must reach the host and a failed `reconnect` kills the guest, and a
-//!   failure libvirt ignores says why on stderr and in the journal.
+//! - `log` unusable (a wrong key, or a log that cannot be opened): no audit line is
+//!   written to any other file. At an event libvirt lets a hook refuse without harm (its
+//!   policy aborts the operation or reports it: `prepare`, `start`, `migrate`,
+//!   `restore`, a network's `start`...), nothing runs and the event fails with the
+//!   reason, so no change to the host goes unrecorded. At every other event (`stopped`,
+//!   `release`, `reconnect`, the daemon's) the plugins run, since their cleanup must
+//!   reach the host and a failed `reconnect` kills the guest; the row goes to stderr
+//!   (and the journal), and where libvirt ignores a failure the dispatcher exits 1 so
+//!   that libvirt's log keeps it (`commands/dispatch.rs`).
 //! - `state` unusable: each plugin with `state = true` fails, saying why, instead of
 //!   running without its record; the others run; nothing is removed at an object's
 //!   last event (where the state is cannot be known).
@@ -46,7 +48,9 @@ fn refusable(policy: FailurePolicy) -> bool {
 
 /// Why no audit line is written, for messages.
 fn log_unusable(why: &ConfigError) -> String {
-    format!("`log` cannot be used ({why}): no audit line is written anywhere else until it is fixed")
+    format!(
+        "`log` cannot be used ({why}): until it is fixed, no audit line is written anywhere else (stderr carries it)"
+    )
 }
 
 /// Why a plugin with `state = true` does not run, for its record.

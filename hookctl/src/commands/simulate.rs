@@ -234,8 +234,13 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
         for kept in &r.state_kept {
             let _ = writeln!(
                 out,
-                "    state kept: {} (its plugin failed this last event{})",
+                "    state kept: {} ({}{})",
                 output::path(kept),
+                if hooks_core::state_ends_at(r.driver, &r.op(), &r.subop()) {
+                    "its plugin failed this last event, or is gone"
+                } else {
+                    "made at this refused event, which libvirt follows with no release"
+                },
                 if temporary {
                     "; temporary, removed when simulate ends"
                 } else {
