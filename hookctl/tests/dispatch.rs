@@ -280,7 +280,7 @@ fn a_log_that_cannot_be_opened_refuses_what_can_be_refused_and_never_loses_a_row
         .assert()
         .code(1)
         .stderr(
-            contains("not written to the audit log")
+            contains("not in the audit log")
                 .and(contains(r#""op":"release""#))
                 .and(contains("10-ok\"")),
         );
@@ -290,7 +290,42 @@ fn a_log_that_cannot_be_opened_refuses_what_can_be_refused_and_never_loses_a_row
         .write_stdin("<domain/>")
         .assert()
         .success()
-        .stderr(contains("not written to the audit log").and(contains(r#""op":"reconnect""#)));
+        .stderr(contains("not in the audit log").and(contains(r#""op":"reconnect""#)));
+}
+
+/// A log that opens but does not take the row (here a file-size limit: a full disk
+/// does the same) after the plugins ran.
+#[test]
+fn a_row_the_log_does_not_take_fails_the_event_where_that_costs_no_guest() {
+    let (tmp, hooks, plugins) = installed();
+    let log = tmp.path().join("audit.jsonl");
+    fs::write(&log, vec![b'\n'; 64 << 10]).unwrap();
+    script(&plugins.join("10-ok"), "#!/bin/sh\ncat >/dev/null\n");
+    let run = |op: &str, subop: &str| {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f 4; exec '{}' vm1 {op} {subop} -",
+                hooks.join("qemu").display()
+            ))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("VIRT_HOOKS_WASM_CACHE", "off")
+            .write_stdin("<domain/>");
+        cmd.assert()
+    };
+    run("prepare", "begin").code(1).stderr(
+        contains("not in the audit log")
+            .and(contains(r#""result":"failed""#))
+            .and(contains("failing the event, so that no change goes unrecorded")),
+    );
+    run("release", "end")
+        .code(1)
+        .stderr(contains(r#""op":"release""#).and(contains("so that libvirt logs the record above")));
+    run("reconnect", "begin")
+        .success()
+        .stderr(contains(r#""op":"reconnect""#).and(contains(r#""result":"ok""#)));
+    assert_eq!(fs::metadata(&log).unwrap().len(), 64 << 10);
 }
 
 #[test]

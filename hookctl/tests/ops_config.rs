@@ -180,7 +180,7 @@ fn an_unusable_log_refuses_what_libvirt_can_refuse_and_never_writes_elsewhere() 
                 .stderr(
                     contains("hookctl: ignored failure")
                         .and(contains("`log` cannot be used"))
-                        .and(contains("not written to the audit log"))
+                        .and(contains("not in the audit log"))
                         .and(contains(format!(r#""op":"{op}""#))),
                 );
         }

@@ -121,6 +121,21 @@ fn state_clear_removes_kept_state_and_live_state_only_with_force() {
         .stderr(contains("no state for qemu web1"));
 }
 
+/// `state = 5` said "no plugins dir in …: no dispatcher keeps state here" on stdout.
+#[test]
+fn state_with_an_unusable_state_key_says_it_cannot_list_not_that_there_is_none() {
+    let (_tmp, hooks, plugins, _state) = with_stateful_plugin();
+    let toml = plugins.join("hookctl.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    let text: String = text.lines().filter(|l| !l.starts_with("state")).map(|l| format!("{l}\n")).collect();
+    fs::write(&toml, format!("{text}state = 5\n")).unwrap();
+    hookctl(&hooks, &["state"])
+        .assert()
+        .code(1)
+        .stdout(contains("state not listed").and(contains("no plugins dir").not()))
+        .stderr(contains("hookctl.toml:2").and(contains("state")));
+}
+
 /// A guest's name, or a level swapped for a link, never takes `clear` out of the root.
 #[test]
 fn state_clear_never_leaves_the_root() {

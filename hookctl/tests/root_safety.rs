@@ -148,7 +148,13 @@ fn a_group_writable_hookctl_toml_is_not_obeyed_and_its_paths_are_not_guessed() {
     as_libvirt_xml(&hooks, ["vm1", "prepare", "begin", "-"])
         .assert()
         .code(1)
-        .stderr(contains("ignoring").and(contains("writable by group (mode 0664)")));
+        .stderr(
+            contains("cannot use")
+                .and(contains("none of its settings apply"))
+                .and(contains("writable by group (mode 0664)"))
+                // It said "ignoring … (the other settings apply)", then refused the start.
+                .and(contains("ignoring").not()),
+        );
     assert!(!elsewhere.exists(), "the log path came from a file others can write");
     hookctl(&hooks, &["check", "qemu"])
         .assert()

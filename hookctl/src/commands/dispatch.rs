@@ -121,10 +121,14 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         eprintln!("hookctl: could not read stdin; the plugins got what was read");
     }
-    let config_error = settings.config().err().map(|e| e.to_string());
-    let row = audit_line(plugins, &event, &report, ok, (start, started), config_error);
+    // The file's own mistakes (a log that cannot be opened is `not_logged`).
+    let config_error = match settings.mistakes.is_empty() {
+        true => None,
+        false => settings.config().err().map(|e| e.to_string()),
+    };
+    let record = audit_record(plugins, &event, &report, ok, (start, started), config_error);
     let not_written = match &settings.log {
-        Ok(log) => crate::audit::append(log, log_file, &row, crate::audit::ROTATE_BYTES)
+        Ok(log) => crate::audit::append(log, log_file, &audit_bytes(&record), crate::audit::ROTATE_BYTES)
             .err()
             .map(|e| {
                 format!(
@@ -136,21 +140,48 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         Err(why) => Some(output::message(&why.to_string()).into_owned()),
     };
     if let Some(why) = not_written {
-        // The row must reach some record: libvirt keeps a hook's stderr only when the
-        // hook fails, and where it ignores a failure, failing costs nothing.
-        eprint!(
-            "hookctl: this dispatch is not written to the audit log ({why}): {}",
-            String::from_utf8_lossy(&row)
-        );
-        if ok && event.on_failure() == hooks_core::FailurePolicy::Ignore {
-            ok = false;
-            eprintln!(
-                "hookctl: exit status 1, so that libvirt logs the line above (it ignores a failure at this event)"
-            );
-        }
+        ok = unrecorded(record, &why, &report, event.on_failure(), ok);
     }
     crate::journal::send(settings.journal, &event, &report, start);
     ok
+}
+
+/// A dispatch whose audit record the log did not take (`why`): the record goes to
+/// stderr, and the dispatcher fails where that costs no guest, since libvirt keeps a
+/// hook's stderr only when the hook fails: where libvirt ignores failures, so that its
+/// log holds the record; where it refuses the operation, so that no change goes
+/// unrecorded (libvirt then runs the cleanup events). Never at `reconnect`, which would
+/// kill the guest. Returns whether libvirt is to see success.
+fn unrecorded(
+    mut record: serde_json::Map<String, serde_json::Value>,
+    why: &str,
+    report: &Report,
+    policy: hooks_core::FailurePolicy,
+    ok: bool,
+) -> bool {
+    // A refusal that ran no plugin (the settings gate alone) changed nothing: its
+    // message says everything, and a row on virsh's error line would only bury it.
+    if !report.hooks.iter().any(|r| r.backend != "hookctl") {
+        return ok;
+    }
+    let fail = ok && policy != hooks_core::FailurePolicy::KillObject;
+    if fail {
+        record.insert("result".into(), "failed".into());
+    }
+    record.insert("not_logged".into(), capped(why, output::MESSAGE));
+    eprint!(
+        "hookctl: this dispatch is not in the audit log ({why}); its record: {}",
+        String::from_utf8_lossy(&audit_bytes(&record))
+    );
+    if fail && policy == hooks_core::FailurePolicy::Ignore {
+        eprintln!("hookctl: exit status 1, so that libvirt logs the record above (it ignores a failure at this event)");
+    } else if fail {
+        eprintln!(
+            "hookctl: failing the event, so that no change goes unrecorded ({})",
+            policy.consequence()
+        );
+    }
+    ok && !fail
 }
 
 /// All that the dispatcher writes to stderr about failed plugins.
@@ -260,16 +291,15 @@ fn capped(text: &str, limit: hooks_core::text::Limit) -> serde_json::Value {
 /// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
 /// concurrent dispatches never interleave within a line. Every text from a plugin or a
 /// guest in it is capped (`output`'s limits, measured as JSON), so a line stays a few
-/// KiB per plugin; characters that JSON leaves raw but a terminal acts on are written
-/// as `\u` escapes, so the log is safe to `cat`. Ends with a newline.
-fn audit_line(
+/// KiB per plugin.
+fn audit_record(
     plugins: &Path,
     event: &RawEvent,
     report: &Report,
     ok: bool,
     (start, started): (Instant, SystemTime),
     config_error: Option<String>,
-) -> Vec<u8> {
+) -> serde_json::Map<String, serde_json::Value> {
     let excerpt = output::EXCERPT.json();
     let hooks: Vec<_> = report
         .hooks
@@ -350,7 +380,13 @@ fn audit_line(
     if let Some(why) = config_error {
         line.insert("config_error".into(), capped(&why, output::MESSAGE));
     }
-    let text = serde_json::Value::Object(line).to_string();
+    line
+}
+
+/// An audit record as the line written: characters that JSON leaves raw but a terminal
+/// acts on are `\u` escapes, so the log is safe to `cat`. Ends with a newline.
+fn audit_bytes(record: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let text = serde_json::to_string(record).unwrap_or_default();
     let mut bytes = hooks_core::text::escape_json(&text).into_owned().into_bytes();
     bytes.push(b'\n');
     bytes
@@ -381,8 +417,8 @@ mod tests {
         let event = RawEvent::new(Driver::Qemu, [huge.as_str(), &huge, &huge, &huge]);
         let times = (Instant::now(), SystemTime::now());
         let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
-        let line = audit_line(plugins, &event, &report, false, times, Some(huge.clone()));
-        let line = String::from_utf8(line).unwrap();
+        let line = audit_record(plugins, &event, &report, false, times, Some(huge.clone()));
+        let line = String::from_utf8(audit_bytes(&line)).unwrap();
         // Per hook 15 KiB; the event's own fields 24 KiB, 4 KiB a kept state directory,
         // 2 KiB a state error; 1 KiB for the rest.
         let bound = 2 * (15 << 10) + (24 << 10) + 2 * (4 << 10) + (2 << 10) + (1 << 10);
@@ -447,8 +483,8 @@ mod tests {
         let why = "/etc/libvirt/hooks/qemu.plugins/hookctl.toml:2: unknown field `tiemout`";
         let times = (Instant::now(), SystemTime::now());
         let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
-        let mut text = audit_line(plugins, &event, &report, true, times, Some(why.to_owned()));
-        text.extend(audit_line(plugins, &event, &report, true, times, None));
+        let mut text = audit_bytes(&audit_record(plugins, &event, &report, true, times, Some(why.to_owned())));
+        text.extend(audit_bytes(&audit_record(plugins, &event, &report, true, times, None)));
         let text = String::from_utf8(text).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["config_error"], why);

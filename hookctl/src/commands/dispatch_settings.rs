@@ -33,10 +33,24 @@ use crate::output;
 /// stderr, and virsh shows it when the event fails).
 pub(crate) fn report(settings: &Settings) {
     for mistake in &settings.mistakes {
-        eprintln!(
-            "hookctl: ignoring {} (the other settings apply; run `hookctl check`)",
-            output::message(&mistake.to_string())
-        );
+        let spoils = |key: &Result<PathBuf, ConfigError>| key.as_ref().err() == Some(mistake);
+        let (log, state) = (spoils(&settings.log), spoils(&settings.state));
+        let text = mistake.to_string();
+        let text = output::message(&text);
+        if log && state && mistake.line.is_none() {
+            eprintln!(
+                "hookctl: cannot use {text}: none of its settings apply (the default timeout and journal do, but no default `log` or `state` path; run `hookctl check`)"
+            );
+        } else if log || state {
+            let keys = match (log, state) {
+                (true, true) => "`log` and `state` cannot be used",
+                (true, false) => "`log` cannot be used",
+                _ => "`state` cannot be used",
+            };
+            eprintln!("hookctl: {text}: {keys} (the other settings apply; run `hookctl check`)");
+        } else {
+            eprintln!("hookctl: ignoring {text} (the other settings apply; run `hookctl check`)");
+        }
     }
 }
 

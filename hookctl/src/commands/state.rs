@@ -210,7 +210,14 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
     }
     let shown: Vec<String> = where_.iter().map(|p| output::path(p)).collect();
     if listing.state.is_empty() {
-        if shown.is_empty() {
+        if !complete {
+            // The reasons are on stderr: nothing can be said of state that cannot be read.
+            let note = match shown.is_empty() {
+                true => String::new(),
+                false => format!(" (and none under {})", shown.join(", ")),
+            };
+            outln!("state not listed: see the errors above{note}");
+        } else if shown.is_empty() {
             outln!(
                 "no plugins dir in {}: no dispatcher keeps state here",
                 output::path(dir)
@@ -226,7 +233,7 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
         outln!("live: until the object's last event (release end; a network's stopped end), which the plugin needs to undo its work.");
     }
     if listing.state.iter().any(|r| r.state == "kept") {
-        outln!("KEPT: its plugin failed the object's last event; undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
+        outln!("KEPT: its plugin failed the object's last event (or the refused event that opened it); undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
     }
     Ok(complete)
 }
