@@ -220,6 +220,41 @@ fn line(time: &str, object: &str, result: &str, hooks: &str, extra: &str) -> Str
     )
 }
 
+/// Rows are written when an event ends; a long event started earlier is listed by when
+/// it started (it came after the short ones that ended first), and `--last` counts so.
+#[test]
+fn rows_are_in_the_order_events_started_not_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let lines = [
+        line("2024-05-01T10:00:05Z", "vm-short", "ok", "", ""),
+        line("2024-05-01T10:00:00Z", "vm-long", "ok", "", ""),
+        line("2024-05-01T10:00:07Z", "vm-last", "ok", "", ""),
+    ];
+    fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let file = log.to_str().unwrap();
+    let at = |args: &[&str]| objects(&log_cmd(tmp.path(), &[&["--file", file], args].concat())).join(" ");
+    assert_eq!(at(&[]), "vm-long vm-short vm-last");
+    assert_eq!(at(&["--last", "2"]), "vm-short vm-last");
+    // Past what `--last` keeps in memory while reading: 200 rows, the last one written
+    // the first to start.
+    let mut many: Vec<String> = (0..199)
+        .map(|i| {
+            line(
+                &format!("2024-05-01T11:{:02}:{:02}Z", i / 60, i % 60),
+                &format!("vm-{i}"),
+                "ok",
+                "",
+                "",
+            )
+        })
+        .collect();
+    many.push(line("2024-05-01T10:59:00Z", "vm-early", "ok", "", ""));
+    fs::write(&log, many.join("\n") + "\n").unwrap();
+    assert_eq!(at(&["--last", "2"]), "vm-197 vm-198");
+    assert_eq!(at(&["--last", "200"]).split(' ').next(), Some("vm-early"));
+}
+
 #[test]
 fn until_bounds_the_window_and_reconnect_failures_ignored_are_shown() {
     let tmp = tempfile::tempdir().unwrap();

@@ -127,7 +127,11 @@ fn state_with_an_unusable_state_key_says_it_cannot_list_not_that_there_is_none()
     let (_tmp, hooks, plugins, _state) = with_stateful_plugin();
     let toml = plugins.join("hookctl.toml");
     let text = fs::read_to_string(&toml).unwrap();
-    let text: String = text.lines().filter(|l| !l.starts_with("state")).map(|l| format!("{l}\n")).collect();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("state"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     fs::write(&toml, format!("{text}state = 5\n")).unwrap();
     hookctl(&hooks, &["state"])
         .assert()

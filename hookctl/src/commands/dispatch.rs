@@ -483,7 +483,14 @@ mod tests {
         let why = "/etc/libvirt/hooks/qemu.plugins/hookctl.toml:2: unknown field `tiemout`";
         let times = (Instant::now(), SystemTime::now());
         let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
-        let mut text = audit_bytes(&audit_record(plugins, &event, &report, true, times, Some(why.to_owned())));
+        let mut text = audit_bytes(&audit_record(
+            plugins,
+            &event,
+            &report,
+            true,
+            times,
+            Some(why.to_owned()),
+        ));
         text.extend(audit_bytes(&audit_record(plugins, &event, &report, true, times, None)));
         let text = String::from_utf8(text).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -91,8 +91,11 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
                 };
                 if let Some(event) = event {
                     events.push_back(event);
-                    if args.last.is_some_and(|n| events.len() > n) {
-                        events.pop_front();
+                    // Memory stays bounded by `--last`; the latest by start time are
+                    // kept (a row is written when its event ends, so not the last lines).
+                    if let Some(n) = args.last.filter(|n| events.len() > n.saturating_mul(2).max(64)) {
+                        events.make_contiguous().sort_by_key(|e| e.time);
+                        events.drain(..events.len() - n);
                     }
                 }
             };
@@ -1194,8 +1197,13 @@ fn rewrote(h: &HookLine) -> Option<String> {
     ))
 }
 
-/// Merges the logs' events (each in its file order) by time.
+/// Merges the logs' events by the time each event started. A file holds them in the
+/// order they ended (a row is written then), so each is sorted first, stably: lines
+/// without a time of their own keep their place after the line before them.
 fn merge(mut logs: Vec<VecDeque<Event>>) -> Vec<Event> {
+    for log in &mut logs {
+        log.make_contiguous().sort_by_key(|e| e.time);
+    }
     if logs.len() == 1 {
         return logs.pop().map(Vec::from).unwrap_or_default();
     }
