@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use assert_cmd::Command;
+use predicates::prelude::*;
 use predicates::str::contains;
 
 mod common;
@@ -279,4 +280,23 @@ fn install_force_and_uninstall_under_events_never_leave_libvirt_without_a_hook()
     assert!(missing.is_empty(), "{missing:?}");
     assert_eq!(fs::read_to_string(hooks.join("qemu")).unwrap(), USER_HOOK);
     assert!(leftovers(&hooks).is_empty(), "{:?}", leftovers(&hooks));
+}
+
+/// `uninstall --force qemu network` with no network hook said "network: not hookctl,
+/// left alone", as if a foreign hook were there.
+#[test]
+fn uninstall_tells_a_missing_hook_from_someone_elses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = tmp.path().join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    script(&hooks.join("lxc"), USER_HOOK);
+    hookctl(&hooks, &["install", "qemu"]).assert().success();
+    hookctl(&hooks, &["uninstall", "--force", "qemu", "network", "lxc"])
+        .assert()
+        .success()
+        .stdout(
+            contains("qemu: removed")
+                .and(contains("network: no hook here, nothing to remove"))
+                .and(contains("lxc: not hookctl, left alone")),
+        );
 }

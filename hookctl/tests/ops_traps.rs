@@ -346,3 +346,24 @@ esac
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
     }
 }
+
+/// libvirt runs the dispatcher, not the plugin: simulate's "libvirt would say" named the
+/// plugin, with the plugin's exit status, where virsh shows the hook and status 1.
+#[test]
+fn simulate_quotes_libvirt_naming_the_hook_it_runs() {
+    let (tmp, hooks, plugins) = installed_quietly();
+    script(
+        &plugins.join("20-gate"),
+        "#!/bin/sh\ncat >/dev/null\necho \"no capacity for $1\" >&2\nexit 3\n",
+    );
+    let xml = tmp.path().join("vm1.xml");
+    fs::write(&xml, "<domain><name>vm1</name></domain>\n").unwrap();
+    hookctl(&hooks, &["simulate", "qemu", "start", "vm1", "--input", xml.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stdout(contains(format!(
+            "{} vm1 prepare begin -) unexpected exit status 1: {}: exit status 3: no capacity for vm1",
+            hooks.join("qemu").display(),
+            plugins.join("20-gate").display()
+        )));
+}

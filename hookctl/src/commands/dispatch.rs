@@ -191,7 +191,7 @@ const ERROR_LINE_BYTES: usize = 4096;
 /// status and first lines of stderr, escaped (its lines kept), in at most
 /// [`ERROR_LINE_BYTES`] however many failed. The first failure is kept (cut only if it
 /// alone is too long), then as many whole ones as fit, then how many more failed.
-fn libvirt_error_line(report: &Report) -> String {
+pub(crate) fn libvirt_error_line(report: &Report) -> String {
     /// Room kept for the last line: `and N more plugins failed: see …`.
     const MORE_ROOM: usize = 96;
     let failed: Vec<_> = report.hooks.iter().filter(|r| !r.success && !r.optional).collect();

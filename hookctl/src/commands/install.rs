@@ -339,7 +339,12 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     for driver in args.drivers {
         let link = dir.join(driver.as_str());
         if !is_us(&link, &exe) {
-            outln!("{}: not hookctl, left alone", crate::output::path(&link));
+            match fs::symlink_metadata(&link) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    outln!("{}: no hook here, nothing to remove", crate::output::path(&link));
+                }
+                _ => outln!("{}: not hookctl, left alone", crate::output::path(&link)),
+            }
             continue;
         }
         let kept = [saved_original(dir, driver), legacy_original(dir, driver)]

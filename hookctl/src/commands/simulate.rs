@@ -261,24 +261,51 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
     let _ = writeln!(out);
     let op = seq.scenario.as_str();
     // libvirt's message holds the hook's whole stderr: its first lines, as libvirt's.
+    let said = |message: &str, hook: &Option<String>| {
+        let dispatched = hook.as_deref().and_then(|h| as_dispatched(seq, message, h, dir, guest.driver));
+        output::STDERR_LINES.apply(dispatched.as_deref().unwrap_or(message)).into_owned()
+    };
     let _ = match &seq.verdict {
         Verdict::Proceed => writeln!(out, "result: {op} of {who} would go through"),
-        Verdict::Aborted { message, .. } => writeln!(
-            out,
-            "result: {op} of {who} would be REFUSED\n  {}",
-            output::STDERR_LINES.apply(message)
-        ),
-        Verdict::Killed { message, .. } => writeln!(
-            out,
-            "result: {who} would be KILLED\n  {}",
-            output::STDERR_LINES.apply(message)
-        ),
+        Verdict::Aborted { message, hook } => {
+            writeln!(out, "result: {op} of {who} would be REFUSED\n  {}", said(message, hook))
+        }
+        Verdict::Killed { message, hook } => writeln!(out, "result: {who} would be KILLED\n  {}", said(message, hook)),
     };
     if let (Some(xml), true) = (&seq.xml, seq.steps.first().is_some_and(|s| s.report.document_changed)) {
         let xml = hooks_core::text::escape_lines(xml);
         let _ = writeln!(out, "\nthe guest starts with this XML (rewritten by a hook):\n{xml}");
     }
     out
+}
+
+/// libvirt's message when a plugin of `dir`'s dispatcher (`<driver>.plugins/`) failed an
+/// event: libvirt ran the hook `<dir>/<driver>`, which exited 1 with the dispatcher's
+/// error line, not the plugin itself. `None` for a hook libvirt runs itself.
+fn as_dispatched(seq: &Sequence, message: &str, hook: &str, dir: &Path, driver: Driver) -> Option<String> {
+    let plugins = super::dispatch::plugins_dir_for(&dir.join(driver.as_str()), driver);
+    if !Path::new(hook).starts_with(&plugins) {
+        return None;
+    }
+    let failed = seq.steps.iter().find(|s| s.result == StepResult::Fatal)?;
+    // The environment libvirt gives a hook, as the plugin's own command line shows it
+    // (less what hookctl adds for plugins); PATH alone when it ran no command.
+    let env = message
+        .split_once("Child process (")
+        .and_then(|(_, rest)| rest.split_once(&format!(" {hook} ")))
+        .map(|(env, _)| {
+            let vars = env.split(' ').filter(|v| !v.starts_with("VIRT_HOOK"));
+            vars.collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_else(|| format!("LC_ALL=C PATH={}", std::env::var("PATH").unwrap_or_default()));
+    let report = &failed.report;
+    let stderr = super::dispatch::libvirt_error_line(report);
+    Some(format!(
+        "Hook script execution failed: internal error: Child process ({env} {} {}) unexpected exit status 1: {}",
+        dir.join(driver.as_str()).display(),
+        report.args_line(),
+        stderr.trim_end()
+    ))
 }
 
 /// One entry of a hooks dir at one event of a `--dry-run`.
