@@ -20,11 +20,17 @@ bash packaging/build-release.sh
 # What hookctl/Cargo.toml's [package.metadata.deb] assets take from
 # target/release/deb-assets/ (cargo-deb reads `target/release/` as the real target dir;
 # emptied first, so a removed subcommand leaves no page behind): the man pages and
-# completions, and the README gzipped as Debian's policy wants documentation over 4 kB.
+# completions; man pages and documentation gzipped, as Debian's policy wants (cargo-deb
+# compresses only the pages it is given by name).
 generated=$target/release/deb-assets
 rm -rf "$generated"
 "$target/release/hookctl" generate-assets "$generated"
+gzip -9n "$generated"/man/*.1
 gzip -9n < README.md > "$generated/README.md.gz"
+mkdir "$generated/docs"
+for doc in docs/*.md; do
+  gzip -9n < "$doc" > "$generated/docs/$(basename "$doc").gz"
+done
 # [profile.release] already drops the DWARF (`strip = "debuginfo"`) and keeps the symbol
 # table: a crash backtrace from the packaged binary still names each function, for a
 # few MB. --no-strip keeps it that way.

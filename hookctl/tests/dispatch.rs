@@ -328,6 +328,30 @@ fn a_row_the_log_does_not_take_fails_the_event_where_that_costs_no_guest() {
     assert_eq!(fs::metadata(&log).unwrap().len(), 64 << 10);
 }
 
+/// libvirt reads a hook's stderr whole: hundreds of ignored failures say a bounded
+/// amount, and how much more there was.
+#[test]
+fn stderr_about_ignored_failures_is_capped_in_total() {
+    let (_tmp, hooks, plugins) = installed();
+    let long = "x".repeat(200);
+    for n in 0..150 {
+        let name = format!("{n:03}-{long}");
+        script(&plugins.join(&name), "#!/bin/sh\ncat >/dev/null\nexit 1\n");
+        fs::write(plugins.join(format!("{name}.toml")), "policy = \"optional\"\n").unwrap();
+    }
+    let out = as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.len() <= (16 << 10) + 200, "{} bytes of stderr", stderr.len());
+    assert!(stderr.starts_with("hookctl: ignored failure: "), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("hookctl: and ") && last.contains(" more lines"), "{last}");
+}
+
 #[test]
 fn concurrent_dispatches_never_mix_audit_lines() {
     let (tmp, hooks, plugins) = installed();

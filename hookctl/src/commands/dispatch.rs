@@ -97,30 +97,32 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     } else {
         eprint!("{}", libvirt_error_line(&report));
     }
+    let mut notes = Notes::default();
     for rec in report.hooks.iter().filter(|r| !r.success && r.optional) {
         if rec.spared {
-            spared_error(rec);
+            spared_error(rec, &mut notes);
             continue;
         }
-        eprintln!(
+        notes.line(format!(
             "hookctl: ignored failure: {}: {}",
             output::name(&rec.name),
             output::message(&output::status(rec))
-        );
-        output::warnings(rec);
+        ));
+        notes.warnings(rec);
     }
     for dir in &report.state_kept {
-        eprintln!(
+        notes.line(format!(
             "hookctl: kept the state directory {} (`hookctl state` says why)",
             output::path(dir)
-        );
+        ));
     }
     for why in &report.state_errors {
-        eprintln!("hookctl: {}", output::message(why));
+        notes.line(format!("hookctl: {}", output::message(why)));
     }
     if !stdin_ok {
-        eprintln!("hookctl: could not read stdin; the plugins got what was read");
+        notes.line("hookctl: could not read stdin; the plugins got what was read".into());
     }
+    notes.emit();
     // The file's own mistakes (a log that cannot be opened is `not_logged`).
     let config_error = match settings.mistakes.is_empty() {
         true => None,
@@ -237,20 +239,65 @@ pub(crate) fn libvirt_error_line(report: &Report) -> String {
 /// A plugin whose failure at `reconnect` would have killed the running guest: an error
 /// for the operator (libvirt's log keeps our stderr), with what it said and why the guest
 /// still runs.
-fn spared_error(rec: &hooks_core::HookRecord) {
+fn spared_error(rec: &hooks_core::HookRecord, notes: &mut Notes) {
     let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
     let sep = if stderr.is_empty() { "" } else { ": " };
-    eprintln!(
+    notes.line(format!(
         "hookctl: error: {}: {}{sep}{stderr}",
         output::name(&rec.name),
         output::message(&output::status(rec))
-    );
-    eprintln!(
+    ));
+    notes.line(format!(
         "hookctl: ignored failure: {}: the guest keeps running",
         output::name(&rec.name)
-    );
+    ));
     // The registry's note says why (the plugin's choice, or a file that cannot load).
-    output::warnings(rec);
+    notes.warnings(rec);
+}
+
+/// All that the dispatcher writes to stderr about plugins whose failure did not fail
+/// the event (and the like), however many there were.
+const NOTES_BYTES: usize = 16 << 10;
+
+/// The dispatcher's stderr lines besides libvirt's error line, written at once and cut
+/// at [`NOTES_BYTES`] on a line boundary (libvirt reads a hook's stderr whole).
+#[derive(Default)]
+struct Notes {
+    text: String,
+    cut: usize,
+}
+
+impl Notes {
+    /// Adds one line (no newline), or counts it once the cap is reached.
+    fn line(&mut self, line: String) {
+        if self.cut == 0 && self.text.len() + line.len() < NOTES_BYTES {
+            self.text.push_str(&line);
+            self.text.push('\n');
+        } else {
+            self.cut += 1;
+        }
+    }
+
+    /// A record's warnings, as `hookctl check` and the audit log cap them.
+    fn warnings(&mut self, rec: &hooks_core::HookRecord) {
+        let (kept, more) = output::capped_warnings(rec, output::WARNING.escaped());
+        for w in kept {
+            self.line(format!("hookctl: warning: {}: {w}", output::name(&rec.name)));
+        }
+        if more > 0 {
+            self.line(format!("hookctl: warning: {}: … ({more} more warnings)", output::name(&rec.name)));
+        }
+    }
+
+    fn emit(self) {
+        eprint!("{}", self.text);
+        if self.cut > 0 {
+            eprintln!(
+                "hookctl: and {} more lines (`hookctl log --failed` has every plugin's record)",
+                self.cut
+            );
+        }
+    }
 }
 
 /// The audit lines' format version: readers may rely on the fields of this version.
