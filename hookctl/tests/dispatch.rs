@@ -349,7 +349,10 @@ fn stderr_about_ignored_failures_is_capped_in_total() {
     assert!(stderr.len() <= (16 << 10) + 200, "{} bytes of stderr", stderr.len());
     assert!(stderr.starts_with("hookctl: ignored failure: "), "{stderr}");
     let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("hookctl: and ") && last.contains(" more lines"), "{last}");
+    assert!(
+        last.starts_with("hookctl: and ") && last.contains(" more lines"),
+        "{last}"
+    );
 }
 
 #[test]

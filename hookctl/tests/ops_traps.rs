@@ -296,6 +296,11 @@ fn build_deb_writes_nothing_into_the_checkout() {
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         fs::copy(repo().join(file), &dest).unwrap();
     }
+    fs::create_dir(tree.join("docs")).unwrap();
+    for doc in fs::read_dir(repo().join("docs")).unwrap() {
+        let doc = doc.unwrap().path();
+        fs::copy(&doc, tree.join("docs").join(doc.file_name().unwrap())).unwrap();
+    }
     let target = tmp.path().join("build");
     let stubs = tmp.path().join("stubs");
     let calls = tmp.path().join("calls");
@@ -309,7 +314,7 @@ echo "cargo $*" >> {calls}
 case "$1" in
   build|rustc) mkdir -p "$CARGO_TARGET_DIR/release" && cp {exe} "$CARGO_TARGET_DIR/release/hookctl" && touch "$CARGO_TARGET_DIR/release/hookctl-native" ;;
   deb)
-    for asset in man/hookctl.1 completions/hookctl.bash completions/_hookctl completions/hookctl.fish README.md.gz; do
+    for asset in man/hookctl.1.gz completions/hookctl.bash completions/_hookctl completions/hookctl.fish README.md.gz docs/settings.md.gz; do
       [ -s "$CARGO_TARGET_DIR/release/deb-assets/$asset" ] || {{ echo "missing asset $asset" >&2; exit 1; }}
     done
     grep -q 'target/release/deb-assets/man/\*.1' hookctl/Cargo.toml || {{ echo "manifest does not take the assets from the target dir" >&2; exit 1; }}
@@ -358,12 +363,15 @@ fn simulate_quotes_libvirt_naming_the_hook_it_runs() {
     );
     let xml = tmp.path().join("vm1.xml");
     fs::write(&xml, "<domain><name>vm1</name></domain>\n").unwrap();
-    hookctl(&hooks, &["simulate", "qemu", "start", "vm1", "--input", xml.to_str().unwrap()])
-        .assert()
-        .code(1)
-        .stdout(contains(format!(
-            "{} vm1 prepare begin -) unexpected exit status 1: {}: exit status 3: no capacity for vm1",
-            hooks.join("qemu").display(),
-            plugins.join("20-gate").display()
-        )));
+    hookctl(
+        &hooks,
+        &["simulate", "qemu", "start", "vm1", "--input", xml.to_str().unwrap()],
+    )
+    .assert()
+    .code(1)
+    .stdout(contains(format!(
+        "{} vm1 prepare begin -) unexpected exit status 1: {}: exit status 3: no capacity for vm1",
+        hooks.join("qemu").display(),
+        plugins.join("20-gate").display()
+    )));
 }

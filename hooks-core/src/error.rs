@@ -114,6 +114,15 @@ pub enum LoadErrorKind {
         "an executable, but no backend linked into this program runs executables (call `hooks_exec::link()` from main)"
     )]
     NoBackend,
+    /// A WebAssembly module or native plugin, but its backend (`"wasm"`, `"dylib"`) is
+    /// not linked into this program.
+    #[error("{}, but its backend is not linked into this program (call `{}::link()` from main)",
+        if *backend == "wasm" { "a WebAssembly module" } else { "a native plugin" },
+        if *backend == "wasm" { "hooks_wasm" } else { "hooks_dylib" })]
+    NotLinked {
+        /// The backend that would load it.
+        backend: &'static str,
+    },
     /// The hooks directory itself could not be read.
     #[error("cannot read directory")]
     UnreadableDir,

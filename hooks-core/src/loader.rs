@@ -215,6 +215,9 @@ pub enum SkipReason {
     NotExecutable,
     /// Executable, but no linked backend runs it.
     Unclaimed,
+    /// A WebAssembly module (`*.wasm`) or native plugin (`*.so`) whose backend is not
+    /// linked into this program: its name (`"wasm"`, `"dylib"`).
+    Unlinked(&'static str),
     /// A symlink to nothing (libvirt skips it).
     DanglingSymlink,
     /// Gone between the listing and the look at it.
@@ -235,7 +238,7 @@ impl SkipReason {
     pub fn is_likely_mistake(self) -> bool {
         matches!(
             self,
-            SkipReason::NotExecutable | SkipReason::Unclaimed | SkipReason::DanglingSymlink
+            SkipReason::NotExecutable | SkipReason::Unclaimed | SkipReason::Unlinked(_) | SkipReason::DanglingSymlink
         )
     }
 }
@@ -248,6 +251,8 @@ impl fmt::Display for SkipReason {
             SkipReason::Settings => "settings file, never a hook",
             SkipReason::NotExecutable => "not executable",
             SkipReason::Unclaimed => "no backend claims it",
+            SkipReason::Unlinked("wasm") => "a WebAssembly module, but no linked backend runs them",
+            SkipReason::Unlinked(_) => "a native plugin, but no linked backend loads them",
             SkipReason::DanglingSymlink => "dangling symlink",
             SkipReason::Vanished => "vanished",
             SkipReason::Leftover => "backup or package-manager leftover, never run",
@@ -657,8 +662,11 @@ impl HooksDir {
             entries.iter().any(|e| {
                 e.loader().is_some()
                     || e.refusal().is_some()
-                    // libvirt would run it; the registry fails the event for it.
-                    || matches!(e.disposition, Disposition::Skipped(SkipReason::Unclaimed))
+                    // Meant to run; the registry fails the event for it.
+                    || matches!(
+                        e.disposition,
+                        Disposition::Skipped(SkipReason::Unclaimed | SkipReason::Unlinked(_))
+                    )
             })
         })
     }
@@ -775,6 +783,13 @@ impl HooksDir {
         }
         if let Some(loader) = self.loaders.iter().find(|l| l.claims(path, meta)) {
             return Disposition::Hook(Arc::clone(loader));
+        }
+        // Whoever put one here meant it to run: a program that forgot a backend's
+        // `link()` must not skip it as "not executable".
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("wasm") => return skip(SkipReason::Unlinked("wasm")),
+            Some("so") => return skip(SkipReason::Unlinked("dylib")),
+            _ => {}
         }
         if meta.permissions().mode() & 0o111 == 0 {
             skip(SkipReason::NotExecutable)

@@ -338,6 +338,9 @@ impl Inner {
                                 Disposition::Skipped(SkipReason::Unclaimed) => {
                                     LoadError::new(&entry.path, "none", LoadErrorKind::NoBackend)
                                 }
+                                Disposition::Skipped(SkipReason::Unlinked(backend)) => {
+                                    LoadError::new(&entry.path, backend, LoadErrorKind::NotLinked { backend })
+                                }
                                 Disposition::Skipped(_) => continue,
                             };
                             hooks.push(self.layers.wrap(Arc::new(BrokenHook::new(broken))));
@@ -1201,6 +1204,33 @@ mod compiled_tests {
         let failure = registry.fire_blocking(&ev).unwrap_err();
         assert!(failure.is_fatal());
         assert!(failure.to_string().contains("hooks_exec::link()"), "{failure}");
+    }
+
+    /// A program that linked only the exec backend allowed a start with a 0644 `.wasm`
+    /// or `.so` in `qemu.d/` ("not executable", 0 hooks ran).
+    #[test]
+    fn a_module_or_native_plugin_whose_backend_is_not_linked_fails_the_event() {
+        use std::os::unix::fs::PermissionsExt;
+        for (file, link) in [
+            ("10-deny.wasm", "hooks_wasm::link()"),
+            ("10-deny.so", "hooks_dylib::link()"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::create_dir(tmp.path().join("qemu.d")).unwrap();
+            let path = tmp.path().join("qemu.d").join(file);
+            std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let dir = crate::HooksDir::with_loaders(tmp.path(), vec![]);
+            assert!(dir.is_present(crate::Driver::Qemu), "{file}: not present");
+            let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+            let ev = crate::QemuEvent::Prepare {
+                name: "vm".into(),
+                xml: "<domain/>".into(),
+            };
+            let failure = registry.fire_blocking(&ev).unwrap_err();
+            let text = crate::error::chain(&failure);
+            assert!(text.contains(file) && text.contains(link), "{file}: {text}");
+        }
     }
 }
 

@@ -285,7 +285,10 @@ impl Notes {
             self.line(format!("hookctl: warning: {}: {w}", output::name(&rec.name)));
         }
         if more > 0 {
-            self.line(format!("hookctl: warning: {}: … ({more} more warnings)", output::name(&rec.name)));
+            self.line(format!(
+                "hookctl: warning: {}: … ({more} more warnings)",
+                output::name(&rec.name)
+            ));
         }
     }
 

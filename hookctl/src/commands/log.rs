@@ -931,7 +931,7 @@ impl Ctx<'_> {
 
     /// A line that cannot be read, `why`, with what can be read of `parts` of it (and
     /// the start of the line itself, `excerpt`, when it is short enough to have one).
-    fn unreadable(&self, source: &Source, at: At, why: &str, parts: &[&[u8]], excerpt: Option<&[u8]>) -> Parsed {
+    fn unreadable(&self, source: &mut Source, at: At, why: &str, parts: &[&[u8]], excerpt: Option<&[u8]>) -> Parsed {
         let found = Salvaged::from(parts);
         let time = found.time.as_deref().and_then(|t| parse_time(t, false));
         let known = |value: &Option<String>, wanted: &str| value.as_deref().is_none_or(|v| v == wanted);
@@ -1010,7 +1010,9 @@ impl Ctx<'_> {
                 from: CameFrom::default(),
             }
         };
-        let time = time.or(source.last_time).unwrap_or(UNIX_EPOCH);
+        // What follows sorts after it, as in the file.
+        source.last_time = time.or(source.last_time);
+        let time = source.last_time.unwrap_or(UNIX_EPOCH);
         Parsed::Unreadable(Some(Event { time, shown: shown_as }))
     }
 

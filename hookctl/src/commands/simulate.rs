@@ -262,8 +262,12 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
     let op = seq.scenario.as_str();
     // libvirt's message holds the hook's whole stderr: its first lines, as libvirt's.
     let said = |message: &str, hook: &Option<String>| {
-        let dispatched = hook.as_deref().and_then(|h| as_dispatched(seq, message, h, dir, guest.driver));
-        output::STDERR_LINES.apply(dispatched.as_deref().unwrap_or(message)).into_owned()
+        let dispatched = hook
+            .as_deref()
+            .and_then(|h| as_dispatched(seq, message, h, dir, guest.driver));
+        output::STDERR_LINES
+            .apply(dispatched.as_deref().unwrap_or(message))
+            .into_owned()
     };
     let _ = match &seq.verdict {
         Verdict::Proceed => writeln!(out, "result: {op} of {who} would go through"),
