@@ -182,6 +182,10 @@ pub enum HookError {
     /// The hook's state directory could not be made ready; the hook was not called.
     #[error(transparent)]
     State(crate::StateError),
+    /// The call was cancelled (its future dropped, or the registry's cancel): the hook
+    /// and what it started were stopped.
+    #[error("the call was cancelled; the hook and what it started were stopped")]
+    Cancelled,
     /// The hook's file was removed or renamed after the event began (set aside by an
     /// operator, say): it was not run, and the event goes on as it would have without it.
     #[error("`{}` was removed or renamed after the event began: not run", path.display())]

@@ -18,8 +18,12 @@
 //!   past the event's budget is not started, output past the cap is cut. They are
 //!   [`layer`]s; add your own with [`RegistryBuilder::layer`]. They hold under tokio
 //!   (multi-thread or current-thread) and through [`Registry::fire_blocking`] with no
-//!   runtime. A hook that blocks its thread without ever yielding can only be stopped by
-//!   its backend (exec, WASM and dylib hooks enforce their timeouts themselves).
+//!   runtime. **Except a custom hook that blocks its thread** (`std::thread::sleep`,
+//!   blocking I/O, a long loop) without yielding: a timeout is enforced when the hook's
+//!   future is polled, so such a hook runs on past it, and under tokio it holds a worker
+//!   meanwhile. Give blocking work to `tokio::task::spawn_blocking` and await it (the
+//!   call is then dropped at its time; the thread finishes on its own), or use a
+//!   backend: exec, WASM and dylib hooks enforce their timeouts themselves.
 //! - **Dropping cleans up.** Dropping a future from the registry stops the running hook:
 //!   an exec hook's whole process group is killed and reaped, a WASM call is
 //!   interrupted, a native call that cannot be interrupted finishes on its own thread
@@ -104,7 +108,7 @@ pub use self::lifecycle::{
 pub use self::loader::HooksDir;
 pub use self::outcome::{Containment, HookOutcome, HookStatus};
 pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
-pub use self::report::{HookRecord, InputSource, Report, StatusRecord};
+pub use self::report::{Failure, HookRecord, InputSource, Report, StatusRecord};
 pub use self::settings::{HookPolicy, OnReconnectFailure, MAX_TIMEOUT};
 pub use self::state::{
     state_ends_at, state_ends_object, state_orphaned_by_failure, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX,

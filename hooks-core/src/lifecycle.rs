@@ -420,12 +420,17 @@ impl<E> From<UnsupportedScenario> for LifecycleError<E> {
     }
 }
 
-impl<E> fmt::Display for LifecycleError<E> {
+/// A driver's error is shown in the message (`… after `prepare` failed: <error>`), so
+/// [`StdError::source`] continues with the driver error's own source, not the error
+/// again (reporters that walk the chain would print it twice).
+impl<E: fmt::Display> fmt::Display for LifecycleError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LifecycleError::Refused { failure, .. } => fmt::Display::fmt(failure, f),
             LifecycleError::Killed { failure, .. } => write!(f, "the guest is killed: {failure}"),
-            LifecycleError::Driver { phase, .. } => write!(f, "the driver's own work after `{phase}` failed"),
+            LifecycleError::Driver { phase, error, .. } => {
+                write!(f, "the driver's own work after `{phase}` failed: {error}")
+            }
             LifecycleError::Unsupported(u) => fmt::Display::fmt(u, f),
         }
     }
@@ -434,7 +439,7 @@ impl<E> fmt::Display for LifecycleError<E> {
 impl<E: StdError + 'static> StdError for LifecycleError<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            LifecycleError::Driver { error, .. } => Some(error),
+            LifecycleError::Driver { error, .. } => error.source(),
             _ => None,
         }
     }
@@ -974,6 +979,12 @@ mod tests {
     #[derive(Debug, PartialEq)]
     struct QemuDied;
 
+    impl fmt::Display for QemuDied {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("qemu exited with status 1")
+        }
+    }
+
     #[async_trait]
     impl DriverActions for Recorder {
         type Error = QemuDied;
@@ -1038,6 +1049,11 @@ mod tests {
             ..Recorder::default()
         };
         let err = block_on(Lifecycle::new(&r).start_with(&qemu(), &mut driver)).unwrap_err();
+        // The message says what the driver's error was, not only that there was one.
+        assert_eq!(
+            err.to_string(),
+            "the driver's own work after `start` failed: qemu exited with status 1"
+        );
         let LifecycleError::Driver { error, phase, sequence } = err else {
             panic!("expected the driver's error")
         };

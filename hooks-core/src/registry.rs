@@ -606,10 +606,20 @@ impl Registry {
                     }
                 }
             }
+            // Stopped at the budget's time, which was shorter than its own limit.
+            let budget_cut = matches!(outcome.status, HookStatus::TimedOut(after)
+                if left.is_some_and(|left| after + Duration::from_millis(1) >= left));
             let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
             let gone = matches!(outcome.status, HookStatus::Failed(HookError::Gone { .. }));
             let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected);
             record.document = change;
+            if budget_cut {
+                record.failure = Some(crate::Failure::Budget);
+                record.warnings.push(format!(
+                    "stopped by the event's time budget ({}), before its own time limit",
+                    crate::report::format_duration(inner.event_timeout.unwrap_or_default())
+                ));
+            }
             let kills = !record.success && !record.optional && event.on_failure() == FailurePolicy::KillObject;
             if gone {
                 // Set aside during the event: it takes effect now rather than failing it.
@@ -1051,6 +1061,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.failed_hook().name, "hangs");
         assert_eq!(err.failed_hook().status, StatusRecord::TimedOut { after_ms: 50 });
+        assert_eq!(
+            err.failed_hook().failure,
+            Some(crate::Failure::Timeout),
+            "its own limit"
+        );
         assert!(err.report().hooks[1].success, "the hooks after it still run");
     }
 
@@ -1080,6 +1095,13 @@ mod tests {
             "{:?}",
             hooks[0].status
         );
+        // Cut by the budget, not by a limit of its own: told apart, typed.
+        assert_eq!(hooks[0].failure, Some(crate::Failure::Budget));
+        assert!(hooks[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("the event's time budget (60ms)")));
+        assert_eq!(hooks[1].failure, Some(crate::Failure::Budget), "not started");
         assert!(late.calls().is_empty(), "not started");
         assert!(
             hooks[1]
@@ -1109,6 +1131,57 @@ mod tests {
             report.hooks[0].status,
             StatusRecord::TimedOut { after_ms: 1..=30 }
         ));
+        assert_eq!(report.hooks[0].failure, Some(crate::Failure::Budget));
+    }
+
+    /// Each way to fail is a variant a caller can match, and in the report's JSON.
+    #[test]
+    fn failures_are_typed_end_to_end() {
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Daemon, MockHook::succeeding("ok"))
+            .hook(Driver::Daemon, MockHook::always("refuses", || HookOutcome::exited(3)))
+            .hook(
+                Driver::Daemon,
+                MockHook::always("signaled", || HookOutcome::new(HookStatus::Signaled(9))),
+            )
+            .hook(
+                Driver::Daemon,
+                MockHook::always("cancelled", || HookOutcome::failed(HookError::Cancelled)),
+            )
+            .hook(
+                Driver::Daemon,
+                MockHook::always("unloadable", || {
+                    HookOutcome::failed(HookError::from(crate::LoadError::new(
+                        "/x.wasm",
+                        "wasm",
+                        crate::LoadErrorKind::InvalidModule,
+                    )))
+                }),
+            )
+            .hook(
+                Driver::Daemon,
+                MockHook::from_fn("panics", |_| async { panic!("boom") }),
+            )
+            .build();
+        let report = registry.fire_blocking(&crate::DaemonEvent::Start).unwrap();
+        let failures: Vec<_> = report.hooks.iter().map(|r| r.failure).collect();
+        use crate::Failure::*;
+        assert_eq!(
+            failures,
+            [
+                None,
+                Some(Refused),
+                Some(Crashed),
+                Some(Cancelled),
+                Some(Load),
+                Some(Crashed)
+            ]
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["hooks"][1]["failure"], "refused");
+        assert!(json["hooks"][0].get("failure").is_none());
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.hooks[3].failure, Some(Cancelled));
     }
 
     #[test]

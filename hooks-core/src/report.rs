@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Driver, EventArgs, FailurePolicy, Hook, HookEvent, HookOutcome, HookStatus};
+use crate::{Driver, EventArgs, FailurePolicy, Hook, HookError, HookEvent, HookOutcome, HookStatus};
 
 /// How a hook ended, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +57,86 @@ impl From<&HookStatus> for StatusRecord {
     }
 }
 
+/// Why a hook failed, for a caller to decide on (`HookRecord::failure`), and in the
+/// report's and audit line's JSON (kebab-case).
+///
+/// ```
+/// use hooks_core::{Driver, Failure, HookOutcome, RawEvent, RegistryBuilder};
+/// use hooks_core::testing::MockHook;
+/// let registry = RegistryBuilder::new().hook(MockHook::always("deny", || HookOutcome::exited(1))).build();
+/// let ev = RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"]);
+/// let failure = registry.fire_blocking(&ev).unwrap_err();
+/// assert_eq!(failure.failed_hook().failure, Some(Failure::Refused));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Failure {
+    /// It ran and said no: a non-zero exit status.
+    Refused,
+    /// It exited 0, but its output as a filter stage was refused (not well-formed, cut
+    /// at the output cap, another root element).
+    BadOutput,
+    /// Stopped by its own time limit (its settings', its backend's or the registry's).
+    Timeout,
+    /// Stopped by the event's time budget ([`crate::RegistryBuilder::event_timeout`]),
+    /// or not started because it had run out.
+    Budget,
+    /// Crashed: killed by a signal, a panic (native or custom hook), a trap (WASM).
+    Crashed,
+    /// Its call was cancelled (the caller dropped it); what it started was stopped.
+    Cancelled,
+    /// Its file could not be loaded or configured: refused by the trust rule, invalid
+    /// settings, not a module or plugin, no backend linked for it.
+    Load,
+    /// It could not be started: spawning failed, its state directory was not ready, the
+    /// backend failed, or talking to it did.
+    NotRun,
+    /// Its file was removed or renamed after the event began: not run.
+    Gone,
+}
+
+impl Failure {
+    /// Of an outcome: `None` for success.
+    pub(crate) fn of(status: &HookStatus, rejected_output: bool) -> Option<Failure> {
+        Some(match status {
+            HookStatus::Exited(0) if rejected_output => Failure::BadOutput,
+            HookStatus::Exited(0) => return None,
+            HookStatus::Exited(_) => Failure::Refused,
+            HookStatus::Signaled(_) | HookStatus::Crashed(_) => Failure::Crashed,
+            HookStatus::TimedOut(_) => Failure::Timeout,
+            HookStatus::Failed(err) => match err {
+                HookError::Load(_) => Failure::Load,
+                HookError::NotStarted { .. } => Failure::Budget,
+                HookError::Cancelled => Failure::Cancelled,
+                HookError::Gone { .. } => Failure::Gone,
+                _ => Failure::NotRun,
+            },
+        })
+    }
+
+    /// The kebab-case name used in JSON (`refused`, `timeout`, `budget`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Failure::Refused => "refused",
+            Failure::BadOutput => "bad-output",
+            Failure::Timeout => "timeout",
+            Failure::Budget => "budget",
+            Failure::Crashed => "crashed",
+            Failure::Cancelled => "cancelled",
+            Failure::Load => "load",
+            Failure::NotRun => "not-run",
+            Failure::Gone => "gone",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which document a hook read on stdin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +161,9 @@ pub struct HookRecord {
     pub success: bool,
     /// How it ended.
     pub status: StatusRecord,
+    /// Why it failed, typed; `None` when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
     /// libvirt's message for a failure, naming the hook, its status and its stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -193,6 +276,7 @@ impl HookRecord {
             backend: Cow::Borrowed(hook.backend()),
             success,
             status: StatusRecord::from(&outcome.status),
+            failure: Failure::of(&outcome.status, rejected_output.is_some()),
             message,
             duration_us: outcome.duration.as_micros() as u64,
             stdout: into_text(outcome.stdout),

@@ -457,11 +457,7 @@ impl Job {
                 let pid = spawned.child.pid;
                 let input = self.input.as_deref().unwrap_or_default();
                 match supervise::supervise(spawned, input, self.limits, self.cancel.as_ref()) {
-                    // Nobody reads this; it only has to be something.
-                    Ok(cap) if cap.cancelled => HookOutcome::failed(HookError::Io(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "the call was dropped; the hook and what it started were killed",
-                    ))),
+                    Ok(cap) if cap.cancelled => HookOutcome::failed(HookError::Cancelled),
                     Ok(cap) => self.outcome(pid, cap),
                     Err(e) => HookOutcome::failed(HookError::Io(e)),
                 }

@@ -655,7 +655,7 @@ impl Sandbox {
             Ok(Ended::Returned(Ok(()))) => HookStatus::Exited(0),
             Ok(Ended::Returned(Err(e))) => classify(&e, store.data().limits.refused, limits),
             Ok(Ended::TimedOut) => HookStatus::TimedOut(limits.timeout.unwrap_or_default()),
-            Ok(Ended::Abandoned) => HookStatus::Crashed("abandoned by its caller".into()),
+            Ok(Ended::Abandoned) => HookStatus::Failed(hooks_core::HookError::Cancelled),
             Err(e) => HookStatus::Crashed(e.to_owned()),
         };
         // Whatever the module did last is measured too: a cap that held only while it

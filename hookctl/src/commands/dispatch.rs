@@ -201,11 +201,9 @@ pub(crate) fn libvirt_error_line(report: &Report) -> String {
     for (shown, rec) in failed.iter().enumerate() {
         let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
         let sep = if stderr.is_empty() { "" } else { ": " };
-        // `check` finds broken files and settings, not a state directory's trouble.
-        let hint = match &rec.status {
-            hooks_core::StatusRecord::Failed { message } if !message.contains("state director") => {
-                " (run `hookctl check`)"
-            }
+        // `check` finds broken files and settings (the plugins' and hookctl.toml's).
+        let hint = match (rec.failure, &*rec.backend) {
+            (Some(hooks_core::Failure::Load), _) | (_, "hookctl") => " (run `hookctl check`)",
             _ => "",
         };
         let entry = format!(
