@@ -63,7 +63,8 @@ impl From<&HookStatus> for StatusRecord {
 /// ```
 /// use hooks_core::{Driver, Failure, HookOutcome, RawEvent, RegistryBuilder};
 /// use hooks_core::testing::MockHook;
-/// let registry = RegistryBuilder::new().hook(MockHook::always("deny", || HookOutcome::exited(1))).build();
+/// let deny = MockHook::always("deny", || HookOutcome::exited(1));
+/// let registry = RegistryBuilder::new().hook(Driver::Qemu, deny).build();
 /// let ev = RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"]);
 /// let failure = registry.fire_blocking(&ev).unwrap_err();
 /// assert_eq!(failure.failed_hook().failure, Some(Failure::Refused));
