@@ -12,6 +12,133 @@ use async_trait::async_trait;
 
 use crate::{Driver, HookEvent, HookOutcome, HookPolicy, OnReconnectFailure};
 
+/// A predicate on events.
+type EventFilter = Arc<dyn Fn(&dyn HookEvent) -> bool + Send + Sync>;
+
+/// Which events a hook takes.
+#[derive(Clone, Default)]
+pub(crate) enum Matching {
+    /// Every event of its driver.
+    #[default]
+    All,
+    /// Those a predicate accepts.
+    Fn(EventFilter),
+    /// Those its sidecar's `[match]` takes.
+    Sidecar(Arc<crate::settings::Matcher>),
+}
+
+impl Matching {
+    fn matches(&self, event: &dyn HookEvent) -> bool {
+        match self {
+            Matching::All => true,
+            Matching::Fn(f) => f(event),
+            Matching::Sidecar(m) => m.matches(event),
+        }
+    }
+}
+
+/// A hook as the registry holds it: the hook, and how the registry treats it (which
+/// events it takes, whether its failure fails the event, what its failure at
+/// `reconnect` does). Anything that is a [`Hook`] converts into one with libvirt's
+/// defaults: every event of its driver, required, a failed `reconnect` kills the guest.
+///
+/// ```
+/// use hooks_core::{Driver, HookEntry, HookOutcome, HookPolicy, QemuEvent, RegistryBuilder, testing::MockHook};
+/// let registry = RegistryBuilder::new()
+///     .hook(Driver::Qemu, HookEntry::new(MockHook::always("flaky", || HookOutcome::exited(1)))
+///         .with_policy(HookPolicy::Optional)
+///         .matching(|ev| ev.op() == "prepare"))
+///     .build();
+/// let report = registry.fire_blocking(&QemuEvent::Prepare { name: "vm".into(), xml: String::new() }).unwrap();
+/// assert!(!report.hooks[0].success && report.hooks[0].optional);
+/// ```
+#[derive(Clone)]
+pub struct HookEntry {
+    pub(crate) hook: Arc<dyn Hook>,
+    pub(crate) policy: HookPolicy,
+    pub(crate) matching: Matching,
+    pub(crate) on_reconnect_failure: OnReconnectFailure,
+}
+
+impl fmt::Debug for HookEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookEntry")
+            .field("hook", &self.hook.name())
+            .field("backend", &self.hook.backend())
+            .field("policy", &self.policy)
+            .field("matches", &!matches!(self.matching, Matching::All))
+            .field("on_reconnect_failure", &self.on_reconnect_failure)
+            .finish()
+    }
+}
+
+impl<H: Hook + 'static> From<H> for HookEntry {
+    fn from(hook: H) -> Self {
+        HookEntry::new(hook)
+    }
+}
+
+impl HookEntry {
+    /// `hook` with libvirt's defaults.
+    pub fn new(hook: impl Hook + 'static) -> Self {
+        Self::shared(Arc::new(hook))
+    }
+
+    /// A shared hook with libvirt's defaults.
+    pub fn shared(hook: Arc<dyn Hook>) -> Self {
+        HookEntry {
+            hook,
+            policy: HookPolicy::Required,
+            matching: Matching::All,
+            on_reconnect_failure: OnReconnectFailure::Kill,
+        }
+    }
+
+    /// Whether its failure fails the event: [`HookPolicy::Optional`] records it only.
+    pub fn with_policy(mut self, policy: HookPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Called only for the events `filter` accepts; the others do not list it.
+    pub fn matching(mut self, filter: impl Fn(&dyn HookEvent) -> bool + Send + Sync + 'static) -> Self {
+        self.matching = Matching::Fn(Arc::new(filter));
+        self
+    }
+
+    /// What its failure at `reconnect` does ([`OnReconnectFailure::Log`]: the guest
+    /// lives, and the failure is an error in the report).
+    pub fn on_reconnect_failure(mut self, on_failure: OnReconnectFailure) -> Self {
+        self.on_reconnect_failure = on_failure;
+        self
+    }
+
+    /// The hook.
+    pub fn hook(&self) -> &Arc<dyn Hook> {
+        &self.hook
+    }
+
+    /// Its policy.
+    pub fn policy(&self) -> HookPolicy {
+        self.policy
+    }
+
+    /// What its failure at `reconnect` does.
+    pub fn reconnect_failure(&self) -> OnReconnectFailure {
+        self.on_reconnect_failure
+    }
+
+    /// Whether it takes `event`.
+    pub fn matches(&self, event: &dyn HookEvent) -> bool {
+        self.matching.matches(event)
+    }
+
+    /// The same treatment for another hook (a layer's wrapper around this one).
+    pub(crate) fn with_hook(&self, hook: Arc<dyn Hook>) -> Self {
+        HookEntry { hook, ..self.clone() }
+    }
+}
+
 /// libvirt's four arguments `[object, op, subop, extra]` in one NUL-separated buffer:
 /// built once per event, shared by every hook, and usable as C strings as they are.
 ///
@@ -237,7 +364,10 @@ impl Invocation {
     }
 }
 
-/// Site-specific code called at a lifecycle point.
+/// Site-specific code called at a lifecycle point: the call, and what the hook is
+/// (its name, backend, file). Which events it takes, whether its failure fails the
+/// event and what a failure at `reconnect` does are the registry's, set on its
+/// [`HookEntry`], so a [`layer`](crate::layer) wrapping the call cannot change them.
 ///
 /// A hook sees an [`Invocation`] and returns a [`HookOutcome`]; exit status 0 is
 /// success, anything else is a failure whose consequence depends on the event
@@ -279,25 +409,6 @@ pub trait Hook: Send + Sync {
         None
     }
 
-    /// Whether the hook wants this event; a hook that does not match is not called and
-    /// does not appear in the report. Defaults to every event of its driver.
-    fn matches(&self, _event: &dyn HookEvent) -> bool {
-        true
-    }
-
-    /// Whether its failure fails the event. Defaults to [`HookPolicy::Required`]
-    /// (libvirt's behaviour).
-    fn policy(&self) -> HookPolicy {
-        HookPolicy::Required
-    }
-
-    /// What its failure at `reconnect` does. Defaults to [`OnReconnectFailure::Kill`]
-    /// (libvirt's behaviour: the running guest is killed); a hook in a plugins dir gets
-    /// its sidecar's or the directory's choice.
-    fn on_reconnect_failure(&self) -> OnReconnectFailure {
-        OnReconnectFailure::Kill
-    }
-
     /// Whether the hook enforces [`Invocation::timeout`] itself, and how long past it it
     /// may take to stop and report (an exec hook terminates its process group, waits
     /// its kill grace, kills, reaps). `None`, the default: it does not, and the
@@ -324,15 +435,6 @@ macro_rules! forward_hook {
             }
             fn path(&self) -> Option<&Path> {
                 (**self).path()
-            }
-            fn matches(&self, event: &dyn HookEvent) -> bool {
-                (**self).matches(event)
-            }
-            fn policy(&self) -> HookPolicy {
-                (**self).policy()
-            }
-            fn on_reconnect_failure(&self) -> OnReconnectFailure {
-                (**self).on_reconnect_failure()
             }
             fn stop_grace(&self) -> Option<Duration> {
                 (**self).stop_grace()

@@ -37,14 +37,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::{Hook, HookEvent, HookOutcome, HookPolicy, HookStatus, Invocation};
+use crate::{Hook, HookOutcome, HookStatus, Invocation};
 
 /// Wraps a hook in another: the registry calls the result instead.
 ///
-/// A wrapper must forward `name`, `backend`, `path`, `matches`, `policy` and
-/// `stop_grace` unless it means to change them: the trait's defaults would turn an
-/// optional hook that matches one event into a required one for every event. Prefer
-/// [`from_fn`], which forwards them all.
+/// A layer wraps the call only: which events the hook takes and whether its failure
+/// counts are its [`HookEntry`](crate::HookEntry)'s, which no layer sees. A wrapper
+/// should forward `name`, `backend`, `path` and `stop_grace` (the hook's identity in
+/// reports, and how long it takes to stop at its timeout); [`from_fn`] does.
 pub trait Layer: Send + Sync + 'static {
     /// Wraps `hook`.
     fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook>;
@@ -107,15 +107,6 @@ macro_rules! forward_identity {
         }
         fn path(&self) -> Option<&Path> {
             self.inner.path()
-        }
-        fn matches(&self, event: &dyn HookEvent) -> bool {
-            self.inner.matches(event)
-        }
-        fn policy(&self) -> HookPolicy {
-            self.inner.policy()
-        }
-        fn on_reconnect_failure(&self) -> crate::OnReconnectFailure {
-            self.inner.on_reconnect_failure()
         }
         fn stop_grace(&self) -> Option<Duration> {
             self.inner.stop_grace()

@@ -100,7 +100,7 @@ pub use self::event::{FailurePolicy, HookEvent, RawEvent};
 pub use self::events::{
     BhyveEvent, DaemonEvent, LibxlEvent, LxcEvent, NetworkEvent, QemuEvent, ReleaseReason, UnknownReleaseReason,
 };
-pub use self::hook::{EventArgs, Hook, Invocation};
+pub use self::hook::{EventArgs, Hook, HookEntry, Invocation};
 pub use self::lifecycle::{
     DriverActions, Guest, Lifecycle, LifecycleError, NoActions, Phase, Scenario, Sequence, Step, StepResult,
     UnknownScenario, UnsupportedScenario, Verdict,

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::{
-    Driver, Hook, HookEvent, HookOutcome, HookPolicy, HookSettings, Invocation, LoadError, OnReconnectFailure,
-    SettingsError, TrustPolicy, Untrusted,
+    Driver, Hook, HookOutcome, HookSettings, Invocation, LoadError, OnReconnectFailure, SettingsError, TrustPolicy,
+    Untrusted,
 };
 
 /// A backend's way of turning a file into a [`Hook`].
@@ -898,35 +898,27 @@ impl DirEntry {
     }
 }
 
-/// A loaded hook with the matching, policy and state from its settings.
+/// A loaded hook whose settings ask for state: each call gets its state directory.
 pub(crate) struct Configured {
     inner: Arc<dyn Hook>,
-    settings: HookSettings,
-    /// For a hook with `state = true`: where its directories go (`None`: nowhere, and
-    /// each call fails saying so).
-    state: Option<Option<Arc<crate::StateRoot>>>,
-    /// What its failure at `reconnect` does (its sidecar's or its directory's choice).
-    reconnect: OnReconnectFailure,
+    /// Where its directories go (`None`: nowhere, and each call fails saying so).
+    state: Option<Arc<crate::StateRoot>>,
 }
 
 impl Configured {
-    /// Wraps `inner` when the settings ask for matching, a policy, state or a failure
-    /// at `reconnect` that spares the guest; otherwise returns it.
+    /// Wraps `inner` when the settings ask for state; otherwise returns it. Matching,
+    /// policy and what a failure at `reconnect` does are the registry entry's.
     pub(crate) fn wrap(
         inner: Arc<dyn Hook>,
         settings: &HookSettings,
         state_root: Option<&Arc<crate::StateRoot>>,
-        reconnect: OnReconnectFailure,
     ) -> Arc<dyn Hook> {
-        let plain = settings.policy == HookPolicy::Required && settings.matcher.is_empty() && !settings.state;
-        if plain && reconnect == OnReconnectFailure::Kill {
+        if !settings.state {
             return inner;
         }
         Arc::new(Configured {
             inner,
-            settings: settings.clone(),
-            state: settings.state.then(|| state_root.cloned()),
-            reconnect,
+            state: state_root.cloned(),
         })
     }
 
@@ -957,23 +949,11 @@ impl Hook for Configured {
     fn path(&self) -> Option<&Path> {
         self.inner.path()
     }
-    fn matches(&self, event: &dyn HookEvent) -> bool {
-        self.settings.matcher.matches(event) && self.inner.matches(event)
-    }
-    fn policy(&self) -> HookPolicy {
-        self.settings.policy
-    }
-    fn on_reconnect_failure(&self) -> OnReconnectFailure {
-        self.reconnect
-    }
     fn stop_grace(&self) -> Option<std::time::Duration> {
         self.inner.stop_grace()
     }
     async fn call(&self, inv: &Invocation) -> HookOutcome {
-        let Some(root) = &self.state else {
-            return self.inner.call(inv).await;
-        };
-        match self.state_dir(root.as_deref(), inv) {
+        match self.state_dir(self.state.as_deref(), inv) {
             Ok(dir) => self.inner.call(&inv.clone().with_state_dir(Some(dir))).await,
             Err(e) => HookOutcome::failed(e),
         }

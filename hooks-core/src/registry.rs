@@ -11,19 +11,20 @@ use smallvec::SmallVec;
 use tracing::Instrument;
 
 use crate::document::{self, DocumentChange};
+use crate::hook::Matching;
 use crate::layer::{self, Layer};
 use crate::loader::{BrokenHook, Configured, DirEntry, Disposition, FileStamp, HooksDir, SkipReason};
 use crate::report::InputSource;
 use crate::xpath::DocumentScope;
 use crate::{
-    Driver, EventArgs, FailurePolicy, Hook, HookError, HookEvent, HookFailure, HookLoader, HookOutcome, HookRecord,
-    HookStatus, Invocation, LoadError, LoadErrorKind, OnReconnectFailure, Report,
+    Driver, EventArgs, FailurePolicy, Hook, HookEntry, HookError, HookEvent, HookFailure, HookLoader, HookOutcome,
+    HookRecord, HookStatus, Invocation, LoadError, LoadErrorKind, OnReconnectFailure, Report,
 };
 
 enum Source {
     Hook {
         driver: Option<Driver>,
-        hook: Arc<dyn Hook>,
+        entry: Arc<HookEntry>,
     },
     Dir(HooksDir),
 }
@@ -85,14 +86,24 @@ impl RegistryBuilder {
         Self::default()
     }
 
-    /// Adds a hook for one driver's events.
-    pub fn hook(self, driver: Driver, hook: impl Hook + 'static) -> Self {
-        self.shared_hook(Some(driver), Arc::new(hook))
+    /// Adds a hook for one driver's events: a [`Hook`] (libvirt's defaults), or a
+    /// [`HookEntry`] saying which events it takes and whether its failure counts.
+    pub fn hook(self, driver: Driver, hook: impl Into<HookEntry>) -> Self {
+        self.entry(Some(driver), hook.into())
     }
 
-    /// Adds a shared hook for one driver's events, or for every driver with `None`.
-    pub fn shared_hook(mut self, driver: Option<Driver>, hook: Arc<dyn Hook>) -> Self {
-        self.sources.push(Source::Hook { driver, hook });
+    /// Adds a shared hook for one driver's events, or for every driver with `None`,
+    /// with libvirt's defaults.
+    pub fn shared_hook(self, driver: Option<Driver>, hook: Arc<dyn Hook>) -> Self {
+        self.entry(driver, HookEntry::shared(hook))
+    }
+
+    /// Adds a hook entry for one driver's events, or for every driver with `None`.
+    pub fn entry(mut self, driver: Option<Driver>, entry: HookEntry) -> Self {
+        self.sources.push(Source::Hook {
+            driver,
+            entry: Arc::new(entry),
+        });
         self
     }
 
@@ -171,9 +182,9 @@ impl RegistryBuilder {
             .sources
             .into_iter()
             .map(|source| match source {
-                Source::Hook { driver, hook } => Source::Hook {
+                Source::Hook { driver, entry } => Source::Hook {
                     driver,
-                    hook: stack.wrap(hook),
+                    entry: Arc::new(entry.with_hook(stack.wrap(Arc::clone(&entry.hook)))),
                 },
                 dir => dir,
             })
@@ -215,7 +226,7 @@ struct LoadedHook {
     stamp: FileStamp,
     sidecar: Option<FileStamp>,
     default_timeout: Option<Duration>,
-    hook: Arc<dyn Hook>,
+    entry: Arc<HookEntry>,
 }
 
 const fn driver_bit(driver: Driver) -> u8 {
@@ -249,46 +260,52 @@ impl State {
 
     /// The hook for a directory entry: from the cache while the file and its sidecar are
     /// unchanged (so a sidecar is parsed once per change), else loaded with no lock held.
-    fn load(&self, loader: &dyn HookLoader, entry: &DirEntry, layers: &LayerStack) -> Arc<dyn Hook> {
+    fn load(&self, loader: &dyn HookLoader, entry: &DirEntry, layers: &LayerStack) -> Arc<HookEntry> {
         let path = entry.path.as_path();
         let sidecar = entry.sidecar_stamp();
         let default_timeout = entry.default_timeout();
         if let Some(stamp) = entry.stamp {
             if let Some(cached) = self.cache().get(path) {
                 if cached.stamp == stamp && cached.sidecar == sidecar && cached.default_timeout == default_timeout {
-                    return Arc::clone(&cached.hook);
+                    return Arc::clone(&cached.entry);
                 }
             }
         }
-        let hook = match entry.settings() {
+        let loaded = match entry.settings() {
             Err(e) => {
                 let err = LoadError::new(path, loader.backend(), LoadErrorKind::InvalidSettings).with_source(e);
-                Arc::new(BrokenHook::new(err)) as Arc<dyn Hook>
+                HookEntry::shared(layers.wrap(Arc::new(BrokenHook::new(err))))
             }
             Ok(settings) => {
-                let reconnect = entry.on_reconnect_failure(&settings);
-                match loader.load(path, &settings) {
-                    Ok(hook) => Configured::wrap(hook, &settings, entry.state_root(), reconnect),
+                let hook = match loader.load(path, &settings) {
+                    Ok(hook) => hook,
                     Err(err) => {
                         tracing::warn!(path = %path.display(), error = %crate::error::chain(&err), "hook failed to load");
                         // Still optional and still matched as its sidecar says.
-                        let broken = Arc::new(BrokenHook::new(err));
-                        Configured::wrap(broken, &settings, entry.state_root(), reconnect)
+                        Arc::new(BrokenHook::new(err))
                     }
+                };
+                let hook = layers.wrap(Configured::wrap(hook, &settings, entry.state_root()));
+                let mut configured = HookEntry::shared(hook)
+                    .with_policy(settings.policy)
+                    .on_reconnect_failure(entry.on_reconnect_failure(&settings));
+                if !settings.matcher.is_empty() {
+                    configured.matching = Matching::Sidecar(Arc::new(settings.matcher));
                 }
+                configured
             }
         };
-        let hook = layers.wrap(hook);
+        let loaded = Arc::new(loaded);
         if let Some(stamp) = entry.stamp {
-            let loaded = LoadedHook {
+            let cached = LoadedHook {
                 stamp,
                 sidecar,
                 default_timeout,
-                hook: Arc::clone(&hook),
+                entry: Arc::clone(&loaded),
             };
-            self.cache().insert(path.to_owned(), loaded);
+            self.cache().insert(path.to_owned(), cached);
         }
-        hook
+        loaded
     }
 }
 
@@ -307,14 +324,14 @@ struct Inner {
 impl Inner {
     /// Every hook of `driver`'s events in run order, before `matches`: reads hooks
     /// directories and loads their entries, so it may block.
-    fn resolve(&self, driver: Driver) -> SmallVec<[Arc<dyn Hook>; 8]> {
+    fn resolve(&self, driver: Driver) -> SmallVec<[Arc<HookEntry>; 8]> {
         let state = self.state.load();
         let mut hooks = SmallVec::new();
         for (source, present) in self.sources.iter().zip(&state.present) {
             match source {
-                Source::Hook { driver: d, hook } => {
+                Source::Hook { driver: d, entry } => {
                     if d.is_none_or(|d| d == driver) {
-                        hooks.push(Arc::clone(hook));
+                        hooks.push(Arc::clone(entry));
                     }
                 }
                 Source::Dir(dir) if present & driver_bit(driver) != 0 => match dir.scan(driver) {
@@ -343,13 +360,15 @@ impl Inner {
                                 }
                                 Disposition::Skipped(_) => continue,
                             };
-                            hooks.push(self.layers.wrap(Arc::new(BrokenHook::new(broken))));
+                            let broken = self.layers.wrap(Arc::new(BrokenHook::new(broken)));
+                            hooks.push(Arc::new(HookEntry::shared(broken)));
                         }
                     }
                     Err(e) => {
                         let path = dir.drop_in_dir(driver);
                         let err = LoadError::new(&path, "dir", LoadErrorKind::UnreadableDir).with_source(e);
-                        hooks.push(self.layers.wrap(Arc::new(BrokenHook::new(err))));
+                        let broken = self.layers.wrap(Arc::new(BrokenHook::new(err)));
+                        hooks.push(Arc::new(HookEntry::shared(broken)));
                     }
                 },
                 Source::Dir(_) => {}
@@ -414,11 +433,11 @@ impl fmt::Debug for Registry {
             .sources
             .iter()
             .map(|s| match s {
-                Source::Hook { driver, hook } => {
+                Source::Hook { driver, entry } => {
                     format!(
                         "{} ({}, {})",
-                        hook.name(),
-                        hook.backend(),
+                        entry.hook.name(),
+                        entry.hook.backend(),
                         driver.map_or("all", Driver::as_str)
                     )
                 }
@@ -471,15 +490,15 @@ impl Registry {
         let mut hooks = self.inner.resolve(event.driver());
         // One parse of the input for every hook that matches on it (`[match] xpath`).
         let scope = DocumentScope::new(event);
-        hooks.retain(|h| (**h).matches(&scope));
-        hooks.into_vec()
+        hooks.retain(|e| e.matches(&scope));
+        hooks.iter().map(|e| Arc::clone(&e.hook)).collect()
     }
 
     /// The matching hooks; directory reads and loads move off an async runtime's worker
     /// thread when there is one.
     /// The hooks for `event`, and why its document was not evaluated for `xpath` (then
     /// every hook that matches on it is among them).
-    async fn collect_hooks(&self, event: &dyn HookEvent) -> (SmallVec<[Arc<dyn Hook>; 8]>, Option<String>) {
+    async fn collect_hooks(&self, event: &dyn HookEvent) -> (SmallVec<[Arc<HookEntry>; 8]>, Option<String>) {
         let driver = event.driver();
         let mut hooks = match blocking_pool() {
             Some(rt) if self.inner.reads_files(driver) => {
@@ -494,7 +513,7 @@ impl Registry {
         };
         // One parse of the input for every hook that matches on it (`[match] xpath`).
         let scope = DocumentScope::new(event);
-        hooks.retain(|h| (**h).matches(&scope));
+        hooks.retain(|e| e.matches(&scope));
         (hooks, scope.unevaluated())
     }
 
@@ -536,10 +555,10 @@ impl Registry {
         report.hooks.reserve_exact(hooks.len());
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;
-        for hook in &hooks {
+        for entry in &hooks {
             // Through the trait object itself: `Arc<dyn Hook>`'s forwarding impl would
             // box a second future on every call.
-            let hook: &dyn Hook = hook.as_ref();
+            let hook: &dyn Hook = entry.hook.as_ref();
             let chained = filters && all_ok && current.is_some();
             let input = match (chained, &original) {
                 (true, _) => InputSource::Chained,
@@ -611,7 +630,8 @@ impl Registry {
                 if left.is_some_and(|left| after + Duration::from_millis(1) >= left));
             let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
             let gone = matches!(outcome.status, HookStatus::Failed(HookError::Gone { .. }));
-            let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected);
+            let optional = entry.policy == crate::HookPolicy::Optional;
+            let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected, optional);
             record.document = change;
             if budget_cut {
                 record.failure = Some(crate::Failure::Budget);
@@ -637,7 +657,7 @@ impl Registry {
                         .into(),
                 );
                 tracing::error!(hook = %record.name, "hook could not be loaded; not failing a guest-killing event for it");
-            } else if kills && hook.on_reconnect_failure() == OnReconnectFailure::Log {
+            } else if kills && entry.on_reconnect_failure == OnReconnectFailure::Log {
                 // The plugins dir's dispatcher decides: the failure is an error to log,
                 // not a reason to kill a guest that runs (a `case` whose default is
                 // `exit 1` fails every op it does not know).
@@ -1132,6 +1152,46 @@ mod tests {
             StatusRecord::TimedOut { after_ms: 1..=30 }
         ));
         assert_eq!(report.hooks[0].failure, Some(crate::Failure::Budget));
+    }
+
+    /// A layer's wrapper forwards the call and the name only, as a hand-written one
+    /// would: the hook stays optional and keeps its matching (a wrapper that forgot to
+    /// forward `policy` made an optional hook required).
+    #[test]
+    fn a_layer_cannot_change_which_events_a_hook_takes_or_whether_its_failure_counts() {
+        struct Bare(Arc<dyn Hook>);
+        #[async_trait::async_trait]
+        impl Hook for Bare {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            async fn call(&self, inv: &Invocation) -> HookOutcome {
+                self.0.call(inv).await
+            }
+        }
+        struct BareLayer;
+        impl crate::layer::Layer for BareLayer {
+            fn layer(&self, hook: Arc<dyn Hook>) -> Arc<dyn Hook> {
+                Arc::new(Bare(hook))
+            }
+        }
+        let flaky = MockHook::always("flaky", || HookOutcome::exited(1));
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Qemu, flaky.with_policy(crate::HookPolicy::Optional))
+            .hook(
+                Driver::Qemu,
+                MockHook::always("stop-only", || HookOutcome::exited(1)).matching(|e| e.op() == "stopped"),
+            )
+            .layer(BareLayer)
+            .build();
+        let report = registry
+            .fire_blocking(&QemuEvent::Prepare {
+                name: "vm".into(),
+                xml: String::new(),
+            })
+            .unwrap();
+        assert_eq!(report.hooks.len(), 1, "stop-only does not take prepare");
+        assert!(report.hooks[0].optional && !report.hooks[0].success);
     }
 
     /// Each way to fail is a variant a caller can match, and in the report's JSON.

@@ -224,6 +224,7 @@ impl HookRecord {
         input: InputSource,
         filters: bool,
         mut rejected_output: Option<String>,
+        optional: bool,
     ) -> Self {
         let mut warnings = outcome.warnings;
         let cap_note = |stream: &str| format!("{stream} was cut at the output cap");
@@ -288,7 +289,7 @@ impl HookRecord {
             replaced_document: false,
             rejected_output,
             document: None,
-            optional: hook.policy() == crate::HookPolicy::Optional,
+            optional,
             spared: false,
             warnings,
             containment: outcome.containment,

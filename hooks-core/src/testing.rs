@@ -18,23 +18,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Driver, Hook, HookEvent, HookOutcome, HookPolicy, Invocation};
+use crate::{Driver, Hook, HookEntry, HookEvent, HookOutcome, HookPolicy, Invocation};
 
 type OutcomeFn = Box<dyn Fn() -> HookOutcome + Send + Sync>;
 type AsyncCallFn =
     Box<dyn Fn(Invocation) -> std::pin::Pin<Box<dyn std::future::Future<Output = HookOutcome> + Send>> + Send + Sync>;
-type MatchFn = Box<dyn Fn(&dyn HookEvent) -> bool + Send + Sync>;
 
 /// A hook with scripted outcomes.
 pub struct MockHook {
     name: String,
     script: Mutex<VecDeque<HookOutcome>>,
     fallback: OutcomeFn,
-    filter: Option<MatchFn>,
     calls: AtomicUsize,
     scripted: AtomicBool,
     call_fn: Option<AsyncCallFn>,
-    policy: HookPolicy,
 }
 
 impl fmt::Debug for MockHook {
@@ -58,11 +55,9 @@ impl MockHook {
             name: name.into(),
             script: Mutex::new(VecDeque::new()),
             fallback: Box::new(outcome),
-            filter: None,
             calls: AtomicUsize::new(0),
             scripted: AtomicBool::new(false),
             call_fn: None,
-            policy: HookPolicy::Required,
         }
     }
 
@@ -99,16 +94,16 @@ impl MockHook {
         hook
     }
 
-    /// Only called for events this predicate accepts.
-    pub fn matching(mut self, filter: impl Fn(&dyn HookEvent) -> bool + Send + Sync + 'static) -> Self {
-        self.filter = Some(Box::new(filter));
-        self
+    /// Its registry entry, called only for events this predicate accepts
+    /// ([`HookEntry::matching`]).
+    pub fn matching(self, filter: impl Fn(&dyn HookEvent) -> bool + Send + Sync + 'static) -> HookEntry {
+        HookEntry::new(self).matching(filter)
     }
 
-    /// With this policy: [`HookPolicy::Optional`] makes its failures not fail the event.
-    pub fn with_policy(mut self, policy: HookPolicy) -> Self {
-        self.policy = policy;
-        self
+    /// Its registry entry with this policy ([`HookEntry::with_policy`]):
+    /// [`HookPolicy::Optional`] makes its failures not fail the event.
+    pub fn with_policy(self, policy: HookPolicy) -> HookEntry {
+        HookEntry::new(self).with_policy(policy)
     }
 
     /// How many times it was called.
@@ -124,12 +119,6 @@ impl Hook for MockHook {
     }
     fn backend(&self) -> &'static str {
         "mock"
-    }
-    fn matches(&self, event: &dyn HookEvent) -> bool {
-        self.filter.as_ref().is_none_or(|f| f(event))
-    }
-    fn policy(&self) -> HookPolicy {
-        self.policy
     }
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         self.calls.fetch_add(1, Ordering::Relaxed);

@@ -1286,33 +1286,25 @@ mod registry_tests {
 
     use super::PARSES;
     use crate::backend::{HookSettings, Matcher};
-    use crate::{DaemonEvent, Driver, Hook, HookEvent, HookOutcome, Invocation, QemuEvent, RegistryBuilder};
+    use crate::{DaemonEvent, Driver, Hook, HookEntry, HookEvent, HookOutcome, Invocation, QemuEvent, RegistryBuilder};
 
     /// A hook with a sidecar's `[match]`, as the loader configures file hooks.
-    struct Matching {
-        name: String,
-        matcher: Matcher,
-    }
+    struct Named(String);
 
     #[async_trait::async_trait]
-    impl Hook for Matching {
+    impl Hook for Named {
         fn name(&self) -> &str {
-            &self.name
-        }
-        fn matches(&self, event: &dyn HookEvent) -> bool {
-            self.matcher.matches(event)
+            &self.0
         }
         async fn call(&self, _inv: &Invocation) -> HookOutcome {
             HookOutcome::success()
         }
     }
 
-    fn hook(name: &str, sidecar: &str) -> Arc<dyn Hook> {
+    fn hook(name: &str, sidecar: &str) -> HookEntry {
         let settings = HookSettings::parse(Path::new("t.toml"), sidecar).unwrap();
-        Arc::new(Matching {
-            name: name.into(),
-            matcher: settings.matcher,
-        })
+        let matcher: Arc<Matcher> = Arc::new(settings.matcher);
+        HookEntry::new(Named(name.into())).matching(move |event: &dyn HookEvent| matcher.matches(event))
     }
 
     fn parses_during(f: impl FnOnce()) -> usize {
@@ -1330,13 +1322,13 @@ mod registry_tests {
     #[test]
     fn one_parse_for_every_hook_that_matches_on_the_document() {
         let registry = RegistryBuilder::new()
-            .shared_hook(Some(Driver::Qemu), hook("hostdev", "[match]\nxpath = [\"/domain/devices/hostdev\"]\n"))
-            .shared_hook(Some(Driver::Qemu), hook("plain", ""))
-            .shared_hook(
+            .entry(Some(Driver::Qemu), hook("hostdev", "[match]\nxpath = [\"/domain/devices/hostdev\"]\n"))
+            .entry(Some(Driver::Qemu), hook("plain", ""))
+            .entry(
                 Some(Driver::Qemu),
                 hook("disks", "[match]\nxpath = [\"count(/domain/devices/disk) > 1\", \"/domain/name[starts-with(., 'gpu-')]\"]\n"),
             )
-            .shared_hook(Some(Driver::Qemu), hook("nic", "[match]\nxpath = [\"/domain/devices/interface\"]\n"))
+            .entry(Some(Driver::Qemu), hook("nic", "[match]\nxpath = [\"/domain/devices/interface\"]\n"))
             .build();
         let event = QemuEvent::Prepare {
             name: "gpu-1".into(),
@@ -1353,10 +1345,10 @@ mod registry_tests {
     #[test]
     fn no_parse_when_no_hook_matches_on_the_document() {
         let registry = RegistryBuilder::new()
-            .shared_hook(Some(Driver::Qemu), hook("plain", ""))
-            .shared_hook(Some(Driver::Qemu), hook("ops", "[match]\nops = [\"prepare\"]\n"))
+            .entry(Some(Driver::Qemu), hook("plain", ""))
+            .entry(Some(Driver::Qemu), hook("ops", "[match]\nops = [\"prepare\"]\n"))
             // Its globs fail first: the document is not needed to know.
-            .shared_hook(
+            .entry(
                 Some(Driver::Qemu),
                 hook("other-guests", "[match]\nobjects = [\"db-*\"]\nxpath = [\"/domain\"]\n"),
             )
@@ -1374,8 +1366,8 @@ mod registry_tests {
     #[test]
     fn events_without_a_document_never_match_and_unparsed_ones_do() {
         let registry = RegistryBuilder::new()
-            .shared_hook(None, hook("xpath", "[match]\nxpath = [\"true()\"]\n"))
-            .shared_hook(None, hook("plain", ""))
+            .entry(None, hook("xpath", "[match]\nxpath = [\"true()\"]\n"))
+            .entry(None, hook("plain", ""))
             .build();
         let report = registry.fire_blocking(&DaemonEvent::Start).unwrap();
         assert_eq!(ran(&report), ["plain"]);

@@ -132,7 +132,7 @@ proptest! {
                 let out = HookOutcome::exited(h2.code).with_stdout(h2.output.bytes());
                 async move { out }
             });
-            let mock = if h.optional { mock.with_policy(HookPolicy::Optional) } else { mock };
+            let mock = if h.optional { mock.with_policy(HookPolicy::Optional) } else { mock.into() };
             builder = builder.hook(Driver::Qemu, mock);
         }
         let registry = builder.build();

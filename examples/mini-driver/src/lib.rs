@@ -339,7 +339,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn driver(extra: Option<MockHook>) -> (MiniDriver, Arc<RecordingHook>) {
+    fn driver(extra: Option<hooks_core::HookEntry>) -> (MiniDriver, Arc<RecordingHook>) {
         let rec = Arc::new(RecordingHook::new("rec"));
         let mut b = RegistryBuilder::new().shared_hook(Some(Driver::Qemu), rec.clone());
         if let Some(h) = extra {

@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use hooks_core::{
-    Driver, FailurePolicy, Hook, HookError, HookEvent, HookOutcome, HookPolicy, Invocation, Registry, RegistryBuilder,
-    StateError,
+    Driver, FailurePolicy, Hook, HookEntry, HookError, HookEvent, HookOutcome, HookPolicy, Invocation, Registry,
+    RegistryBuilder, StateError,
 };
 
 use crate::config::{ConfigError, DispatchConfig, Settings};
@@ -83,8 +83,8 @@ pub(crate) fn registry(plugins: &Path, driver: Driver, settings: &Settings, even
             log_unusable(why),
             policy.consequence()
         );
-        let gate = SettingsGate::new(&settings.path, why, HookPolicy::Required);
-        return RegistryBuilder::new().shared_hook(Some(driver), Arc::new(gate)).build();
+        let gate = SettingsGate::new(&settings.path, why);
+        return RegistryBuilder::new().hook(driver, gate).build();
     }
     let config = DispatchConfig {
         timeout: settings.timeout,
@@ -106,8 +106,8 @@ pub(crate) fn registry(plugins: &Path, driver: Driver, settings: &Settings, even
     }
     if let Err(why) = &settings.log {
         // Optional: the failure is recorded (stderr, journal) and never fails the event.
-        let gate = SettingsGate::new(&settings.path, log_unusable(why), HookPolicy::Optional);
-        builder = builder.shared_hook(Some(driver), Arc::new(gate));
+        let gate = SettingsGate::new(&settings.path, log_unusable(why));
+        builder = builder.hook(driver, HookEntry::new(gate).with_policy(HookPolicy::Optional));
     }
     builder.hooks_dir_with(dir).build()
 }
@@ -137,16 +137,14 @@ struct SettingsGate {
     name: String,
     path: PathBuf,
     why: String,
-    policy: HookPolicy,
 }
 
 impl SettingsGate {
-    fn new(path: &Path, why: String, policy: HookPolicy) -> Self {
+    fn new(path: &Path, why: String) -> Self {
         SettingsGate {
             name: path.display().to_string(),
             path: path.to_owned(),
             why,
-            policy,
         }
     }
 }
@@ -167,9 +165,6 @@ impl Hook for SettingsGate {
     }
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
-    }
-    fn policy(&self) -> HookPolicy {
-        self.policy
     }
     fn call<'a, 'b, 'c>(&'a self, _inv: &'b Invocation) -> Pin<Box<dyn Future<Output = HookOutcome> + Send + 'c>>
     where
