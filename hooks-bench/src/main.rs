@@ -168,6 +168,19 @@ fn main() {
     };
     let limited_overhead_ns = (limited_100 - limited_0) / 10.0 / 100.0 * 1e9 - bare_ns;
     let limited_empty_fire_ns = limited_0 / 10.0 * 1e9;
+    if std::env::args().any(|a| a == "--registry") {
+        // Only the registry's own cost per hook (what a reshaped registry must not raise).
+        let report = json!({ "registry": {
+            "overhead_per_hook_ns": overhead_ns,
+            "limited_overhead_per_hook_ns": limited_overhead_ns,
+            "empty_fire_ns": empty_fire_ns,
+            "limited_empty_fire_ns": limited_empty_fire_ns,
+            "mock_call_ns": bare_ns,
+            "direct_call_ns": direct_ns,
+        }});
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return;
+    }
 
     // 2. One exec hook: the registry vs std's Command (posix_spawn) on the same script.
     let scripts = Scripts::new().expect("fixture dir");
