@@ -39,10 +39,11 @@ const SHRUNK_VALUE: usize = 256;
 /// How much of the failed plugin's first stderr line `MESSAGE` shows, in characters.
 const MESSAGE_STDERR_CHARS: usize = 200;
 
-/// Sends one entry for a finished dispatch, when `enabled` (`journal` in `hookctl.toml`).
-pub(crate) fn send(enabled: bool, event: &RawEvent, report: &Report, start: Instant) {
+/// Sends one entry for a finished dispatch, when `enabled` (`journal` in `hookctl.toml`);
+/// whether journald took it.
+pub(crate) fn send(enabled: bool, event: &RawEvent, report: &Report, start: Instant) -> bool {
     if !enabled {
-        return;
+        return false;
     }
     let began = Instant::now();
     let duration_us = start.elapsed().as_micros() as u64;
@@ -54,9 +55,42 @@ pub(crate) fn send(enabled: bool, event: &RawEvent, report: &Report, start: Inst
     }
     let micros = began.elapsed().as_micros() as u64;
     match sent {
-        Ok(()) => tracing::debug!(bytes = datagram.len(), micros, "journal entry sent"),
-        Err(e) => tracing::debug!(error = %e, micros, "journal entry not sent"),
+        Ok(()) => {
+            tracing::debug!(bytes = datagram.len(), micros, "journal entry sent");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, micros, "journal entry not sent");
+            false
+        }
     }
+}
+
+/// The kernel's log (`dmesg`), the one record every Linux host keeps.
+const KMSG: &str = "/dev/kmsg";
+
+/// The most of a line the kernel's log takes whole (its records are about 1 KiB).
+const KMSG_LINE: usize = 900;
+
+/// Writes one error line (escaped, at most [`KMSG_LINE`] bytes) to the kernel's log:
+/// the last resort for a record nothing else keeps. Tests of debug builds may point it
+/// elsewhere with `HOOKCTL_TEST_KMSG`.
+pub(crate) fn kernel_log(line: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    #[cfg(debug_assertions)]
+    let path = std::env::var_os("HOOKCTL_TEST_KMSG").unwrap_or_else(|| KMSG.into());
+    #[cfg(not(debug_assertions))]
+    let path = KMSG;
+    let text = Limit::bytes(KMSG_LINE).escaped().apply(line);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    // `<3>`: an error, as the kernel's log reads priorities.
+    io::Write::write_all(
+        &mut file,
+        format!("<3>hookctl[{}]: {text}\n", std::process::id()).as_bytes(),
+    )
 }
 
 fn send_datagram(entry: &[u8]) -> io::Result<()> {

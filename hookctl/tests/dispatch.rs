@@ -261,7 +261,12 @@ fn install_is_idempotent_refuses_foreign_scripts_and_uninstall_restores() {
 #[test]
 fn a_log_that_cannot_be_opened_refuses_what_can_be_refused_and_never_loses_a_row() {
     let (tmp, hooks, plugins) = installed();
-    fs::write(plugins.join("hookctl.toml"), "log = \"/nonexistent-dir/audit.jsonl\"\n").unwrap();
+    // No journal: as on a host without journald.
+    fs::write(
+        plugins.join("hookctl.toml"),
+        "log = \"/nonexistent-dir/audit.jsonl\"\njournal = false\n",
+    )
+    .unwrap();
     let ran = tmp.path().join("ran");
     script(
         &plugins.join("10-ok"),
@@ -285,12 +290,27 @@ fn a_log_that_cannot_be_opened_refuses_what_can_be_refused_and_never_loses_a_row
                 .and(contains("10-ok\"")),
         );
     assert_eq!(fs::read_to_string(&ran).unwrap(), "release\n");
-    // reconnect: the guest lives (exit 0) and the row is still on stderr.
+    // reconnect: the guest lives (exit 0), so libvirt drops stderr: with no journal
+    // either, a summary goes to the kernel's log (here a file standing for /dev/kmsg).
+    let kmsg = tmp.path().join("kmsg");
+    fs::write(&kmsg, "").unwrap();
     as_libvirt(&hooks, ["vm1", "reconnect", "begin", "-"])
+        .env("HOOKCTL_TEST_KMSG", &kmsg)
         .write_stdin("<domain/>")
         .assert()
         .success()
-        .stderr(contains("not in the audit log").and(contains(r#""op":"reconnect""#)));
+        .stderr(
+            contains("not in the audit log")
+                .and(contains(r#""op":"reconnect""#))
+                .and(contains("went to the kernel's log")),
+        );
+    let line = fs::read_to_string(&kmsg).unwrap();
+    assert!(
+        line.starts_with("<3>hookctl[")
+            && line.contains("qemu vm1 reconnect begin -: not in the audit log")
+            && line.contains("10-ok: exit status 0"),
+        "{line}"
+    );
 }
 
 /// A log that opens but does not take the row (here a file-size limit: a full disk

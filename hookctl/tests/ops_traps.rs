@@ -222,8 +222,9 @@ fn purge_removes_its_own_log_and_state_and_only_a_cache_it_created() {
     for log in ["hookctl.jsonl", "hookctl.jsonl.1", "hookctl.jsonl.5"] {
         fs::write(r.join("var/log/libvirt").join(log), "{}\n").unwrap();
     }
-    fs::create_dir_all(r.join("run/virt-hooks/state/qemu/vm1/10-x")).unwrap();
-    fs::create_dir_all(r.join("run/virt-hooks/state/.kept/qemu/vm1/10-x")).unwrap();
+    // Empty levels only: nothing is held.
+    fs::create_dir_all(r.join("run/virt-hooks/state/qemu/vm1")).unwrap();
+    fs::create_dir_all(r.join("run/virt-hooks/state/.kept/qemu/vm1")).unwrap();
     let out = run_postrm(r, "purge");
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -239,6 +240,19 @@ fn purge_removes_its_own_log_and_state_and_only_a_cache_it_created() {
         String::from_utf8_lossy(&out.stderr).contains("var/cache/virt-hooks"),
         "{out:?}"
     );
+
+    // A plugin's directory records work not undone (the trial's 32 huge pages for a
+    // guest still running): purge names it and leaves the state root.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    assert!(run_postinst(r).status.success());
+    fs::create_dir_all(r.join("run/virt-hooks/state/qemu/db1/hugepages")).unwrap();
+    fs::write(r.join("run/virt-hooks/state/qemu/db1/hugepages/pages"), "32").unwrap();
+    let out = run_postrm(r, "purge");
+    assert!(out.status.success(), "{out:?}");
+    assert!(r.join("run/virt-hooks/state/qemu/db1/hugepages/pages").exists());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("qemu/db1/hugepages") && said.contains("left"), "{said}");
 
     // A cache the package made goes with it.
     let root = tempfile::tempdir().unwrap();
@@ -374,4 +388,23 @@ fn simulate_quotes_libvirt_naming_the_hook_it_runs() {
         hooks.join("qemu").display(),
         plugins.join("20-gate").display()
     )));
+}
+
+/// A plugin without its execute bit never runs; the trial found no event said so (only
+/// `check` and `list` did).
+#[test]
+fn a_plugin_that_cannot_run_is_named_at_every_event_and_in_the_audit_line() {
+    let (tmp, hooks, plugins) = installed_quietly();
+    script_mode(&plugins.join("10-deny"), "#!/bin/sh\nexit 1\n", 0o644);
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success()
+        .stderr(contains("10-deny did not run: not executable"));
+    let log = fs::read_to_string(tmp.path().join("audit.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(row["skipped"][0]["why"], "not executable", "{row}");
+    assert!(
+        row["skipped"][0]["path"].as_str().unwrap().ends_with("10-deny"),
+        "{row}"
+    );
 }

@@ -108,7 +108,7 @@ pub use self::lifecycle::{
 pub use self::loader::HooksDir;
 pub use self::outcome::{Containment, HookOutcome, HookStatus};
 pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
-pub use self::report::{Failure, HookRecord, InputSource, Report, StatusRecord};
+pub use self::report::{Failure, HookRecord, InputSource, Report, SkippedEntry, StatusRecord};
 pub use self::settings::{HookPolicy, OnReconnectFailure, MAX_TIMEOUT};
 pub use self::state::{
     state_ends_at, state_ends_object, state_orphaned_by_failure, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX,

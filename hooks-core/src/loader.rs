@@ -656,7 +656,9 @@ impl HooksDir {
 
     /// libvirt's presence test: the main script or a drop-in would run. An unreadable
     /// directory, a refused entry, or an executable that no linked backend runs counts
-    /// as present, so that the event fails rather than silently running nothing.
+    /// as present, so that the event fails rather than silently running nothing; in a
+    /// plugins dir, so does an entry that looks meant to run (a script without its
+    /// execute bit), so that each event names it.
     pub fn is_present(&self, driver: Driver) -> bool {
         self.scan(driver).map_or(true, |entries| {
             entries.iter().any(|e| {
@@ -667,6 +669,9 @@ impl HooksDir {
                         e.disposition,
                         Disposition::Skipped(SkipReason::Unclaimed | SkipReason::Unlinked(_))
                     )
+                    // In a plugins dir, one that looks meant to run is named at each
+                    // event (libvirt's layout keeps libvirt's presence test).
+                    || (self.flat && matches!(e.disposition, Disposition::Skipped(why) if why.is_likely_mistake()))
             })
         })
     }

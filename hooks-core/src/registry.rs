@@ -309,6 +309,12 @@ impl State {
     }
 }
 
+/// A driver's hooks in run order, and the entries skipped that look meant to run.
+struct Resolved {
+    hooks: SmallVec<[Arc<HookEntry>; 8]>,
+    skipped: Vec<crate::SkippedEntry>,
+}
+
 struct Inner {
     sources: Vec<Source>,
     has_dirs: bool,
@@ -324,9 +330,10 @@ struct Inner {
 impl Inner {
     /// Every hook of `driver`'s events in run order, before `matches`: reads hooks
     /// directories and loads their entries, so it may block.
-    fn resolve(&self, driver: Driver) -> SmallVec<[Arc<HookEntry>; 8]> {
+    fn resolve(&self, driver: Driver) -> Resolved {
         let state = self.state.load();
         let mut hooks = SmallVec::new();
+        let mut skipped = Vec::new();
         for (source, present) in self.sources.iter().zip(&state.present) {
             match source {
                 Source::Hook { driver: d, entry } => {
@@ -358,6 +365,13 @@ impl Inner {
                                 Disposition::Skipped(SkipReason::Unlinked(backend)) => {
                                     LoadError::new(&entry.path, backend, LoadErrorKind::NotLinked { backend })
                                 }
+                                Disposition::Skipped(why) if why.is_likely_mistake() => {
+                                    skipped.push(crate::SkippedEntry {
+                                        path: entry.path.clone(),
+                                        why: why.to_string(),
+                                    });
+                                    continue;
+                                }
                                 Disposition::Skipped(_) => continue,
                             };
                             let broken = self.layers.wrap(Arc::new(BrokenHook::new(broken)));
@@ -374,7 +388,7 @@ impl Inner {
                 Source::Dir(_) => {}
             }
         }
-        hooks
+        Resolved { hooks, skipped }
     }
 
     /// Whether resolving `driver`'s hooks touches the file system.
@@ -487,7 +501,7 @@ impl Registry {
     /// The hooks an event would run, in order (loading directory entries as needed; this
     /// reads files on the calling thread).
     pub fn hooks_for(&self, event: &dyn HookEvent) -> Vec<Arc<dyn Hook>> {
-        let mut hooks = self.inner.resolve(event.driver());
+        let mut hooks = self.inner.resolve(event.driver()).hooks;
         // One parse of the input for every hook that matches on it (`[match] xpath`).
         let scope = DocumentScope::new(event);
         hooks.retain(|e| e.matches(&scope));
@@ -498,13 +512,13 @@ impl Registry {
     /// thread when there is one.
     /// The hooks for `event`, and why its document was not evaluated for `xpath` (then
     /// every hook that matches on it is among them).
-    async fn collect_hooks(&self, event: &dyn HookEvent) -> (SmallVec<[Arc<HookEntry>; 8]>, Option<String>) {
+    async fn collect_hooks(&self, event: &dyn HookEvent) -> (Resolved, Option<String>) {
         let driver = event.driver();
-        let mut hooks = match blocking_pool() {
+        let mut resolved = match blocking_pool() {
             Some(rt) if self.inner.reads_files(driver) => {
                 let inner = Arc::clone(&self.inner);
                 match rt.spawn_blocking(move || inner.resolve(driver)).await {
-                    Ok(hooks) => hooks,
+                    Ok(resolved) => resolved,
                     // The blocking pool is shutting down: read here rather than fail.
                     Err(_) => self.inner.resolve(driver),
                 }
@@ -513,8 +527,8 @@ impl Registry {
         };
         // One parse of the input for every hook that matches on it (`[match] xpath`).
         let scope = DocumentScope::new(event);
-        hooks.retain(|e| e.matches(&scope));
-        (hooks, scope.unevaluated())
+        resolved.hooks.retain(|e| e.matches(&scope));
+        (resolved, scope.unevaluated())
     }
 
     /// Fires an event: runs every matching hook in order, with libvirt's rules.
@@ -544,7 +558,7 @@ impl Registry {
         let inner = &*self.inner;
         // The budget covers finding and loading the hooks too.
         let budget = inner.event_timeout.map(|b| (Instant::now(), b));
-        let (hooks, unevaluated) = self.collect_hooks(event).await;
+        let (Resolved { hooks, skipped }, unevaluated) = self.collect_hooks(event).await;
         // What state the object had, should the event fail with no last event to follow.
         let state_before = crate::state_orphaned_by_failure(event).then(|| self.state_dirs(event));
         let base = Invocation::from_event(event).with_timeout(inner.timeout);
@@ -552,6 +566,7 @@ impl Registry {
         let original = base.input_shared().cloned();
         let mut report = Report::new(event, base.args().clone(), filters);
         report.unevaluated_document = unevaluated;
+        report.skipped = skipped;
         report.hooks.reserve_exact(hooks.len());
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;

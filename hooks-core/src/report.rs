@@ -334,6 +334,18 @@ pub struct Report {
     pub state_kept: Vec<std::path::PathBuf>,
     /// After an object's last event: state directories that could not be removed.
     pub state_errors: Vec<String>,
+    /// Entries of the hooks directories that look meant to run but did not (a script
+    /// without its execute bit, a link to nothing): each path and why.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// An entry of a hooks directory that looks meant to run but was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why it did not run (`not executable`, `dangling symlink`).
+    pub why: String,
 }
 
 /// The serialized form.
@@ -357,6 +369,8 @@ struct ReportRepr<'a> {
     state_kept: Cow<'a, [std::path::PathBuf]>,
     #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
     state_errors: Cow<'a, [String]>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    skipped: Cow<'a, [SkippedEntry]>,
 }
 
 impl From<ReportRepr<'_>> for Report {
@@ -372,6 +386,7 @@ impl From<ReportRepr<'_>> for Report {
             unevaluated_document: r.unevaluated_document.map(Cow::into_owned),
             state_kept: r.state_kept.into_owned(),
             state_errors: r.state_errors.into_owned(),
+            skipped: r.skipped.into_owned(),
         }
     }
 }
@@ -392,6 +407,7 @@ impl Serialize for Report {
             unevaluated_document: self.unevaluated_document.as_deref().map(Cow::Borrowed),
             state_kept: Cow::Borrowed(&self.state_kept),
             state_errors: Cow::Borrowed(&self.state_errors),
+            skipped: Cow::Borrowed(&self.skipped),
         }
         .serialize(s)
     }
@@ -410,6 +426,7 @@ impl Report {
             unevaluated_document: None,
             state_kept: Vec::new(),
             state_errors: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 

@@ -119,6 +119,13 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     for why in &report.state_errors {
         notes.line(format!("hookctl: {}", output::message(why)));
     }
+    for entry in &report.skipped {
+        notes.line(format!(
+            "hookctl: warning: {} did not run: {} (`hookctl check` says how to fix it)",
+            output::path(&entry.path),
+            entry.why
+        ));
+    }
     if !stdin_ok {
         notes.line("hookctl: could not read stdin; the plugins got what was read".into());
     }
@@ -141,11 +148,40 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
             }),
         Err(why) => Some(output::message(&why.to_string()).into_owned()),
     };
+    let journaled = crate::journal::send(settings.journal, &event, &report, start);
     if let Some(why) = not_written {
         ok = unrecorded(record, &why, &report, event.on_failure(), ok);
+        if ok && !journaled && event.on_failure() == hooks_core::FailurePolicy::KillObject {
+            // libvirt drops the stderr of a hook that succeeds, and failing would kill
+            // the guest: the kernel's log is the one record left.
+            kernel_note(&event, &report, &why);
+        }
     }
-    crate::journal::send(settings.journal, &event, &report, start);
     ok
+}
+
+/// One line for the kernel's log about a dispatch that is in no other record: the event,
+/// why, and each plugin's result.
+fn kernel_note(event: &RawEvent, report: &Report, why: &str) {
+    let plugins: Vec<String> = (report.hooks.iter().filter(|r| r.backend != "hookctl"))
+        .map(|r| {
+            let name = Path::new(&r.name)
+                .file_name()
+                .map_or(r.name.clone(), |n| n.to_string_lossy().into_owned());
+            let spared = if r.spared { " (spared)" } else { "" };
+            format!("{name}: {}{spared}", output::status(r))
+        })
+        .collect();
+    let line = format!(
+        "{} {}: not in the audit log ({why}); plugins: {}",
+        event.driver(),
+        report.args_line(),
+        plugins.join("; ")
+    );
+    match crate::journal::kernel_log(&line) {
+        Ok(()) => eprintln!("hookctl: a summary of this record went to the kernel's log (`dmesg`)"),
+        Err(e) => eprintln!("hookctl: the kernel's log did not take a summary of this record either: {e}"),
+    }
 }
 
 /// A dispatch whose audit record the log did not take (`why`): the record goes to
@@ -417,6 +453,13 @@ fn audit_record(
             .map(|p| capped(&p.to_string_lossy(), output::NAME))
             .collect();
         line.insert("state_kept".into(), kept.into());
+    }
+    // Entries that look meant to run but never do (a script without its execute bit).
+    if !report.skipped.is_empty() {
+        let skipped: Vec<_> = (report.skipped.iter())
+            .map(|e| json!({"path": capped(&e.path.to_string_lossy(), output::NAME), "why": e.why}))
+            .collect();
+        line.insert("skipped".into(), skipped.into());
     }
     if !report.state_errors.is_empty() {
         let errors: Vec<_> = (report.state_errors.iter())
