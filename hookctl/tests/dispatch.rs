@@ -279,6 +279,11 @@ fn a_log_that_cannot_be_opened_refuses_what_can_be_refused_and_never_loses_a_row
         .code(1)
         .stderr(contains("/nonexistent-dir/audit.jsonl").and(contains("refused, with no plugin run")));
     assert!(!ran.exists(), "a plugin ran with no audit log");
+    // `check` said "sound" (a warning) while every start was refused.
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stdout(contains("broken: audit log /nonexistent-dir/audit.jsonl"));
     // Cleanup must run; its row goes to stderr, with an exit status libvirt logs.
     as_libvirt(&hooks, ["vm1", "release", "end", "-"])
         .write_stdin("<domain/>")

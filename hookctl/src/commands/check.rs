@@ -49,12 +49,15 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             if let Ok(log) = &settings.log {
                 match crate::audit::check(log) {
                     Ok(()) => {}
+                    // The dispatcher refuses what it cannot record: a missing directory
+                    // refuses every start (it was a warning, and `check` said "sound").
                     Err(crate::audit::AuditError::Untrusted(why)) if why.is_not_found() => {
-                        warned += 1;
+                        broken += 1;
                         outln!(
-                            "warning: audit log {}: {} (dispatch will say so on each event)",
+                            "broken: audit log {}: {} (every event libvirt can refuse would be refused; create the directory, or set `log` in {})",
                             shown(log),
-                            message(&why.reason())
+                            message(&why.reason()),
+                            shown(&settings.path)
                         );
                     }
                     Err(e) => {

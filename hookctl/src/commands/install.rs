@@ -122,6 +122,9 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
         plans.push((driver, plan(dir, driver, &exe, args.force)?));
     }
     fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+    // libvirt caches which hooks exist: only a hook that was not there before needs it
+    // to look again (a relink or an existing hook kept changes nothing it cached).
+    let mut new_hook = false;
     for (driver, Plan { step, stale_saved }) in plans {
         let link = dir.join(driver.as_str());
         let plugins = dir.join(format!("{}.plugins", driver.as_str()));
@@ -138,7 +141,10 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
                 outln!("{}: already installed", crate::output::path(&link));
                 continue;
             }
-            Step::Link => link_in_place(dir, driver, &exe)?,
+            Step::Link => {
+                link_in_place(dir, driver, &exe)?;
+                new_hook = true;
+            }
             Step::Relink(other) => {
                 link_in_place(dir, driver, &exe)?;
                 outln!(
@@ -164,7 +170,9 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
         );
     }
     apparmor_note(&exe);
-    outln!("libvirt reads which hooks exist at start: restart it, or send it SIGHUP, to pick them up.");
+    if new_hook {
+        outln!("libvirt reads which hooks exist at start: restart it, or send it SIGHUP, to pick them up.");
+    }
     Ok(true)
 }
 
@@ -326,9 +334,15 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     if !held.is_empty() {
         if !args.force {
             let objects = held.describe(true);
-            eprintln!(
-                "hookctl: not uninstalling: once hookctl is not libvirt's hook, these objects' last event (`release`) never reaches the plugins that hold their state (hugepages stay reserved, firewall rules stay):\n{objects}Release them first, then uninstall again; or pass --force to leave their state behind. Nothing was changed."
-            );
+            if held.live.is_empty() {
+                eprintln!(
+                    "hookctl: not uninstalling: it cannot tell whether guests or networks hold live plugin state, whose last event (`release`) would then never reach their plugins:\n{objects}Fix that (`hookctl check` names it), then uninstall again; or pass --force. Nothing was changed."
+                );
+            } else {
+                eprintln!(
+                    "hookctl: not uninstalling: once hookctl is not libvirt's hook, these objects' last event (`release`) never reaches the plugins that hold their state (hugepages stay reserved, firewall rules stay):\n{objects}Release them first, then uninstall again; or pass --force to leave their state behind. Nothing was changed."
+                );
+            }
             return Ok(false);
         }
         let objects = held.describe(false);

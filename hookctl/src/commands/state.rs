@@ -109,7 +109,7 @@ fn release_hint(driver: Driver, object: &str) -> String {
 }
 
 /// Where giving an object its last event by hand is explained.
-const BY_HAND_DOC: &str = "docs/matching-and-state.md, \"Releasing an object by hand\"";
+const BY_HAND_DOC: &str = "docs/matching-and-state.md, \"Running an object's `release` by hand\"";
 
 /// Giving an object its last event with the dispatcher itself, once hookctl is not the
 /// hook (libvirt's own events no longer reach the plugins).
