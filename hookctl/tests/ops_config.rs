@@ -312,3 +312,45 @@ fn list_and_check_show_the_keys_that_apply_beside_a_bad_one() {
         "{out}"
     );
 }
+
+/// The third trial moved `state` from the default root to another while a guest held
+/// hugepages there: `check` said sound, `state` said "no state", `uninstall` went ahead,
+/// and the guest's release found nothing to undo. State under the default root that the
+/// file no longer names is found and named, and holds uninstall back.
+#[test]
+fn state_left_under_the_default_root_after_state_moved_is_named_and_holds_uninstall() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) = installed_with(|t| format!("log = \"{}/audit.jsonl\"\n", t.display()));
+        noting(tmp.path(), &plugins, "10-reserve", true);
+        as_libvirt_xml(&hooks, ["db1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        assert!(Path::new("/run/virt-hooks/state/qemu/db1/10-reserve/seen").exists());
+        // The operator moves the state root while db1 runs.
+        let moved = tmp.path().join("state2");
+        fs::write(
+            plugins.join("hookctl.toml"),
+            format!(
+                "log = \"{}/audit.jsonl\"\nstate = \"{}\"\n",
+                tmp.path().display(),
+                moved.display()
+            ),
+        )
+        .unwrap();
+        hookctl(&hooks, &["check", "qemu"]).assert().code(1).stdout(
+            contains("broken: state")
+                .and(contains("/run/virt-hooks/state"))
+                .and(contains("qemu db1: 10-reserve")),
+        );
+        hookctl(&hooks, &["state"]).assert().success().stdout(
+            contains("db1")
+                .and(contains("ORPHANED"))
+                .and(contains("no state").not()),
+        );
+        hookctl(&hooks, &["uninstall", "qemu"])
+            .assert()
+            .code(1)
+            .stderr(contains("qemu db1: 10-reserve").and(contains("/run/virt-hooks/state")));
+        assert!(fs::symlink_metadata(hooks.join("qemu")).is_ok(), "uninstalled");
+    });
+}

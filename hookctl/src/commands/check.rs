@@ -38,11 +38,23 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             // Where `state = true` plugins keep theirs: a root every call would refuse
             // fails each of them. An unusable `state` is the mistake above, no other root.
             if let Ok(state) = &settings.state {
-                if let Err(e) = hooks_core::StateRoot::new(state).check() {
+                let root = hooks_core::StateRoot::new(state);
+                if let Err(e) = root.check() {
                     broken += 1;
                     outln!(
                         "broken: state root: {} (every plugin with `state = true` would fail)",
                         message(&e.to_string())
+                    );
+                }
+                // `state` moved while objects held state under the default root.
+                for e in super::state::orphaned(driver, &root) {
+                    broken += 1;
+                    outln!(
+                        "broken: state left under {} by `state` moved away from it: {driver} {}: {}: {}",
+                        shown(&e.path),
+                        message(&e.object.to_string_lossy()),
+                        message(&e.hook.to_string_lossy()),
+                        super::state::ORPHANED_HINT
                     );
                 }
             }

@@ -334,7 +334,7 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
     if !held.is_empty() {
         if !args.force {
             let objects = held.describe(true);
-            if held.live.is_empty() {
+            if held.live.is_empty() && held.orphaned.is_empty() {
                 eprintln!(
                     "hookctl: not uninstalling: it cannot tell whether guests or networks hold live plugin state, whose last event (`release`) would then never reach their plugins:\n{objects}Fix that (`hookctl check` names it), then uninstall again; or pass --force. Nothing was changed."
                 );

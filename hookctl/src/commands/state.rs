@@ -35,12 +35,14 @@ pub(crate) fn roots(dir: &Path, drivers: &[Driver]) -> Vec<(Driver, Result<State
 #[derive(Debug, Default)]
 pub(crate) struct LiveState {
     pub(crate) live: Vec<(Driver, StateEntry)>,
+    /// Under the default root, which the driver's `hookctl.toml` no longer names.
+    pub(crate) orphaned: Vec<(Driver, StateEntry)>,
     pub(crate) unknown: Vec<(Driver, String)>,
 }
 
 impl LiveState {
     pub(crate) fn is_empty(&self) -> bool {
-        self.live.is_empty() && self.unknown.is_empty()
+        self.live.is_empty() && self.orphaned.is_empty() && self.unknown.is_empty()
     }
 
     /// The objects, one line each (`  qemu web1: 10-fw, 20-hugepages`), and the drivers
@@ -69,6 +71,15 @@ impl LiveState {
                 ));
             }
         }
+        for (d, e) in &self.orphaned {
+            text.push_str(&format!(
+                "  {d} {}: {} under {}, which hookctl.toml no longer names: {}\n",
+                output::name(&e.object.to_string_lossy()),
+                output::name(&e.hook.to_string_lossy()),
+                output::path(&e.path),
+                ORPHANED_HINT
+            ));
+        }
         for (d, why) in &self.unknown {
             text.push_str(&format!(
                 "  {d}: cannot tell which objects hold state: {}\n",
@@ -79,22 +90,42 @@ impl LiveState {
     }
 }
 
+/// The default state root when a driver's `hookctl.toml` names another: state left
+/// there when `state` was moved is out of its dispatcher's reach (its release finds
+/// nothing), and must be named. `None` when it is the root in use, absent, or not ours.
+pub(crate) fn former_root(current: &StateRoot) -> Option<StateRoot> {
+    let default = StateRoot::system();
+    (current.path() != default.path() && default.path().exists() && default.check().is_ok()).then_some(default)
+}
+
+/// A driver's state under the default root that its `hookctl.toml` no longer names.
+pub(crate) fn orphaned(driver: Driver, current: &StateRoot) -> Vec<StateEntry> {
+    former_root(current).map_or_else(Vec::new, |root| root.entries(driver))
+}
+
 /// The live state of `drivers`' objects in `dir` (state whose object has not had its
-/// last event), and the drivers whose state root cannot be read.
+/// last event), state left under the default root after `state` moved, and the
+/// drivers whose state root cannot be read.
 pub(crate) fn live_state(dir: &Path, drivers: &[Driver]) -> LiveState {
     let mut found = LiveState::default();
     for (d, root) in roots(dir, drivers) {
         match root {
-            Ok(root) => found.live.extend(
-                (root.entries(d).into_iter())
-                    .filter(|e| e.kept.is_none())
-                    .map(|e| (d, e)),
-            ),
+            Ok(root) => {
+                found.live.extend(
+                    (root.entries(d).into_iter())
+                        .filter(|e| e.kept.is_none())
+                        .map(|e| (d, e)),
+                );
+                found.orphaned.extend(orphaned(d, &root).into_iter().map(|e| (d, e)));
+            }
             Err(why) => found.unknown.push((d, why)),
         }
     }
     found
 }
+
+/// What to do about state the dispatcher can no longer reach.
+pub(crate) const ORPHANED_HINT: &str = "its release will find nothing there; move the directory to the same place under the root hookctl.toml names (or put `state` back) before the object's release, or undo its work by hand and remove it";
 
 /// How to give an object its last event, so that its plugins undo what they did.
 fn release_hint(driver: Driver, object: &str) -> String {
@@ -139,7 +170,8 @@ struct Row {
     object: String,
     plugin: String,
     path: String,
-    /// `live` (the object has not had its last event) or `kept` (its plugin failed it).
+    /// `live` (the object has not had its last event), `kept` (its plugin failed it) or
+    /// `orphaned` (under the default root, which `hookctl.toml` no longer names).
     state: &'static str,
     /// Why it was kept (the note).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +225,16 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
                 listing
                     .state
                     .extend(root.entries(d).into_iter().map(|e| row(d, e, now)));
+                listing.state.extend(orphaned(d, &root).into_iter().map(|e| {
+                    let mut row = row(d, e, now);
+                    row.state = "orphaned";
+                    let left = format!("left under the default root after `state` moved: {ORPHANED_HINT}");
+                    row.note = Some(match row.note.take() {
+                        Some(kept) => format!("{left} (kept: {kept})"),
+                        None => left,
+                    });
+                    row
+                }));
                 if !where_.iter().any(|p| p == root.path()) {
                     where_.push(root.path().to_owned());
                 }
@@ -235,6 +277,9 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
     if listing.state.iter().any(|r| r.state == "kept") {
         outln!("KEPT: its plugin failed the object's last event (or the refused event that opened it); undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
     }
+    if listing.state.iter().any(|r| r.state == "orphaned") {
+        outln!("ORPHANED: under the default root, which hookctl.toml no longer names since `state` moved: the object's release will not find it.");
+    }
     Ok(complete)
 }
 
@@ -247,10 +292,10 @@ fn table(rows: &[Row]) -> String {
                 r.driver.to_string(),
                 output::name(&r.object).into_owned(),
                 output::name(&r.plugin).into_owned(),
-                if r.state == "kept" {
-                    "KEPT".into()
-                } else {
-                    "live".into()
+                match r.state {
+                    "kept" => "KEPT".into(),
+                    "orphaned" => "ORPHANED".into(),
+                    other => other.into(),
                 },
                 r.age_secs.map(age).unwrap_or_else(|| "?".into()),
                 r.note
