@@ -1,6 +1,8 @@
 //! `simulate --dry-run`: which plugins would run, in order, with what each `[match]`
 //! decided, and none of them run (a real `simulate` reserved hugepages on a host).
 
+use predicates::prelude::*;
+use predicates::str::contains;
 use std::fs;
 use std::path::Path;
 
@@ -177,4 +179,53 @@ fn simulate_help_says_plugins_run_for_real_without_dry_run() {
         "{help}"
     );
     assert!(help.contains("--dry-run"), "{help}");
+}
+
+/// simulate without `--dry-run` ran a hugepages plugin for real and threw its record of
+/// the reserved pages away, saying nothing (the third trial).
+#[test]
+fn simulate_says_when_a_plugin_recorded_state_it_throws_away() {
+    let (tmp, hooks, plugins) = installed();
+    script(
+        &plugins.join("10-reserve"),
+        "#!/bin/sh\ncat >/dev/null\n[ \"$2\" = prepare ] && echo 32 > \"$VIRT_HOOK_STATE/pages\"\nexit 0\n",
+    );
+    fs::write(plugins.join("10-reserve.toml"), "state = true\n").unwrap();
+    script(&plugins.join("20-quiet"), "#!/bin/sh\ncat >/dev/null\n");
+    fs::write(plugins.join("20-quiet.toml"), "state = true\n").unwrap();
+    let xml = tmp.path().join("db1.xml");
+    fs::write(&xml, "<domain><name>db1</name></domain>\n").unwrap();
+    let out = hookctl(
+        &hooks,
+        &["simulate", "qemu", "start", "db1", "--input", xml.to_str().unwrap()],
+    )
+    .assert()
+    .success()
+    .get_output()
+    .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: 10-reserve recorded state for qemu db1") && stderr.contains("--state DIR"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("20-quiet"), "it recorded nothing: {stderr}");
+    // With --state the record is kept: nothing to warn about.
+    let kept = tmp.path().join("sim");
+    hookctl(
+        &hooks,
+        &[
+            "simulate",
+            "qemu",
+            "start",
+            "db1",
+            "--input",
+            xml.to_str().unwrap(),
+            "--state",
+            kept.to_str().unwrap(),
+        ],
+    )
+    .assert()
+    .success()
+    .stderr(contains("recorded state").not());
+    assert!(kept.join("qemu/db1/10-reserve/pages").exists());
 }

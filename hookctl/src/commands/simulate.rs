@@ -104,7 +104,28 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     } else {
         output::stdout(render(&seq, &guest, dir, args.state.is_none()).as_bytes());
     }
+    if args.state.is_none() {
+        warn_state_thrown_away(&hooks_core::StateRoot::new(scratch.path().join("state")), &guest);
+    }
     Ok(seq.proceeds())
+}
+
+/// Plugins ran for real and recorded what they did in simulate's temporary state root,
+/// which goes when simulate ends: what they did on the host stays, with no record left
+/// for a release to undo it. Says so for each plugin that recorded something.
+fn warn_state_thrown_away(scratch: &hooks_core::StateRoot, guest: &Guest) {
+    let recorded = (scratch.entries(guest.driver).into_iter())
+        .filter(|e| std::fs::read_dir(&e.path).is_ok_and(|mut d| d.next().is_some()));
+    for e in recorded {
+        eprintln!(
+            "hookctl: warning: {} recorded state for {} {}, thrown away as simulate ends: what it did on this host (it ran for real) stays, with no record to undo it. Keep the record with `--state DIR`, then `hookctl simulate {} stop {} --state DIR` undoes it; `--dry-run` runs nothing.",
+            output::name(&e.hook.to_string_lossy()),
+            guest.driver,
+            output::name(&e.object.to_string_lossy()),
+            guest.driver,
+            output::name(&e.object.to_string_lossy()),
+        );
+    }
 }
 
 /// The hooks libvirt would run. When its hook is hookctl's dispatcher, the plugins run
