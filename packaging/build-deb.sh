@@ -26,7 +26,9 @@ generated=$target/release/deb-assets
 rm -rf "$generated"
 "$target/release/hookctl" generate-assets "$generated"
 gzip -9n "$generated"/man/*.1
-gzip -9n < README.md > "$generated/README.md.gz"
+for doc in README.md DESIGN.md CHANGELOG.md; do
+  gzip -9n < "$doc" > "$generated/$doc.gz"
+done
 mkdir "$generated/docs"
 for doc in docs/*.md; do
   gzip -9n < "$doc" > "$generated/docs/$(basename "$doc").gz"

@@ -304,6 +304,8 @@ fn build_deb_writes_nothing_into_the_checkout() {
         "packaging/build-deb.sh",
         "packaging/build-release.sh",
         "README.md",
+        "DESIGN.md",
+        "CHANGELOG.md",
         "hookctl/Cargo.toml",
     ] {
         let dest = tree.join(file);
