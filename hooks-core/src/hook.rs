@@ -250,6 +250,7 @@ pub struct Invocation {
     input: Option<Arc<[u8]>>,
     timeout: Option<Duration>,
     state_dir: Option<Arc<Path>>,
+    cancel: Option<crate::Cancel>,
 }
 
 impl Invocation {
@@ -270,6 +271,7 @@ impl Invocation {
             input,
             timeout: None,
             state_dir: None,
+            cancel: None,
         }
     }
 
@@ -334,6 +336,19 @@ impl Invocation {
     /// The shared input buffer, for backends that hand it to another thread.
     pub fn input_shared(&self) -> Option<&Arc<[u8]>> {
         self.input.as_ref()
+    }
+
+    /// What cancels this call ([`crate::Registry::fire_until`]), if anything: a backend
+    /// whose hook runs where no future is polled watches it ([`crate::Cancel::watch`])
+    /// and stops the hook, then reports [`crate::HookError::Cancelled`].
+    pub fn cancel(&self) -> Option<&crate::Cancel> {
+        self.cancel.as_ref()
+    }
+
+    /// The same invocation, cancelled by `cancel`.
+    pub fn with_cancel(mut self, cancel: Option<crate::Cancel>) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// How long the caller lets the hook run; `None` means no limit (libvirt's

@@ -213,6 +213,70 @@ pub(crate) async fn timed(hook: &dyn Hook, inv: &Invocation) -> HookOutcome {
     }
 }
 
+/// A call raced with `cancel`: at the cancel the hook gets its [`Hook::stop_grace`] to
+/// stop and report itself (a backend that watches the cancel kills and reaps, then says
+/// `Cancelled`); past it, or at once for a hook with no grace, the call is dropped and
+/// recorded as cancelled.
+pub(crate) async fn cancellable<F: Future<Output = HookOutcome>>(
+    call: Pin<&mut F>,
+    hook: &dyn Hook,
+    cancel: &crate::Cancel,
+) -> HookOutcome {
+    let started = Instant::now();
+    let mut race = CancelRace {
+        call,
+        cancelled: cancel.cancelled(),
+        grace: hook.stop_grace().unwrap_or_default(),
+        timer: None,
+    };
+    match std::future::poll_fn(|cx| race.poll(cx)).await {
+        Some(out) => out,
+        None => {
+            tracing::warn!(
+                hook = hook.name(),
+                "cancelled hook did not stop within its grace; its call was dropped"
+            );
+            HookOutcome::failed(crate::HookError::Cancelled)
+                .with_warning("cancelled: it did not stop within its stop grace, so the registry dropped the call")
+                .with_duration(started.elapsed())
+        }
+    }
+}
+
+/// The state of [`cancellable`].
+struct CancelRace<'a, 'c, F> {
+    call: Pin<&'a mut F>,
+    cancelled: crate::Cancelled<'c>,
+    grace: Duration,
+    /// Started at the cancel.
+    timer: Option<futures_timer::Delay>,
+}
+
+impl<F: Future<Output = HookOutcome>> CancelRace<'_, '_, F> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<HookOutcome>> {
+        if let Poll::Ready(out) = self.call.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if self.timer.is_none() {
+            if Pin::new(&mut self.cancelled).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.grace.is_zero() {
+                return Poll::Ready(None);
+            }
+            self.timer = Some(futures_timer::Delay::new(self.grace));
+            // The hook may already have seen the cancel and finished.
+            if let Poll::Ready(out) = self.call.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+        }
+        match self.timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 /// [`Timeout`] when `timed_`, else the bare (panic-catching) call.
 pub(crate) async fn maybe_timed(hook: &dyn Hook, inv: &Invocation, timed_: bool) -> HookOutcome {
     if timed_ {

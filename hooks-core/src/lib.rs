@@ -69,6 +69,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod cancel;
 mod compiled;
 mod document;
 mod driver;
@@ -93,6 +94,7 @@ pub mod text;
 pub mod trust;
 mod xpath;
 
+pub use self::cancel::{Cancel, Cancelled, Watch};
 pub use self::document::{DocumentChange, MAX_DIFF};
 pub use self::driver::{Driver, UnknownDriver};
 pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError, LoadErrorKind};

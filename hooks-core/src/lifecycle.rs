@@ -320,6 +320,10 @@ pub struct Sequence {
     /// For restore/migrate-in: the XML the guest starts with (after filters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xml: Option<String>,
+    /// Whether it was cancelled ([`Lifecycle::cancel_with`]): its last step is the
+    /// event that was stopped, and nothing ran after it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 impl Sequence {
@@ -352,6 +356,7 @@ pub struct UnsupportedScenario {
 /// Why a sequence's operation does not go on. `E` is the driver's own error type
 /// ([`DriverActions::Error`]); plain sequences have none.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum LifecycleError<E = Infallible> {
     /// A hook refused the operation. The failure names the hook, its status and its
     /// stderr ([`HookFailure::failed_hook`]); the sequence has every step, the cleanup
@@ -380,6 +385,14 @@ pub enum LifecycleError<E = Infallible> {
     },
     /// The driver has no such sequence; nothing ran.
     Unsupported(UnsupportedScenario),
+    /// Cancelled ([`Lifecycle::cancel_with`]): nothing ran after the stopped event, not
+    /// even cleanup hooks or undo. The driver brings the object down itself.
+    Cancelled {
+        /// The driver phases whose action was done (to undo).
+        done: Vec<Phase>,
+        /// What ran; its last step is the event that was stopped.
+        sequence: Box<Sequence>,
+    },
 }
 
 impl<E> LifecycleError<E> {
@@ -388,7 +401,8 @@ impl<E> LifecycleError<E> {
         match self {
             LifecycleError::Refused { sequence, .. }
             | LifecycleError::Killed { sequence, .. }
-            | LifecycleError::Driver { sequence, .. } => Some(sequence),
+            | LifecycleError::Driver { sequence, .. }
+            | LifecycleError::Cancelled { sequence, .. } => Some(sequence),
             LifecycleError::Unsupported(_) => None,
         }
     }
@@ -397,7 +411,7 @@ impl<E> LifecycleError<E> {
     pub fn failure(&self) -> Option<&HookFailure> {
         match self {
             LifecycleError::Refused { failure, .. } | LifecycleError::Killed { failure, .. } => Some(failure),
-            LifecycleError::Driver { .. } | LifecycleError::Unsupported(_) => None,
+            LifecycleError::Driver { .. } | LifecycleError::Unsupported(_) | LifecycleError::Cancelled { .. } => None,
         }
     }
 }
@@ -410,6 +424,7 @@ impl LifecycleError<Infallible> {
             LifecycleError::Killed { failure, sequence } => LifecycleError::Killed { failure, sequence },
             LifecycleError::Driver { error, .. } => match error {},
             LifecycleError::Unsupported(u) => LifecycleError::Unsupported(u),
+            LifecycleError::Cancelled { done, sequence } => LifecycleError::Cancelled { done, sequence },
         }
     }
 }
@@ -432,6 +447,12 @@ impl<E: fmt::Display> fmt::Display for LifecycleError<E> {
                 write!(f, "the driver's own work after `{phase}` failed: {error}")
             }
             LifecycleError::Unsupported(u) => fmt::Display::fmt(u, f),
+            LifecycleError::Cancelled { sequence, .. } => write!(
+                f,
+                "the {} sequence was cancelled after {} event(s)",
+                sequence.scenario.as_str(),
+                sequence.steps.len()
+            ),
         }
     }
 }
@@ -464,6 +485,7 @@ impl<E: StdError + 'static> StdError for LifecycleError<E> {
 pub struct Lifecycle<'r> {
     registry: &'r Registry,
     release_reasons: bool,
+    cancel: Option<&'r crate::Cancel>,
 }
 
 /// What the steps of a start-like sequence have done so far.
@@ -477,6 +499,7 @@ struct Run<'a, A> {
 enum Stop<E> {
     Refused(HookFailure),
     Driver(E, Phase),
+    Cancelled,
 }
 
 impl<'r> Lifecycle<'r> {
@@ -485,7 +508,20 @@ impl<'r> Lifecycle<'r> {
         Lifecycle {
             registry,
             release_reasons: true,
+            cancel: None,
         }
+    }
+
+    /// Sequences that `cancel` stops. At the cancel the running event's hook is stopped
+    /// and awaited ([`Registry::fire_until`]); then nothing more runs: no later event, no
+    /// driver action, no cleanup hook, no undo. The sequence returns
+    /// [`LifecycleError::Cancelled`] with the steps that ran and the driver phases that
+    /// were done, so that the driver can bring the object down itself (for a start:
+    /// undo those phases, then [`Lifecycle::stop`], which gives the plugins that ran
+    /// their `stopped` and `release`).
+    pub fn cancel_with(mut self, cancel: &'r crate::Cancel) -> Self {
+        self.cancel = Some(cancel);
+        self
     }
 
     /// Whether qemu's `release` passes its reason (`destroyed`, `failed`, ...) as the
@@ -660,7 +696,11 @@ impl<'r> Lifecycle<'r> {
     ) -> Result<Sequence, LifecycleError<A::Error>> {
         let mut run = Run::new(Scenario::Reconnect, actions);
         let event = event(guest, Scenario::Reconnect, "reconnect", "-", &guest.xml)?;
-        match run.seq.step(self.registry, &event, false).await {
+        let failed = run.seq.step(self.registry, &event, false, self.cancel).await;
+        if run.seq.cancelled {
+            return Err(run.cancelled());
+        }
+        match failed {
             Some(failure) => {
                 run.seq.verdict = Verdict::Killed {
                     message: failure.to_string(),
@@ -668,6 +708,9 @@ impl<'r> Lifecycle<'r> {
                 };
                 run.actions.undo(&[Phase::Reconnect], guest).await;
                 self.stop_steps(&mut run, guest, ReleaseReason::Failed, true).await?;
+                if run.seq.cancelled {
+                    return Err(run.cancelled());
+                }
                 Err(LifecycleError::Killed {
                     failure,
                     sequence: Box::new(run.seq),
@@ -691,11 +734,16 @@ impl<'r> Lifecycle<'r> {
     /// [`Lifecycle::reconnect`] for each.
     pub async fn daemon_start(&self, running: &[Guest]) -> Sequence {
         let mut seq = Sequence::new(Scenario::DaemonStart);
-        seq.step(self.registry, &DaemonEvent::Start, false).await;
+        seq.step(self.registry, &DaemonEvent::Start, false, self.cancel).await;
         for guest in running {
             let mut sub = match self.reconnect(guest).await {
                 Ok(sub) => sub,
                 Err(LifecycleError::Killed { sequence, .. }) => *sequence,
+                Err(LifecycleError::Cancelled { mut sequence, .. }) => {
+                    seq.steps.append(&mut sequence.steps);
+                    seq.cancelled = true;
+                    break;
+                }
                 Err(_) => continue,
             };
             seq.steps.append(&mut sub.steps);
@@ -710,7 +758,7 @@ impl<'r> Lifecycle<'r> {
     /// drivers have hooks.
     pub async fn daemon_reload(&self) -> Sequence {
         let mut seq = Sequence::new(Scenario::DaemonReload);
-        seq.step(self.registry, &DaemonEvent::Reload, false).await;
+        seq.step(self.registry, &DaemonEvent::Reload, false, self.cancel).await;
         self.registry.reload();
         seq
     }
@@ -718,7 +766,8 @@ impl<'r> Lifecycle<'r> {
     /// Daemon shutdown.
     pub async fn daemon_shutdown(&self) -> Sequence {
         let mut seq = Sequence::new(Scenario::DaemonShutdown);
-        seq.step(self.registry, &DaemonEvent::Shutdown, false).await;
+        seq.step(self.registry, &DaemonEvent::Shutdown, false, self.cancel)
+            .await;
         seq
     }
 
@@ -732,7 +781,11 @@ impl<'r> Lifecycle<'r> {
         let mut run = Run::new(scenario, actions);
         // Fails before anything runs when the driver has no such filter event.
         let filter = event(guest, scenario, phase.op(), "-", &guest.xml)?;
-        if let Some(failure) = run.seq.step(self.registry, &filter, false).await {
+        let refused = run.seq.step(self.registry, &filter, false, self.cancel).await;
+        if run.seq.cancelled {
+            return Err(run.cancelled());
+        }
+        if let Some(failure) = refused {
             // No cleanup hooks: nothing was started.
             run.seq.verdict = Verdict::Aborted {
                 message: failure.to_string(),
@@ -784,8 +837,11 @@ impl<'r> Lifecycle<'r> {
             .map(|&(op, _)| event(guest, run.seq.scenario, op, "-", &guest.xml))
             .collect::<Result<Vec<_>, _>>()?;
         for (ev, &(_, phase)) in events.iter().zip(start_ops(guest)) {
-            if let Some(failure) = run.seq.step(self.registry, ev, false).await {
+            if let Some(failure) = run.seq.step(self.registry, ev, false, self.cancel).await {
                 return Ok(Some(Stop::Refused(failure)));
+            }
+            if run.seq.cancelled {
+                return Ok(Some(Stop::Cancelled));
             }
             match run.actions.after(phase, guest).await {
                 Ok(()) => run.done.push(phase),
@@ -812,14 +868,20 @@ impl<'r> Lifecycle<'r> {
         // `release` does not exist for networks; their stop is `stopped` alone.
         let release = event(guest, run.seq.scenario, "release", extra, &guest.xml).ok();
         let mut failed = None;
-        run.seq.step(self.registry, &stopped, cleanup).await;
+        run.seq.step(self.registry, &stopped, cleanup, self.cancel).await;
+        if run.seq.cancelled {
+            return Ok(None);
+        }
         if !cleanup {
             if let Err(e) = run.actions.after(Phase::Stopped, guest).await {
                 failed = Some((e, Phase::Stopped));
             }
         }
         if let Some(release) = release {
-            run.seq.step(self.registry, &release, cleanup).await;
+            run.seq.step(self.registry, &release, cleanup, self.cancel).await;
+            if run.seq.cancelled {
+                return Ok(None);
+            }
             if !cleanup {
                 // Resources are released even when the work after `stopped` failed.
                 if let Err(e) = run.actions.after(Phase::Release, guest).await {
@@ -864,6 +926,9 @@ impl<'a, A: DriverActions> Run<'a, A> {
         let Some(stop) = stop else {
             return Ok(self.seq);
         };
+        if let Stop::Cancelled = stop {
+            return Err(self.cancelled());
+        }
         self.seq.verdict = match &stop {
             Stop::Refused(failure) => Verdict::Aborted {
                 message: failure.to_string(),
@@ -873,6 +938,7 @@ impl<'a, A: DriverActions> Run<'a, A> {
                 message: format!("the driver's own work after `{phase}` failed"),
                 hook: None,
             },
+            Stop::Cancelled => Verdict::Proceed,
         };
         if !self.done.is_empty() {
             self.actions.undo(&self.done, guest).await;
@@ -880,14 +946,29 @@ impl<'a, A: DriverActions> Run<'a, A> {
         lifecycle
             .stop_steps(&mut self, guest, ReleaseReason::Failed, true)
             .await?;
+        if self.seq.cancelled {
+            return Err(self.cancelled());
+        }
         let sequence = Box::new(self.seq);
         Err(match stop {
             Stop::Refused(failure) => LifecycleError::Refused { failure, sequence },
             Stop::Driver(error, phase) => LifecycleError::Driver { error, phase, sequence },
+            Stop::Cancelled => unreachable!("returned above"),
         })
     }
 
+    /// The error of a cancelled sequence: what ran, and the driver's phases done.
+    fn cancelled(self) -> LifecycleError<A::Error> {
+        LifecycleError::Cancelled {
+            done: self.done,
+            sequence: Box::new(self.seq),
+        }
+    }
+
     fn finish_stop(self, failed: Option<(A::Error, Phase)>) -> Result<Sequence, LifecycleError<A::Error>> {
+        if self.seq.cancelled {
+            return Err(self.cancelled());
+        }
         match failed {
             None => Ok(self.seq),
             Some((error, phase)) => Err(LifecycleError::Driver {
@@ -906,12 +987,43 @@ impl Sequence {
             steps: Vec::new(),
             verdict: Verdict::Proceed,
             xml: None,
+            cancelled: false,
         }
     }
 
     /// Fires one event and records it; returns the failure if it stops the operation.
-    async fn step(&mut self, registry: &Registry, event: &dyn HookEvent, cleanup: bool) -> Option<HookFailure> {
-        let (report, result, fatal) = match registry.fire(event).await {
+    /// Once cancelled, nothing more is fired (not even cleanup hooks) and `None` is
+    /// returned: callers check [`Sequence::cancelled`].
+    async fn step(
+        &mut self,
+        registry: &Registry,
+        event: &dyn HookEvent,
+        cleanup: bool,
+        cancel: Option<&crate::Cancel>,
+    ) -> Option<HookFailure> {
+        if self.cancelled || cancel.is_some_and(crate::Cancel::is_cancelled) {
+            self.cancelled = true;
+            return None;
+        }
+        let fired = match cancel {
+            Some(cancel) => registry.fire_until(event, cancel).await,
+            None => registry.fire(event).await,
+        };
+        let stopped = match &fired {
+            Ok(report) => report.cancelled,
+            Err(failure) => failure.report().cancelled,
+        };
+        if stopped {
+            self.cancelled = true;
+            let report = fired.unwrap_or_else(HookFailure::into_report);
+            self.steps.push(Step {
+                report,
+                result: StepResult::Fatal,
+                cleanup,
+            });
+            return None;
+        }
+        let (report, result, fatal) = match fired {
             Ok(report) if report.succeeded() => (report, StepResult::Ok, None),
             Ok(report) => (report, StepResult::FailureIgnored, None),
             Err(failure) if failure.is_fatal() && !cleanup => {
@@ -967,6 +1079,49 @@ mod tests {
 
     fn qemu() -> Guest {
         Guest::new(Driver::Qemu, "vm", "<domain/>\n")
+    }
+
+    /// Dropping a start future left no record of what ran; a cancelled one stops at
+    /// once (no cleanup hook, no undo) and says which events ran and which phases the
+    /// driver had done, so that it can stop the guest itself.
+    #[test]
+    fn a_cancelled_start_stops_at_once_and_says_what_ran() {
+        let rec = Arc::new(RecordingHook::new("rec"));
+        let hangs = MockHook::from_fn("hangs", |_| std::future::pending()).matching(|e| e.op() == "start");
+        let r = RegistryBuilder::new()
+            .shared_hook(Some(Driver::Qemu), rec.clone())
+            .hook(Driver::Qemu, hangs)
+            .build();
+        let cancel = crate::Cancel::new();
+        let canceller = cancel.clone();
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            canceller.cancel();
+        });
+        let mut driver = Recorder::default();
+        let err = block_on(Lifecycle::new(&r).cancel_with(&cancel).start_with(&qemu(), &mut driver)).unwrap_err();
+        timer.join().unwrap();
+        assert!(err.to_string().contains("cancelled after 2 event(s)"), "{err}");
+        let LifecycleError::Cancelled { done, sequence } = err else {
+            panic!("expected Cancelled: {err}")
+        };
+        assert_eq!(done, [Phase::Prepare]);
+        assert_eq!(driver.log, ["prepare <domain/>"], "no start action, no undo");
+        assert_eq!(
+            rec.lines(),
+            ["vm prepare begin -", "vm start begin -"],
+            "no cleanup hooks"
+        );
+        assert!(sequence.cancelled);
+        let stopped = sequence.steps[1].report.hooks.last().unwrap();
+        assert_eq!(
+            (stopped.name.as_str(), stopped.failure),
+            ("hangs", Some(crate::Failure::Cancelled))
+        );
+        // What the driver does next: stop the guest, giving the plugins that ran their
+        // last events.
+        let stop = block_on(Lifecycle::new(&r).stop(&qemu(), ReleaseReason::Failed)).unwrap();
+        assert_eq!(stop.steps.len(), 2);
     }
 
     /// Records what the driver was asked to do; fails after `fail_after`.

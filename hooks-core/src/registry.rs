@@ -546,7 +546,51 @@ impl Registry {
     /// call that cannot be interrupted finishes on its own thread and its result is
     /// dropped. The hooks after it are not run.
     pub async fn fire(&self, event: &dyn HookEvent) -> Result<Report, HookFailure> {
-        let report = self.run(event).await;
+        Self::settle(self.run(event, None).await)
+    }
+
+    /// [`Registry::fire`], until `cancel` is cancelled. Then the running hook is stopped
+    /// and **awaited**: an exec hook's processes are killed and reaped before this
+    /// returns, a WASM call is interrupted, a hook that stops itself gets its
+    /// [`Hook::stop_grace`] (others are dropped at once). The hooks after it are not run,
+    /// and an object's last event removes no state directory (its state stays live, for
+    /// the driver to give the object its last event again). The report records the
+    /// hooks that ran, the stopped one as [`Failure::Cancelled`](crate::Failure), and
+    /// [`Report::cancelled`]; the result follows the event's policy, as for `fire`.
+    ///
+    /// ```
+    /// use hooks_core::{Cancel, Driver, HookOutcome, QemuEvent, RegistryBuilder, testing::MockHook};
+    /// let cancel = Cancel::new();
+    /// let stopper = cancel.clone();
+    /// let registry = RegistryBuilder::new()
+    ///     .hook(Driver::Qemu, MockHook::from_fn("cancels", move |_| {
+    ///         stopper.cancel();
+    ///         std::future::ready(HookOutcome::success())
+    ///     }))
+    ///     .hook(Driver::Qemu, MockHook::succeeding("never-runs"))
+    ///     .build();
+    /// let ev = QemuEvent::Stopped { name: "vm".into(), xml: String::new() };
+    /// let report = hooks_core::block_on(registry.fire_until(&ev, &cancel)).unwrap();
+    /// assert!(report.cancelled);
+    /// assert_eq!(report.hooks.len(), 1);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Registry::fire`].
+    pub async fn fire_until(&self, event: &dyn HookEvent, cancel: &crate::Cancel) -> Result<Report, HookFailure> {
+        Self::settle(self.run(event, Some(cancel)).await)
+    }
+
+    /// [`Registry::fire_until`] for callers that are not async, as
+    /// [`Registry::fire_blocking`]; `cancel` may be cancelled from another thread.
+    ///
+    /// # Errors
+    /// As [`Registry::fire`].
+    pub fn fire_blocking_until(&self, event: &dyn HookEvent, cancel: &crate::Cancel) -> Result<Report, HookFailure> {
+        block_on(self.fire_until(event, cancel))
+    }
+
+    fn settle(report: Report) -> Result<Report, HookFailure> {
         if report.succeeded() || !report.policy.fails_operation() {
             Ok(report)
         } else {
@@ -554,14 +598,16 @@ impl Registry {
         }
     }
 
-    async fn run(&self, event: &dyn HookEvent) -> Report {
+    async fn run(&self, event: &dyn HookEvent, cancel: Option<&crate::Cancel>) -> Report {
         let inner = &*self.inner;
         // The budget covers finding and loading the hooks too.
         let budget = inner.event_timeout.map(|b| (Instant::now(), b));
         let (Resolved { hooks, skipped }, unevaluated) = self.collect_hooks(event).await;
         // What state the object had, should the event fail with no last event to follow.
         let state_before = crate::state_orphaned_by_failure(event).then(|| self.state_dirs(event));
-        let base = Invocation::from_event(event).with_timeout(inner.timeout);
+        let base = Invocation::from_event(event)
+            .with_timeout(inner.timeout)
+            .with_cancel(cancel.cloned());
         let filters = event.filters_input();
         let original = base.input_shared().cloned();
         let mut report = Report::new(event, base.args().clone(), filters);
@@ -571,6 +617,10 @@ impl Registry {
         let mut current: Option<Arc<[u8]>> = None;
         let mut all_ok = true;
         for entry in &hooks {
+            if cancel.is_some_and(crate::Cancel::is_cancelled) {
+                report.cancelled = true;
+                break;
+            }
             // Through the trait object itself: `Arc<dyn Hook>`'s forwarding impl would
             // box a second future on every call.
             let hook: &dyn Hook = entry.hook.as_ref();
@@ -605,10 +655,16 @@ impl Registry {
                 // An instrumented future costs even with no subscriber; skip it then.
                 // The registry's own limits run inline: no wrapper, no extra allocation,
                 // and the large timed future is only built when a timeout is set.
-                let mut outcome = match (span.is_disabled(), inner.timed) {
-                    (true, false) => layer::caught(hook, inv).await,
-                    (true, true) => layer::timed(hook, inv).await,
-                    (false, timed) => layer::maybe_timed(hook, inv, timed).instrument(span).await,
+                let call = async {
+                    match (span.is_disabled(), inner.timed) {
+                        (true, false) => layer::caught(hook, inv).await,
+                        (true, true) => layer::timed(hook, inv).await,
+                        (false, timed) => layer::maybe_timed(hook, inv, timed).instrument(span).await,
+                    }
+                };
+                let mut outcome = match cancel {
+                    Some(cancel) => layer::cancellable(std::pin::pin!(call), hook, cancel).await,
+                    None => call.await,
                 };
                 if let Some(cap) = inner.max_output {
                     layer::apply_cap(&mut outcome, cap);
@@ -698,10 +754,15 @@ impl Registry {
             report.document_changed = current.is_some();
             report.document = current.or(original).map(|d| d.to_vec());
         }
-        if crate::state_ends_object(event) {
+        report.cancelled |= report
+            .hooks
+            .iter()
+            .any(|r| r.failure == Some(crate::Failure::Cancelled));
+        // A cancelled event did not finish: its object keeps its state as it was.
+        if crate::state_ends_object(event) && !report.cancelled {
             self.finish_state(event, &mut report);
         }
-        if let (Some(before), false) = (state_before, report.succeeded()) {
+        if let (Some(before), false, false) = (state_before, report.succeeded(), report.cancelled) {
             self.abandon_state(event, &before, &mut report);
         }
         report

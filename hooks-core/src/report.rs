@@ -337,6 +337,9 @@ pub struct Report {
     /// Entries of the hooks directories that look meant to run but did not (a script
     /// without its execute bit, a link to nothing): each path and why.
     pub skipped: Vec<SkippedEntry>,
+    /// Whether the event was cancelled ([`crate::Registry::fire_until`]) before all its
+    /// hooks ran: the last record is the hook that was stopped, if one was running.
+    pub cancelled: bool,
 }
 
 /// An entry of a hooks directory that looks meant to run but was skipped.
@@ -371,6 +374,8 @@ struct ReportRepr<'a> {
     state_errors: Cow<'a, [String]>,
     #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
     skipped: Cow<'a, [SkippedEntry]>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    cancelled: bool,
 }
 
 impl From<ReportRepr<'_>> for Report {
@@ -387,6 +392,7 @@ impl From<ReportRepr<'_>> for Report {
             state_kept: r.state_kept.into_owned(),
             state_errors: r.state_errors.into_owned(),
             skipped: r.skipped.into_owned(),
+            cancelled: r.cancelled,
         }
     }
 }
@@ -408,6 +414,7 @@ impl Serialize for Report {
             state_kept: Cow::Borrowed(&self.state_kept),
             state_errors: Cow::Borrowed(&self.state_errors),
             skipped: Cow::Borrowed(&self.skipped),
+            cancelled: self.cancelled,
         }
         .serialize(s)
     }
@@ -427,6 +434,7 @@ impl Report {
             state_kept: Vec::new(),
             state_errors: Vec::new(),
             skipped: Vec::new(),
+            cancelled: false,
         }
     }
 

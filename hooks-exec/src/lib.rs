@@ -353,7 +353,7 @@ impl ExecHook {
             argv,
             env,
             input: inv.input_shared().cloned(),
-            cancel: None,
+            cancel: Vec::new(),
             cgroup: self.options.cgroup,
             cgroup_limits: cgroup::Limits {
                 memory_max: self.options.memory_max,
@@ -403,7 +403,8 @@ struct Job {
     env: Vec<CString>,
     input: Option<Arc<[u8]>>,
     /// Hangs up when the caller's future is dropped (async calls only).
-    cancel: Option<std::os::fd::OwnedFd>,
+    /// Hang up when the call is dropped or cancelled.
+    cancel: Vec<std::os::fd::OwnedFd>,
     /// A cgroup of its own where possible, with these limits.
     cgroup: bool,
     cgroup_limits: cgroup::Limits,
@@ -456,7 +457,7 @@ impl Job {
             Ok(spawned) => {
                 let pid = spawned.child.pid;
                 let input = self.input.as_deref().unwrap_or_default();
-                match supervise::supervise(spawned, input, self.limits, self.cancel.as_ref()) {
+                match supervise::supervise(spawned, input, self.limits, &self.cancel) {
                     Ok(cap) if cap.cancelled => HookOutcome::failed(HookError::Cancelled),
                     Ok(cap) => self.outcome(pid, cap),
                     Err(e) => HookOutcome::failed(HookError::Io(e)),
@@ -536,6 +537,16 @@ impl Hook for ExecHook {
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let mut job = self.job(inv);
+        // A caller's `Cancel` hangs up a pipe the supervisor polls, which then kills and
+        // reaps before the call returns: the caller awaits the end.
+        let _watching = match inv.cancel().map(hooks_core::Cancel::watch) {
+            Some(Ok((fd, watching))) => {
+                job.cancel.push(fd);
+                Some(watching)
+            }
+            Some(Err(e)) => return HookOutcome::failed(HookError::Io(e)),
+            None => None,
+        };
         // Inside a tokio runtime the wait happens on the blocking pool; elsewhere (e.g.
         // `fire_blocking`) right here, with no thread hand-off at all.
         match hooks_core::backend::blocking_pool() {
@@ -546,7 +557,7 @@ impl Hook for ExecHook {
                     Ok(ends) => ends,
                     Err(e) => return HookOutcome::failed(HookError::Io(e)),
                 };
-                job.cancel = Some(watch);
+                job.cancel.push(watch);
                 match rt.spawn_blocking(move || job.run()).await {
                     Ok(outcome) => outcome,
                     Err(e) => HookOutcome::new(HookStatus::Crashed(format!("exec supervisor task failed: {e}"))),

@@ -153,15 +153,11 @@ fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
 }
 
 /// Supervises a spawned hook until it has exited and its pipes are drained (or the drain
-/// limit ran out). When `cancel` (the read end of a pipe whose write end the caller's
-/// future holds) hangs up, the hook and everything it started are killed and reaped and
-/// the run ends at once. On an error return (or a panic), dropping the child does that.
-pub(crate) fn supervise(
-    spawned: Spawned,
-    input: &[u8],
-    limits: Limits,
-    cancel: Option<&OwnedFd>,
-) -> io::Result<Captured> {
+/// limit ran out). When one of `cancel` (read ends of pipes whose write ends the caller's
+/// future, or a `Cancel`, holds) hangs up, the hook and everything it started are killed
+/// and reaped and the run ends at once. On an error return (or a panic), dropping the
+/// child does that.
+pub(crate) fn supervise(spawned: Spawned, input: &[u8], limits: Limits, cancel: &[OwnedFd]) -> io::Result<Captured> {
     let Spawned {
         mut child,
         stdin,
@@ -213,11 +209,11 @@ pub(crate) fn supervise(
         if exit.is_some() && readers.iter().all(|r| r.fd.is_none()) {
             break;
         }
-        let mut fds: [libc::pollfd; 5] = [libc::pollfd {
+        let mut fds: [libc::pollfd; 7] = [libc::pollfd {
             fd: -1,
             events: 0,
             revents: 0,
-        }; 5];
+        }; 7];
         if let Some(fd) = &writer.fd {
             fds[0] = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -241,9 +237,9 @@ pub(crate) fn supervise(
                 revents: 0,
             };
         }
-        if let Some(fd) = cancel {
-            // Nobody writes to it: any event is the hang-up of a dropped call.
-            fds[4] = libc::pollfd {
+        for (slot, fd) in fds[4..].iter_mut().zip(cancel) {
+            // Nobody writes to them: any event is the hang-up of a dropped or cancelled call.
+            *slot = libc::pollfd {
                 fd: fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
@@ -261,7 +257,7 @@ pub(crate) fn supervise(
         }
         poll(&mut fds, wait)?;
 
-        if fds[4].revents != 0 {
+        if fds[4..].iter().any(|fd| fd.revents != 0) {
             cancelled = true;
             if exit.is_none() {
                 let killed = child.terminate(limits.kill_grace)?;

@@ -212,15 +212,23 @@ impl Hook for WasmHook {
         let job = self.job(inv);
         // The module runs on the calling thread, which must not be an async worker:
         // inside tokio it moves to a blocking thread, and dropping this future (the
-        // sender with it) ends the call there.
+        // sender with it) ends the call there. A caller's `Cancel` drops the sender too,
+        // from whatever thread cancels, and the call returns once the module stopped.
+        let (caller_waits, cancel) = oneshot::channel::<()>();
+        let waits = std::sync::Mutex::new(Some(caller_waits));
+        let _watching = inv.cancel().map(|c| {
+            let waits = std::sync::Arc::new(waits);
+            let dropper = std::sync::Arc::clone(&waits);
+            let watching = c.on_cancel(move || drop(dropper.lock().map(|mut w| w.take())));
+            (watching, waits)
+        });
         match hooks_core::backend::blocking_pool() {
-            Some(rt) => {
-                let (_caller_waits, cancel) = oneshot::channel::<()>();
-                rt.spawn_blocking(move || job(Some(cancel)))
-                    .await
-                    .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}"))))
-            }
-            None => job(None),
+            Some(rt) => rt
+                .spawn_blocking(move || job(Some(cancel)))
+                .await
+                .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}")))),
+            // No receiver to watch unless a `Cancel` may drop the sender.
+            None => job(_watching.is_some().then_some(cancel)),
         }
     }
 }

@@ -83,6 +83,9 @@ pub enum DriverError {
     /// The driver cannot run this sequence.
     #[error(transparent)]
     Unsupported(#[from] UnsupportedScenario),
+    /// The operation was cancelled before it finished.
+    #[error("cancelled after {0} hook event(s)")]
+    Cancelled(usize),
 }
 
 impl From<LifecycleError<std::io::Error>> for DriverError {
@@ -91,6 +94,7 @@ impl From<LifecycleError<std::io::Error>> for DriverError {
             LifecycleError::Refused { failure, .. } | LifecycleError::Killed { failure, .. } => failure.into(),
             LifecycleError::Driver { error, .. } => DriverError::Launch(error),
             LifecycleError::Unsupported(u) => u.into(),
+            other => DriverError::Cancelled(other.sequence().map_or(0, |s| s.steps.len())),
         }
     }
 }

@@ -82,12 +82,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         return dry_run(&registry, (scenario, reason, reasons), &guest, dir, args.input.json);
     }
     let lifecycle = Lifecycle::new(&registry).release_reasons(reasons);
-    let seq = match pollster::block_on(lifecycle.run(scenario, &guest, reason)) {
-        Ok(seq) => seq,
-        Err(LifecycleError::Unsupported(e)) => return Err(UsageError(e.to_string())),
-        Err(LifecycleError::Refused { sequence, .. } | LifecycleError::Killed { sequence, .. }) => *sequence,
-        Err(LifecycleError::Driver { error, .. }) => match error {},
-    };
+    let seq = ran(pollster::block_on(lifecycle.run(scenario, &guest, reason)))?;
     if !args.input.json {
         let note = if reasons {
             ""
@@ -108,6 +103,15 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         warn_state_thrown_away(&hooks_core::StateRoot::new(scratch.path().join("state")), &guest);
     }
     Ok(seq.proceeds())
+}
+
+/// What a simulated sequence ran, whatever its verdict (a refusal is a result here).
+fn ran(result: Result<Sequence, LifecycleError>) -> Result<Sequence, UsageError> {
+    match result {
+        Ok(seq) => Ok(seq),
+        Err(LifecycleError::Unsupported(e)) => Err(UsageError(e.to_string())),
+        Err(e) => e.sequence().cloned().ok_or_else(|| UsageError(e.to_string())),
+    }
 }
 
 /// Plugins ran for real and recorded what they did in simulate's temporary state root,
@@ -375,12 +379,7 @@ fn dry_run(
     // when every hook lets the operation go on.
     let nothing = hooks_core::RegistryBuilder::new().build();
     let lifecycle = Lifecycle::new(&nothing).release_reasons(reasons);
-    let seq = match pollster::block_on(lifecycle.run(scenario, guest, reason)) {
-        Ok(seq) => seq,
-        Err(LifecycleError::Unsupported(e)) => return Err(UsageError(e.to_string())),
-        Err(LifecycleError::Refused { sequence, .. } | LifecycleError::Killed { sequence, .. }) => *sequence,
-        Err(LifecycleError::Driver { error, .. }) => match error {},
-    };
+    let seq = ran(pollster::block_on(lifecycle.run(scenario, guest, reason)))?;
     let short = |p: &Path| output::short(&p.to_string_lossy(), dir);
     let mut plan = DryRun {
         scenario,
