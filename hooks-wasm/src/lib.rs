@@ -215,12 +215,11 @@ impl Hook for WasmHook {
         // sender with it) ends the call there. A caller's `Cancel` drops the sender too,
         // from whatever thread cancels, and the call returns once the module stopped.
         let (caller_waits, cancel) = oneshot::channel::<()>();
-        let waits = std::sync::Mutex::new(Some(caller_waits));
+        // Held by this future (its drop ends the call), and dropped by a `Cancel` too.
+        let waits = std::sync::Arc::new(std::sync::Mutex::new(Some(caller_waits)));
         let _watching = inv.cancel().map(|c| {
-            let waits = std::sync::Arc::new(waits);
             let dropper = std::sync::Arc::clone(&waits);
-            let watching = c.on_cancel(move || drop(dropper.lock().map(|mut w| w.take())));
-            (watching, waits)
+            c.on_cancel(move || drop(dropper.lock().map(|mut w| w.take())))
         });
         match hooks_core::backend::blocking_pool() {
             Some(rt) => rt

@@ -192,3 +192,46 @@ fn a_huge_random_get_is_stopped_inside_tokio_too() {
     assert!(matches!(out.status, HookStatus::TimedOut(_)), "{:?}", out.status);
     assert!(start.elapsed() < T + BOUND, "took {:?}", start.elapsed());
 }
+
+/// A `Cancel` stops a spinning module from another thread, with no timeout set, and the
+/// call returns once the module stopped (inline under a blocking caller, and on tokio's
+/// blocking pool).
+#[test]
+fn a_cancel_stops_a_spinning_module_and_the_call_returns() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let spin = r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#;
+    let path = write_module(tmp.path(), "spin.wasm", &wat::parse_str(spin).unwrap());
+    let opts = WasmOptions {
+        timeout: None,
+        ..WasmOptions::default()
+    };
+    let hook = Arc::new(WasmHook::load_in(sandbox(None), path, opts).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for inside_tokio in [false, true] {
+        let cancel = hooks_core::Cancel::new();
+        let canceller = cancel.clone();
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            canceller.cancel();
+        });
+        let invocation = inv("vm", "prepare").with_cancel(Some(cancel));
+        let start = Instant::now();
+        let out = if inside_tokio {
+            rt.block_on(hook.call(&invocation))
+        } else {
+            hooks_core::block_on(hook.call(&invocation))
+        };
+        timer.join().unwrap();
+        assert!(
+            matches!(out.status, HookStatus::Failed(hooks_core::HookError::Cancelled)),
+            "inside tokio: {inside_tokio}: {:?}",
+            out.status
+        );
+        assert!(start.elapsed() < BOUND, "took {:?}", start.elapsed());
+    }
+}
