@@ -318,3 +318,37 @@ fn a_refused_restore_leaves_no_live_state_and_spares_a_running_namesakes() {
     release(&hooks, "nope2").success();
     hookctl(&hooks, &["uninstall", "qemu"]).assert().success();
 }
+
+/// The fourth trial fired `release` by hand without the guest's XML: the hugepages
+/// plugin (`[match] xpath`) did not run, and its record of reserved pages was removed
+/// with the pages still reserved. A plugin that did not run at the last event keeps
+/// what it recorded, and the row says so; an empty directory still goes.
+#[test]
+fn a_plugin_that_did_not_run_at_the_last_event_keeps_what_it_recorded() {
+    let (_tmp, hooks, plugins, state) = with_stateful_plugin();
+    fs::write(
+        plugins.join("10-reserve.toml"),
+        "state = true\n[match]\nxpath = [\"/domain/memoryBacking/hugepages\"]\n",
+    )
+    .unwrap();
+    script(&plugins.join("20-empty"), "#!/bin/sh\ncat >/dev/null\n");
+    fs::write(plugins.join("20-empty.toml"), "state = true\n[match]\nops = [\"prepare\"]\n").unwrap();
+    let xml = "<domain><name>db1</name><memoryBacking><hugepages/></memoryBacking></domain>";
+    as_libvirt(&hooks, ["db1", "prepare", "begin", "-"])
+        .write_stdin(xml)
+        .assert()
+        .success();
+    assert!(state.join("qemu/db1/10-reserve/seen").exists());
+    assert!(state.join("qemu/db1/20-empty").exists());
+    // No document: 10-reserve's xpath cannot take the event.
+    as_libvirt(&hooks, ["db1", "release", "end", "-"])
+        .write_stdin("")
+        .assert()
+        .stderr(contains("kept the state directory").and(contains("10-reserve")));
+    assert!(state.join("qemu/db1/10-reserve/seen").exists(), "the record was removed");
+    assert!(!state.join("qemu/db1/20-empty").exists(), "an empty directory is kept");
+    hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .stdout(contains("KEPT").and(contains("did not run at it")));
+}

@@ -881,13 +881,31 @@ impl Registry {
                     return Some(why);
                 }
                 // Nothing can undo what it did but the plugin itself: keep its record.
-                present.as_ref().filter(|p| !p.iter().any(|n| n == name)).map(|_| {
-                    format!(
+                let gone = present.as_ref().is_some_and(|p| !p.iter().any(|n| n == name));
+                if gone {
+                    return Some(format!(
                         "{} {}: its plugin is no longer in {} (set aside, renamed or removed while the object \
                          ran), so nothing undid what it recorded",
                         event.op(),
                         event.subop(),
                         crate::text::escape(&dir.root().display().to_string())
+                    ));
+                }
+                // A plugin that did not run at this last event (its `[match]` did not take
+                // it: another op, or no document to evaluate) undid nothing: a record it
+                // wrote is kept; an empty directory goes.
+                let ran = report.hooks.iter().any(|r| own(&r));
+                let recorded = root
+                    .dir(event.driver(), object.get(0), name)
+                    .ok()
+                    .and_then(|d| std::fs::read_dir(d).ok())
+                    .is_some_and(|mut entries| entries.next().is_some());
+                (!ran && recorded).then(|| {
+                    format!(
+                        "{} {}: its plugin did not run at it (its [match] did not take the event), so nothing \
+                         undid what it recorded",
+                        event.op(),
+                        event.subop()
                     )
                 })
             };

@@ -122,7 +122,7 @@ fn warn_state_thrown_away(scratch: &hooks_core::StateRoot, guest: &Guest) {
         .filter(|e| std::fs::read_dir(&e.path).is_ok_and(|mut d| d.next().is_some()));
     for e in recorded {
         eprintln!(
-            "hookctl: warning: {} recorded state for {} {}, thrown away as simulate ends: what it did on this host (it ran for real) stays, with no record to undo it. Keep the record with `--state DIR`, then `hookctl simulate {} stop {} --state DIR` undoes it; `--dry-run` runs nothing.",
+            "hookctl: warning: {} recorded state for {} {}, thrown away as simulate ends: what it did on this host (it ran for real) stays, with no record to undo it. Keep the record with `--state DIR`, then `hookctl simulate {} stop {} --input FILE --state DIR` (the same XML) undoes it; `--dry-run` runs nothing.",
             output::name(&e.hook.to_string_lossy()),
             guest.driver,
             output::name(&e.object.to_string_lossy()),
