@@ -85,7 +85,23 @@ pub(crate) fn append(path: &Path, opened: Option<File>, line: &[u8], rotate_at: 
             // find it is no longer the log and reopen, as we do now.
             continue;
         }
-        (&file).write_all(line)?;
+        // A line cut short before (a crash, an old version on a full disk) is ended
+        // first, so that this one is a line of its own.
+        let mut last = [0u8; 1];
+        let torn = ours.len() > 0
+            && std::os::unix::fs::FileExt::read_at(&file, &mut last, ours.len() - 1).is_ok_and(|n| n == 1)
+            && last[0] != b'\n';
+        let written = if torn {
+            (&file).write_all(&[b"\n", line].concat())
+        } else {
+            (&file).write_all(line)
+        };
+        if let Err(e) = written {
+            // A full disk takes part of a line: cut it off again, so that the next
+            // one does not run on from it (libvirt's log holds this one, see dispatch).
+            let _ = file.set_len(ours.len());
+            return Err(e.into());
+        }
         return Ok(());
     }
     Err(io::Error::other("the log kept being rotated under us").into())
@@ -129,6 +145,7 @@ pub(crate) fn open(path: &Path) -> Result<File, AuditError> {
     check(path)?;
     let flags = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
     let file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o640)

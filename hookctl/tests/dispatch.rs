@@ -351,6 +351,22 @@ fn a_row_the_log_does_not_take_fails_the_event_where_that_costs_no_guest() {
         .success()
         .stderr(contains(r#""op":"reconnect""#).and(contains(r#""result":"ok""#)));
     assert_eq!(fs::metadata(&log).unwrap().len(), 64 << 10);
+    // A row that fits only in part (the fourth trial's full disk) is cut off again: the
+    // next row was appended to the torn one, and `log` lost it.
+    fs::write(&log, "x".repeat(1799) + "\n").unwrap();
+    run("release", "end").code(1);
+    assert_eq!(fs::metadata(&log).unwrap().len(), 1800, "a torn row was left");
+    // A line torn before (a crash) is ended before the next row.
+    fs::write(&log, r#"{"v":1,"time":"2026-"#).unwrap();
+    as_libvirt(&hooks, ["vm1", "prepare", "begin", "-"])
+        .write_stdin("<domain/>")
+        .assert()
+        .success();
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let row: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(row["op"], "prepare");
 }
 
 /// libvirt reads a hook's stderr whole: hundreds of ignored failures say a bounded

@@ -352,5 +352,52 @@ fn state_left_under_the_default_root_after_state_moved_is_named_and_holds_uninst
             .code(1)
             .stderr(contains("qemu db1: 10-reserve").and(contains("/run/virt-hooks/state")));
         assert!(fs::symlink_metadata(hooks.join("qemu")).is_ok(), "uninstalled");
+        // Its release cannot reach it, and says so (it logged a plain "ok").
+        as_libvirt_xml(&hooks, ["db1", "release", "end", "-"])
+            .assert()
+            .stderr(contains("holds state of this object under the default root"));
+        let rows = audit(&tmp.path().join("audit.jsonl"));
+        let last = rows.last().unwrap();
+        assert!(
+            last["state_orphaned"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("qemu/db1/10-reserve"),
+            "{last}"
+        );
+    });
+}
+
+/// `/var/run` is `/run`: a root named through a link to the default one is the default
+/// one, not a second root holding ORPHANED copies of live state (fourth trial).
+#[test]
+fn the_default_root_under_another_name_is_not_a_moved_root() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) = installed_with(|t| format!("log = \"{}/audit.jsonl\"\n", t.display()));
+        noting(tmp.path(), &plugins, "10-reserve", true);
+        as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        std::os::unix::fs::symlink("/run", tmp.path().join("var-run")).unwrap();
+        fs::write(
+            plugins.join("hookctl.toml"),
+            format!(
+                "log = \"{0}/audit.jsonl\"\nstate = \"{0}/var-run/virt-hooks/state\"\n",
+                tmp.path().display()
+            ),
+        )
+        .unwrap();
+        let out = hookctl(&hooks, &["state"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("web1").count(), 1, "{text}");
+        assert!(!text.contains("ORPHANED"), "{text}");
+        hookctl(&hooks, &["check", "qemu"])
+            .assert()
+            .stdout(contains("left under").not());
     });
 }

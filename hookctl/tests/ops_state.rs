@@ -332,7 +332,11 @@ fn a_plugin_that_did_not_run_at_the_last_event_keeps_what_it_recorded() {
     )
     .unwrap();
     script(&plugins.join("20-empty"), "#!/bin/sh\ncat >/dev/null\n");
-    fs::write(plugins.join("20-empty.toml"), "state = true\n[match]\nops = [\"prepare\"]\n").unwrap();
+    fs::write(
+        plugins.join("20-empty.toml"),
+        "state = true\n[match]\nops = [\"prepare\"]\n",
+    )
+    .unwrap();
     let xml = "<domain><name>db1</name><memoryBacking><hugepages/></memoryBacking></domain>";
     as_libvirt(&hooks, ["db1", "prepare", "begin", "-"])
         .write_stdin(xml)
@@ -345,7 +349,10 @@ fn a_plugin_that_did_not_run_at_the_last_event_keeps_what_it_recorded() {
         .write_stdin("")
         .assert()
         .stderr(contains("kept the state directory").and(contains("10-reserve")));
-    assert!(state.join("qemu/db1/10-reserve/seen").exists(), "the record was removed");
+    assert!(
+        state.join("qemu/db1/10-reserve/seen").exists(),
+        "the record was removed"
+    );
     assert!(!state.join("qemu/db1/20-empty").exists(), "an empty directory is kept");
     hookctl(&hooks, &["state"])
         .assert()

@@ -253,6 +253,25 @@ fn purge_removes_its_own_log_and_state_and_only_a_cache_it_created() {
     assert!(r.join("run/virt-hooks/state/qemu/db1/hugepages/pages").exists());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("qemu/db1/hugepages") && said.contains("left"), "{said}");
+    // The same under a root that hookctl.toml moved: named, not only the file's line.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    assert!(run_postinst(r).status.success());
+    fs::create_dir_all(r.join("etc/libvirt/hooks/qemu.plugins")).unwrap();
+    fs::write(
+        r.join("etc/libvirt/hooks/qemu.plugins/hookctl.toml"),
+        "state = \"/srv/hk-state\"\n",
+    )
+    .unwrap();
+    fs::create_dir_all(r.join("srv/hk-state/qemu/tmp-1/35-stateful.sh")).unwrap();
+    let out = run_postrm(r, "purge");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("qemu/tmp-1/35-stateful.sh") && said.contains("/srv/hk-state"),
+        "{said}"
+    );
+    assert!(r.join("srv/hk-state/qemu/tmp-1/35-stateful.sh").exists());
 
     // A cache the package made goes with it.
     let root = tempfile::tempdir().unwrap();

@@ -129,13 +129,36 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         notes.line("hookctl: could not read stdin; the plugins got what was read".into());
     }
+    // State of this object left under the default root when `state` moved: this last
+    // event could not reach it (the plugins undid nothing of it).
+    let orphaned: Vec<PathBuf> = match (&settings.state, hooks_core::state_ends_object(&event)) {
+        (Ok(root), true) => super::state::orphaned(driver, &hooks_core::StateRoot::new(root))
+            .into_iter()
+            .filter(|e| e.object == event.os_args()[0])
+            .map(|e| e.path)
+            .collect(),
+        _ => Vec::new(),
+    };
+    for path in &orphaned {
+        notes.line(format!(
+            "hookctl: warning: {} holds state of this object under the default root, which hookctl.toml no longer names: this event did not reach it ({})",
+            output::path(path),
+            super::state::ORPHANED_HINT
+        ));
+    }
     notes.emit();
     // The file's own mistakes (a log that cannot be opened is `not_logged`).
     let config_error = match settings.mistakes.is_empty() {
         true => None,
         false => settings.config().err().map(|e| e.to_string()),
     };
-    let record = audit_record(plugins, &event, &report, ok, (start, started), config_error);
+    let mut record = audit_record(plugins, &event, &report, ok, (start, started), config_error);
+    if !orphaned.is_empty() {
+        let paths: Vec<_> = (orphaned.iter())
+            .map(|p| capped(&p.to_string_lossy(), output::NAME))
+            .collect();
+        record.insert("state_orphaned".into(), paths.into());
+    }
     let not_written = match &settings.log {
         Ok(log) => crate::audit::append(log, log_file, &audit_bytes(&record), crate::audit::ROTATE_BYTES)
             .err()
@@ -169,7 +192,9 @@ fn kernel_note(event: &RawEvent, report: &Report, why: &str) {
                 .file_name()
                 .map_or(r.name.clone(), |n| n.to_string_lossy().into_owned());
             let spared = if r.spared { " (spared)" } else { "" };
-            format!("{name}: {}{spared}", output::status(r))
+            let said = output::first_line(&r.stderr);
+            let sep = if said.is_empty() { "" } else { ": " };
+            format!("{name}: {}{spared}{sep}{said}", output::status(r))
         })
         .collect();
     let line = format!(

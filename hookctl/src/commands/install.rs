@@ -331,6 +331,13 @@ pub(crate) fn uninstall(dir: &Path, args: UninstallArgs) -> Outcome {
         .filter(|d| is_us(&dir.join(d.as_str()), &exe))
         .collect();
     let held = super::state::live_state(dir, &ours);
+    if held.kept > 0 {
+        eprintln!(
+            "hookctl: note: {} kept state director{} stay: their plugins failed to undo work that their notes describe (`hookctl state` lists them)",
+            held.kept,
+            if held.kept == 1 { "y" } else { "ies" }
+        );
+    }
     if !held.is_empty() {
         if !args.force {
             let objects = held.describe(true);

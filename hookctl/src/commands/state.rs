@@ -34,7 +34,11 @@ pub(crate) fn roots(dir: &Path, drivers: &[Driver]) -> Vec<(Driver, Result<State
 /// drivers whose state cannot be read.
 #[derive(Debug, Default)]
 pub(crate) struct LiveState {
+    /// The hooks dir (for hints).
+    pub(crate) hooks_dir: PathBuf,
     pub(crate) live: Vec<(Driver, StateEntry)>,
+    /// How many kept directories there are (not held back: their note says what is left).
+    pub(crate) kept: usize,
     /// Under the default root, which the driver's `hookctl.toml` no longer names.
     pub(crate) orphaned: Vec<(Driver, StateEntry)>,
     pub(crate) unknown: Vec<(Driver, String)>,
@@ -67,7 +71,7 @@ impl LiveState {
             } else {
                 text.push_str(&format!(
                     "      its plugins get its last event only by hand: {}\n",
-                    by_hand_hint(*d, &object)
+                    by_hand_hint(&self.hooks_dir, *d, &object)
                 ));
             }
         }
@@ -94,8 +98,13 @@ impl LiveState {
 /// there when `state` was moved is out of its dispatcher's reach (its release finds
 /// nothing), and must be named. `None` when it is the root in use, absent, or not ours.
 pub(crate) fn former_root(current: &StateRoot) -> Option<StateRoot> {
+    use std::os::unix::fs::MetadataExt;
     let default = StateRoot::system();
-    (current.path() != default.path() && default.path().exists() && default.check().is_ok()).then_some(default)
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let default_id = id(default.path())?;
+    // The same directory by another name (`/var/run` is `/run`) is no other root.
+    let same = current.path() == default.path() || id(current.path()) == Some(default_id);
+    (!same && default.check().is_ok()).then_some(default)
 }
 
 /// A driver's state under the default root that its `hookctl.toml` no longer names.
@@ -107,15 +116,16 @@ pub(crate) fn orphaned(driver: Driver, current: &StateRoot) -> Vec<StateEntry> {
 /// last event), state left under the default root after `state` moved, and the
 /// drivers whose state root cannot be read.
 pub(crate) fn live_state(dir: &Path, drivers: &[Driver]) -> LiveState {
-    let mut found = LiveState::default();
+    let mut found = LiveState {
+        hooks_dir: dir.to_owned(),
+        ..LiveState::default()
+    };
     for (d, root) in roots(dir, drivers) {
         match root {
             Ok(root) => {
-                found.live.extend(
-                    (root.entries(d).into_iter())
-                        .filter(|e| e.kept.is_none())
-                        .map(|e| (d, e)),
-                );
+                let (live, kept): (Vec<_>, Vec<_>) = root.entries(d).into_iter().partition(|e| e.kept.is_none());
+                found.live.extend(live.into_iter().map(|e| (d, e)));
+                found.kept += kept.len();
                 found.orphaned.extend(orphaned(d, &root).into_iter().map(|e| (d, e)));
             }
             Err(why) => found.unknown.push((d, why)),
@@ -125,7 +135,7 @@ pub(crate) fn live_state(dir: &Path, drivers: &[Driver]) -> LiveState {
 }
 
 /// What to do about state the dispatcher can no longer reach.
-pub(crate) const ORPHANED_HINT: &str = "its release will find nothing there; move the directory to the same place under the root hookctl.toml names (or put `state` back) before the object's release, or undo its work by hand and remove it";
+pub(crate) const ORPHANED_HINT: &str = "its release will find nothing there (or found nothing, if it was released since); move the directory to the same place under the root hookctl.toml names (or put `state` back) before the object's release, or undo its work by hand and `rm -r` the directory";
 
 /// How to give an object its last event, so that its plugins undo what they did.
 fn release_hint(driver: Driver, object: &str) -> String {
@@ -144,15 +154,14 @@ const BY_HAND_DOC: &str = "docs/matching-and-state.md, \"Running an object's `re
 
 /// Giving an object its last event with the dispatcher itself, once hookctl is not the
 /// hook (libvirt's own events no longer reach the plugins).
-fn by_hand_hint(driver: Driver, object: &str) -> String {
+fn by_hand_hint(hooks_dir: &Path, driver: Driver, object: &str) -> String {
     let last = if driver == Driver::Network {
         "stopped end"
     } else {
         "release end"
     };
-    format!(
-        "`hookctl dispatch --plugins <hooks>/{driver}.plugins {driver} {object} {last} - < its XML` ({BY_HAND_DOC})"
-    )
+    let plugins = output::path(&hooks_dir.join(format!("{driver}.plugins")));
+    format!("`hookctl dispatch --plugins {plugins} {driver} {object} {last} - < its XML` ({BY_HAND_DOC})")
 }
 
 pub(crate) fn exec(dir: &Path, args: StateArgs) -> Outcome {
