@@ -14,7 +14,7 @@
 #[macro_use]
 #[path = "../../hookctl/src/output.rs"]
 mod output;
-#[path = "../../hookctl/src/audit.rs"]
+#[path = "../../hookctl/src/audit/mod.rs"]
 mod audit;
 #[path = "../../hookctl/src/cli.rs"]
 mod cli;

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hooks_core::{text, Driver};
-use serde::Deserialize;
 
+use crate::audit::line::{AuditLine, HookEntry};
 use crate::cli::{LogArgs, Outcome, UsageError};
 use crate::output;
 
@@ -608,82 +608,16 @@ fn read_available(file: &mut File, lines: &mut Lines, each: &mut dyn FnMut(Piece
 // ---------------------------------------------------------------------------------
 // Events
 
-/// The fields of an audit line that `log` reads (see `commands/dispatch.rs`); others are
-/// ignored. A crash line (written by older hookctls, which ran native plugins in their own
-/// process) has `crashed_plugin` and `signal` and no `hooks`.
-#[derive(Deserialize)]
-struct Record {
-    time: String,
-    driver: String,
-    object: String,
-    op: String,
-    #[serde(default)]
-    subop: String,
-    result: String,
-    #[serde(default)]
-    duration_us: Option<u64>,
-    #[serde(default)]
-    hooks: Vec<HookLine>,
-    #[serde(default)]
-    crashed_plugin: Option<String>,
-    #[serde(default)]
-    signal: Option<i64>,
-    /// The dispatcher's `hookctl.toml` could not be used (defaults applied).
-    #[serde(default)]
-    config_error: Option<String>,
-    /// Whether a filter's output became the document libvirt uses.
-    #[serde(default)]
-    document_changed: bool,
-    /// Who ran the dispatcher (libvirtd, a shell trying a hook by hand).
-    #[serde(default)]
-    caller: Option<Caller>,
-    /// The plugins dir it ran (lines written before this field have none).
-    #[serde(default)]
-    plugins_dir: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Caller {
-    #[serde(default)]
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct HookLine {
-    name: String,
-    success: bool,
-    #[serde(default)]
-    optional: bool,
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    stderr: String,
-    #[serde(default)]
-    duration_us: Option<u64>,
-    /// For a filter stage that succeeded: what it did to the document.
-    #[serde(default)]
-    document: Option<DocumentLine>,
-}
-
-#[derive(Deserialize)]
-struct DocumentLine {
-    #[serde(default)]
-    changed: bool,
-    #[serde(default)]
-    lines_added: u64,
-    #[serde(default)]
-    lines_removed: u64,
-}
-
-impl Record {
+/// How `log` reads an audit line ([`AuditLine`], as the dispatcher writes it).
+impl AuditLine {
     /// How `h` failed, and whether the event went on regardless (an optional plugin, or
     /// an event that succeeded all the same: a failure libvirt or the dispatcher ignores).
-    fn failure(&self, h: &HookLine) -> Option<(Failure, bool)> {
+    fn failure(&self, h: &HookEntry) -> Option<(Failure, bool)> {
         (!h.success).then(|| (Failure::of(&h.status), h.optional || self.result == "ok"))
     }
 
     /// The plugin that failed the event and how, when it failed.
-    fn failed_by(&self) -> Option<(&HookLine, Failure)> {
+    fn failed_by(&self) -> Option<(&HookEntry, Failure)> {
         if self.result == "ok" {
             return None;
         }
@@ -764,7 +698,7 @@ impl Source {
 }
 
 /// The top-level fields of an audit line that can be found in what is kept of one that
-/// cannot be parsed. These keys occur nowhere else in a line (see `commands/dispatch.rs`)
+/// cannot be parsed. These keys occur nowhere else in a line (see `audit/line.rs`)
 /// and a string's own quotes are escaped, so `"key":"` only ever starts the field.
 struct Salvaged {
     time: Option<String>,
@@ -883,11 +817,11 @@ impl Ctx<'_> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Parsed::Blank;
         }
-        let parsed = match serde_json::from_slice::<Record>(line) {
+        let parsed = match serde_json::from_slice::<AuditLine>(line) {
             // The crash handler writes a plugin's path as it is, bytes that are not
             // UTF-8 included: read such a line lossily rather than lose it.
             Err(_) if std::str::from_utf8(line).is_err() => {
-                serde_json::from_str::<Record>(&String::from_utf8_lossy(line))
+                serde_json::from_str::<AuditLine>(&String::from_utf8_lossy(line))
             }
             parsed => parsed,
         };
@@ -1026,7 +960,7 @@ impl Ctx<'_> {
         self.since.is_none_or(|since| t >= since) && self.until.is_none_or(|until| t <= until)
     }
 
-    fn matches(&self, r: &Record, time: SystemTime) -> bool {
+    fn matches(&self, r: &AuditLine, time: SystemTime) -> bool {
         if !self.in_time(time)
             || self.driver.is_some_and(|d| r.driver != d.as_str())
             || self.object.as_deref().is_some_and(|o| r.object != o)
@@ -1054,7 +988,7 @@ impl Ctx<'_> {
     }
 
     /// The event's row: TIME DRIVER OBJECT OP RESULT DURATION DETAIL.
-    fn row(&self, r: &Record, time: SystemTime) -> Vec<String> {
+    fn row(&self, r: &AuditLine, time: SystemTime) -> Vec<String> {
         let duration = r.duration_us.map_or_else(|| "-".to_owned(), micros);
         vec![
             local_time(time),
@@ -1070,7 +1004,7 @@ impl Ctx<'_> {
     /// `--plugins`: a row per plugin run, TIME DRIVER OBJECT OP PLUGIN RESULT DURATION
     /// DETAIL, RESULT being the plugin's (ok, refused, not run, error, ignored); with
     /// `--plugin`, that plugin's only. An event that ran none has one row saying so.
-    fn plugin_rows(&self, r: &Record, time: SystemTime) -> Vec<Vec<String>> {
+    fn plugin_rows(&self, r: &AuditLine, time: SystemTime) -> Vec<Vec<String>> {
         let event = |plugin: String, result: String, duration: String, detail: String| {
             vec![
                 local_time(time),
@@ -1113,7 +1047,7 @@ impl Ctx<'_> {
 
     /// `<plugin's status>: <first line of its stderr>`, and what kind of failure it was
     /// when the status alone does not say (`exit status 127` is one that did not run).
-    fn why(&self, h: &HookLine, failure: Failure) -> String {
+    fn why(&self, h: &HookEntry, failure: Failure) -> String {
         let mut text = shown(&h.status, DETAIL_WIDTH);
         if failure == Failure::NotRun && h.status.starts_with("exit status") {
             text.push_str(" (could not be executed)");
@@ -1129,7 +1063,7 @@ impl Ctx<'_> {
     /// `error:`): the plugin, how it ended, and the first line of its stderr; for an
     /// event that went through, a failure that was ignored (`ignored:`); and whether a
     /// filter rewrote the XML.
-    fn detail(&self, r: &Record) -> String {
+    fn detail(&self, r: &AuditLine) -> String {
         let name = |n: &str| shown(&output::short(n, self.hooks_dir), NAME_WIDTH);
         if let Some(plugin) = &r.crashed_plugin {
             let signal = r.signal.map_or_else(String::new, |s| format!(" with signal {s}"));
@@ -1178,7 +1112,7 @@ impl Ctx<'_> {
 }
 
 /// `prepare/begin`, or the op alone when there is no subop.
-fn op_of(r: &Record) -> String {
+fn op_of(r: &AuditLine) -> String {
     if r.subop.is_empty() {
         r.op.clone()
     } else {
@@ -1191,7 +1125,7 @@ fn micros(us: u64) -> String {
 }
 
 /// For a filter stage whose output became the document: `rewrote the XML (+2 -1 lines)`.
-fn rewrote(h: &HookLine) -> Option<String> {
+fn rewrote(h: &HookEntry) -> Option<String> {
     let d = h.document.as_ref().filter(|d| d.changed)?;
     Some(format!(
         "rewrote the XML (+{} -{} lines)",
