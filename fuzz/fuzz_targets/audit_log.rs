@@ -115,7 +115,7 @@ fn hookctl_log(extra: &[&str]) -> (Vec<u8>, Result<bool, String>) {
     out.seek(SeekFrom::Start(0))
         .and_then(|_| out.read_to_end(&mut printed))
         .expect("read the captured stdout");
-    (printed, result.map_err(|cli::UsageError(e)| e))
+    (printed, result.map_err(|commands::UsageError(e)| e))
 }
 
 fn is_bidi_control(c: char) -> bool {

@@ -7,12 +7,23 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use clap::Args;
 use hooks_core::text::Limit;
 use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, Report};
 
+use super::args::EventCli;
+use super::Outcome;
 use crate::audit::line::AuditLine;
-use crate::cli::{DispatchArgs, Outcome};
 use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct DispatchArgs {
+    /// The plugins dir (exec scripts, `*.so`, `*.wasm`, sidecar `*.toml` settings).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) plugins: PathBuf,
+    #[command(flatten)]
+    pub(crate) event: EventCli,
+}
 
 /// The plugins dir for a hook installed at `argv0`: `<dirname(argv0)>/<driver>.plugins`.
 pub(crate) fn plugins_dir_for(argv0: &Path, driver: Driver) -> PathBuf {

@@ -17,11 +17,85 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use clap::Args;
 use hooks_core::{text, Driver};
 
+use super::args::parse_driver;
+use super::{Outcome, UsageError};
 use crate::audit::line::{AuditLine, HookEntry};
-use crate::cli::{LogArgs, Outcome, UsageError};
 use crate::output;
+
+/// What `hookctl log --help` says after the options.
+pub(crate) const HELP: &str = "\
+Reads the log and its rotations (<log>.5 … <log>.1, oldest first; -v says which files on
+stderr). A failed event's DETAIL starts with why: `refused:` (a plugin said no), `not run:`
+(a plugin could not be run), `error:` (a plugin broke); an event that went through despite a
+failure says `ignored:`; one whose XML a filter rewrote says so. When the rows come from
+more than one caller (libvirtd, a shell) or hooks dir, CALLER and HOOKS DIR columns say
+which. Control characters and bidi overrides from the log are shown escaped
+(\\x1b, \\u{202e}); --json prints the lines as they are (on a terminal, with those as \\u
+escapes). A line that cannot be read (not an audit record, or longer than 1 MiB) is a row
+marked UNREADABLE, with its line number and what can still be read of it.
+
+Examples:
+  hookctl log --failed --object web1          # why did web1 not start?
+  hookctl log --plugin 20-limits.sh --since 1d
+  hookctl log --failed not-run --since '2024-05-01 08:00' --until '2024-05-01 18:00'
+  hookctl log --plugins --object web1 --last 3  # each plugin's result and duration
+  hookctl log --follow                        # watch events as libvirt fires them
+
+Exit status: 0, also when nothing matches (stderr says so); 2 when a log cannot be read
+or --file does not exist.";
+
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// The audit log to read (with its rotations PATH.1 … PATH.5). Default: the log each
+    /// <DIR>/<driver>.plugins/hookctl.toml names (`log = …`), else
+    /// /var/log/libvirt/hookctl.jsonl.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Only events for this guest or network (its exact name; `-` for the daemon).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) object: Option<String>,
+    /// Only this driver: daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(long, value_name = "D", value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+    /// Only this operation (prepare, start, started, stopped, release, migrate, ...), or
+    /// OP/SUBOP (prepare/begin).
+    #[arg(long, value_name = "OP")]
+    pub(crate) op: Option<String>,
+    /// Only events this plugin ran in: its path or its file name (20-x.sh). With --failed,
+    /// only those in which it failed.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) plugin: Option<String>,
+    /// Only failed events (a plugin refused, could not run, timed out or crashed); with
+    /// KIND, only failures of that kind. `ignored` and `all` include events that went
+    /// through despite a failure (an optional plugin's, or one libvirt ignores).
+    #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "failed", hide_default_value = true)]
+    pub(crate) failed: Option<FailedKind>,
+    /// Only events since WHEN: a duration back from now (10m, 2h, 1d) or a time
+    /// (2024-05-01T12:00:00Z, 2024-05-01T12:00:00+02:00, or local "2024-05-01 12:00").
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub(crate) since: Option<std::time::SystemTime>,
+    /// Only events up to WHEN (the same forms as --since: `--until 1h` ends an hour ago).
+    #[arg(long, value_name = "WHEN", value_parser = parse_since, conflicts_with = "follow")]
+    pub(crate) until: Option<std::time::SystemTime>,
+    /// One row per plugin run (its result and its own duration) instead of one per event.
+    #[arg(long)]
+    pub(crate) plugins: bool,
+    /// Say on stderr which files were read.
+    #[arg(long, short = 'v')]
+    pub(crate) verbose: bool,
+    /// Only the last N matching events.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub(crate) last: Option<usize>,
+    /// Print the matching audit lines unchanged (JSON, one per line) instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep reading: print new events as they are logged, across rotations (Ctrl-C ends).
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+}
 
 /// A longer line is not parsed: the dispatcher's own lines are a few KiB per plugin,
 /// every text in them being capped.
@@ -305,7 +379,7 @@ fn which_logs(hooks_dir: &Path, explicit_dir: bool, file: Option<&Path>) -> Resu
         }]);
     }
     if explicit_dir {
-        crate::cli::require_dir(hooks_dir)?;
+        super::require_dir(hooks_dir)?;
     }
     let mut logs: Vec<Log> = Vec::new();
     for driver in Driver::ALL {
