@@ -131,3 +131,43 @@ fn install_dir(user: bool, given: &Path, hooks_dir: PathBuf) -> Result<PathBuf, 
         (false, _) => Ok(hooks_dir),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(value: &str) -> Result<Option<std::time::Duration>, String> {
+        let args = [
+            "hookctl",
+            "run",
+            "qemu",
+            "vm",
+            "prepare",
+            "begin",
+            "-",
+            "--timeout",
+            value,
+        ];
+        match Cli::try_parse_from(args).map_err(|e| e.to_string())?.command {
+            Command::Run(run) => Ok(run.input.timeout),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `--timeout` reads what a sidecar's `timeout` reads, with its bounds.
+    #[test]
+    fn timeout_takes_the_sidecars_grammar_and_bounds() {
+        use std::time::Duration;
+        assert_eq!(timeout("1d"), Ok(Some(Duration::from_secs(86_400))));
+        assert_eq!(timeout("2h 30m"), Ok(Some(Duration::from_secs(9_000))));
+        assert_eq!(timeout("0.5"), Ok(Some(Duration::from_millis(500))));
+        for (value, want) in [
+            ("8d", "too long"),
+            ("99999999999999999999d", "too long"),
+            ("0s", "0 would"),
+        ] {
+            let e = timeout(value).unwrap_err();
+            assert!(e.contains(want) && e.contains("--timeout"), "{value}: {e}");
+        }
+    }
+}

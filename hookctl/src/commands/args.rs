@@ -20,7 +20,7 @@ pub(crate) struct InputArgs {
     pub(crate) json: bool,
 
     /// Kill a hook (and everything it started) that runs longer than this: seconds, or
-    /// "500ms", "2s", "1m" (at most 7 days).
+    /// "500ms", "2s", "1m", "2h 30m", "1d" (at most 7 days).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub(crate) timeout: Option<Duration>,
 

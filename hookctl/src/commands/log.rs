@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use hooks_core::backend::parse_span;
 use hooks_core::{text, Driver};
 
 use super::args::parse_driver;
@@ -272,20 +273,38 @@ fn stdout_gone(e: io::Error) -> Outcome {
     }
 }
 
-/// `--since`: a duration back from now (`10m`, `2h`, `1d`) or a time (RFC 3339, or the
-/// local `2024-05-01 12:00[:00]` the table shows, or a date).
+/// `--since`: a duration back from now in the sidecars' grammar without its 7-day cap
+/// (`10m`, `2h 30m`, `1.5d`: [`parse_span`]) or a time (RFC 3339, or the local
+/// `2024-05-01 12:00[:00]` the table shows, or a date). A number needs its unit: `2024`
+/// is not taken for seconds.
 pub(crate) fn parse_since(s: &str) -> Result<SystemTime, String> {
-    if let Ok(ago) = humantime::parse_duration(s.trim()) {
-        return SystemTime::now()
-            .checked_sub(ago)
-            .ok_or_else(|| format!("`{s}` is too long ago"));
+    let t = s.trim();
+    if !t.is_empty() && t.parse::<f64>().is_ok() {
+        return Err(format!(
+            "`{s}` needs a unit to be a duration (`{t}s`, `{t}m`, `{t}h`, `{t}d`), or a date to be a time"
+        ));
     }
-    parse_time(s, true).ok_or_else(|| {
-        format!(
-            "`{s}` is neither a duration (10m, 2h, 1d) nor a time (2024-05-01T12:00:00Z, \
+    let span = match parse_span(t) {
+        Ok(ago) => {
+            return SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("`{s}` is too long ago"))
+        }
+        Err(e) => e,
+    };
+    if let Some(time) = parse_time(s, true) {
+        return Ok(time);
+    }
+    // Digits and units (`-1d`, `99999999999999999999d`), not a date or a clock time:
+    // meant as a duration, so say what is wrong with it.
+    let unsigned = t.strip_prefix('-').unwrap_or(t);
+    if unsigned.starts_with(|c: char| c.is_ascii_digit()) && !unsigned.contains(['-', ':']) {
+        return Err(span.to_string());
+    }
+    Err(format!(
+        "`{s}` is neither a duration (10m, 2h, 1d) nor a time (2024-05-01T12:00:00Z, \
 2024-05-01T12:00:00+02:00, or local \"2024-05-01 12:00\")"
-        )
-    })
+    ))
 }
 
 /// `--failed KIND`: which failures an event must have to be shown.
@@ -1569,5 +1588,50 @@ fn complain(path: &Path, complained: &mut bool, e: &io::Error) {
     if !*complained {
         eprintln!("hookctl: warning: {}; still trying", cannot_read(path, e));
         *complained = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--since` reads what a sidecar's `timeout` reads, without its 7-day cap: the
+    /// log goes back further than any timeout.
+    #[test]
+    fn since_reads_the_duration_grammar_of_the_sidecars() {
+        for (text, secs) in [
+            ("1.5h", 5_400),
+            ("2h 30m", 9_000),
+            ("1h30m", 5_400),
+            ("30d", 30 * 86_400),
+            ("0s", 0),
+        ] {
+            let before = SystemTime::now();
+            let since = parse_since(text).unwrap();
+            let after = SystemTime::now();
+            let ago = Duration::from_secs(secs);
+            assert!(before - ago <= since && since <= after - ago, "{text}");
+        }
+    }
+
+    /// A number without a unit is not taken for seconds (`--since 2024` is no year), and
+    /// what cannot be a time back from now says why.
+    #[test]
+    fn since_refuses_bare_numbers_and_hostile_durations() {
+        for (text, want) in [
+            ("2024", "needs a unit"),
+            ("90", "needs a unit"),
+            ("1e9", "needs a unit"),
+            ("99999999999999999999d", "too long"),
+            ("18446744073709551615s 1s", "too long"),
+            ("1e400d", "too long"),
+            ("-1d", "not a positive"),
+            ("NaNd", "neither a duration"),
+            ("last tuesday", "neither a duration"),
+        ] {
+            let e = parse_since(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(e.contains(&format!("`{text}`")), "{text}: {e}");
+        }
     }
 }
