@@ -24,8 +24,6 @@ mod commands;
 mod config;
 #[path = "../../hookctl/src/journal.rs"]
 mod journal;
-#[path = "../../hookctl/src/sys.rs"]
-mod sys;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

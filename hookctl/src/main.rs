@@ -12,7 +12,6 @@ mod config;
 mod journal;
 #[cfg(feature = "dylib")]
 mod native;
-mod sys;
 
 use std::process::ExitCode;
 

@@ -1412,26 +1412,28 @@ fn shown(s: &str, max: usize) -> String {
 // ---------------------------------------------------------------------------------
 // Time
 
-/// `2024-05-01 12:00:03` in local time (`TZ`, else `/etc/localtime`), or UTC with a `Z`
-/// when the local time cannot be had.
+/// `2024-05-01 12:00:03` in local time (`TZ`, else `/etc/localtime`, read by jiff), or
+/// UTC with a `Z` past the last time jiff gives every offset a date for.
 fn local_time(t: SystemTime) -> String {
-    match libc::time_t::try_from(unix_seconds(t))
-        .ok()
-        .and_then(crate::sys::local_tm)
-    {
-        Some(tm) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            i64::from(tm.tm_year) + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        ),
-        None => humantime::format_rfc3339_seconds(t).to_string(),
+    match jiff::Timestamp::from_second(unix_seconds(t)) {
+        Ok(at) => {
+            let local = jiff::tz::TimeZone::system().to_datetime(at);
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                local.year(),
+                local.month(),
+                local.day(),
+                local.hour(),
+                local.minute(),
+                local.second()
+            )
+        }
+        // The last hours of year 9999, which humantime still writes.
+        Err(_) => humantime::format_rfc3339_seconds(t).to_string(),
     }
 }
 
+/// Whole seconds since the epoch, truncated toward it (as the table shows a time).
 fn unix_seconds(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -1439,13 +1441,16 @@ fn unix_seconds(t: SystemTime) -> i64 {
     }
 }
 
-/// The local offset from UTC at `t`, in seconds (0 when unknown).
-fn local_offset(t: SystemTime) -> i64 {
-    let secs = libc::time_t::try_from(unix_seconds(t)).ok();
-    // `tm_gmtoff` is a C long: 32 bits on 32-bit targets.
-    #[allow(clippy::useless_conversion)]
-    secs.and_then(crate::sys::local_tm)
-        .map_or(0, |tm| i64::from(tm.tm_gmtoff))
+/// `wall`, a time read as if it were UTC, as the local time it is: with the offset in
+/// effect then; at a clock change, the later of a repeated hour, and a skipped one
+/// moved past the gap (`2:30` is `3:30`), as hookctl has always read them.
+fn from_local(wall: SystemTime) -> Option<SystemTime> {
+    let civil = jiff::tz::TimeZone::UTC.to_datetime(jiff::Timestamp::try_from(wall).ok()?);
+    let at = jiff::tz::TimeZone::system()
+        .to_ambiguous_timestamp(civil)
+        .later()
+        .ok()?;
+    SystemTime::try_from(at).ok()
 }
 
 /// RFC 3339 (`Z` or `±HH:MM`; `T` or a space; fractions of a second), a time to the
@@ -1484,12 +1489,7 @@ fn parse_time(s: &str, bare_is_local: bool) -> Option<SystemTime> {
     };
     match offset {
         Some(offset) => shift(as_utc, offset),
-        None if bare_is_local => {
-            // The offset in effect then: guessed from the time read as UTC, then again
-            // from the result (right but for the hour a clock change repeats).
-            let guess = shift(as_utc, local_offset(as_utc))?;
-            shift(as_utc, local_offset(guess))
-        }
+        None if bare_is_local => from_local(as_utc),
         None => None,
     }
 }
