@@ -14,7 +14,7 @@
 #[macro_use]
 #[path = "../../hookctl/src/output.rs"]
 mod output;
-#[path = "../../hookctl/src/audit.rs"]
+#[path = "../../hookctl/src/audit/mod.rs"]
 mod audit;
 #[path = "../../hookctl/src/cli.rs"]
 mod cli;
@@ -24,8 +24,6 @@ mod commands;
 mod config;
 #[path = "../../hookctl/src/journal.rs"]
 mod journal;
-#[path = "../../hookctl/src/sys.rs"]
-mod sys;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -115,7 +113,7 @@ fn hookctl_log(extra: &[&str]) -> (Vec<u8>, Result<bool, String>) {
     out.seek(SeekFrom::Start(0))
         .and_then(|_| out.read_to_end(&mut printed))
         .expect("read the captured stdout");
-    (printed, result.map_err(|cli::UsageError(e)| e))
+    (printed, result.map_err(|commands::UsageError(e)| e))
 }
 
 fn is_bidi_control(c: char) -> bool {

@@ -1,17 +1,14 @@
 //! The host's side of the `hookctl-native` wire: what hookctl writes on its stdin (a
 //! header line, then the guest's document, which its owner controls) through
-//! `read_header`. `native_wire.rs` is compiled here from hookctl's source.
+//! `read_header` (`hookctl::native_wire`, the library both of hookctl's programs link).
 //!
 //! Properties: nothing panics; a header that is accepted ends at the first newline and
 //! names this build; hookctl's header for any token without blanks, followed by any
 //! document, gives back that token and the document untouched.
 #![no_main]
 
-#[path = "../../hookctl/src/native_wire.rs"]
-mod native_wire;
-
+use hookctl::native_wire::{header, read_header, HeaderError, PROTOCOL, VERSION};
 use libfuzzer_sys::fuzz_target;
-use native_wire::{header, read_header, HeaderError, PROTOCOL, VERSION};
 
 fuzz_target!(|data: &[u8]| {
     match read_header(data) {

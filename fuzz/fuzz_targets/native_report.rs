@@ -1,17 +1,14 @@
 //! hookctl's side of the `hookctl-native` wire: the host's stderr (the plugin's own
 //! text, which a plugin controls, then the report line) through `Report::take_from`.
-//! `native_wire.rs` is compiled here from hookctl's source (a binary crate).
+//! From `hookctl::native_wire`, the library both of hookctl's programs link.
 //!
 //! Properties: nothing panics; text without a report is left as it was; a report taken
 //! out removes its line and nothing else; a report encodes to one line and decodes to
 //! itself, appended as the host appends it after any text, which comes back unchanged.
 #![no_main]
 
-#[path = "../../hookctl/src/native_wire.rs"]
-mod native_wire;
-
+use hookctl::native_wire::{bounded, End, Report, MARKER};
 use libfuzzer_sys::fuzz_target;
-use native_wire::{bounded, End, Report, MARKER};
 
 /// The token the seed corpus uses (hookctl makes a random one per run).
 const TOKEN: &str = "00112233445566778899aabbccddeeff";

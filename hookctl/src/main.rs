@@ -12,9 +12,6 @@ mod config;
 mod journal;
 #[cfg(feature = "dylib")]
 mod native;
-#[cfg(feature = "dylib")]
-mod native_wire;
-mod sys;
 
 use std::process::ExitCode;
 

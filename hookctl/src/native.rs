@@ -5,7 +5,7 @@
 //! the plugin runs like an exec hook through a small dynamically linked host. A native
 //! plugin thereby gets what exec hooks have: a timeout that kills it, and a crash that
 //! fails only it, never the dispatcher and the other plugins. How the two talk, and why
-//! a plugin cannot forge the outcome: `native_wire.rs`.
+//! a plugin cannot forge the outcome: [`hookctl::native_wire`].
 
 use std::ffi::OsStr;
 use std::fs::Metadata;
@@ -18,7 +18,7 @@ use hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
 use hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
 use hooks_exec::{ExecHook, ExecOptions};
 
-use crate::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
+use hookctl::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
 
 const BACKEND: &str = "dylib";
 const HOST_NAME: &str = "hookctl-native";

@@ -1,5 +1,5 @@
 //! How hookctl and `hookctl-native`, the program that runs one native plugin in its own
-//! process, talk. Shared by both binaries.
+//! process, talk. Both programs link it from this library.
 //!
 //! - hookctl writes a header line first on the host's stdin: the protocol, its version
 //!   and a fresh random token; then the event's document, if it has one.
@@ -11,40 +11,37 @@
 //!   process itself (`exit()`, a signal) or the host could not run. Text that merely
 //!   looks like a report (a plugin echoing a guest's description) lacks the token.
 
-// hookctl reads reports, the host writes them: each uses half.
-#![allow(dead_code)]
-
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever what travels here changes: a host from another build refuses.
-pub(crate) const PROTOCOL: &str = "hookctl-native/1";
+pub const PROTOCOL: &str = "hookctl-native/1";
 
 /// The build both sides must come from.
-pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The host's exit status when it ran to its report.
-pub(crate) const REPORT_STATUS: i32 = 125;
+pub const REPORT_STATUS: i32 = 125;
 
 /// The host's exit status when it cannot serve this hookctl (another build, bad use).
-pub(crate) const UNUSABLE_STATUS: i32 = 126;
+pub const UNUSABLE_STATUS: i32 = 126;
 
 /// Starts the report line, followed by a space, the token, a space and the JSON.
-pub(crate) const MARKER: &str = "hookctl-native-report";
+pub const MARKER: &str = "hookctl-native-report";
 
 /// Room on stderr for the report line beyond the plugin's own output cap.
-pub(crate) const REPORT_ROOM: usize = 8 << 10;
+pub const REPORT_ROOM: usize = 8 << 10;
 
 /// The longest message a report carries (a panic message, a load error).
-pub(crate) const MAX_MESSAGE: usize = 2 << 10;
+pub const MAX_MESSAGE: usize = 2 << 10;
 
 /// The header line for `token`, newline included.
-pub(crate) fn header(token: &str) -> String {
+pub fn header(token: &str) -> String {
     format!("{PROTOCOL} {VERSION} {token}\n")
 }
 
 /// Why the host cannot serve what is on its stdin.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum HeaderError {
+pub enum HeaderError {
     /// No line at all: not run by hookctl.
     Missing,
     /// Fewer than three words on it.
@@ -67,7 +64,7 @@ impl std::fmt::Display for HeaderError {
 }
 
 /// The host's side of [`header`]: the token, and where the document starts in `input`.
-pub(crate) fn read_header(input: &[u8]) -> Result<(String, usize), HeaderError> {
+pub fn read_header(input: &[u8]) -> Result<(String, usize), HeaderError> {
     let newline = input.iter().position(|&b| b == b'\n').ok_or(HeaderError::Missing)?;
     let header = String::from_utf8_lossy(&input[..newline]);
     let mut words = header.split(' ');
@@ -85,57 +82,80 @@ pub(crate) fn read_header(input: &[u8]) -> Result<(String, usize), HeaderError> 
 
 /// How the plugin's call ended, and whether the host cut its output.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Report {
-    pub(crate) end: End,
+pub struct Report {
+    /// How the call ended.
+    pub end: End,
+    /// Whether the plugin's stdout was cut at its cap.
     #[serde(default)]
-    pub(crate) stdout_truncated: bool,
+    pub stdout_truncated: bool,
+    /// Whether the plugin's stderr was cut at its cap.
     #[serde(default)]
-    pub(crate) stderr_truncated: bool,
+    pub stderr_truncated: bool,
 }
 
 /// How the call ended.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub(crate) enum End {
+pub enum End {
     /// It returned this status (or, for `check`/`inspect`, loaded: 0).
-    Exited { code: i32 },
+    Exited {
+        /// The status it returned.
+        code: i32,
+    },
     /// It panicked (a Rust plugin) or broke the ABI during the call.
-    Crashed { message: String },
+    Crashed {
+        /// What happened, at most [`MAX_MESSAGE`] bytes.
+        message: String,
+    },
     /// It could not be loaded.
     LoadError {
+        /// Why.
         kind: LoadKind,
         /// The underlying cause (the dynamic loader's message, ...).
         source: Option<String>,
     },
     /// The host itself could not run it (unreadable stdin, ...).
-    Failed { message: String },
+    Failed {
+        /// Why, at most [`MAX_MESSAGE`] bytes.
+        message: String,
+    },
 }
 
 /// The load errors a native plugin can have (`hooks_dylib`'s kinds).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum LoadKind {
+pub enum LoadKind {
+    /// The file could not be read.
     Unreadable,
+    /// The file is not a shared object the loader accepts.
     NotSharedObject,
+    /// A symbol the ABI requires is missing.
     MissingSymbol {
+        /// Its name.
         symbol: String,
     },
+    /// The plugin was built for another version of the ABI.
     AbiMismatch {
+        /// The version the host speaks.
         expected: u32,
+        /// The plugin's.
         found: u32,
     },
+    /// The plugin's descriptor is unusable.
     InvalidDescriptor {
+        /// What is wrong with it.
         what: String,
     },
     /// Any other reason, in words.
     Other {
+        /// The reason.
         message: String,
     },
 }
 
 /// Cuts `text` to [`MAX_MESSAGE`] bytes, at a character boundary, saying how much was
 /// cut.
-pub(crate) fn bounded(text: String) -> String {
+pub fn bounded(text: String) -> String {
     match hooks_core::text::Limit::bytes(MAX_MESSAGE).apply(&text) {
         std::borrow::Cow::Borrowed(_) => text,
         std::borrow::Cow::Owned(cut) => cut,
@@ -144,7 +164,7 @@ pub(crate) fn bounded(text: String) -> String {
 
 impl Report {
     /// The report line for `token`, newline included.
-    pub(crate) fn line(&self, token: &str) -> String {
+    pub fn line(&self, token: &str) -> String {
         let json = serde_json::to_string(self)
             .unwrap_or_else(|_| r#"{"end":{"status":"failed","message":"unencodable report"}}"#.to_owned());
         format!("{MARKER} {token} {json}\n")
@@ -152,7 +172,7 @@ impl Report {
 
     /// Takes the report for `token` out of `stderr` (the last line that carries it),
     /// leaving the rest of the text as it was.
-    pub(crate) fn take_from(stderr: &mut Vec<u8>, token: &str) -> Option<Report> {
+    pub fn take_from(stderr: &mut Vec<u8>, token: &str) -> Option<Report> {
         let prefix = format!("{MARKER} {token} ");
         let mut line_start = 0;
         let mut found = None;

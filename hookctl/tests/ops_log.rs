@@ -357,3 +357,67 @@ fn rows_from_another_hooks_dir_or_caller_say_where_they_came_from() {
     assert_eq!(last[3], "vm-d");
     assert!(last.contains(&"sh"), "{last:?}");
 }
+
+/// Local times around clock changes (a POSIX `TZ` rule: Central Europe, no tz database
+/// needed) show and read as they always have: a skipped hour read past the gap, a
+/// repeated one as its second pass; and times at the ends of what RFC 3339 holds show
+/// without a panic.
+#[test]
+fn local_times_at_clock_changes_and_at_the_ends_of_the_calendar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let lines = [
+        line("1970-01-01T00:00:00Z", "vm-epoch", "ok", "", ""),
+        // 2024-03-31: 02:00 CET became 03:00 CEST (01:00Z).
+        line("2024-03-31T00:45:00Z", "vm-before-gap", "ok", "", ""),
+        line("2024-03-31T01:15:00Z", "vm-after-gap", "ok", "", ""),
+        // 2024-10-27: 03:00 CEST became 02:00 CET (01:00Z); 02:xx came twice.
+        line("2024-10-27T00:45:00Z", "vm-first-pass", "ok", "", ""),
+        line("2024-10-27T01:15:00Z", "vm-second-pass", "ok", "", ""),
+        line("9999-12-31T23:59:59Z", "vm-last", "ok", "", ""),
+    ];
+    fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let file = log.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = hookctl(tmp.path(), &[&["log", "--file", file], args].concat());
+        cmd.env("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+            .timeout(Duration::from_secs(60));
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = run(&[]);
+    let times: Vec<String> = (table.lines().skip(1))
+        .map(|r| r.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "1970-01-01 01:00:00",
+            "2024-03-31 01:45:00",
+            "2024-03-31 03:15:00",
+            "2024-10-27 02:45:00",
+            "2024-10-27 02:15:00",
+            "9999-12-31T23:59:59Z qemu",
+        ],
+        "{table}"
+    );
+    let objects = |args: &[&str]| {
+        (run(args).lines().skip(1))
+            .map(|r| r.split_whitespace().nth(3).unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // 02:30 on 31 March does not exist: read as 03:30 CEST (01:30Z).
+    assert_eq!(objects(&["--since", "2024-03-31 02:30", "--until", "2024-04-01"]), "");
+    assert_eq!(
+        objects(&["--since", "2024-03-31 01:30", "--until", "2024-03-31 02:30"]),
+        "vm-before-gap vm-after-gap"
+    );
+    // 02:30 on 27 October came twice: read as the second (02:30 CET, 01:30Z).
+    assert_eq!(
+        objects(&["--since", "2024-10-27", "--until", "2024-10-27 02:30"]),
+        "vm-first-pass vm-second-pass"
+    );
+    assert_eq!(objects(&["--since", "2024-10-27 02:30", "--until", "2024-10-28"]), "");
+}

@@ -134,7 +134,8 @@ pub mod backend {
     pub use crate::registry::{blocking_pool, caller_may_block};
     pub use crate::report::format_duration;
     pub use crate::settings::{
-        parse_duration, parse_size, HookSettings, InvalidValue, Matcher, SettingsError, Timeout, MIN_TIMEOUT,
+        parse_duration, parse_size, parse_span, HookSettings, InvalidValue, Matcher, SettingsError, Timeout,
+        MIN_TIMEOUT,
     };
     pub use crate::trust::{TrustPolicy, Untrusted};
     pub use crate::xpath::{limits as xpath_limits, EventDocument, XPath, XPathError};

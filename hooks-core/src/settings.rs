@@ -370,9 +370,11 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 #[error("{0}")]
 pub struct InvalidValue(String);
 
-/// A timeout: `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`, or a plain number of seconds
-/// (`"2"`, `"0.25"`). Zero, negative, not-a-number, less than [`MIN_TIMEOUT`] and more
-/// than [`MAX_TIMEOUT`] are refused.
+/// A timeout: a plain number of seconds (`"2"`, `"0.25"`), a number and a unit
+/// (`"500ms"`, `"1.5s"`, `"1m"`, `"1h"`, `"1d"`), or what [`humantime`] reads
+/// (`"2h 30m"`, `"1h30m"`, `"1 hour 30 min"`): the grammar of `hookctl log --since`.
+/// Zero, negative, not-a-number, less than [`MIN_TIMEOUT`] and more than
+/// [`MAX_TIMEOUT`] are refused.
 ///
 /// ```
 /// use std::time::Duration;
@@ -380,6 +382,9 @@ pub struct InvalidValue(String);
 /// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
 /// assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
 /// assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+/// assert_eq!(parse_duration("2h 30m"), Ok(Duration::from_secs(9000)));
+/// assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+/// assert!(parse_duration("8d").unwrap_err().to_string().contains("too long"));
 /// assert!(parse_duration("0").unwrap_err().to_string().contains("0 would"));
 /// assert!(parse_duration("1e20").is_err());
 /// ```
@@ -387,28 +392,92 @@ pub struct InvalidValue(String);
 /// # Errors
 /// [`InvalidValue`] saying what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
+    match written(text)? {
+        Written::Seconds(secs) => seconds(secs, text),
+        Written::Exact(d) => within_bounds(d, text),
+    }
+}
+
+/// A length of time in [`parse_duration`]'s grammar without a timeout's bounds: zero
+/// and any length a [`Duration`] holds (`hookctl log --since 30d`).
+///
+/// # Errors
+/// [`InvalidValue`] for what is not a length of time, a negative one, or one past what a
+/// [`Duration`] holds.
+pub fn parse_span(text: &str) -> Result<Duration, InvalidValue> {
+    match written(text)? {
+        Written::Seconds(secs) if secs.is_nan() || secs < 0.0 => {
+            Err(InvalidValue(format!("`{text}` is not a positive duration")))
+        }
+        Written::Seconds(secs) => Duration::try_from_secs_f64(secs).map_err(|_| too_long(text)),
+        Written::Exact(d) => Ok(d),
+    }
+}
+
+/// A length of time as written, before any bounds.
+enum Written {
+    /// A number of seconds (a number and one unit), which may be negative or infinite.
+    Seconds(f64),
+    /// What humantime read: units added up exactly.
+    Exact(Duration),
+}
+
+/// Reads a number with at most one unit as a float (`2.5`, `1.5h`, `1e3ms`, `-1d`), so
+/// that fractions and exponents work; anything else as humantime does.
+fn written(text: &str) -> Result<Written, InvalidValue> {
     let t = text.trim();
     let split = t
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .find(|c: char| c.is_alphabetic() && c != 'e' && c != 'E')
         .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(InvalidValue(format!(
-                "`{text}` is not a duration: use a number of seconds, or \"500ms\", \"2s\", \"1m\", \"1h\""
-            )))
+    let (num, unit) = (t[..split].trim(), t[split..].trim());
+    if let Ok(n) = num.parse::<f64>() {
+        if let Some(scale) = unit_seconds(unit) {
+            return Ok(Written::Seconds(n * scale));
         }
-    };
-    let n: f64 = num.trim().parse().map_err(|_| {
-        InvalidValue(format!(
-            "`{text}` is not a duration: use a number of seconds, or \"500ms\", \"2s\", \"1m\""
-        ))
-    })?;
-    seconds(n * scale, text)
+    }
+    match humantime::parse_duration(t) {
+        Ok(d) => Ok(Written::Exact(d)),
+        Err(humantime::DurationError::NumberOverflow) => Err(too_long(text)),
+        Err(_) if t.starts_with('-') => Err(InvalidValue(format!("`{text}` is not a positive duration"))),
+        Err(_) => Err(InvalidValue(format!(
+            "`{text}` is not a duration: use a number of seconds, or \"500ms\", \"2s\", \"1m\", \"1h\", \"1d\", \"2h 30m\""
+        ))),
+    }
+}
+
+/// Seconds in one `unit` (no unit: seconds), for the units humantime knows (`ms`, `s`,
+/// `min`, `h`, `d`, `w`, their long names, ...); `None` for what is not one unit.
+fn unit_seconds(unit: &str) -> Option<f64> {
+    if unit.is_empty() {
+        return Some(1.0);
+    }
+    if !unit.chars().all(char::is_alphabetic) {
+        return None;
+    }
+    humantime::parse_duration(&format!("1{unit}"))
+        .ok()
+        .map(|d| d.as_secs_f64())
+}
+
+fn too_long(shown: &str) -> InvalidValue {
+    InvalidValue(format!(
+        "`{shown}` is too long: at most {} seconds (7 days)",
+        MAX_TIMEOUT.as_secs()
+    ))
+}
+
+/// Checks an exact length against a timeout's bounds, as [`seconds`] checks a number.
+fn within_bounds(d: Duration, shown: &str) -> Result<Duration, InvalidValue> {
+    if d.is_zero() {
+        return seconds(0.0, shown);
+    }
+    if d > MAX_TIMEOUT {
+        return Err(too_long(shown));
+    }
+    if d < MIN_TIMEOUT {
+        return Err(InvalidValue(format!("`{shown}` is too short: at least 1ms")));
+    }
+    Ok(d)
 }
 
 /// Checks a number of seconds: positive, finite, at most [`MAX_TIMEOUT`].
@@ -422,10 +491,7 @@ fn seconds(secs: f64, shown: &str) -> Result<Duration, InvalidValue> {
         )));
     }
     if secs > MAX_TIMEOUT.as_secs_f64() {
-        return Err(InvalidValue(format!(
-            "`{shown}` is too long: at most {} seconds (7 days)",
-            MAX_TIMEOUT.as_secs()
-        )));
+        return Err(too_long(shown));
     }
     if secs < MIN_TIMEOUT.as_secs_f64() {
         return Err(InvalidValue(format!("`{shown}` is too short: at least 1ms")));
@@ -903,6 +969,84 @@ mod tests {
         s.matcher.check_for(crate::Driver::Network).unwrap();
     }
 
+    /// What humantime reads (`--since 1d`) a sidecar reads too, within a timeout's
+    /// bounds: a day, hours and minutes together, with or without blanks.
+    #[test]
+    fn a_sidecar_takes_the_grammar_of_the_command_line() {
+        for (text, secs) in [
+            ("1d", 86_400),
+            ("2h 30m", 9_000),
+            ("1h30m", 5_400),
+            ("1 hour 30 min", 5_400),
+            ("1.5d", 129_600),
+            ("1w", 604_800),
+            ("7d", 604_800),
+            ("6d 23h 59m 59s", 604_799),
+        ] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+            let s = parse(&format!("timeout = \"{text}\"\n")).unwrap();
+            assert_eq!(s.timeout, Timeout::After(Duration::from_secs(secs)), "{text}");
+        }
+        assert_eq!(parse_duration("1500ms 2us"), Ok(Duration::from_micros(1_500_002)));
+    }
+
+    /// Past the 7-day cap however it is written, too large for any integer, negative,
+    /// not a number, zero, or not a duration at all: each an error naming the file and
+    /// line and saying which.
+    #[test]
+    fn hostile_durations_are_refused_with_the_file_and_line() {
+        for (text, want) in [
+            ("8d", "too long"),
+            ("7d 1ms", "too long"),
+            ("1w 1d", "too long"),
+            ("2 weeks", "too long"),
+            ("1y", "too long"),
+            ("1e400d", "too long"),
+            ("99999999999999999999d", "too long"),
+            ("18446744073709551615s 1s", "too long"),
+            ("9999999999999999999h", "too long"),
+            ("-1d", "not a positive"),
+            ("-1h30m", "not a positive"),
+            ("0d", "0 would fail every call"),
+            ("0h 0m", "0 would fail every call"),
+            ("1ns", "too short"),
+            ("NaN", "not a duration"),
+            ("nand", "not a duration"),
+            ("inf", "not a duration"),
+            ("infd", "not a duration"),
+            ("1d garbage", "not a duration"),
+            ("1 parsec", "not a duration"),
+            ("d", "not a duration"),
+            ("1h30", "not a duration"),
+        ] {
+            let e = parse(&format!("\ntimeout = \"{text}\"\n")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{text}: {e}");
+            let message = e.to_string();
+            assert!(message.starts_with("h.toml:2:"), "{text}: {message}");
+            assert!(message.contains(want), "{text}: {message}");
+            assert!(message.contains(&format!("`{text}`")), "{text}: {message}");
+        }
+    }
+
+    /// `parse_span` reads the same grammar without a timeout's bounds (`hookctl log
+    /// --since 30d`), and still refuses what is not a length of time.
+    #[test]
+    fn spans_take_the_grammar_without_the_bounds() {
+        assert_eq!(parse_span("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_span("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_span("1h30m"), Ok(Duration::from_secs(5_400)));
+        for (text, want) in [
+            ("-1d", "not a positive"),
+            ("1e400d", "too long"),
+            ("99999999999999999999d", "too long"),
+            ("NaN", "not a duration"),
+            ("1 parsec", "not a duration"),
+        ] {
+            let e = parse_span(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("64MiB"), Some(64 << 20));
@@ -942,6 +1086,17 @@ mod properties {
         }
 
         #[test]
+        fn hours_and_minutes_read_as_humantime_writes_them(h in 0u64..=168, m in 0u64..60) {
+            let secs = h * 3600 + m * 60;
+            for text in [format!("{h}h {m}m"), format!("{h}h{m}m"), format!("{h} hours {m} min")] {
+                match parse_duration(&text) {
+                    Ok(d) => prop_assert_eq!(d, Duration::from_secs(secs), "{}", text),
+                    Err(e) => prop_assert!(secs == 0 || secs > MAX_TIMEOUT.as_secs(), "{}: {}", text, e),
+                }
+            }
+        }
+
+        #[test]
         fn sizes_never_panic(text in "[0-9]{0,30} ?[KMGkiB]{0,3}") {
             let _ = parse_size(&text);
         }
@@ -976,7 +1131,7 @@ mod properties {
             ("timeout = -1\n", "not a positive"),
             ("timeout = 0\n", "0 would fail every call"),
             ("timeout = \"0s\"\n", "0 would fail every call"),
-            ("timeout = \"2 weeks\"\n", "not a duration"),
+            ("timeout = \"2 weeks\"\n", "too long"),
             ("timeout = 5e-324\n", "too short"),
             ("memory = \"99999999999999999999GiB\"\n", "positive size"),
             ("memory = \"5GiB\"\n", "too large"),

@@ -2,7 +2,7 @@
 //!
 //! hookctl is linked statically, so that libvirt's hook costs what a script costs, and
 //! a static program cannot load shared objects. This small dynamically linked program
-//! does it instead (see `native_wire.rs` for how they talk). hookctl runs it like an
+//! does it instead (see [`hookctl::native_wire`] for how they talk). hookctl runs it like an
 //! exec hook, which gives native plugins what exec hooks have: a timeout that kills,
 //! and a crash that fails only that plugin.
 //!
@@ -12,9 +12,6 @@
 //! ```
 //! with hookctl's header line first on stdin. Not meant to be run by hand.
 
-#[path = "../native_wire.rs"]
-mod native_wire;
-
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -22,9 +19,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use hookctl::native_wire::{bounded, read_header, End, LoadKind, Report, REPORT_STATUS, UNUSABLE_STATUS};
 use hooks_core::backend::{HookLoader, HookSettings};
 use hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError, LoadErrorKind};
-use native_wire::{bounded, read_header, End, LoadKind, Report, REPORT_STATUS, UNUSABLE_STATUS};
 
 /// Where the host's results go: its original stdout and stderr, kept aside before any
 /// plugin code runs, so the plugin's own writes to fds 1 and 2 cannot become the

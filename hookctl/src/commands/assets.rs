@@ -2,27 +2,36 @@
 //! Debian package ships (`packaging/build-deb.sh`), made from the same definition as
 //! `--help`, so they cannot drift from it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use clap::CommandFactory;
+use clap::Args;
 use clap_complete::Shell;
 
-use crate::cli::{Cli, Outcome, UsageError};
+use super::{Outcome, UsageError};
+
+/// `generate-assets DIR`.
+#[derive(Debug, Args)]
+pub(crate) struct AssetsArgs {
+    /// Where to write `man/` and `completions/`.
+    dir: PathBuf,
+}
 
 /// Writes `DIR/man/hookctl.1` and `DIR/man/hookctl-<subcommand>.1` for every visible
-/// subcommand, and `DIR/completions/{hookctl.bash,_hookctl,hookctl.fish}`.
-pub(crate) fn exec(dir: &Path) -> Outcome {
+/// subcommand of `cli` (the whole program's parser), and
+/// `DIR/completions/{hookctl.bash,_hookctl,hookctl.fish}`.
+pub(crate) fn exec(args: AssetsArgs, cli: clap::Command) -> Outcome {
+    let dir = args.dir.as_path();
     let write = || -> std::io::Result<()> {
         let man = dir.join("man");
         let completions = dir.join("completions");
         std::fs::create_dir_all(&man)?;
         std::fs::create_dir_all(&completions)?;
         // Built, subcommands are named `hookctl-run` and so on; `help` needs no page.
-        let mut cmd = Cli::command().disable_help_subcommand(true);
+        let mut cmd = cli.clone().disable_help_subcommand(true);
         cmd.build();
         let source = format!("hookctl {}", cmd.get_version().unwrap_or_default());
         man_pages(&cmd, &source, &man)?;
-        let mut cmd = without_hidden_subcommands(&Cli::command());
+        let mut cmd = without_hidden_subcommands(&cli);
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             clap_complete::generate_to(shell, &mut cmd, "hookctl", &completions)?;
         }

@@ -2,10 +2,19 @@
 
 use std::path::Path;
 
+use clap::Args;
 use hooks_core::{error_chain, Driver, HooksDir};
 
-use crate::cli::{require_dir, CheckArgs, Outcome};
+use super::args::parse_driver;
+use super::{require_dir, Outcome};
 use crate::output::{message, path as shown};
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Only this driver.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+}
 
 /// How long `check` lets one module compile: it warms the cache ahead of events, so
 /// the per-event limit (the hook's timeout) does not apply.

@@ -7,12 +7,23 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use clap::Args;
 use hooks_core::text::Limit;
 use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, Report};
-use serde_json::json;
 
-use crate::cli::{DispatchArgs, Outcome};
+use super::args::EventCli;
+use super::Outcome;
+use crate::audit::line::AuditLine;
 use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct DispatchArgs {
+    /// The plugins dir (exec scripts, `*.so`, `*.wasm`, sidecar `*.toml` settings).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) plugins: PathBuf,
+    #[command(flatten)]
+    pub(crate) event: EventCli,
+}
 
 /// The plugins dir for a hook installed at `argv0`: `<dirname(argv0)>/<driver>.plugins`.
 pub(crate) fn plugins_dir_for(argv0: &Path, driver: Driver) -> PathBuf {
@@ -152,15 +163,10 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
         true => None,
         false => settings.config().err().map(|e| e.to_string()),
     };
-    let mut record = audit_record(plugins, &event, &report, ok, (start, started), config_error);
-    if !orphaned.is_empty() {
-        let paths: Vec<_> = (orphaned.iter())
-            .map(|p| capped(&p.to_string_lossy(), output::NAME))
-            .collect();
-        record.insert("state_orphaned".into(), paths.into());
-    }
+    let mut record = AuditLine::new(plugins, &event, &report, ok, (start, started), config_error);
+    record.state_orphaned(&orphaned);
     let not_written = match &settings.log {
-        Ok(log) => crate::audit::append(log, log_file, &audit_bytes(&record), crate::audit::ROTATE_BYTES)
+        Ok(log) => crate::audit::append(log, log_file, &record.to_bytes(), crate::audit::ROTATE_BYTES)
             .err()
             .map(|e| {
                 format!(
@@ -215,26 +221,17 @@ fn kernel_note(event: &RawEvent, report: &Report, why: &str) {
 /// log holds the record; where it refuses the operation, so that no change goes
 /// unrecorded (libvirt then runs the cleanup events). Never at `reconnect`, which would
 /// kill the guest. Returns whether libvirt is to see success.
-fn unrecorded(
-    mut record: serde_json::Map<String, serde_json::Value>,
-    why: &str,
-    report: &Report,
-    policy: hooks_core::FailurePolicy,
-    ok: bool,
-) -> bool {
+fn unrecorded(mut record: AuditLine, why: &str, report: &Report, policy: hooks_core::FailurePolicy, ok: bool) -> bool {
     // A refusal that ran no plugin (the settings gate alone) changed nothing: its
     // message says everything, and a row on virsh's error line would only bury it.
     if !report.hooks.iter().any(|r| r.backend != "hookctl") {
         return ok;
     }
     let fail = ok && policy != hooks_core::FailurePolicy::KillObject;
-    if fail {
-        record.insert("result".into(), "failed".into());
-    }
-    record.insert("not_logged".into(), capped(why, output::MESSAGE));
+    record.not_logged(why, fail);
     eprint!(
         "hookctl: this dispatch is not in the audit log ({why}); its record: {}",
-        String::from_utf8_lossy(&audit_bytes(&record))
+        String::from_utf8_lossy(&record.to_bytes())
     );
     if fail && policy == hooks_core::FailurePolicy::Ignore {
         eprintln!("hookctl: exit status 1, so that libvirt logs the record above (it ignores a failure at this event)");
@@ -362,156 +359,11 @@ impl Notes {
     }
 }
 
-/// The audit lines' format version: readers may rely on the fields of this version.
-const AUDIT_VERSION: u32 = 1;
-
-/// What every audit line starts with: when the event started, who, and the event.
-fn event_fields(event: &RawEvent, started: SystemTime) -> serde_json::Map<String, serde_json::Value> {
-    let mut fields = serde_json::Map::new();
-    let time = humantime::format_rfc3339_micros(started).to_string();
-    fields.insert("v".into(), AUDIT_VERSION.into());
-    fields.insert("time".into(), time.into());
-    fields.insert("pid".into(), std::process::id().into());
-    fields.insert("caller".into(), caller());
-    fields.insert("driver".into(), event.driver().as_str().into());
-    for (key, value) in [
-        ("object", event.object()),
-        ("op", event.op()),
-        ("subop", event.subop()),
-        ("extra", event.extra()),
-    ] {
-        fields.insert(key.into(), capped(value, output::NAME));
-    }
-    fields
-}
-
-/// Who ran us: libvirtd, or someone trying a hook by hand (a shell, `hookctl run`).
-fn caller() -> serde_json::Value {
-    let ppid = std::os::unix::process::parent_id();
-    let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
-    json!({ "pid": ppid, "name": comm.trim_end() })
-}
-
-/// `text` within `limit` as it will be in the audit line (a JSON string).
-fn capped(text: &str, limit: hooks_core::text::Limit) -> serde_json::Value {
-    limit.json().apply(text).into()
-}
-
-/// Appends one JSON line per dispatch; a single `write` on an `O_APPEND` file, so
-/// concurrent dispatches never interleave within a line. Every text from a plugin or a
-/// guest in it is capped (`output`'s limits, measured as JSON), so a line stays a few
-/// KiB per plugin.
-fn audit_record(
-    plugins: &Path,
-    event: &RawEvent,
-    report: &Report,
-    ok: bool,
-    (start, started): (Instant, SystemTime),
-    config_error: Option<String>,
-) -> serde_json::Map<String, serde_json::Value> {
-    let excerpt = output::EXCERPT.json();
-    let hooks: Vec<_> = report
-        .hooks
-        .iter()
-        .map(|r| {
-            let stderr = excerpt.apply(&r.stderr);
-            // Measured as JSON, a text is only ever copied when it is cut.
-            let stderr_cut = matches!(stderr, std::borrow::Cow::Owned(_));
-            let (mut warnings, more) = output::capped_warnings(r, output::WARNING.json());
-            if more > 0 {
-                warnings.push(format!("… ({more} more warnings)").into());
-            }
-            let mut hook = json!({
-                "name": capped(&r.name, output::NAME),
-                "backend": r.backend,
-                "status": capped(&output::status(r), output::MESSAGE),
-                "success": r.success,
-                "optional": r.optional,
-                "spared": r.spared,
-                "duration_us": r.duration_us,
-                "stderr": stderr,
-                "stderr_truncated": stderr_cut || r.stderr_truncated,
-                // libvirt throws a hook's stdout away except for filters; keep a trace.
-                "stdout": excerpt.apply(&r.stdout),
-                "warnings": warnings,
-            });
-            // Filter stages: whether it changed the document, in lines (no diff here).
-            if let (Some(d), serde_json::Value::Object(fields)) = (&r.document, &mut hook) {
-                let summary =
-                    json!({"changed": d.changed, "lines_added": d.lines_added, "lines_removed": d.lines_removed});
-                fields.insert("document".into(), summary);
-            }
-            crate::audit::containment_fields(r, &mut hook);
-            hook
-        })
-        .collect();
-    let mut line = event_fields(event, started);
-    crate::audit::origin_field(plugins, &mut line);
-    let failed = report
-        .failed_hook()
-        .or_else(|| report.hooks.iter().find(|r| !r.success));
-    let rest = json!({
-        "result": if ok { "ok" } else { "failed" },
-        "failed_plugin": failed.map(|r| capped(&r.name, output::NAME)),
-        "policy": report.policy,
-        "document_changed": report.document_changed,
-        "duration_us": start.elapsed().as_micros() as u64,
-        "hooks": hooks,
-    });
-    if let serde_json::Value::Object(rest) = rest {
-        line.extend(rest);
-    }
-    // `[match] xpath` failed closed: every plugin that matches on the document ran.
-    // Failures at `reconnect` logged instead of killing the running guest: errors.
-    let spared: Vec<_> = (report.hooks.iter().filter(|r| r.spared))
-        .map(|r| capped(&r.name, output::NAME))
-        .collect();
-    if !spared.is_empty() {
-        line.insert("spared_plugins".into(), spared.into());
-    }
-    if let Some(why) = &report.unevaluated_document {
-        line.insert("document_not_evaluated".into(), capped(why, output::MESSAGE));
-    }
-    // After an object's last event: state kept for the operator, or not removable.
-    if !report.state_kept.is_empty() {
-        let kept: Vec<_> = (report.state_kept.iter())
-            .map(|p| capped(&p.to_string_lossy(), output::NAME))
-            .collect();
-        line.insert("state_kept".into(), kept.into());
-    }
-    // Entries that look meant to run but never do (a script without its execute bit).
-    if !report.skipped.is_empty() {
-        let skipped: Vec<_> = (report.skipped.iter())
-            .map(|e| json!({"path": capped(&e.path.to_string_lossy(), output::NAME), "why": e.why}))
-            .collect();
-        line.insert("skipped".into(), skipped.into());
-    }
-    if !report.state_errors.is_empty() {
-        let errors: Vec<_> = (report.state_errors.iter())
-            .map(|why| capped(why, output::MESSAGE))
-            .collect();
-        line.insert("state_errors".into(), errors.into());
-    }
-    // A hookctl.toml it could not use: stderr reaches nobody when the event succeeds.
-    if let Some(why) = config_error {
-        line.insert("config_error".into(), capped(&why, output::MESSAGE));
-    }
-    line
-}
-
-/// An audit record as the line written: characters that JSON leaves raw but a terminal
-/// acts on are `\u` escapes, so the log is safe to `cat`. Ends with a newline.
-fn audit_bytes(record: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
-    let text = serde_json::to_string(record).unwrap_or_default();
-    let mut bytes = hooks_core::text::escape_json(&text).into_owned().into_bytes();
-    bytes.push(b'\n');
-    bytes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hooks_core::RegistryBuilder;
+    use serde_json::json;
 
     /// The longest audit line: every text a plugin or a guest controls a megabyte of
     /// what JSON writes longest (`\u0001`, six bytes a character).
@@ -533,8 +385,8 @@ mod tests {
         let event = RawEvent::new(Driver::Qemu, [huge.as_str(), &huge, &huge, &huge]);
         let times = (Instant::now(), SystemTime::now());
         let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
-        let line = audit_record(plugins, &event, &report, false, times, Some(huge.clone()));
-        let line = String::from_utf8(audit_bytes(&line)).unwrap();
+        let line = AuditLine::new(plugins, &event, &report, false, times, Some(huge.clone()));
+        let line = String::from_utf8(line.to_bytes()).unwrap();
         // Per hook 15 KiB; the event's own fields 24 KiB, 4 KiB a kept state directory,
         // 2 KiB a state error; 1 KiB for the rest.
         let bound = 2 * (15 << 10) + (24 << 10) + 2 * (4 << 10) + (2 << 10) + (1 << 10);
@@ -599,15 +451,8 @@ mod tests {
         let why = "/etc/libvirt/hooks/qemu.plugins/hookctl.toml:2: unknown field `tiemout`";
         let times = (Instant::now(), SystemTime::now());
         let plugins = Path::new("/etc/libvirt/hooks/qemu.plugins");
-        let mut text = audit_bytes(&audit_record(
-            plugins,
-            &event,
-            &report,
-            true,
-            times,
-            Some(why.to_owned()),
-        ));
-        text.extend(audit_bytes(&audit_record(plugins, &event, &report, true, times, None)));
+        let mut text = AuditLine::new(plugins, &event, &report, true, times, Some(why.to_owned())).to_bytes();
+        text.extend(AuditLine::new(plugins, &event, &report, true, times, None).to_bytes());
         let text = String::from_utf8(text).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["config_error"], why);

@@ -5,11 +5,41 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use clap::Args;
 use hooks_core::backend::TrustPolicy;
 use hooks_core::Driver;
 
-use crate::cli::{InstallArgs, Outcome, UninstallArgs, UsageError};
+use super::args::parse_driver;
+use super::{Outcome, UsageError};
 use crate::commands::dispatch::saved_original;
+
+#[derive(Debug, Args)]
+pub(crate) struct InstallArgs {
+    /// Drivers to install for: daemon, qemu, lxc, libxl, bhyve, network.
+    #[arg(required = true, value_parser = parse_driver)]
+    pub(crate) drivers: Vec<Driver>,
+    /// The hooks dir of session (unprivileged) daemons: $XDG_CONFIG_HOME/libvirt/hooks.
+    #[arg(long)]
+    pub(crate) user: bool,
+    /// Replace an existing hook script: it is kept as <driver>.pre-hookctl beside it and
+    /// keeps running, first.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UninstallArgs {
+    /// Drivers to uninstall for: daemon, qemu, lxc, libxl, bhyve, network.
+    #[arg(required = true, value_parser = parse_driver)]
+    pub(crate) drivers: Vec<Driver>,
+    /// The hooks dir of session (unprivileged) daemons: $XDG_CONFIG_HOME/libvirt/hooks.
+    #[arg(long)]
+    pub(crate) user: bool,
+    /// Uninstall even while objects hold live state: their `release` will then never
+    /// reach the plugins that hold it (hugepages stay reserved, firewall rules stay).
+    #[arg(long)]
+    pub(crate) force: bool,
+}
 
 /// The hooks dir of unprivileged (session) daemons: `$XDG_CONFIG_HOME/libvirt/hooks`.
 pub(crate) fn user_hooks_dir() -> Result<PathBuf, UsageError> {

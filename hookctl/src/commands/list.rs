@@ -2,12 +2,24 @@
 
 use std::path::Path;
 
+use clap::Args;
 use hooks_core::backend::{Disposition, EntryRole};
 use hooks_core::{Driver, HooksDir};
 use serde::Serialize;
 
-use crate::cli::{require_dir, ListArgs, Outcome};
+use super::args::parse_driver;
+use super::{require_dir, Outcome};
 use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only this driver.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
 
 #[derive(Serialize)]
 struct DriverListing {

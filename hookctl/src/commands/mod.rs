@@ -1,5 +1,6 @@
 //! One module per subcommand; each builds what it needs and calls the library.
 
+mod args;
 pub(crate) mod assets;
 pub(crate) mod check;
 pub(crate) mod dispatch;
@@ -16,8 +17,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use hooks_core::{HooksDir, Registry, RegistryBuilder};
-
-use crate::cli::UsageError;
 
 /// libvirt's layout as libvirt runs it: no state directories (libvirt keeps none; a
 /// hook that asks for one fails saying so).
@@ -107,4 +106,20 @@ pub(crate) fn read_input(path: Option<&Path>) -> Result<Option<Vec<u8>>, UsageEr
     };
     result.map_err(|e| UsageError(format!("cannot read input `{}`: {e}", path.display())))?;
     Ok(Some(data))
+}
+
+/// An error that ends the program with exit status 2 (usage, unreadable dir or input).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// What a subcommand returns: whether everything succeeded (0) or a hook failed (1).
+pub(crate) type Outcome = Result<bool, UsageError>;
+
+/// The hooks dir must be a readable directory; libvirt would simply run nothing, but
+/// here a wrong path is almost always a typo.
+pub(crate) fn require_dir(dir: &Path) -> Result<(), UsageError> {
+    match std::fs::read_dir(dir) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(UsageError(format!("cannot read hooks dir `{}`: {e}", dir.display()))),
+    }
 }

@@ -2,10 +2,20 @@
 
 use std::path::Path;
 
+use clap::Args;
 use hooks_core::{HookEvent, RawEvent};
 
-use crate::cli::{require_dir, Outcome, RunArgs};
+use super::args::{EventCli, InputArgs};
+use super::{require_dir, Outcome};
 use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) event: EventCli,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+}
 
 pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
     require_dir(dir)?;

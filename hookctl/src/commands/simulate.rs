@@ -3,10 +3,43 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use clap::Args;
 use hooks_core::{Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
 
-use crate::cli::{require_dir, Outcome, SimulateArgs, UsageError};
+use super::args::{parse_driver, InputArgs};
+use super::{require_dir, Outcome, UsageError};
 use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Driver,
+    /// start, stop, restore, migrate-in, migrate-out, reconnect (daemon: start, reload, shutdown).
+    pub(crate) scenario: String,
+    /// The domain or network name.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) object: Option<String>,
+    /// The release reason for `stop` (qemu): unknown, shutdown, destroyed, crashed,
+    /// migrated, saved, failed, "from snapshot", daemon.
+    #[arg(long, value_name = "R", default_value = "destroyed")]
+    pub(crate) reason: String,
+    /// The libvirt version to emulate (release reasons came in 10.5); by default the
+    /// one installed here (`libvirtd --version`), else the newest.
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) libvirt: Option<String>,
+    /// Run no plugin: print the events of the scenario and, for each, the plugins that
+    /// would run in order and what each one's `[match]` decided.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Where plugins with `state = true` keep their state (created 0700, kept), so a
+    /// later `simulate` (`start`, then `stop`) sees it. By default a temporary one,
+    /// removed at the end: never the real guests' state.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+}
 
 pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     require_dir(dir)?;

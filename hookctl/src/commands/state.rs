@@ -2,15 +2,67 @@
 //! each driver's dispatcher; `hookctl state clear` removes it. `uninstall` asks
 //! [`live_state`] before it takes hookctl away.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use clap::{Args, Subcommand};
 use hooks_core::{Driver, StateEntry, StateRoot};
 use serde::Serialize;
 
-use crate::cli::{require_dir, Outcome, StateAction, StateArgs, StateClearArgs, UsageError};
+use super::args::parse_driver;
+use super::{require_dir, Outcome, UsageError};
 use crate::output;
+
+/// What `hookctl state --help` says after the options.
+pub(crate) const HELP: &str = "\
+A plugin with `state = true` keeps a directory per guest or network from the object's first
+event until its last (`release end`; a network's `stopped end`). LIVE: that last event has not
+come (the object runs, or libvirt lost track of it). KEPT: the plugin failed the last event,
+so what it did may not be undone; the note says why.
+
+Examples:
+  hookctl state                         # every object's state, for every driver
+  hookctl state --json
+  hookctl state clear qemu web1         # remove web1's kept state, once its work is undone
+  hookctl state clear qemu web1 10-fw --force   # remove live state (its release will miss it)
+
+Exit status: 0; 1 when a state root cannot be read (listing) or a live directory is not
+removed without --force (clear); 2 usage error or nothing to clear.";
+
+#[derive(Debug, Args)]
+pub(crate) struct StateArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<StateAction>,
+    /// Only this driver (when listing).
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Option<Driver>,
+    /// Print JSON (when listing).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StateAction {
+    /// Remove an object's kept state (every plugin's, or PLUGIN's); live state only with --force.
+    Clear(StateClearArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StateClearArgs {
+    /// daemon, qemu, lxc, libxl, bhyve or network.
+    #[arg(value_parser = parse_driver)]
+    pub(crate) driver: Driver,
+    /// The guest or network.
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) object: OsString,
+    /// Only this plugin's directory (its file name).
+    #[arg(allow_hyphen_values = true)]
+    pub(crate) plugin: Option<OsString>,
+    /// Remove live state too: the object's `release` will then find nothing to undo.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
 
 /// The state root of each driver (not the daemon: it has no objects) whose dispatcher
 /// has a plugins dir in `dir`, or why it cannot be known or read.

@@ -1,6 +1,9 @@
 //! The audit log: one JSON line per dispatch, appended with a single `write` to a file
 //! opened `O_APPEND|O_NOFOLLOW|O_CLOEXEC` (created 0640: hooks' stderr is in it), and
 //! rotated under an exclusive `flock` so concurrent dispatchers never lose history.
+//! What a line holds: [`line`](mod@line).
+
+pub(crate) mod line;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -8,32 +11,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation, OFlags};
-
-/// How a hook's processes were contained, and what its cgroup measured, as fields of its
-/// entry in the audit line (exec hooks; nothing for in-process ones).
-pub(crate) fn containment_fields(record: &hooks_core::HookRecord, entry: &mut serde_json::Value) {
-    let serde_json::Value::Object(fields) = entry else {
-        return;
-    };
-    if let Some(c) = record.containment {
-        fields.insert("containment".into(), c.as_str().into());
-    }
-    if let Some(us) = record.cpu_us {
-        fields.insert("cpu_us".into(), us.into());
-    }
-    if let Some(bytes) = record.memory_peak {
-        fields.insert("memory_peak".into(), bytes.into());
-    }
-}
-
-/// Adds `plugins_dir` to an audit line: the plugins dir the dispatch ran (absolute), so
-/// that `hookctl log` tells the rows of one hooks dir from another's (a second install's,
-/// a test's). Optional for readers: lines written before it have none.
-pub(crate) fn origin_field(plugins: &Path, line: &mut serde_json::Map<String, serde_json::Value>) {
-    let dir = std::path::absolute(plugins).unwrap_or_else(|_| plugins.to_owned());
-    let dir = crate::output::NAME.json().apply(&dir.to_string_lossy()).into_owned();
-    line.insert("plugins_dir".into(), dir.into());
-}
 
 /// Past this size the log is rotated before the next line.
 pub(crate) const ROTATE_BYTES: u64 = 10 << 20;
