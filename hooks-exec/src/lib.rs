@@ -225,6 +225,11 @@ impl std::fmt::Display for ContainmentInEffect {
 /// println!("exec hooks of this process would run in {c}");
 /// ```
 pub fn containment_of(pid: u32) -> std::io::Result<ContainmentInEffect> {
+    // SA_NOCLDWAIT cannot be seen from outside; SIG_IGN can.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    if procfs::ignores_signal(&status, libc::SIGCHLD) {
+        return Ok(subreaper_in_effect(sys::CHILDREN_REAPED_BY_KERNEL));
+    }
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let own =
         cgroup::own_cgroup(&text).ok_or_else(|| std::io::Error::other(format!("process {pid} is in no cgroup v2")))?;
@@ -263,6 +268,9 @@ fn subreaper_in_effect(why: &str) -> ContainmentInEffect {
 /// println!("exec hooks run in {c}");
 /// ```
 pub fn containment() -> ContainmentInEffect {
+    if sys::children_reaped_by_kernel() {
+        return subreaper_in_effect(sys::CHILDREN_REAPED_BY_KERNEL);
+    }
     match cgroup::setup() {
         Ok(setup) => ContainmentInEffect {
             kind: Containment::Cgroup,
