@@ -2,6 +2,8 @@
 ;; bridge, replacing every `br-legacy` with `br0` in the domain XML it reads on stdin,
 ;; and prints the result (the new XML). When there is nothing to replace it prints
 ;; nothing, so libvirt keeps the XML as it is (and does not taint the guest).
+;; Install as require-owner.wat says: qemu.plugins/ on a libvirt host, qemu.d/ of an
+;; embedding driver's own hooks dir.
 (module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))

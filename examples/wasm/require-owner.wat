@@ -3,7 +3,10 @@
 ;; It reads argv and stdin, writes its reason to stderr and exits 1 to veto.
 ;;
 ;; Build: any WAT assembler, e.g. `wasm-tools parse require-owner.wat -o 20-require-owner.wasm`
-;; (the tests compile it with the `wat` crate). Install: copy the .wasm into qemu.d/.
+;; (the tests compile it with the `wat` crate). Install, on a libvirt host: copy the .wasm
+;; into /etc/libvirt/hooks/qemu.plugins/ (hookctl's dispatcher runs it; libvirt runs qemu.d/
+;; itself and would skip it). In a driver that embeds the libraries: into qemu.d/ of its
+;; own hooks dir (`RegistryBuilder::hooks_dir`), beside its scripts.
 (module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))

@@ -64,6 +64,16 @@
 //! [`Registry`], the [`Lifecycle`] sequences, and test doubles. Backends (exec, dylib,
 //! wasm) live in their own crates and plug in through [`backend::HookLoader`].
 //!
+//! # Where hooks go
+//! A driver keeps its hooks in a directory of its own, in libvirt's shape:
+//! [`RegistryBuilder::hooks_dir`]`(DIR)` runs `DIR/<driver>`, then `DIR/<driver>.d/*` in
+//! byte-wise order, executables, `*.wasm` and `*.so` alike, through the backends linked
+//! into the program (see [`HooksDir`]). That is not where plugins go on a libvirt host:
+//! there libvirt runs `/etc/libvirt/hooks/<driver>.d/` itself and skips what is not
+//! executable, and hookctl's dispatcher runs plugins from `<driver>.plugins/`, which
+//! `hooks_dir` never reads ([`HooksDir::plugins`] does). The repository's
+//! `docs/embedding.md` has the table ("Which layout is for whom").
+//!
 //! ### Crate feature flags
 //! - `testing`: [`testing::MockHook`] and [`testing::RecordingHook`].
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

@@ -409,7 +409,35 @@ impl DirEntry {
     }
 }
 
-/// A libvirt hooks directory (`/etc/libvirt/hooks`).
+/// A hooks directory: in libvirt's shape, `<dir>/<driver>` then `<dir>/<driver>.d/*`
+/// ([`HooksDir::new`], what [`RegistryBuilder::hooks_dir`](crate::RegistryBuilder::hooks_dir)
+/// reads), or one flat plugins directory as hookctl's dispatcher runs
+/// `<driver>.plugins/` ([`HooksDir::plugins`]).
+///
+/// A driver that embeds the libraries keeps its hooks in a directory of its own in
+/// libvirt's shape, `*.wasm` and `*.so` in `<driver>.d/` beside its scripts. On a libvirt
+/// host, libvirt runs `/etc/libvirt/hooks/<driver>.d/` itself (executables only), and
+/// plugins for hookctl's dispatcher go in `<driver>.plugins/`, which libvirt's shape
+/// never reads:
+///
+/// ```
+/// use hooks_core::{Driver, HooksDir};
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path();
+/// # for file in ["qemu", "qemu.d/10-log", "qemu.d/20-filter.wasm", "qemu.plugins/30-policy.so"] {
+/// #     std::fs::create_dir_all(dir.join(file).parent().unwrap())?;
+/// #     std::fs::write(dir.join(file), "")?;
+/// # }
+/// let run_order = |hooks: HooksDir| -> Vec<String> {
+///     let entries = hooks.scan(Driver::Qemu).unwrap();
+///     entries.iter().map(|e| e.path.strip_prefix(dir).unwrap().display().to_string()).collect()
+/// };
+/// // A driver's own hooks dir: the main script, then `qemu.d/` in byte-wise order.
+/// assert_eq!(run_order(HooksDir::new(dir)), ["qemu", "qemu.d/10-log", "qemu.d/20-filter.wasm"]);
+/// // The dispatcher's flat plugins dir is another directory, read only when asked for.
+/// assert_eq!(run_order(HooksDir::plugins(dir.join("qemu.plugins"))), ["qemu.plugins/30-policy.so"]);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct HooksDir {
     root: PathBuf,

@@ -20,9 +20,21 @@
 //! - Native plugins are trusted code: they run inside the host process with its
 //!   privileges. Use WASM hooks for code you do not trust.
 //!
+//! **Where plugins go.** A driver that embeds this crate keeps its plugins in its own
+//! hooks dir, in libvirt's shape: with `hooks_dylib::link()` called once,
+//! `RegistryBuilder::hooks_dir(DIR)` loads `DIR/<driver>.d/*.so` (no execute bit
+//! needed) in order with the scripts there; [`DylibHook`] loads one library from
+//! anywhere. On a libvirt host it is different: libvirt runs
+//! `/etc/libvirt/hooks/<driver>.d/` itself and would exec a `.so` there (or skip it
+//! without an execute bit), and hookctl's
+//! dispatcher runs plugins from `<driver>.plugins/`, each call in a `hookctl-native`
+//! process rather than its own (the repository's `docs/embedding.md`, "Which layout is
+//! for whom").
+//!
 //! ```no_run
 //! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
-//! let hook = hooks_dylib::DylibHook::load("/etc/libvirt/hooks/qemu.d/50-memory-limit.so")?;
+//! // A driver's own hooks dir (`RegistryBuilder::hooks_dir("/etc/myvmm/hooks")` would find it too).
+//! let hook = hooks_dylib::DylibHook::load("/etc/myvmm/hooks/qemu.d/50-memory-limit.so")?;
 //! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
 //! let ev = QemuEvent::Prepare { name: "vm".into(), xml: "<domain/>\n".into() };
 //! registry.fire_blocking(&ev).ok();

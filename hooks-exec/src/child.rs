@@ -147,10 +147,10 @@ impl Child {
             };
             match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                // Someone else reaped it (SIGCHLD ignored, a stray waitpid(-1)): it is gone.
+                // Someone else reaped it (a stray waitpid(-1)): it is gone.
                 Some(libc::ECHILD) => {
                     self.reaped(Exit::Signal(libc::SIGKILL));
-                    return Err(err);
+                    return Err(reaped_elsewhere());
                 }
                 _ => return Err(err),
             }
@@ -333,6 +333,7 @@ impl Child {
             match sys::waitid(sys::WaitId::Pid(self.pid), options) {
                 Ok(pid) => return Ok(pid == self.pid),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.raw_os_error() == Some(libc::ECHILD) => return Err(reaped_elsewhere()),
                 Err(err) => return Err(err),
             }
         }
@@ -349,6 +350,14 @@ impl Child {
             }
         }
     }
+}
+
+/// The hook, our child, was reaped by other code in this process: its status is lost.
+fn reaped_elsewhere() -> io::Error {
+    io::Error::other(
+        "its exit status was lost: another part of this program reaped the hook's process (a `waitpid(-1)` or \
+         `wait()` that takes any child); reap only your own children, by pid",
+    )
 }
 
 /// The live processes of the process group `group` that are not in `cg` (a scan of

@@ -45,22 +45,6 @@
 //! its background processes, as in libvirt (in its cgroup, which is removed once they
 //! are gone).
 //!
-//! What an embedder must and must not do:
-//!
-//! - It need not, and should not count on, being a child subreaper
-//!   ([`become_subreaper`]): hooks never rely on it. If it is one, it still inherits the
-//!   daemons that successful hooks leave behind, and must reap them.
-//! - Its own children are never touched: not the ones it had before a call, nor the ones
-//!   it starts while hooks run (another guest's VMM), whatever their timing.
-//! - It must not reap children it did not start with `waitpid(-1)` or ignore SIGCHLD
-//!   while hooks run: the hook (in a cgroup) or its helper is its child until the call
-//!   ends, and a call whose child was reaped by someone else fails.
-//! - Under systemd, hooks' cgroups are made inside the service's own cgroup (systemd
-//!   leaves such sub-cgroups alone while the unit runs, and kills what is in them when
-//!   it stops; `Delegate=yes` makes that arrangement official). A unit whose cgroup
-//!   belongs to another user (a delegated subtree) gets the subreaper instead, since
-//!   that user could move the hook's processes out of its cgroup.
-//!
 //! **On drop**: dropping the future of [`Hook::call`] inside tokio (a caller's
 //! `tokio::time::timeout`, the registry's timeout layer, a cancelled request) kills and
 //! reaps the same way, and so does any error or panic in the supervision after a
@@ -87,6 +71,68 @@
 //!     eprintln!("{failure}");
 //! }
 //! ```
+//!
+//! # Beside the driver's own children
+//!
+//! A driver that runs its guests' VMMs as child processes shares its process with the
+//! hooks'. What it must and must not do, and what it gets
+//! (`tests/driver_children.rs` checks each point from the driver's side: VMMs started
+//! before and while a hook hangs, one exiting meanwhile; a plain driver, a subreaper, a
+//! tokio driver with `tokio::process` VMMs, one that ignores SIGCHLD and one that reaps
+//! with `waitpid(-1)`):
+//!
+//! - **Its own children are never touched**, whenever they started: a kill reaches the
+//!   hook's cgroup or the descendants of its helper, and a VMM is in neither. A VMM that
+//!   exits during a call stays a zombie for the driver to reap, with its own status.
+//! - **Children of the driver's that are ours**: the hook itself, for the length of its
+//!   call, where it has a cgroup; the helper (a `fork` of the driver that never execs),
+//!   for the length of a call under the subreaper; and one watchdog per process, named
+//!   `hooks-watchdog`, forked at the first cgroup call and alive as long as the driver
+//!   (if it dies, the next call starts another). The watchdog holds the cgroup of every
+//!   call in flight and kills them if the driver dies mid-call, so that a SIGKILLed
+//!   driver leaves no untimed hook. Do not kill or reap any of them; being forks, they
+//!   share the driver's pages copy-on-write (a driver that grows after the first call
+//!   pays for the watchdog's copy of what it changes).
+//! - **Reap by pid only** (`std::process::Child::wait`, `waitpid(pid)`, a pidfd,
+//!   `tokio::process`). A `waitpid(-1)` or `wait()` that takes any child (a hand-written
+//!   SIGCHLD handler) can take a hook's exit status where the hook is the driver's child:
+//!   the call then fails, whatever the hook said (`its exit status was lost: another
+//!   part of this program reaped the hook's process`), so an event it vets is refused;
+//!   its processes are still killed at its timeout. Under the subreaper such a reaper
+//!   takes only the helper, once the helper has reported, which costs nothing.
+//! - **Ignoring SIGCHLD** (`SIG_IGN`, `SA_NOCLDWAIT`) makes the kernel reap every
+//!   child at once, so no hook can be the driver's child: in such a process every call
+//!   runs under the subreaper, and [`containment`] says why.
+//! - **A child subreaper** ([`become_subreaper`], `PR_SET_CHILD_SUBREAPER`) is neither
+//!   needed nor harmful. In a cgroup the hook's orphans are reparented to the driver while
+//!   the call runs; a timeout kills and reaps them. A daemon left by a hook that
+//!   succeeded becomes the driver's child in either containment (the helper exits and
+//!   its orphans go up), and the driver must reap it once it exits, which it can only
+//!   do safely (with `waitpid(-1, WNOHANG)`) while no call is in flight: a driver that
+//!   cannot tell is better off not being a subreaper.
+//! - **The cgroup** of a call is `<the driver's cgroup>/virt-hooks/<pid>-<start>-<n>`,
+//!   made with `clone3(CLONE_INTO_CGROUP)`: it needs cgroup v2 (on a hybrid host, its
+//!   mount beside the v1 controllers), Linux 5.14 (`cgroup.kill`), and the right to make
+//!   a cgroup in the driver's own: root, with every cgroup from the mount down owned by
+//!   root or the driver's user (one that belongs to another user, such as a subtree
+//!   delegated to them, is refused, since its owner could move a hook out of its
+//!   cgroup). Under systemd that is the unit's cgroup: give the unit `Delegate=yes`,
+//!   which says that sub-cgroups of the unit's are the service's to make (systemd then
+//!   leaves them alone; with the default `KillMode=control-group` it kills what is in
+//!   them when the unit stops, so a successful hook's daemon lives as long as the
+//!   driver's unit). Where the driver is at its first call decides where hook cgroups
+//!   go for the life of the process: a driver that moves itself to another cgroup does
+//!   so before it. Each failing step means the subreaper, never a failed hook
+//!   ([`containment`] says which and why).
+//! - **Memory and process limits** ([`ExecOptions::memory_max`],
+//!   [`ExecOptions::max_processes`]) apply only where the driver's cgroup passes the
+//!   `memory` and `pids` controllers down (its `cgroup.subtree_control`); cgroup v2
+//!   lets a cgroup that holds processes pass `memory` down only at the root of the
+//!   hierarchy, so under a systemd unit, where the driver's cgroup holds the driver,
+//!   memory limits do not apply, and the record of a call that sets one says so.
+//! - **The subreaper**, to choose it: [`ExecOptions::cgroup`] `false` for an
+//!   [`ExecHook`]; for a hooks dir, an exec loader of the driver's own
+//!   (`HooksDir::with_loader`) whose `load` sets it.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod cgroup;
@@ -150,7 +196,8 @@ pub struct ExecOptions {
     /// so (a cut filter document fails the hook). By default 16 MiB.
     pub max_output: usize,
     /// Run each call in a cgroup v2 of its own where this process can make one (the
-    /// default); `false`: always under a per-hook subreaper. See the crate docs.
+    /// default); `false`: always under a per-hook subreaper. A process that ignores
+    /// SIGCHLD always gets the subreaper. See the crate docs.
     pub cgroup: bool,
     /// The most memory the hook's processes may use together, in bytes (`memory.max` of
     /// its cgroup). Applies only where its cgroup has the memory controller; elsewhere
@@ -181,8 +228,9 @@ impl Default for ExecOptions {
 /// Hooks do not need it any more: each call has a containment of its own (see the crate
 /// docs), and a timeout kills exactly what the hook started, whether or not this process
 /// is a subreaper. It is kept for programs that want orphans for their own reasons; such
-/// a program inherits the daemons that successful hooks leave behind and must reap them.
-/// None of its own children is ever touched by a hook's timeout.
+/// a program inherits the daemons that successful hooks leave behind and must reap them
+/// (see the crate docs, "Beside the driver's own children"). None of its own children is
+/// ever touched by a hook's timeout.
 ///
 /// # Errors
 /// The `prctl` error (Linux only).
@@ -225,6 +273,11 @@ impl std::fmt::Display for ContainmentInEffect {
 /// println!("exec hooks of this process would run in {c}");
 /// ```
 pub fn containment_of(pid: u32) -> std::io::Result<ContainmentInEffect> {
+    // SA_NOCLDWAIT cannot be seen from outside; SIG_IGN can.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    if procfs::ignores_signal(&status, libc::SIGCHLD) {
+        return Ok(subreaper_in_effect(sys::CHILDREN_REAPED_BY_KERNEL));
+    }
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let own =
         cgroup::own_cgroup(&text).ok_or_else(|| std::io::Error::other(format!("process {pid} is in no cgroup v2")))?;
@@ -263,6 +316,9 @@ fn subreaper_in_effect(why: &str) -> ContainmentInEffect {
 /// println!("exec hooks run in {c}");
 /// ```
 pub fn containment() -> ContainmentInEffect {
+    if sys::children_reaped_by_kernel() {
+        return subreaper_in_effect(sys::CHILDREN_REAPED_BY_KERNEL);
+    }
     match cgroup::setup() {
         Ok(setup) => ContainmentInEffect {
             kind: Containment::Cgroup,

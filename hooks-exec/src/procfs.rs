@@ -76,9 +76,32 @@ pub(crate) fn for_each_pid(text: &[u8], full: bool, mut each: impl FnMut(libc::p
     }
 }
 
+/// Whether a `/proc/<pid>/status` text says the process ignores `signal` (its `SigIgn`
+/// mask, in hex). Unreadable: no.
+pub(crate) fn ignores_signal(status: &str, signal: libc::c_int) -> bool {
+    let Some(mask) = status.lines().find_map(|l| l.strip_prefix("SigIgn:")) else {
+        return false;
+    };
+    let bit = u32::try_from(signal - 1).ok().and_then(|b| 1u64.checked_shl(b));
+    u64::from_str_radix(mask.trim(), 16)
+        .ok()
+        .zip(bit)
+        .is_some_and(|(mask, bit)| mask & bit != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_which_signals_are_ignored() {
+        let status = "Name:\tx\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000011000\n";
+        assert!(ignores_signal(status, libc::SIGCHLD));
+        assert!(ignores_signal(status, libc::SIGPIPE));
+        assert!(!ignores_signal(status, libc::SIGTERM));
+        assert!(!ignores_signal("SigIgn:\tnot hex\n", libc::SIGCHLD));
+        assert!(!ignores_signal("", libc::SIGCHLD));
+    }
 
     #[test]
     fn stat_with_a_hostile_command_name() {

@@ -120,7 +120,9 @@ pub(crate) fn spawn(req: Request<'_>) -> Result<Spawned, SpawnError> {
 /// The hook in a cgroup of its own, or `None` where it cannot have one (and `notes` says
 /// why, when it could have been expected to).
 fn in_cgroup(plan: &Plan<'_>, req: &Request<'_>, notes: &mut Vec<String>) -> Result<Option<Child>, SpawnError> {
-    if !req.cgroup {
+    // A hook in a cgroup is this process's child: where the kernel reaps children
+    // unasked, its status would be lost. The helper reads it instead.
+    if !req.cgroup || sys::children_reaped_by_kernel() {
         return Ok(None);
     }
     // Unavailable in this process: `hooks_exec::containment()` says why; no note on

@@ -140,6 +140,23 @@ pub(crate) fn is_child_subreaper() -> bool {
     matches!(rustix::process::child_subreaper(), Ok(Some(_)))
 }
 
+/// Whether the kernel reaps this process's children as they exit (SIGCHLD set to
+/// `SIG_IGN`, or `SA_NOCLDWAIT`): a child's exit status is then lost to its parent.
+pub(crate) fn children_reaped_by_kernel() -> bool {
+    // SAFETY: an all-zero sigaction is a valid value to be overwritten.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`, a live local.
+    if unsafe { libc::sigaction(libc::SIGCHLD, ptr::null(), &mut old) } != 0 {
+        return false;
+    }
+    old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
+}
+
+/// Why hooks in this process cannot be its children, if they cannot: for the records.
+pub(crate) const CHILDREN_REAPED_BY_KERNEL: &str =
+    "this process ignores SIGCHLD (SIG_IGN or SA_NOCLDWAIT), so the kernel would reap a hook that is its \
+     child before its exit status could be read";
+
 /// This process's effective uid.
 pub(crate) fn geteuid() -> u32 {
     rustix::process::geteuid().as_raw()

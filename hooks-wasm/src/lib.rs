@@ -45,10 +45,20 @@
 //! this engine; anything else is recompiled. Root never caches under `HOME` or
 //! `XDG_CACHE_HOME` ([`cache_dir_for`]).
 //!
+//! **Where modules go.** A driver that embeds this crate keeps its modules in its own
+//! hooks dir, in libvirt's shape: with `hooks_wasm::link()` called once,
+//! `RegistryBuilder::hooks_dir(DIR)` runs `DIR/<driver>.d/*.wasm` (no execute bit needed)
+//! in order with the scripts there, each with the limits its sidecar sets
+//! (`<module>.wasm.toml`); [`WasmHook`] loads one module from anywhere. On a libvirt
+//! host it is different: libvirt runs `/etc/libvirt/hooks/<driver>.d/` itself and skips a
+//! module there, and hookctl's dispatcher runs modules from `<driver>.plugins/` (the
+//! repository's `docs/embedding.md`, "Which layout is for whom").
+//!
 //! ```no_run
 //! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
 //! use hooks_wasm::{WasmHook, WasmOptions};
-//! let hook = WasmHook::load("/etc/libvirt/hooks/qemu.d/30-filter.wasm", WasmOptions::default())?;
+//! // A driver's own hooks dir (`RegistryBuilder::hooks_dir("/etc/myvmm/hooks")` would find it too).
+//! let hook = WasmHook::load("/etc/myvmm/hooks/qemu.d/30-filter.wasm", WasmOptions::default())?;
 //! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
 //! let ev = QemuEvent::Migrate { name: "vm".into(), xml: "<domain/>\n".into() };
 //! let report = registry.fire_blocking(&ev);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, Invocation, QemuEvent, RegistryBuilder};
+use hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, QemuEvent, RegistryBuilder};
 use hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 const PRELUDE: &str = r#"
@@ -329,6 +329,35 @@ fn the_example_modules_refuse_and_rewrite() {
         call(&hook, &inv("vm", "prepare", Some(xml))).stdout.is_empty(),
         "other events: no output"
     );
+}
+
+/// The embedder's layout: `hooks_dir(DIR)` runs a module in `DIR/qemu.d/` (beside
+/// scripts, no execute bit needed) and never one in `DIR/qemu.plugins/`, hookctl's
+/// directory on a libvirt host, which `HooksDir::plugins` reads when asked for.
+#[test]
+fn an_embedders_hooks_dir_runs_modules_in_driver_d_and_not_in_plugins_dirs() {
+    hooks_wasm::link();
+    let tmp = tempfile::tempdir().unwrap();
+    let refuse = wat::parse_file(examples().join("require-owner.wat")).unwrap();
+    let in_drop_ins = write_module(tmp.path(), "qemu.d/20-require-owner.wasm", &refuse);
+    let in_plugins = write_module(tmp.path(), "qemu.plugins/20-require-owner.wasm", &refuse);
+    let unowned = QemuEvent::Prepare {
+        name: "vm".into(),
+        xml: "<domain><name>vm</name></domain>\n".into(),
+    };
+    for (hooks, module) in [
+        (HooksDir::new(tmp.path()), &in_drop_ins),
+        (HooksDir::plugins(tmp.path().join("qemu.plugins")), &in_plugins),
+    ] {
+        let failure = RegistryBuilder::new()
+            .hooks_dir_with(hooks)
+            .build()
+            .fire_blocking(&unowned)
+            .expect_err("the module refuses a guest without an owner");
+        let ran: Vec<&str> = failure.report().hooks.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(ran, [module.display().to_string()], "{failure}");
+        assert_eq!(failure.failed_hook().backend, "wasm");
+    }
 }
 
 #[test]

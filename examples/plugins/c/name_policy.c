@@ -6,7 +6,9 @@
  *
  *   cc -shared -fPIC -O2 -I hooks-dylib/include -o 40-name-policy.so examples/plugins/c/name_policy.c
  *
- * then copy the .so into /etc/libvirt/hooks/qemu.plugins/ (no execute bit needed).
+ * then copy the .so into /etc/libvirt/hooks/qemu.plugins/ on a libvirt host (no execute
+ * bit needed; hookctl's dispatcher runs it), or into qemu.d/ of the hooks dir of a driver
+ * that embeds virt-hooks-dylib.
  */
 #include <string.h>
 #include "virt_hook.h"

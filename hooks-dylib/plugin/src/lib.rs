@@ -22,7 +22,9 @@
 //! ```
 //!
 //! Build it as a `cdylib` and drop the `.so` into `/etc/libvirt/hooks/<driver>.plugins/`
-//! (run by hookctl's dispatcher; libvirt runs `<driver>.d/` itself and does not load plugins).
+//! on a libvirt host (run by hookctl's dispatcher; libvirt runs `<driver>.d/` itself and
+//! does not load plugins), or into `<driver>.d/` of the hooks dir of a driver that embeds
+//! `virt-hooks-dylib`.
 //! A panic inside `call` is caught at the boundary: the event fails with status 101
 //! and the panic message on stderr.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

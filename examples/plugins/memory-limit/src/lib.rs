@@ -2,7 +2,9 @@
 //! [`LIMIT_KIB`], reading the domain XML with a real XML parser.
 //!
 //! Build with `cargo build --release -p memory-limit-plugin` and copy
-//! `target/release/libmemory_limit_plugin.so` to `/etc/libvirt/hooks/qemu.plugins/50-memory-limit.so`.
+//! `target/release/libmemory_limit_plugin.so` to `/etc/libvirt/hooks/qemu.plugins/50-memory-limit.so`
+//! on a libvirt host (hookctl's dispatcher runs it), or to `qemu.d/` of the hooks dir of a
+//! driver that embeds `virt-hooks-dylib`.
 
 use std::io::Write;
 
