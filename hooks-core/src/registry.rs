@@ -124,7 +124,8 @@ impl RegistryBuilder {
         self
     }
 
-    /// Adds a libvirt hooks directory, with every backend linked into the program.
+    /// Adds a hooks dir in libvirt's shape (`DIR/<driver>`, `DIR/<driver>.d/*`; never
+    /// hookctl's `<driver>.plugins/`), with every backend linked into the program.
     pub fn hooks_dir(self, dir: impl Into<PathBuf>) -> Self {
         self.hooks_dir_with(HooksDir::new(dir))
     }
