@@ -255,6 +255,36 @@ fn rows_are_in_the_order_events_started_not_ended() {
     assert_eq!(at(&["--last", "200"]).split(' ').next(), Some("vm-early"));
 }
 
+/// A failed `release`: the dispatcher exited 1, but libvirt ignores failures there.
+/// The trial saw it labelled `refused:` and matched by `--failed refused`.
+#[test]
+fn a_failure_libvirt_ignores_is_labelled_ignored_not_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let failed = r#"{"name":"/h/qemu.plugins/20-free","success":false,"status":"exit status 1","duration_us":900}"#;
+    let release = line(
+        "2024-05-01T10:00:00Z",
+        "vm-r",
+        "failed",
+        failed,
+        r#","policy":"ignore""#,
+    )
+    .replace(r#""op":"prepare","subop":"begin""#, r#""op":"release","subop":"end""#);
+    let refusal = line("2024-05-01T10:01:00Z", "vm-p", "failed", failed, r#","policy":"abort""#);
+    fs::write(&log, format!("{release}\n{refusal}\n")).unwrap();
+    let file = log.to_str().unwrap();
+    let at = |args: &[&str]| objects(&log_cmd(tmp.path(), &[&["--file", file], args].concat())).join(" ");
+    assert_eq!(at(&["--failed", "refused"]), "vm-p");
+    assert_eq!(at(&["--failed", "ignored"]), "vm-r");
+    assert_eq!(at(&["--failed"]), "vm-r vm-p", "a failed cleanup is still worth seeing");
+    let out = log_cmd(tmp.path(), &["--file", file, "--object", "vm-r"]);
+    assert!(
+        rows(&out)[0].contains("ignored: /h/qemu.plugins/20-free"),
+        "{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn until_bounds_the_window_and_reconnect_failures_ignored_are_shown() {
     let tmp = tempfile::tempdir().unwrap();
@@ -420,4 +450,23 @@ fn local_times_at_clock_changes_and_at_the_ends_of_the_calendar() {
         "vm-first-pass vm-second-pass"
     );
     assert_eq!(objects(&["--since", "2024-10-27 02:30", "--until", "2024-10-28"]), "");
+}
+
+/// qemu's `log` in a directory that does not exist: `hookctl log` showed other rows and
+/// said nothing unless `-v` ("does not exist yet").
+#[test]
+fn a_log_whose_directory_is_missing_is_named_without_verbose() {
+    let (_tmp, hooks, plugins) = installed();
+    fs::write(
+        plugins.join("hookctl.toml"),
+        "log = \"/nonexistent-hookctl-dir/audit.jsonl\"\n",
+    )
+    .unwrap();
+    let out = log_cmd(&hooks, &[]);
+    assert!(
+        out.stderr
+            .contains("/nonexistent-hookctl-dir/audit.jsonl: its directory does not exist"),
+        "{}",
+        out.stderr
+    );
 }

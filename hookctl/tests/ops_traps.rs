@@ -428,4 +428,9 @@ fn a_plugin_that_cannot_run_is_named_at_every_event_and_in_the_audit_line() {
         row["skipped"][0]["path"].as_str().unwrap().ends_with("10-deny"),
         "{row}"
     );
+    // And `hookctl log` shows it on the row, which was a plain `ok`.
+    hookctl(&hooks, &["log"])
+        .assert()
+        .success()
+        .stdout(contains("did not run: qemu.plugins/10-deny (not executable)"));
 }

@@ -61,7 +61,18 @@ impl AuditLine {
     /// How `h` failed, and whether the event went on regardless (an optional plugin, or
     /// an event that succeeded all the same: a failure libvirt or the dispatcher ignores).
     pub(super) fn failure(&self, h: &HookEntry) -> Option<(Failure, bool)> {
-        (!h.success).then(|| (Failure::of(&h.status), h.optional || self.result == "ok"))
+        (!h.success).then(|| {
+            (
+                Failure::of(&h.status),
+                h.optional || self.result == "ok" || self.ignores_failures(),
+            )
+        })
+    }
+
+    /// Whether libvirt ignores a failure at this event (`stopped`, `release`, the
+    /// daemon's): the dispatcher exits 1 there, and the operation went on all the same.
+    pub(super) fn ignores_failures(&self) -> bool {
+        self.policy == "ignore"
     }
 
     /// The plugin that failed the event and how, when it failed.
@@ -93,7 +104,7 @@ impl AuditLine {
                 FailedKind::Failed => self.result != "ok",
                 FailedKind::All => self.result != "ok" || self.hooks.iter().any(|h| !h.success),
                 FailedKind::Ignored => self.hooks.iter().any(|h| self.failure(h).is_some_and(|(_, i)| i)),
-                other => self.failed_by().is_some_and(|(_, f)| f.filtered_as() == other),
+                other => !self.ignores_failures() && self.failed_by().is_some_and(|(_, f)| f.filtered_as() == other),
             };
         };
         self.hooks

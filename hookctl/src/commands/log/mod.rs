@@ -195,6 +195,19 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
             }
             read.push(f.path);
         }
+        // A log whose directory is missing is not "not written yet": its dispatcher
+        // refuses the events it could not record, and this is all it will ever show.
+        if live_file == Live::Missing
+            && log
+                .path
+                .parent()
+                .is_some_and(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            eprintln!(
+                "hookctl: warning: {}: its directory does not exist, so the dispatcher that logs there records nothing and refuses what it can (run `hookctl check`)",
+                crate::output::path(&log.path)
+            );
+        }
         if args.follow && live_file == Live::Missing && !following {
             tails.push(Tail {
                 path: log.path.clone(),

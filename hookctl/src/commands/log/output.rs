@@ -135,6 +135,27 @@ impl Ctx<'_> {
                 }
             }
         }
+        // What an `ok` row would otherwise hide: state kept for the operator, entries
+        // that look meant to run but did not, state this last event could not reach.
+        let mut more: Vec<String> = Vec::new();
+        if !r.state_kept.is_empty() {
+            let kept: Vec<_> = r.state_kept.iter().map(|p| name(p)).collect();
+            more.push(format!("state kept: {}", kept.join(", ")));
+        }
+        if !r.skipped.is_empty() {
+            let skipped: Vec<_> = (r.skipped.iter())
+                .map(|e| format!("{} ({})", name(&e.path), e.why))
+                .collect();
+            more.push(format!("did not run: {}", skipped.join(", ")));
+        }
+        if !r.state_orphaned.is_empty() {
+            let left: Vec<_> = r.state_orphaned.iter().map(|p| name(p)).collect();
+            more.push(format!("state not reached (orphaned): {}", left.join(", ")));
+        }
+        for note in more {
+            let sep = if text.is_empty() { "" } else { "; " };
+            let _ = write!(text, "{sep}{note}");
+        }
         match (ignored_config, text.is_empty()) {
             (Some(note), true) => note,
             (Some(note), false) => format!("{text} ({note})"),
