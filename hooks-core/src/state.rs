@@ -520,6 +520,20 @@ impl StateRoot {
             && fs::symlink_metadata(self.root.join(driver.as_str()).join(object)).is_ok()
     }
 
+    /// `object`'s level, when the root and every level down to it are directories of
+    /// the effective user that only it may write (else `None`: nothing there is ours to
+    /// remove).
+    fn own_object_dir(&self, driver: Driver, object: &OsStr) -> Result<Option<PathBuf>, StateError> {
+        self.check_root(false)?;
+        let dir = self.root.join(driver.as_str()).join(object);
+        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
+            if !is_own_dir(level)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(dir))
+    }
+
     /// The checks of [`StateRoot::check`]; with `create`, a missing root (and missing
     /// levels above it, below a trusted ancestor) is created 0700.
     fn check_root(&self, create: bool) -> Result<(), StateError> {
@@ -580,13 +594,9 @@ impl StateRoot {
         if driver == Driver::Daemon || check_name("object", object).is_err() {
             return Ok(Vec::new());
         }
-        self.check_root(false)?;
-        let dir = self.root.join(driver.as_str()).join(object);
-        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
-            if !is_own_dir(level)? {
-                return Ok(Vec::new());
-            }
-        }
+        let Some(dir) = self.own_object_dir(driver, object)? else {
+            return Ok(Vec::new());
+        };
         // Read through a descriptor: the hooks' trees are walked from it, never by path.
         let object_dir = match rustix::fs::open(
             &dir,
@@ -713,13 +723,9 @@ impl StateRoot {
         if made.is_empty() {
             return Ok(Vec::new());
         }
-        self.check_root(false)?;
-        let dir = self.root.join(driver.as_str()).join(object);
-        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
-            if !is_own_dir(level)? {
-                return Ok(Vec::new());
-            }
-        }
+        let Some(dir) = self.own_object_dir(driver, object)? else {
+            return Ok(Vec::new());
+        };
         let notes = self.root.join(KEPT).join(driver.as_str()).join(object);
         let (mut kept, mut first_error) = (Vec::new(), None);
         for name in made {
@@ -756,13 +762,9 @@ impl StateRoot {
     /// it removed), or what the file system said.
     pub fn remove(&self, driver: Driver, object: &OsStr, hook: &OsStr) -> Result<bool, StateError> {
         let path = self.dir(driver, object, hook)?;
-        self.check_root(false)?;
-        let dir = self.root.join(driver.as_str()).join(object);
-        for level in [self.root.as_path(), &self.root.join(driver.as_str()), &dir] {
-            if !is_own_dir(level)? {
-                return Ok(false);
-            }
-        }
+        let Some(dir) = self.own_object_dir(driver, object)? else {
+            return Ok(false);
+        };
         let object_dir = match rustix::fs::open(
             &dir,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
