@@ -5,8 +5,8 @@ use std::fs;
 use std::os::fd::AsRawFd;
 
 use conformance::HooksTree;
-use hooks_core::QemuEvent;
-use hooks_exec::ENV_WHITELIST;
+use virt_hooks_core::QemuEvent;
+use virt_hooks_exec::ENV_WHITELIST;
 
 fn prepare() -> QemuEvent {
     QemuEvent::Prepare {

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooks_core::testing::MockHook;
-use hooks_core::{Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder, StatusRecord};
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_core::testing::MockHook;
+use virt_hooks_core::{Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
@@ -112,7 +112,7 @@ async fn a_slow_kill_keeps_the_exec_hooks_own_report() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_hook_is_a_crash_and_the_cleanup_still_runs() {
-    let recorder = Arc::new(hooks_core::testing::RecordingHook::new("rec"));
+    let recorder = Arc::new(virt_hooks_core::testing::RecordingHook::new("rec"));
     let registry = RegistryBuilder::new()
         .shared_hook(Some(Driver::Qemu), recorder.clone())
         .hook(

@@ -8,7 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::{Duration, Instant};
 
 use conformance::HooksTree;
-use hooks_core::{Driver, QemuEvent, RawEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_core::{Driver, QemuEvent, RawEvent, RegistryBuilder, StatusRecord};
 
 fn prepare() -> QemuEvent {
     QemuEvent::Prepare {

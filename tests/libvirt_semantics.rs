@@ -5,8 +5,8 @@ use std::fs;
 use std::time::Duration;
 
 use conformance::HooksTree;
-use hooks_core::backend::libvirt_event_spec;
-use hooks_core::{
+use virt_hooks_core::backend::libvirt_event_spec;
+use virt_hooks_core::{
     DaemonEvent, Driver, FailurePolicy, Guest, HookEvent, InputSource, Lifecycle, LifecycleError, NetworkEvent,
     QemuEvent, RawEvent, RegistryBuilder, ReleaseReason, Verdict,
 };
@@ -108,7 +108,7 @@ fn policy_of_every_row_applies_to_real_failures() {
         let fired = registry.fire_blocking(&ev);
         // `Err` exactly when the operation must not go on; an ignored failure is in the report.
         assert_eq!(fired.is_err(), spec.policy.fails_operation(), "{driver} {op}");
-        let report = fired.unwrap_or_else(hooks_core::HookFailure::into_report);
+        let report = fired.unwrap_or_else(virt_hooks_core::HookFailure::into_report);
         assert!(!report.succeeded(), "{driver} {op}");
         assert_eq!(report.policy, spec.policy, "{driver} {op}");
         let expected = match (driver, op) {
@@ -256,7 +256,7 @@ fn exec_failures_are_status_126_and_127_with_the_file_named() {
     t.script("lxc.d/20-missing-interpreter", "#!/no/such/interpreter\n");
     let err = t
         .registry()
-        .fire_blocking(&hooks_core::LxcEvent::Prepare {
+        .fire_blocking(&virt_hooks_core::LxcEvent::Prepare {
             name: "c".into(),
             xml: String::new(),
         })
@@ -265,8 +265,8 @@ fn exec_failures_are_status_126_and_127_with_the_file_named() {
     assert_eq!(
         statuses,
         [
-            hooks_core::StatusRecord::Exited { code: 126 },
-            hooks_core::StatusRecord::Exited { code: 127 }
+            virt_hooks_core::StatusRecord::Exited { code: 126 },
+            virt_hooks_core::StatusRecord::Exited { code: 127 }
         ]
     );
     assert!(

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use conformance::HooksTree;
-use hooks_core::{InputSource, QemuEvent};
+use virt_hooks_core::{InputSource, QemuEvent};
 
 fn fixture_plugin() -> PathBuf {
     fixture_plugin::shared_object().expect("libfixture_plugin.so: cargo builds it as a dev-dependency")

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use hooks_core::backend::{format_duration, parse_duration, parse_size, Timeout, MIN_TIMEOUT};
-use hooks_core::MAX_TIMEOUT;
+use virt_hooks_core::backend::{format_duration, parse_duration, parse_size, Timeout, MIN_TIMEOUT};
+use virt_hooks_core::MAX_TIMEOUT;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

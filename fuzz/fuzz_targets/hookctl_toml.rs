@@ -13,8 +13,8 @@ mod config;
 
 use std::path::Path;
 
-use hooks_core::backend::MIN_TIMEOUT;
-use hooks_core::MAX_TIMEOUT;
+use virt_hooks_core::backend::MIN_TIMEOUT;
+use virt_hooks_core::MAX_TIMEOUT;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

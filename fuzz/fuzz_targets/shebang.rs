@@ -7,7 +7,7 @@
 //! words; what env runs is worked out or refused, never guessed.
 #![no_main]
 
-use hooks_exec::fuzzing::{env_runs, parse_shebang, split_string, Shebang, BINPRM_BUF_SIZE};
+use virt_hooks_exec::fuzzing::{env_runs, parse_shebang, split_string, Shebang, BINPRM_BUF_SIZE};
 use libfuzzer_sys::fuzz_target;
 
 /// The kernel's `load_script` up to the strings it passes on: `(i_name, i_arg)` as C

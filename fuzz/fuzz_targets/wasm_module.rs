@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use hooks_core::LoadErrorKind;
-use hooks_wasm::{EngineConfig, Sandbox};
+use virt_hooks_core::LoadErrorKind;
+use virt_hooks_wasm::{EngineConfig, Sandbox};
 use libfuzzer_sys::fuzz_target;
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 

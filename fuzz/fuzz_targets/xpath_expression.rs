@@ -9,7 +9,7 @@
 //! refused unparsed always does.
 #![no_main]
 
-use hooks_core::backend::{EventDocument, XPath};
+use virt_hooks_core::backend::{EventDocument, XPath};
 use libfuzzer_sys::fuzz_target;
 
 const DOMAIN: &[u8] = b"<domain type='kvm' xmlns:app='http://example.org/app/1.0'><name>gpu-1</name>\

@@ -115,7 +115,7 @@ pub(crate) fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(commands::UsageError(msg)) => {
             // Errors name files and objects: escaped, their own line breaks kept.
-            eprintln!("hookctl: error: {}", hooks_core::text::escape_lines(&msg));
+            eprintln!("hookctl: error: {}", virt_hooks_core::text::escape_lines(&msg));
             ExitCode::from(2)
         }
     }

@@ -10,7 +10,7 @@
 //! cut value ends saying how much was cut), so an entry stays far below a datagram's
 //! limit; should a tiny socket buffer still refuse it (`EMSGSIZE`), the entry is sent
 //! once more with every value cut to 256 bytes, instead of passing a memfd as journald
-//! also accepts. `MESSAGE` is escaped ([`hooks_core::text::escape`]): journalctl prints
+//! also accepts. `MESSAGE` is escaped ([`virt_hooks_core::text::escape`]): journalctl prints
 //! it to terminals.
 //!
 //! Sending never delays or fails the dispatch: the socket is non-blocking (a stalled
@@ -22,8 +22,8 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::time::Instant;
 
-use hooks_core::text::Limit;
-use hooks_core::{HookEvent, HookRecord, RawEvent, Report};
+use virt_hooks_core::text::Limit;
+use virt_hooks_core::{HookEvent, HookRecord, RawEvent, Report};
 
 use crate::output;
 
@@ -174,7 +174,7 @@ fn message(event: &RawEvent, report: &Report, failed: Option<&HookRecord>, refus
     )
 }
 
-/// `s` escaped ([`hooks_core::text::escape`]) and cut to `max` bytes.
+/// `s` escaped ([`virt_hooks_core::text::escape`]) and cut to `max` bytes.
 fn one_line(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     Limit::bytes(max).escaped().apply(s)
 }
@@ -217,7 +217,7 @@ mod tests {
     /// journal, not the warning an optional plugin's failure is.
     #[test]
     fn a_spared_failure_at_reconnect_is_an_error() {
-        let event = RawEvent::new(hooks_core::Driver::Qemu, ["db1", "reconnect", "begin", "-"]);
+        let event = RawEvent::new(virt_hooks_core::Driver::Qemu, ["db1", "reconnect", "begin", "-"]);
         let record = serde_json::json!({
             "name": "/etc/libvirt/hooks/qemu.plugins/10-hugepages", "backend": "exec",
             "success": false, "optional": true, "spared": true,

@@ -14,9 +14,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
-use hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
+use virt_hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 use hookctl::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
 
@@ -55,7 +55,7 @@ fn host_missing(plugin: &Path) -> LoadError {
     LoadError::new(plugin, BACKEND, LoadErrorKind::BackendUnavailable).with_source(std::io::Error::other(why))
 }
 
-/// The loader for `*.so` files, in place of `hooks_dylib`'s in-process one.
+/// The loader for `*.so` files, in place of `virt_hooks_dylib`'s in-process one.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct NativeHostLoader;
 

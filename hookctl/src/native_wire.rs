@@ -121,7 +121,7 @@ pub enum End {
     },
 }
 
-/// The load errors a native plugin can have (`hooks_dylib`'s kinds).
+/// The load errors a native plugin can have (`virt_hooks_dylib`'s kinds).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LoadKind {
@@ -156,7 +156,7 @@ pub enum LoadKind {
 /// Cuts `text` to [`MAX_MESSAGE`] bytes, at a character boundary, saying how much was
 /// cut.
 pub fn bounded(text: String) -> String {
-    match hooks_core::text::Limit::bytes(MAX_MESSAGE).apply(&text) {
+    match virt_hooks_core::text::Limit::bytes(MAX_MESSAGE).apply(&text) {
         std::borrow::Cow::Borrowed(_) => text,
         std::borrow::Cow::Owned(cut) => cut,
     }

@@ -2,7 +2,7 @@
 //!
 //! Text that plugins or guests control is capped wherever hookctl writes it (the audit
 //! line, the journal, stderr for libvirt, the terminal) with these limits, and escaped
-//! wherever it reaches a terminal ([`hooks_core::text`]).
+//! wherever it reaches a terminal ([`virt_hooks_core::text`]).
 
 /// `println!` to stdout, except that a reader who stopped reading (`| head`, `| grep -q`)
 /// ends the output quietly instead of a panic: it has what it wanted.
@@ -19,9 +19,9 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::Path;
 
-use hooks_core::backend::format_duration;
-use hooks_core::text::{self, Limit};
-use hooks_core::{HookRecord, StatusRecord};
+use virt_hooks_core::backend::format_duration;
+use virt_hooks_core::text::{self, Limit};
+use virt_hooks_core::{HookRecord, StatusRecord};
 use serde::Serialize;
 
 /// A name or a path: a plugin's, an object's, a state directory's (`PATH_MAX`).

@@ -86,7 +86,7 @@ fn check_compiles_ahead_and_warms_the_cache_for_events() {
     assert_eq!(entries.len(), 1, "{entries:?}");
     // An event now loads it from the cache: no compiler child runs.
     dispatch(&hooks, &cache, "prepare")
-        .env("HOOKCTL_LOG", "hooks_wasm=debug")
+        .env("HOOKCTL_LOG", "virt_hooks_wasm=debug")
         .assert()
         .success()
         .stderr(contains("compiled a WASM module in a child").not());
@@ -106,7 +106,7 @@ fn dispatchers_racing_on_a_cold_cache_compile_once() {
                 .env("LC_ALL", "C")
                 .env("PATH", "/usr/bin:/bin")
                 .env("VIRT_HOOKS_WASM_CACHE", &cache)
-                .env("HOOKCTL_LOG", "hooks_wasm=debug")
+                .env("HOOKCTL_LOG", "virt_hooks_wasm=debug")
                 .args([format!("vm{i}").as_str(), "reconnect", "begin", "-"])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())

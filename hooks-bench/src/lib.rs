@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hooks_core::testing::MockHook;
-use hooks_core::{Driver, Hook, QemuEvent, Registry, RegistryBuilder};
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_core::testing::MockHook;
+use virt_hooks_core::{Driver, Hook, QemuEvent, Registry, RegistryBuilder};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 /// The domain XML every bench passes on stdin (about 1 KiB, like a small real domain).
 pub fn domain_xml() -> String {
@@ -41,7 +41,7 @@ pub struct Scripts {
 impl Scripts {
     /// An empty fixture dir.
     pub fn new() -> std::io::Result<Self> {
-        hooks_exec::link();
+        virt_hooks_exec::link();
         Ok(Scripts {
             dir: tempfile::tempdir()?,
         })
@@ -83,7 +83,7 @@ pub fn limited_mock_registry(n: usize) -> Registry {
         })
         .timeout(Some(Duration::from_secs(30)))
         .event_timeout(Some(Duration::from_secs(60)))
-        .layer(hooks_core::layer::from_fn(
+        .layer(virt_hooks_core::layer::from_fn(
             |hook, inv| async move { hook.call(&inv).await },
         ))
         .build()
@@ -107,8 +107,8 @@ pub fn fixture_plugin() -> Option<PathBuf> {
 }
 
 /// A registry with `n` hooks backed by one native plugin.
-pub fn dylib_registry(so: &Path, n: usize) -> Result<Registry, hooks_core::LoadError> {
-    let hook = hooks_dylib::DylibHook::load(so)?;
+pub fn dylib_registry(so: &Path, n: usize) -> Result<Registry, virt_hooks_core::LoadError> {
+    let hook = virt_hooks_dylib::DylibHook::load(so)?;
     Ok((0..n)
         .fold(RegistryBuilder::new(), |b, _| b.hook(Driver::Qemu, hook.clone()))
         .build())
@@ -152,7 +152,7 @@ pub fn dir_registry(dir: &Path) -> Registry {
 /// libvirt's, the document on a stdin pipe and both outputs captured, as any careful
 /// caller would.
 pub fn raw_spawn(path: &Path, input: &[u8]) -> bool {
-    let env = hooks_exec::ENV_WHITELIST
+    let env = virt_hooks_exec::ENV_WHITELIST
         .iter()
         .filter_map(|k| std::env::var_os(k).map(|v| (*k, v)));
     let mut child = match Command::new(path)
@@ -175,6 +175,6 @@ pub fn raw_spawn(path: &Path, input: &[u8]) -> bool {
 }
 
 /// One hook called directly, without the registry: the floor for a native hook.
-pub fn direct_call(hook: &Arc<dyn Hook>, inv: &hooks_core::Invocation) -> bool {
+pub fn direct_call(hook: &Arc<dyn Hook>, inv: &virt_hooks_core::Invocation) -> bool {
     pollster::block_on(hook.call(inv)).status.is_success()
 }

@@ -14,8 +14,8 @@ use hooks_bench::{
     dir_registry, direct_call, domain_xml, exec_registry, mock_registry, prepare_event, raw_spawn, Scripts,
     TRIVIAL_SCRIPT,
 };
-use hooks_core::testing::MockHook;
-use hooks_core::{Hook, HookEvent, Invocation};
+use virt_hooks_core::testing::MockHook;
+use virt_hooks_core::{Hook, HookEvent, Invocation};
 use serde_json::json;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -84,12 +84,12 @@ fn main() {
         let scripts = Scripts::new().expect("fixture dir");
         let path = scripts.path().join("reader.wasm");
         std::fs::write(&path, hooks_bench::wasm_reader()).expect("module");
-        let sb = Arc::new(hooks_wasm::Sandbox::new(Default::default(), None).expect("engine"));
+        let sb = Arc::new(virt_hooks_wasm::Sandbox::new(Default::default(), None).expect("engine"));
         eprintln!("pooling: {}", sb.pooling());
-        let hook = hooks_wasm::WasmHook::load_in(sb, &path, Default::default()).expect("loads");
+        let hook = virt_hooks_wasm::WasmHook::load_in(sb, &path, Default::default()).expect("loads");
         let (r, ev) = (
-            hooks_core::RegistryBuilder::new()
-                .hook(hooks_core::Driver::Qemu, hook)
+            virt_hooks_core::RegistryBuilder::new()
+                .hook(virt_hooks_core::Driver::Qemu, hook)
                 .build(),
             prepare_event(),
         );
@@ -260,7 +260,7 @@ fn main() {
 
     // 6. WASM: warm call, cold load from the disk cache, first compile, epoch checks.
     let wasm = {
-        use hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
+        use virt_hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
         let module_path = scripts.path().join("reader.wasm");
         std::fs::write(&module_path, hooks_bench::wasm_reader()).expect("module");
         let cache = scripts.path().join("wasm-cache");
@@ -301,8 +301,8 @@ fn main() {
             WasmOptions::default(),
         )
         .expect("loads");
-        let warm_registry = hooks_core::RegistryBuilder::new()
-            .hook(hooks_core::Driver::Qemu, warm_hook)
+        let warm_registry = virt_hooks_core::RegistryBuilder::new()
+            .hook(virt_hooks_core::Driver::Qemu, warm_hook)
             .build();
         let true_registry = exec_registry(std::path::Path::new("/bin/true"), None);
         let (warm_s, true_s) = interleaved_batches(
@@ -358,7 +358,7 @@ fn main() {
         .map(|_| {
             (time_ok("hung hook times out", || {
                 hung.fire_blocking(&ev)
-                    .is_err_and(|f| f.report().hooks[0].status == hooks_core::StatusRecord::TimedOut { after_ms: 100 })
+                    .is_err_and(|f| f.report().hooks[0].status == virt_hooks_core::StatusRecord::TimedOut { after_ms: 100 })
             }) - timeout.as_secs_f64())
                 * 1e3
         })

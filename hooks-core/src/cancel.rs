@@ -19,12 +19,12 @@ use std::task::{Context, Poll, Waker};
 /// Cloning shares it; [`Cancel::cancel`] may come from any thread or task.
 ///
 /// ```
-/// use hooks_core::Cancel;
+/// use virt_hooks_core::Cancel;
 /// let cancel = Cancel::new();
 /// let other = cancel.clone();
 /// std::thread::spawn(move || other.cancel()).join().unwrap();
 /// assert!(cancel.is_cancelled());
-/// hooks_core::block_on(cancel.cancelled()); // returns at once now
+/// virt_hooks_core::block_on(cancel.cancelled()); // returns at once now
 /// ```
 #[derive(Clone, Default)]
 pub struct Cancel {

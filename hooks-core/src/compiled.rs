@@ -71,7 +71,7 @@ pub fn compiled_hooks() -> Vec<&'static CompiledHook> {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use hooks_core::{compiled_hook, Hook, HookOutcome, Invocation, RegistryBuilder};
+/// use virt_hooks_core::{compiled_hook, Hook, HookOutcome, Invocation, RegistryBuilder};
 ///
 /// struct Audit;
 /// #[async_trait]

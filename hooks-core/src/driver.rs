@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A libvirt driver: the name of its hook script (`/etc/libvirt/hooks/<driver>`).
 ///
 /// ```
-/// use hooks_core::Driver;
+/// use virt_hooks_core::Driver;
 /// assert_eq!(Driver::Qemu.as_str(), "qemu");
 /// assert_eq!("network".parse::<Driver>().unwrap(), Driver::Network);
 /// ```

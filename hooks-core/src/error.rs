@@ -11,7 +11,7 @@ use crate::{FailurePolicy, HookRecord, Report};
 /// the underlying error, if any, is its `source`.
 ///
 /// ```
-/// use hooks_core::{LoadError, LoadErrorKind};
+/// use virt_hooks_core::{LoadError, LoadErrorKind};
 /// let err = LoadError::new("/etc/libvirt/hooks/qemu.d/x.so", "dylib", LoadErrorKind::AbiMismatch { expected: 1, found: 7 });
 /// assert_eq!(err.to_string(), "cannot load hook `/etc/libvirt/hooks/qemu.d/x.so` (dylib): ABI version 7, but this host speaks version 1");
 /// assert!(matches!(err.kind, LoadErrorKind::AbiMismatch { found: 7, .. }));
@@ -111,14 +111,14 @@ pub enum LoadErrorKind {
     /// An executable in a hooks directory, but no backend linked into the program runs
     /// executables.
     #[error(
-        "an executable, but no backend linked into this program runs executables (call `hooks_exec::link()` from main)"
+        "an executable, but no backend linked into this program runs executables (call `virt_hooks_exec::link()` from main)"
     )]
     NoBackend,
     /// A WebAssembly module or native plugin, but its backend (`"wasm"`, `"dylib"`) is
     /// not linked into this program.
     #[error("{}, but its backend is not linked into this program (call `{}::link()` from main)",
         if *backend == "wasm" { "a WebAssembly module" } else { "a native plugin" },
-        if *backend == "wasm" { "hooks_wasm" } else { "hooks_dylib" })]
+        if *backend == "wasm" { "virt_hooks_wasm" } else { "virt_hooks_dylib" })]
     NotLinked {
         /// The backend that would load it.
         backend: &'static str,

@@ -10,8 +10,8 @@ use crate::Driver;
 /// What libvirt does when a hook for an event fails (exits non-zero, is killed, ...).
 ///
 /// ```
-/// use hooks_core::{Driver, FailurePolicy};
-/// use hooks_core::backend::libvirt_event_spec;
+/// use virt_hooks_core::{Driver, FailurePolicy};
+/// use virt_hooks_core::backend::libvirt_event_spec;
 /// let spec = libvirt_event_spec(Driver::Qemu, "prepare").unwrap();
 /// assert_eq!(spec.policy, FailurePolicy::Abort);
 /// assert!(spec.policy.is_fatal());
@@ -107,8 +107,8 @@ const fn spec(subop: &'static str, policy: FailurePolicy, filters: bool, input: 
 /// Returns `None` for an operation the driver never calls a hook for.
 ///
 /// ```
-/// use hooks_core::{Driver, FailurePolicy};
-/// use hooks_core::backend::libvirt_event_spec;
+/// use virt_hooks_core::{Driver, FailurePolicy};
+/// use virt_hooks_core::backend::libvirt_event_spec;
 /// let migrate = libvirt_event_spec(Driver::Qemu, "migrate").unwrap();
 /// assert!(migrate.filters);
 /// assert!(libvirt_event_spec(Driver::Lxc, "migrate").is_none());
@@ -149,8 +149,8 @@ pub fn libvirt_event_spec(driver: Driver, op: &str) -> Option<EventSpec> {
 /// Every operation libvirt calls the driver's hook for, in the order of its table.
 ///
 /// ```
-/// use hooks_core::Driver;
-/// use hooks_core::backend::libvirt_ops;
+/// use virt_hooks_core::Driver;
+/// use virt_hooks_core::backend::libvirt_ops;
 /// assert!(libvirt_ops(Driver::Qemu).contains(&"restore"));
 /// assert!(!libvirt_ops(Driver::Lxc).contains(&"restore"));
 /// ```
@@ -189,7 +189,7 @@ pub fn libvirt_ops(driver: Driver) -> &'static [&'static str] {
 /// table ([`libvirt_event_spec`]), so an implementation usually provides only the data.
 ///
 /// ```
-/// use hooks_core::{Driver, FailurePolicy, HookEvent, QemuEvent};
+/// use virt_hooks_core::{Driver, FailurePolicy, HookEvent, QemuEvent};
 /// let ev = QemuEvent::Prepare { name: "web1".into(), xml: "<domain/>\n".into() };
 /// assert_eq!((ev.driver(), ev.object(), ev.op(), ev.subop(), ev.extra()),
 ///            (Driver::Qemu, "web1", "prepare", "begin", "-"));
@@ -247,7 +247,7 @@ pub trait HookEvent: Send + Sync + fmt::Debug {
 /// operation the table does not know is treated as fatal (`abort`) and does not filter.
 ///
 /// ```
-/// use hooks_core::{Driver, FailurePolicy, HookEvent, RawEvent};
+/// use virt_hooks_core::{Driver, FailurePolicy, HookEvent, RawEvent};
 /// let ev = RawEvent::new(Driver::Qemu, ["vm1", "migrate", "begin", "-"]);
 /// assert!(ev.filters_input());
 /// assert!(ev.is_known());

@@ -43,7 +43,7 @@ impl Matching {
 /// defaults: every event of its driver, required, a failed `reconnect` kills the guest.
 ///
 /// ```
-/// use hooks_core::{Driver, HookEntry, HookOutcome, HookPolicy, QemuEvent, RegistryBuilder, testing::MockHook};
+/// use virt_hooks_core::{Driver, HookEntry, HookOutcome, HookPolicy, QemuEvent, RegistryBuilder, testing::MockHook};
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, HookEntry::new(MockHook::always("flaky", || HookOutcome::exited(1)))
 ///         .with_policy(HookPolicy::Optional)
@@ -146,7 +146,7 @@ impl HookEntry {
 /// one, so an argument is cut at its first NUL.
 ///
 /// ```
-/// use hooks_core::EventArgs;
+/// use virt_hooks_core::EventArgs;
 /// let args = EventArgs::new(["vm", "release", "end", "from snapshot"]);
 /// assert_eq!(args.get(3), "from snapshot");
 /// assert_eq!(args.c_str(1).to_bytes(), b"release");
@@ -258,7 +258,7 @@ impl Invocation {
     /// (`None` means `/dev/null`).
     ///
     /// ```
-    /// use hooks_core::{Driver, EventArgs, Invocation};
+    /// use virt_hooks_core::{Driver, EventArgs, Invocation};
     /// let args = EventArgs::new(["vm", "prepare", "begin", "-"]);
     /// let inv = Invocation::new(Driver::Qemu, args, Some(b"<domain/>\n".to_vec().into()));
     /// assert_eq!(inv.op(), "prepare");
@@ -361,7 +361,7 @@ impl Invocation {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use hooks_core::{Driver, EventArgs, Invocation};
+    /// use virt_hooks_core::{Driver, EventArgs, Invocation};
     /// let inv = Invocation::new(Driver::Daemon, EventArgs::new(["-", "start", "-", "start"]), None)
     ///     .with_timeout(Some(Duration::from_secs(5)));
     /// assert_eq!(inv.timeout_with(Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
@@ -394,7 +394,7 @@ impl Invocation {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use hooks_core::{Hook, HookOutcome, Invocation};
+/// use virt_hooks_core::{Hook, HookOutcome, Invocation};
 ///
 /// struct RefuseTestGuests;
 ///

@@ -12,7 +12,7 @@
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
-//! use hooks_core::{layer, DaemonEvent, Driver, RegistryBuilder, testing::MockHook};
+//! use virt_hooks_core::{layer, DaemonEvent, Driver, RegistryBuilder, testing::MockHook};
 //!
 //! static CALLS: AtomicUsize = AtomicUsize::new(0);
 //! let counting = layer::from_fn(|hook, inv| async move {

@@ -33,8 +33,8 @@
 //!   loading run on the blocking pool, and so do exec, WASM and native calls.
 //!
 //! ```
-//! use hooks_core::{block_on, Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder};
-//! use hooks_core::testing::MockHook;
+//! use virt_hooks_core::{block_on, Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder};
+//! use virt_hooks_core::testing::MockHook;
 //!
 //! let registry = RegistryBuilder::new()
 //!     .hook(Driver::Qemu, MockHook::always("no-test-guests", || {

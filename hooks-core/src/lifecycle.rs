@@ -200,7 +200,7 @@ impl fmt::Display for Phase {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use hooks_core::{block_on, Driver, DriverActions, Guest, Lifecycle, LifecycleError, Phase, RegistryBuilder};
+/// use virt_hooks_core::{block_on, Driver, DriverActions, Guest, Lifecycle, LifecycleError, Phase, RegistryBuilder};
 ///
 /// #[derive(Default)]
 /// struct Launch { pid: Option<u32> }
@@ -470,7 +470,7 @@ impl<E: StdError + 'static> StdError for LifecycleError<E> {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use hooks_core::{block_on, Driver, Guest, Lifecycle, LifecycleError, RegistryBuilder, HookOutcome, testing::RecordingHook};
+/// use virt_hooks_core::{block_on, Driver, Guest, Lifecycle, LifecycleError, RegistryBuilder, HookOutcome, testing::RecordingHook};
 /// let rec = Arc::new(RecordingHook::new("rec").returning(|| HookOutcome::exited(1).with_stderr("no\n")));
 /// let registry = RegistryBuilder::new().shared_hook(Some(Driver::Qemu), rec.clone()).build();
 /// let guest = Guest::new(Driver::Qemu, "vm", "<domain/>\n");

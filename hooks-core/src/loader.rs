@@ -6,8 +6,8 @@
 //!
 //! ```
 //! use std::{fs::Metadata, path::Path, sync::Arc};
-//! use hooks_core::{Hook, LoadError, LoadErrorKind};
-//! use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
+//! use virt_hooks_core::{Hook, LoadError, LoadErrorKind};
+//! use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
 //!
 //! struct LuaLoader;
 //! impl HookLoader for LuaLoader {
@@ -19,13 +19,13 @@
 //!         Err(LoadError::new(path, "lua", LoadErrorKind::Backend))
 //!     }
 //! }
-//! hooks_core::backend::inventory::submit! { LoaderRegistration::new(&LuaLoader) }
+//! virt_hooks_core::backend::inventory::submit! { LoaderRegistration::new(&LuaLoader) }
 //! ```
 //!
 //! A backend crate is linked only if the program uses something from it: call its
 //! `link()` (or name any item) from `main` so its loader is registered. A program that
 //! forgets the exec backend does not silently skip scripts: an executable that libvirt
-//! would run, and no linked backend does, fails the event and names `hooks_exec::link()`.
+//! would run, and no linked backend does, fails the event and names `virt_hooks_exec::link()`.
 
 use std::fmt;
 use std::fs::{self, Metadata};
@@ -421,7 +421,7 @@ impl DirEntry {
 /// never reads:
 ///
 /// ```
-/// use hooks_core::{Driver, HooksDir};
+/// use virt_hooks_core::{Driver, HooksDir};
 /// # let tmp = tempfile::tempdir()?;
 /// # let dir = tmp.path();
 /// # for file in ["qemu", "qemu.d/10-log", "qemu.d/20-filter.wasm", "qemu.plugins/30-policy.so"] {

@@ -92,7 +92,7 @@ impl HookStatus {
 /// and anything unusual that happened on the way (warnings).
 ///
 /// ```
-/// use hooks_core::{HookOutcome, HookStatus};
+/// use virt_hooks_core::{HookOutcome, HookStatus};
 /// let out = HookOutcome::exited(1).with_stderr("no <owner> element\n");
 /// assert!(!out.status.is_success());
 /// assert_eq!(out.stderr, b"no <owner> element\n");

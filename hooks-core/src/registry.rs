@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 ///
 /// ```
 /// use std::time::Duration;
-/// use hooks_core::{Driver, RegistryBuilder, testing::MockHook};
+/// use virt_hooks_core::{Driver, RegistryBuilder, testing::MockHook};
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, MockHook::succeeding("audit"))
 ///     .hooks_dir("/etc/libvirt/hooks")
@@ -420,7 +420,7 @@ impl Inner {
 /// a registry is cheap and shares everything, loaded hooks included.
 ///
 /// ```
-/// use hooks_core::{Driver, QemuEvent, RegistryBuilder, testing::MockHook, HookOutcome};
+/// use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder, testing::MockHook, HookOutcome};
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, MockHook::succeeding("log"))
 ///     .hook(Driver::Qemu, MockHook::always("policy", || HookOutcome::exited(1).with_stderr("not today\n")))
@@ -560,7 +560,7 @@ impl Registry {
     /// [`Report::cancelled`]; the result follows the event's policy, as for `fire`.
     ///
     /// ```
-    /// use hooks_core::{Cancel, Driver, HookOutcome, QemuEvent, RegistryBuilder, testing::MockHook};
+    /// use virt_hooks_core::{Cancel, Driver, HookOutcome, QemuEvent, RegistryBuilder, testing::MockHook};
     /// let cancel = Cancel::new();
     /// let stopper = cancel.clone();
     /// let registry = RegistryBuilder::new()
@@ -571,7 +571,7 @@ impl Registry {
     ///     .hook(Driver::Qemu, MockHook::succeeding("never-runs"))
     ///     .build();
     /// let ev = QemuEvent::Stopped { name: "vm".into(), xml: String::new() };
-    /// let report = hooks_core::block_on(registry.fire_until(&ev, &cancel)).unwrap();
+    /// let report = virt_hooks_core::block_on(registry.fire_until(&ev, &cancel)).unwrap();
     /// assert!(report.cancelled);
     /// assert_eq!(report.hooks.len(), 1);
     /// ```
@@ -946,7 +946,7 @@ impl Registry {
 /// back to a parking executor.
 ///
 /// ```
-/// use hooks_core::{block_on, Driver, Guest, Lifecycle, RegistryBuilder};
+/// use virt_hooks_core::{block_on, Driver, Guest, Lifecycle, RegistryBuilder};
 /// let registry = RegistryBuilder::new().build();
 /// let guest = Guest::new(Driver::Qemu, "vm", "<domain/>\n");
 /// let started = block_on(Lifecycle::new(&registry).start(&guest));
@@ -1431,7 +1431,7 @@ mod compiled_tests {
         };
         let failure = registry.fire_blocking(&ev).unwrap_err();
         assert!(failure.is_fatal());
-        assert!(failure.to_string().contains("hooks_exec::link()"), "{failure}");
+        assert!(failure.to_string().contains("virt_hooks_exec::link()"), "{failure}");
     }
 
     /// A program that linked only the exec backend allowed a start with a 0644 `.wasm`
@@ -1440,8 +1440,8 @@ mod compiled_tests {
     fn a_module_or_native_plugin_whose_backend_is_not_linked_fails_the_event() {
         use std::os::unix::fs::PermissionsExt;
         for (file, link) in [
-            ("10-deny.wasm", "hooks_wasm::link()"),
-            ("10-deny.so", "hooks_dylib::link()"),
+            ("10-deny.wasm", "virt_hooks_wasm::link()"),
+            ("10-deny.so", "virt_hooks_dylib::link()"),
         ] {
             let tmp = tempfile::tempdir().unwrap();
             std::fs::create_dir(tmp.path().join("qemu.d")).unwrap();

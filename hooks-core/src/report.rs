@@ -61,8 +61,8 @@ impl From<&HookStatus> for StatusRecord {
 /// report's and audit line's JSON (kebab-case).
 ///
 /// ```
-/// use hooks_core::{Driver, Failure, HookOutcome, RawEvent, RegistryBuilder};
-/// use hooks_core::testing::MockHook;
+/// use virt_hooks_core::{Driver, Failure, HookOutcome, RawEvent, RegistryBuilder};
+/// use virt_hooks_core::testing::MockHook;
 /// let deny = MockHook::always("deny", || HookOutcome::exited(1));
 /// let registry = RegistryBuilder::new().hook(Driver::Qemu, deny).build();
 /// let ev = RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"]);

@@ -33,7 +33,7 @@ use crate::HookEvent;
 ///
 /// ```
 /// use std::time::Duration;
-/// use hooks_core::backend::Timeout;
+/// use virt_hooks_core::backend::Timeout;
 /// let ten = Some(Duration::from_secs(10));
 /// assert_eq!(Timeout::Default.or(ten), ten);
 /// assert_eq!(Timeout::Never.or(ten), None);
@@ -378,7 +378,7 @@ pub struct InvalidValue(String);
 ///
 /// ```
 /// use std::time::Duration;
-/// use hooks_core::backend::parse_duration;
+/// use virt_hooks_core::backend::parse_duration;
 /// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
 /// assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
 /// assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
@@ -624,10 +624,10 @@ impl HookSettings {
     /// Parses settings text; `path` names it in errors.
     ///
     /// ```
-    /// use hooks_core::HookPolicy;
-    /// use hooks_core::backend::HookSettings;
+    /// use virt_hooks_core::HookPolicy;
+    /// use virt_hooks_core::backend::HookSettings;
     /// let s = HookSettings::parse("x.toml".as_ref(), "timeout = 1.5\npolicy = \"optional\"\n[match]\nops = [\"prepare\"]\n").unwrap();
-    /// assert_eq!(s.timeout, hooks_core::backend::Timeout::After(std::time::Duration::from_millis(1500)));
+    /// assert_eq!(s.timeout, virt_hooks_core::backend::Timeout::After(std::time::Duration::from_millis(1500)));
     /// assert_eq!(s.policy, HookPolicy::Optional);
     /// let err = HookSettings::parse("x.toml".as_ref(), "timeout = 1\ncolour = \"red\"\n").unwrap_err();
     /// assert_eq!(err.line, Some(2));
@@ -753,7 +753,7 @@ impl HookSettings {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use hooks_core::backend::{HookSettings, Timeout};
+    /// use virt_hooks_core::backend::{HookSettings, Timeout};
     /// let mut s = HookSettings::default();
     /// s.default_timeout = Some(Duration::from_secs(120));
     /// assert_eq!(s.effective_timeout(None), Some(Duration::from_secs(120)));

@@ -11,7 +11,7 @@
 //!   `… (1.2 MiB cut)`. The note counts against the limit.
 //!
 //! ```
-//! use hooks_core::text::{self, Limit};
+//! use virt_hooks_core::text::{self, Limit};
 //!
 //! let name = "web1\u{1b}]0;owned\u{7}\u{202e}gnp.exe";
 //! assert_eq!(text::escape(name), r"web1\x1b]0;owned\x07\u{202e}gnp.exe");
@@ -43,7 +43,7 @@ use icu_properties::{CodePointSetData, CodePointSetDataBorrowed};
 /// version it carries, so new ones are escaped when it is updated.
 ///
 /// ```
-/// use hooks_core::text::is_escaped;
+/// use virt_hooks_core::text::is_escaped;
 /// assert!(is_escaped('\u{9b}') && is_escaped('\u{202e}') && is_escaped('\n'));
 /// assert!(is_escaped('\u{3164}') && is_escaped('\u{1d173}') && is_escaped('\u{e0100}'));
 /// assert!(!is_escaped('é') && !is_escaped('\\') && !is_escaped('한'));
@@ -72,7 +72,7 @@ pub fn is_escaped(c: char) -> bool {
 /// line, safe for a terminal. Borrowed when nothing needed escaping.
 ///
 /// ```
-/// assert_eq!(hooks_core::text::escape("a\nb\u{85}c"), r"a\nb\u{85}c");
+/// assert_eq!(virt_hooks_core::text::escape("a\nb\u{85}c"), r"a\nb\u{85}c");
 /// ```
 pub fn escape(text: &str) -> Cow<'_, str> {
     Limit::NONE.escaped().apply(text)
@@ -82,7 +82,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// character can rewrite.
 ///
 /// ```
-/// assert_eq!(hooks_core::text::escape_lines("a\n\tb\rc"), "a\n\tb\\rc");
+/// assert_eq!(virt_hooks_core::text::escape_lines("a\n\tb\rc"), "a\n\tb\\rc");
 /// ```
 pub fn escape_lines(text: &str) -> Cow<'_, str> {
     Limit::NONE.escaped_lines().apply(text)
@@ -95,7 +95,7 @@ pub fn escape_lines(text: &str) -> Cow<'_, str> {
 ///
 /// ```
 /// let json = serde_json::to_string("web\u{9b}1\u{202e}").unwrap();
-/// let safe = hooks_core::text::escape_json(&json);
+/// let safe = virt_hooks_core::text::escape_json(&json);
 /// assert_eq!(safe, r#""web\u009b1\u202e""#);
 /// assert_eq!(serde_json::from_str::<String>(&safe).unwrap(), "web\u{9b}1\u{202e}");
 /// ```
@@ -131,7 +131,7 @@ pub fn escape_json(json: &str) -> Cow<'_, str> {
 /// [`Limit::escaped_lines`].
 ///
 /// ```
-/// use hooks_core::text::Limit;
+/// use virt_hooks_core::text::Limit;
 /// const STDERR: Limit = Limit::bytes(2048).lines(3).escaped_lines();
 /// let shown = STDERR.apply("one\ntwo\u{1b}[2J\nthree\nfour\nfive\n");
 /// assert_eq!(shown, "one\ntwo\\x1b[2J\nthree\n… (2 more lines, 11 bytes cut)");
@@ -333,7 +333,7 @@ fn escaped_len(c: char) -> usize {
 /// A size for people: `512 bytes`, `1.2 KiB`, `3.0 MiB`.
 ///
 /// ```
-/// assert_eq!(hooks_core::text::size(1_258_291), "1.2 MiB");
+/// assert_eq!(virt_hooks_core::text::size(1_258_291), "1.2 MiB");
 /// ```
 pub fn size(bytes: u64) -> String {
     if bytes == 1 {

@@ -10,7 +10,7 @@
 //! real path and to the path as given.
 //!
 //! ```
-//! use hooks_core::trust::TrustPolicy;
+//! use virt_hooks_core::trust::TrustPolicy;
 //! let policy = TrustPolicy::current_user();
 //! let dir = tempfile::tempdir()?;
 //! let plugin = dir.path().join("10-log.wasm");

@@ -108,7 +108,7 @@ const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
 ///
 /// # Example
 /// ```
-/// use hooks_core::backend::{EventDocument, XPath};
+/// use virt_hooks_core::backend::{EventDocument, XPath};
 /// let hostdev = XPath::compile("/domain/devices/hostdev", &[]).unwrap();
 /// let disks = XPath::compile("count(/domain/devices/disk) > 1", &[]).unwrap();
 /// let doc = EventDocument::new(Some(b"<domain><devices><disk/><hostdev/></devices></domain>"));
@@ -497,7 +497,7 @@ impl Checker<'_> {
 /// [`HookEvent::input_document`]: crate::HookEvent::input_document
 ///
 /// ```
-/// use hooks_core::backend::EventDocument;
+/// use virt_hooks_core::backend::EventDocument;
 /// assert!(EventDocument::new(Some(b"<domain type='kvm'/>")).is_xml());
 /// assert!(!EventDocument::new(Some(b"not xml")).is_xml());
 /// assert!(!EventDocument::new(None).is_xml());

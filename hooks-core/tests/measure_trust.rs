@@ -5,8 +5,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use hooks_core::backend::TrustPolicy;
-use hooks_core::{Driver, HooksDir};
+use virt_hooks_core::backend::TrustPolicy;
+use virt_hooks_core::{Driver, HooksDir};
 
 #[test]
 #[ignore = "measurement; run with --release --ignored --nocapture"]

@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use hooks_core::testing::MockHook;
-use hooks_core::{Driver, HookFailure, HookOutcome, HookPolicy, InputSource, QemuEvent, RegistryBuilder, Report};
+use virt_hooks_core::testing::MockHook;
+use virt_hooks_core::{Driver, HookFailure, HookOutcome, HookPolicy, InputSource, QemuEvent, RegistryBuilder, Report};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

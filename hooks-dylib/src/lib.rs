@@ -21,7 +21,7 @@
 //!   privileges. Use WASM hooks for code you do not trust.
 //!
 //! **Where plugins go.** A driver that embeds this crate keeps its plugins in its own
-//! hooks dir, in libvirt's shape: with `hooks_dylib::link()` called once,
+//! hooks dir, in libvirt's shape: with `virt_hooks_dylib::link()` called once,
 //! `RegistryBuilder::hooks_dir(DIR)` loads `DIR/<driver>.d/*.so` (no execute bit
 //! needed) in order with the scripts there; [`DylibHook`] loads one library from
 //! anywhere. On a libvirt host it is different: libvirt runs
@@ -32,13 +32,13 @@
 //! for whom").
 //!
 //! ```no_run
-//! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder};
 //! // A driver's own hooks dir (`RegistryBuilder::hooks_dir("/etc/myvmm/hooks")` would find it too).
-//! let hook = hooks_dylib::DylibHook::load("/etc/myvmm/hooks/qemu.d/50-memory-limit.so")?;
+//! let hook = virt_hooks_dylib::DylibHook::load("/etc/myvmm/hooks/qemu.d/50-memory-limit.so")?;
 //! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
 //! let ev = QemuEvent::Prepare { name: "vm".into(), xml: "<domain/>\n".into() };
 //! registry.fire_blocking(&ev).ok();
-//! # Ok::<(), hooks_core::LoadError>(())
+//! # Ok::<(), virt_hooks_core::LoadError>(())
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
@@ -46,7 +46,7 @@ mod library;
 mod plugin;
 mod search_path;
 
-pub use hooks_plugin::abi;
+pub use virt_hooks_plugin::abi;
 pub use library::Library;
 pub use plugin::{with_running_plugin, DylibHook};
 
@@ -54,8 +54,8 @@ use std::fs::Metadata;
 use std::path::Path;
 use std::sync::Arc;
 
-use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
-use hooks_core::{Hook, LoadError, LoadErrorKind};
+use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
+use virt_hooks_core::{Hook, LoadError, LoadErrorKind};
 
 /// The dylib backend's loader: claims `*.so` files (no execute bit needed).
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,8 +7,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use hooks_core::{LoadError, LoadErrorKind};
-use hooks_plugin::abi::{
+use virt_hooks_core::{LoadError, LoadErrorKind};
+use virt_hooks_plugin::abi::{
     virt_hook_invocation, virt_hook_plugin, virt_hook_plugin_v1_fn, VIRT_HOOK_ABI_VERSION, VIRT_HOOK_SYMBOL,
 };
 
@@ -56,7 +56,7 @@ impl Library {
             return Ok(Arc::clone(lib));
         }
         // What it makes the loader search first runs with it: the same rule applies.
-        crate::search_path::check(&real, &hooks_core::backend::TrustPolicy::current_user())
+        crate::search_path::check(&real, &virt_hooks_core::backend::TrustPolicy::current_user())
             .map_err(|why| fail(LoadErrorKind::Untrusted(Box::new(why))))?;
         // Loading runs the library's constructors: name it if they crash.
         // SAFETY: the bytes of `real` stay where they are until the guard drops at the end

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, Invocation, LoadError};
-use hooks_plugin::abi::{virt_hook_invocation, virt_hook_io, VIRT_HOOK_ABI_VERSION};
+use virt_hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, Invocation, LoadError};
+use virt_hooks_plugin::abi::{virt_hook_invocation, virt_hook_io, VIRT_HOOK_ABI_VERSION};
 
 use crate::library::{CallFn, Library};
 
@@ -116,7 +116,7 @@ impl Drop for Running {
 /// program can say which plugin crashed it.
 ///
 /// ```
-/// assert_eq!(hooks_dylib::with_running_plugin(|path| path.len()), None);
+/// assert_eq!(virt_hooks_dylib::with_running_plugin(|path| path.len()), None);
 /// ```
 pub fn with_running_plugin<R>(f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     let (ptr, len) = RUNNING.with(Cell::get);
@@ -329,7 +329,7 @@ impl Hook for DylibHook {
             lib: Arc::clone(&self.lib),
         };
         let timeout = inv.timeout_with(self.timeout);
-        let mut result = match hooks_core::backend::blocking_pool() {
+        let mut result = match virt_hooks_core::backend::blocking_pool() {
             // A native call may block as long as it likes: never on an async worker.
             Some(rt) => off_executor(&rt, call, timeout, &self.name).await,
             None => match timeout {
@@ -343,7 +343,7 @@ impl Hook for DylibHook {
                         let _ = tx.send(call.run());
                     });
                     match spawned {
-                        Err(e) => HookOutcome::failed(hooks_core::HookError::Io(e)),
+                        Err(e) => HookOutcome::failed(virt_hooks_core::HookError::Io(e)),
                         Ok(_) => match rx.recv_timeout(limit) {
                             Ok((code, capture)) => outcome(code, capture),
                             Err(mpsc::RecvTimeoutError::Timeout) => still_running(limit),

@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use hooks_core::backend::{TrustPolicy, Untrusted};
+use virt_hooks_core::backend::{TrustPolicy, Untrusted};
 
 const ROLE: &str = "library search path (DT_RUNPATH/DT_RPATH)";
 

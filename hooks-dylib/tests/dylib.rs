@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooks_core::{Driver, HookStatus, Invocation, QemuEvent, RegistryBuilder, StatusRecord};
-use hooks_dylib::{DylibHook, Library};
+use virt_hooks_core::{Driver, HookStatus, Invocation, QemuEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_dylib::{DylibHook, Library};
 
 /// The fixture cdylib, built by cargo as a dev-dependency next to this test binary.
 fn fixture() -> PathBuf {
@@ -40,13 +40,13 @@ fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
 fn inv(object: &str, op: &str, input: Option<&[u8]>) -> Invocation {
     Invocation::new(
         Driver::Qemu,
-        hooks_core::EventArgs::new([object, op, "begin", "-"]),
+        virt_hooks_core::EventArgs::new([object, op, "begin", "-"]),
         input.map(Into::into),
     )
 }
 
-fn call(hook: &DylibHook, inv: &Invocation) -> hooks_core::HookOutcome {
-    pollster::block_on(hooks_core::Hook::call(hook, inv))
+fn call(hook: &DylibHook, inv: &Invocation) -> virt_hooks_core::HookOutcome {
+    pollster::block_on(virt_hooks_core::Hook::call(hook, inv))
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn arguments_and_input_reach_the_plugin() {
         &hook,
         &Invocation::new(
             Driver::Daemon,
-            hooks_core::EventArgs::new(["echo-args", "reload", "begin", "SIGHUP"]),
+            virt_hooks_core::EventArgs::new(["echo-args", "reload", "begin", "SIGHUP"]),
             None,
         ),
     );
@@ -171,7 +171,7 @@ const virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }"#,
     ];
     for (path, reason) in cases {
         let err = DylibHook::load(path).unwrap_err();
-        let text = hooks_core::error_chain(&err);
+        let text = virt_hooks_core::error_chain(&err);
         assert!(
             text.starts_with(&format!("cannot load hook `{}` (dylib): ", path.display())),
             "{text}"
@@ -187,8 +187,8 @@ fn script(path: &Path, body: &str) {
 
 #[test]
 fn plugins_and_scripts_share_one_drop_in_dir() {
-    hooks_exec::link();
-    hooks_dylib::link();
+    virt_hooks_exec::link();
+    virt_hooks_dylib::link();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("qemu.d");
     fs::create_dir(&d).unwrap();
@@ -234,7 +234,7 @@ fn plugins_and_scripts_share_one_drop_in_dir() {
 
 #[test]
 fn a_refusing_c_plugin_fails_the_event_with_its_message() {
-    hooks_dylib::link();
+    virt_hooks_dylib::link();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("qemu.d");
     fs::create_dir(&d).unwrap();

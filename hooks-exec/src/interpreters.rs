@@ -16,8 +16,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use hooks_core::backend::{TrustPolicy, Untrusted};
-use hooks_core::trust::{CulpritKind, Problem};
+use virt_hooks_core::backend::{TrustPolicy, Untrusted};
+use virt_hooks_core::trust::{CulpritKind, Problem};
 
 use crate::check;
 use crate::env_cmd::{self, Arg, Environment, Value};

@@ -57,8 +57,8 @@
 //! subreaper (and, outside x86-64, the hook started into a cgroup) is a plain copy.
 //!
 //! ```no_run
-//! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
-//! use hooks_exec::{ExecHook, ExecOptions};
+//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use virt_hooks_exec::{ExecHook, ExecOptions};
 //! use std::time::Duration;
 //!
 //! let hook = ExecHook::with_options("/etc/libvirt/hooks/qemu", ExecOptions {
@@ -161,8 +161,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration, TrustPolicy, Untrusted};
-use hooks_core::{Containment, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
+use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration, TrustPolicy, Untrusted};
+use virt_hooks_core::{Containment, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
 
 pub use check::check_executable;
 
@@ -269,7 +269,7 @@ impl std::fmt::Display for ContainmentInEffect {
 /// another user owns is refused as [`containment`] refuses it.
 ///
 /// ```
-/// let c = hooks_exec::containment_of(std::process::id()).unwrap();
+/// let c = virt_hooks_exec::containment_of(std::process::id()).unwrap();
 /// println!("exec hooks of this process would run in {c}");
 /// ```
 pub fn containment_of(pid: u32) -> std::io::Result<ContainmentInEffect> {
@@ -312,7 +312,7 @@ fn subreaper_in_effect(why: &str) -> ContainmentInEffect {
 /// `virt-hooks` cgroup under this process's own if it can.
 ///
 /// ```
-/// let c = hooks_exec::containment();
+/// let c = virt_hooks_exec::containment();
 /// println!("exec hooks run in {c}");
 /// ```
 pub fn containment() -> ContainmentInEffect {
@@ -367,7 +367,7 @@ impl ExecHook {
     /// for any exec hook.
     ///
     /// ```
-    /// let hook = hooks_exec::ExecHook::new("/usr/bin/env").with_leading_args(["sh", "/etc/hook.sh"]);
+    /// let hook = virt_hooks_exec::ExecHook::new("/usr/bin/env").with_leading_args(["sh", "/etc/hook.sh"]);
     /// # let _ = hook;
     /// ```
     pub fn with_leading_args<I>(mut self, args: I) -> Self
@@ -550,7 +550,7 @@ impl Job {
                 Containment::Cgroup => "everything in its cgroup",
                 _ => "everything under its helper",
             };
-            let timeout = hooks_core::backend::format_duration(self.limits.timeout.unwrap_or_default());
+            let timeout = virt_hooks_core::backend::format_duration(self.limits.timeout.unwrap_or_default());
             outcome.warnings.push(if cap.not_killed.is_empty() {
                 format!("timed out after {timeout}; it ({pid}) and {whole} were killed{escaped}")
             } else {
@@ -561,7 +561,7 @@ impl Job {
         if cap.pipes_abandoned {
             outcome.warnings.push(format!(
                 "a background process kept its stdout/stderr open {} after it exited; stopped reading (close or redirect them in background children)",
-                hooks_core::backend::format_duration(self.limits.drain_limit)
+                virt_hooks_core::backend::format_duration(self.limits.drain_limit)
             ));
         }
         if cap.stdout.truncated || cap.stderr.truncated {
@@ -595,7 +595,7 @@ impl Hook for ExecHook {
         let mut job = self.job(inv);
         // A caller's `Cancel` hangs up a pipe the supervisor polls, which then kills and
         // reaps before the call returns: the caller awaits the end.
-        let _watching = match inv.cancel().map(hooks_core::Cancel::watch) {
+        let _watching = match inv.cancel().map(virt_hooks_core::Cancel::watch) {
             Some(Ok((fd, watching))) => {
                 job.cancel.push(fd);
                 Some(watching)
@@ -605,7 +605,7 @@ impl Hook for ExecHook {
         };
         // Inside a tokio runtime the wait happens on the blocking pool; elsewhere (e.g.
         // `fire_blocking`) right here, with no thread hand-off at all.
-        match hooks_core::backend::blocking_pool() {
+        match virt_hooks_core::backend::blocking_pool() {
             Some(rt) => {
                 // The blocking task outlives a dropped future. Dropping `_dropped` with it
                 // hangs up the pipe the supervisor polls, which then kills and reaps.

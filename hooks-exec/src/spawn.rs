@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use hooks_core::Containment;
+use virt_hooks_core::Containment;
 
 use crate::cgroup::{self, HookCgroup};
 use crate::child::Child;
@@ -125,7 +125,7 @@ fn in_cgroup(plan: &Plan<'_>, req: &Request<'_>, notes: &mut Vec<String>) -> Res
     if !req.cgroup || sys::children_reaped_by_kernel() {
         return Ok(None);
     }
-    // Unavailable in this process: `hooks_exec::containment()` says why; no note on
+    // Unavailable in this process: `virt_hooks_exec::containment()` says why; no note on
     // every call.
     let Ok(setup) = cgroup::setup() else { return Ok(None) };
     let cg = match HookCgroup::create(setup, req.limits, notes) {

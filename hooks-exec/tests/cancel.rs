@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hooks_core::{Cancel, Driver, Failure, QemuEvent, Registry, RegistryBuilder};
-use hooks_exec::ExecHook;
+use virt_hooks_core::{Cancel, Driver, Failure, QemuEvent, Registry, RegistryBuilder};
+use virt_hooks_exec::ExecHook;
 
 /// A hook that records its pid, a background child's and a `setsid` grandchild's in
 /// `dir`, then sleeps.
@@ -35,7 +35,7 @@ fn registry(hook: &Path) -> Registry {
 fn registry_with(hook: ExecHook) -> Registry {
     RegistryBuilder::new()
         .hook(Driver::Qemu, hook)
-        .hook(Driver::Qemu, hooks_core::testing::MockHook::succeeding("after"))
+        .hook(Driver::Qemu, virt_hooks_core::testing::MockHook::succeeding("after"))
         .build()
 }
 
@@ -73,7 +73,7 @@ fn running(pid: u32) -> Option<String> {
     (state != 'Z' && state != 'X').then_some(stat)
 }
 
-fn assert_cancelled(report: &hooks_core::Report, pids: &[u32], took: Duration) {
+fn assert_cancelled(report: &virt_hooks_core::Report, pids: &[u32], took: Duration) {
     assert!(report.cancelled, "{report:?}");
     assert_eq!(report.hooks.len(), 1, "the hook after it ran: {:?}", report.hooks);
     assert_eq!(
@@ -152,9 +152,9 @@ fn a_call_made_after_the_cancel_runs_nothing() {
 #[test]
 fn under_the_helper_a_cancelled_call_leaves_nothing_in_proc() {
     let tmp = tempfile::tempdir().unwrap();
-    let options = hooks_exec::ExecOptions {
+    let options = virt_hooks_exec::ExecOptions {
         cgroup: false,
-        ..hooks_exec::ExecOptions::default()
+        ..virt_hooks_exec::ExecOptions::default()
     };
     let registry = registry_with(ExecHook::with_options(sleeper(tmp.path()), options));
     let cancel = Cancel::new();

@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hooks_core::{Containment, Driver, HookStatus, Invocation};
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_core::{Containment, Driver, HookStatus, Invocation};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 const IN_CHILD: &str = "HOOKS_EXEC_TEST_IN_SUBREAPER";
 
 /// Runs `body` in a copy of this test binary that is a child subreaper.
 fn in_subreaper(test: &str, body: impl FnOnce()) {
     if std::env::var_os(IN_CHILD).is_some_and(|v| v == test) {
-        hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+        virt_hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
         body();
         return;
     }
@@ -51,7 +51,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn inv() -> Invocation {
     Invocation::new(
         Driver::Qemu,
-        hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
+        virt_hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
         None,
     )
 }
@@ -72,7 +72,7 @@ fn with_timeout(path: &Path, ms: u64, cgroup: bool) -> ExecHook {
 
 /// Whether this process gives hooks cgroups; if not, says so (the test is skipped).
 fn cgroups_here(test: &str) -> bool {
-    let c = hooks_exec::containment();
+    let c = virt_hooks_exec::containment();
     if c.kind != Containment::Cgroup {
         eprintln!("SKIPPED {test}: hooks get no cgroup here ({c})");
         return false;
@@ -208,7 +208,7 @@ fn a_timeout_kills_a_detached_daemon_without_a_subreaper() {
 fn the_report_says_which_containment_was_used() {
     let tmp = tempfile::tempdir().unwrap();
     let hook = script(tmp.path(), "ok", "#!/bin/sh\nexit 0\n");
-    let expected = hooks_exec::containment().kind;
+    let expected = virt_hooks_exec::containment().kind;
     if expected != Containment::Cgroup {
         eprintln!(
             "NOTE the_report_says_which_containment_was_used: hooks get no cgroup here; checking the subreaper only"
@@ -219,10 +219,10 @@ fn the_report_says_which_containment_was_used() {
             cgroup,
             ..Default::default()
         };
-        let registry = hooks_core::RegistryBuilder::new()
+        let registry = virt_hooks_core::RegistryBuilder::new()
             .hook(Driver::Qemu, ExecHook::with_options(&hook, options))
             .build();
-        let event = hooks_core::RawEvent::new(Driver::Qemu, ["vm1", "prepare", "begin", "-"]);
+        let event = virt_hooks_core::RawEvent::new(Driver::Qemu, ["vm1", "prepare", "begin", "-"]);
         let report = registry.fire_blocking(&event).unwrap();
         assert_eq!(report.hooks[0].containment, Some(want));
         let json = serde_json::to_value(&report).unwrap();
@@ -258,7 +258,7 @@ fn cpu_time_and_peak_memory_are_recorded_in_a_cgroup() {
     assert!(busy.status.is_success(), "{:?}", busy.status);
     let (idle_cpu, busy_cpu) = (idle.cpu_time.unwrap(), busy.cpu_time.unwrap());
     assert!(busy_cpu > idle_cpu, "busy {busy_cpu:?} vs idle {idle_cpu:?}");
-    let c = hooks_exec::containment();
+    let c = virt_hooks_exec::containment();
     if c.memory {
         assert!(busy.memory_peak.is_some_and(|m| m > 0), "{:?}", busy.memory_peak);
     } else {
@@ -272,7 +272,7 @@ fn cpu_time_and_peak_memory_are_recorded_in_a_cgroup() {
 #[test]
 fn a_memory_limit_applies_where_the_controller_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = hooks_exec::containment();
+    let c = virt_hooks_exec::containment();
     let options = ExecOptions {
         memory_max: Some(16 << 20),
         timeout: Some(Duration::from_secs(60)),
@@ -311,7 +311,7 @@ fn a_memory_limit_applies_where_the_controller_is() {
 #[test]
 fn a_process_limit_applies_where_the_controller_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = hooks_exec::containment();
+    let c = virt_hooks_exec::containment();
     let forker = script(
         tmp.path(),
         "forker",
@@ -341,7 +341,7 @@ fn a_process_limit_applies_where_the_controller_is() {
 /// The directory of the cgroup named by a `/proc/<pid>/cgroup` text.
 fn cgroup_dir_of(text: &str) -> PathBuf {
     let name = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim();
-    let parent = hooks_exec::containment().cgroup_parent.unwrap();
+    let parent = virt_hooks_exec::containment().cgroup_parent.unwrap();
     parent.join(Path::new(name).file_name().unwrap())
 }
 
@@ -436,7 +436,7 @@ fn a_hook_that_kills_its_helper_is_an_error_not_a_hang() {
     // Whenever it died (before or after the hook was reported running), it says so.
     match &out.status {
         HookStatus::Failed(e) => {
-            let why = hooks_core::error_chain(e);
+            let why = virt_hooks_core::error_chain(e);
             assert!(why.contains("helper process died"), "{why}");
         }
         other => panic!("{other:?}"),

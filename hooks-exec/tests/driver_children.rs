@@ -29,11 +29,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooks_core::backend::{HookLoader, HookSettings};
-use hooks_core::{
+use virt_hooks_core::backend::{HookLoader, HookSettings};
+use virt_hooks_core::{
     Containment, Hook, HookFailure, HooksDir, LoadError, QemuEvent, Registry, RegistryBuilder, StatusRecord,
 };
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 /// Set in the copy of this binary that runs one test's body: the test's name.
 const IN_COPY: &str = "HOOKS_EXEC_TEST_DRIVER_COPY";
@@ -48,7 +48,7 @@ const HOOK_TIMEOUT: Duration = Duration::from_millis(1500);
 fn in_own_process(test: &str, subreaper: bool, body: impl FnOnce()) {
     if std::env::var_os(IN_COPY).is_some_and(|v| v == test) {
         if std::env::var_os(AS_SUBREAPER).is_some() {
-            hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+            virt_hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
         }
         body();
         return;
@@ -84,7 +84,7 @@ impl HookLoader for SubreaperOnly {
     }
 
     fn claims(&self, path: &Path, meta: &fs::Metadata) -> bool {
-        hooks_exec::ExecLoader.claims(path, meta)
+        virt_hooks_exec::ExecLoader.claims(path, meta)
     }
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
@@ -102,7 +102,7 @@ const CONTAINMENTS: [bool; 2] = [true, false];
 
 /// Whether this process gives hooks cgroups; if not, says so (that half is skipped).
 fn cgroups_here(test: &str) -> bool {
-    let c = hooks_exec::containment();
+    let c = virt_hooks_exec::containment();
     if c.kind != Containment::Cgroup {
         eprintln!("SKIPPED {test} with cgroups: hooks get no cgroup here ({c})");
         return false;
@@ -145,7 +145,7 @@ fn hooks_dir(dir: &Path, mark: &str) -> PathBuf {
 /// The driver's registry: its hooks dir, with the crate's exec loader (a cgroup per
 /// hook where one can be made) or the subreaper-only one, and a per-hook timeout.
 fn registry(hooks: &Path, cgroup: bool) -> Registry {
-    hooks_exec::link();
+    virt_hooks_exec::link();
     let dir = if cgroup {
         HooksDir::new(hooks)
     } else {
@@ -574,10 +574,10 @@ fn a_driver_that_ignores_sigchld_still_gets_its_hooks_verdicts() {
     in_own_process(test, false, || {
         // SAFETY: sets a signal disposition; this copy of the binary runs this test alone.
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
-        let c = hooks_exec::containment();
+        let c = virt_hooks_exec::containment();
         assert_eq!(c.kind, Containment::Subreaper, "{c}");
         assert!(c.description.contains("ignores SIGCHLD"), "{c}");
-        let seen = hooks_exec::containment_of(std::process::id()).unwrap();
+        let seen = virt_hooks_exec::containment_of(std::process::id()).unwrap();
         assert_eq!((seen.kind, seen.description), (c.kind, c.description));
         for cgroup in CONTAINMENTS {
             verdicts_come_through(test, cgroup, Containment::Subreaper);

@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hooks_core::{Driver, Hook, HookStatus, Invocation};
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_core::{Driver, Hook, HookStatus, Invocation};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 const IN_CHILD: &str = "HOOKS_EXEC_TEST_IN_SUBREAPER";
 
 /// Runs `body` in a copy of this test binary that is a child subreaper.
 fn in_subreaper(test: &str, body: impl FnOnce()) {
     if std::env::var_os(IN_CHILD).is_some_and(|v| v == test) {
-        hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+        virt_hooks_exec::become_subreaper().expect("PR_SET_CHILD_SUBREAPER");
         body();
         return;
     }
@@ -49,7 +49,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn inv() -> Invocation {
     Invocation::new(
         Driver::Qemu,
-        hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
+        virt_hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
         None,
     )
 }

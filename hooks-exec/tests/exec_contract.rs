@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hooks_core::{Containment, Driver, Hook, HookOutcome, HookStatus, Invocation};
-use hooks_exec::{ExecHook, ExecOptions};
+use virt_hooks_core::{Containment, Driver, Hook, HookOutcome, HookStatus, Invocation};
+use virt_hooks_exec::{ExecHook, ExecOptions};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
@@ -18,7 +18,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn inv(input: Option<&[u8]>) -> Invocation {
     Invocation::new(
         Driver::Qemu,
-        hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
+        virt_hooks_core::EventArgs::new(["vm1", "prepare", "begin", "-"]),
         input.map(Into::into),
     )
 }

@@ -5,12 +5,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
-use hooks_core::{Driver, HooksDir};
+use virt_hooks_core::{Driver, HooksDir};
 
 #[test]
 #[ignore = "measurement; run with --release --ignored --nocapture"]
 fn interpreter_checks_per_scan() {
-    hooks_exec::link();
+    virt_hooks_exec::link();
     let n = 5_000;
     for line in [
         "#!/bin/sh",

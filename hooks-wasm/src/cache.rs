@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hooks_core::backend::TrustPolicy;
+use virt_hooks_core::backend::TrustPolicy;
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
@@ -67,7 +67,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 ///
 /// ```
 /// use std::path::PathBuf;
-/// use hooks_wasm::cache_dir_for;
+/// use virt_hooks_wasm::cache_dir_for;
 /// let env = |name: &str| (name == "HOME").then(|| "/home/dev".into());
 /// assert_eq!(cache_dir_for(1000, env), Some(PathBuf::from("/home/dev/.cache/virt-hooks/wasm")));
 /// assert_eq!(cache_dir_for(0, env), Some(PathBuf::from("/var/cache/virt-hooks/wasm")));
@@ -180,7 +180,7 @@ impl DiskCache {
     /// cannot be created.
     pub(crate) fn open(dir: &Path, engine: &Engine) -> Option<DiskCache> {
         let policy = TrustPolicy::current_user();
-        let untrusted = |e: hooks_core::backend::Untrusted| {
+        let untrusted = |e: virt_hooks_core::backend::Untrusted| {
             tracing::warn!(dir = %dir.display(), reason = %e.reason(), "untrusted WASM cache dir not used; compiling in memory");
         };
         if let Some(why) = not_plain(dir) {

@@ -181,7 +181,7 @@ fn parse_settings(arg: &str) -> Option<EngineConfig> {
 ///     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
 ///     // By argv[0], which no input of the program's chooses.
 ///     if args.first().is_some_and(|a| Path::new(a).file_name() == Some("my-compile-wasm".as_ref())) {
-///         return hooks_wasm::compiler_child_main(&args[1..]);
+///         return virt_hooks_wasm::compiler_child_main(&args[1..]);
 ///     }
 ///     // … the program, which builds its sandbox with `Compiler::Child { program:
 ///     // "/proc/self/exe".into(), arg0: Some("my-compile-wasm".into()), args: vec![], memory }`

@@ -39,14 +39,14 @@
 //!
 //! The disk cache holds native code that runs with the caller's privileges (root,
 //! under libvirt), so an entry is loaded only from a directory that passes
-//! [`hooks_core::backend::TrustPolicy`] for the effective uid, only when the entry itself is a
+//! [`virt_hooks_core::backend::TrustPolicy`] for the effective uid, only when the entry itself is a
 //! regular file (not a symlink) owned by the effective uid and writable by no one else,
 //! and only when its header binds it to the SHA-256 of the module being loaded and to
 //! this engine; anything else is recompiled. Root never caches under `HOME` or
 //! `XDG_CACHE_HOME` ([`cache_dir_for`]).
 //!
 //! **Where modules go.** A driver that embeds this crate keeps its modules in its own
-//! hooks dir, in libvirt's shape: with `hooks_wasm::link()` called once,
+//! hooks dir, in libvirt's shape: with `virt_hooks_wasm::link()` called once,
 //! `RegistryBuilder::hooks_dir(DIR)` runs `DIR/<driver>.d/*.wasm` (no execute bit needed)
 //! in order with the scripts there, each with the limits its sidecar sets
 //! (`<module>.wasm.toml`); [`WasmHook`] loads one module from anywhere. On a libvirt
@@ -55,14 +55,14 @@
 //! repository's `docs/embedding.md`, "Which layout is for whom").
 //!
 //! ```no_run
-//! use hooks_core::{Driver, QemuEvent, RegistryBuilder};
-//! use hooks_wasm::{WasmHook, WasmOptions};
+//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use virt_hooks_wasm::{WasmHook, WasmOptions};
 //! // A driver's own hooks dir (`RegistryBuilder::hooks_dir("/etc/myvmm/hooks")` would find it too).
 //! let hook = WasmHook::load("/etc/myvmm/hooks/qemu.d/30-filter.wasm", WasmOptions::default())?;
 //! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
 //! let ev = QemuEvent::Migrate { name: "vm".into(), xml: "<domain/>\n".into() };
 //! let report = registry.fire_blocking(&ev);
-//! # Ok::<(), hooks_core::LoadError>(())
+//! # Ok::<(), virt_hooks_core::LoadError>(())
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
@@ -85,8 +85,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
-use hooks_core::{Hook, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
+use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
+use virt_hooks_core::{Hook, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
 use tokio::sync::oneshot;
 
 /// Limits for one WASM hook.
@@ -117,7 +117,7 @@ impl Default for WasmOptions {
             memory: 64 << 20,
             max_output: 16 << 20,
             fuel: None,
-            state_max: hooks_core::DEFAULT_STATE_MAX,
+            state_max: virt_hooks_core::DEFAULT_STATE_MAX,
         }
     }
 }
@@ -194,7 +194,7 @@ impl WasmHook {
             inv.input_shared().cloned(),
         );
         let state = inv.state_dir().map(Path::to_owned);
-        let ends = hooks_core::state_ends_at(inv.driver(), &args.lossy(1), &args.lossy(2));
+        let ends = virt_hooks_core::state_ends_at(inv.driver(), &args.lossy(1), &args.lossy(2));
         move |cancel| sandbox.run(&module, &argv, input, (state.as_deref(), ends), limits, cancel)
     }
 }
@@ -231,7 +231,7 @@ impl Hook for WasmHook {
             let dropper = std::sync::Arc::clone(&waits);
             c.on_cancel(move || drop(dropper.lock().map(|mut w| w.take())))
         });
-        match hooks_core::backend::blocking_pool() {
+        match virt_hooks_core::backend::blocking_pool() {
             Some(rt) => rt
                 .spawn_blocking(move || job(Some(cancel)))
                 .await
@@ -293,7 +293,7 @@ static WASM_LOADER: WasmLoader = WasmLoader::new(WasmOptions {
     memory: 64 << 20,
     max_output: 16 << 20,
     fuel: None,
-    state_max: hooks_core::DEFAULT_STATE_MAX,
+    state_max: virt_hooks_core::DEFAULT_STATE_MAX,
 });
 
 inventory::submit! { LoaderRegistration::new(&WASM_LOADER) }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use hooks_core::{HookOutcome, HookStatus, LoadError, LoadErrorKind};
+use virt_hooks_core::{HookOutcome, HookStatus, LoadError, LoadErrorKind};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use wasmtime::{
@@ -222,7 +222,7 @@ impl Sandbox {
     /// A sandbox with its own engine; `cache_dir` `None` keeps compiled modules in
     /// memory only. The dir must be absolute, without `.` or `..` components; what is
     /// missing of it is created (mode 0700) one directory at a time, each inside one
-    /// that passes the trust rule for the effective uid ([`hooks_core::backend::TrustPolicy`]),
+    /// that passes the trust rule for the effective uid ([`virt_hooks_core::backend::TrustPolicy`]),
     /// and it is used only if it passes that rule; otherwise the sandbox warns
     /// (through `tracing`) and compiles in memory.
     ///
@@ -277,7 +277,7 @@ impl Sandbox {
     /// Gives `config` back when the global sandbox was already configured or built.
     ///
     /// ```
-    /// use hooks_wasm::{EngineConfig, Sandbox};
+    /// use virt_hooks_wasm::{EngineConfig, Sandbox};
     /// let one_shot = EngineConfig { pooling: false, ..EngineConfig::default() };
     /// assert!(Sandbox::configure_global(one_shot).is_ok());
     /// assert!(Sandbox::configure_global(EngineConfig::default()).is_err());
@@ -655,7 +655,7 @@ impl Sandbox {
             Ok(Ended::Returned(Ok(()))) => HookStatus::Exited(0),
             Ok(Ended::Returned(Err(e))) => classify(&e, store.data().limits.refused, limits),
             Ok(Ended::TimedOut) => HookStatus::TimedOut(limits.timeout.unwrap_or_default()),
-            Ok(Ended::Abandoned) => HookStatus::Failed(hooks_core::HookError::Cancelled),
+            Ok(Ended::Abandoned) => HookStatus::Failed(virt_hooks_core::HookError::Cancelled),
             Err(e) => HookStatus::Crashed(e.to_owned()),
         };
         // Whatever the module did last is measured too: a cap that held only while it

@@ -13,14 +13,14 @@ use std::time::Instant;
 
 use common::heap::peak_during;
 use common::{block_on, inv, printer, sandbox, write_module};
-use hooks_core::Hook;
-use hooks_wasm::{cache_dir_for, CacheSource, Sandbox, WasmHook, WasmOptions};
+use virt_hooks_core::Hook;
+use virt_hooks_wasm::{cache_dir_for, CacheSource, Sandbox, WasmHook, WasmOptions};
 
 #[global_allocator]
 static HEAP: common::heap::Counting = common::heap::Counting;
 
 fn is_root() -> bool {
-    hooks_core::backend::TrustPolicy::current_user().uid() == 0
+    virt_hooks_core::backend::TrustPolicy::current_user().uid() == 0
 }
 
 fn chmod(p: &Path, mode: u32) {

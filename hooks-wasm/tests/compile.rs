@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use hooks_core::LoadErrorKind;
-use hooks_wasm::{CacheSource, CompileBudget, Compiler, EngineConfig, Sandbox};
+use virt_hooks_core::LoadErrorKind;
+use virt_hooks_wasm::{CacheSource, CompileBudget, Compiler, EngineConfig, Sandbox};
 
 fn compiler(memory: u64) -> Compiler {
     Compiler::Child {
@@ -55,7 +55,7 @@ fn a_module_built_to_exhaust_the_compiler_is_stopped_at_the_hooks_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let module = write(tmp.path(), "costly.wasm", &costly_module(20_000, 12_000));
-    let sandbox = sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let sandbox = sandbox(Some(&cache), compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let start = Instant::now();
     let err = sandbox.load_within(&module, Some(Duration::from_secs(2))).unwrap_err();
     let took = start.elapsed();
@@ -72,7 +72,7 @@ fn a_module_built_to_exhaust_the_compiler_is_stopped_at_the_hooks_timeout() {
     // fails at once, also in another process (a new sandbox). The message rounds the
     // CPU time to 0.1 s: too close to the line to tell, nothing is asserted.
     let share = cpu_share(why);
-    let again = self::sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let again = self::sandbox(Some(&cache), compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let err = again.load_within(&module, Some(Duration::from_secs(1))).unwrap_err();
     if !(0.85..0.95).contains(&share) {
         assert_eq!(
@@ -128,7 +128,7 @@ fn a_module_compiled_in_a_child_runs_and_is_cached_for_the_parent_engine() {
             ..EngineConfig::default()
         };
         let sandbox = Sandbox::new(config, Some(cache.join(pooling.to_string()))).unwrap();
-        sandbox.set_compiler(compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+        sandbox.set_compiler(compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
         let loaded = sandbox.load_within(&module, Some(Duration::from_secs(10))).unwrap();
         assert_eq!(loaded.source(), CacheSource::Compiled);
         let other = Sandbox::new(config, Some(cache.join(pooling.to_string()))).unwrap();
@@ -140,7 +140,7 @@ fn a_module_compiled_in_a_child_runs_and_is_cached_for_the_parent_engine() {
 fn invalid_modules_from_a_child_are_invalid_not_limits() {
     let tmp = tempfile::tempdir().unwrap();
     let module = write(tmp.path(), "junk.wasm", b"\0asm\x01\0\0\0\x01\xff");
-    let sandbox = sandbox(None, compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let sandbox = sandbox(None, compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let err = sandbox.load(&module).unwrap_err();
     assert!(matches!(err.kind, LoadErrorKind::InvalidModule), "{err}");
 }
@@ -151,9 +151,9 @@ fn ahead_of_time_compiling_is_not_held_to_the_hooks_timeout_and_clears_the_failu
     let cache = tmp.path().join("cache");
     // Costly enough to pass 2 s in a debug build, cheap enough for an ahead-of-time compile.
     let module = write(tmp.path(), "medium.wasm", &costly_module(3_000, 2_000));
-    let event = sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let event = sandbox(Some(&cache), compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let at_event = event.load_within(&module, Some(Duration::from_millis(1)));
-    let ahead = sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let ahead = sandbox(Some(&cache), compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     ahead.set_compile_budget(CompileBudget::Fixed(Duration::from_secs(600)));
     let compiled = ahead.load_within(&module, Some(Duration::from_millis(1))).unwrap();
     // Whether or not the event's attempt failed (a fast machine compiles it in 2 s),
@@ -162,7 +162,7 @@ fn ahead_of_time_compiling_is_not_held_to_the_hooks_timeout_and_clears_the_failu
         assert!(matches!(e.kind, LoadErrorKind::CompileLimit { .. }), "{e}");
         assert_eq!(compiled.source(), CacheSource::Compiled);
     }
-    let later = sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let later = sandbox(Some(&cache), compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     assert_eq!(
         later
             .load_within(&module, Some(Duration::from_millis(1)))
@@ -212,7 +212,7 @@ fn shell_compiler(script: &str) -> Compiler {
         program: PathBuf::from("/bin/sh"),
         arg0: None,
         args: vec!["-c".into(), script.into(), "sh".into()],
-        memory: hooks_wasm::DEFAULT_COMPILE_MEMORY,
+        memory: virt_hooks_wasm::DEFAULT_COMPILE_MEMORY,
     }
 }
 
@@ -234,7 +234,7 @@ fn a_compile_starved_or_killed_by_others_is_not_held_against_the_module() {
         assert!(err.to_string().contains(said), "{err}");
     }
     // ... but neither is recorded: the next event compiles it.
-    let sandbox = sandbox(Some(&cache), compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let sandbox = sandbox(Some(&cache), compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let loaded = sandbox.load_within(&module, Some(Duration::from_millis(1))).unwrap();
     assert_eq!(loaded.source(), CacheSource::Compiled);
 }
@@ -245,10 +245,10 @@ fn a_huge_module_is_refused_before_it_is_read() {
     let path = tmp.path().join("huge.wasm");
     // Sparse: a gigabyte that costs nothing to make, and would cost reading.
     fs::File::create(&path).unwrap().set_len(1 << 30).unwrap();
-    let sandbox = sandbox(None, compiler(hooks_wasm::DEFAULT_COMPILE_MEMORY));
+    let sandbox = sandbox(None, compiler(virt_hooks_wasm::DEFAULT_COMPILE_MEMORY));
     let err = sandbox.load(&path).unwrap_err();
     assert!(
-        matches!(err.kind, LoadErrorKind::ExceedsLimit { found, max, .. } if found == 1 << 30 && max == hooks_wasm::MAX_MODULE_SIZE),
+        matches!(err.kind, LoadErrorKind::ExceedsLimit { found, max, .. } if found == 1 << 30 && max == virt_hooks_wasm::MAX_MODULE_SIZE),
         "{err}"
     );
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::heap::{peak_during, reset_rss_peak, rss_peak_kib};
 use common::{block_on, inv, sandbox, write_module};
-use hooks_core::{Hook, HookOutcome, HookStatus};
-use hooks_wasm::{WasmHook, WasmOptions};
+use virt_hooks_core::{Hook, HookOutcome, HookStatus};
+use virt_hooks_wasm::{WasmHook, WasmOptions};
 
 #[global_allocator]
 static HEAP: common::heap::Counting = common::heap::Counting;
@@ -213,7 +213,7 @@ fn a_cancel_stops_a_spinning_module_and_the_call_returns() {
         .build()
         .unwrap();
     for inside_tokio in [false, true] {
-        let cancel = hooks_core::Cancel::new();
+        let cancel = virt_hooks_core::Cancel::new();
         let canceller = cancel.clone();
         let timer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
@@ -224,11 +224,11 @@ fn a_cancel_stops_a_spinning_module_and_the_call_returns() {
         let out = if inside_tokio {
             rt.block_on(hook.call(&invocation))
         } else {
-            hooks_core::block_on(hook.call(&invocation))
+            virt_hooks_core::block_on(hook.call(&invocation))
         };
         timer.join().unwrap();
         assert!(
-            matches!(out.status, HookStatus::Failed(hooks_core::HookError::Cancelled)),
+            matches!(out.status, HookStatus::Failed(virt_hooks_core::HookError::Cancelled)),
             "inside tokio: {inside_tokio}: {:?}",
             out.status
         );

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooks_core::{Driver, EventArgs, Hook, Invocation, QemuEvent, RegistryBuilder};
-use hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
+use virt_hooks_core::{Driver, EventArgs, Hook, Invocation, QemuEvent, RegistryBuilder};
+use virt_hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 /// Reads all of stdin and exits 0 (the smallest real hook).
 fn reader() -> Vec<u8> {
@@ -132,7 +132,7 @@ fn warm_call_and_cache_hit_cost() {
         .collect();
     println!("disk cache hit (Sandbox::load): {}", Stat(hits));
     // The trust check a disk read now adds (plus one fstat): the dir and its ancestors.
-    let policy = hooks_core::backend::TrustPolicy::current_user();
+    let policy = virt_hooks_core::backend::TrustPolicy::current_user();
     let check = per_call(21, 100, || assert!(policy.check_dir(&cache).is_ok()));
     println!("trust check of the cache dir ({}): {check}", cache.display());
     let compiles: Vec<f64> = (0..11)

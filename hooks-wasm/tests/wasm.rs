@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, QemuEvent, RegistryBuilder};
-use hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
+use virt_hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, QemuEvent, RegistryBuilder};
+use virt_hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 const PRELUDE: &str = r#"
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -226,7 +226,7 @@ fn broken_modules_are_load_errors_naming_the_file() {
     for (name, bytes, reason) in cases {
         let path = write_module(tmp.path(), name, &bytes);
         let err = WasmHook::load_in(Arc::clone(&sb), &path, WasmOptions::default()).unwrap_err();
-        let text = hooks_core::error_chain(&err);
+        let text = virt_hooks_core::error_chain(&err);
         assert!(
             text.starts_with(&format!("cannot load hook `{}` (wasm): ", path.display())),
             "{text}"
@@ -336,7 +336,7 @@ fn the_example_modules_refuse_and_rewrite() {
 /// directory on a libvirt host, which `HooksDir::plugins` reads when asked for.
 #[test]
 fn an_embedders_hooks_dir_runs_modules_in_driver_d_and_not_in_plugins_dirs() {
-    hooks_wasm::link();
+    virt_hooks_wasm::link();
     let tmp = tempfile::tempdir().unwrap();
     let refuse = wat::parse_file(examples().join("require-owner.wat")).unwrap();
     let in_drop_ins = write_module(tmp.path(), "qemu.d/20-require-owner.wasm", &refuse);

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use hooks_core::{Registry, RegistryBuilder};
+use virt_hooks_core::{Registry, RegistryBuilder};
 pub use tempfile::TempDir;
 
 /// A temporary hooks dir.
@@ -23,9 +23,9 @@ impl Default for HooksTree {
 impl HooksTree {
     /// An empty hooks dir.
     pub fn new() -> Self {
-        hooks_exec::link();
-        hooks_dylib::link();
-        hooks_wasm::link();
+        virt_hooks_exec::link();
+        virt_hooks_dylib::link();
+        virt_hooks_wasm::link();
         HooksTree {
             dir: tempfile::tempdir().expect("tempdir"),
         }

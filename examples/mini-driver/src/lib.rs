@@ -1,6 +1,6 @@
 //! A toy hypervisor driver: it runs each guest as a stand-in VMM process (`sleep`), and
 //! calls hooks exactly where a real driver calls libvirt's, through
-//! [`hooks_core::Lifecycle`]. Its own work (allocate, launch, release) is a
+//! [`virt_hooks_core::Lifecycle`]. Its own work (allocate, launch, release) is a
 //! [`DriverActions`] implementation, so a start refused at `started` kills the guest it
 //! launched. Its tests swap the exec backend for `MockHook`/`RecordingHook`.
 
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use hooks_core::{
+use virt_hooks_core::{
     compiled_hook, DaemonEvent, Driver, DriverActions, Guest, Hook, HookFailure, HookOutcome, Invocation, Lifecycle,
     LifecycleError, Phase, Registry, ReleaseReason, Report, Sequence, UnsupportedScenario,
 };
@@ -338,12 +338,12 @@ impl MiniDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hooks_core::testing::{MockHook, RecordingHook};
-    use hooks_core::{HookOutcome, RegistryBuilder, StatusRecord};
+    use virt_hooks_core::testing::{MockHook, RecordingHook};
+    use virt_hooks_core::{HookOutcome, RegistryBuilder, StatusRecord};
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn driver(extra: Option<hooks_core::HookEntry>) -> (MiniDriver, Arc<RecordingHook>) {
+    fn driver(extra: Option<virt_hooks_core::HookEntry>) -> (MiniDriver, Arc<RecordingHook>) {
         let rec = Arc::new(RecordingHook::new("rec"));
         let mut b = RegistryBuilder::new().shared_hook(Some(Driver::Qemu), rec.clone());
         if let Some(h) = extra {
@@ -505,7 +505,7 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let slow = hooks_exec::ExecHook::new(&script);
+        let slow = virt_hooks_exec::ExecHook::new(&script);
         let recorder = Arc::new(RecordingHook::new("rec"));
         let registry = RegistryBuilder::new()
             .shared_hook(Some(Driver::Qemu), recorder.clone())

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hooks_core::RegistryBuilder;
+use virt_hooks_core::RegistryBuilder;
 use mini_driver::{AuditTrail, MiniDriver};
 
 #[tokio::main]
 async fn main() {
-    hooks_exec::link();
+    virt_hooks_exec::link();
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)

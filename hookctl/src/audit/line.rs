@@ -13,8 +13,8 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use hooks_core::text::Limit;
-use hooks_core::{HookEvent, HookRecord, RawEvent, Report};
+use virt_hooks_core::text::Limit;
+use virt_hooks_core::{HookEvent, HookRecord, RawEvent, Report};
 use serde::{Deserialize, Serialize};
 
 use crate::output;
@@ -253,7 +253,7 @@ impl AuditLine {
     /// `\u` escapes, so the log is safe to `cat`. Ends with a newline.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let text = serde_json::to_string(self).unwrap_or_default();
-        let mut bytes = hooks_core::text::escape_json(&text).into_owned().into_bytes();
+        let mut bytes = virt_hooks_core::text::escape_json(&text).into_owned().into_bytes();
         bytes.push(b'\n');
         bytes
     }
@@ -343,7 +343,7 @@ mod tests {
     /// again: no field is written under a name the reader does not know.
     #[test]
     fn a_written_line_reads_back_whole() {
-        let event = RawEvent::new(hooks_core::Driver::Qemu, ["web\u{1b}1", "prepare", "begin", "-"]);
+        let event = RawEvent::new(virt_hooks_core::Driver::Qemu, ["web\u{1b}1", "prepare", "begin", "-"]);
         let report: Report = serde_json::from_value(serde_json::json!({
             "driver": "qemu", "object": "web1", "op": "prepare", "subop": "begin", "extra": "-",
             "policy": "abort", "filters": false, "document_changed": true,

@@ -29,7 +29,7 @@ pub(crate) enum AuditError {
     #[error("it has {0} hard links; the audit log is never written to a linked file")]
     Linked(u64),
     #[error("refused: {}", .0.reason())]
-    Untrusted(Box<hooks_core::backend::Untrusted>),
+    Untrusted(Box<virt_hooks_core::backend::Untrusted>),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -92,7 +92,7 @@ pub(crate) fn check(path: &Path) -> Result<(), AuditError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    hooks_core::backend::TrustPolicy::current_user()
+    virt_hooks_core::backend::TrustPolicy::current_user()
         .check_dir(dir)
         .map_err(|why| AuditError::Untrusted(Box::new(why)))?;
     match fs::symlink_metadata(path) {

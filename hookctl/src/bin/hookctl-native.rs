@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookctl::native_wire::{bounded, read_header, End, LoadKind, Report, REPORT_STATUS, UNUSABLE_STATUS};
-use hooks_core::backend::{HookLoader, HookSettings};
-use hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError, LoadErrorKind};
+use virt_hooks_core::backend::{HookLoader, HookSettings};
+use virt_hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError, LoadErrorKind};
 
 /// Where the host's results go: its original stdout and stderr, kept aside before any
 /// plugin code runs, so the plugin's own writes to fds 1 and 2 cannot become the
@@ -138,13 +138,13 @@ fn load_end(err: &LoadError) -> End {
             message: other.to_string(),
         },
     };
-    let source = err.source.as_deref().map(|s| bounded(hooks_core::error_chain(s)));
+    let source = err.source.as_deref().map(|s| bounded(virt_hooks_core::error_chain(s)));
     End::LoadError { kind, source }
 }
 
 /// `check` loads the plugin (running its constructors); `inspect` only reads its header.
 fn examine(what: &str, plugin: PathBuf) -> End {
-    let loader = hooks_dylib::DylibLoader;
+    let loader = virt_hooks_dylib::DylibLoader;
     let settings = HookSettings::default();
     let result = if what == "check" {
         loader.check(&plugin, &settings)
@@ -170,7 +170,7 @@ fn call(args: &[OsString], document: Vec<u8>) -> (End, Option<PluginOutput>) {
     };
     let mut args = args.iter();
     let mut with_input = true;
-    let mut max_output = hooks_core::DEFAULT_MAX_OUTPUT;
+    let mut max_output = virt_hooks_core::DEFAULT_MAX_OUTPUT;
     let plugin = loop {
         match args.next().map(|a| (a, a.to_str())) {
             Some((_, Some("--no-input"))) => with_input = false,
@@ -190,12 +190,12 @@ fn call(args: &[OsString], document: Vec<u8>) -> (End, Option<PluginOutput>) {
         return usage();
     };
     let input: Option<Arc<[u8]>> = with_input.then(|| document.into());
-    let hook = match hooks_dylib::DylibHook::load(&plugin) {
+    let hook = match virt_hooks_dylib::DylibHook::load(&plugin) {
         Ok(hook) => hook.with_max_output(max_output),
         Err(e) => return (load_end(&e), None),
     };
     let inv = Invocation::new(driver, EventArgs::new([object, op, subop, extra]), input);
-    let outcome = hooks_core::block_on(hook.call(&inv));
+    let outcome = virt_hooks_core::block_on(hook.call(&inv));
     let end = match outcome.status {
         HookStatus::Exited(code) => End::Exited { code },
         HookStatus::Crashed(message) => End::Crashed {

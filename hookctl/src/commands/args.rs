@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use hooks_core::Driver;
+use virt_hooks_core::Driver;
 
 /// What `run` and `simulate` give the hooks: their input, limits, and the report's form.
 #[derive(Debug, Args)]
@@ -63,5 +63,5 @@ pub(crate) fn parse_driver(s: &str) -> Result<Driver, String> {
 
 /// `--timeout`: the sidecars' grammar and limits.
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    hooks_core::backend::parse_duration(s).map_err(|e| e.to_string())
+    virt_hooks_core::backend::parse_duration(s).map_err(|e| e.to_string())
 }

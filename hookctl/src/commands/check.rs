@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use clap::Args;
-use hooks_core::{error_chain, Driver, HooksDir};
+use virt_hooks_core::{error_chain, Driver, HooksDir};
 
 use super::args::parse_driver;
 use super::{require_dir, Outcome};
@@ -24,8 +24,8 @@ const AHEAD_OF_TIME: std::time::Duration = std::time::Duration::from_secs(600);
 pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
     require_dir(dir)?;
     #[cfg(feature = "wasm")]
-    if let Ok(sandbox) = hooks_wasm::Sandbox::global() {
-        sandbox.set_compile_budget(hooks_wasm::CompileBudget::Fixed(AHEAD_OF_TIME));
+    if let Ok(sandbox) = virt_hooks_wasm::Sandbox::global() {
+        sandbox.set_compile_budget(virt_hooks_wasm::CompileBudget::Fixed(AHEAD_OF_TIME));
     }
     let drivers = args.driver.map_or(Driver::ALL.to_vec(), |d| vec![d]);
     let (mut sound, mut broken, mut warned) = (0, 0, 0);
@@ -47,7 +47,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             // Where `state = true` plugins keep theirs: a root every call would refuse
             // fails each of them. An unusable `state` is the mistake above, no other root.
             if let Ok(state) = &settings.state {
-                let root = hooks_core::StateRoot::new(state);
+                let root = virt_hooks_core::StateRoot::new(state);
                 if let Err(e) = root.check() {
                     broken += 1;
                     outln!(
@@ -110,7 +110,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                 outln!("warning: {}: {}", shown(&entry.path), message(&why));
                 continue;
             }
-            if let (true, hooks_core::backend::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
+            if let (true, virt_hooks_core::backend::Disposition::Skipped(why)) = (hooks.is_flat(), &entry.disposition) {
                 if why.is_likely_mistake() {
                     broken += 1;
                     outln!("broken: {}: {why}: it will never run", shown(&entry.path));
@@ -192,16 +192,16 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
 /// decides): what its failure there does to the running guest.
 fn at_reconnect(
     hooks: &HooksDir,
-    entry: &hooks_core::backend::DirEntry,
+    entry: &virt_hooks_core::backend::DirEntry,
     driver: Driver,
-    settings: &hooks_core::backend::HookSettings,
+    settings: &virt_hooks_core::backend::HookSettings,
 ) -> &'static str {
-    if !hooks.is_flat() || !hooks_core::backend::libvirt_ops(driver).contains(&"reconnect") {
+    if !hooks.is_flat() || !virt_hooks_core::backend::libvirt_ops(driver).contains(&"reconnect") {
         return "";
     }
     match entry.on_reconnect_failure(settings) {
-        hooks_core::OnReconnectFailure::Log => "  (at reconnect a failure is logged; the guest lives)",
-        hooks_core::OnReconnectFailure::Kill => "  (at reconnect a failure KILLS the guest)",
+        virt_hooks_core::OnReconnectFailure::Log => "  (at reconnect a failure is logged; the guest lives)",
+        virt_hooks_core::OnReconnectFailure::Kill => "  (at reconnect a failure KILLS the guest)",
     }
 }
 
@@ -210,7 +210,7 @@ fn state_warnings(
     hooks: &HooksDir,
     driver: Driver,
     backend: &str,
-    settings: &hooks_core::backend::HookSettings,
+    settings: &virt_hooks_core::backend::HookSettings,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     if settings.state && !hooks.is_flat() {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use clap::Args;
-use hooks_core::text::Limit;
-use hooks_core::{Driver, HookEvent, HooksDir, RawEvent, Report};
+use virt_hooks_core::text::Limit;
+use virt_hooks_core::{Driver, HookEvent, HooksDir, RawEvent, Report};
 
 use super::args::EventCli;
 use super::Outcome;
@@ -46,8 +46,8 @@ pub(crate) fn saved_original(hooks_dir: &Path, driver: Driver) -> PathBuf {
 pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, config: &crate::config::DispatchConfig) -> HooksDir {
     let dir = super::with_backends(HooksDir::plugins(plugins))
         .with_default_timeout(config.timeout)
-        .with_reconnect_failure(hooks_core::OnReconnectFailure::Log)
-        .with_state_root(Some(hooks_core::StateRoot::new(&config.state)));
+        .with_reconnect_failure(virt_hooks_core::OnReconnectFailure::Log)
+        .with_state_root(Some(virt_hooks_core::StateRoot::new(&config.state)));
     let named_for_driver = plugins
         .file_name()
         .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
@@ -99,7 +99,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     let registry = super::dispatch_settings::registry(plugins, driver, &settings, &event);
     let result = registry.fire_blocking(&event);
     // libvirt applies its own policy to our exit status: any failed plugin fails it.
-    let report = result.unwrap_or_else(hooks_core::HookFailure::into_report);
+    let report = result.unwrap_or_else(virt_hooks_core::HookFailure::into_report);
     let mut ok = report.succeeded();
     if ok {
         if let (true, Some(doc)) = (report.document_changed, &report.document) {
@@ -142,8 +142,8 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     }
     // State of this object left under the default root when `state` moved: this last
     // event could not reach it (the plugins undid nothing of it).
-    let orphaned: Vec<PathBuf> = match (&settings.state, hooks_core::state_ends_object(&event)) {
-        (Ok(root), true) => super::state::orphaned(driver, &hooks_core::StateRoot::new(root))
+    let orphaned: Vec<PathBuf> = match (&settings.state, virt_hooks_core::state_ends_object(&event)) {
+        (Ok(root), true) => super::state::orphaned(driver, &virt_hooks_core::StateRoot::new(root))
             .into_iter()
             .filter(|e| e.object == event.os_args()[0])
             .map(|e| e.path)
@@ -180,7 +180,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     let journaled = crate::journal::send(settings.journal, &event, &report, start);
     if let Some(why) = not_written {
         ok = unrecorded(record, &why, &report, event.on_failure(), ok);
-        if ok && !journaled && event.on_failure() == hooks_core::FailurePolicy::KillObject {
+        if ok && !journaled && event.on_failure() == virt_hooks_core::FailurePolicy::KillObject {
             // libvirt drops the stderr of a hook that succeeds, and failing would kill
             // the guest: the kernel's log is the one record left.
             kernel_note(&event, &report, &why);
@@ -221,19 +221,19 @@ fn kernel_note(event: &RawEvent, report: &Report, why: &str) {
 /// log holds the record; where it refuses the operation, so that no change goes
 /// unrecorded (libvirt then runs the cleanup events). Never at `reconnect`, which would
 /// kill the guest. Returns whether libvirt is to see success.
-fn unrecorded(mut record: AuditLine, why: &str, report: &Report, policy: hooks_core::FailurePolicy, ok: bool) -> bool {
+fn unrecorded(mut record: AuditLine, why: &str, report: &Report, policy: virt_hooks_core::FailurePolicy, ok: bool) -> bool {
     // A refusal that ran no plugin (the settings gate alone) changed nothing: its
     // message says everything, and a row on virsh's error line would only bury it.
     if !report.hooks.iter().any(|r| r.backend != "hookctl") {
         return ok;
     }
-    let fail = ok && policy != hooks_core::FailurePolicy::KillObject;
+    let fail = ok && policy != virt_hooks_core::FailurePolicy::KillObject;
     record.not_logged(why, fail);
     eprint!(
         "hookctl: this dispatch is not in the audit log ({why}); its record: {}",
         String::from_utf8_lossy(&record.to_bytes())
     );
-    if fail && policy == hooks_core::FailurePolicy::Ignore {
+    if fail && policy == virt_hooks_core::FailurePolicy::Ignore {
         eprintln!("hookctl: exit status 1, so that libvirt logs the record above (it ignores a failure at this event)");
     } else if fail {
         eprintln!(
@@ -261,7 +261,7 @@ pub(crate) fn libvirt_error_line(report: &Report) -> String {
         let sep = if stderr.is_empty() { "" } else { ": " };
         // `check` finds broken files and settings (the plugins' and hookctl.toml's).
         let hint = match (rec.failure, &*rec.backend) {
-            (Some(hooks_core::Failure::Load), _) | (_, "hookctl") => " (run `hookctl check`)",
+            (Some(virt_hooks_core::Failure::Load), _) | (_, "hookctl") => " (run `hookctl check`)",
             _ => "",
         };
         let entry = format!(
@@ -295,7 +295,7 @@ pub(crate) fn libvirt_error_line(report: &Report) -> String {
 /// A plugin whose failure at `reconnect` would have killed the running guest: an error
 /// for the operator (libvirt's log keeps our stderr), with what it said and why the guest
 /// still runs.
-fn spared_error(rec: &hooks_core::HookRecord, notes: &mut Notes) {
+fn spared_error(rec: &virt_hooks_core::HookRecord, notes: &mut Notes) {
     let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
     let sep = if stderr.is_empty() { "" } else { ": " };
     notes.line(format!(
@@ -335,7 +335,7 @@ impl Notes {
     }
 
     /// A record's warnings, as `hookctl check` and the audit log cap them.
-    fn warnings(&mut self, rec: &hooks_core::HookRecord) {
+    fn warnings(&mut self, rec: &virt_hooks_core::HookRecord) {
         let (kept, more) = output::capped_warnings(rec, output::WARNING.escaped());
         for w in kept {
             self.line(format!("hookctl: warning: {}: {w}", output::name(&rec.name)));
@@ -362,7 +362,7 @@ impl Notes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hooks_core::RegistryBuilder;
+    use virt_hooks_core::RegistryBuilder;
     use serde_json::json;
 
     /// The longest audit line: every text a plugin or a guest controls a megabyte of

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use hooks_core::{
+use virt_hooks_core::{
     Driver, FailurePolicy, Hook, HookEntry, HookError, HookEvent, HookOutcome, HookPolicy, Invocation, Registry,
     RegistryBuilder, StateError,
 };
@@ -113,9 +113,9 @@ pub(crate) fn registry(plugins: &Path, driver: Driver, settings: &Settings, even
 }
 
 /// A layer that fails the plugins in `stateful` with `why`, without running them.
-fn refuse_stateful(stateful: HashSet<PathBuf>, file: &Path, why: String) -> impl hooks_core::layer::Layer {
+fn refuse_stateful(stateful: HashSet<PathBuf>, file: &Path, why: String) -> impl virt_hooks_core::layer::Layer {
     let (stateful, file, why) = (Arc::new(stateful), Arc::new(file.to_owned()), Arc::new(why));
-    hooks_core::layer::from_fn(move |hook: Arc<dyn Hook>, inv: Invocation| {
+    virt_hooks_core::layer::from_fn(move |hook: Arc<dyn Hook>, inv: Invocation| {
         let refused = hook.path().is_some_and(|p| stateful.contains(p));
         let (file, why) = (Arc::clone(&file), Arc::clone(&why));
         async move {

@@ -6,8 +6,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use hooks_core::backend::TrustPolicy;
-use hooks_core::Driver;
+use virt_hooks_core::backend::TrustPolicy;
+use virt_hooks_core::Driver;
 
 use super::args::parse_driver;
 use super::{Outcome, UsageError};
@@ -316,7 +316,7 @@ fn step(dir: &Path, driver: Driver, exe: &Path, force: bool, stale_saved: Option
     let trust = TrustPolicy::current_user();
     let runs_with = |link: &Path| {
         let meta = fs::metadata(link).ok()?;
-        let loader = hooks_core::backend::registered_loaders()
+        let loader = virt_hooks_core::backend::registered_loaders()
             .into_iter()
             .find(|l| l.claims(link, &meta))?;
         loader.check_dependencies(link, &trust).err()

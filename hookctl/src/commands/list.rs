@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use clap::Args;
-use hooks_core::backend::{Disposition, EntryRole};
-use hooks_core::{Driver, HooksDir};
+use virt_hooks_core::backend::{Disposition, EntryRole};
+use virt_hooks_core::{Driver, HooksDir};
 use serde::Serialize;
 
 use super::args::parse_driver;
@@ -54,7 +54,7 @@ struct StateView {
     kept: Option<String>,
 }
 
-fn state_views(root: &hooks_core::StateRoot, driver: Driver) -> Vec<StateView> {
+fn state_views(root: &virt_hooks_core::StateRoot, driver: Driver) -> Vec<StateView> {
     root.entries(driver)
         .into_iter()
         .map(|e| StateView {
@@ -113,7 +113,7 @@ struct Effective {
     memory: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_output: Option<u64>,
-    policy: hooks_core::HookPolicy,
+    policy: virt_hooks_core::HookPolicy,
     #[serde(rename = "match")]
     matcher: MatchView,
     /// The sidecar these came from, if any.
@@ -121,7 +121,7 @@ struct Effective {
     sidecar: Option<String>,
     /// In a plugins dir, for a driver with `reconnect`: what a failure there does.
     #[serde(skip_serializing_if = "Option::is_none")]
-    on_reconnect_failure: Option<hooks_core::OnReconnectFailure>,
+    on_reconnect_failure: Option<virt_hooks_core::OnReconnectFailure>,
 }
 
 #[derive(Serialize)]
@@ -141,11 +141,11 @@ struct MatchView {
 }
 
 impl Effective {
-    fn of(s: &hooks_core::backend::HookSettings, backend_default: Option<std::time::Duration>) -> Self {
+    fn of(s: &virt_hooks_core::backend::HookSettings, backend_default: Option<std::time::Duration>) -> Self {
         let own = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_owned).collect();
         Effective {
             timeout_secs: s.effective_timeout(backend_default).map(|t| t.as_secs_f64()),
-            timeout_is_default: s.timeout == hooks_core::backend::Timeout::Default,
+            timeout_is_default: s.timeout == virt_hooks_core::backend::Timeout::Default,
             memory: s.memory,
             max_output: s.max_output,
             policy: s.policy,
@@ -178,7 +178,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
             if let Ok(state) = &settings.state {
-                l.state = state_views(&hooks_core::StateRoot::new(state), d);
+                l.state = state_views(&virt_hooks_core::StateRoot::new(state), d);
             }
             l.log = settings.log.as_ref().ok().map(|log| log.display().to_string());
             if let Err(e) = settings.config() {
@@ -218,7 +218,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
                     l.driver,
                     name(p)
                 ));
-                if hooks_core::backend::libvirt_ops(l.driver).contains(&"reconnect") {
+                if virt_hooks_core::backend::libvirt_ops(l.driver).contains(&"reconnect") {
                     text.push_str("  at reconnect a plugin's failure is logged and the guest lives, unless its sidecar says on_reconnect_failure=kill\n");
                 }
             }
@@ -314,7 +314,7 @@ fn exec_containment(listings: &mut [DriverListing]) {
                 "no libvirt daemon runs now; a dispatcher in this shell's cgroup would get".to_owned(),
             ),
         };
-        l.exec_containment = Some(match hooks_exec::containment_of(pid) {
+        l.exec_containment = Some(match virt_hooks_exec::containment_of(pid) {
             Ok(c) => format!("{who}: {c}"),
             Err(e) => format!("{who}: unknown ({e})"),
         });
@@ -381,7 +381,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                         .then(|| XPATH_NOTE.to_owned());
                     // Where the dispatcher decides what a failure at `reconnect` does.
                     let reconnect = (hooks.is_flat()
-                        && hooks_core::backend::libvirt_ops(driver).contains(&"reconnect"))
+                        && virt_hooks_core::backend::libvirt_ops(driver).contains(&"reconnect"))
                     .then(|| loaded.as_ref().ok().map(|s| e.on_reconnect_failure(s)))
                     .flatten();
                     let effective = match (&loaded, e.loader()) {
@@ -399,8 +399,8 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                     // The time limit in effect, default included, for whatever runs.
                     if let (Ok(s), Some(loader)) = (&loaded, e.loader()) {
                         let effective = s.effective_timeout(loader.default_timeout());
-                        if let (hooks_core::backend::Timeout::Default, Some(t)) = (s.timeout, effective) {
-                            let shown = format!("timeout={} (default)", hooks_core::backend::format_duration(t));
+                        if let (virt_hooks_core::backend::Timeout::Default, Some(t)) = (s.timeout, effective) {
+                            let shown = format!("timeout={} (default)", virt_hooks_core::backend::format_duration(t));
                             settings = Some(settings.map_or(shown.clone(), |other| format!("{shown} {other}")));
                         }
                     }
@@ -409,7 +409,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                             order += 1;
                             let broken = loaded.as_ref().ok().and_then(|s| loader.inspect(&e.path, s).err()).map(
                                 |err| match &err.source {
-                                    Some(source) => format!("{}: {}", err.kind, hooks_core::error_chain(&**source)),
+                                    Some(source) => format!("{}: {}", err.kind, virt_hooks_core::error_chain(&**source)),
                                     None => err.kind.to_string(),
                                 },
                             );

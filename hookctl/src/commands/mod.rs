@@ -16,7 +16,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use hooks_core::{HooksDir, Registry, RegistryBuilder};
+use virt_hooks_core::{HooksDir, Registry, RegistryBuilder};
 
 /// libvirt's layout as libvirt runs it: no state directories (libvirt keeps none; a
 /// hook that asks for one fails saying so).
@@ -32,11 +32,11 @@ pub(crate) fn hooks_dir(dir: &Path, wasm_memory_mib: Option<u32>) -> HooksDir {
     let dir = with_backends(HooksDir::new(dir));
     #[cfg(feature = "wasm")]
     if let Some(mib) = wasm_memory_mib {
-        let options = hooks_wasm::WasmOptions {
+        let options = virt_hooks_wasm::WasmOptions {
             memory: (mib as usize) << 20,
             ..Default::default()
         };
-        return dir.with_loader(hooks_wasm::WasmLoader::new(options));
+        return dir.with_loader(virt_hooks_wasm::WasmLoader::new(options));
     }
     let _ = wasm_memory_mib;
     dir
@@ -53,13 +53,13 @@ pub(crate) fn with_backends(dir: HooksDir) -> HooksDir {
 /// For a native or WASM plugin in libvirt's own `<driver>.d/`: what libvirt does with it
 /// instead of loading it (libvirt runs that directory itself), and where it belongs.
 pub(crate) fn misplaced_plugin(
-    dir: &hooks_core::HooksDir,
-    entry: &hooks_core::backend::DirEntry,
-    driver: hooks_core::Driver,
+    dir: &virt_hooks_core::HooksDir,
+    entry: &virt_hooks_core::backend::DirEntry,
+    driver: virt_hooks_core::Driver,
 ) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let native = entry.path.extension().is_some_and(|e| e == "so" || e == "wasm");
-    if dir.is_flat() || entry.role != hooks_core::backend::EntryRole::DropIn || !native {
+    if dir.is_flat() || entry.role != virt_hooks_core::backend::EntryRole::DropIn || !native {
         return None;
     }
     let executable = std::fs::metadata(&entry.path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
@@ -77,7 +77,7 @@ pub(crate) fn misplaced_plugin(
 
 /// Warns about plugins in libvirt's `<driver>.d/`, which `run`/`simulate` load but
 /// libvirt would not. The file name is anyone's who can write there: escaped.
-pub(crate) fn warn_misplaced(dir: &hooks_core::HooksDir, driver: hooks_core::Driver) {
+pub(crate) fn warn_misplaced(dir: &virt_hooks_core::HooksDir, driver: virt_hooks_core::Driver) {
     for entry in dir.scan(driver).unwrap_or_default() {
         if let Some(why) = misplaced_plugin(dir, &entry, driver) {
             eprintln!(
@@ -90,7 +90,7 @@ pub(crate) fn warn_misplaced(dir: &hooks_core::HooksDir, driver: hooks_core::Dri
 }
 
 /// `<dir>/<driver>.plugins`, when it is a directory (hookctl installed as the hook).
-pub(crate) fn plugins_dir(dir: &Path, driver: hooks_core::Driver) -> Option<std::path::PathBuf> {
+pub(crate) fn plugins_dir(dir: &Path, driver: virt_hooks_core::Driver) -> Option<std::path::PathBuf> {
     let p = dir.join(format!("{}.plugins", driver.as_str()));
     p.is_dir().then_some(p)
 }

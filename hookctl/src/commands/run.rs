@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use clap::Args;
-use hooks_core::{HookEvent, RawEvent};
+use virt_hooks_core::{HookEvent, RawEvent};
 
 use super::args::{EventCli, InputArgs};
 use super::{require_dir, Outcome};
@@ -38,7 +38,7 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
     // Exit 1 for any failed hook, also one libvirt would ignore: the report says which.
     let report = registry
         .fire_blocking(&event)
-        .unwrap_or_else(hooks_core::HookFailure::into_report);
+        .unwrap_or_else(virt_hooks_core::HookFailure::into_report);
     let ok = report.succeeded();
     report.hooks.iter().for_each(output::warnings);
     if args.input.json {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clap::Args;
-use hooks_core::{Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
+use virt_hooks_core::{Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
 
 use super::args::{parse_driver, InputArgs};
 use super::{require_dir, Outcome, UsageError};
@@ -56,7 +56,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     let reason: ReleaseReason = args
         .reason
         .parse()
-        .map_err(|e: hooks_core::UnknownReleaseReason| UsageError(e.to_string()))?;
+        .map_err(|e: virt_hooks_core::UnknownReleaseReason| UsageError(e.to_string()))?;
     let xml = super::read_input(args.input.input.as_deref())?.unwrap_or_default();
     let guest = Guest::new(args.driver, object, String::from_utf8_lossy(&xml));
     let (version, from) = match &args.libvirt {
@@ -77,12 +77,12 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         .tempdir()
         .map_err(|e| UsageError(format!("cannot make a temporary state directory: {e}")))?;
     let state = match &args.state {
-        Some(dir) => hooks_core::StateRoot::new(resolved(dir)),
-        None => hooks_core::StateRoot::new(scratch.path().join("state")),
+        Some(dir) => virt_hooks_core::StateRoot::new(resolved(dir)),
+        None => virt_hooks_core::StateRoot::new(scratch.path().join("state")),
     };
     let plugins = dir.join(format!("{}.plugins", args.driver.as_str()));
     let real = crate::config::settings(&plugins).in_effect().state;
-    for real in [resolved(&real), resolved(Path::new(hooks_core::SYSTEM_STATE_ROOT))] {
+    for real in [resolved(&real), resolved(Path::new(virt_hooks_core::SYSTEM_STATE_ROOT))] {
         if state.path().starts_with(&real) || real.starts_with(state.path()) {
             return Err(UsageError(format!(
                 "--state {}: that is (or holds) {}, where the dispatcher keeps the real guests' state; simulate elsewhere",
@@ -133,7 +133,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         output::stdout(render(&seq, &guest, dir, args.state.is_none()).as_bytes());
     }
     if args.state.is_none() {
-        warn_state_thrown_away(&hooks_core::StateRoot::new(scratch.path().join("state")), &guest);
+        warn_state_thrown_away(&virt_hooks_core::StateRoot::new(scratch.path().join("state")), &guest);
     }
     Ok(seq.proceeds())
 }
@@ -150,7 +150,7 @@ fn ran(result: Result<Sequence, LifecycleError>) -> Result<Sequence, UsageError>
 /// Plugins ran for real and recorded what they did in simulate's temporary state root,
 /// which goes when simulate ends: what they did on the host stays, with no record left
 /// for a release to undo it. Says so for each plugin that recorded something.
-fn warn_state_thrown_away(scratch: &hooks_core::StateRoot, guest: &Guest) {
+fn warn_state_thrown_away(scratch: &virt_hooks_core::StateRoot, guest: &Guest) {
     let recorded = (scratch.entries(guest.driver).into_iter())
         .filter(|e| std::fs::read_dir(&e.path).is_ok_and(|mut d| d.next().is_some()));
     for e in recorded {
@@ -173,8 +173,8 @@ fn simulation(
     driver: Driver,
     dispatcher: bool,
     (timeout, wasm_memory): (Option<std::time::Duration>, Option<u32>),
-    state: hooks_core::StateRoot,
-) -> hooks_core::Registry {
+    state: virt_hooks_core::StateRoot,
+) -> virt_hooks_core::Registry {
     if !dispatcher {
         return super::registry(dir, timeout, wasm_memory);
     }
@@ -183,7 +183,7 @@ fn simulation(
         state: state.path().to_owned(),
         ..crate::config::settings(&plugins).in_effect()
     };
-    hooks_core::RegistryBuilder::new()
+    virt_hooks_core::RegistryBuilder::new()
         .hooks_dir_with(super::dispatch::dispatcher_dir(&plugins, driver, &config))
         .hooks_dir_with(super::hooks_dir(dir, wasm_memory).without_main_script())
         .timeout(timeout)
@@ -258,7 +258,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
         }
         for rec in &r.hooks {
             let name = output::name(&output::short(&rec.name, dir)).into_owned();
-            let time = hooks_core::backend::format_duration(std::time::Duration::from_micros(rec.duration_us));
+            let time = virt_hooks_core::backend::format_duration(std::time::Duration::from_micros(rec.duration_us));
             if rec.success {
                 let rewrote = match &rec.document {
                     Some(d) if rec.replaced_document && d.changed => {
@@ -294,7 +294,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
                 out,
                 "    state kept: {} ({}{})",
                 output::path(kept),
-                if hooks_core::state_ends_at(r.driver, &r.op(), &r.subop()) {
+                if virt_hooks_core::state_ends_at(r.driver, &r.op(), &r.subop()) {
                     "its plugin failed this last event, or is gone"
                 } else {
                     "made at this refused event, which libvirt follows with no release"
@@ -335,7 +335,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
         Verdict::Killed { message, hook } => writeln!(out, "result: {who} would be KILLED\n  {}", said(message, hook)),
     };
     if let (Some(xml), true) = (&seq.xml, seq.steps.first().is_some_and(|s| s.report.document_changed)) {
-        let xml = hooks_core::text::escape_lines(xml);
+        let xml = virt_hooks_core::text::escape_lines(xml);
         let _ = writeln!(out, "\nthe guest starts with this XML (rewritten by a hook):\n{xml}");
     }
     out
@@ -401,16 +401,16 @@ struct DryRun {
 /// and for each, which entries would run in order and what their `[match]` decided.
 /// Nothing is loaded or run: only the directories and the sidecars are read.
 fn dry_run(
-    registry: &hooks_core::Registry,
+    registry: &virt_hooks_core::Registry,
     (scenario, reason, reasons): (Scenario, ReleaseReason, bool),
     guest: &Guest,
     dir: &Path,
     json: bool,
 ) -> Outcome {
-    use hooks_core::backend::Disposition;
+    use virt_hooks_core::backend::Disposition;
     // The events themselves, from a registry with no hooks: the sequence libvirt fires
     // when every hook lets the operation go on.
-    let nothing = hooks_core::RegistryBuilder::new().build();
+    let nothing = virt_hooks_core::RegistryBuilder::new().build();
     let lifecycle = Lifecycle::new(&nothing).release_reasons(reasons);
     let seq = ran(pollster::block_on(lifecycle.run(scenario, guest, reason)))?;
     let short = |p: &Path| output::short(&p.to_string_lossy(), dir);
@@ -432,7 +432,7 @@ fn dry_run(
                     // Sidecars and hookctl.toml are settings, not hooks that do not run.
                     let settings = matches!(
                         e.disposition,
-                        Disposition::Skipped(hooks_core::backend::SkipReason::Settings)
+                        Disposition::Skipped(virt_hooks_core::backend::SkipReason::Settings)
                     );
                     if let (Disposition::Skipped(why), false) = (&e.disposition, settings) {
                         plan.never_run.push(PlannedEntry {
@@ -450,7 +450,7 @@ fn dry_run(
     for step in &seq.steps {
         let args = step.report.args();
         let event =
-            hooks_core::RawEvent::from_os_args(step.report.driver, [0, 1, 2, 3].map(|i| args.get(i).to_owned()))
+            virt_hooks_core::RawEvent::from_os_args(step.report.driver, [0, 1, 2, 3].map(|i| args.get(i).to_owned()))
                 .with_input(Some(guest.xml.as_bytes().to_vec()));
         let mut entries = Vec::new();
         for e in scanned.iter().flatten().flatten() {
@@ -492,8 +492,8 @@ fn dry_run(
 
 /// Whether `matcher` takes `event`, and why, clause by clause: the first of `objects`,
 /// `ops`, `subops` that does not match, else `xpath`.
-fn match_decision(matcher: &hooks_core::backend::Matcher, event: &hooks_core::RawEvent) -> (bool, String) {
-    use hooks_core::HookEvent;
+fn match_decision(matcher: &virt_hooks_core::backend::Matcher, event: &virt_hooks_core::RawEvent) -> (bool, String) {
+    use virt_hooks_core::HookEvent;
     if matcher.is_empty() {
         return (true, "no [match]: every event".to_owned());
     }

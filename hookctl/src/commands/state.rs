@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use hooks_core::{Driver, StateEntry, StateRoot};
+use virt_hooks_core::{Driver, StateEntry, StateRoot};
 use serde::Serialize;
 
 use super::args::parse_driver;

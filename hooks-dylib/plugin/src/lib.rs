@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use std::io::Write;
-//! use hooks_plugin::{export_hook, Invocation, Plugin};
+//! use virt_hooks_plugin::{export_hook, Invocation, Plugin};
 //!
 //! struct NoTestGuests;
 //!

@@ -1,4 +1,4 @@
-//! A compiler child for [`hooks_wasm::Compiler::Child`], for programs that cannot run
+//! A compiler child for [`virt_hooks_wasm::Compiler::Child`], for programs that cannot run
 //! themselves as one: `Compiler::Child { program: "/usr/libexec/…/virt-hooks-wasm-compile",
 //! args: vec![], memory }`.
 
@@ -6,5 +6,5 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    hooks_wasm::compiler_child_main(&args)
+    virt_hooks_wasm::compiler_child_main(&args)
 }

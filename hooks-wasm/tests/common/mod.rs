@@ -7,8 +7,8 @@ pub mod heap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hooks_core::{Driver, EventArgs, Invocation};
-use hooks_wasm::{EngineConfig, Sandbox};
+use virt_hooks_core::{Driver, EventArgs, Invocation};
+use virt_hooks_wasm::{EngineConfig, Sandbox};
 
 /// A module that sleeps `nanos` through one relative monotonic `poll_oneoff` clock
 /// subscription (what `std::thread::sleep` compiles to), then prints `woke` and exits 0.

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use hooks_plugin::{export_hook, Invocation, Plugin};
+use virt_hooks_plugin::{export_hook, Invocation, Plugin};
 
 /// The largest guest this host accepts: 16 GiB.
 pub const LIMIT_KIB: u64 = 16 * 1024 * 1024;

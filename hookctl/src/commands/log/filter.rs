@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use hooks_core::Driver;
+use virt_hooks_core::Driver;
 
 use super::FailedKind;
 use crate::audit::line::{AuditLine, HookEntry};

@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use hooks_core::Driver;
+use virt_hooks_core::Driver;
 
 use super::args::parse_driver;
 use super::{Outcome, UsageError};

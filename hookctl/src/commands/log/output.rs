@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
-use hooks_core::text;
+use virt_hooks_core::text;
 
 use super::filter::{Ctx, Failure};
 use super::parse::{CameFrom, Event, Shown};
@@ -174,7 +174,7 @@ fn op_of(r: &AuditLine) -> String {
 }
 
 fn micros(us: u64) -> String {
-    hooks_core::backend::format_duration(Duration::from_micros(us))
+    virt_hooks_core::backend::format_duration(Duration::from_micros(us))
 }
 
 /// For a filter stage whose output became the document: `rewrote the XML (+2 -1 lines)`.

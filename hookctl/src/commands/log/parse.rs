@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hooks_core::text;
+use virt_hooks_core::text;
 
 use super::filter::Ctx;
 use super::output::{shown, DETAIL_WIDTH, NAME_WIDTH, OBJECT_WIDTH};

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use hooks_core::Driver;
+use virt_hooks_core::Driver;
 
 use super::output::{shown, DETAIL_WIDTH, NAME_WIDTH};
 use super::UsageError;

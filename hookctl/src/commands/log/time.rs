@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hooks_core::backend::parse_span;
+use virt_hooks_core::backend::parse_span;
 
 /// `--since`: a duration back from now in the sidecars' grammar without its 7-day cap
 /// (`10m`, `2h 30m`, `1.5d`: [`parse_span`]) or a time (RFC 3339, or the local
