@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virt_hooks_core::testing::MockHook;
-use virt_hooks_core::{Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_core::{
+    Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder, StatusRecord,
+};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {

@@ -421,7 +421,11 @@ mod tests {
         ] {
             let s = keys(text);
             assert!(s.log.is_err(), "{text:?}: {s:?}");
-            assert_eq!(s.state, Ok(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT)), "{text:?}");
+            assert_eq!(
+                s.state,
+                Ok(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT)),
+                "{text:?}"
+            );
             assert!(!s.mistakes.is_empty());
         }
         let s = keys("state = false\n");

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use virt_hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
-use virt_hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
+use virt_hooks_core::{
+    Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind,
+};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 use hookctl::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};

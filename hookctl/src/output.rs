@@ -19,10 +19,10 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::Path;
 
+use serde::Serialize;
 use virt_hooks_core::backend::format_duration;
 use virt_hooks_core::text::{self, Limit};
 use virt_hooks_core::{HookRecord, StatusRecord};
-use serde::Serialize;
 
 /// A name or a path: a plugin's, an object's, a state directory's (`PATH_MAX`).
 pub(crate) const NAME: Limit = Limit::bytes(4096);

@@ -355,7 +355,9 @@ fn state_left_under_the_default_root_after_state_moved_is_named_and_holds_uninst
         // Its release cannot reach it, and says so (it logged a plain "ok").
         as_libvirt_xml(&hooks, ["db1", "release", "end", "-"])
             .assert()
-            .stderr(contains("holds state of this object under the default root"));
+            .stderr(contains(
+                "holds state of this object under a root hookctl.toml no longer names",
+            ));
         let rows = audit(&tmp.path().join("audit.jsonl"));
         let last = rows.last().unwrap();
         assert!(
@@ -399,5 +401,55 @@ fn the_default_root_under_another_name_is_not_a_moved_root() {
         hookctl(&hooks, &["check", "qemu"])
             .assert()
             .stdout(contains("left under").not());
+    });
+}
+
+/// The fifth trial moved `state` from a root of its own back to the default while a
+/// guest held hugepages: only the default root was looked at, so nothing was found.
+/// And a second hooks dir (the hugepages README's "try it") called the first one's live
+/// state under the default root ORPHANED and said to `rm -r` it.
+#[test]
+fn every_root_a_dispatcher_used_is_looked_at_and_only_its_own() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) =
+            installed_with(|t| format!("log = \"{0}/audit.jsonl\"\nstate = \"{0}/own-root\"\n", t.display()));
+        noting(tmp.path(), &plugins, "10-reserve", true);
+        as_libvirt_xml(&hooks, ["db1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        assert!(tmp.path().join("own-root/qemu/db1/10-reserve/seen").exists());
+        // Back to the default root (no `state` line).
+        fs::write(
+            plugins.join("hookctl.toml"),
+            format!("log = \"{}/audit.jsonl\"\n", tmp.path().display()),
+        )
+        .unwrap();
+        hookctl(&hooks, &["state"])
+            .assert()
+            .success()
+            .stdout(contains("ORPHANED").and(contains("db1")));
+        hookctl(&hooks, &["check", "qemu"])
+            .assert()
+            .code(1)
+            .stdout(contains("own-root/qemu/db1/10-reserve"));
+        hookctl(&hooks, &["uninstall", "qemu"]).assert().code(1);
+
+        // Another hooks dir, with its own root, while db1's state sits under the first
+        // dir's roots and a guest of the first holds state under the default root.
+        as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        assert!(Path::new("/run/virt-hooks/state/qemu/web1/10-reserve").exists());
+        let (tmp2, hooks2, plugins2) =
+            installed_with(|t| format!("log = \"{0}/audit.jsonl\"\nstate = \"{0}/state\"\n", t.display()));
+        noting(tmp2.path(), &plugins2, "10-reserve", true);
+        as_libvirt_xml(&hooks2, ["try1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        hookctl(&hooks2, &["state"])
+            .assert()
+            .success()
+            .stdout(contains("ORPHANED").not().and(contains("web1").not()));
+        hookctl(&hooks2, &["check", "qemu"]).assert().success();
     });
 }

@@ -23,7 +23,7 @@ fn with_stateful_plugin() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     fs::write(&toml, format!("{text}state = \"{}\"\n", state.display())).unwrap();
     script(
         &plugins.join("10-reserve"),
-        "#!/bin/sh\ncat >/dev/null\necho \"$2\" >> \"$VIRT_HOOK_STATE/seen\"\n\
+        "#!/bin/sh\ncat >/dev/null\n[ -n \"${VIRT_HOOK_STATE-}\" ] || exit 0\necho \"$2\" >> \"$VIRT_HOOK_STATE/seen\"\n\
          case \"$1 $2\" in bad*' release') echo 'could not free 512 hugepages' >&2; exit 1;; esac\nexit 0\n",
     );
     fs::write(plugins.join("10-reserve.toml"), "state = true\n").unwrap();
@@ -305,7 +305,7 @@ fn a_refused_restore_leaves_no_live_state_and_spares_a_running_namesakes() {
     };
     let refused = row("nope1", "10-reserve");
     assert!(
-        refused.contains(" KEPT ") && refused.contains("no release"),
+        refused.contains(" KEPT ") && refused.contains("no last event"),
         "{refused}"
     );
     assert!(row("nope2", "10-reserve").contains(" live "), "{text}");
@@ -358,4 +358,60 @@ fn a_plugin_that_did_not_run_at_the_last_event_keeps_what_it_recorded() {
         .assert()
         .success()
         .stdout(contains("KEPT").and(contains("did not run at it")));
+}
+
+/// The fifth trial removed a plugin's sidecar (`state = true`) while its guest ran: the
+/// plugin then ran at release without its record, exited 0 ("nothing to undo"), and the
+/// record was deleted. It is kept, saying why.
+#[test]
+fn a_plugin_whose_settings_dropped_state_keeps_the_record_it_no_longer_sees() {
+    let (_tmp, hooks, plugins, state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    assert!(state.join("qemu/web1/10-reserve/seen").exists());
+    fs::remove_file(plugins.join("10-reserve.toml")).unwrap();
+    release(&hooks, "web1").stderr(contains("kept the state directory"));
+    assert!(
+        state.join("qemu/web1/10-reserve/seen").exists(),
+        "the record was deleted"
+    );
+    hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .stdout(contains("KEPT").and(contains("no longer say `state = true`")));
+}
+
+/// A refused network start sends no `stopped end`: a stateful plugin that ran before
+/// the refusal left LIVE state for a network that is down (fifth trial).
+#[test]
+fn a_refused_network_start_leaves_no_live_state() {
+    let (tmp, hooks, _plugins, state) = with_stateful_plugin();
+    let net = hooks.join("network.plugins");
+    fs::create_dir_all(&net).unwrap();
+    std::os::unix::fs::symlink(exe(), hooks.join("network")).unwrap();
+    fs::write(
+        net.join("hookctl.toml"),
+        format!(
+            "log = \"{0}/audit.jsonl\"\nstate = \"{0}/state\"\n",
+            tmp.path().display()
+        ),
+    )
+    .unwrap();
+    script(
+        &net.join("30-nat"),
+        "#!/bin/sh\ncat >/dev/null\n[ -n \"${VIRT_HOOK_STATE-}\" ] && echo rule > \"$VIRT_HOOK_STATE/rule\"\nexit 0\n",
+    );
+    fs::write(net.join("30-nat.toml"), "state = true\n").unwrap();
+    script(
+        &net.join("40-refuse"),
+        "#!/bin/sh\ncat >/dev/null\necho no >&2\nexit 1\n",
+    );
+    as_libvirt_for(&hooks, "network", ["hknet", "start", "begin", "-"])
+        .write_stdin("<hookData><network><name>hknet</name></network></hookData>")
+        .assert()
+        .code(1);
+    assert!(state.join("network/hknet/30-nat/rule").exists());
+    hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .stdout(contains("hknet").and(contains("KEPT")).and(contains(" live ").not()));
 }

@@ -271,7 +271,30 @@ fn purge_removes_its_own_log_and_state_and_only_a_cache_it_created() {
         said.contains("qemu/tmp-1/35-stateful.sh") && said.contains("/srv/hk-state"),
         "{said}"
     );
+    assert_eq!(said.matches("35-stateful.sh").count(), 1, "named once: {said}");
     assert!(r.join("srv/hk-state/qemu/tmp-1/35-stateful.sh").exists());
+    // A TOML literal string, and a root only the dispatcher's record knows (the file
+    // moved `state` back since): both named; the record goes with the package.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    assert!(run_postinst(r).status.success());
+    fs::create_dir_all(r.join("etc/libvirt/hooks/network.plugins")).unwrap();
+    fs::write(
+        r.join("etc/libvirt/hooks/network.plugins/hookctl.toml"),
+        "state = '/srv/hkN'\n",
+    )
+    .unwrap();
+    fs::create_dir_all(r.join("srv/hkN/network/n1/30-nfw")).unwrap();
+    fs::write(r.join("etc/libvirt/hooks/.qemu.state-roots"), "/srv/old-root\n").unwrap();
+    fs::create_dir_all(r.join("srv/old-root/qemu/db1/hugepages")).unwrap();
+    let out = run_postrm(r, "purge");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("network/n1/30-nfw") && said.contains("qemu/db1/hugepages"),
+        "{said}"
+    );
+    assert!(!r.join("etc/libvirt/hooks/.qemu.state-roots").exists());
 
     // A cache the package made goes with it.
     let root = tempfile::tempdir().unwrap();

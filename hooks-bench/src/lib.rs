@@ -83,9 +83,9 @@ pub fn limited_mock_registry(n: usize) -> Registry {
         })
         .timeout(Some(Duration::from_secs(30)))
         .event_timeout(Some(Duration::from_secs(60)))
-        .layer(virt_hooks_core::layer::from_fn(
-            |hook, inv| async move { hook.call(&inv).await },
-        ))
+        .layer(virt_hooks_core::layer::from_fn(|hook, inv| async move {
+            hook.call(&inv).await
+        }))
         .build()
 }
 

@@ -14,9 +14,9 @@ use hooks_bench::{
     dir_registry, direct_call, domain_xml, exec_registry, mock_registry, prepare_event, raw_spawn, Scripts,
     TRIVIAL_SCRIPT,
 };
+use serde_json::json;
 use virt_hooks_core::testing::MockHook;
 use virt_hooks_core::{Hook, HookEvent, Invocation};
-use serde_json::json;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -357,8 +357,9 @@ fn main() {
     let overshoot_ms: Vec<f64> = (0..20 / (scale / 5).max(1))
         .map(|_| {
             (time_ok("hung hook times out", || {
-                hung.fire_blocking(&ev)
-                    .is_err_and(|f| f.report().hooks[0].status == virt_hooks_core::StatusRecord::TimedOut { after_ms: 100 })
+                hung.fire_blocking(&ev).is_err_and(|f| {
+                    f.report().hooks[0].status == virt_hooks_core::StatusRecord::TimedOut { after_ms: 100 }
+                })
             }) - timeout.as_secs_f64())
                 * 1e3
         })

@@ -796,7 +796,7 @@ impl Registry {
     ) {
         let object = EventArgs::new(event.os_args());
         let why = format!(
-            "{op} {subop} failed, and libvirt sends no release after a refused {op}: nothing undid what the plugin recorded",
+            "{op} {subop} failed, and libvirt sends no last event after a refused {op}: nothing undid what the plugin recorded",
             op = event.op(),
             subop = event.subop()
         );
@@ -871,6 +871,12 @@ impl Registry {
                     .filter_map(|e| e.path.file_name().map(ToOwned::to_owned))
                     .collect()
             });
+            // Hooks here whose settings no longer ask for state: one that had a record
+            // ran without it, and undid nothing of it.
+            let stateless: Vec<std::ffi::OsString> = (scanned.iter().flatten())
+                .filter(|e| e.settings().is_ok_and(|s| !s.state))
+                .filter_map(|e| e.path.file_name().map(ToOwned::to_owned))
+                .collect();
             let failed = |name: &std::ffi::OsStr| {
                 let own = |r: &&HookRecord| match &paths {
                     Some(paths) => paths
@@ -901,10 +907,21 @@ impl Registry {
                     .ok()
                     .and_then(|d| std::fs::read_dir(d).ok())
                     .is_some_and(|mut entries| entries.next().is_some());
-                (!ran && recorded).then(|| {
-                    format!(
+                if !recorded {
+                    return None;
+                }
+                if !ran {
+                    return Some(format!(
                         "{} {}: its plugin did not run at it (its [match] did not take the event), so nothing \
                          undid what it recorded",
+                        event.op(),
+                        event.subop()
+                    ));
+                }
+                stateless.iter().any(|n| n == name).then(|| {
+                    format!(
+                        "{} {}: its plugin's settings no longer say `state = true`, so it ran without this \
+                         record and undid nothing of it",
                         event.op(),
                         event.subop()
                     )

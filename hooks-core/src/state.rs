@@ -133,9 +133,10 @@ pub fn state_ends_at(driver: Driver, op: &str, subop: &str) -> bool {
     }
 }
 
-/// Whether an event opens a guest's lifecycle here and, when it fails, is followed by no
-/// last event: `migrate begin` and `restore begin` (libvirt runs them before it has the
-/// guest; a refusal ends there, with no `release`). State made at such a failed event
+/// Whether an event opens an object's lifecycle here and, when it fails, is followed by
+/// no last event: a guest's `migrate begin` and `restore begin` (libvirt runs them before
+/// it has the guest; a refusal ends there, with no `release`), and a network's `start
+/// begin` (a refused start sends no `stopped end`). State made at such a failed event
 /// goes to [`StateRoot::abandon`].
 ///
 /// ```
@@ -144,9 +145,12 @@ pub fn state_ends_at(driver: Driver, op: &str, subop: &str) -> bool {
 /// assert!(!state_orphaned_by_failure(&RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"])));
 /// ```
 pub fn state_orphaned_by_failure(event: &dyn HookEvent) -> bool {
-    !matches!(event.driver(), Driver::Daemon | Driver::Network)
-        && matches!(event.op(), "migrate" | "restore")
-        && event.subop() == "begin"
+    let opens = match event.driver() {
+        Driver::Daemon => false,
+        Driver::Network => event.op() == "start",
+        _ => matches!(event.op(), "migrate" | "restore"),
+    };
+    opens && event.subop() == "begin"
 }
 
 fn check_name(what: &'static str, name: &OsStr) -> Result<(), StateError> {

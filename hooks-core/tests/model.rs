@@ -6,9 +6,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use proptest::prelude::*;
 use virt_hooks_core::testing::MockHook;
 use virt_hooks_core::{Driver, HookFailure, HookOutcome, HookPolicy, InputSource, QemuEvent, RegistryBuilder, Report};
-use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Output {

@@ -46,9 +46,9 @@ mod library;
 mod plugin;
 mod search_path;
 
-pub use virt_hooks_plugin::abi;
 pub use library::Library;
 pub use plugin::{with_running_plugin, DylibHook};
+pub use virt_hooks_plugin::abi;
 
 use std::fs::Metadata;
 use std::path::Path;

@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::backend::TrustPolicy;
 use sha2::{Digest, Sha256};
+use virt_hooks_core::backend::TrustPolicy;
 use wasmtime::{Engine, Module};
 
 /// The system cache root uses, whatever its environment says.

@@ -85,9 +85,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
 use virt_hooks_core::{Hook, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
-use tokio::sync::oneshot;
 
 /// Limits for one WASM hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

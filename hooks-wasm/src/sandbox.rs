@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{HookOutcome, HookStatus, LoadError, LoadErrorKind};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
+use virt_hooks_core::{HookOutcome, HookStatus, LoadError, LoadErrorKind};
 use wasmtime::{
     Caller, Engine, Extern, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, UpdateDeadline,
 };

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, QemuEvent, RegistryBuilder};
+use virt_hooks_core::{
+    Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, QemuEvent, RegistryBuilder,
+};
 use virt_hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 const PRELUDE: &str = r#"

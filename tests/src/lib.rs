@@ -5,8 +5,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use virt_hooks_core::{Registry, RegistryBuilder};
 pub use tempfile::TempDir;
+use virt_hooks_core::{Registry, RegistryBuilder};
 
 /// A temporary hooks dir.
 #[derive(Debug)]

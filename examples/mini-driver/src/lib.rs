@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use tokio::process::{Child, Command};
 use virt_hooks_core::{
     compiled_hook, DaemonEvent, Driver, DriverActions, Guest, Hook, HookFailure, HookOutcome, Invocation, Lifecycle,
     LifecycleError, Phase, Registry, ReleaseReason, Report, Sequence, UnsupportedScenario,
 };
-use tokio::process::{Child, Command};
 
 /// A hook compiled into the driver binary: an in-memory audit trail of every qemu and
 /// daemon hook event, picked up by `RegistryBuilder::compiled_hooks()`.
@@ -338,10 +338,10 @@ impl MiniDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virt_hooks_core::testing::{MockHook, RecordingHook};
-    use virt_hooks_core::{HookOutcome, RegistryBuilder, StatusRecord};
     use std::sync::Arc;
     use std::time::Duration;
+    use virt_hooks_core::testing::{MockHook, RecordingHook};
+    use virt_hooks_core::{HookOutcome, RegistryBuilder, StatusRecord};
 
     fn driver(extra: Option<virt_hooks_core::HookEntry>) -> (MiniDriver, Arc<RecordingHook>) {
         let rec = Arc::new(RecordingHook::new("rec"));

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virt_hooks_core::RegistryBuilder;
 use mini_driver::{AuditTrail, MiniDriver};
+use virt_hooks_core::RegistryBuilder;
 
 #[tokio::main]
 async fn main() {

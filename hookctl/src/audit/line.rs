@@ -13,9 +13,9 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use virt_hooks_core::text::Limit;
 use virt_hooks_core::{HookEvent, HookRecord, RawEvent, Report};
-use serde::{Deserialize, Serialize};
 
 use crate::output;
 

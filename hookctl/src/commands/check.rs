@@ -56,10 +56,10 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                     );
                 }
                 // `state` moved while objects held state under the default root.
-                for e in super::state::orphaned(driver, &root) {
+                for e in super::state::orphaned(dir, driver, &root) {
                     broken += 1;
                     outln!(
-                        "broken: state left under {} by `state` moved away from it: {driver} {}: {}: {}",
+                        "broken: state left under a root `state` moved away from, {}: {driver} {}: {}: {}",
                         shown(&e.path),
                         message(&e.object.to_string_lossy()),
                         message(&e.hook.to_string_lossy()),

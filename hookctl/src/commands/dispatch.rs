@@ -142,8 +142,16 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     }
     // State of this object left under the default root when `state` moved: this last
     // event could not reach it (the plugins undid nothing of it).
+    let hooks_dir = plugins.parent().unwrap_or(Path::new("/"));
+    if let Ok(root) = &settings.state {
+        // Once it exists, the root is recorded: a later move of `state` leaves no state
+        // unseen (`hookctl state`, `check`, `uninstall` and this warning read it).
+        if root.exists() {
+            super::state::record_root(hooks_dir, driver, root);
+        }
+    }
     let orphaned: Vec<PathBuf> = match (&settings.state, virt_hooks_core::state_ends_object(&event)) {
-        (Ok(root), true) => super::state::orphaned(driver, &virt_hooks_core::StateRoot::new(root))
+        (Ok(root), true) => super::state::orphaned(hooks_dir, driver, &virt_hooks_core::StateRoot::new(root))
             .into_iter()
             .filter(|e| e.object == event.os_args()[0])
             .map(|e| e.path)
@@ -152,7 +160,7 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     };
     for path in &orphaned {
         notes.line(format!(
-            "hookctl: warning: {} holds state of this object under the default root, which hookctl.toml no longer names: this event did not reach it ({})",
+            "hookctl: warning: {} holds state of this object under a root hookctl.toml no longer names: this event did not reach it ({})",
             output::path(path),
             super::state::ORPHANED_HINT
         ));
@@ -221,7 +229,13 @@ fn kernel_note(event: &RawEvent, report: &Report, why: &str) {
 /// log holds the record; where it refuses the operation, so that no change goes
 /// unrecorded (libvirt then runs the cleanup events). Never at `reconnect`, which would
 /// kill the guest. Returns whether libvirt is to see success.
-fn unrecorded(mut record: AuditLine, why: &str, report: &Report, policy: virt_hooks_core::FailurePolicy, ok: bool) -> bool {
+fn unrecorded(
+    mut record: AuditLine,
+    why: &str,
+    report: &Report,
+    policy: virt_hooks_core::FailurePolicy,
+    ok: bool,
+) -> bool {
     // A refusal that ran no plugin (the settings gate alone) changed nothing: its
     // message says everything, and a row on virsh's error line would only bury it.
     if !report.hooks.iter().any(|r| r.backend != "hookctl") {
@@ -362,8 +376,8 @@ impl Notes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virt_hooks_core::RegistryBuilder;
     use serde_json::json;
+    use virt_hooks_core::RegistryBuilder;
 
     /// The longest audit line: every text a plugin or a guest controls a megabyte of
     /// what JSON writes longest (`\u0001`, six bytes a character).

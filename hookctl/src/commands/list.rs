@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use clap::Args;
+use serde::Serialize;
 use virt_hooks_core::backend::{Disposition, EntryRole};
 use virt_hooks_core::{Driver, HooksDir};
-use serde::Serialize;
 
 use super::args::parse_driver;
 use super::{require_dir, Outcome};
@@ -409,7 +409,9 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                             order += 1;
                             let broken = loaded.as_ref().ok().and_then(|s| loader.inspect(&e.path, s).err()).map(
                                 |err| match &err.source {
-                                    Some(source) => format!("{}: {}", err.kind, virt_hooks_core::error_chain(&**source)),
+                                    Some(source) => {
+                                        format!("{}: {}", err.kind, virt_hooks_core::error_chain(&**source))
+                                    }
                                     None => err.kind.to_string(),
                                 },
                             );

@@ -41,6 +41,17 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
         .unwrap_or_else(virt_hooks_core::HookFailure::into_report);
     let ok = report.succeeded();
     report.hooks.iter().for_each(output::warnings);
+    // After an object's last event: what stayed, or a run by hand that kept a record
+    // would say nothing at all.
+    for dir in &report.state_kept {
+        eprintln!(
+            "hookctl: kept the state directory {} (`hookctl state` says why)",
+            output::path(dir)
+        );
+    }
+    for why in &report.state_errors {
+        eprintln!("hookctl: {}", output::message(why));
+    }
     if args.input.json {
         output::json(&report);
     } else if ok {

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clap::Args;
-use virt_hooks_core::{Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict};
+use virt_hooks_core::{
+    Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict,
+};
 
 use super::args::{parse_driver, InputArgs};
 use super::{require_dir, Outcome, UsageError};

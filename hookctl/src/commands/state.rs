@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
-use virt_hooks_core::{Driver, StateEntry, StateRoot};
 use serde::Serialize;
+use virt_hooks_core::{Driver, StateEntry, StateRoot};
 
 use super::args::parse_driver;
 use super::{require_dir, Outcome, UsageError};
@@ -146,22 +146,83 @@ impl LiveState {
     }
 }
 
-/// The default state root when a driver's `hookctl.toml` names another: state left
-/// there when `state` was moved is out of its dispatcher's reach (its release finds
-/// nothing), and must be named. `None` when it is the root in use, absent, or not ours.
-pub(crate) fn former_root(current: &StateRoot) -> Option<StateRoot> {
-    use std::os::unix::fs::MetadataExt;
-    let default = StateRoot::system();
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let default_id = id(default.path())?;
-    // The same directory by another name (`/var/run` is `/run`) is no other root.
-    let same = current.path() == default.path() || id(current.path()) == Some(default_id);
-    (!same && default.check().is_ok()).then_some(default)
+/// Where a driver's dispatcher records the state roots it has used:
+/// `<hooks dir>/.<driver>.state-roots`, one absolute path per line. In the hooks dir
+/// (which only root may write), and a dotfile, so that neither libvirt nor a plugins
+/// dir scan sees it.
+pub(crate) fn roots_record(hooks_dir: &Path, driver: Driver) -> PathBuf {
+    hooks_dir.join(format!(".{driver}.state-roots"))
 }
 
-/// A driver's state under the default root that its `hookctl.toml` no longer names.
-pub(crate) fn orphaned(driver: Driver, current: &StateRoot) -> Vec<StateEntry> {
-    former_root(current).map_or_else(Vec::new, |root| root.entries(driver))
+/// The roots recorded for `driver` in `hooks_dir` (none when nothing was recorded, or
+/// the record is not a regular file of ours).
+fn recorded_roots(hooks_dir: &Path, driver: Driver) -> Vec<PathBuf> {
+    let record = roots_record(hooks_dir, driver);
+    let Ok(bytes) = virt_hooks_core::backend::TrustPolicy::current_user().read(&record) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
+/// Adds `root` to the record of `driver`'s state roots if it is not there yet: the
+/// dispatcher calls this once the root exists, so that a later move of `state` leaves
+/// no state unseen. Best effort: a read-only `/etc` records nothing (and says nothing).
+pub(crate) fn record_root(hooks_dir: &Path, driver: Driver, root: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if recorded_roots(hooks_dir, driver).iter().any(|r| r == root) {
+        return;
+    }
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(roots_record(hooks_dir, driver))
+        .and_then(|mut f| f.write_all(format!("{}\n", root.display()).as_bytes()));
+    if let Err(e) = appended {
+        tracing::debug!(error = %e, "state root not recorded");
+    }
+}
+
+/// The roots `driver`'s dispatcher used before that its `hookctl.toml` no longer names
+/// (the default one counts as used where it holds the driver's objects and nothing says
+/// otherwise): state left there is out of its dispatcher's reach (its release finds
+/// nothing) and must be named. Never the root in use under another name (`/var/run` is
+/// `/run`), one inside it or holding it, or one that is not ours.
+pub(crate) fn former_roots(hooks_dir: &Path, driver: Driver, current: &StateRoot) -> Vec<StateRoot> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let current_id = id(current.path());
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let here = canonical(current.path());
+    let mut recorded = recorded_roots(hooks_dir, driver);
+    if recorded.is_empty() && hooks_dir == Path::new("/etc/libvirt/hooks") {
+        // Recorded by no earlier version: the system hooks dir may have used the default.
+        recorded.push(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT));
+    }
+    let mut found: Vec<StateRoot> = Vec::new();
+    for path in recorded {
+        let Some(root_id) = id(&path) else { continue };
+        let there = canonical(&path);
+        let other = Some(root_id) != current_id && !here.starts_with(&there) && !there.starts_with(&here);
+        let root = StateRoot::new(&path);
+        if other && root.check().is_ok() && !found.iter().any(|f| id(f.path()) == Some(root_id)) {
+            found.push(root);
+        }
+    }
+    found
+}
+
+/// A driver's state under roots its `hookctl.toml` no longer names ([`former_roots`]).
+pub(crate) fn orphaned(hooks_dir: &Path, driver: Driver, current: &StateRoot) -> Vec<StateEntry> {
+    (former_roots(hooks_dir, driver, current).iter())
+        .flat_map(|root| root.entries(driver))
+        .collect()
 }
 
 /// The live state of `drivers`' objects in `dir` (state whose object has not had its
@@ -178,7 +239,9 @@ pub(crate) fn live_state(dir: &Path, drivers: &[Driver]) -> LiveState {
                 let (live, kept): (Vec<_>, Vec<_>) = root.entries(d).into_iter().partition(|e| e.kept.is_none());
                 found.live.extend(live.into_iter().map(|e| (d, e)));
                 found.kept += kept.len();
-                found.orphaned.extend(orphaned(d, &root).into_iter().map(|e| (d, e)));
+                found
+                    .orphaned
+                    .extend(orphaned(dir, d, &root).into_iter().map(|e| (d, e)));
             }
             Err(why) => found.unknown.push((d, why)),
         }
@@ -286,10 +349,10 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
                 listing
                     .state
                     .extend(root.entries(d).into_iter().map(|e| row(d, e, now)));
-                listing.state.extend(orphaned(d, &root).into_iter().map(|e| {
+                listing.state.extend(orphaned(dir, d, &root).into_iter().map(|e| {
                     let mut row = row(d, e, now);
                     row.state = "orphaned";
-                    let left = format!("left under the default root after `state` moved: {ORPHANED_HINT}");
+                    let left = format!("left under a root hookctl.toml no longer names: {ORPHANED_HINT}");
                     row.note = Some(match row.note.take() {
                         Some(kept) => format!("{left} (kept: {kept})"),
                         None => left,
@@ -339,7 +402,7 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
         outln!("KEPT: its plugin failed the object's last event (or the refused event that opened it); undo what it did, then `hookctl state clear DRIVER OBJECT PLUGIN`.");
     }
     if listing.state.iter().any(|r| r.state == "orphaned") {
-        outln!("ORPHANED: under the default root, which hookctl.toml no longer names since `state` moved: the object's release will not find it.");
+        outln!("ORPHANED: under a state root that hookctl.toml no longer names since `state` moved: the object's release will not find it.");
     }
     Ok(complete)
 }
