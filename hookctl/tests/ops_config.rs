@@ -453,3 +453,49 @@ fn every_root_a_dispatcher_used_is_looked_at_and_only_its_own() {
         hookctl(&hooks2, &["check", "qemu"]).assert().success();
     });
 }
+
+/// A root nested in another (`state = "/run/virt-hooks/state/qemu"`): moving to it hid
+/// the default root's state (sixth check), and moving back showed the nested root's
+/// `qemu` level as a phantom object.
+#[test]
+fn a_root_nested_in_the_default_is_a_root_of_its_own_both_ways() {
+    with_default_paths_private(|| {
+        let (tmp, hooks, plugins) = installed_with(|t| format!("log = \"{}/audit.jsonl\"\n", t.display()));
+        noting(tmp.path(), &plugins, "10-reserve", true);
+        let toml = |state: &str| {
+            let extra = if state.is_empty() {
+                String::new()
+            } else {
+                format!("state = \"{state}\"\n")
+            };
+            fs::write(
+                plugins.join("hookctl.toml"),
+                format!("log = \"{}/audit.jsonl\"\n{extra}", tmp.path().display()),
+            )
+            .unwrap();
+        };
+        let state = || String::from_utf8(hookctl(&hooks, &["state"]).assert().get_output().stdout.clone()).unwrap();
+        let row = |text: &str, object: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(object))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_owned())
+        };
+        as_libvirt_xml(&hooks, ["db1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        toml("/run/virt-hooks/state/qemu");
+        as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
+            .assert()
+            .success();
+        let text = state();
+        assert_eq!(row(&text, "db1").as_deref(), Some("ORPHANED"), "{text}");
+        assert_eq!(row(&text, "web1").as_deref(), Some("live"), "{text}");
+        assert_eq!(row(&text, "qemu"), None, "a phantom object: {text}");
+        toml("");
+        let text = state();
+        assert_eq!(row(&text, "db1").as_deref(), Some("live"), "{text}");
+        assert_eq!(row(&text, "web1").as_deref(), Some("ORPHANED"), "{text}");
+        assert_eq!(row(&text, "qemu"), None, "a phantom object: {text}");
+        hookctl(&hooks, &["uninstall", "qemu"]).assert().code(1);
+    });
+}

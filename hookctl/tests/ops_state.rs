@@ -415,3 +415,53 @@ fn a_refused_network_start_leaves_no_live_state() {
         .success()
         .stdout(contains("hknet").and(contains("KEPT")).and(contains(" live ").not()));
 }
+
+/// `hookctl run` fires libvirt's hook, the dispatcher, which says what it kept on a
+/// stderr that `run` showed only when it failed: a release by hand kept a record and
+/// printed nothing (sixth check).
+#[test]
+fn run_shows_what_the_dispatcher_kept() {
+    let (_tmp, hooks, plugins, _state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    fs::remove_file(plugins.join("10-reserve.toml")).unwrap();
+    hookctl(&hooks, &["run", "qemu", "web1", "release", "end", "-"])
+        .assert()
+        .success()
+        .stderr(contains("kept the state directory").and(contains("10-reserve")));
+}
+
+/// A recorded old root replaced by a link (moved to another disk): `uninstall` went
+/// ahead saying "no state"; it cannot tell, and says so (sixth check).
+#[test]
+fn a_used_root_that_cannot_be_read_holds_uninstall_back() {
+    let (tmp, hooks, plugins, state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    release(&hooks, "web1").success();
+    // The root moves elsewhere and a link takes its place; `state` names a new root.
+    let moved = tmp.path().join("moved");
+    fs::rename(&state, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &state).unwrap();
+    let toml = plugins.join("hookctl.toml");
+    let text = fs::read_to_string(&toml).unwrap().replace("/state\"", "/state2\"");
+    fs::write(&toml, text).unwrap();
+    hookctl(&hooks, &["uninstall", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(contains("cannot be read"));
+}
+
+/// A stateful plugin that lost its execute bit while its guest ran: its record is kept,
+/// and the note says it could not run (it said "no longer in … (set aside, renamed or
+/// removed)").
+#[test]
+fn a_plugin_that_could_not_run_at_release_is_named_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, hooks, plugins, _state) = with_stateful_plugin();
+    start(&hooks, "web1");
+    fs::set_permissions(plugins.join("10-reserve"), fs::Permissions::from_mode(0o644)).unwrap();
+    release(&hooks, "web1");
+    hookctl(&hooks, &["state"])
+        .assert()
+        .success()
+        .stdout(contains("could not run (not executable)").and(contains("no longer in").not()));
+}

@@ -889,6 +889,20 @@ impl Registry {
                 }
                 // Nothing can undo what it did but the plugin itself: keep its record.
                 let gone = present.as_ref().is_some_and(|p| !p.iter().any(|n| n == name));
+                // There, but skipped (no execute bit, a dangling link): it could not run.
+                let skipped = (scanned.iter().flatten())
+                    .find(|e| e.path.file_name() == Some(name))
+                    .and_then(|e| match e.disposition {
+                        crate::loader::Disposition::Skipped(why) => Some(why),
+                        _ => None,
+                    });
+                if let (true, Some(why)) = (gone, skipped) {
+                    return Some(format!(
+                        "{} {}: its plugin is there but could not run ({why}), so nothing undid what it recorded",
+                        event.op(),
+                        event.subop()
+                    ));
+                }
                 if gone {
                     return Some(format!(
                         "{} {}: its plugin is no longer in {} (set aside, renamed or removed while the object \

@@ -240,7 +240,7 @@ fn state_warnings(
         let subops: Vec<&str> = settings.matcher.subops().collect();
         if !matches(ops, op) || !matches(subops, subop) {
             warnings.push(format!(
-                "state = true, but its [match] leaves out `{op} {subop}`, the object's last event: it never gets to undo what it recorded (the directory is still removed then)"
+                "state = true, but its [match] leaves out `{op} {subop}`, the object's last event: it never gets to undo what it recorded (its directory is then KEPT, for you to undo by hand)"
             ));
         }
     }

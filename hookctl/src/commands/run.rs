@@ -52,6 +52,14 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
     for why in &report.state_errors {
         eprintln!("hookctl: {}", output::message(why));
     }
+    // What a hook that succeeded printed on stderr: libvirt drops it, but a run by hand
+    // is for reading it (hookctl's dispatcher says there what it kept or could not reach).
+    if !args.input.json {
+        for rec in report.hooks.iter().filter(|r| r.success && !r.stderr.trim().is_empty()) {
+            let said = output::STDERR_LINES.apply(rec.stderr.trim_end());
+            eprintln!("{}: {said}", output::name(&rec.name));
+        }
+    }
     if args.input.json {
         output::json(&report);
     } else if ok {

@@ -193,35 +193,65 @@ pub(crate) fn record_root(hooks_dir: &Path, driver: Driver, root: &Path) {
 /// (the default one counts as used where it holds the driver's objects and nothing says
 /// otherwise): state left there is out of its dispatcher's reach (its release finds
 /// nothing) and must be named. Never the root in use under another name (`/var/run` is
-/// `/run`), one inside it or holding it, or one that is not ours.
+/// `/run`) or one that is not ours; a root inside another (`state =
+/// "/run/virt-hooks/state/network"`) is one of its own ([`entries_of`]).
 pub(crate) fn former_roots(hooks_dir: &Path, driver: Driver, current: &StateRoot) -> Vec<StateRoot> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let current_id = id(current.path());
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let here = canonical(current.path());
-    let mut recorded = recorded_roots(hooks_dir, driver);
-    if recorded.is_empty() && hooks_dir == Path::new("/etc/libvirt/hooks") {
-        // Recorded by no earlier version: the system hooks dir may have used the default.
-        recorded.push(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT));
-    }
     let mut found: Vec<StateRoot> = Vec::new();
-    for path in recorded {
+    for path in used_roots(hooks_dir, driver) {
         let Some(root_id) = id(&path) else { continue };
-        let there = canonical(&path);
-        let other = Some(root_id) != current_id && !here.starts_with(&there) && !there.starts_with(&here);
         let root = StateRoot::new(&path);
-        if other && root.check().is_ok() && !found.iter().any(|f| id(f.path()) == Some(root_id)) {
+        if Some(root_id) != current_id && root.check().is_ok() && !found.iter().any(|f| id(f.path()) == Some(root_id)) {
             found.push(root);
         }
     }
     found
 }
 
+/// Whether two paths name the same directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    a == b || id(a).is_some_and(|i| Some(i) == id(b))
+}
+
+/// The roots recorded for `driver` (with the default one for the system hooks dir of an
+/// earlier version, which recorded none).
+fn used_roots(hooks_dir: &Path, driver: Driver) -> Vec<PathBuf> {
+    let mut recorded = recorded_roots(hooks_dir, driver);
+    if recorded.is_empty() && hooks_dir == Path::new("/etc/libvirt/hooks") {
+        recorded.push(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT));
+    }
+    recorded
+}
+
+/// `driver`'s state under `root`, less what belongs to another root in use nested in it:
+/// under `/run/virt-hooks/state`, `network/network/…` is the state of a root
+/// `/run/virt-hooks/state/network` (its `network` level), not of an object `network`.
+pub(crate) fn entries_of(root: &StateRoot, driver: Driver, hooks_dir: &Path, current: &StateRoot) -> Vec<StateEntry> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let here = canonical(root.path());
+    let mut others: Vec<PathBuf> = used_roots(hooks_dir, driver).iter().map(|p| canonical(p)).collect();
+    others.push(canonical(current.path()));
+    others.retain(|o| *o != here && o.starts_with(&here));
+    let theirs = |path: &Path| {
+        let path = canonical(path);
+        others.iter().any(|o| {
+            (path.strip_prefix(o).ok())
+                .and_then(|rest| rest.components().next())
+                .and_then(|c| c.as_os_str().to_str())
+                .is_some_and(|level| level.parse::<Driver>().is_ok())
+        })
+    };
+    root.entries(driver).into_iter().filter(|e| !theirs(&e.path)).collect()
+}
+
 /// A driver's state under roots its `hookctl.toml` no longer names ([`former_roots`]).
 pub(crate) fn orphaned(hooks_dir: &Path, driver: Driver, current: &StateRoot) -> Vec<StateEntry> {
     (former_roots(hooks_dir, driver, current).iter())
-        .flat_map(|root| root.entries(driver))
+        .flat_map(|root| entries_of(root, driver, hooks_dir, current))
         .collect()
 }
 
@@ -236,12 +266,33 @@ pub(crate) fn live_state(dir: &Path, drivers: &[Driver]) -> LiveState {
     for (d, root) in roots(dir, drivers) {
         match root {
             Ok(root) => {
-                let (live, kept): (Vec<_>, Vec<_>) = root.entries(d).into_iter().partition(|e| e.kept.is_none());
+                let (live, kept): (Vec<_>, Vec<_>) = entries_of(&root, d, dir, &root)
+                    .into_iter()
+                    .partition(|e| e.kept.is_none());
                 found.live.extend(live.into_iter().map(|e| (d, e)));
                 found.kept += kept.len();
-                found
-                    .orphaned
-                    .extend(orphaned(dir, d, &root).into_iter().map(|e| (d, e)));
+                // A root it used that cannot be read now (a link, another owner): what it
+                // holds cannot be told.
+                for used in used_roots(dir, d) {
+                    let unreadable = std::fs::symlink_metadata(&used).is_ok()
+                        && !same_dir(&used, root.path())
+                        && StateRoot::new(&used).check().is_err();
+                    if unreadable {
+                        let why = StateRoot::new(&used)
+                            .check()
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        found
+                            .unknown
+                            .push((d, format!("a state root its dispatcher used cannot be read: {why}")));
+                    }
+                }
+                // Out of any release's reach: live ones hold uninstall back, kept ones are noted.
+                let (live, kept): (Vec<_>, Vec<_>) =
+                    orphaned(dir, d, &root).into_iter().partition(|e| e.kept.is_none());
+                found.orphaned.extend(live.into_iter().map(|e| (d, e)));
+                found.kept += kept.len();
             }
             Err(why) => found.unknown.push((d, why)),
         }
@@ -348,7 +399,7 @@ fn list(dir: &Path, driver: Option<Driver>, json: bool) -> Outcome {
             Ok(root) => {
                 listing
                     .state
-                    .extend(root.entries(d).into_iter().map(|e| row(d, e, now)));
+                    .extend(entries_of(&root, d, dir, &root).into_iter().map(|e| row(d, e, now)));
                 listing.state.extend(orphaned(dir, d, &root).into_iter().map(|e| {
                     let mut row = row(d, e, now);
                     row.state = "orphaned";
