@@ -77,11 +77,13 @@ const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
 /// `namespace-uri()` tests the URI directly:
 /// `/domain/metadata/*[namespace-uri() = 'http://example.org/app/1.0']`.
 ///
-/// # What is never matched
-/// An event without input (daemon events: their hooks read `/dev/null`), input that is
-/// empty, not UTF-8 or not well-formed XML, and input past the limits below. libvirt
-/// never sends such a document, so a hook that must see every event should not be
-/// selected by `xpath`.
+/// # What is never matched, and what fails closed
+/// An event without input (daemon events: their hooks read `/dev/null`) or with blank
+/// input never matches: a hook that must see every event should not be selected by
+/// `xpath`. Input that cannot be evaluated (not UTF-8, not well-formed XML, a DTD, past
+/// the limits below) fails closed: every hook that matches on it is called, since a
+/// guest's owner writes part of its definition, and
+/// [`Report::unevaluated_document`](crate::Report::unevaluated_document) says why.
 ///
 /// # Cost, and hostile documents
 /// The document is parsed lazily, at most once per event however many hooks match on
