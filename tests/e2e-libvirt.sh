@@ -62,6 +62,8 @@ else
   installed_usr_bin=1
 fi
 
+# The dispatcher's default WASM cache: made by this test's events when there was none.
+[ -e /var/cache/virt-hooks ] || made_cache=1
 cleanup() {
   set +e
   virsh -q destroy "$domain" >/dev/null 2>&1
@@ -74,6 +76,9 @@ cleanup() {
   "$hookctl" --hooks-dir "$hooks" uninstall qemu daemon network >/dev/null 2>&1
   [ -n "${installed_usr_bin:-}" ] && rm -f /usr/bin/hookctl /usr/bin/hookctl-native
   rm -rf "$hooks/qemu.plugins" "$hooks/daemon.plugins" "$hooks/network.plugins" "$work"
+  # The dispatchers' records of the state roots they used.
+  rm -f "$hooks"/.*.state-roots
+  [ -n "${made_cache:-}" ] && rm -rf /var/cache/virt-hooks
 }
 trap cleanup EXIT
 

@@ -143,9 +143,10 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     // State of this object left under the default root when `state` moved: this last
     // event could not reach it (the plugins undid nothing of it).
     let hooks_dir = plugins.parent().unwrap_or(Path::new("/"));
-    if let Ok(root) = &settings.state {
+    if let (Ok(root), false) = (&settings.state, driver == Driver::Daemon) {
         // Once it exists, the root is recorded: a later move of `state` leaves no state
-        // unseen (`hookctl state`, `check`, `uninstall` and this warning read it).
+        // unseen (`hookctl state`, `check`, `uninstall` and this warning read it). The
+        // daemon has no objects, so no state.
         if root.exists() {
             super::state::record_root(hooks_dir, driver, root);
         }
