@@ -418,15 +418,10 @@ fn hanging_hook_beside_vmms(test: &str, cgroup: bool) {
 /// the hook; the VMMs started before and during the hook live on.
 #[test]
 fn a_hooks_timeout_kills_all_of_the_hook_and_none_of_the_drivers_vmms() {
-    let test = "a_hooks_timeout_kills_all_of_the_hook_and_none_of_the_drivers_vmms";
-    in_own_process(test, false, || {
-        for cgroup in CONTAINMENTS {
-            if cgroup && !cgroups_here(test) {
-                continue;
-            }
-            hanging_hook_beside_vmms(test, cgroup);
-        }
-    });
+    hanging_hook_under_each_containment(
+        "a_hooks_timeout_kills_all_of_the_hook_and_none_of_the_drivers_vmms",
+        false,
+    );
 }
 
 /// A driver that is a child subreaper: the hook's orphans came to it, and the VMM of
@@ -435,8 +430,13 @@ fn a_hooks_timeout_kills_all_of_the_hook_and_none_of_the_drivers_vmms() {
 /// the driver.
 #[test]
 fn a_hooks_timeout_spares_the_vmms_of_a_subreaper_driver() {
-    let test = "a_hooks_timeout_spares_the_vmms_of_a_subreaper_driver";
-    in_own_process(test, true, || {
+    hanging_hook_under_each_containment("a_hooks_timeout_spares_the_vmms_of_a_subreaper_driver", true);
+}
+
+/// [`hanging_hook_beside_vmms`] in a cgroup (where there are cgroups here) and under the
+/// helper, in a process of the test's own (a child subreaper when `subreaper`).
+fn hanging_hook_under_each_containment(test: &str, subreaper: bool) {
+    in_own_process(test, subreaper, || {
         for cgroup in CONTAINMENTS {
             if cgroup && !cgroups_here(test) {
                 continue;
