@@ -5,7 +5,7 @@ use std::fs;
 use std::os::fd::AsRawFd;
 
 use conformance::HooksTree;
-use virt_hooks_core::QemuEvent;
+use virt_hooks_core::events::QemuEvent;
 use virt_hooks_exec::ENV_WHITELIST;
 
 fn prepare() -> QemuEvent {

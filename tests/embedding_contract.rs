@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::report::StatusRecord;
 use virt_hooks_core::testing::MockHook;
-use virt_hooks_core::{
-    Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder, StatusRecord,
-};
+use virt_hooks_core::{Driver, Guest, HookOutcome, Lifecycle, LifecycleError, RegistryBuilder};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {

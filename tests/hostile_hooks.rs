@@ -8,7 +8,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::{Duration, Instant};
 
 use conformance::HooksTree;
-use virt_hooks_core::{Driver, QemuEvent, RawEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::report::StatusRecord;
+use virt_hooks_core::{Driver, RawEvent, RegistryBuilder};
 
 fn prepare() -> QemuEvent {
     QemuEvent::Prepare {

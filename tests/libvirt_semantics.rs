@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use conformance::HooksTree;
 use virt_hooks_core::backend::libvirt_event_spec;
-use virt_hooks_core::{
-    DaemonEvent, Driver, FailurePolicy, Guest, HookEvent, InputSource, Lifecycle, LifecycleError, NetworkEvent,
-    QemuEvent, RawEvent, RegistryBuilder, ReleaseReason, Verdict,
-};
+use virt_hooks_core::events::{DaemonEvent, NetworkEvent, QemuEvent, ReleaseReason};
+use virt_hooks_core::lifecycle::Verdict;
+use virt_hooks_core::report::InputSource;
+use virt_hooks_core::{Driver, FailurePolicy, Guest, HookEvent, Lifecycle, LifecycleError, RawEvent, RegistryBuilder};
 
 fn domain_xml(name: &str) -> String {
     format!("<domain type='qemu'>\n  <name>{name}</name>\n</domain>\n")
@@ -256,7 +256,7 @@ fn exec_failures_are_status_126_and_127_with_the_file_named() {
     t.script("lxc.d/20-missing-interpreter", "#!/no/such/interpreter\n");
     let err = t
         .registry()
-        .fire_blocking(&virt_hooks_core::LxcEvent::Prepare {
+        .fire_blocking(&virt_hooks_core::events::LxcEvent::Prepare {
             name: "c".into(),
             xml: String::new(),
         })
@@ -265,8 +265,8 @@ fn exec_failures_are_status_126_and_127_with_the_file_named() {
     assert_eq!(
         statuses,
         [
-            virt_hooks_core::StatusRecord::Exited { code: 126 },
-            virt_hooks_core::StatusRecord::Exited { code: 127 }
+            virt_hooks_core::report::StatusRecord::Exited { code: 126 },
+            virt_hooks_core::report::StatusRecord::Exited { code: 127 }
         ]
     );
     assert!(

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use conformance::HooksTree;
-use virt_hooks_core::{InputSource, QemuEvent};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::report::InputSource;
 
 fn fixture_plugin() -> PathBuf {
     fixture_plugin::shared_object().expect("libfixture_plugin.so: cargo builds it as a dev-dependency")

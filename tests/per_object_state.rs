@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use conformance::HooksTree;
-use virt_hooks_core::{block_on, Driver, Guest, HooksDir, Lifecycle, QemuEvent, Registry, RegistryBuilder, StateRoot};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::state::StateRoot;
+use virt_hooks_core::{block_on, Driver, Guest, HooksDir, Lifecycle, Registry, RegistryBuilder};
 
 /// WASI imports the modules below use.
 const WASI: &str = r#"
@@ -116,7 +118,7 @@ fn exec_and_wasm_plugins_keep_state_from_prepare_to_release() {
         );
     }
 
-    block_on(lifecycle.stop(&guest, virt_hooks_core::ReleaseReason::Destroyed)).expect("the guest stops");
+    block_on(lifecycle.stop(&guest, virt_hooks_core::events::ReleaseReason::Destroyed)).expect("the guest stops");
     // At `release end` the plugin still saw everything; after it, the state is gone.
     assert_eq!(
         s.tree.log(),
@@ -144,7 +146,7 @@ fn a_plugin_that_fails_release_keeps_its_directory_and_the_others_go() {
     let release = QemuEvent::Release {
         name: "db".into(),
         xml: "<domain/>\n".into(),
-        reason: virt_hooks_core::ReleaseReason::Destroyed,
+        reason: virt_hooks_core::events::ReleaseReason::Destroyed,
     };
     // `release` failures never stop libvirt; the report still says what failed.
     let report = registry.fire_blocking(&release).unwrap();
@@ -251,7 +253,7 @@ fn a_wasm_plugin_cannot_leave_its_state_dir() {
         .expect_err("the open fails, and so the plugin");
     let status = &err.report().hooks[0].status;
     assert!(
-        matches!(status, virt_hooks_core::StatusRecord::Exited { code } if *code != 0),
+        matches!(status, virt_hooks_core::report::StatusRecord::Exited { code } if *code != 0),
         "{status:?}"
     );
     assert!(!s.root.path().join("qemu/vm/escape").exists());
@@ -300,7 +302,7 @@ fn a_plugin_set_aside_while_its_guest_runs_keeps_its_state() {
     let release = QemuEvent::Release {
         name: "web1".into(),
         xml: "<domain/>\n".into(),
-        reason: virt_hooks_core::ReleaseReason::Destroyed,
+        reason: virt_hooks_core::events::ReleaseReason::Destroyed,
     };
     let report = registry.fire_blocking(&release).unwrap();
     let mut kept = report.state_kept.clone();

@@ -2,14 +2,14 @@
 //!
 //! Properties: nothing panics; a duration that parses is within [MIN_TIMEOUT,
 //! MAX_TIMEOUT] and reads back, as `hookctl list` shows it, to within half a
-//! millisecond; `Timeout` reads back as it displays; a size that parses is its number
+//! millisecond; `TimeoutSetting` reads back as it displays; a size that parses is its number
 //! times its unit, computed here without overflow.
 #![no_main]
 
 use std::time::Duration;
 
-use virt_hooks_core::backend::{format_duration, parse_duration, parse_size, Timeout, MIN_TIMEOUT};
-use virt_hooks_core::MAX_TIMEOUT;
+use virt_hooks_core::backend::{format_duration, parse_duration, parse_size, TimeoutSetting, MIN_TIMEOUT};
+use virt_hooks_core::backend::MAX_TIMEOUT;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,11 +26,11 @@ fuzz_target!(|data: &[u8]| {
             "{text:?} -> {d:?} -> {shown:?} -> {back:?}"
         );
     }
-    match Timeout::parse(text) {
-        Ok(Timeout::Default) => panic!("{text:?} parsed as the default"),
+    match TimeoutSetting::parse(text) {
+        Ok(TimeoutSetting::Default) => panic!("{text:?} parsed as the default"),
         Ok(t) => {
             let shown = t.to_string();
-            let back = Timeout::parse(&shown).unwrap_or_else(|e| panic!("{t:?} shown as {shown:?}: {e}"));
+            let back = TimeoutSetting::parse(&shown).unwrap_or_else(|e| panic!("{t:?} shown as {shown:?}: {e}"));
             assert_eq!(back.or(None).is_none(), t.or(None).is_none(), "{shown:?}");
         }
         Err(e) => assert!(!e.to_string().is_empty()),

@@ -14,7 +14,7 @@ mod config;
 use std::path::Path;
 
 use virt_hooks_core::backend::MIN_TIMEOUT;
-use virt_hooks_core::MAX_TIMEOUT;
+use virt_hooks_core::backend::MAX_TIMEOUT;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use virt_hooks_core::backend::{HookSettings, MIN_TIMEOUT};
-use virt_hooks_core::{Driver, RawEvent, MAX_TIMEOUT};
+use virt_hooks_core::{Driver, RawEvent};
+use virt_hooks_core::backend::MAX_TIMEOUT;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

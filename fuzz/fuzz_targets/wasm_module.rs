@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use virt_hooks_core::LoadErrorKind;
+use virt_hooks_core::error::LoadErrorKind;
 use virt_hooks_wasm::{EngineConfig, Sandbox};
 use libfuzzer_sys::fuzz_target;
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef};

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use virt_hooks_core::backend::{EventDocument, XPath};
 use virt_hooks_core::fuzzing::{check_filter_output, document_change, parse_document, prescan_document, NotParsed};
-use virt_hooks_core::MAX_DIFF;
+use virt_hooks_core::report::MAX_DIFF;
 use libfuzzer_sys::fuzz_target;
 use virt_hooks_fuzz::{serialize, shape, MAX_ATTRIBUTES_PER_ELEMENT, MAX_DEPTH, MAX_NODES};
 

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use virt_hooks_core::backend::{Timeout, TrustPolicy};
+use virt_hooks_core::backend::{TimeoutSetting, TrustPolicy};
 
 /// Where the audit log goes unless `hookctl.toml` says otherwise.
 pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
@@ -48,7 +48,7 @@ impl Default for DispatchConfig {
             log: PathBuf::from(DEFAULT_LOG),
             timeout: Some(DEFAULT_TIMEOUT),
             journal: true,
-            state: PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT),
+            state: PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT),
         }
     }
 }
@@ -290,7 +290,7 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Settings {
                     _ => None,
                 };
                 let parsed = match text {
-                    Some(text) => Timeout::parse(&text).map_err(|e| format!("timeout: {e}")),
+                    Some(text) => TimeoutSetting::parse(&text).map_err(|e| format!("timeout: {e}")),
                     None => Err(format!(
                         "timeout: expected a duration or \"none\", not {}",
                         a(value.type_str())
@@ -404,7 +404,7 @@ mod tests {
         // The broken line is the log's: no recovered half of it is used.
         let s = keys("log = \"/srv/audit.jsonl\ntimeout = 5\n");
         assert!(s.log.is_err(), "{s:?}");
-        assert_eq!(s.state, Ok(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT)));
+        assert_eq!(s.state, Ok(PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT)));
         // A line whose key cannot be told may have been either path.
         let s = keys("journal = false\n= \"/srv/x\"\n");
         assert!(s.log.is_err() && s.state.is_err(), "{s:?}");
@@ -423,7 +423,7 @@ mod tests {
             assert!(s.log.is_err(), "{text:?}: {s:?}");
             assert_eq!(
                 s.state,
-                Ok(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT)),
+                Ok(PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT)),
                 "{text:?}"
             );
             assert!(!s.mistakes.is_empty());

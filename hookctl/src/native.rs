@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use virt_hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
-use virt_hooks_core::{
-    Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind,
-};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 use hookctl::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};

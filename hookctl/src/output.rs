@@ -21,8 +21,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use virt_hooks_core::backend::format_duration;
+use virt_hooks_core::report::StatusRecord;
 use virt_hooks_core::text::{self, Limit};
-use virt_hooks_core::{HookRecord, StatusRecord};
+use virt_hooks_core::HookRecord;
 
 /// A name or a path: a plugin's, an object's, a state directory's (`PATH_MAX`).
 pub(crate) const NAME: Limit = Limit::bytes(4096);

@@ -410,7 +410,8 @@ fn a_failing_hook_elsewhere_with_the_same_file_name_keeps_a_plugins_state() {
 #[test]
 fn two_guests_ending_at_once_can_lose_a_kept_note() {
     use std::ffi::OsStr;
-    use virt_hooks_core::{Driver, StateRoot};
+    use virt_hooks_core::state::StateRoot;
+    use virt_hooks_core::Driver;
     let tmp = tempfile::tempdir().unwrap();
     let root = StateRoot::new(tmp.path().join("state"));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

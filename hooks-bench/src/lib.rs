@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use virt_hooks_core::events::QemuEvent;
 use virt_hooks_core::testing::MockHook;
-use virt_hooks_core::{Driver, Hook, QemuEvent, Registry, RegistryBuilder};
+use virt_hooks_core::{Driver, Hook, Registry, RegistryBuilder};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 /// The domain XML every bench passes on stdin (about 1 KiB, like a small real domain).

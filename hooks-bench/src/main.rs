@@ -358,7 +358,7 @@ fn main() {
         .map(|_| {
             (time_ok("hung hook times out", || {
                 hung.fire_blocking(&ev).is_err_and(|f| {
-                    f.report().hooks[0].status == virt_hooks_core::StatusRecord::TimedOut { after_ms: 100 }
+                    f.report().hooks[0].status == virt_hooks_core::report::StatusRecord::TimedOut { after_ms: 100 }
                 })
             }) - timeout.as_secs_f64())
                 * 1e3

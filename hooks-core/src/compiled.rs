@@ -90,7 +90,7 @@ pub fn compiled_hooks() -> Vec<&'static CompiledHook> {
 #[macro_export]
 macro_rules! compiled_hook {
     (name: $name:literal, drivers: [$($driver:ident),* $(,)?], order: $order:expr, hook: $make:expr $(,)?) => {
-        $crate::backend::inventory::submit! {
+        $crate::__private::inventory::submit! {
             $crate::backend::CompiledHook::new(
                 $name,
                 &[$($crate::Driver::$driver),*],
@@ -98,5 +98,15 @@ macro_rules! compiled_hook {
                 || -> ::std::sync::Arc<dyn $crate::Hook> { ::std::sync::Arc::new($make) },
             )
         }
+    };
+}
+
+/// Announces a backend's [`HookLoader`](crate::backend::HookLoader) to the core at link
+/// time, so that hooks directories hand it the files it claims:
+/// `virt_hooks_core::register_loader!(&MY_LOADER);` at a module's top level.
+#[macro_export]
+macro_rules! register_loader {
+    ($loader:expr $(,)?) => {
+        $crate::__private::inventory::submit! { $crate::backend::LoaderRegistration::new($loader) }
     };
 }

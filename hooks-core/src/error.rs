@@ -1,5 +1,6 @@
 //! Errors, one type per concern: loading a hook, calling one, and an event that failed.
 
+pub use crate::driver::UnknownDriver;
 use std::error::Error as StdError;
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use crate::{FailurePolicy, HookRecord, Report};
 /// the underlying error, if any, is its `source`.
 ///
 /// ```
-/// use virt_hooks_core::{LoadError, LoadErrorKind};
+/// use virt_hooks_core::LoadError;
+/// use virt_hooks_core::error::LoadErrorKind;
 /// let err = LoadError::new("/etc/libvirt/hooks/qemu.d/x.so", "dylib", LoadErrorKind::AbiMismatch { expected: 1, found: 7 });
 /// assert_eq!(err.to_string(), "cannot load hook `/etc/libvirt/hooks/qemu.d/x.so` (dylib): ABI version 7, but this host speaks version 1");
 /// assert!(matches!(err.kind, LoadErrorKind::AbiMismatch { found: 7, .. }));

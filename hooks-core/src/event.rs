@@ -189,7 +189,8 @@ pub fn libvirt_ops(driver: Driver) -> &'static [&'static str] {
 /// table ([`libvirt_event_spec`]), so an implementation usually provides only the data.
 ///
 /// ```
-/// use virt_hooks_core::{Driver, FailurePolicy, HookEvent, QemuEvent};
+/// use virt_hooks_core::{Driver, FailurePolicy, HookEvent};
+/// use virt_hooks_core::events::QemuEvent;
 /// let ev = QemuEvent::Prepare { name: "web1".into(), xml: "<domain/>\n".into() };
 /// assert_eq!((ev.driver(), ev.object(), ev.op(), ev.subop(), ev.extra()),
 ///            (Driver::Qemu, "web1", "prepare", "begin", "-"));

@@ -11,7 +11,7 @@ use crate::{Driver, HookEvent};
 /// Why a guest was released: the extra argument of `release end` (qemu, libvirt ≥ 10.5).
 ///
 /// ```
-/// use virt_hooks_core::ReleaseReason;
+/// use virt_hooks_core::events::ReleaseReason;
 /// assert_eq!(ReleaseReason::FromSnapshot.as_str(), "from snapshot");
 /// assert_eq!("destroyed".parse::<ReleaseReason>().unwrap(), ReleaseReason::Destroyed);
 /// ```
@@ -110,7 +110,8 @@ impl FromStr for ReleaseReason {
 /// Daemon events: no object, `/dev/null` on stdin, failures ignored.
 ///
 /// ```
-/// use virt_hooks_core::{DaemonEvent, HookEvent};
+/// use virt_hooks_core::HookEvent;
+/// use virt_hooks_core::events::DaemonEvent;
 /// let ev = DaemonEvent::Reload;
 /// assert_eq!([ev.object(), ev.op(), ev.subop(), ev.extra()], ["-", "reload", "begin", "SIGHUP"]);
 /// assert_eq!(ev.input(), None);
@@ -250,7 +251,8 @@ object_events! {
     /// QEMU/KVM guest events.
     ///
     /// ```
-    /// use virt_hooks_core::{HookEvent, QemuEvent, ReleaseReason};
+    /// use virt_hooks_core::HookEvent;
+    /// use virt_hooks_core::events::{QemuEvent, ReleaseReason};
     /// let ev = QemuEvent::Release { name: "vm".into(), xml: String::new(), reason: ReleaseReason::FromSnapshot };
     /// assert_eq!([ev.op(), ev.subop(), ev.extra()], ["release", "end", "from snapshot"]);
     /// ```
@@ -336,7 +338,8 @@ object_events! {
     /// Virtual network events; stdin is `<hookData>` XML with no trailing newline.
     ///
     /// ```
-    /// use virt_hooks_core::{FailurePolicy, HookEvent, NetworkEvent};
+    /// use virt_hooks_core::{FailurePolicy, HookEvent};
+    /// use virt_hooks_core::events::NetworkEvent;
     /// let ev = NetworkEvent::PortDeleted { name: "default".into(), xml: "<hookData/>".into() };
     /// assert_eq!(ev.op(), "port-deleted");
     /// assert_eq!(ev.on_failure(), FailurePolicy::Ignore);

@@ -43,7 +43,8 @@ impl Matching {
 /// defaults: every event of its driver, required, a failed `reconnect` kills the guest.
 ///
 /// ```
-/// use virt_hooks_core::{Driver, HookEntry, HookOutcome, HookPolicy, QemuEvent, RegistryBuilder, testing::MockHook};
+/// use virt_hooks_core::{Driver, HookEntry, HookOutcome, HookPolicy, RegistryBuilder, testing::MockHook};
+/// use virt_hooks_core::events::QemuEvent;
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, HookEntry::new(MockHook::always("flaky", || HookOutcome::exited(1)))
 ///         .with_policy(HookPolicy::Optional)

@@ -12,7 +12,8 @@
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
-//! use virt_hooks_core::{layer, DaemonEvent, Driver, RegistryBuilder, testing::MockHook};
+//! use virt_hooks_core::{layer, Driver, RegistryBuilder, testing::MockHook};
+//! use virt_hooks_core::events::DaemonEvent;
 //!
 //! static CALLS: AtomicUsize = AtomicUsize::new(0);
 //! let counting = layer::from_fn(|hook, inv| async move {

@@ -32,19 +32,36 @@
 //! - **Nothing blocks the executor.** Under tokio, directory scans, sidecar reads and
 //!   loading run on the blocking pool, and so do exec, WASM and native calls.
 //!
+//! A [`Hook`] is a call; a [`Registry`] runs hooks at each [`HookEvent`] with libvirt's
+//! rules; a [`Lifecycle`] fires a whole sequence (start: prepare, start, started):
+//!
 //! ```
-//! use virt_hooks_core::{block_on, Driver, Guest, HookOutcome, Lifecycle, LifecycleError, QemuEvent, RegistryBuilder};
-//! use virt_hooks_core::testing::MockHook;
+//! use async_trait::async_trait;
+//! use virt_hooks_core::events::QemuEvent;
+//! use virt_hooks_core::{block_on, Driver, Guest, Hook, HookEntry, HookEvent, HookOutcome, Invocation};
+//! use virt_hooks_core::{Lifecycle, LifecycleError, RegistryBuilder};
+//!
+//! /// Refuses to start guests named `test-*`.
+//! struct NoTestGuests;
+//!
+//! #[async_trait]
+//! impl Hook for NoTestGuests {
+//!     fn name(&self) -> &str {
+//!         "no-test-guests"
+//!     }
+//!     async fn call(&self, inv: &Invocation) -> HookOutcome {
+//!         if inv.object().starts_with("test-") {
+//!             return HookOutcome::exited(1).with_stderr("test guests may not run here\n");
+//!         }
+//!         HookOutcome::success()
+//!     }
+//! }
 //!
 //! let registry = RegistryBuilder::new()
-//!     .hook(Driver::Qemu, MockHook::always("no-test-guests", || {
-//!         HookOutcome::exited(1).with_stderr("test guests may not run here\n")
-//!     }).matching(|ev| ev.op() == "prepare"))
-//!     .hook(Driver::Qemu, MockHook::always("flaky-cleanup", || HookOutcome::exited(3))
-//!         .matching(|ev| ev.op() == "stopped"))
+//!     .hook(Driver::Qemu, HookEntry::new(NoTestGuests).matching(|ev: &dyn HookEvent| ev.op() == "prepare"))
 //!     .build();
 //!
-//! // A refusal is an `Err` that names the hook.
+//! // A refusal is an `Err` that names the hook; libvirt's cleanup events ran.
 //! let guest = Guest::new(Driver::Qemu, "test-1", "<domain/>\n");
 //! match block_on(Lifecycle::new(&registry).start(&guest)) {
 //!     Err(LifecycleError::Refused { failure, .. }) => {
@@ -53,11 +70,12 @@
 //!     }
 //!     other => panic!("expected a refusal, got {other:?}"),
 //! }
+//! let web = Guest::new(Driver::Qemu, "web1", "<domain/>\n");
+//! assert!(block_on(Lifecycle::new(&registry).start(&web)).is_ok());
 //!
-//! // libvirt ignores a failed `stopped` hook: `Ok`, and the report shows it.
+//! // Or one event at a time; `fire` is the async form.
 //! let stopped = QemuEvent::Stopped { name: "web1".into(), xml: "<domain/>\n".into() };
-//! let report = registry.fire_blocking(&stopped).unwrap();
-//! assert!(!report.succeeded());
+//! assert!(registry.fire_blocking(&stopped).unwrap().succeeded());
 //! ```
 //!
 //! This crate has the traits, the typed events with libvirt's failure policies, the
@@ -79,52 +97,63 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
-mod cancel;
+pub mod cancel;
 mod compiled;
 mod document;
 mod driver;
-mod error;
+pub mod error;
 mod event;
-mod events;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod hook;
 pub mod layer;
-mod lifecycle;
+pub mod lifecycle;
 mod loader;
-mod outcome;
+pub mod outcome;
 mod registry;
-mod report;
+pub mod report;
 mod settings;
-mod state;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;
 pub mod trust;
 mod xpath;
 
-pub use self::cancel::{Cancel, Cancelled, Watch};
-pub use self::document::{DocumentChange, MAX_DIFF};
-pub use self::driver::{Driver, UnknownDriver};
-pub use self::error::{chain as error_chain, HookError, HookFailure, LoadError, LoadErrorKind};
+// What a driver uses; the rest is in the modules named for who needs it (`events`,
+// `lifecycle`, `report`, `state`, `cancel`, `error`, `outcome`, `backend`).
+pub use self::cancel::Cancel;
+pub use self::driver::Driver;
+pub use self::error::{HookError, HookFailure, LoadError};
 pub use self::event::{FailurePolicy, HookEvent, RawEvent};
-pub use self::events::{
-    BhyveEvent, DaemonEvent, LibxlEvent, LxcEvent, NetworkEvent, QemuEvent, ReleaseReason, UnknownReleaseReason,
-};
 pub use self::hook::{EventArgs, Hook, HookEntry, Invocation};
-pub use self::lifecycle::{
-    DriverActions, Guest, Lifecycle, LifecycleError, NoActions, Phase, Scenario, Sequence, Step, StepResult,
-    UnknownScenario, UnsupportedScenario, Verdict,
-};
+pub use self::lifecycle::{DriverActions, Guest, Lifecycle, LifecycleError, Phase};
 pub use self::loader::HooksDir;
-pub use self::outcome::{Containment, HookOutcome, HookStatus};
+pub use self::outcome::{HookOutcome, HookStatus};
 pub use self::registry::{block_on, Registry, RegistryBuilder, DEFAULT_MAX_OUTPUT};
-pub use self::report::{Failure, HookRecord, InputSource, Report, SkippedEntry, StatusRecord};
-pub use self::settings::{HookPolicy, OnReconnectFailure, MAX_TIMEOUT};
-pub use self::state::{
-    state_ends_at, state_ends_object, state_orphaned_by_failure, StateEntry, StateError, StateRoot, DEFAULT_STATE_MAX,
-    SYSTEM_STATE_ROOT,
+pub use self::report::{Failure, HookRecord, Report};
+pub use self::settings::{HookPolicy, OnReconnectFailure};
+
+// The crate's own modules name these from the root, as before they moved.
+#[allow(unused_imports)]
+pub(crate) use self::{
+    cancel::{Cancelled, Watch},
+    document::{DocumentChange, MAX_DIFF},
+    driver::UnknownDriver,
+    error::{chain as error_chain, LoadErrorKind},
+    events::{
+        BhyveEvent, DaemonEvent, LibxlEvent, LxcEvent, NetworkEvent, QemuEvent, ReleaseReason, UnknownReleaseReason,
+    },
+    lifecycle::{NoActions, Scenario, Sequence, Step, StepResult, UnknownScenario, UnsupportedScenario, Verdict},
+    outcome::Containment,
+    report::{InputSource, SkippedEntry, StatusRecord},
+    settings::MAX_TIMEOUT,
+    state::{
+        state_ends_at, state_ends_object, state_orphaned_by_failure, StateEntry, StateError, StateRoot,
+        DEFAULT_STATE_MAX, SYSTEM_STATE_ROOT,
+    },
 };
 
 // For the crate's own modules; outside, these are in `backend`.
@@ -134,7 +163,6 @@ pub(crate) use self::backend::*;
 /// per-hook settings, the trust rule, libvirt's event table, and helpers for messages.
 /// A driver that embeds the registry needs none of it.
 pub mod backend {
-    pub use inventory;
 
     pub use crate::compiled::{compiled_hooks, CompiledHook};
     pub use crate::event::{libvirt_event_spec, libvirt_ops, EventSpec, InputKind};
@@ -144,11 +172,17 @@ pub mod backend {
     pub use crate::registry::{blocking_pool, caller_may_block};
     pub use crate::report::format_duration;
     pub use crate::settings::{
-        parse_duration, parse_size, parse_span, HookSettings, InvalidValue, Matcher, SettingsError, Timeout,
-        MIN_TIMEOUT,
+        parse_duration, parse_size, parse_span, HookSettings, InvalidValue, Matcher, SettingsError, TimeoutSetting,
+        MAX_TIMEOUT, MIN_TIMEOUT,
     };
     pub use crate::trust::{TrustPolicy, Untrusted};
     pub use crate::xpath::{limits as xpath_limits, EventDocument, XPath, XPathError};
+}
+
+/// What `compiled_hook!` expands to needs; not an API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
 }
 
 /// The README's examples, compiled as doc tests so that they stay true.

@@ -1,12 +1,13 @@
 //! Loading hooks from a hooks directory: `<dir>/<driver>`, then `<dir>/<driver>.d/*` in
 //! strcmp order, each entry handed to the first backend that claims it.
 //!
-//! Backends announce a [`HookLoader`] with `inventory::submit!` so the core finds them
+//! Backends announce a [`HookLoader`] with [`register_loader!`](crate::register_loader) so the core finds them
 //! without depending on them:
 //!
 //! ```
 //! use std::{fs::Metadata, path::Path, sync::Arc};
-//! use virt_hooks_core::{Hook, LoadError, LoadErrorKind};
+//! use virt_hooks_core::{Hook, LoadError};
+//! use virt_hooks_core::error::LoadErrorKind;
 //! use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
 //!
 //! struct LuaLoader;
@@ -19,7 +20,7 @@
 //!         Err(LoadError::new(path, "lua", LoadErrorKind::Backend))
 //!     }
 //! }
-//! virt_hooks_core::backend::inventory::submit! { LoaderRegistration::new(&LuaLoader) }
+//! virt_hooks_core::register_loader!(&LuaLoader);
 //! ```
 //!
 //! A backend crate is linked only if the program uses something from it: call its
@@ -101,13 +102,13 @@ pub trait HookLoader: Send + Sync + 'static {
     }
 }
 
-/// A [`HookLoader`] announced to the core with `inventory::submit!`.
+/// A [`HookLoader`] announced to the core ([`register_loader!`](crate::register_loader)).
 pub struct LoaderRegistration {
     loader: &'static dyn HookLoader,
 }
 
 impl LoaderRegistration {
-    /// Wraps a loader for `inventory::submit!`.
+    /// Wraps a loader for [`register_loader!`](crate::register_loader).
     pub const fn new(loader: &'static dyn HookLoader) -> Self {
         LoaderRegistration { loader }
     }

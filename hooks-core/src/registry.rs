@@ -420,7 +420,8 @@ impl Inner {
 /// a registry is cheap and shares everything, loaded hooks included.
 ///
 /// ```
-/// use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder, testing::MockHook, HookOutcome};
+/// use virt_hooks_core::{Driver, RegistryBuilder, testing::MockHook, HookOutcome};
+/// use virt_hooks_core::events::QemuEvent;
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, MockHook::succeeding("log"))
 ///     .hook(Driver::Qemu, MockHook::always("policy", || HookOutcome::exited(1).with_stderr("not today\n")))
@@ -560,7 +561,8 @@ impl Registry {
     /// [`Report::cancelled`]; the result follows the event's policy, as for `fire`.
     ///
     /// ```
-    /// use virt_hooks_core::{Cancel, Driver, HookOutcome, QemuEvent, RegistryBuilder, testing::MockHook};
+    /// use virt_hooks_core::{Cancel, Driver, HookOutcome, RegistryBuilder, testing::MockHook};
+    /// use virt_hooks_core::events::QemuEvent;
     /// let cancel = Cancel::new();
     /// let stopper = cancel.clone();
     /// let registry = RegistryBuilder::new()

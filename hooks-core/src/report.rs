@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::document::{DocumentChange, MAX_DIFF};
+
 use crate::{Driver, EventArgs, FailurePolicy, Hook, HookError, HookEvent, HookOutcome, HookStatus};
 
 /// How a hook ended, as plain data.

@@ -33,14 +33,14 @@ use crate::HookEvent;
 ///
 /// ```
 /// use std::time::Duration;
-/// use virt_hooks_core::backend::Timeout;
+/// use virt_hooks_core::backend::TimeoutSetting;
 /// let ten = Some(Duration::from_secs(10));
-/// assert_eq!(Timeout::Default.or(ten), ten);
-/// assert_eq!(Timeout::Never.or(ten), None);
-/// assert_eq!(Timeout::After(Duration::from_secs(2)).or(ten), Some(Duration::from_secs(2)));
+/// assert_eq!(TimeoutSetting::Default.or(ten), ten);
+/// assert_eq!(TimeoutSetting::Never.or(ten), None);
+/// assert_eq!(TimeoutSetting::After(Duration::from_secs(2)).or(ten), Some(Duration::from_secs(2)));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum Timeout {
+pub enum TimeoutSetting {
     /// Not set: the default of whoever runs the hook applies (the backend's, or the
     /// dispatcher's `timeout` in `hookctl.toml`).
     #[default]
@@ -51,13 +51,13 @@ pub enum Timeout {
     After(Duration),
 }
 
-impl Timeout {
+impl TimeoutSetting {
     /// The limit to apply, given the default.
     pub fn or(self, default: Option<Duration>) -> Option<Duration> {
         match self {
-            Timeout::Default => default,
-            Timeout::Never => None,
-            Timeout::After(t) => Some(t),
+            TimeoutSetting::Default => default,
+            TimeoutSetting::Never => None,
+            TimeoutSetting::After(t) => Some(t),
         }
     }
 
@@ -67,18 +67,18 @@ impl Timeout {
     /// [`InvalidValue`] saying what was expected.
     pub fn parse(text: &str) -> Result<Self, InvalidValue> {
         if text.trim() == "none" {
-            return Ok(Timeout::Never);
+            return Ok(TimeoutSetting::Never);
         }
-        parse_duration(text).map(Timeout::After)
+        parse_duration(text).map(TimeoutSetting::After)
     }
 }
 
-impl fmt::Display for Timeout {
+impl fmt::Display for TimeoutSetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Timeout::Default => f.write_str("default"),
-            Timeout::Never => f.write_str("none"),
-            Timeout::After(t) => f.write_str(&crate::format_duration(*t)),
+            TimeoutSetting::Default => f.write_str("default"),
+            TimeoutSetting::Never => f.write_str("none"),
+            TimeoutSetting::After(t) => f.write_str(&crate::format_duration(*t)),
         }
     }
 }
@@ -274,7 +274,7 @@ impl PartialEq for Matcher {
 #[non_exhaustive]
 pub struct HookSettings {
     /// Time limit.
-    pub timeout: Timeout,
+    pub timeout: TimeoutSetting,
     /// The default limit of whoever runs the hook (hookctl's dispatcher: 30 s, or
     /// `timeout` in `hookctl.toml`), for hooks whose own `timeout` is unset; a backend
     /// whose own default is shorter keeps it. Set by [`crate::HooksDir::with_default_timeout`].
@@ -627,7 +627,7 @@ impl HookSettings {
     /// use virt_hooks_core::HookPolicy;
     /// use virt_hooks_core::backend::HookSettings;
     /// let s = HookSettings::parse("x.toml".as_ref(), "timeout = 1.5\npolicy = \"optional\"\n[match]\nops = [\"prepare\"]\n").unwrap();
-    /// assert_eq!(s.timeout, virt_hooks_core::backend::Timeout::After(std::time::Duration::from_millis(1500)));
+    /// assert_eq!(s.timeout, virt_hooks_core::backend::TimeoutSetting::After(std::time::Duration::from_millis(1500)));
     /// assert_eq!(s.policy, HookPolicy::Optional);
     /// let err = HookSettings::parse("x.toml".as_ref(), "timeout = 1\ncolour = \"red\"\n").unwrap_err();
     /// assert_eq!(err.line, Some(2));
@@ -655,13 +655,13 @@ impl HookSettings {
             fail(line, e.message().trim().to_owned())
         })?;
         let timeout = match file.timeout {
-            None => Timeout::Default,
+            None => TimeoutSetting::Default,
             Some(v) => {
                 let line = line_at(v.span());
                 let parsed = match v.into_inner() {
-                    Value::Int(n) => seconds(n as f64, &n.to_string()).map(Timeout::After),
-                    Value::Float(n) => seconds(n, &n.to_string()).map(Timeout::After),
-                    Value::Text(t) => Timeout::parse(&t),
+                    Value::Int(n) => seconds(n as f64, &n.to_string()).map(TimeoutSetting::After),
+                    Value::Float(n) => seconds(n, &n.to_string()).map(TimeoutSetting::After),
+                    Value::Text(t) => TimeoutSetting::parse(&t),
                 };
                 parsed.map_err(|e| fail(line, format!("timeout: {e}")))?
             }
@@ -753,12 +753,12 @@ impl HookSettings {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use virt_hooks_core::backend::{HookSettings, Timeout};
+    /// use virt_hooks_core::backend::{HookSettings, TimeoutSetting};
     /// let mut s = HookSettings::default();
     /// s.default_timeout = Some(Duration::from_secs(120));
     /// assert_eq!(s.effective_timeout(None), Some(Duration::from_secs(120)));
     /// assert_eq!(s.effective_timeout(Some(Duration::from_secs(10))), Some(Duration::from_secs(10)));
-    /// s.timeout = Timeout::Never;
+    /// s.timeout = TimeoutSetting::Never;
     /// assert_eq!(s.effective_timeout(Some(Duration::from_secs(10))), None);
     /// ```
     pub fn effective_timeout(&self, backend_default: Option<Duration>) -> Option<Duration> {
@@ -772,7 +772,7 @@ impl HookSettings {
     /// A one-line summary of what differs from the defaults, for `hookctl list`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        if self.timeout != Timeout::Default {
+        if self.timeout != TimeoutSetting::Default {
             parts.push(format!("timeout={}", self.timeout));
         }
         if let Some(m) = self.memory {
@@ -814,7 +814,7 @@ mod tests {
             "timeout = 2\nmemory = \"32MiB\"\nmax_output = 1024\npolicy = \"optional\"\n[match]\nobjects = [\"win*\", \"db-?\"]\nops = [\"prepare\", \"release\"]\nsubops = [\"begin\"]\n",
         )
         .unwrap();
-        assert_eq!(s.timeout, Timeout::After(Duration::from_secs(2)));
+        assert_eq!(s.timeout, TimeoutSetting::After(Duration::from_secs(2)));
         assert_eq!(s.memory, Some(32 << 20));
         assert_eq!(s.max_output, Some(1024));
         let ev = |o: &str, op: &str| RawEvent::new(crate::Driver::Qemu, [o, op, "begin", "-"]);
@@ -985,7 +985,7 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
             let s = parse(&format!("timeout = \"{text}\"\n")).unwrap();
-            assert_eq!(s.timeout, Timeout::After(Duration::from_secs(secs)), "{text}");
+            assert_eq!(s.timeout, TimeoutSetting::After(Duration::from_secs(secs)), "{text}");
         }
         assert_eq!(parse_duration("1500ms 2us"), Ok(Duration::from_micros(1_500_002)));
     }
@@ -1144,11 +1144,11 @@ mod properties {
             assert!(e.to_string().contains(want), "{text}: {e}");
         }
         let ok = HookSettings::parse(Path::new("p.toml"), "timeout = \"500ms\"\n").unwrap();
-        assert_eq!(ok.timeout, Timeout::After(Duration::from_millis(500)));
+        assert_eq!(ok.timeout, TimeoutSetting::After(Duration::from_millis(500)));
         let ok = HookSettings::parse(Path::new("p.toml"), "timeout = \"1m\"\nmemory = 1048576\n").unwrap();
-        assert_eq!(ok.timeout, Timeout::After(Duration::from_secs(60)));
+        assert_eq!(ok.timeout, TimeoutSetting::After(Duration::from_secs(60)));
         let never = HookSettings::parse(Path::new("p.toml"), "timeout = \"none\"\n").unwrap();
-        assert_eq!(never.timeout, Timeout::Never);
+        assert_eq!(never.timeout, TimeoutSetting::Never);
         assert_eq!(ok.memory, Some(1 << 20));
     }
 }

@@ -40,7 +40,8 @@ const MAX_NOTE: u64 = 4096;
 /// The root of the state directories of one hooks dir.
 ///
 /// ```
-/// use virt_hooks_core::{Driver, StateRoot};
+/// use virt_hooks_core::Driver;
+/// use virt_hooks_core::state::StateRoot;
 /// let tmp = tempfile::tempdir().unwrap();
 /// let root = StateRoot::new(tmp.path().join("state"));
 /// let dir = root.open(Driver::Qemu, "web1".as_ref(), "10-forward".as_ref()).unwrap();
@@ -114,7 +115,8 @@ pub struct StateEntry {
 /// networks. Daemon events have no object.
 ///
 /// ```
-/// use virt_hooks_core::{state_ends_object, Driver, RawEvent};
+/// use virt_hooks_core::{Driver, RawEvent};
+/// use virt_hooks_core::state::state_ends_object;
 /// assert!(state_ends_object(&RawEvent::new(Driver::Qemu, ["vm", "release", "end", "-"])));
 /// assert!(!state_ends_object(&RawEvent::new(Driver::Qemu, ["vm", "stopped", "end", "-"])));
 /// assert!(state_ends_object(&RawEvent::new(Driver::Network, ["net", "stopped", "end", "-"])));
@@ -140,7 +142,8 @@ pub fn state_ends_at(driver: Driver, op: &str, subop: &str) -> bool {
 /// goes to [`StateRoot::abandon`].
 ///
 /// ```
-/// use virt_hooks_core::{state_orphaned_by_failure, Driver, RawEvent};
+/// use virt_hooks_core::{Driver, RawEvent};
+/// use virt_hooks_core::state::state_orphaned_by_failure;
 /// assert!(state_orphaned_by_failure(&RawEvent::new(Driver::Qemu, ["vm", "restore", "begin", "-"])));
 /// assert!(!state_orphaned_by_failure(&RawEvent::new(Driver::Qemu, ["vm", "prepare", "begin", "-"])));
 /// ```

@@ -2,7 +2,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder, testing::RecordingHook};
+//! use virt_hooks_core::{Driver, RegistryBuilder, testing::RecordingHook};
+//! use virt_hooks_core::events::QemuEvent;
 //! let rec = Arc::new(RecordingHook::new("rec"));
 //! let registry = RegistryBuilder::new().shared_hook(Some(Driver::Qemu), rec.clone()).build();
 //! registry.fire_blocking(&QemuEvent::Started { name: "vm".into(), xml: "<domain/>\n".into() }).unwrap();
@@ -65,7 +66,8 @@ impl MockHook {
     /// yields: a mock filter that rewrites what it reads, a slow or hanging mock.
     ///
     /// ```
-    /// use virt_hooks_core::{Driver, HookOutcome, QemuEvent, RegistryBuilder, testing::MockHook};
+    /// use virt_hooks_core::{Driver, HookOutcome, RegistryBuilder, testing::MockHook};
+    /// use virt_hooks_core::events::QemuEvent;
     /// let filter = MockHook::from_fn("rewrite", |inv| async move {
     ///     let xml = String::from_utf8_lossy(inv.input().unwrap_or_default()).replace("br-old", "br0");
     ///     HookOutcome::success().with_stdout(xml)

@@ -7,8 +7,10 @@
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::report::InputSource;
 use virt_hooks_core::testing::MockHook;
-use virt_hooks_core::{Driver, HookFailure, HookOutcome, HookPolicy, InputSource, QemuEvent, RegistryBuilder, Report};
+use virt_hooks_core::{Driver, HookFailure, HookOutcome, HookPolicy, RegistryBuilder, Report};
 
 #[derive(Debug, Clone)]
 enum Output {

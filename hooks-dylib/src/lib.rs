@@ -32,7 +32,8 @@
 //! for whom").
 //!
 //! ```no_run
-//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use virt_hooks_core::{Driver, RegistryBuilder};
+//! use virt_hooks_core::events::QemuEvent;
 //! // A driver's own hooks dir (`RegistryBuilder::hooks_dir("/etc/myvmm/hooks")` would find it too).
 //! let hook = virt_hooks_dylib::DylibHook::load("/etc/myvmm/hooks/qemu.d/50-memory-limit.so")?;
 //! let registry = RegistryBuilder::new().hook(Driver::Qemu, hook).build();
@@ -54,8 +55,9 @@ use std::fs::Metadata;
 use std::path::Path;
 use std::sync::Arc;
 
-use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
-use virt_hooks_core::{Hook, LoadError, LoadErrorKind};
+use virt_hooks_core::backend::{HookLoader, HookSettings};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::{Hook, LoadError};
 
 /// The dylib backend's loader: claims `*.so` files (no execute bit needed).
 #[derive(Debug, Clone, Copy, Default)]
@@ -114,7 +116,7 @@ impl HookLoader for DylibLoader {
 
 static DYLIB_LOADER: DylibLoader = DylibLoader;
 
-inventory::submit! { LoaderRegistration::new(&DYLIB_LOADER) }
+virt_hooks_core::register_loader!(&DYLIB_LOADER);
 
 /// Makes sure this crate, and so its loader, is linked into the program.
 pub fn link() {}

@@ -7,7 +7,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use virt_hooks_core::{LoadError, LoadErrorKind};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::LoadError;
 use virt_hooks_plugin::abi::{
     virt_hook_invocation, virt_hook_plugin, virt_hook_plugin_v1_fn, VIRT_HOOK_ABI_VERSION, VIRT_HOOK_SYMBOL,
 };

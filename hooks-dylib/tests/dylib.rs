@@ -8,7 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{Driver, HookStatus, Invocation, QemuEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::report::StatusRecord;
+use virt_hooks_core::{Driver, HookStatus, Invocation, RegistryBuilder};
 use virt_hooks_dylib::{DylibHook, Library};
 
 /// The fixture cdylib, built by cargo as a dev-dependency next to this test binary.
@@ -171,7 +173,7 @@ const virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }"#,
     ];
     for (path, reason) in cases {
         let err = DylibHook::load(path).unwrap_err();
-        let text = virt_hooks_core::error_chain(&err);
+        let text = virt_hooks_core::error::chain(&err);
         assert!(
             text.starts_with(&format!("cannot load hook `{}` (dylib): ", path.display())),
             "{text}"

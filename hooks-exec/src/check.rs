@@ -5,7 +5,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use virt_hooks_core::{LoadError, LoadErrorKind};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::LoadError;
 
 /// Checks that an exec hook would start: it is executable by us, and it is an ELF
 /// binary or a `#!` script whose interpreter exists and is executable.

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::Containment;
+use virt_hooks_core::outcome::Containment;
 
 use crate::cgroup::{HookCgroup, Usage};
 use crate::helper::Helper;

@@ -57,7 +57,8 @@
 //! subreaper (and, outside x86-64, the hook started into a cgroup) is a plain copy.
 //!
 //! ```no_run
-//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use virt_hooks_core::{Driver, RegistryBuilder};
+//! use virt_hooks_core::events::QemuEvent;
 //! use virt_hooks_exec::{ExecHook, ExecOptions};
 //! use std::time::Duration;
 //!
@@ -161,8 +162,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration, TrustPolicy, Untrusted};
-use virt_hooks_core::{Containment, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
+use virt_hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
+use virt_hooks_core::outcome::Containment;
+use virt_hooks_core::{Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
 
 pub use check::check_executable;
 
@@ -677,7 +679,7 @@ impl HookLoader for ExecLoader {
 
 static EXEC_LOADER: ExecLoader = ExecLoader;
 
-inventory::submit! { LoaderRegistration::new(&EXEC_LOADER) }
+virt_hooks_core::register_loader!(&EXEC_LOADER);
 
 /// Makes sure this crate, and so its loader, is linked into the program. Call it once
 /// from a binary that finds exec hooks only through a hooks directory.

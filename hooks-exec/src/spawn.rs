@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use virt_hooks_core::Containment;
+use virt_hooks_core::outcome::Containment;
 
 use crate::cgroup::{self, HookCgroup};
 use crate::child::Child;

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::Containment;
+use virt_hooks_core::outcome::Containment;
 
 use crate::cgroup::Usage;
 pub(crate) use crate::child::Exit;

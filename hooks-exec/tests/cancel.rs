@@ -8,7 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{Cancel, Driver, Failure, QemuEvent, Registry, RegistryBuilder};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::{Cancel, Driver, Failure, Registry, RegistryBuilder};
 use virt_hooks_exec::ExecHook;
 
 /// A hook that records its pid, a background child's and a `setsid` grandchild's in

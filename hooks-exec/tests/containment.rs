@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{Containment, Driver, HookStatus, Invocation};
+use virt_hooks_core::outcome::Containment;
+use virt_hooks_core::{Driver, HookStatus, Invocation};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 const IN_CHILD: &str = "HOOKS_EXEC_TEST_IN_SUBREAPER";
@@ -436,7 +437,7 @@ fn a_hook_that_kills_its_helper_is_an_error_not_a_hang() {
     // Whenever it died (before or after the hook was reported running), it says so.
     match &out.status {
         HookStatus::Failed(e) => {
-            let why = virt_hooks_core::error_chain(e);
+            let why = virt_hooks_core::error::chain(e);
             assert!(why.contains("helper process died"), "{why}");
         }
         other => panic!("{other:?}"),

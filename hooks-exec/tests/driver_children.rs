@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virt_hooks_core::backend::{HookLoader, HookSettings};
-use virt_hooks_core::{
-    Containment, Hook, HookFailure, HooksDir, LoadError, QemuEvent, Registry, RegistryBuilder, StatusRecord,
-};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::outcome::Containment;
+use virt_hooks_core::report::StatusRecord;
+use virt_hooks_core::{Hook, HookFailure, HooksDir, LoadError, Registry, RegistryBuilder};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 /// Set in the copy of this binary that runs one test's body: the test's name.

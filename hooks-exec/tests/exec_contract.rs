@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{Containment, Driver, Hook, HookOutcome, HookStatus, Invocation};
+use virt_hooks_core::outcome::Containment;
+use virt_hooks_core::{Driver, Hook, HookOutcome, HookStatus, Invocation};
 use virt_hooks_exec::{ExecHook, ExecOptions};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {

@@ -55,7 +55,8 @@
 //! repository's `docs/embedding.md`, "Which layout is for whom").
 //!
 //! ```no_run
-//! use virt_hooks_core::{Driver, QemuEvent, RegistryBuilder};
+//! use virt_hooks_core::{Driver, RegistryBuilder};
+//! use virt_hooks_core::events::QemuEvent;
 //! use virt_hooks_wasm::{WasmHook, WasmOptions};
 //! // A driver's own hooks dir (`RegistryBuilder::hooks_dir("/etc/myvmm/hooks")` would find it too).
 //! let hook = WasmHook::load("/etc/myvmm/hooks/qemu.d/30-filter.wasm", WasmOptions::default())?;
@@ -86,8 +87,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
-use virt_hooks_core::backend::{HookLoader, HookSettings, LoaderRegistration};
-use virt_hooks_core::{Hook, HookOutcome, HookStatus, Invocation, LoadError, LoadErrorKind};
+use virt_hooks_core::backend::{HookLoader, HookSettings};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::{Hook, HookOutcome, HookStatus, Invocation, LoadError};
 
 /// Limits for one WASM hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +119,7 @@ impl Default for WasmOptions {
             memory: 64 << 20,
             max_output: 16 << 20,
             fuel: None,
-            state_max: virt_hooks_core::DEFAULT_STATE_MAX,
+            state_max: virt_hooks_core::state::DEFAULT_STATE_MAX,
         }
     }
 }
@@ -194,7 +196,7 @@ impl WasmHook {
             inv.input_shared().cloned(),
         );
         let state = inv.state_dir().map(Path::to_owned);
-        let ends = virt_hooks_core::state_ends_at(inv.driver(), &args.lossy(1), &args.lossy(2));
+        let ends = virt_hooks_core::state::state_ends_at(inv.driver(), &args.lossy(1), &args.lossy(2));
         move |cancel| sandbox.run(&module, &argv, input, (state.as_deref(), ends), limits, cancel)
     }
 }
@@ -293,10 +295,10 @@ static WASM_LOADER: WasmLoader = WasmLoader::new(WasmOptions {
     memory: 64 << 20,
     max_output: 16 << 20,
     fuel: None,
-    state_max: virt_hooks_core::DEFAULT_STATE_MAX,
+    state_max: virt_hooks_core::state::DEFAULT_STATE_MAX,
 });
 
-inventory::submit! { LoaderRegistration::new(&WASM_LOADER) }
+virt_hooks_core::register_loader!(&WASM_LOADER);
 
 /// Makes sure this crate, and so its loader, is linked into the program.
 pub fn link() {}

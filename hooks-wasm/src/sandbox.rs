@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
-use virt_hooks_core::{HookOutcome, HookStatus, LoadError, LoadErrorKind};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::{HookOutcome, HookStatus, LoadError};
 use wasmtime::{
     Caller, Engine, Extern, ExternType, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, UpdateDeadline,
 };

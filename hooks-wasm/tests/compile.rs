@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::LoadErrorKind;
+use virt_hooks_core::error::LoadErrorKind;
 use virt_hooks_wasm::{CacheSource, CompileBudget, Compiler, EngineConfig, Sandbox};
 
 fn compiler(memory: u64) -> Compiler {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{block_on, inv, sandbox, sleeper, spinner, write_module};
-use virt_hooks_core::{Driver, Hook, HookStatus, QemuEvent, RegistryBuilder, StatusRecord};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::report::StatusRecord;
+use virt_hooks_core::{Driver, Hook, HookStatus, RegistryBuilder};
 use virt_hooks_wasm::{EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 const T: Duration = Duration::from_millis(300);
@@ -248,7 +250,7 @@ fn many_memories_are_refused_at_load() {
     let path = write_module(tmp.path(), "five.wasm", &bytes);
     // The pooling allocator refuses it as it compiles; without pooling, the sandbox does.
     let err = WasmHook::load_in(sandbox(None), &path, WasmOptions::default()).unwrap_err();
-    let text = virt_hooks_core::error_chain(&err);
+    let text = virt_hooks_core::error::chain(&err);
     assert!(text.contains("memories count of 5 exceeds"), "{text}");
     let on_demand = EngineConfig {
         pooling: false,
@@ -256,6 +258,6 @@ fn many_memories_are_refused_at_load() {
     };
     let sb = Arc::new(Sandbox::new(on_demand, None).unwrap());
     let err = WasmHook::load_in(sb, &path, WasmOptions::default()).unwrap_err();
-    let text = virt_hooks_core::error_chain(&err);
+    let text = virt_hooks_core::error::chain(&err);
     assert!(text.contains("memories: 5, at most 4"), "{text}");
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{Driver, EventArgs, Hook, Invocation, QemuEvent, RegistryBuilder};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::{Driver, EventArgs, Hook, Invocation, RegistryBuilder};
 use virt_hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 /// Reads all of stdin and exits 0 (the smallest real hook).

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virt_hooks_core::{
-    Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, QemuEvent, RegistryBuilder,
-};
+use virt_hooks_core::events::QemuEvent;
+use virt_hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, HooksDir, Invocation, RegistryBuilder};
 use virt_hooks_wasm::{CacheSource, EngineConfig, Sandbox, WasmHook, WasmOptions};
 
 const PRELUDE: &str = r#"
@@ -228,7 +227,7 @@ fn broken_modules_are_load_errors_naming_the_file() {
     for (name, bytes, reason) in cases {
         let path = write_module(tmp.path(), name, &bytes);
         let err = WasmHook::load_in(Arc::clone(&sb), &path, WasmOptions::default()).unwrap_err();
-        let text = virt_hooks_core::error_chain(&err);
+        let text = virt_hooks_core::error::chain(&err);
         assert!(
             text.starts_with(&format!("cannot load hook `{}` (wasm): ", path.display())),
             "{text}"

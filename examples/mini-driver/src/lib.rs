@@ -9,9 +9,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::process::{Child, Command};
+use virt_hooks_core::events::{DaemonEvent, ReleaseReason};
+use virt_hooks_core::lifecycle::{Sequence, UnsupportedScenario};
 use virt_hooks_core::{
-    compiled_hook, DaemonEvent, Driver, DriverActions, Guest, Hook, HookFailure, HookOutcome, Invocation, Lifecycle,
-    LifecycleError, Phase, Registry, ReleaseReason, Report, Sequence, UnsupportedScenario,
+    compiled_hook, Driver, DriverActions, Guest, Hook, HookFailure, HookOutcome, Invocation, Lifecycle, LifecycleError,
+    Phase, Registry, Report,
 };
 
 /// A hook compiled into the driver binary: an in-memory audit trail of every qemu and
@@ -340,8 +342,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+    use virt_hooks_core::report::StatusRecord;
     use virt_hooks_core::testing::{MockHook, RecordingHook};
-    use virt_hooks_core::{HookOutcome, RegistryBuilder, StatusRecord};
+    use virt_hooks_core::{HookOutcome, RegistryBuilder};
 
     fn driver(extra: Option<virt_hooks_core::HookEntry>) -> (MiniDriver, Arc<RecordingHook>) {
         let rec = Arc::new(RecordingHook::new("rec"));

@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use hookctl::native_wire::{bounded, read_header, End, LoadKind, Report, REPORT_STATUS, UNUSABLE_STATUS};
 use virt_hooks_core::backend::{HookLoader, HookSettings};
-use virt_hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError, LoadErrorKind};
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError};
 
 /// Where the host's results go: its original stdout and stderr, kept aside before any
 /// plugin code runs, so the plugin's own writes to fds 1 and 2 cannot become the
@@ -138,7 +139,7 @@ fn load_end(err: &LoadError) -> End {
             message: other.to_string(),
         },
     };
-    let source = err.source.as_deref().map(|s| bounded(virt_hooks_core::error_chain(s)));
+    let source = err.source.as_deref().map(|s| bounded(virt_hooks_core::error::chain(s)));
     End::LoadError { kind, source }
 }
 

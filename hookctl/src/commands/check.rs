@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use clap::Args;
-use virt_hooks_core::{error_chain, Driver, HooksDir};
+use virt_hooks_core::error::chain as error_chain;
+use virt_hooks_core::{Driver, HooksDir};
 
 use super::args::parse_driver;
 use super::{require_dir, Outcome};
@@ -47,7 +48,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
             // Where `state = true` plugins keep theirs: a root every call would refuse
             // fails each of them. An unusable `state` is the mistake above, no other root.
             if let Ok(state) = &settings.state {
-                let root = virt_hooks_core::StateRoot::new(state);
+                let root = virt_hooks_core::state::StateRoot::new(state);
                 if let Err(e) = root.check() {
                     broken += 1;
                     outln!(

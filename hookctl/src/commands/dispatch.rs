@@ -47,7 +47,7 @@ pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, config: &crate::con
     let dir = super::with_backends(HooksDir::plugins(plugins))
         .with_default_timeout(config.timeout)
         .with_reconnect_failure(virt_hooks_core::OnReconnectFailure::Log)
-        .with_state_root(Some(virt_hooks_core::StateRoot::new(&config.state)));
+        .with_state_root(Some(virt_hooks_core::state::StateRoot::new(&config.state)));
     let named_for_driver = plugins
         .file_name()
         .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
@@ -151,8 +151,8 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
             super::state::record_root(hooks_dir, driver, root);
         }
     }
-    let orphaned: Vec<PathBuf> = match (&settings.state, virt_hooks_core::state_ends_object(&event)) {
-        (Ok(root), true) => super::state::orphaned(hooks_dir, driver, &virt_hooks_core::StateRoot::new(root))
+    let orphaned: Vec<PathBuf> = match (&settings.state, virt_hooks_core::state::state_ends_object(&event)) {
+        (Ok(root), true) => super::state::orphaned(hooks_dir, driver, &virt_hooks_core::state::StateRoot::new(root))
             .into_iter()
             .filter(|e| e.object == event.os_args()[0])
             .map(|e| e.path)

@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use virt_hooks_core::state::StateError;
 use virt_hooks_core::{
     Driver, FailurePolicy, Hook, HookEntry, HookError, HookEvent, HookOutcome, HookPolicy, Invocation, Registry,
-    RegistryBuilder, StateError,
+    RegistryBuilder,
 };
 
 use crate::config::{ConfigError, DispatchConfig, Settings};

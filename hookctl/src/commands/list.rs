@@ -54,7 +54,7 @@ struct StateView {
     kept: Option<String>,
 }
 
-fn state_views(root: &virt_hooks_core::StateRoot, driver: Driver) -> Vec<StateView> {
+fn state_views(root: &virt_hooks_core::state::StateRoot, driver: Driver) -> Vec<StateView> {
     root.entries(driver)
         .into_iter()
         .map(|e| StateView {
@@ -145,7 +145,7 @@ impl Effective {
         let own = |it: &mut dyn Iterator<Item = &str>| it.map(str::to_owned).collect();
         Effective {
             timeout_secs: s.effective_timeout(backend_default).map(|t| t.as_secs_f64()),
-            timeout_is_default: s.timeout == virt_hooks_core::backend::Timeout::Default,
+            timeout_is_default: s.timeout == virt_hooks_core::backend::TimeoutSetting::Default,
             memory: s.memory,
             max_output: s.max_output,
             policy: s.policy,
@@ -178,7 +178,7 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             let mut l = listing(&hooks, d);
             l.plugins_dir = Some(plugins.display().to_string());
             if let Ok(state) = &settings.state {
-                l.state = state_views(&virt_hooks_core::StateRoot::new(state), d);
+                l.state = state_views(&virt_hooks_core::state::StateRoot::new(state), d);
             }
             l.log = settings.log.as_ref().ok().map(|log| log.display().to_string());
             if let Err(e) = settings.config() {
@@ -399,7 +399,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                     // The time limit in effect, default included, for whatever runs.
                     if let (Ok(s), Some(loader)) = (&loaded, e.loader()) {
                         let effective = s.effective_timeout(loader.default_timeout());
-                        if let (virt_hooks_core::backend::Timeout::Default, Some(t)) = (s.timeout, effective) {
+                        if let (virt_hooks_core::backend::TimeoutSetting::Default, Some(t)) = (s.timeout, effective) {
                             let shown = format!("timeout={} (default)", virt_hooks_core::backend::format_duration(t));
                             settings = Some(settings.map_or(shown.clone(), |other| format!("{shown} {other}")));
                         }
@@ -410,7 +410,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                             let broken = loaded.as_ref().ok().and_then(|s| loader.inspect(&e.path, s).err()).map(
                                 |err| match &err.source {
                                     Some(source) => {
-                                        format!("{}: {}", err.kind, virt_hooks_core::error_chain(&**source))
+                                        format!("{}: {}", err.kind, virt_hooks_core::error::chain(&**source))
                                     }
                                     None => err.kind.to_string(),
                                 },

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clap::Args;
-use virt_hooks_core::{
-    Driver, Guest, Lifecycle, LifecycleError, ReleaseReason, Scenario, Sequence, StepResult, Verdict,
-};
+use virt_hooks_core::events::ReleaseReason;
+use virt_hooks_core::lifecycle::{Scenario, Sequence, StepResult, Verdict};
+use virt_hooks_core::{Driver, Guest, Lifecycle, LifecycleError};
 
 use super::args::{parse_driver, InputArgs};
 use super::{require_dir, Outcome, UsageError};
@@ -58,7 +58,7 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     let reason: ReleaseReason = args
         .reason
         .parse()
-        .map_err(|e: virt_hooks_core::UnknownReleaseReason| UsageError(e.to_string()))?;
+        .map_err(|e: virt_hooks_core::events::UnknownReleaseReason| UsageError(e.to_string()))?;
     let xml = super::read_input(args.input.input.as_deref())?.unwrap_or_default();
     let guest = Guest::new(args.driver, object, String::from_utf8_lossy(&xml));
     let (version, from) = match &args.libvirt {
@@ -79,12 +79,15 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         .tempdir()
         .map_err(|e| UsageError(format!("cannot make a temporary state directory: {e}")))?;
     let state = match &args.state {
-        Some(dir) => virt_hooks_core::StateRoot::new(resolved(dir)),
-        None => virt_hooks_core::StateRoot::new(scratch.path().join("state")),
+        Some(dir) => virt_hooks_core::state::StateRoot::new(resolved(dir)),
+        None => virt_hooks_core::state::StateRoot::new(scratch.path().join("state")),
     };
     let plugins = dir.join(format!("{}.plugins", args.driver.as_str()));
     let real = crate::config::settings(&plugins).in_effect().state;
-    for real in [resolved(&real), resolved(Path::new(virt_hooks_core::SYSTEM_STATE_ROOT))] {
+    for real in [
+        resolved(&real),
+        resolved(Path::new(virt_hooks_core::state::SYSTEM_STATE_ROOT)),
+    ] {
         if state.path().starts_with(&real) || real.starts_with(state.path()) {
             return Err(UsageError(format!(
                 "--state {}: that is (or holds) {}, where the dispatcher keeps the real guests' state; simulate elsewhere",
@@ -135,7 +138,10 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         output::stdout(render(&seq, &guest, dir, args.state.is_none()).as_bytes());
     }
     if args.state.is_none() {
-        warn_state_thrown_away(&virt_hooks_core::StateRoot::new(scratch.path().join("state")), &guest);
+        warn_state_thrown_away(
+            &virt_hooks_core::state::StateRoot::new(scratch.path().join("state")),
+            &guest,
+        );
     }
     Ok(seq.proceeds())
 }
@@ -152,7 +158,7 @@ fn ran(result: Result<Sequence, LifecycleError>) -> Result<Sequence, UsageError>
 /// Plugins ran for real and recorded what they did in simulate's temporary state root,
 /// which goes when simulate ends: what they did on the host stays, with no record left
 /// for a release to undo it. Says so for each plugin that recorded something.
-fn warn_state_thrown_away(scratch: &virt_hooks_core::StateRoot, guest: &Guest) {
+fn warn_state_thrown_away(scratch: &virt_hooks_core::state::StateRoot, guest: &Guest) {
     let recorded = (scratch.entries(guest.driver).into_iter())
         .filter(|e| std::fs::read_dir(&e.path).is_ok_and(|mut d| d.next().is_some()));
     for e in recorded {
@@ -175,7 +181,7 @@ fn simulation(
     driver: Driver,
     dispatcher: bool,
     (timeout, wasm_memory): (Option<std::time::Duration>, Option<u32>),
-    state: virt_hooks_core::StateRoot,
+    state: virt_hooks_core::state::StateRoot,
 ) -> virt_hooks_core::Registry {
     if !dispatcher {
         return super::registry(dir, timeout, wasm_memory);
@@ -296,7 +302,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
                 out,
                 "    state kept: {} ({}{})",
                 output::path(kept),
-                if virt_hooks_core::state_ends_at(r.driver, &r.op(), &r.subop()) {
+                if virt_hooks_core::state::state_ends_at(r.driver, &r.op(), &r.subop()) {
                     "its plugin failed this last event, or is gone"
                 } else {
                     "made at this refused event, which libvirt follows with no release"

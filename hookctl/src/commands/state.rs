@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use virt_hooks_core::{Driver, StateEntry, StateRoot};
+use virt_hooks_core::state::{StateEntry, StateRoot};
+use virt_hooks_core::Driver;
 
 use super::args::parse_driver;
 use super::{require_dir, Outcome, UsageError};
@@ -222,7 +223,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 fn used_roots(hooks_dir: &Path, driver: Driver) -> Vec<PathBuf> {
     let mut recorded = recorded_roots(hooks_dir, driver);
     if recorded.is_empty() && hooks_dir == Path::new("/etc/libvirt/hooks") {
-        recorded.push(PathBuf::from(virt_hooks_core::SYSTEM_STATE_ROOT));
+        recorded.push(PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT));
     }
     recorded
 }
