@@ -301,16 +301,20 @@ impl Registry {
                 // An instrumented future costs even with no subscriber; skip it then.
                 // The registry's own limits run inline: no wrapper, no extra allocation,
                 // and the large timed future is only built when a timeout is set.
-                let call = async {
-                    match (span.is_disabled(), inner.timed) {
-                        (true, false) => layer::caught(hook, inv).await,
-                        (true, true) => layer::timed(hook, inv).await,
-                        (false, timed) => layer::maybe_timed(hook, inv, timed).instrument(span).await,
+                // Without a cancel, no wrapper at all: the plain path costs what it did.
+                let mut outcome = match (cancel, span.is_disabled(), inner.timed) {
+                    (None, true, false) => layer::caught(hook, inv).await,
+                    (None, true, true) => layer::timed(hook, inv).await,
+                    (None, false, timed) => layer::maybe_timed(hook, inv, timed).instrument(span).await,
+                    (Some(cancel), disabled, timed) => {
+                        let call = async {
+                            match disabled {
+                                true => layer::maybe_timed(hook, inv, timed).await,
+                                false => layer::maybe_timed(hook, inv, timed).instrument(span).await,
+                            }
+                        };
+                        layer::cancellable(std::pin::pin!(call), hook, cancel).await
                     }
-                };
-                let mut outcome = match cancel {
-                    Some(cancel) => layer::cancellable(std::pin::pin!(call), hook, cancel).await,
-                    None => call.await,
                 };
                 if let Some(cap) = inner.max_output {
                     layer::apply_cap(&mut outcome, cap);
