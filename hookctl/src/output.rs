@@ -121,11 +121,20 @@ pub(crate) fn first_line(text: &str) -> &str {
 
 /// Prints a hook's warnings on stderr, escaped and capped.
 pub(crate) fn warnings(rec: &HookRecord) {
+    warning_lines(rec).iter().for_each(|line| eprintln!("{line}"));
+}
+
+/// A hook's warnings as the lines [`warnings`] prints, escaped and capped.
+pub(crate) fn warning_lines(rec: &HookRecord) -> Vec<String> {
     let (kept, more) = capped_warnings(rec, WARNING.escaped());
-    for w in kept {
-        eprintln!("hookctl: warning: {}: {w}", name(&rec.name));
-    }
+    let mut lines: Vec<String> = (kept.into_iter())
+        .map(|w| format!("hookctl: warning: {}: {w}", name(&rec.name)))
+        .collect();
     if more > 0 {
-        eprintln!("hookctl: warning: {}: … ({more} more warnings)", name(&rec.name));
+        lines.push(format!(
+            "hookctl: warning: {}: … ({more} more warnings)",
+            name(&rec.name)
+        ));
     }
+    lines
 }

@@ -464,3 +464,16 @@ fn a_plugin_that_could_not_run_at_release_is_named_as_such() {
         .success()
         .stdout(contains("could not run (not executable)").and(contains("no longer in").not()));
 }
+
+/// The dispatcher appends to `<hooks>/.<driver>.state-roots` as root: a link planted
+/// there must never be written through, and must not fail the event.
+#[test]
+fn the_state_roots_record_is_never_written_through_a_link() {
+    let (tmp, hooks, _plugins, _state) = with_stateful_plugin();
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, "untouched\n").unwrap();
+    std::os::unix::fs::symlink(&victim, hooks.join(".qemu.state-roots")).unwrap();
+    start(&hooks, "web1");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched\n");
+    release(&hooks, "web1").success();
+}

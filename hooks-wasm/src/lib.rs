@@ -226,6 +226,11 @@ impl Hook for WasmHook {
         // inside tokio it moves to a blocking thread, and dropping this future (the
         // sender with it) ends the call there. A caller's `Cancel` drops the sender too,
         // from whatever thread cancels, and the call returns once the module stopped.
+        let pool = virt_hooks_core::backend::blocking_pool();
+        if pool.is_none() && inv.cancel().is_none() {
+            // Right here, and nothing can end it but its own limits.
+            return job(None);
+        }
         let (caller_waits, cancel) = oneshot::channel::<()>();
         // Held by this future (its drop ends the call), and dropped by a `Cancel` too.
         let waits = std::sync::Arc::new(std::sync::Mutex::new(Some(caller_waits)));
@@ -233,13 +238,12 @@ impl Hook for WasmHook {
             let dropper = std::sync::Arc::clone(&waits);
             c.on_cancel(move || drop(dropper.lock().map(|mut w| w.take())))
         });
-        match virt_hooks_core::backend::blocking_pool() {
+        match pool {
             Some(rt) => rt
                 .spawn_blocking(move || job(Some(cancel)))
                 .await
                 .unwrap_or_else(|e| HookOutcome::new(HookStatus::Crashed(format!("WASM task failed: {e}")))),
-            // No receiver to watch unless a `Cancel` may drop the sender.
-            None => job(_watching.is_some().then_some(cancel)),
+            None => job(Some(cancel)),
         }
     }
 }

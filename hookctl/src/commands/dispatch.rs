@@ -351,16 +351,7 @@ impl Notes {
 
     /// A record's warnings, as `hookctl check` and the audit log cap them.
     fn warnings(&mut self, rec: &virt_hooks_core::HookRecord) {
-        let (kept, more) = output::capped_warnings(rec, output::WARNING.escaped());
-        for w in kept {
-            self.line(format!("hookctl: warning: {}: {w}", output::name(&rec.name)));
-        }
-        if more > 0 {
-            self.line(format!(
-                "hookctl: warning: {}: … ({more} more warnings)",
-                output::name(&rec.name)
-            ));
-        }
+        output::warning_lines(rec).into_iter().for_each(|line| self.line(line));
     }
 
     fn emit(self) {

@@ -197,21 +197,18 @@ pub(crate) fn record_root(hooks_dir: &Path, driver: Driver, root: &Path) {
 /// `/run`) or one that is not ours; a root inside another (`state =
 /// "/run/virt-hooks/state/network"`) is one of its own ([`entries_of`]).
 pub(crate) fn former_roots(hooks_dir: &Path, driver: Driver, current: &StateRoot) -> Vec<StateRoot> {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let current_id = id(current.path());
     let mut found: Vec<StateRoot> = Vec::new();
     for path in used_roots(hooks_dir, driver) {
-        let Some(root_id) = id(&path) else { continue };
         let root = StateRoot::new(&path);
-        if Some(root_id) != current_id && root.check().is_ok() && !found.iter().any(|f| id(f.path()) == Some(root_id)) {
+        let other = path.exists() && !same_dir(&path, current.path());
+        if other && root.check().is_ok() && !found.iter().any(|f| same_dir(f.path(), &path)) {
             found.push(root);
         }
     }
     found
 }
 
-/// Whether two paths name the same directory.
+/// Whether two paths name the same directory (`/var/run` is `/run`).
 fn same_dir(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));

@@ -227,19 +227,7 @@ impl HooksDir {
                 Err(e) => Err(Untrusted::io(&dir, &dir, e)),
             };
             if let Err(why) = exists.and_then(|()| trust.check_dir(&dir)) {
-                entries.push(DirEntry {
-                    path: dir,
-                    role: EntryRole::DropIn,
-                    disposition: Disposition::Refused(None, why),
-                    stamp: None,
-                    has_sidecar: false,
-                    trust: self.trust,
-                    default_timeout: self.default_timeout,
-                    reconnect_failure: self.reconnect_for_entries(),
-                    driver,
-                    state_root: self.state_root.clone(),
-                    stray_hint: None,
-                });
+                entries.push(self.refused_entry(driver, dir, EntryRole::DropIn, why));
                 return Ok(entries);
             }
         }
@@ -320,6 +308,11 @@ impl HooksDir {
 
     fn refused(&self, driver: Driver, path: PathBuf, role: EntryRole, e: io::Error) -> DirEntry {
         let why = Untrusted::io(&path, &path, e);
+        self.refused_entry(driver, path, role, why)
+    }
+
+    /// An entry that fails the event with `why`.
+    fn refused_entry(&self, driver: Driver, path: PathBuf, role: EntryRole, why: Untrusted) -> DirEntry {
         DirEntry {
             path,
             role,

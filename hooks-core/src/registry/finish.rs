@@ -106,12 +106,14 @@ impl Registry {
                     .filter_map(|e| e.path.file_name().map(ToOwned::to_owned))
                     .collect()
             });
-            // Hooks here whose settings no longer ask for state: one that had a record
-            // ran without it, and undid nothing of it.
-            let stateless: Vec<std::ffi::OsString> = (scanned.iter().flatten())
-                .filter(|e| e.settings().is_ok_and(|s| !s.state))
-                .filter_map(|e| e.path.file_name().map(ToOwned::to_owned))
-                .collect();
+            // Whether the hook here by that name no longer asks for state: one that had a
+            // record ran without it, and undid nothing of it. Read only for a hook that ran
+            // and has a record, never for every entry of the dir.
+            let stateless = |name: &std::ffi::OsStr| {
+                (scanned.iter().flatten())
+                    .find(|e| e.path.file_name() == Some(name))
+                    .is_some_and(|e| e.settings().is_ok_and(|s| !s.state))
+            };
             let failed = |name: &std::ffi::OsStr| {
                 let own = |r: &&HookRecord| match &paths {
                     Some(paths) => paths
@@ -167,7 +169,7 @@ impl Registry {
                         event.subop()
                     ));
                 }
-                stateless.iter().any(|n| n == name).then(|| {
+                stateless(name).then(|| {
                     format!(
                         "{} {}: its plugin's settings no longer say `state = true`, so it ran without this \
                          record and undid nothing of it",
