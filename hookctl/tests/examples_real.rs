@@ -318,7 +318,7 @@ fn every_settings_key_is_in_the_man_page_and_the_guide() {
     let man = read("packaging/man/hookctl-settings.5");
     let guide = read("docs/settings.md");
     assert!(man.starts_with(".\\\"") && man.contains("\n.TH HOOKCTL-SETTINGS 5 "));
-    let sidecar = declared_keys(&read("hooks-core/src/settings.rs"), &["File", "MatchFile"]);
+    let sidecar = declared_keys(&read("hooks-core/src/settings/sidecar.rs"), &["File", "MatchFile"]);
     // hookctl.toml is read key by key, from the list of keys it knows.
     let config = read("hookctl/src/config.rs");
     let list = config
