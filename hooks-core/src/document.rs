@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::xpath::{parse_guarded, Unparsed};
+use crate::xml::{parse_guarded, Unparsed};
 
 /// How much of a stage's unified diff a report keeps.
 pub const MAX_DIFF: usize = 4 << 10;

@@ -3,7 +3,7 @@
 //! Not an API: it changes with them.
 
 use crate::document::{check_output, DocumentChange};
-use crate::xpath::{parse_guarded, prescan, Unparsed};
+use crate::xml::{parse_guarded, prescan, Unparsed};
 
 /// Why [`parse_document`] gave no document.
 #[derive(Debug)]

@@ -120,6 +120,7 @@ pub mod state;
 pub mod testing;
 pub mod text;
 pub mod trust;
+mod xml;
 mod xpath;
 
 // What a driver uses; the rest is in the modules named for who needs it (`events`,
