@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// The deepest nesting, most attributes on one element, and most nodes that the guarded
-/// parser lets through (`hooks-core/src/xpath.rs`).
+/// parser lets through (`hooks-core/src/xml.rs`).
 pub const MAX_DEPTH: usize = 256;
 pub const MAX_ATTRIBUTES_PER_ELEMENT: usize = 64;
 pub const MAX_NODES: usize = 10_000;
