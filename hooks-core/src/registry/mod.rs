@@ -420,9 +420,10 @@ impl Registry {
 
     /// [`Registry::fire`] for callers that are not async: the hooks run on this thread
     /// (an exec hook's wait blocks it; nothing is handed to a thread pool). Needs no
-    /// runtime; inside one, call it from a blocking thread (`spawn_blocking`), never
-    /// from an async task. A custom hook that needs a tokio runtime (`tokio::time`)
-    /// must be fired with [`Registry::fire`] inside one.
+    /// runtime. Inside a multi-thread runtime it may be called from an async task (the
+    /// worker's other tasks move to another thread, as [`block_on`] says); inside a
+    /// `current_thread` runtime only from `spawn_blocking`. A custom hook that needs a
+    /// tokio runtime (`tokio::time`) must be fired inside one.
     ///
     /// # Errors
     /// As [`Registry::fire`].
@@ -438,6 +439,14 @@ impl Registry {
 /// hooks block right there), so that poll needs no waker; anything that does wait falls
 /// back to a parking executor.
 ///
+/// Inside a multi-thread tokio runtime it hands the worker's other tasks to another
+/// thread first (`tokio::task::block_in_place`), so a hook that awaits the runtime (its
+/// timers, its I/O) still finishes. Never call it from an async task of a
+/// `current_thread` runtime or a `LocalSet`: it would stall every task of that thread,
+/// and a hook waiting on that runtime's timers would wait until its own timeout
+/// (tokio panics with "can call blocking only when running on the multi-threaded
+/// runtime" in a `LocalSet`). Use `spawn_blocking` there, or `fire` itself.
+///
 /// ```
 /// use virt_hooks_core::{block_on, Driver, Guest, Lifecycle, RegistryBuilder};
 /// let registry = RegistryBuilder::new().build();
@@ -446,6 +455,17 @@ impl Registry {
 /// assert!(started.is_ok());
 /// ```
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let in_multi_thread_runtime = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if in_multi_thread_runtime {
+        // Off a worker thread (spawn_blocking, `Runtime::enter`) this just calls the closure.
+        tokio::task::block_in_place(|| block_on_this_thread(fut))
+    } else {
+        block_on_this_thread(fut)
+    }
+}
+
+fn block_on_this_thread<F: std::future::Future>(fut: F) -> F::Output {
     use std::task::{Context, Poll, Waker};
     struct Restore(bool);
     impl Drop for Restore {
