@@ -198,9 +198,9 @@ fn load_error(plugin: &Path, kind: LoadKind, source: Option<String>) -> LoadErro
         LoadKind::Unreadable => (LoadErrorKind::Unreadable, source),
         LoadKind::NotSharedObject => (LoadErrorKind::NotSharedObject, source),
         LoadKind::AbiMismatch { expected, found } => (LoadErrorKind::AbiMismatch { expected, found }, source),
-        LoadKind::MissingSymbol { symbol } if symbol == "virt_hook_plugin_v1" => (
+        LoadKind::MissingSymbol { symbol } if symbol == virt_hooks_dylib::ENTRY_SYMBOLS => (
             LoadErrorKind::MissingSymbol {
-                symbol: "virt_hook_plugin_v1",
+                symbol: virt_hooks_dylib::ENTRY_SYMBOLS,
             },
             source,
         ),

@@ -77,6 +77,14 @@ pub enum LoadErrorKind {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// A version 2 native plugin's `init` refused to start (its config, say).
+    #[error("its init refused to start (status {code}){}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    InitFailed {
+        /// The status `init` returned.
+        code: i32,
+        /// What it wrote to stderr or logged as an error.
+        message: String,
+    },
     /// Not valid WebAssembly.
     #[error("invalid WebAssembly")]
     InvalidModule,

@@ -112,6 +112,7 @@ pub mod layer;
 pub mod lifecycle;
 mod loader;
 pub mod outcome;
+mod plugin_config;
 mod registry;
 pub mod report;
 mod settings;
@@ -169,6 +170,9 @@ pub mod backend {
     pub use crate::event::{libvirt_event_spec, libvirt_ops, EventSpec, InputKind};
     pub use crate::loader::{
         registered_loaders, DirEntry, Disposition, EntryRole, HookLoader, LoaderRegistration, SkipReason,
+    };
+    pub use crate::plugin_config::{
+        ConfigValue, PluginConfig, CONFIG_ENV_PREFIX, MAX_CONFIG_BYTES, MAX_CONFIG_KEY, MAX_CONFIG_KEYS,
     };
     pub use crate::registry::{blocking_pool, caller_may_block};
     pub use crate::report::format_duration;

@@ -124,6 +124,9 @@ pub struct HookOutcome {
     /// The peak memory of its processes together, in bytes, where it was measured (a
     /// cgroup with the memory controller).
     pub memory_peak: Option<u64>,
+    /// What the hook logged (a plugin's log channel, a script's `<N>`-prefixed stderr
+    /// lines), at most [`MAX_LOG_LINES`] lines of at most [`MAX_LOG_LINE`] bytes.
+    pub log: Vec<LogLine>,
 }
 
 impl HookOutcome {
@@ -141,6 +144,7 @@ impl HookOutcome {
             containment: None,
             cpu_time: None,
             memory_peak: None,
+            log: Vec::new(),
         }
     }
 
@@ -181,5 +185,221 @@ impl HookOutcome {
     pub fn with_warning(mut self, warning: impl Into<String>) -> Self {
         self.warnings.push(warning.into());
         self
+    }
+
+    /// Adds a log line (see [`HookOutcome::push_log`]).
+    pub fn with_log(mut self, level: LogLevel, message: impl AsRef<str>) -> Self {
+        self.push_log(level, message.as_ref());
+        self
+    }
+
+    /// Adds a log line: a trailing newline is dropped, a line longer than
+    /// [`MAX_LOG_LINE`] bytes is cut, and past [`MAX_LOG_LINES`] lines the rest are
+    /// counted in a warning instead.
+    pub fn push_log(&mut self, level: LogLevel, message: &str) {
+        let message = message.strip_suffix('\n').unwrap_or(message);
+        let message = message.strip_suffix('\r').unwrap_or(message);
+        if self.log.len() < MAX_LOG_LINES {
+            let mut end = message.len().min(MAX_LOG_LINE);
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut text = message[..end].to_owned();
+            if end < message.len() {
+                text.push('…');
+            }
+            self.log.push(LogLine { level, message: text });
+            return;
+        }
+        const DROPPED: &str = " more log line(s) dropped: at most ";
+        match self.warnings.iter_mut().find(|w| w.contains(DROPPED)) {
+            Some(w) => {
+                let n: u64 = w.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                *w = format!("{}{DROPPED}{MAX_LOG_LINES} are kept", n + 1);
+            }
+            None => self.warnings.push(format!("1{DROPPED}{MAX_LOG_LINES} are kept")),
+        }
+    }
+
+    /// Takes a script's log lines from its stderr: lines that start with a syslog
+    /// priority in angle brackets (`<3>disk full`), the sd-daemon convention journald
+    /// also reads. `<7>` is debug, `<6>` and `<5>` info, `<4>` warn, `<0>` to `<3>`
+    /// error. Its stderr stays as it was (it is what libvirt shows).
+    pub fn take_stderr_log(&mut self) {
+        let stderr = std::mem::take(&mut self.stderr);
+        for line in stderr.split(|&b| b == b'\n') {
+            if let Some((level, text)) = prefixed_level(line) {
+                self.push_log(level, &String::from_utf8_lossy(text));
+            }
+        }
+        self.stderr = stderr;
+    }
+
+    /// The line that explains a failure: the last one logged at `error`, else the last
+    /// non-blank line of stderr that is not Rust's backtrace hint, without its `<N>`.
+    pub fn explaining_line(&self) -> Option<String> {
+        explaining_line(&self.log, &self.stderr)
+    }
+}
+
+/// The line that explains a failure, from a hook's log and stderr: see
+/// [`HookOutcome::explaining_line`].
+pub fn explaining_line(log: &[LogLine], stderr: &[u8]) -> Option<String> {
+    if let Some(line) = log.iter().rev().find(|l| l.level == LogLevel::Error) {
+        return Some(line.message.clone());
+    }
+    stderr
+        .split(|&b| b == b'\n')
+        .rev()
+        .map(|l| prefixed_level(l).map_or(l, |(_, text)| text))
+        .map(|l| String::from_utf8_lossy(l).trim().to_owned())
+        .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+}
+
+fn prefixed_level(line: &[u8]) -> Option<(LogLevel, &[u8])> {
+    match line {
+        [b'<', digit @ b'0'..=b'7', b'>', rest @ ..] => {
+            let level = match digit {
+                b'7' => LogLevel::Debug,
+                b'5' | b'6' => LogLevel::Info,
+                b'4' => LogLevel::Warn,
+                _ => LogLevel::Error,
+            };
+            Some((level, rest.strip_suffix(b"\r").unwrap_or(rest)))
+        }
+        _ => None,
+    }
+}
+
+/// The most log lines an outcome keeps.
+pub const MAX_LOG_LINES: usize = 256;
+/// The longest log line kept, in bytes; longer ones are cut.
+pub const MAX_LOG_LINE: usize = 4 << 10;
+
+/// How much a log line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Detail for whoever debugs the plugin.
+    Debug,
+    /// What the plugin did ("moved 2 interfaces").
+    Info,
+    /// Something the operator should look at.
+    Warn,
+    /// What went wrong: the last one explains a failure.
+    Error,
+}
+
+impl LogLevel {
+    /// The ABI's and WIT's number for the level (`VIRT_HOOK_DEBUG` = 0 ... `VIRT_HOOK_ERROR`
+    /// = 3); anything above 3 is an error, anything below 0 debug.
+    pub fn from_abi(level: i32) -> Self {
+        match level {
+            i32::MIN..=0 => LogLevel::Debug,
+            1 => LogLevel::Info,
+            2 => LogLevel::Warn,
+            _ => LogLevel::Error,
+        }
+    }
+
+    /// Its name: `debug`, `info`, `warn`, `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line a hook logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Its level.
+    pub level: LogLevel,
+    /// The text, without a trailing newline.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_log_lines_is_capped_and_counted_once() {
+        let mut out = HookOutcome::success();
+        for i in 0..MAX_LOG_LINES + 1000 {
+            out.push_log(LogLevel::Info, &format!("line {i}\n"));
+        }
+        assert_eq!(out.log.len(), MAX_LOG_LINES);
+        assert_eq!(out.log[0].message, "line 0");
+        assert_eq!(
+            out.warnings,
+            [format!(
+                "1000 more log line(s) dropped: at most {MAX_LOG_LINES} are kept"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_huge_line_is_cut_on_a_character_boundary() {
+        let mut out = HookOutcome::success();
+        out.push_log(LogLevel::Error, &"é".repeat(MAX_LOG_LINE));
+        let line = &out.log[0].message;
+        assert!(
+            line.len() <= MAX_LOG_LINE + '…'.len_utf8() && line.ends_with('…'),
+            "{}",
+            line.len()
+        );
+    }
+
+    #[test]
+    fn prefixed_stderr_lines_become_log_lines_and_stderr_stays() {
+        let stderr = b"plain\n<7>debugging\r\n<6>moved 2 interfaces\n<4>slow disk\n<3>no room\n<9>not a level\n<x>no\n<0>\xffbad utf8\n";
+        let mut out = HookOutcome::exited(1).with_stderr(&stderr[..]);
+        out.take_stderr_log();
+        let got: Vec<(LogLevel, &str)> = out.log.iter().map(|l| (l.level, l.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (LogLevel::Debug, "debugging"),
+                (LogLevel::Info, "moved 2 interfaces"),
+                (LogLevel::Warn, "slow disk"),
+                (LogLevel::Error, "no room"),
+                (LogLevel::Error, "\u{fffd}bad utf8"),
+            ]
+        );
+        assert_eq!(out.stderr, stderr, "stderr is what libvirt shows: left as it was");
+    }
+
+    #[test]
+    fn the_explaining_line_is_the_last_error_not_the_first_line() {
+        let panic = "debug: looked at 3 interfaces\nthread 'main' panicked at src/lib.rs:9:5:\nno bridge br0\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        let out = HookOutcome::exited(101).with_stderr(panic);
+        assert_eq!(out.explaining_line().as_deref(), Some("no bridge br0"));
+        let logged = out
+            .with_log(LogLevel::Error, "refused: 12 vCPUs, at most 8")
+            .with_log(LogLevel::Info, "done");
+        assert_eq!(
+            logged.explaining_line().as_deref(),
+            Some("refused: 12 vCPUs, at most 8")
+        );
+        assert_eq!(HookOutcome::exited(1).explaining_line(), None);
+        let prefixed = HookOutcome::exited(1).with_stderr("<3>disk full\n\n");
+        assert_eq!(prefixed.explaining_line().as_deref(), Some("disk full"));
+    }
+
+    #[test]
+    fn abi_levels_outside_the_enum_are_clamped() {
+        assert_eq!(LogLevel::from_abi(-7), LogLevel::Debug);
+        assert_eq!(LogLevel::from_abi(2), LogLevel::Warn);
+        assert_eq!(LogLevel::from_abi(i32::MAX), LogLevel::Error);
     }
 }

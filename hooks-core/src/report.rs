@@ -205,6 +205,10 @@ pub struct HookRecord {
     /// Anything unusual (background process kept the pipes open, output capped, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What it logged: through its plugin's log channel, and the lines of its stderr
+    /// that start with a syslog priority (`<3>no room`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<crate::outcome::LogLine>,
     /// How its processes were contained (exec hooks): `cgroup` or `subreaper`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containment: Option<crate::Containment>,
@@ -228,6 +232,9 @@ impl HookRecord {
         mut rejected_output: Option<String>,
         optional: bool,
     ) -> Self {
+        let mut outcome = outcome;
+        outcome.take_stderr_log();
+        let explaining = outcome.explaining_line();
         let mut warnings = outcome.warnings;
         let cap_note = |stream: &str| format!("{stream} was cut at the output cap");
         if outcome.stdout_truncated {
@@ -248,11 +255,10 @@ impl HookRecord {
             } else {
                 outcome.status.describe()
             };
-            let detail = stderr.trim_end();
-            let detail = if detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {detail}")
+            let detail = match stderr.trim_end() {
+                // What it logged as an error says why, when its stderr says nothing.
+                "" => explaining.map(|line| format!(": {line}")).unwrap_or_default(),
+                detail => format!(": {detail}"),
             };
             match &outcome.command {
                 // libvirt's own words for a child process.
@@ -294,6 +300,7 @@ impl HookRecord {
             optional,
             spared: false,
             warnings,
+            log: outcome.log,
             containment: outcome.containment,
             cpu_us: outcome
                 .cpu_time

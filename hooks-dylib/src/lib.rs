@@ -59,6 +59,9 @@ use virt_hooks_core::backend::{HookLoader, HookSettings};
 use virt_hooks_core::error::LoadErrorKind;
 use virt_hooks_core::{Hook, LoadError};
 
+/// The entry points a plugin must export one of, as a missing-symbol error names them.
+pub const ENTRY_SYMBOLS: &str = "virt_hook_plugin_v2` or `virt_hook_plugin_v1";
+
 /// The dylib backend's loader: claims `*.so` files (no execute bit needed).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DylibLoader;
@@ -77,15 +80,16 @@ impl HookLoader for DylibLoader {
     }
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
-        if settings.state {
-            // Its helper reads the process environment, which a call in this process
-            // cannot set for itself alone.
-            let why = "`state = true`: a native plugin loaded into the caller's process gets no state directory (hookctl runs plugins in hookctl-native, where it does)";
+        let hook = DylibHook::load_with_config(path, &settings.config)?;
+        if settings.state && hook.library().abi_version() == 1 {
+            // A version 1 plugin reads it from the process environment, which a call in
+            // this process cannot set for itself alone; version 2 gets it in the event.
+            let why = "`state = true`: a version 1 native plugin loaded into the caller's process gets no state directory (version 2 plugins do, in `virt_hook_event.state_dir`; hookctl runs plugins in hookctl-native, where both do)";
             return Err(
                 LoadError::new(path, "dylib", LoadErrorKind::InvalidSettings).with_source(std::io::Error::other(why))
             );
         }
-        let mut hook = DylibHook::load(path)?.with_timeout(settings.effective_timeout(None));
+        let mut hook = hook.with_timeout(settings.effective_timeout(None));
         if let Some(cap) = settings.max_output {
             hook = hook.with_max_output(usize::try_from(cap).unwrap_or(usize::MAX));
         }

@@ -1,5 +1,6 @@
-//! Loading a plugin: dlopen, the one symbol, the ABI checks; a process-wide table so a
-//! real path is loaded once and never unloaded.
+//! Loading a plugin: dlopen, its symbol (`virt_hook_plugin_v2`, else
+//! `virt_hook_plugin_v1`), the ABI checks; a process-wide table so a real path is loaded
+//! once and never unloaded.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -10,17 +11,41 @@ use std::sync::{Arc, Mutex, OnceLock};
 use virt_hooks_core::error::LoadErrorKind;
 use virt_hooks_core::LoadError;
 use virt_hooks_plugin::abi::{
-    virt_hook_invocation, virt_hook_plugin, virt_hook_plugin_v1_fn, VIRT_HOOK_ABI_VERSION, VIRT_HOOK_SYMBOL,
+    virt_hook_descriptor, virt_hook_event, virt_hook_init, virt_hook_invocation, virt_hook_plugin,
+    virt_hook_plugin_v1_fn, virt_hook_plugin_v2_fn, VIRT_HOOK_ABI_VERSION, VIRT_HOOK_ABI_VERSION_2, VIRT_HOOK_SYMBOL,
+    VIRT_HOOK_SYMBOL_V2,
 };
 
-/// The plugin's `call`.
+/// A version 1 plugin's `call`.
 pub(crate) type CallFn = unsafe extern "C" fn(inv: *const virt_hook_invocation) -> i32;
+/// A version 2 plugin's `call`.
+pub(crate) type CallV2Fn = unsafe extern "C" fn(event: *const virt_hook_event) -> i32;
+/// A version 2 plugin's `init`.
+pub(crate) type InitFn = unsafe extern "C" fn(init: *const virt_hook_init, instance: *mut *mut std::ffi::c_void) -> i32;
+/// A version 2 plugin's `fini`.
+pub(crate) type FiniFn = unsafe extern "C" fn(instance: *mut std::ffi::c_void);
+
+/// The entry points of a plugin, by the ABI version it speaks.
+#[derive(Clone, Copy)]
+pub(crate) enum Entry {
+    V1 {
+        call: CallFn,
+    },
+    V2 {
+        init: Option<InitFn>,
+        fini: Option<FiniFn>,
+        call: CallV2Fn,
+    },
+}
+
+/// The size of the first version 2 descriptor: every v2 plugin's is at least this.
+const DESCRIPTOR_V2_SIZE: usize = std::mem::size_of::<virt_hook_descriptor>();
 
 /// A loaded plugin library. Lives until the process exits.
 pub struct Library {
     path: PathBuf,
     name: String,
-    call: CallFn,
+    entry: Entry,
     // Kept only so the handle is owned; it is never dropped (see `load`).
     _lib: libloading::Library,
 }
@@ -44,9 +69,10 @@ impl Library {
     /// path.
     ///
     /// # Errors
-    /// A [`LoadError`] naming the file when it cannot be opened as a shared object, lacks
-    /// `virt_hook_plugin_v1`, returns a null descriptor, has another ABI version, or a
-    /// null `call`.
+    /// A [`LoadError`] naming the file when it cannot be opened as a shared object, has
+    /// neither `virt_hook_plugin_v2` nor `virt_hook_plugin_v1`, returns a null
+    /// descriptor, one of another ABI version or (v2) smaller than the first v2 layout,
+    /// or a null `call`.
     pub fn load(path: &Path) -> Result<Arc<Library>, LoadError> {
         let fail = |kind: LoadErrorKind| LoadError::new(path, "dylib", kind);
         let real = path
@@ -80,55 +106,36 @@ impl Library {
         // ABI. The function pointer is copied out of the `Symbol`: it stays valid while
         // `lib` is loaded, and `lib` is never unloaded (kept in the table on success,
         // never dropped on an error path).
-        let entry: virt_hook_plugin_v1_fn = unsafe { lib.get::<virt_hook_plugin_v1_fn>(VIRT_HOOK_SYMBOL) }
+        // SAFETY: the symbol, if present, has the type the ABI gives it.
+        let v2 = unsafe { lib.get::<virt_hook_plugin_v2_fn>(VIRT_HOOK_SYMBOL_V2) }
             .map(|s| *s)
-            .map_err(|e| {
-                fail(LoadErrorKind::MissingSymbol {
-                    symbol: "virt_hook_plugin_v1",
-                })
-                .with_source(e)
-            })?;
-        // SAFETY: the plugin's entry point, with the signature the ABI defines (no
-        // arguments, a descriptor pointer back), while `lib` is loaded.
-        let desc: *const virt_hook_plugin = unsafe { entry() };
-        if desc.is_null() {
-            return Err(fail(LoadErrorKind::InvalidDescriptor {
-                what: "`virt_hook_plugin_v1` returned a null descriptor",
-            }));
-        }
-        // The version comes first: it says how to read the rest.
-        // SAFETY: not null, and every version of the ABI puts a `uint32_t abi_version`
-        // first in a static descriptor: readable, and aligned for a u32 (the first
-        // field of the struct), whatever the rest of it is.
-        let version = unsafe { std::ptr::read(desc.cast::<u32>()) };
-        if version != VIRT_HOOK_ABI_VERSION {
-            return Err(fail(LoadErrorKind::AbiMismatch {
-                expected: VIRT_HOOK_ABI_VERSION,
-                found: version,
-            }));
-        }
-        // SAFETY: a version 1 descriptor has the layout of `virt_hook_plugin` (repr(C),
-        // as `virt_hook.h` declares it), and the ABI has it static and never written:
-        // a shared reference for the rest of this function is valid.
-        let desc = unsafe { &*desc };
-        let call = desc.call.ok_or_else(|| {
-            fail(LoadErrorKind::InvalidDescriptor {
-                what: "its `call` is null",
-            })
-        })?;
-        let name = if desc.name.is_null() {
+            .ok();
+        let (entry, plugin_name) = match v2 {
+            // SAFETY: the plugin's own entry (above), with the ABI's type.
+            Some(descriptor) => unsafe { read_v2(descriptor) }.map_err(fail)?,
+            None => {
+                // SAFETY: as for v2.
+                let v1: virt_hook_plugin_v1_fn = unsafe { lib.get::<virt_hook_plugin_v1_fn>(VIRT_HOOK_SYMBOL) }
+                    .map(|s| *s)
+                    .map_err(|e| {
+                        fail(LoadErrorKind::MissingSymbol {
+                            symbol: crate::ENTRY_SYMBOLS,
+                        })
+                        .with_source(e)
+                    })?;
+                // SAFETY: the plugin's own entry, with the ABI's type.
+                unsafe { read_v1(v1) }.map_err(fail)?
+            }
+        };
+        let name = plugin_name.unwrap_or_else(|| {
             real.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
-        } else {
-            // SAFETY: not null, and the ABI says `name` is a static NUL-terminated string;
-            // it is copied before `lib` could be dropped.
-            unsafe { CStr::from_ptr(desc.name) }.to_string_lossy().into_owned()
-        };
+        });
         let loaded = Arc::new(Library {
             path: real.clone(),
             name,
-            call,
+            entry,
             _lib: std::mem::ManuallyDrop::into_inner(lib),
         });
         table.insert(real, Arc::clone(&loaded));
@@ -146,7 +153,92 @@ impl Library {
         &self.name
     }
 
-    pub(crate) fn call_fn(&self) -> CallFn {
-        self.call
+    pub(crate) fn entry(&self) -> Entry {
+        self.entry
     }
+
+    /// The ABI version it speaks (1 or 2).
+    pub fn abi_version(&self) -> u32 {
+        match self.entry {
+            Entry::V1 { .. } => VIRT_HOOK_ABI_VERSION,
+            Entry::V2 { .. } => VIRT_HOOK_ABI_VERSION_2,
+        }
+    }
+}
+
+/// A name the plugin gives itself, if it gives one.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string.
+unsafe fn plugin_name(name: *const std::ffi::c_char) -> Option<String> {
+    // SAFETY: this function's contract.
+    (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned())
+}
+
+/// # Safety
+/// `entry` is a plugin's `virt_hook_plugin_v1`.
+unsafe fn read_v1(entry: virt_hook_plugin_v1_fn) -> Result<(Entry, Option<String>), LoadErrorKind> {
+    // SAFETY: the plugin's entry takes no arguments and returns its descriptor.
+    let desc: *const virt_hook_plugin = unsafe { entry() };
+    if desc.is_null() {
+        return Err(LoadErrorKind::InvalidDescriptor {
+            what: "`virt_hook_plugin_v1` returned a null descriptor",
+        });
+    }
+    // The version first, alone: a descriptor of another version may be laid out otherwise.
+    // SAFETY: every descriptor starts with its u32 version; `desc` is not null.
+    let version = unsafe { std::ptr::read(desc.cast::<u32>()) };
+    if version != VIRT_HOOK_ABI_VERSION {
+        return Err(LoadErrorKind::AbiMismatch {
+            expected: VIRT_HOOK_ABI_VERSION,
+            found: version,
+        });
+    }
+    // SAFETY: a version 1 descriptor, which the plugin keeps alive for the process.
+    let desc = unsafe { &*desc };
+    let call = desc.call.ok_or(LoadErrorKind::InvalidDescriptor {
+        what: "its `call` is null",
+    })?;
+    // SAFETY: the ABI: `name` is null or a static NUL-terminated string.
+    Ok((Entry::V1 { call }, unsafe { plugin_name(desc.name) }))
+}
+
+/// # Safety
+/// `entry` is a plugin's `virt_hook_plugin_v2`.
+unsafe fn read_v2(entry: virt_hook_plugin_v2_fn) -> Result<(Entry, Option<String>), LoadErrorKind> {
+    // SAFETY: the plugin's entry takes no arguments and returns its descriptor.
+    let desc: *const virt_hook_descriptor = unsafe { entry() };
+    if desc.is_null() {
+        return Err(LoadErrorKind::InvalidDescriptor {
+            what: "`virt_hook_plugin_v2` returned a null descriptor",
+        });
+    }
+    // SAFETY: every descriptor starts with its u32 version; `desc` is not null.
+    let version = unsafe { std::ptr::read(desc.cast::<u32>()) };
+    if version != VIRT_HOOK_ABI_VERSION_2 {
+        return Err(LoadErrorKind::AbiMismatch {
+            expected: VIRT_HOOK_ABI_VERSION_2,
+            found: version,
+        });
+    }
+    // SAFETY: a v2 descriptor has its size right after the version.
+    let size = unsafe { std::ptr::read(desc.cast::<u32>().add(1)) };
+    if (size as usize) < DESCRIPTOR_V2_SIZE {
+        return Err(LoadErrorKind::InvalidDescriptor {
+            what: "its `size` is smaller than a version 2 descriptor (set it to sizeof(virt_hook_descriptor))",
+        });
+    }
+    // SAFETY: a version 2 descriptor at least as large as this host's, which the plugin
+    // keeps alive for the process; fields past this host's layout are not read.
+    let desc = unsafe { &*desc };
+    let call = desc.call.ok_or(LoadErrorKind::InvalidDescriptor {
+        what: "its `call` is null",
+    })?;
+    let entry = Entry::V2 {
+        init: desc.init,
+        fini: desc.fini,
+        call,
+    };
+    // SAFETY: the ABI: `name` is null or a static NUL-terminated string.
+    Ok((entry, unsafe { plugin_name(desc.name) }))
 }

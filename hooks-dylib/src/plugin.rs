@@ -2,7 +2,7 @@
 //! plugin's output through the `virt_hook_io` callbacks.
 
 use std::cell::Cell;
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -10,15 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use virt_hooks_core::backend::PluginConfig;
+use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::outcome::LogLevel;
 use virt_hooks_core::{Driver, EventArgs, Hook, HookOutcome, HookStatus, Invocation, LoadError};
-use virt_hooks_plugin::abi::{virt_hook_invocation, virt_hook_io, VIRT_HOOK_ABI_VERSION};
+use virt_hooks_plugin::abi::{
+    virt_hook_config_item, virt_hook_event, virt_hook_init, virt_hook_invocation, virt_hook_io, virt_hook_output,
+    VIRT_HOOK_ABI_VERSION,
+};
 
-use crate::library::{CallFn, Library};
+use crate::library::{Entry, Library};
 
 /// A native plugin as a hook.
 #[derive(Debug, Clone)]
 pub struct DylibHook {
     lib: Arc<Library>,
+    /// A version 2 plugin's instance (`None` for version 1).
+    instance: Option<Arc<Instance>>,
     path: PathBuf,
     name: String,
     timeout: Option<Duration>,
@@ -26,15 +34,30 @@ pub struct DylibHook {
 }
 
 impl DylibHook {
-    /// Loads (or reuses) the plugin at `path`.
+    /// Loads (or reuses) the plugin at `path`, with an empty `[config]`.
     ///
     /// # Errors
-    /// See [`Library::load`].
+    /// See [`DylibHook::load_with_config`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        Self::load_with_config(path, &PluginConfig::new())
+    }
+
+    /// Loads (or reuses) the plugin at `path`; a version 2 plugin's `init` gets `config`
+    /// (the sidecar's `[config]`) and makes the instance every call of this hook gets.
+    ///
+    /// # Errors
+    /// See [`Library::load`]; and `init` refusing (a non-zero status), with what it
+    /// wrote as the message.
+    pub fn load_with_config(path: impl AsRef<Path>, config: &PluginConfig) -> Result<Self, LoadError> {
         let path = path.as_ref();
         let lib = Library::load(path)?;
+        let instance = match lib.entry() {
+            Entry::V1 { .. } => None,
+            Entry::V2 { .. } => Some(Arc::new(Instance::new(&lib, config)?)),
+        };
         Ok(DylibHook {
             lib,
+            instance,
             path: path.to_owned(),
             name: path.display().to_string(),
             timeout: None,
@@ -63,15 +86,180 @@ impl DylibHook {
 }
 
 /// Output collected through the `virt_hook_io` callbacks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Capture {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Lines logged (version 2), capped as [`HookOutcome::push_log`] caps them.
+    log: HookOutcome,
     cap: usize,
     stdout_truncated: bool,
     stderr_truncated: bool,
     /// Writes ignored (late or from another thread) while this call ran.
     stray_writes: u64,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            log: HookOutcome::success(),
+            cap: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stray_writes: 0,
+        }
+    }
+}
+
+/// The `[config]` table as the ABI passes it: NUL-terminated copies and the items
+/// pointing at them, alive as long as the instance.
+struct ConfigTable {
+    _text: Vec<CString>,
+    items: Vec<virt_hook_config_item>,
+}
+
+impl ConfigTable {
+    fn new(config: &PluginConfig) -> Self {
+        let mut text = Vec::with_capacity(config.len() * 2);
+        let mut items = Vec::with_capacity(config.len());
+        for (key, value) in config.iter() {
+            // Keys are letters, digits, `_`, `-`, and values hold no NUL (PluginConfig
+            // refuses them): neither conversion can fail.
+            let key = CString::new(key).unwrap_or_default();
+            let value = CString::new(value.to_string()).unwrap_or_default();
+            items.push(virt_hook_config_item {
+                key: key.as_ptr(),
+                value: value.as_ptr(),
+            });
+            text.push(key);
+            text.push(value);
+        }
+        ConfigTable { _text: text, items }
+    }
+
+    fn raw(&self) -> (*const virt_hook_config_item, usize) {
+        if self.items.is_empty() {
+            (std::ptr::null(), 0)
+        } else {
+            (self.items.as_ptr(), self.items.len())
+        }
+    }
+}
+
+/// What a version 2 plugin's `init` made: handed to every call, to `fini` when the
+/// last hook using it is dropped.
+pub(crate) struct Instance {
+    lib: Arc<Library>,
+    ptr: *mut c_void,
+    config: ConfigTable,
+}
+
+// SAFETY: the ABI requires the instance to be safe to share between the threads that
+// call the plugin, and the config table is only read; the CStrings it points into are
+// owned by it and never change.
+unsafe impl Send for Instance {}
+// SAFETY: as for Send.
+unsafe impl Sync for Instance {}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("plugin", &self.lib.path())
+            .field("config_len", &self.config.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    fn new(lib: &Arc<Library>, config: &PluginConfig) -> Result<Self, LoadError> {
+        let config = ConfigTable::new(config);
+        let Entry::V2 { init: Some(init), .. } = lib.entry() else {
+            return Ok(Instance {
+                lib: Arc::clone(lib),
+                ptr: std::ptr::null_mut(),
+                config,
+            });
+        };
+        use std::os::unix::ffi::OsStrExt;
+        let path = CString::new(lib.path().as_os_str().as_bytes()).unwrap_or_default();
+        let mut capture = Capture {
+            cap: 64 << 10,
+            ..Capture::default()
+        };
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        let code = {
+            // SAFETY: `capture` is not touched until `activation` is dropped, at the end
+            // of this block, on this thread.
+            let (activation, token) = unsafe { Activation::new(&mut capture) };
+            let out = output(token);
+            let (items, len) = config.raw();
+            let raw = virt_hook_init {
+                size: size_of::<virt_hook_init>() as u32,
+                path: path.as_ptr(),
+                config: items,
+                config_len: len,
+                out: &out,
+            };
+            // SAFETY: `lib` stays loaded (never unloaded) and keeps its path alive.
+            let running = unsafe { Running::enter(lib.path()) };
+            // SAFETY: the plugin's `init`, with the ABI's type; everything `raw` points to
+            // lives through the call (`path`, the config table, `out` and its callbacks).
+            let code = unsafe { init(&raw, &mut ptr) };
+            drop(running);
+            drop(activation);
+            code
+        };
+        if code != 0 {
+            let mut message = String::from_utf8_lossy(&capture.stderr).trim().to_owned();
+            if let Some(line) = capture.log.explaining_line() {
+                if !message.contains(&line) {
+                    message = if message.is_empty() {
+                        line
+                    } else {
+                        format!("{message}; {line}")
+                    };
+                }
+            }
+            return Err(LoadError::new(
+                lib.path(),
+                "dylib",
+                LoadErrorKind::InitFailed { code, message },
+            ));
+        }
+        for line in &capture.log.log {
+            tracing::info!(plugin = %lib.path().display(), level = %line.level, "init: {}", line.message);
+        }
+        Ok(Instance {
+            lib: Arc::clone(lib),
+            ptr,
+            config,
+        })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Entry::V2 { fini: Some(fini), .. } = self.lib.entry() {
+            // SAFETY: the library is never unloaded and keeps its path alive.
+            let _running = unsafe { Running::enter(self.lib.path()) };
+            // SAFETY: the plugin's `fini` with what its `init` stored, once, after every
+            // call that used it has returned (calls hold the instance).
+            unsafe { fini(self.ptr) };
+        }
+    }
+}
+
+/// The `virt_hook_output` for the call whose token is `token`.
+fn output(token: usize) -> virt_hook_output {
+    virt_hook_output {
+        size: size_of::<virt_hook_output>() as u32,
+        ctx: token as *mut c_void,
+        write_stdout: Some(write_stdout),
+        write_stderr: Some(write_stderr),
+        log: Some(write_log),
+    }
 }
 
 thread_local! {
@@ -214,6 +402,24 @@ unsafe extern "C" fn write_stderr(ctx: *mut c_void, data: *const u8, len: usize)
     }
 }
 
+/// `virt_hook_output.log`.
+///
+/// # Safety
+/// As for [`write_stdout`]: `msg` is null or points to `len` readable bytes.
+unsafe extern "C" fn write_log(ctx: *mut c_void, level: i32, msg: *const std::ffi::c_char, len: usize) {
+    let Some(capture) = active_capture(ctx) else { return };
+    if msg.is_null() {
+        return;
+    }
+    // SAFETY: this function's contract (the ABI).
+    let bytes = unsafe { std::slice::from_raw_parts(msg.cast::<u8>(), len) };
+    // SAFETY: as in `write_stdout`: this thread's running call's `Capture`.
+    if let Some(c) = unsafe { capture.as_mut() } {
+        c.log
+            .push_log(LogLevel::from_abi(level), &String::from_utf8_lossy(bytes));
+    }
+}
+
 fn driver_name(driver: Driver) -> &'static CStr {
     match driver.as_str() {
         "daemon" => c"daemon",
@@ -228,12 +434,13 @@ fn driver_name(driver: Driver) -> &'static CStr {
 
 /// Everything one call needs, owned, so it can move to a helper thread for a timeout.
 struct Call {
-    call: CallFn,
     driver: &'static CStr,
     args: EventArgs,
     input: Option<Arc<[u8]>>,
+    state_dir: Option<CString>,
     cap: usize,
     lib: Arc<Library>,
+    instance: Option<Arc<Instance>>,
 }
 
 impl Call {
@@ -248,37 +455,71 @@ impl Call {
         // first, as it was declared after `capture`).
         let (activation, token) = unsafe { Activation::new(&mut capture) };
         let (buf, starts) = self.args.raw_parts();
-        let (input, input_len) = match &self.input {
-            Some(d) => (d.as_ptr(), d.len()),
+        // The ABI promises a NUL byte after the input, not counted in its length.
+        let input = self.input.as_ref().map(|d| {
+            let mut with_nul = Vec::with_capacity(d.len() + 1);
+            with_nul.extend_from_slice(d);
+            with_nul.push(0);
+            with_nul
+        });
+        let (input, input_len) = match &input {
+            Some(d) => (d.as_ptr(), d.len() - 1),
             None => (std::ptr::null(), 0),
         };
-        let raw = virt_hook_invocation {
-            abi_version: VIRT_HOOK_ABI_VERSION,
-            driver: self.driver.as_ptr(),
-            // The shared buffer already holds NUL-terminated arguments: no copy, no scan.
-            object: buf[starts[0]..].as_ptr().cast(),
-            op: buf[starts[1]..].as_ptr().cast(),
-            subop: buf[starts[2]..].as_ptr().cast(),
-            extra: buf[starts[3]..].as_ptr().cast(),
-            input,
-            input_len,
-            io: virt_hook_io {
-                ctx: token as *mut c_void,
-                write_stdout: Some(write_stdout),
-                write_stderr: Some(write_stderr),
-            },
-        };
+        // The shared buffer already holds NUL-terminated arguments: no copy, no scan.
+        let arg = |i: usize| buf[starts[i]..].as_ptr().cast::<std::ffi::c_char>();
         // SAFETY: `self.lib` keeps the library, and so its path, alive through the call,
         // and the guard is dropped right after it, on this thread.
         let running = unsafe { Running::enter(self.lib.path()) };
-        // SAFETY: `call` is the plugin's entry with the type the ABI gives it, from a
-        // library that is never unloaded (the process-wide table and `self.lib` hold
-        // it). Everything `raw` points to outlives the call: the NUL-terminated
-        // arguments in `self.args`, the static driver name, the input in `self.input`
-        // (or null with length 0), and the two callbacks, which check `ctx` against this
-        // thread's active call before they touch `capture`. Native plugins are trusted
-        // code by contract: what the call itself does is theirs to get right.
-        let code = unsafe { (self.call)(&raw) };
+        let code = match (self.lib.entry(), &self.instance) {
+            (Entry::V2 { call, .. }, Some(instance)) => {
+                let out = output(token);
+                let (config, config_len) = instance.config.raw();
+                let raw = virt_hook_event {
+                    size: size_of::<virt_hook_event>() as u32,
+                    driver: self.driver.as_ptr(),
+                    object: arg(0),
+                    op: arg(1),
+                    subop: arg(2),
+                    extra: arg(3),
+                    input,
+                    input_len,
+                    out: &out,
+                    instance: instance.ptr,
+                    state_dir: self.state_dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                    config,
+                    config_len,
+                };
+                // SAFETY: the plugin's v2 `call`, with the ABI's type, from a library that
+                // is never unloaded. Everything `raw` points to outlives the call: the
+                // arguments in `self.args`, the static driver name, `input` (NUL after
+                // it), `out` and its callbacks (which check `ctx` against this thread's
+                // active call), the instance and its config table (held by `self`).
+                unsafe { call(&raw) }
+            }
+            (Entry::V1 { call }, _) => {
+                let raw = virt_hook_invocation {
+                    abi_version: VIRT_HOOK_ABI_VERSION,
+                    driver: self.driver.as_ptr(),
+                    object: arg(0),
+                    op: arg(1),
+                    subop: arg(2),
+                    extra: arg(3),
+                    input,
+                    input_len,
+                    io: virt_hook_io {
+                        ctx: token as *mut c_void,
+                        write_stdout: Some(write_stdout),
+                        write_stderr: Some(write_stderr),
+                    },
+                };
+                // SAFETY: as for v2, with the v1 invocation. Native plugins are trusted
+                // code by contract: what the call itself does is theirs to get right.
+                unsafe { call(&raw) }
+            }
+            // `load_with_config` makes an instance for every version 2 plugin.
+            (Entry::V2 { .. }, None) => 2,
+        };
         drop(running);
         drop(activation);
         capture.stray_writes = STRAY_WRITES.load(Ordering::Relaxed) - strays_before;
@@ -288,11 +529,13 @@ impl Call {
 
 fn outcome(code: i32, c: Capture) -> HookOutcome {
     let mut out = HookOutcome::exited(code).with_stdout(c.stdout).with_stderr(c.stderr);
+    out.log = c.log.log;
+    out.warnings = c.log.warnings;
     out.stdout_truncated = c.stdout_truncated;
     out.stderr_truncated = c.stderr_truncated;
     if c.stray_writes > 0 {
         out.warnings.push(format!(
-            "{} write(s) through virt_hook_io from another thread or after a call returned were ignored (the callbacks are valid only during `call`, on its thread)",
+            "{} write(s) through its output callbacks (virt_hook_io, virt_hook_output) from another thread or after a call returned were ignored (they are valid only during `call`, on its thread)",
             c.stray_writes
         ));
     }
@@ -320,13 +563,17 @@ impl Hook for DylibHook {
 
     async fn call(&self, inv: &Invocation) -> HookOutcome {
         let start = Instant::now();
+        use std::os::unix::ffi::OsStrExt;
         let call = Call {
-            call: self.lib.call_fn(),
             driver: driver_name(inv.driver()),
             args: inv.args().clone(),
             input: inv.input_shared().cloned(),
+            state_dir: inv
+                .state_dir()
+                .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok()),
             cap: self.max_output,
             lib: Arc::clone(&self.lib),
+            instance: self.instance.clone(),
         };
         let timeout = inv.timeout_with(self.timeout);
         let mut result = match virt_hooks_core::backend::blocking_pool() {

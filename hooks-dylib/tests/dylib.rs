@@ -166,7 +166,7 @@ const virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }"#,
     fs::write(&not_elf, "this is not an ELF file\n").unwrap();
     let cases = [
         (&wrong_abi, "ABI version 2, but this host speaks version 1"),
-        (&no_symbol, "no `virt_hook_plugin_v1` symbol"),
+        (&no_symbol, "no `virt_hook_plugin_v2` or `virt_hook_plugin_v1` symbol"),
         (&null_call, "its descriptor is invalid: its `call` is null"),
         (&null_desc, "returned a null descriptor"),
         (&not_elf, "not a loadable shared object"),

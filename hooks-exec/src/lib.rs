@@ -340,6 +340,8 @@ pub struct ExecHook {
     name: String,
     program: Arc<CString>,
     leading_args: Arc<[CString]>,
+    /// `VIRT_HOOK_CONFIG_<KEY>=value` for its sidecar's `[config]`.
+    config_env: Arc<[CString]>,
     options: ExecOptions,
 }
 
@@ -359,8 +361,21 @@ impl ExecHook {
             path,
             program,
             leading_args: Arc::new([]),
+            config_env: Arc::new([]),
             options,
         }
+    }
+
+    /// The plugin's `[config]`, which the hook finds in its environment as
+    /// `VIRT_HOOK_CONFIG_<KEY>` (the key upper-cased, `-` as `_`), the value as text:
+    /// `max_vcpus = 8` is `VIRT_HOOK_CONFIG_MAX_VCPUS=8`. The only other variables than
+    /// libvirt's (besides `VIRT_HOOK_STATE`), and only for hooks that have a config.
+    pub fn with_config(mut self, config: &virt_hooks_core::backend::PluginConfig) -> Self {
+        self.config_env = config
+            .env()
+            .map(|(name, value)| cstring(OsStr::new(&format!("{name}={value}"))))
+            .collect();
+        self
     }
 
     /// Arguments put between argv\[0\] and libvirt's four, for a hook run through a
@@ -405,6 +420,7 @@ impl ExecHook {
             pair.push(dir);
             env.push(cstring(&pair));
         }
+        env.extend(self.config_env.iter().cloned());
         Job {
             path: self.path.clone(),
             program: Arc::clone(&self.program),
@@ -654,7 +670,9 @@ impl HookLoader for ExecLoader {
         }
         // `memory` becomes the hook cgroup's `memory.max` where there is one.
         options.memory_max = settings.memory;
-        Ok(Arc::new(ExecHook::with_options(path, options)))
+        Ok(Arc::new(
+            ExecHook::with_options(path, options).with_config(&settings.config),
+        ))
     }
 
     fn check(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {

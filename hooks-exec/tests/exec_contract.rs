@@ -253,3 +253,39 @@ async fn works_inside_a_tokio_runtime() {
         assert_eq!(c.await.unwrap().stdout, format!("doc {i}").into_bytes());
     }
 }
+
+/// A sidecar's `[config]` reaches a script as `VIRT_HOOK_CONFIG_<KEY>`, loaded the way a
+/// hooks dir loads it; no key can set a variable of its own choosing.
+#[test]
+fn config_reaches_the_script_as_prefixed_variables_only() {
+    use virt_hooks_core::backend::{HookLoader, HookSettings};
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = script(tmp.path(), "env.sh", "#!/bin/sh\nenv | LC_ALL=C sort\n");
+    let settings = HookSettings::parse(
+        &tmp.path().join("env.sh.toml"),
+        "[config]\nmax_vcpus = 8\nLD_PRELOAD = \"/tmp/evil.so\"\npath = \"/tmp\"\nnote = \"two\\nlines=x\"\nstrict = true\n",
+    )
+    .unwrap();
+    let loaded = virt_hooks_exec::ExecLoader.load(&hook, &settings).unwrap();
+    let out = virt_hooks_core::block_on(loaded.call(&inv(None)));
+    assert!(out.status.is_success(), "{}", out.status.describe());
+    let env = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "VIRT_HOOK_CONFIG_LD_PRELOAD=/tmp/evil.so",
+        "VIRT_HOOK_CONFIG_MAX_VCPUS=8",
+        "VIRT_HOOK_CONFIG_NOTE=two",
+        "lines=x",
+        "VIRT_HOOK_CONFIG_PATH=/tmp",
+        "VIRT_HOOK_CONFIG_STRICT=true",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing from:\n{env}");
+    }
+    assert!(!env.lines().any(|l| l.starts_with("LD_PRELOAD=")), "{env}");
+    assert!(!env.lines().any(|l| l == "PATH=/tmp"), "{env}");
+    // Without a config, libvirt's environment exactly: no VIRT_HOOK_CONFIG_ at all.
+    let plain = virt_hooks_exec::ExecLoader
+        .load(&hook, &HookSettings::default())
+        .unwrap();
+    let out = virt_hooks_core::block_on(plain.call(&inv(None)));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("VIRT_HOOK_CONFIG_"));
+}

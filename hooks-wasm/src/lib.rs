@@ -132,6 +132,8 @@ pub struct WasmHook {
     path: PathBuf,
     name: String,
     options: WasmOptions,
+    /// `VIRT_HOOK_CONFIG_<KEY>` variables for its sidecar's `[config]`.
+    config_env: Arc<[(String, String)]>,
 }
 
 impl WasmHook {
@@ -160,7 +162,16 @@ impl WasmHook {
             path: path.to_owned(),
             name: path.display().to_string(),
             options,
+            config_env: Arc::new([]),
         })
+    }
+
+    /// The plugin's `[config]`, which the module finds in its environment beside
+    /// `LC_ALL=C`, as an exec hook does: `VIRT_HOOK_CONFIG_<KEY>` (upper case, `-` as
+    /// `_`), the value as text.
+    pub fn with_config(mut self, config: &virt_hooks_core::backend::PluginConfig) -> Self {
+        self.config_env = config.env().collect();
+        self
     }
 
     /// The compiled module (and where it came from).
@@ -197,7 +208,8 @@ impl WasmHook {
         );
         let state = inv.state_dir().map(Path::to_owned);
         let ends = virt_hooks_core::state::state_ends_at(inv.driver(), &args.lossy(1), &args.lossy(2));
-        move |cancel| sandbox.run(&module, &argv, input, (state.as_deref(), ends), limits, cancel)
+        let env = Arc::clone(&self.config_env);
+        move |cancel| sandbox.run(&module, (&argv, &env), input, (state.as_deref(), ends), limits, cancel)
     }
 }
 
@@ -290,7 +302,7 @@ impl HookLoader for WasmLoader {
         if let Some(m) = settings.state_max {
             options.state_max = m;
         }
-        Ok(Arc::new(WasmHook::load(path, options)?))
+        Ok(Arc::new(WasmHook::load(path, options)?.with_config(&settings.config)))
     }
 }
 

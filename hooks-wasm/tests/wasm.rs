@@ -895,3 +895,56 @@ fn renumbering_a_descriptor_onto_itself_keeps_its_file_counted() {
     let out = call(&hook, &with_state(inv("vm", "start", None), &state));
     refused_with_dquot(&out);
 }
+
+/// Prints its environment, one variable per line.
+const PRINT_ENV: &str = r#"(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 40) "\n")
+  (func $write (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16))))
+  (func $strlen (param $p i32) (result i32) (local $n i32)
+    (block $done (loop $l
+      (br_if $done (i32.eqz (i32.load8_u (i32.add (local.get $p) (local.get $n)))))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br $l)))
+    (local.get $n))
+  (func (export "_start") (local $n i32) (local $i i32) (local $p i32)
+    (drop (call $sizes (i32.const 8) (i32.const 12)))
+    (drop (call $get (i32.const 1024) (i32.const 4096)))
+    (local.set $n (i32.load (i32.const 8)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $p (i32.load (i32.add (i32.const 1024) (i32.mul (local.get $i) (i32.const 4)))))
+      (call $write (local.get $p) (call $strlen (local.get $p)))
+      (call $write (i32.const 40) (i32.const 1))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l)))))
+"#;
+
+#[test]
+fn config_reaches_the_module_as_its_only_variables_beside_lc_all() {
+    use virt_hooks_core::backend::{HookLoader, HookSettings};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_module(tmp.path(), "env.wasm", &wat::parse_str(PRINT_ENV).unwrap());
+    let settings = HookSettings::parse(
+        &tmp.path().join("env.wasm.toml"),
+        "[config]\nmax_vcpus = 8\nbridge = \"br0\"\nLD_PRELOAD = \"x\"\n",
+    )
+    .unwrap();
+    let loader = virt_hooks_wasm::WasmLoader::default();
+    let hook = loader.load(&path, &settings).unwrap();
+    let out = futures_lite_block_on(hook.call(&inv("vm1", "prepare", None)));
+    assert!(out.status.is_success(), "{:?}", out.status);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "LC_ALL=C\nVIRT_HOOK_CONFIG_LD_PRELOAD=x\nVIRT_HOOK_CONFIG_BRIDGE=br0\nVIRT_HOOK_CONFIG_MAX_VCPUS=8\n"
+    );
+    let plain = loader.load(&path, &HookSettings::default()).unwrap();
+    let out = futures_lite_block_on(plain.call(&inv("vm1", "prepare", None)));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "LC_ALL=C\n");
+}

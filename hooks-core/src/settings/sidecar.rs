@@ -2,6 +2,7 @@
 
 use super::grammar::seconds;
 use super::*;
+use crate::plugin_config::{ConfigValue, PluginConfig};
 
 /// A hook's time limit as its settings give it.
 ///
@@ -124,6 +125,9 @@ pub struct HookSettings {
     /// The cap on that directory's size in bytes where the backend can hold it (wasm);
     /// `None` leaves [`crate::DEFAULT_STATE_MAX`].
     pub state_max: Option<u64>,
+    /// The plugin's own settings, its sidecar's `[config]` table: handed to it by every
+    /// backend (see [`crate::backend::PluginConfig`]).
+    pub config: PluginConfig,
     /// The file these came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -162,6 +166,7 @@ struct File {
     state_max: Option<toml::Spanned<Value>>,
     #[serde(rename = "match")]
     matcher: Option<MatchFile>,
+    config: Option<toml::Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +197,28 @@ pub(super) const MAX_MEMORY: u64 = 4 << 30;
 
 /// The largest `state_max`: state lives on tmpfs, in the host's memory.
 const MAX_STATE: u64 = 1 << 30;
+
+/// A `[config]` table as the plugin gets it: strings, numbers and booleans only.
+fn plugin_config(table: toml::Table) -> Result<PluginConfig, String> {
+    let mut entries = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(s) => ConfigValue::String(s),
+            toml::Value::Integer(n) => ConfigValue::Integer(n),
+            toml::Value::Float(x) => ConfigValue::Float(x),
+            toml::Value::Boolean(b) => ConfigValue::Boolean(b),
+            other => {
+                return Err(format!(
+                    "`{}` is a {}: values are strings, numbers or booleans",
+                    key.escape_debug(),
+                    other.type_str()
+                ))
+            }
+        };
+        entries.push((key, value));
+    }
+    PluginConfig::from_entries(entries)
+}
 
 /// Checks an `xmlns` entry: a prefix an expression can use, bound to a namespace.
 fn check_prefix(prefix: &str, uri: &str) -> Result<(), String> {
@@ -402,7 +429,15 @@ impl HookSettings {
                 xmlns,
             };
         }
+        let config = match file.config {
+            None => PluginConfig::new(),
+            Some(table) => {
+                let line = line_at(table.span());
+                plugin_config(table.into_inner()).map_err(|why| fail(line, format!("[config]: {why}")))?
+            }
+        };
         Ok(HookSettings {
+            config,
             default_timeout: None,
             timeout,
             memory,
@@ -459,6 +494,10 @@ impl HookSettings {
             (true, Some(max)) => parts.push(format!("state(max={max})")),
             (true, None) => parts.push("state".into()),
             _ => {}
+        }
+        if !self.config.is_empty() {
+            let keys: Vec<&str> = self.config.iter().map(|(k, _)| k).collect();
+            parts.push(format!("config: {}", keys.join(",")));
         }
         if !self.matcher.is_empty() {
             parts.push(format!("match: {}", self.matcher));

@@ -42,6 +42,54 @@ fn state_and_its_cap() {
 }
 
 #[test]
+fn config_is_the_plugins_own_table_of_plain_values() {
+    let s = parse("timeout = 2\n[config]\nmax_vcpus = 8\nbridge = \"br0\"\nratio = 0.5\ndry-run = false\n").unwrap();
+    let text: Vec<(&str, String)> = s.config.iter().map(|(k, v)| (k, v.to_string())).collect();
+    assert_eq!(
+        text,
+        [
+            ("bridge", "br0"),
+            ("dry-run", "false"),
+            ("max_vcpus", "8"),
+            ("ratio", "0.5")
+        ]
+        .map(|(k, v)| (k, v.to_owned()))
+    );
+    assert_eq!(s.summary(), "timeout=2s config: bridge,dry-run,max_vcpus,ratio");
+    assert!(parse("").unwrap().config.is_empty());
+}
+
+#[test]
+fn config_that_no_backend_could_pass_is_refused_with_its_line() {
+    let many: String = (0..=crate::backend::MAX_CONFIG_KEYS)
+        .map(|i| format!("k{i} = 1\n"))
+        .collect();
+    let huge = format!("k = \"{}\"\n", "x".repeat(crate::backend::MAX_CONFIG_BYTES));
+    for (body, want) in [
+        ("list = [1, 2]\n", "`list` is a array"),
+        ("[config.nested]\nk = 1\n", "`nested` is a table"),
+        ("when = 1979-05-27\n", "`when` is a datetime"),
+        ("\"a b\" = 1\n", "key `a b`"),
+        ("\"VIRT;rm\" = 1\n", "key `VIRT;rm`"),
+        ("\"\" = 1\n", "key ``"),
+        ("k = \"a\\u0000b\"\n", "NUL"),
+        ("max-vcpus = 1\nmax_vcpus = 2\n", "VIRT_HOOK_CONFIG_MAX_VCPUS"),
+        (many.as_str(), "keys, at most"),
+        (huge.as_str(), "bytes of keys and values"),
+    ] {
+        let e = parse(&format!("policy = \"required\"\n[config]\n{body}")).unwrap_err();
+        assert!(
+            e.message.starts_with("[config]: ") && e.message.contains(want),
+            "{body:.60}: {e}"
+        );
+        assert!(e.line.is_some_and(|l| l >= 2), "{body:.60}: {e}");
+    }
+    // A value is never taken for a setting of hookctl's own.
+    let e = parse("[config]\nk = 1\n[other]\n").unwrap_err();
+    assert!(e.message.contains("unknown field `other`"), "{e}");
+}
+
+#[test]
 fn on_reconnect_failure_is_kill_or_log_and_never_with_optional() {
     let s = parse("on_reconnect_failure = \"kill\"\n").unwrap();
     assert_eq!(s.on_reconnect_failure, Some(OnReconnectFailure::Kill));

@@ -31,7 +31,7 @@ impl Sandbox {
     pub(crate) fn run(
         &self,
         module: &CompiledModule,
-        argv: &[String; 5],
+        (argv, env): (&[String; 5], &[(String, String)]),
         input: Option<Arc<[u8]>>,
         (state, state_ends): (Option<&Path>, bool),
         limits: CallLimits,
@@ -44,6 +44,7 @@ impl Sandbox {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(argv)
             .env("LC_ALL", "C")
+            .envs(env)
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             // Blocking the thread would turn a WASI sleep into `thread::sleep`, which
