@@ -2,9 +2,10 @@
 //! (compiled here from its source: hookctl is a binary crate).
 //!
 //! Properties: nothing panics; every mistake names the file and a line within the text;
-//! a path in effect is absolute, and a path that is not in effect is a mistake (never
-//! the default in its place); the timeout is within the limits; the file as a whole is
-//! sound exactly when there is no mistake.
+//! a path in effect is absolute (with the system's defaults, a log is in effect), and a
+//! path that is not in effect is a mistake (never the default in its place); the
+//! timeout is within the limits; the file as a whole is sound exactly when there is no
+//! mistake.
 #![no_main]
 
 #[allow(dead_code)]
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = Path::new("/etc/libvirt/hooks/qemu.plugins/hookctl.toml");
-    let s = config::parse_settings(path, text);
+    let s = config::parse_settings(path, text, config::DispatchConfig::system());
     let lines = text.split('\n').count();
     for e in &s.mistakes {
         assert_eq!(e.path, path);
@@ -31,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(e.to_string().starts_with(&path.display().to_string()));
     }
-    for key in [&s.log, &s.state] {
+    // The system defaults name a log, and the file cannot turn it off.
+    let log = s.log.clone().map(|log| log.expect("a log in effect"));
+    for key in [&log, &s.state] {
         match key {
             Ok(p) => assert!(p.is_absolute(), "{s:?}"),
             Err(_) => assert!(!s.mistakes.is_empty(), "an unusable path without a mistake: {s:?}"),

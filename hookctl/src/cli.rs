@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands;
 
-const DEFAULT_HOOKS_DIR: &str = "/etc/libvirt/hooks";
+const DEFAULT_HOOKS_DIR: &str = crate::config::SYSTEM_HOOKS_DIR;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -39,7 +39,10 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Fire one event through <DIR>/<DRIVER> and <DIR>/<DRIVER>.d/ exactly as libvirt would.
-    #[command(after_help = "Positional values may start with `-` (`-` is the usual \"none\"); `--` ends the options.")]
+    #[command(
+        after_help = "Positional values may start with `-` (`-` is the usual \"none\"); `--` ends the options.
+--log and --state are for hookctl's dispatcher: they apply when <DIR>/<DRIVER> is hookctl (`install`)."
+    )]
     Run(commands::run::RunArgs),
     /// Run a whole lifecycle sequence and print each step: test hooks without a hypervisor.
     /// The plugins RUN FOR REAL (they reserve hugepages, add firewall rules, ...); only
@@ -86,7 +89,8 @@ pub(crate) fn main() -> ExitCode {
         let plugins = commands::dispatch::plugins_dir_for(Path::new(&args[0]), driver);
         let [_, object, op, subop, extra] =
             <[OsString; 5]>::try_from(args).unwrap_or_else(|_| unreachable!("checked: five arguments"));
-        return if commands::dispatch::dispatch(&plugins, driver, [object, op, subop, extra]) {
+        let settings = crate::config::Overrides::default();
+        return if commands::dispatch::dispatch(&plugins, driver, [object, op, subop, extra], &settings, false) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)

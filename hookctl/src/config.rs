@@ -7,6 +7,11 @@
 //! state = "/run/virt-hooks/state"         # where `state = true` plugins keep theirs
 //! ```
 //!
+//! The defaults of `log` and `state` are the system's only for the plugins dirs of the
+//! system hooks dir ([`SYSTEM_HOOKS_DIR`]): any other (a plugin author's scratch dir,
+//! `install --user`'s) keeps no audit log and keeps state under itself
+//! ([`DispatchConfig::defaults_for`]), so a trial never mixes with the real guests'.
+//!
 //! Read key by key ([`Settings`]): a mistake in one key never changes another. A `log`
 //! or `state` that cannot be used is never replaced by the default path: the file meant
 //! another place, and the default would split the audit trail or hide a guest's state
@@ -18,8 +23,64 @@ use std::time::Duration;
 
 use virt_hooks_core::backend::{TimeoutSetting, TrustPolicy};
 
-/// Where the audit log goes unless `hookctl.toml` says otherwise.
+/// Where the audit log of the system hooks dir's dispatchers goes unless `hookctl.toml`
+/// says otherwise.
 pub(crate) const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
+
+/// libvirt's hooks dir: only its plugins dirs default to [`DEFAULT_LOG`] and the system
+/// state root.
+pub(crate) const SYSTEM_HOOKS_DIR: &str = "/etc/libvirt/hooks";
+
+/// Where `state = true` plugins of a plugins dir outside the system hooks dir keep their
+/// state unless `hookctl.toml` says otherwise: `<plugins dir>/.state` (a dotfile, which
+/// no scan runs).
+pub(crate) const OWN_STATE_DIR: &str = ".state";
+
+/// The system hooks dir. Tests of debug builds may name another with
+/// `HOOKCTL_TEST_SYSTEM_HOOKS_DIR`, so that the system defaults can be tried (in a mount
+/// namespace of their own) without the host's `/etc/libvirt`.
+pub(crate) fn system_hooks_dir() -> PathBuf {
+    #[cfg(debug_assertions)]
+    if let Some(dir) = std::env::var_os("HOOKCTL_TEST_SYSTEM_HOOKS_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(SYSTEM_HOOKS_DIR)
+}
+
+/// Whether `dir` is the system hooks dir ([`system_hooks_dir`]).
+pub(crate) fn is_system_hooks_dir(dir: &Path) -> bool {
+    same_dir(dir, &system_hooks_dir())
+}
+
+/// Whether `dir` is `system`: the same path, or the same directory under another name
+/// (a link, a bind mount: its plugins are the system's).
+fn same_dir(dir: &Path, system: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    if absolute(dir) == absolute(system) {
+        return true;
+    }
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    id(dir).is_some_and(|i| Some(i) == id(system))
+}
+
+/// The hooks dir a plugins dir belongs to: its parent (`.` for a bare name).
+pub(crate) fn hooks_dir_of(plugins: &Path) -> PathBuf {
+    match plugins.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Checks a path given for `log` or `state` (in `hookctl.toml`, or on the command
+/// line as `key`): absolute, since libvirtd's working directory is `/` and a relative
+/// path would land there.
+pub(crate) fn absolute_path(key: &str, value: &str) -> Result<PathBuf, String> {
+    match Path::new(value).is_absolute() {
+        true => Ok(PathBuf::from(value)),
+        false => Err(format!("{key} must be an absolute path, not `{value}`")),
+    }
+}
 
 /// A plugin whose settings set no timeout gets this one from the dispatcher, so that a
 /// hung plugin cannot hang libvirtd (which has no timeout of its own). At most 30 s: libvirtd
@@ -32,8 +93,8 @@ const KEYS: [&str; 4] = ["log", "timeout", "journal", "state"];
 /// The dispatcher's settings in effect, when the whole file is sound.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct DispatchConfig {
-    /// The audit log.
-    pub(crate) log: PathBuf,
+    /// The audit log; `None`: no audit row is written.
+    pub(crate) log: Option<PathBuf>,
     /// The default time limit per plugin; `None` after `timeout = "none"`.
     pub(crate) timeout: Option<Duration>,
     /// Whether each dispatch also sends an entry to journald (when it listens).
@@ -42,10 +103,34 @@ pub(crate) struct DispatchConfig {
     pub(crate) state: PathBuf,
 }
 
-impl Default for DispatchConfig {
-    fn default() -> Self {
+impl DispatchConfig {
+    /// What the plugins dir `plugins` gets for the keys its `hookctl.toml` does not set:
+    /// in the system hooks dir, the system's audit log and state root; elsewhere no audit
+    /// log, and state under the dir itself ([`OWN_STATE_DIR`]).
+    pub(crate) fn defaults_for(plugins: &Path) -> Self {
+        Self::defaults_in(plugins, &system_hooks_dir())
+    }
+
+    /// [`DispatchConfig::defaults_for`] with `system` as the system hooks dir.
+    fn defaults_in(plugins: &Path, system: &Path) -> Self {
+        if same_dir(&hooks_dir_of(plugins), system) {
+            return DispatchConfig::system();
+        }
+        // The state root must be absolute and without `..`.
+        let plugins = std::fs::canonicalize(plugins)
+            .or_else(|_| std::path::absolute(plugins))
+            .unwrap_or_else(|_| plugins.to_owned());
         DispatchConfig {
-            log: PathBuf::from(DEFAULT_LOG),
+            log: None,
+            state: plugins.join(OWN_STATE_DIR),
+            ..DispatchConfig::system()
+        }
+    }
+
+    /// The defaults of the system hooks dir's plugins dirs.
+    pub(crate) fn system() -> Self {
+        DispatchConfig {
+            log: Some(PathBuf::from(DEFAULT_LOG)),
             timeout: Some(DEFAULT_TIMEOUT),
             journal: true,
             state: PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT),
@@ -105,8 +190,9 @@ impl ConfigError {
 pub(crate) struct Settings {
     /// The file.
     pub(crate) path: PathBuf,
-    /// The audit log, or why the file's `log` cannot be used (then no other path is).
-    pub(crate) log: Result<PathBuf, ConfigError>,
+    /// The audit log (`None`: none is written), or why the file's `log` cannot be used
+    /// (then no other path is).
+    pub(crate) log: Result<Option<PathBuf>, ConfigError>,
     /// The state root, or why the file's `state` cannot be used (then no other path is).
     pub(crate) state: Result<PathBuf, ConfigError>,
     /// The default time limit per plugin (the default when the key is wrong).
@@ -116,31 +202,62 @@ pub(crate) struct Settings {
     pub(crate) journal: bool,
     /// Every mistake, in the order of the file.
     pub(crate) mistakes: Vec<ConfigError>,
+    /// What the keys not set default to.
+    pub(crate) defaults: DispatchConfig,
+}
+
+/// `log` and `state` given for one run (`--log FILE|none`, `--state DIR`), in place of
+/// the file's: already checked as the file's keys are ([`absolute_path`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Overrides {
+    /// `Some(None)`: `--log none`.
+    pub(crate) log: Option<Option<PathBuf>>,
+    pub(crate) state: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Whether anything is overridden.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.log.is_none() && self.state.is_none()
+    }
 }
 
 impl Settings {
     /// The defaults: what a plugins dir without `hookctl.toml` gets.
-    fn defaults(path: PathBuf) -> Self {
-        let config = DispatchConfig::default();
+    fn defaults(path: PathBuf, defaults: DispatchConfig) -> Self {
         Settings {
             path,
-            log: Ok(config.log),
-            state: Ok(config.state),
-            timeout: config.timeout,
-            journal: config.journal,
+            log: Ok(defaults.log.clone()),
+            state: Ok(defaults.state.clone()),
+            timeout: defaults.timeout,
+            journal: defaults.journal,
             mistakes: Vec::new(),
+            defaults,
         }
     }
 
     /// A file that exists but cannot be used at all (refused by the trust rule, not
     /// text): where it puts the log and the state is unknown.
-    fn unusable(path: PathBuf, why: ConfigError) -> Self {
+    fn unusable(path: PathBuf, defaults: DispatchConfig, why: ConfigError) -> Self {
         Settings {
             log: Err(why.clone()),
             state: Err(why.clone()),
             mistakes: vec![why],
-            ..Settings::defaults(path)
+            ..Settings::defaults(path, defaults)
         }
+    }
+
+    /// The settings with `overrides` in place of the file's `log` and `state`, whether
+    /// those were usable or not. The file's mistakes stay mistakes (reported, and in the
+    /// audit line), but one that spoiled only an overridden key no longer stops anything.
+    pub(crate) fn overridden(mut self, overrides: &Overrides) -> Self {
+        if let Some(log) = &overrides.log {
+            self.log = Ok(log.clone());
+        }
+        if let Some(state) = &overrides.state {
+            self.state = Ok(state.clone());
+        }
+        self
     }
 
     /// The settings as the whole: `Ok` when the file has no mistake, else the first
@@ -169,12 +286,11 @@ impl Settings {
     /// cannot be used, [`Settings::log`]/[`Settings::state`] say so: the dispatcher uses
     /// no other path).
     pub(crate) fn in_effect(&self) -> DispatchConfig {
-        let defaults = DispatchConfig::default();
         DispatchConfig {
-            log: self.log.as_ref().map_or(defaults.log, Clone::clone),
+            log: self.log.as_ref().map_or(self.defaults.log.clone(), Clone::clone),
             timeout: self.timeout,
             journal: self.journal,
-            state: self.state.as_ref().map_or(defaults.state, Clone::clone),
+            state: self.state.as_ref().map_or(self.defaults.state.clone(), Clone::clone),
         }
     }
 }
@@ -184,35 +300,38 @@ pub(crate) fn path(plugins: &Path) -> PathBuf {
     plugins.join("hookctl.toml")
 }
 
-/// Reads the settings key by key; the defaults when there is no file.
+/// Reads the settings key by key; the defaults ([`DispatchConfig::defaults_for`]) when
+/// there is no file.
 pub(crate) fn settings(plugins: &Path) -> Settings {
     let path = path(plugins);
+    let defaults = DispatchConfig::defaults_for(plugins);
     let bytes = match TrustPolicy::current_user().read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => return Settings::defaults(path),
+        Err(e) if e.is_not_found() => return Settings::defaults(path, defaults),
         Err(e) => {
             let why = ConfigError::new(&path, None, format!("refused: {}", e.reason()));
-            return Settings::unusable(path, why);
+            return Settings::unusable(path, defaults, why);
         }
     };
     match String::from_utf8(bytes) {
-        Ok(text) => parse_settings(&path, &text),
+        Ok(text) => parse_settings(&path, &text, defaults),
         Err(_) => {
             let why = ConfigError::new(&path, None, "not UTF-8 text".into());
-            Settings::unusable(path, why)
+            Settings::unusable(path, defaults, why)
         }
     }
 }
 
-/// Parses the text of `hookctl.toml` key by key; `path` names it in mistakes.
+/// Parses the text of `hookctl.toml` key by key, with `defaults` for the keys it does
+/// not set; `path` names it in mistakes.
 ///
 /// A syntax error spoils only the keys on its lines (toml's recovering parser reads
 /// on); a line whose key cannot be told spoils `log` and `state`, since it may have
 /// meant either.
-pub(crate) fn parse_settings(path: &Path, text: &str) -> Settings {
+pub(crate) fn parse_settings(path: &Path, text: &str, defaults: DispatchConfig) -> Settings {
     use toml::de::{DeTable, DeValue};
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let mut settings = Settings::defaults(path.to_owned());
+    let mut settings = Settings::defaults(path.to_owned(), defaults);
     let mut mistakes: Vec<ConfigError> = Vec::new();
     let (table, errors) = DeTable::parse_recoverable(text);
     // Lines with a syntax error: no key on them, or whose value runs through them, is
@@ -265,16 +384,14 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Settings {
         match (known, value.get_ref()) {
             ("log" | "state", value) => {
                 let chosen = match value {
-                    DeValue::String(s) if Path::new(s.as_ref()).is_absolute() => Ok(PathBuf::from(s.as_ref())),
-                    // libvirtd's working directory is `/`: a relative path would land there.
-                    DeValue::String(s) => Err(mistake(format!("{known} must be an absolute path, not `{s}`"))),
+                    DeValue::String(s) => absolute_path(known, s).map_err(&mut mistake),
                     other => Err(mistake(format!(
                         "{known}: expected an absolute path (a string), not {}",
                         a(other.type_str())
                     ))),
                 };
                 match known {
-                    "log" => settings.log = chosen,
+                    "log" => settings.log = chosen.map(Some),
                     _ => settings.state = chosen,
                 }
             }
@@ -338,15 +455,18 @@ mod tests {
     }
 
     fn keys(text: &str) -> Settings {
-        parse_settings(Path::new("/x/hookctl.toml"), text)
+        parse_settings(Path::new("/x/hookctl.toml"), text, DispatchConfig::system())
     }
 
     #[test]
     fn defaults_and_values() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(settings(tmp.path()).config().unwrap(), DispatchConfig::default());
+        assert_eq!(
+            settings(tmp.path()).config().unwrap(),
+            DispatchConfig::defaults_for(tmp.path())
+        );
         let c = with("log = \"/var/log/x.jsonl\"\ntimeout = \"30s\"\n").unwrap();
-        assert_eq!(c.log, Path::new("/var/log/x.jsonl"));
+        assert_eq!(c.log.as_deref(), Some(Path::new("/var/log/x.jsonl")));
         assert_eq!(c.timeout, Some(Duration::from_secs(30)));
         assert_eq!(with("timeout = \"none\"\n").unwrap().timeout, None);
         assert_eq!(with("timeout = 5\n").unwrap().timeout, Some(Duration::from_secs(5)));
@@ -379,7 +499,7 @@ mod tests {
     #[test]
     fn one_bad_value_spoils_only_its_own_key() {
         let s = keys("log = \"/srv/audit.jsonl\"\nstate = \"/srv/state\"\njournal = \"no\"\ntimeout = \"forever\"\n");
-        assert_eq!(s.log, Ok(PathBuf::from("/srv/audit.jsonl")));
+        assert_eq!(s.log, Ok(Some(PathBuf::from("/srv/audit.jsonl"))));
         assert_eq!(s.state, Ok(PathBuf::from("/srv/state")));
         assert!(s.journal, "a wrong journal key keeps the default");
         assert_eq!(s.timeout, Some(DEFAULT_TIMEOUT));
@@ -397,7 +517,7 @@ mod tests {
     fn a_syntax_error_spoils_the_keys_on_its_line_only() {
         // `no` is not a TOML value: the line breaks, the others are read on.
         let s = keys("log = \"/srv/audit.jsonl\"\njournal = no\nstate = \"/srv/state\"\n");
-        assert_eq!(s.log, Ok(PathBuf::from("/srv/audit.jsonl")), "{:?}", s.mistakes);
+        assert_eq!(s.log, Ok(Some(PathBuf::from("/srv/audit.jsonl"))), "{:?}", s.mistakes);
         assert_eq!(s.state, Ok(PathBuf::from("/srv/state")));
         assert!(s.journal);
         assert_eq!(s.mistakes[0].line, Some(2), "{:?}", s.mistakes);
@@ -440,5 +560,80 @@ mod tests {
         assert!(s.log.is_err() && s.state.is_err(), "{s:?}");
         assert_eq!(s.mistakes.len(), 1);
         assert!(s.mistakes[0].message.contains("not UTF-8"));
+    }
+
+    /// Only the system hooks dir's plugins dirs default to the system's audit log and
+    /// state root (issue 22: a scratch dir's trial went into both).
+    #[test]
+    fn only_the_system_hooks_dir_defaults_to_the_system_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let system = tmp.path().join("etc-hooks");
+        let scratch = tmp.path().join("scratch");
+        for dir in [&system, &scratch] {
+            fs::create_dir_all(dir.join("qemu.plugins")).unwrap();
+        }
+        let in_system = DispatchConfig::defaults_in(&system.join("qemu.plugins"), &system);
+        assert_eq!(in_system, DispatchConfig::system());
+        assert_eq!(in_system.log.as_deref(), Some(Path::new(DEFAULT_LOG)));
+        // Under another name: a link to it, or a path with `..` in it.
+        std::os::unix::fs::symlink(&system, tmp.path().join("link")).unwrap();
+        for other_name in [
+            tmp.path().join("link/qemu.plugins"),
+            scratch.join("../etc-hooks/qemu.plugins"),
+        ] {
+            assert_eq!(
+                DispatchConfig::defaults_in(&other_name, &system),
+                DispatchConfig::system(),
+                "{}",
+                other_name.display()
+            );
+        }
+        // Anywhere else: no audit log, state under the plugins dir itself (absolute,
+        // without `..`, as a state root must be).
+        let own = DispatchConfig::defaults_in(&scratch.join("qemu.plugins"), &system);
+        assert_eq!(own.log, None);
+        let real = fs::canonicalize(scratch.join("qemu.plugins")).unwrap();
+        assert_eq!(own.state, real.join(OWN_STATE_DIR));
+        assert_eq!(own.timeout, Some(DEFAULT_TIMEOUT));
+        assert!(own.journal);
+        let own = DispatchConfig::defaults_in(&system.join("../scratch/qemu.plugins"), &system);
+        assert_eq!(own.state, real.join(OWN_STATE_DIR));
+        // A plugins dir that does not exist (yet) still gets an absolute root.
+        let missing = DispatchConfig::defaults_in(Path::new("rel/qemu.plugins"), &system);
+        assert!(missing.state.is_absolute(), "{}", missing.state.display());
+        // The system hooks dir's own parent, or a dir inside it, is not it.
+        for not_it in [tmp.path().join("qemu.plugins"), system.join("qemu.plugins/x")] {
+            assert_eq!(DispatchConfig::defaults_in(&not_it, &system).log, None);
+        }
+    }
+
+    /// `--log`/`--state` replace the file's keys, usable or not; the file's mistakes
+    /// stay reported.
+    #[test]
+    fn overrides_replace_the_files_paths_and_keep_its_mistakes() {
+        let s = keys("log = \"relative.jsonl\"\nstate = 5\n");
+        assert!(s.log.is_err() && s.state.is_err(), "{s:?}");
+        let overrides = Overrides {
+            log: Some(Some(PathBuf::from("/trial/audit.jsonl"))),
+            state: Some(PathBuf::from("/trial/state")),
+        };
+        let o = s.clone().overridden(&overrides);
+        assert_eq!(o.log, Ok(Some(PathBuf::from("/trial/audit.jsonl"))));
+        assert_eq!(o.state, Ok(PathBuf::from("/trial/state")));
+        assert_eq!(o.mistakes, s.mistakes);
+        assert!(o.config().is_err(), "the file still has its mistakes");
+        let none = keys("log = \"/srv/audit.jsonl\"\n").overridden(&Overrides {
+            log: Some(None),
+            state: None,
+        });
+        assert_eq!(none.log, Ok(None));
+        assert_eq!(none.state, Ok(PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT)));
+        let nothing = keys("log = \"/srv/audit.jsonl\"\n");
+        assert_eq!(nothing.clone().overridden(&Overrides::default()), nothing);
+        // The command line's paths are checked as the file's are.
+        assert_eq!(
+            absolute_path("--log", "audit.jsonl").unwrap_err(),
+            "--log must be an absolute path, not `audit.jsonl`"
+        );
     }
 }

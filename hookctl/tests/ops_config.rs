@@ -9,75 +9,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command as Std;
 
 use predicates::prelude::*;
 use predicates::str::contains;
 
 mod common;
 use common::*;
-
-/// Set for the run of this binary inside the namespace: the test to run there.
-const INNER: &str = "HOOKCTL_OPS_CONFIG_TEST_INNER";
-/// The mount namespace the run started in, which the inner run must not be in.
-const OUTER_NS: &str = "HOOKCTL_OPS_CONFIG_TEST_OUTER_NS";
-
-const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
-const DEFAULT_STATE: &str = "/run/virt-hooks";
-
-fn mount_ns() -> String {
-    fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string()
-}
-
-/// Runs `body` as root in a private mount namespace with empty tmpfs mounts on `/run`
-/// and `/var/log` (holding an empty `libvirt/`): this test binary runs itself again
-/// under `unshare`, for this one test (libtest names a test's thread after it).
-fn with_default_paths_private(body: impl FnOnce()) {
-    let thread = std::thread::current();
-    let name = thread.name().expect("a test's thread is named after the test");
-    if let Ok(inner) = std::env::var(INNER) {
-        assert_eq!(inner, name);
-        let outer = std::env::var(OUTER_NS).unwrap();
-        assert_ne!(mount_ns(), outer, "not in a private mount namespace");
-        for dir in ["/run", "/var/log"] {
-            let status = Std::new("mount")
-                .args(["-t", "tmpfs", "-o", "mode=0755", "hookctl-ops-config-test", dir])
-                .status()
-                .unwrap();
-            assert!(status.success(), "mounting a tmpfs on {dir}: {status}");
-        }
-        fs::create_dir("/var/log/libvirt").unwrap();
-        body();
-        return;
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED {name}: needs root (a private mount namespace over the default log and state paths)");
-        return;
-    }
-    let probe = Std::new("unshare")
-        .args(["--mount", "--propagation", "private", "true"])
-        .status();
-    if !matches!(&probe, Ok(s) if s.success()) {
-        eprintln!("SKIPPED {name}: `unshare --mount` is unavailable here ({probe:?})");
-        return;
-    }
-    let out = Std::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INNER, name)
-        .env(OUTER_NS, mount_ns())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "in the private namespace ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    eprint!("{stderr}");
-}
 
 /// A hooks dir with hookctl installed for qemu and this `hookctl.toml`.
 fn installed_with(toml: impl Fn(&Path) -> String) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -321,6 +258,8 @@ fn list_and_check_show_the_keys_that_apply_beside_a_bad_one() {
 fn state_left_under_the_default_root_after_state_moved_is_named_and_holds_uninstall() {
     with_default_paths_private(|| {
         let (tmp, hooks, plugins) = installed_with(|t| format!("log = \"{}/audit.jsonl\"\n", t.display()));
+        // The system hooks dir: only its dispatchers default to the system root.
+        make_system_hooks_dir(&hooks);
         noting(tmp.path(), &plugins, "10-reserve", true);
         as_libvirt_xml(&hooks, ["db1", "prepare", "begin", "-"])
             .assert()
@@ -376,6 +315,8 @@ fn state_left_under_the_default_root_after_state_moved_is_named_and_holds_uninst
 fn the_default_root_under_another_name_is_not_a_moved_root() {
     with_default_paths_private(|| {
         let (tmp, hooks, plugins) = installed_with(|t| format!("log = \"{}/audit.jsonl\"\n", t.display()));
+        // The system hooks dir: only its dispatchers default to the system root.
+        make_system_hooks_dir(&hooks);
         noting(tmp.path(), &plugins, "10-reserve", true);
         as_libvirt_xml(&hooks, ["web1", "prepare", "begin", "-"])
             .assert()
@@ -413,6 +354,8 @@ fn every_root_a_dispatcher_used_is_looked_at_and_only_its_own() {
     with_default_paths_private(|| {
         let (tmp, hooks, plugins) =
             installed_with(|t| format!("log = \"{0}/audit.jsonl\"\nstate = \"{0}/own-root\"\n", t.display()));
+        // The system hooks dir: only its dispatchers default to the system root.
+        make_system_hooks_dir(&hooks);
         noting(tmp.path(), &plugins, "10-reserve", true);
         as_libvirt_xml(&hooks, ["db1", "prepare", "begin", "-"])
             .assert()
@@ -461,6 +404,8 @@ fn every_root_a_dispatcher_used_is_looked_at_and_only_its_own() {
 fn a_root_nested_in_the_default_is_a_root_of_its_own_both_ways() {
     with_default_paths_private(|| {
         let (tmp, hooks, plugins) = installed_with(|t| format!("log = \"{}/audit.jsonl\"\n", t.display()));
+        // The system hooks dir: only its dispatchers default to the system root.
+        make_system_hooks_dir(&hooks);
         noting(tmp.path(), &plugins, "10-reserve", true);
         let toml = |state: &str| {
             let extra = if state.is_empty() {

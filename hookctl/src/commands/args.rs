@@ -29,6 +29,47 @@ pub(crate) struct InputArgs {
     pub(crate) wasm_memory: Option<u32>,
 }
 
+/// `--log FILE|none` and `--state DIR`: the dispatcher's `log` and `state` for one run,
+/// in place of what `hookctl.toml` says (or its defaults).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct SettingsArgs {
+    /// The audit log for this run instead of `log` in hookctl.toml (an absolute path), or
+    /// `none`: no audit row.
+    #[arg(long, value_name = "FILE|none", value_parser = parse_log)]
+    pub(crate) log: Option<LogArg>,
+    /// Where plugins with `state = true` keep their state in this run, instead of `state`
+    /// in hookctl.toml (an absolute path).
+    #[arg(long, value_name = "DIR", value_parser = parse_state)]
+    pub(crate) state: Option<PathBuf>,
+}
+
+impl SettingsArgs {
+    /// As the settings take them.
+    pub(crate) fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            log: self.log.clone().map(|l| l.0),
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// `--log FILE|none`: the file, or `None` for `none`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LogArg(pub(crate) Option<PathBuf>);
+
+/// `--log`: `none`, or a path as `log` in hookctl.toml takes it.
+pub(crate) fn parse_log(s: &str) -> Result<LogArg, String> {
+    match s {
+        "none" => Ok(LogArg(None)),
+        path => crate::config::absolute_path("--log", path).map(|p| LogArg(Some(p))),
+    }
+}
+
+/// `--state`: a path as `state` in hookctl.toml takes it.
+fn parse_state(s: &str) -> Result<PathBuf, String> {
+    crate::config::absolute_path("--state", s)
+}
+
 /// libvirt's driver and four arguments, as a hook script receives them.
 #[derive(Debug, Args)]
 pub(crate) struct EventCli {

@@ -68,7 +68,7 @@ pub(crate) fn exec(dir: &Path, args: CheckArgs) -> Outcome {
                     );
                 }
             }
-            if let Ok(log) = &settings.log {
+            if let Ok(Some(log)) = &settings.log {
                 match crate::audit::check(log) {
                     Ok(()) => {}
                     // The dispatcher refuses what it cannot record: a missing directory

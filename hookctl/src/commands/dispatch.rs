@@ -11,7 +11,7 @@ use clap::Args;
 use virt_hooks_core::text::Limit;
 use virt_hooks_core::{Driver, HookEvent, HooksDir, RawEvent, Report};
 
-use super::args::EventCli;
+use super::args::{EventCli, SettingsArgs};
 use super::Outcome;
 use crate::audit::line::AuditLine;
 use crate::output;
@@ -21,6 +21,8 @@ pub(crate) struct DispatchArgs {
     /// The plugins dir (exec scripts, `*.so`, `*.wasm`, sidecar `*.toml` settings).
     #[arg(long, value_name = "DIR")]
     pub(crate) plugins: PathBuf,
+    #[command(flatten)]
+    pub(crate) settings: SettingsArgs,
     #[command(flatten)]
     pub(crate) event: EventCli,
 }
@@ -48,13 +50,20 @@ pub(crate) fn dispatcher_dir(plugins: &Path, driver: Driver, config: &crate::con
         .with_default_timeout(config.timeout)
         .with_reconnect_failure(virt_hooks_core::OnReconnectFailure::Log)
         .with_state_root(Some(virt_hooks_core::state::StateRoot::new(&config.state)));
+    match hooks_dir_of(plugins, driver) {
+        Some(hooks) => dir.with_main_script(saved_original(&hooks, driver)),
+        None => dir,
+    }
+}
+
+/// The hooks dir of a plugins dir named `<driver>.plugins` (as `install` makes it): where
+/// the saved original hook and the record of state roots are. `None` for a plugins dir
+/// of another name (`dispatch --plugins /tmp/try`), whose parent is nobody's hooks dir.
+pub(crate) fn hooks_dir_of(plugins: &Path, driver: Driver) -> Option<PathBuf> {
     let named_for_driver = plugins
         .file_name()
         .is_some_and(|n| n.to_str() == Some(&format!("{}.plugins", driver.as_str())));
-    match plugins.parent() {
-        Some(hooks) if named_for_driver => dir.with_main_script(saved_original(hooks, driver)),
-        _ => dir,
-    }
+    named_for_driver.then(|| crate::config::hooks_dir_of(plugins))
 }
 
 /// Whether we were run as a hook script: `argv[0]`'s file name is a driver and four
@@ -67,11 +76,27 @@ pub(crate) fn invoked_as_hook(args: &[OsString]) -> Option<Driver> {
 }
 
 pub(crate) fn exec(args: DispatchArgs) -> Outcome {
-    Ok(dispatch(&args.plugins, args.event.driver, args.event.args()))
+    let overrides = args.settings.overrides();
+    Ok(dispatch(
+        &args.plugins,
+        args.event.driver,
+        args.event.args(),
+        &overrides,
+        true,
+    ))
 }
 
-/// Runs the plugins for one event; `true` when libvirt should see success.
-pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> bool {
+/// Runs the plugins for one event; `true` when libvirt should see success. `overrides`
+/// replace `hookctl.toml`'s `log` and `state` (`--log`, `--state`); `by_hand` is set for
+/// `hookctl dispatch`, which says when no audit row is written (libvirt keeps a hook's
+/// stderr only when the event fails, and then shows it to the user).
+pub(crate) fn dispatch(
+    plugins: &Path,
+    driver: Driver,
+    args: [OsString; 4],
+    overrides: &crate::config::Overrides,
+    by_hand: bool,
+) -> bool {
     let start = Instant::now();
     // Every audit line carries when the event started, the crash line included.
     let started = SystemTime::now();
@@ -82,19 +107,19 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if driver != Driver::Daemon || !input.is_empty() {
         event = event.with_input(Some(input));
     }
-    let mut settings = crate::config::settings(plugins);
+    let mut settings = crate::config::settings(plugins).overridden(overrides);
     super::dispatch_settings::report(&settings);
     // A log that cannot be opened is as unusable as a wrong `log` key: opened before
     // any plugin runs, so that what cannot be recorded can still be refused.
     let log_file = match &settings.log {
-        Ok(log) => match crate::audit::open(log) {
+        Ok(Some(log)) => match crate::audit::open(log) {
             Ok(file) => Some(file),
             Err(e) => {
                 settings.log = Err(crate::config::ConfigError::unopenable_log(log, &e.to_string()));
                 None
             }
         },
-        Err(_) => None,
+        Ok(None) | Err(_) => None,
     };
     let registry = super::dispatch_settings::registry(plugins, driver, &settings, &event);
     let result = registry.fire_blocking(&event);
@@ -140,10 +165,21 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     if !stdin_ok {
         notes.line("hookctl: could not read stdin; the plugins got what was read".into());
     }
+    if let (Ok(None), true) = (&settings.log, by_hand) {
+        notes.line(match overrides.log {
+            Some(None) => "hookctl: note: --log none: this dispatch is in no audit log".to_owned(),
+            _ => format!(
+                "hookctl: note: no audit log: {} is not in {} and its hookctl.toml names no `log` (set one there, or pass --log FILE)",
+                output::path(plugins),
+                output::path(&crate::config::system_hooks_dir())
+            ),
+        });
+    }
     // State of this object left under the default root when `state` moved: this last
-    // event could not reach it (the plugins undid nothing of it).
-    let hooks_dir = plugins.parent().unwrap_or(Path::new("/"));
-    if let (Ok(root), false) = (&settings.state, driver == Driver::Daemon) {
+    // event could not reach it (the plugins undid nothing of it). Only a plugins dir in
+    // a hooks dir keeps a record of its roots.
+    let hooks_dir = hooks_dir_of(plugins, driver);
+    if let (Ok(root), false, Some(hooks_dir)) = (&settings.state, driver == Driver::Daemon, &hooks_dir) {
         // Once it exists, the root is recorded: a later move of `state` leaves no state
         // unseen (`hookctl state`, `check`, `uninstall` and this warning read it). The
         // daemon has no objects, so no state.
@@ -151,17 +187,24 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
             super::state::record_root(hooks_dir, driver, root);
         }
     }
-    let orphaned: Vec<PathBuf> = match (&settings.state, virt_hooks_core::state::state_ends_object(&event)) {
-        (Ok(root), true) => super::state::orphaned(hooks_dir, driver, &virt_hooks_core::state::StateRoot::new(root))
-            .into_iter()
-            .filter(|e| e.object == event.os_args()[0])
-            .map(|e| e.path)
-            .collect(),
+    let ends = virt_hooks_core::state::state_ends_object(&event);
+    let orphaned: Vec<PathBuf> = match (&settings.state, ends, &hooks_dir) {
+        (Ok(root), true, Some(hooks_dir)) => {
+            super::state::orphaned(hooks_dir, driver, &virt_hooks_core::state::StateRoot::new(root))
+                .into_iter()
+                .filter(|e| e.object == event.os_args()[0])
+                .map(|e| e.path)
+                .collect()
+        }
         _ => Vec::new(),
+    };
+    let elsewhere = match overrides.state {
+        Some(_) => "a root other than this run's --state",
+        None => "a root hookctl.toml no longer names",
     };
     for path in &orphaned {
         notes.line(format!(
-            "hookctl: warning: {} holds state of this object under a root hookctl.toml no longer names: this event did not reach it ({})",
+            "hookctl: warning: {} holds state of this object under {elsewhere}: this event did not reach it ({})",
             output::path(path),
             super::state::ORPHANED_HINT
         ));
@@ -175,7 +218,8 @@ pub(crate) fn dispatch(plugins: &Path, driver: Driver, args: [OsString; 4]) -> b
     let mut record = AuditLine::new(plugins, &event, &report, ok, (start, started), config_error);
     record.state_orphaned(&orphaned);
     let not_written = match &settings.log {
-        Ok(log) => crate::audit::append(log, log_file, &record.to_bytes(), crate::audit::ROTATE_BYTES)
+        Ok(None) => None,
+        Ok(Some(log)) => crate::audit::append(log, log_file, &record.to_bytes(), crate::audit::ROTATE_BYTES)
             .err()
             .map(|e| {
                 format!(

@@ -34,8 +34,11 @@ use crate::output;
 /// stderr, and virsh shows it when the event fails).
 pub(crate) fn report(settings: &Settings) {
     for mistake in &settings.mistakes {
-        let spoils = |key: &Result<PathBuf, ConfigError>| key.as_ref().err() == Some(mistake);
-        let (log, state) = (spoils(&settings.log), spoils(&settings.state));
+        let spoils = |err: Option<&ConfigError>| err == Some(mistake);
+        let (log, state) = (
+            spoils(settings.log.as_ref().err()),
+            spoils(settings.state.as_ref().err()),
+        );
         let text = mistake.to_string();
         let text = output::message(&text);
         if log && state && mistake.line.is_none() {
@@ -88,10 +91,8 @@ pub(crate) fn registry(plugins: &Path, driver: Driver, settings: &Settings, even
         return RegistryBuilder::new().hook(driver, gate).build();
     }
     let config = DispatchConfig {
-        timeout: settings.timeout,
-        journal: settings.journal,
         state: settings.state.clone().unwrap_or_default(),
-        ..DispatchConfig::default()
+        ..settings.in_effect()
     };
     let mut dir = super::dispatch::dispatcher_dir(plugins, driver, &config);
     let mut builder = RegistryBuilder::new();

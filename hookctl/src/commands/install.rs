@@ -200,6 +200,14 @@ pub(crate) fn install(dir: &Path, args: InstallArgs) -> Outcome {
         );
     }
     apparmor_note(&exe);
+    if !crate::config::is_system_hooks_dir(dir) {
+        outln!(
+            "note: {} is not {}: its dispatchers write no audit log, and plugins with `state = true` keep theirs in <driver>.plugins/{}, unless hookctl.toml there sets `log` and `state`",
+            crate::output::path(dir),
+            crate::output::path(&crate::config::system_hooks_dir()),
+            crate::config::OWN_STATE_DIR
+        );
+    }
     if new_hook {
         outln!("libvirt reads which hooks exist at start: restart it, or send it SIGHUP, to pick them up.");
     }

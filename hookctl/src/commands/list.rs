@@ -30,6 +30,12 @@ struct DriverListing {
     /// For a plugins dir: the audit log its dispatcher writes.
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<String>,
+    /// For a plugins dir whose dispatcher writes no audit log: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_log: Option<String>,
+    /// For a plugins dir: the root of its plugins' state directories, when it can be used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_root: Option<String>,
     /// For a plugins dir: why the dispatcher will not run it, if it will not.
     #[serde(skip_serializing_if = "Option::is_none")]
     not_run: Option<String>,
@@ -179,8 +185,13 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
             l.plugins_dir = Some(plugins.display().to_string());
             if let Ok(state) = &settings.state {
                 l.state = state_views(&virt_hooks_core::state::StateRoot::new(state), d);
+                l.state_root = Some(state.display().to_string());
             }
-            l.log = settings.log.as_ref().ok().map(|log| log.display().to_string());
+            match &settings.log {
+                Ok(Some(log)) => l.log = Some(log.display().to_string()),
+                Ok(None) => l.no_log = Some(no_log_why(dir)),
+                Err(_) => {}
+            }
             if let Err(e) = settings.config() {
                 l.error = Some(format!("{e} (the other settings apply; `hookctl check`)"));
             }
@@ -208,13 +219,16 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
         }
         match (&l.plugins_dir, &l.not_run) {
             (Some(p), None) => {
-                let log = l
-                    .log
-                    .as_deref()
-                    .map(|log| format!("; audit log {}", name(log)))
+                let log = match (&l.log, &l.no_log) {
+                    (Some(log), _) => format!("; audit log {}", name(log)),
+                    (None, Some(why)) => format!("; no audit log: {}", message(why)),
+                    (None, None) => String::new(),
+                };
+                let state = (l.state_root.as_deref())
+                    .map(|root| format!("; state root {}", name(root)))
                     .unwrap_or_default();
                 text.push_str(&format!(
-                    "{} plugins ({}, run by the hookctl dispatcher{log}):\n",
+                    "{} plugins ({}, run by the hookctl dispatcher{log}{state}):\n",
                     l.driver,
                     name(p)
                 ));
@@ -282,6 +296,15 @@ pub(crate) fn exec(dir: &Path, args: ListArgs) -> Outcome {
     }
     output::stdout(text.as_bytes());
     Ok(true)
+}
+
+/// Why the plugins dirs of the hooks dir `dir` write no audit log by default.
+fn no_log_why(dir: &Path) -> String {
+    format!(
+        "{} is not {} and hookctl.toml names no `log`",
+        dir.display(),
+        crate::config::system_hooks_dir().display()
+    )
 }
 
 /// Which containment exec hooks get (a cgroup of their own, or a per-hook subreaper), on
@@ -371,6 +394,7 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
             let mut order = 0;
             let entries = entries
                 .into_iter()
+                .filter(|e| !super::is_own_state_dir(hooks, e, driver))
                 .map(|e| {
                     let path = e.path.display().to_string();
                     let warning = super::misplaced_plugin(hooks, &e, driver).or_else(|| e.stray_settings_warning());
@@ -465,6 +489,8 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
                 driver,
                 plugins_dir: None,
                 log: None,
+                no_log: None,
+                state_root: None,
                 not_run: None,
                 entries,
                 error: None,
@@ -476,6 +502,8 @@ fn listing(hooks: &HooksDir, driver: Driver) -> DriverListing {
             driver,
             plugins_dir: None,
             log: None,
+            no_log: None,
+            state_root: None,
             not_run: None,
             entries: Vec::new(),
             error: Some(format!("cannot read `{}`: {e}", hooks.drop_in_dir(driver).display())),

@@ -75,6 +75,17 @@ pub(crate) fn misplaced_plugin(
     ))
 }
 
+/// Whether `entry` is hookctl's own state root in a plugins dir (`<plugins>/.state`, the
+/// default outside the system hooks dir): nothing anyone put there to run, so views
+/// leave it out rather than call it a leftover.
+pub(crate) fn is_own_state_dir(
+    dir: &virt_hooks_core::HooksDir,
+    entry: &virt_hooks_core::backend::DirEntry,
+    driver: virt_hooks_core::Driver,
+) -> bool {
+    dir.is_flat() && entry.path == dir.drop_in_dir(driver).join(crate::config::OWN_STATE_DIR)
+}
+
 /// Warns about plugins in libvirt's `<driver>.d/`, which `run`/`simulate` load but
 /// libvirt would not. The file name is anyone's who can write there: escaped.
 pub(crate) fn warn_misplaced(dir: &virt_hooks_core::HooksDir, driver: virt_hooks_core::Driver) {

@@ -5,14 +5,17 @@ use std::path::Path;
 use clap::Args;
 use virt_hooks_core::{HookEvent, RawEvent};
 
-use super::args::{EventCli, InputArgs};
-use super::{require_dir, Outcome};
+use super::args::{EventCli, InputArgs, SettingsArgs};
+use super::{require_dir, Outcome, UsageError};
 use crate::output;
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) event: EventCli,
+    // For `<DIR>/<DRIVER>` when it is hookctl: the dispatcher libvirt runs.
+    #[command(flatten)]
+    pub(crate) settings: SettingsArgs,
     #[command(flatten)]
     pub(crate) input: InputArgs,
 }
@@ -31,7 +34,15 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
             output::name(event.op())
         );
     }
-    let registry = super::registry(dir, args.input.timeout, args.input.wasm_memory);
+    let registry = if args.settings.overrides().is_empty() {
+        super::registry(dir, args.input.timeout, args.input.wasm_memory)
+    } else {
+        let hooks = super::hooks_dir(dir, args.input.wasm_memory);
+        virt_hooks_core::RegistryBuilder::new()
+            .hooks_dir_with(told_dispatcher(hooks, event.driver(), &args.settings)?)
+            .timeout(args.input.timeout)
+            .build()
+    };
     registry
         .hooks_dirs()
         .for_each(|d| super::warn_misplaced(d, event.driver()));
@@ -87,4 +98,108 @@ pub(crate) fn exec(dir: &Path, args: RunArgs) -> Outcome {
         );
     }
     Ok(ok)
+}
+
+/// `hooks` with its main script `<dir>/<driver>`, hookctl's dispatcher, run as `hookctl
+/// dispatch --plugins <dir>/<driver>.plugins` with `settings` (`--log`, `--state`):
+/// everything else as libvirt runs it (its environment, stdin, limits, and the `.d`
+/// hooks after it). Refused when the main script is not hookctl, which would not take
+/// them: a script around hookctl would run the dispatcher on the configured log and state.
+fn told_dispatcher(
+    hooks: virt_hooks_core::HooksDir,
+    driver: virt_hooks_core::Driver,
+    settings: &SettingsArgs,
+) -> Result<virt_hooks_core::HooksDir, UsageError> {
+    let main = hooks.main_path(driver);
+    if !super::install::runs_a_hookctl(&main) {
+        return Err(UsageError(format!(
+            "--log and --state are settings of hookctl's dispatcher, and {} is not hookctl (`hookctl install {driver}` makes it so): nothing here would take them",
+            output::path(&main)
+        )));
+    }
+    let plugins = super::dispatch::plugins_dir_for(&main, driver);
+    let mut leading = vec!["dispatch".into(), "--plugins".into(), plugins.into_os_string()];
+    if let Some(super::args::LogArg(log)) = &settings.log {
+        let log = log.as_ref().map_or("none".into(), |file| file.clone().into_os_string());
+        leading.extend(["--log".into(), log]);
+    }
+    if let Some(state) = &settings.state {
+        leading.extend(["--state".into(), state.clone().into_os_string()]);
+    }
+    // Whatever libvirt's arguments hold, they are the event's, never options.
+    leading.extend(["--".into(), driver.as_str().into()]);
+    told::with_loader(hooks, main, leading)
+}
+
+#[cfg(feature = "exec")]
+mod told {
+    use std::ffi::OsString;
+    use std::fs::Metadata;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use virt_hooks_core::backend::{HookLoader, HookSettings};
+    use virt_hooks_core::{Hook, HooksDir, LoadError};
+    use virt_hooks_exec::{ExecHook, ExecOptions};
+
+    use crate::commands::UsageError;
+
+    pub(super) fn with_loader(hooks: HooksDir, main: PathBuf, leading: Vec<OsString>) -> Result<HooksDir, UsageError> {
+        Ok(hooks.with_loader(ToldDispatcher { main, leading }))
+    }
+
+    /// Loads the one main script, with options from its sidecar as the exec backend's.
+    struct ToldDispatcher {
+        main: PathBuf,
+        leading: Vec<OsString>,
+    }
+
+    impl HookLoader for ToldDispatcher {
+        fn backend(&self) -> &'static str {
+            "hookctl-dispatch"
+        }
+
+        /// Before every other backend: it claims one file.
+        fn priority(&self) -> i32 {
+            0
+        }
+
+        fn claims(&self, path: &Path, meta: &Metadata) -> bool {
+            path == self.main && meta.is_file()
+        }
+
+        fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
+            let mut options = ExecOptions {
+                timeout: settings.effective_timeout(None),
+                ..ExecOptions::default()
+            };
+            if let Some(cap) = settings.max_output {
+                options.max_output = usize::try_from(cap).unwrap_or(usize::MAX);
+            }
+            options.memory_max = settings.memory;
+            Ok(Arc::new(
+                ExecHook::with_options(path, options).with_leading_args(&self.leading),
+            ))
+        }
+
+        fn check(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {
+            virt_hooks_exec::check_executable(path)
+        }
+    }
+}
+
+#[cfg(not(feature = "exec"))]
+mod told {
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    use virt_hooks_core::HooksDir;
+
+    use crate::commands::UsageError;
+
+    pub(super) fn with_loader(_: HooksDir, _: PathBuf, _: Vec<OsString>) -> Result<HooksDir, UsageError> {
+        Err(UsageError(
+            "--log and --state: this hookctl is built without exec hooks, and cannot run the dispatcher".into(),
+        ))
+    }
 }

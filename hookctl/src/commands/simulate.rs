@@ -8,7 +8,7 @@ use virt_hooks_core::events::ReleaseReason;
 use virt_hooks_core::lifecycle::{Scenario, Sequence, StepResult, Verdict};
 use virt_hooks_core::{Driver, Guest, Lifecycle, LifecycleError};
 
-use super::args::{parse_driver, InputArgs};
+use super::args::{parse_driver, parse_log, InputArgs, LogArg};
 use super::{require_dir, Outcome, UsageError};
 use crate::output;
 
@@ -39,6 +39,11 @@ pub(crate) struct SimulateArgs {
     /// removed at the end: never the real guests' state.
     #[arg(long, value_name = "DIR")]
     pub(crate) state: Option<std::path::PathBuf>,
+    /// Write the row the dispatcher would log for each simulated event to FILE (an
+    /// absolute path; never the audit log of real events), for `hookctl log --file FILE`.
+    /// By default, and with `none`, simulated events are in no audit log.
+    #[arg(long, value_name = "FILE|none", value_parser = parse_log)]
+    pub(crate) log: Option<LogArg>,
     #[command(flatten)]
     pub(crate) input: InputArgs,
 }
@@ -106,6 +111,10 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
     if !dispatcher {
         refuse_wrapped_dispatcher(dir, args.driver)?;
     }
+    let trial_log = match args.log.and_then(|LogArg(file)| file) {
+        Some(file) => Some(trial_log(dir, args.driver, dispatcher, file)?),
+        None => None,
+    };
     let registry = simulation(
         dir,
         args.driver,
@@ -120,7 +129,14 @@ pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
         return dry_run(&registry, (scenario, reason, reasons), &guest, dir, args.input.json);
     }
     let lifecycle = Lifecycle::new(&registry).release_reasons(reasons);
+    let started = std::time::SystemTime::now();
     let seq = ran(pollster::block_on(lifecycle.run(scenario, &guest, reason)))?;
+    if let Some(log) = &trial_log {
+        // The plugins ran: their results are printed whatever became of the rows.
+        if let Err(why) = log_rows(log, dir, &seq, &guest, started) {
+            eprintln!("hookctl: warning: {}", output::message(&why));
+        }
+    }
     if !args.input.json {
         let note = if reasons {
             ""
@@ -196,6 +212,71 @@ fn simulation(
         .hooks_dir_with(super::hooks_dir(dir, wasm_memory).without_main_script())
         .timeout(timeout)
         .build()
+}
+
+/// `--log FILE` checked as the dispatcher checks its log (`audit::check`: the trust rule
+/// for its directory, a file of our own), and never the log of real events: the plugins
+/// dir's `log`, or the system's.
+fn trial_log(
+    dir: &Path,
+    driver: Driver,
+    dispatcher: bool,
+    file: std::path::PathBuf,
+) -> Result<std::path::PathBuf, UsageError> {
+    let shown = output::path(&file);
+    if !dispatcher {
+        return Err(UsageError(format!(
+            "--log {shown}: {} is not hookctl, so no dispatcher runs here and no event would be logged (`hookctl install {driver}`)",
+            output::path(&dir.join(driver.as_str()))
+        )));
+    }
+    let plugins = super::dispatch::plugins_dir_for(&dir.join(driver.as_str()), driver);
+    let real_logs = crate::config::settings(&plugins).in_effect().log.into_iter();
+    for real in real_logs.chain([std::path::PathBuf::from(crate::config::DEFAULT_LOG)]) {
+        if resolved(&file) == resolved(&real) {
+            return Err(UsageError(format!(
+                "--log {shown}: that is {}, the audit log of real events; simulate into another file",
+                output::path(&real)
+            )));
+        }
+    }
+    crate::audit::check(&file).map_err(|e| UsageError(format!("--log {shown}: cannot be written: {e}")))?;
+    Ok(file)
+}
+
+/// Appends to `log` the row the dispatcher would have written for each event of `seq`:
+/// its plugins only (not libvirt's own `<driver>.d/`), each event's time and duration
+/// those of its hooks, one after another from `started`.
+fn log_rows(
+    log: &Path,
+    dir: &Path,
+    seq: &Sequence,
+    guest: &Guest,
+    started: std::time::SystemTime,
+) -> Result<(), String> {
+    let plugins = super::dispatch::plugins_dir_for(&dir.join(guest.driver.as_str()), guest.driver);
+    let libvirts_own = dir.join(format!("{}.d", guest.driver.as_str()));
+    let mut at = started;
+    for step in &seq.steps {
+        let mut report = step.report.clone();
+        report.hooks.retain(|r| !Path::new(&r.name).starts_with(&libvirts_own));
+        let args = report.args();
+        let event =
+            virt_hooks_core::RawEvent::from_os_args(report.driver, [0, 1, 2, 3].map(|i| args.get(i).to_owned()))
+                .with_input(Some(guest.xml.as_bytes().to_vec()));
+        let times = (std::time::Instant::now(), at);
+        let mut line = crate::audit::line::AuditLine::new(&plugins, &event, &report, report.succeeded(), times, None);
+        line.duration_us = Some(report.duration().as_micros() as u64);
+        crate::audit::append(log, None, &line.to_bytes(), crate::audit::ROTATE_BYTES).map_err(|e| {
+            format!(
+                "--log {}: cannot be written, so the rows from `{}` on are in no log: {e}",
+                output::path(log),
+                report.args_line()
+            )
+        })?;
+        at += step.report.duration();
+    }
+    Ok(())
 }
 
 /// A hook script that wraps hookctl's dispatcher (`exec hookctl dispatch --plugins ...`)
@@ -431,7 +512,14 @@ fn dry_run(
     let mut certain_failure = false;
     let scanned: Vec<_> = registry
         .hooks_dirs()
-        .map(|d| d.scan(guest.driver).map_err(|e| (d.drop_in_dir(guest.driver), e)))
+        .map(|d| {
+            let entries = d.scan(guest.driver).map_err(|e| (d.drop_in_dir(guest.driver), e));
+            entries.map(|all| {
+                all.into_iter()
+                    .filter(|e| !super::is_own_state_dir(d, e, guest.driver))
+                    .collect::<Vec<_>>()
+            })
+        })
         .collect();
     for entries in &scanned {
         match entries {

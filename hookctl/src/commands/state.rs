@@ -216,11 +216,16 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 }
 
 /// The roots recorded for `driver` (with the default one for the system hooks dir of an
-/// earlier version, which recorded none).
+/// earlier version, which recorded none). The system root is the system hooks dir's
+/// alone: another dir's dispatcher used it only by default before issue 22 (a scratch
+/// dir's trial), and what is there now is the real guests' state, not that dir's.
 fn used_roots(hooks_dir: &Path, driver: Driver) -> Vec<PathBuf> {
+    let system_root = Path::new(virt_hooks_core::state::SYSTEM_STATE_ROOT);
     let mut recorded = recorded_roots(hooks_dir, driver);
-    if recorded.is_empty() && hooks_dir == Path::new("/etc/libvirt/hooks") {
-        recorded.push(PathBuf::from(virt_hooks_core::state::SYSTEM_STATE_ROOT));
+    if !crate::config::is_system_hooks_dir(hooks_dir) {
+        recorded.retain(|root| !same_dir(root, system_root));
+    } else if recorded.is_empty() {
+        recorded.push(system_root.to_owned());
     }
     recorded
 }

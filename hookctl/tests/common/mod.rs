@@ -4,8 +4,91 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command as Std;
 
 use assert_cmd::Command;
+
+/// The system's default audit log and state root's top, as hookctl has them.
+pub const DEFAULT_LOG: &str = "/var/log/libvirt/hookctl.jsonl";
+pub const DEFAULT_STATE: &str = "/run/virt-hooks";
+
+/// Makes a debug build take another dir for the system hooks dir (`/etc/libvirt/hooks`),
+/// whose plugins dirs default to the system's log and state root: only ever set inside
+/// [`with_default_paths_private`], where those are not the host's.
+pub const SYSTEM_HOOKS_DIR_ENV: &str = "HOOKCTL_TEST_SYSTEM_HOOKS_DIR";
+
+/// Set for the run of a test binary inside the namespace: the test to run there.
+const PRIVATE_INNER: &str = "HOOKCTL_PRIVATE_PATHS_TEST_INNER";
+/// The mount namespace the run started in, which the inner run must not be in.
+const PRIVATE_OUTER_NS: &str = "HOOKCTL_PRIVATE_PATHS_TEST_OUTER_NS";
+
+fn mount_ns() -> String {
+    fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string()
+}
+
+/// Runs `body` as root in a private mount namespace with empty tmpfs mounts on `/run`
+/// and `/var/log` (holding an empty `libvirt/`), so that the system's default log and
+/// state root (`/var/log/libvirt/hookctl.jsonl`, `/run/virt-hooks/state`) are never the
+/// host's, and whatever writes there is seen: the test binary runs itself again under
+/// `unshare`, for this one test (libtest names a test's thread after it). Needs root
+/// and util-linux `unshare`; skipped loudly otherwise.
+pub fn with_default_paths_private(body: impl FnOnce()) {
+    let thread = std::thread::current();
+    let name = thread.name().expect("a test's thread is named after the test");
+    if let Ok(inner) = std::env::var(PRIVATE_INNER) {
+        assert_eq!(inner, name);
+        let outer = std::env::var(PRIVATE_OUTER_NS).unwrap();
+        assert_ne!(mount_ns(), outer, "not in a private mount namespace");
+        for dir in ["/run", "/var/log"] {
+            let status = Std::new("mount")
+                .args(["-t", "tmpfs", "-o", "mode=0755", "hookctl-private-paths-test", dir])
+                .status()
+                .unwrap();
+            assert!(status.success(), "mounting a tmpfs on {dir}: {status}");
+        }
+        fs::create_dir("/var/log/libvirt").unwrap();
+        body();
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED {name}: needs root (a private mount namespace over the default log and state paths)");
+        return;
+    }
+    let probe = Std::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .status();
+    if !matches!(&probe, Ok(s) if s.success()) {
+        eprintln!("SKIPPED {name}: `unshare --mount` is unavailable here ({probe:?})");
+        return;
+    }
+    let out = Std::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(PRIVATE_INNER, name)
+        .env(PRIVATE_OUTER_NS, mount_ns())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "in the private namespace ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprint!("{stderr}");
+}
+
+/// Makes `hooks` the system hooks dir for every hookctl this test runs (also through
+/// [`libvirt_env`]); only inside [`with_default_paths_private`], which runs one test per
+/// process.
+pub fn make_system_hooks_dir(hooks: &Path) {
+    assert!(
+        std::env::var_os(PRIVATE_INNER).is_some(),
+        "the system hooks dir's defaults are the host's paths outside the private namespace"
+    );
+    std::env::set_var(SYSTEM_HOOKS_DIR_ENV, hooks);
+}
 
 pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hookctl"))
@@ -47,12 +130,17 @@ pub fn as_libvirt_for(hooks: &Path, driver: &str, args: [&str; 4]) -> Command {
     cmd
 }
 
-/// The environment libvirt gives a hook (and no WASM disk cache).
+/// The environment libvirt gives a hook (and no WASM disk cache; and the test's system
+/// hooks dir, [`make_system_hooks_dir`]).
 pub fn libvirt_env(cmd: &mut Command) -> &mut Command {
     cmd.env_clear()
         .env("LC_ALL", "C")
         .env("PATH", "/usr/bin:/bin")
-        .env("VIRT_HOOKS_WASM_CACHE", "off")
+        .env("VIRT_HOOKS_WASM_CACHE", "off");
+    if let Some(system) = std::env::var_os(SYSTEM_HOOKS_DIR_ENV) {
+        cmd.env(SYSTEM_HOOKS_DIR_ENV, system);
+    }
+    cmd
 }
 
 /// `hookctl --hooks-dir HOOKS ARGS...`, with no WASM disk cache.

@@ -114,6 +114,9 @@ pub(crate) fn exec(hooks_dir: &Path, explicit_dir: bool, args: LogArgs) -> Outco
         }
     }
     let logs = which_logs(hooks_dir, explicit_dir, args.file.as_deref())?;
+    if logs.is_empty() {
+        return Ok(true);
+    }
     let ctx = Ctx {
         hooks_dir,
         json: args.json,

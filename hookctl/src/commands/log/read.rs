@@ -34,7 +34,8 @@ enum Origin {
 
 /// `--file`; else the logs the dispatchers of `hooks_dir` write (each `<driver>.plugins/
 /// hookctl.toml`'s `log =`, the default for a plugins dir without one), deduplicated;
-/// else the default.
+/// else the default, unless the plugins dirs there write none (outside the system hooks
+/// dir, without `log =`): then none, said on stderr, rather than the system's log.
 pub(super) fn which_logs(hooks_dir: &Path, explicit_dir: bool, file: Option<&Path>) -> Result<Vec<Log>, UsageError> {
     if let Some(file) = file {
         return Ok(vec![Log {
@@ -46,12 +47,17 @@ pub(super) fn which_logs(hooks_dir: &Path, explicit_dir: bool, file: Option<&Pat
         crate::commands::require_dir(hooks_dir)?;
     }
     let mut logs: Vec<Log> = Vec::new();
+    let mut unlogged = Vec::new();
     for driver in Driver::ALL {
         let Some(plugins) = crate::commands::plugins_dir(hooks_dir, driver) else {
             continue;
         };
         let path = match crate::config::settings(&plugins).log {
-            Ok(log) => log,
+            Ok(Some(log)) => log,
+            Ok(None) => {
+                unlogged.push(driver.as_str());
+                continue;
+            }
             Err(e) => {
                 eprintln!(
                     "hookctl: warning: {}: {} (its dispatcher writes no audit log until this is fixed; run `hookctl check`)",
@@ -71,6 +77,15 @@ pub(super) fn which_logs(hooks_dir: &Path, explicit_dir: bool, file: Option<&Pat
                 origin: Origin::Drivers(vec![driver.as_str()]),
             }),
         }
+    }
+    if logs.is_empty() && !unlogged.is_empty() {
+        eprintln!(
+            "hookctl: no audit log: the dispatchers of {} ({}) write none, since it is not {} and their hookctl.toml names no `log`; `--file PATH` reads a log",
+            shown(&hooks_dir.to_string_lossy(), NAME_WIDTH),
+            unlogged.join(", "),
+            shown(&crate::config::system_hooks_dir().to_string_lossy(), NAME_WIDTH)
+        );
+        return Ok(logs);
     }
     if logs.is_empty() {
         logs.push(Log {
