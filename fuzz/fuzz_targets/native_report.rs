@@ -9,6 +9,7 @@
 
 use hookctl::native_wire::{bounded, End, Report, MARKER};
 use libfuzzer_sys::fuzz_target;
+use virt_hooks_core::outcome::{LogLevel, LogLine};
 
 /// The token the seed corpus uses (hookctl makes a random one per run).
 const TOKEN: &str = "00112233445566778899aabbccddeeff";
@@ -58,12 +59,23 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let message = bounded(String::from_utf8_lossy(data).into_owned());
+    // The plugin's own log lines travel in the report: any text, even the marker.
+    let log = String::from_utf8_lossy(data)
+        .lines()
+        .take(4)
+        .map(|l| LogLine {
+            level: LogLevel::from_abi(l.len() as i32 % 5),
+            message: l.to_owned(),
+        })
+        .collect();
     round_trip(
         data,
         &Report {
             end: End::Crashed { message },
             stdout_truncated: true,
             stderr_truncated: false,
+            log,
+            warnings: vec![format!("{MARKER} {TOKEN} {{}}")],
         },
     );
 });

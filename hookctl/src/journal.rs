@@ -53,6 +53,9 @@ pub(crate) fn send(enabled: bool, event: &RawEvent, report: &Report, start: Inst
         datagram = entry(event, report, duration_us, SHRUNK_VALUE);
         sent = send_datagram(&datagram);
     }
+    if sent.is_ok() {
+        send_log_lines(event, report);
+    }
     let micros = began.elapsed().as_micros() as u64;
     match sent {
         Ok(()) => {
@@ -91,6 +94,48 @@ pub(crate) fn kernel_log(line: &str) -> io::Result<()> {
         &mut file,
         format!("<3>hookctl[{}]: {text}\n", std::process::id()).as_bytes(),
     )
+}
+
+/// The most log lines of one plugin sent to the journal per event (the last ones).
+const LOG_LINES_SENT: usize = crate::audit::line::LOG_LINES_KEPT;
+
+/// Each plugin's last log lines, one entry each, at journald's priority for its level
+/// (`journalctl -t hookctl HOOK_PLUGIN=…`). Best effort, as the event's entry.
+fn send_log_lines(event: &RawEvent, report: &Report) {
+    for rec in &report.hooks {
+        let from = rec.log.len().saturating_sub(LOG_LINES_SENT);
+        for line in &rec.log[from..] {
+            if send_datagram(&log_entry(event, rec, line)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn log_entry(event: &RawEvent, rec: &HookRecord, line: &virt_hooks_core::outcome::LogLine) -> Vec<u8> {
+    use virt_hooks_core::outcome::LogLevel;
+    let priority = match line.level {
+        LogLevel::Debug => "7",
+        LogLevel::Info => "6",
+        LogLevel::Warn => "4",
+        LogLevel::Error => "3",
+    };
+    let mut buf = Vec::with_capacity(256);
+    let message = format!(
+        "{} {}: {}",
+        one_line(event.object(), 1024),
+        one_line(&rec.name, 1024),
+        one_line(&line.message, MAX_VALUE)
+    );
+    field(&mut buf, "MESSAGE", &cut(&message, MAX_VALUE));
+    field(&mut buf, "PRIORITY", priority);
+    field(&mut buf, "SYSLOG_IDENTIFIER", "hookctl");
+    field(&mut buf, "HOOK_DRIVER", event.driver().as_str());
+    field(&mut buf, "HOOK_OBJECT", &cut(event.object(), MAX_VALUE));
+    field(&mut buf, "HOOK_OP", &cut(event.op(), MAX_VALUE));
+    field(&mut buf, "HOOK_PLUGIN", &cut(&rec.name, MAX_VALUE));
+    field(&mut buf, "HOOK_LOG_LEVEL", line.level.as_str());
+    buf
 }
 
 fn send_datagram(entry: &[u8]) -> io::Result<()> {
@@ -164,7 +209,8 @@ fn message(event: &RawEvent, report: &Report, failed: Option<&HookRecord>, refus
         true => "error, the running guest is spared:",
         false => "failure ignored:",
     };
-    let first = rec.stderr.trim().lines().next().unwrap_or("");
+    let explaining = virt_hooks_core::outcome::explaining_line(&rec.log, rec.stderr.as_bytes()).unwrap_or_default();
+    let first = explaining.as_str();
     let sep = if first.is_empty() { "" } else { ": " };
     format!(
         "{what}: {verdict} {}: {}{sep}{}",
@@ -245,5 +291,46 @@ mod tests {
             optional.contains("\nPRIORITY=4\n") && optional.contains("failure ignored:"),
             "{optional}"
         );
+    }
+
+    /// A plugin's log line is an entry of its own, at its level's priority; a newline in
+    /// it cannot start a field, and a failure's message is its last error line.
+    #[test]
+    fn log_lines_are_entries_at_their_priority_and_explain_a_failure() {
+        let event = RawEvent::new(virt_hooks_core::Driver::Qemu, ["web1", "prepare", "begin", "-"]);
+        let report: Report = serde_json::from_value(serde_json::json!({
+            "driver": "qemu", "object": "web1", "op": "prepare", "subop": "begin", "extra": "-",
+            "policy": "abort", "filters": false, "hooks": [{
+                "name": "/h/qemu.plugins/vcpu.so", "backend": "dylib", "success": false,
+                "status": {"kind": "exited", "code": 1}, "duration_us": 1,
+                "stdout": "", "stderr": "", "input": "original",
+                "log": [
+                    {"level": "debug", "message": "counted 12"},
+                    {"level": "error", "message": "web1 asks for 12 vCPUs\nPRIORITY=0"},
+                    {"level": "info", "message": "refusing"},
+                ],
+            }],
+        }))
+        .unwrap();
+        let event_entry = fields(&entry(&event, &report, 1, MAX_VALUE));
+        assert!(
+            event_entry
+                .contains("refused by /h/qemu.plugins/vcpu.so: exit status 1: web1 asks for 12 vCPUs\\nPRIORITY=0"),
+            "{event_entry}"
+        );
+        let rec = &report.hooks[0];
+        let entries: Vec<String> = rec.log.iter().map(|l| fields(&log_entry(&event, rec, l))).collect();
+        let priorities: Vec<bool> = ["7", "3", "6"]
+            .iter()
+            .zip(&entries)
+            .map(|(p, e)| e.contains(&format!("\nPRIORITY={p}\n")))
+            .collect();
+        assert_eq!(priorities, [true, true, true], "{entries:?}");
+        assert!(
+            entries[1].contains("HOOK_PLUGIN=/h/qemu.plugins/vcpu.so\n"),
+            "{}",
+            entries[1]
+        );
+        assert!(!entries[1].contains("\nPRIORITY=0\n"), "{}", entries[1]);
     }
 }

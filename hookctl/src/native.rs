@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use virt_hooks_core::backend::{HookLoader, HookSettings, TrustPolicy, Untrusted};
+use virt_hooks_core::backend::{HookLoader, HookSettings, PluginConfig, TrustPolicy, Untrusted};
 use virt_hooks_core::error::LoadErrorKind;
 use virt_hooks_core::{Driver, EventArgs, Hook, HookError, HookOutcome, HookStatus, Invocation, LoadError};
 use virt_hooks_exec::{ExecHook, ExecOptions};
@@ -87,17 +87,19 @@ impl HookLoader for NativeHostLoader {
             name: path.display().to_string(),
             host,
             options,
+            config: Arc::new(settings.config.clone()),
         }))
     }
 
-    /// Loads it in the host, which runs its constructors, with a time limit.
-    fn check(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {
-        examine(path, "check")
+    /// Loads it in the host, which runs its constructors and a version 2 plugin's
+    /// `init` with its `[config]`, with a time limit.
+    fn check(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
+        examine(path, "check", &settings.config)
     }
 
     /// Reads its ELF header in the host; nothing of the plugin runs.
-    fn inspect(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {
-        examine(path, "inspect")
+    fn inspect(&self, path: &Path, settings: &HookSettings) -> Result<(), LoadError> {
+        examine(path, "inspect", &settings.config)
     }
 
     /// The host runs as root with the plugin: it must pass the trust rule too.
@@ -162,7 +164,7 @@ fn host_failed(plugin: &Path, what: &str) -> LoadError {
         .with_source(std::io::Error::other(format!("{HOST_NAME} failed: {what}")))
 }
 
-fn examine(plugin: &Path, how: &str) -> Result<(), LoadError> {
+fn examine(plugin: &Path, how: &str, config: &PluginConfig) -> Result<(), LoadError> {
     let host = host().ok_or_else(|| host_missing(plugin))?;
     let options = ExecOptions {
         timeout: Some(CHECK_TIMEOUT),
@@ -171,7 +173,7 @@ fn examine(plugin: &Path, how: &str) -> Result<(), LoadError> {
     let leading = [OsStr::new(how), plugin.as_os_str(), OsStr::new("--")];
     let run = ExecHook::with_options(host, options).with_leading_args(leading);
     let token = token();
-    let input: Arc<[u8]> = header(&token).into_bytes().into();
+    let input: Arc<[u8]> = header(&token, config).into_bytes().into();
     let inv = Invocation::new(Driver::Daemon, EventArgs::new(["-"; 4]), Some(input));
     let mut outcome = run.run_blocking(&inv);
     match host_end(&mut outcome, &token) {
@@ -226,6 +228,7 @@ struct NativeHook {
     name: String,
     host: &'static Path,
     options: ExecOptions,
+    config: Arc<PluginConfig>,
 }
 
 #[async_trait]
@@ -267,7 +270,7 @@ impl Hook for NativeHook {
         };
         let run = ExecHook::with_options(self.host, options).with_leading_args(leading);
         let token = token();
-        let mut input = header(&token).into_bytes();
+        let mut input = header(&token, &self.config).into_bytes();
         input.extend_from_slice(document.map_or(&[][..], |d| &d[..]));
         let mut outcome = run.call(&inv.with_input(Some(input.into()))).await;
         // Messages name the plugin, not the host's command line.
@@ -276,6 +279,10 @@ impl Hook for NativeHook {
             HostEnd::Reported(report) => {
                 outcome.stdout_truncated |= report.stdout_truncated;
                 outcome.stderr_truncated |= report.stderr_truncated;
+                for line in &report.log {
+                    outcome.push_log(line.level, &line.message);
+                }
+                outcome.warnings.extend(report.warnings);
                 outcome.status = self.status(report.end);
             }
             HostEnd::Unusable(why) => {

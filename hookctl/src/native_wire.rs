@@ -1,20 +1,24 @@
 //! How hookctl and `hookctl-native`, the program that runs one native plugin in its own
 //! process, talk. Both programs link it from this library.
 //!
-//! - hookctl writes a header line first on the host's stdin: the protocol, its version
-//!   and a fresh random token; then the event's document, if it has one.
+//! - hookctl writes a header line first on the host's stdin: the protocol, its version,
+//!   a fresh random token and the plugin's `[config]` (a JSON object of texts, on the
+//!   same line: JSON has no raw newline); then the event's document, if it has one.
 //! - The host runs the plugin, writes what the plugin wrote through the ABI (each
 //!   stream cut at the cap it was given), then ends stderr with a report line carrying
-//!   the token, and exits with [`REPORT_STATUS`]. The plugin's own writes to fds 1 and
+//!   the token (with the lines the plugin logged and the host's warnings), and exits
+//!   with [`REPORT_STATUS`]. The plugin's own writes to fds 1 and
 //!   2 go to stderr: only the host writes the document.
 //! - Without that report, the host did not finish its call: the plugin ended the
 //!   process itself (`exit()`, a signal) or the host could not run. Text that merely
 //!   looks like a report (a plugin echoing a guest's description) lacks the token.
 
 use serde::{Deserialize, Serialize};
+use virt_hooks_core::backend::PluginConfig;
+use virt_hooks_core::outcome::{LogLine, MAX_LOG_LINE, MAX_LOG_LINES};
 
 /// Bumped whenever what travels here changes: a host from another build refuses.
-pub const PROTOCOL: &str = "hookctl-native/1";
+pub const PROTOCOL: &str = "hookctl-native/2";
 
 /// The build both sides must come from.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,15 +32,31 @@ pub const UNUSABLE_STATUS: i32 = 126;
 /// Starts the report line, followed by a space, the token, a space and the JSON.
 pub const MARKER: &str = "hookctl-native-report";
 
-/// Room on stderr for the report line beyond the plugin's own output cap.
-pub const REPORT_ROOM: usize = 8 << 10;
+/// Room on stderr for the report line beyond the plugin's own output cap: its lines
+/// of log (each escaped in JSON, at worst 6 bytes for one) and the rest.
+pub const REPORT_ROOM: usize = (8 << 10) + MAX_LOG_LINES * (6 * MAX_LOG_LINE + 32);
 
 /// The longest message a report carries (a panic message, a load error).
 pub const MAX_MESSAGE: usize = 2 << 10;
 
-/// The header line for `token`, newline included.
-pub fn header(token: &str) -> String {
-    format!("{PROTOCOL} {VERSION} {token}\n")
+/// The header line for `token` and a plugin's `config`, newline included.
+pub fn header(token: &str, config: &PluginConfig) -> String {
+    let texts: serde_json::Map<String, serde_json::Value> = config
+        .iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_string())))
+        .collect();
+    format!("{PROTOCOL} {VERSION} {token} {}\n", serde_json::Value::Object(texts))
+}
+
+/// What the header says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The token the report must carry.
+    pub token: String,
+    /// The plugin's `[config]`, each value as text, sorted by key.
+    pub config: Vec<(String, String)>,
+    /// Where the document starts in the host's stdin.
+    pub document_start: usize,
 }
 
 /// Why the host cannot serve what is on its stdin.
@@ -63,11 +83,11 @@ impl std::fmt::Display for HeaderError {
     }
 }
 
-/// The host's side of [`header`]: the token, and where the document starts in `input`.
-pub fn read_header(input: &[u8]) -> Result<(String, usize), HeaderError> {
+/// The host's side of [`header`].
+pub fn read_header(input: &[u8]) -> Result<Header, HeaderError> {
     let newline = input.iter().position(|&b| b == b'\n').ok_or(HeaderError::Missing)?;
     let header = String::from_utf8_lossy(&input[..newline]);
-    let mut words = header.split(' ');
+    let mut words = header.splitn(4, ' ');
     let (Some(protocol), Some(version), Some(token)) = (words.next(), words.next(), words.next()) else {
         return Err(HeaderError::Malformed);
     };
@@ -77,7 +97,26 @@ pub fn read_header(input: &[u8]) -> Result<(String, usize), HeaderError> {
             version: version.to_owned(),
         });
     }
-    Ok((token.to_owned(), newline + 1))
+    let config = match words.next() {
+        None => Vec::new(),
+        Some(json) => {
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(json).map_err(|_| HeaderError::Malformed)?;
+            let mut config = Vec::with_capacity(object.len());
+            for (key, value) in object {
+                match value {
+                    serde_json::Value::String(text) => config.push((key, text)),
+                    _ => return Err(HeaderError::Malformed),
+                }
+            }
+            config
+        }
+    };
+    Ok(Header {
+        token: token.to_owned(),
+        config,
+        document_start: newline + 1,
+    })
 }
 
 /// How the plugin's call ended, and whether the host cut its output.
@@ -91,6 +130,12 @@ pub struct Report {
     /// Whether the plugin's stderr was cut at its cap.
     #[serde(default)]
     pub stderr_truncated: bool,
+    /// What the plugin logged (version 2 plugins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogLine>,
+    /// What the host noticed (writes through the ABI after a call returned, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// How the call ended.
@@ -208,6 +253,11 @@ mod tests {
             },
             stdout_truncated: false,
             stderr_truncated: true,
+            log: vec![LogLine {
+                level: virt_hooks_core::outcome::LogLevel::Error,
+                message: "a forged-looking \"line\"\n{}".into(),
+            }],
+            warnings: vec!["late write".into()],
         }
     }
 
@@ -237,6 +287,8 @@ mod tests {
             end: End::Exited { code: 0 },
             stdout_truncated: false,
             stderr_truncated: false,
+            log: Vec::new(),
+            warnings: Vec::new(),
         };
         for text in [
             forged.line("guessed").into_bytes(),
@@ -259,15 +311,41 @@ mod tests {
 
     #[test]
     fn the_host_reads_the_header_and_leaves_the_document() {
-        let mut input = header("t0k3n").into_bytes();
+        use virt_hooks_core::backend::ConfigValue;
+        let config = PluginConfig::from_entries([
+            ("max_vcpus", ConfigValue::Integer(8)),
+            ("note", ConfigValue::String("two words\nand a \"line\" {}".into())),
+        ])
+        .unwrap();
+        let mut input = header("t0k3n", &config).into_bytes();
         let start = input.len();
-        input.extend_from_slice(b"<domain/>\nhookctl-native/1 x y\n");
-        assert_eq!(read_header(&input), Ok(("t0k3n".to_owned(), start)));
+        assert_eq!(input.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        input.extend_from_slice(b"<domain/>\nhookctl-native/2 x y\n");
+        let read = read_header(&input).unwrap();
+        assert_eq!((read.token.as_str(), read.document_start), ("t0k3n", start));
+        assert_eq!(
+            read.config,
+            [
+                ("max_vcpus".to_owned(), "8".to_owned()),
+                ("note".to_owned(), "two words\nand a \"line\" {}".to_owned())
+            ]
+        );
+        let plain = header("t", &PluginConfig::new());
+        assert_eq!(read_header(plain.as_bytes()).unwrap().config, []);
         assert_eq!(read_header(b"<domain/>"), Err(HeaderError::Missing));
-        assert_eq!(read_header(b"hookctl-native/1 only\n"), Err(HeaderError::Malformed));
+        assert_eq!(read_header(b"hookctl-native/2 only\n"), Err(HeaderError::Malformed));
+        for bad in ["{", "[1]", "{\"k\":1}", "{} trailing"] {
+            let line = format!("{PROTOCOL} {VERSION} t {bad}\n");
+            assert_eq!(read_header(line.as_bytes()), Err(HeaderError::Malformed), "{bad}");
+        }
         let other = format!("{PROTOCOL} 0.0.0-other t\n");
         let err = read_header(other.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("install both from the same build"), "{err}");
+        let older = format!("hookctl-native/1 {VERSION} t\n");
+        assert!(matches!(
+            read_header(older.as_bytes()),
+            Err(HeaderError::OtherBuild { .. })
+        ));
     }
 
     #[test]

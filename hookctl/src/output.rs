@@ -94,6 +94,18 @@ pub(crate) fn short(path: &str, dir: &Path) -> String {
         .map_or_else(|_| path.to_owned(), |p| p.display().to_string())
 }
 
+/// What a failed plugin said: the first lines of its stderr, escaped; when its stderr
+/// is empty, the last line it logged as an error (a version 2 plugin's `log`).
+pub(crate) fn said(rec: &HookRecord) -> String {
+    let stderr = STDERR_LINES.apply(rec.stderr.trim_end());
+    if !stderr.is_empty() {
+        return stderr.into_owned();
+    }
+    virt_hooks_core::outcome::explaining_line(&rec.log, b"")
+        .map(|line| STDERR_LINES.apply(&line).into_owned())
+        .unwrap_or_default()
+}
+
 /// `exit status 1`, `fatal signal 9`, `timed out after 2s`, ... (whole: each sink caps it)
 pub(crate) fn status(rec: &HookRecord) -> String {
     if let Some(why) = &rec.rejected_output {
@@ -101,7 +113,7 @@ pub(crate) fn status(rec: &HookRecord) -> String {
     }
     match &rec.status {
         StatusRecord::Exited { code } => format!("exit status {code}"),
-        StatusRecord::Signaled { signal } => format!("fatal signal {signal}"),
+        StatusRecord::Signaled { signal } => virt_hooks_core::outcome::describe_signal(*signal),
         StatusRecord::TimedOut { after_ms } => {
             format!(
                 "timed out after {}",

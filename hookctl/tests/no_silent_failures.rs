@@ -244,7 +244,7 @@ fn a_crashing_native_plugin_fails_alone_and_is_named_on_stderr_and_in_the_audit_
     let v: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(v["result"], "failed");
     assert_eq!(v["failed_plugin"], so.display().to_string());
-    assert_eq!(v["hooks"][0]["status"], "fatal signal 11");
+    assert_eq!(v["hooks"][0]["status"], "fatal signal 11 (SIGSEGV)");
     assert_eq!(v["object"], "vm");
 }
 

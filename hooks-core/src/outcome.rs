@@ -68,7 +68,7 @@ impl HookStatus {
     pub fn describe(&self) -> String {
         match self {
             HookStatus::Exited(code) => format!("exit status {code}"),
-            HookStatus::Signaled(sig) => format!("fatal signal {sig}"),
+            HookStatus::Signaled(sig) => describe_signal(*sig),
             HookStatus::TimedOut(after) => format!("timeout after {}", crate::report::format_duration(*after)),
             HookStatus::Crashed(why) => format!("crash: {why}"),
             HookStatus::Failed(err) => format!("error: {}", crate::error::chain(err)),
@@ -235,11 +235,59 @@ impl HookOutcome {
         self.stderr = stderr;
     }
 
-    /// The line that explains a failure: the last one logged at `error`, else the last
-    /// non-blank line of stderr that is not Rust's backtrace hint, without its `<N>`.
+    /// The line that explains a failure: the last one logged at `error` (through a log
+    /// channel, or `<3>` on stderr), else the first non-blank line of stderr, as libvirt's
+    /// message starts, without its `<N>`.
     pub fn explaining_line(&self) -> Option<String> {
         explaining_line(&self.log, &self.stderr)
     }
+}
+
+/// libvirt's `fatal signal 11`, with the signal's name: `fatal signal 11 (SIGSEGV)`.
+pub fn describe_signal(signal: i32) -> String {
+    match signal_name(signal) {
+        Some(name) => format!("fatal signal {signal} ({name})"),
+        None => format!("fatal signal {signal}"),
+    }
+}
+
+/// A Linux signal's name (`SIGSEGV` for 11); `None` for a number without one.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    let index = usize::try_from(signal).ok()?.checked_sub(1)?;
+    NAMES.get(index).copied()
 }
 
 /// The line that explains a failure, from a hook's log and stderr: see
@@ -248,12 +296,19 @@ pub fn explaining_line(log: &[LogLine], stderr: &[u8]) -> Option<String> {
     if let Some(line) = log.iter().rev().find(|l| l.level == LogLevel::Error) {
         return Some(line.message.clone());
     }
-    stderr
+    if let Some((_, text)) = stderr
         .split(|&b| b == b'\n')
         .rev()
+        .filter_map(prefixed_level)
+        .find(|(level, _)| *level == LogLevel::Error)
+    {
+        return Some(String::from_utf8_lossy(text).trim().to_owned());
+    }
+    stderr
+        .split(|&b| b == b'\n')
         .map(|l| prefixed_level(l).map_or(l, |(_, text)| text))
         .map(|l| String::from_utf8_lossy(l).trim().to_owned())
-        .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        .find(|l| !l.is_empty())
 }
 
 fn prefixed_level(line: &[u8]) -> Option<(LogLevel, &[u8])> {
@@ -380,10 +435,11 @@ mod tests {
     }
 
     #[test]
-    fn the_explaining_line_is_the_last_error_not_the_first_line() {
-        let panic = "debug: looked at 3 interfaces\nthread 'main' panicked at src/lib.rs:9:5:\nno bridge br0\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
-        let out = HookOutcome::exited(101).with_stderr(panic);
-        assert_eq!(out.explaining_line().as_deref(), Some("no bridge br0"));
+    fn the_explaining_line_is_the_last_error_logged_not_debug_output_before_it() {
+        let noisy = "debug: looked at 3 interfaces\nthread 'main' panicked at src/lib.rs:9:5:\nno bridge br0\n";
+        let out = HookOutcome::exited(101).with_stderr(noisy);
+        // Without a line logged at error, libvirt's own first line.
+        assert_eq!(out.explaining_line().as_deref(), Some("debug: looked at 3 interfaces"));
         let logged = out
             .with_log(LogLevel::Error, "refused: 12 vCPUs, at most 8")
             .with_log(LogLevel::Info, "done");
@@ -392,8 +448,21 @@ mod tests {
             Some("refused: 12 vCPUs, at most 8")
         );
         assert_eq!(HookOutcome::exited(1).explaining_line(), None);
-        let prefixed = HookOutcome::exited(1).with_stderr("<3>disk full\n\n");
-        assert_eq!(prefixed.explaining_line().as_deref(), Some("disk full"));
+        let prefixed = HookOutcome::exited(1).with_stderr("<7>looked\n<3>disk full\n<3>no room left\n<6>bye\n\n");
+        assert_eq!(prefixed.explaining_line().as_deref(), Some("no room left"));
+        let plain = HookOutcome::exited(1).with_stderr("\n  <7>only debug\n");
+        assert_eq!(plain.explaining_line().as_deref(), Some("<7>only debug"));
+    }
+
+    #[test]
+    fn signals_are_named_as_the_kernel_numbers_them() {
+        assert_eq!(HookStatus::Signaled(11).describe(), "fatal signal 11 (SIGSEGV)");
+        assert_eq!(describe_signal(6), "fatal signal 6 (SIGABRT)");
+        assert_eq!(signal_name(9), Some("SIGKILL"));
+        assert_eq!(signal_name(31), Some("SIGSYS"));
+        for unnamed in [0, -1, 32, 64, i32::MIN, i32::MAX] {
+            assert_eq!(describe_signal(unnamed), format!("fatal signal {unnamed}"));
+        }
     }
 
     #[test]

@@ -95,6 +95,35 @@ fn a_panic_is_caught_at_the_boundary() {
 }
 
 #[test]
+fn a_panic_after_debug_noise_is_the_line_that_explains_the_failure() {
+    let hook = DylibHook::load(fixture()).unwrap();
+    let out = call(&hook, &inv("log-then-panic", "start", None));
+    assert!(matches!(out.status, HookStatus::Exited(101)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("debug: some noise first\n"), "{stderr}");
+    let explaining = out.explaining_line().unwrap();
+    assert!(
+        explaining.starts_with("plugin `fixture` panicked: no bridge br0 at "),
+        "{explaining}"
+    );
+    let levels: Vec<_> = out.log.iter().map(|l| l.level.as_str()).collect();
+    assert_eq!(levels, ["debug", "info", "error"]);
+}
+
+#[test]
+fn a_rust_plugin_reads_its_config() {
+    use virt_hooks_core::backend::{ConfigValue, PluginConfig};
+    let config = PluginConfig::from_entries([
+        ("max_vcpus", ConfigValue::Integer(8)),
+        ("bridge", ConfigValue::String("br0".into())),
+    ])
+    .unwrap();
+    let hook = DylibHook::load_with_config(fixture(), &config).unwrap();
+    let out = call(&hook, &inv("config", "prepare", None));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bridge=br0\nmax_vcpus=8\n");
+}
+
+#[test]
 fn the_same_real_path_is_loaded_once() {
     let tmp = tempfile::tempdir().unwrap();
     let link = tmp.path().join("linked.so");

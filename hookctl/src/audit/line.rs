@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use virt_hooks_core::outcome::LogLine;
 use virt_hooks_core::text::Limit;
 use virt_hooks_core::{HookEvent, HookRecord, RawEvent, Report};
 
@@ -158,7 +159,20 @@ pub(crate) struct HookEntry {
     /// Its first warnings, then how many more there were.
     #[serde(default)]
     pub(crate) warnings: Vec<String>,
+    /// The last lines it logged, each cut to an excerpt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) log: Vec<LogLine>,
+    /// How many lines it logged before those.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) log_omitted: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most log lines of one plugin an audit line keeps (the last ones: they explain).
+pub(crate) const LOG_LINES_KEPT: usize = 16;
 
 /// What a filter stage did to the document, in lines (no diff in the log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,7 +297,17 @@ impl HookEntry {
         if more > 0 {
             warnings.push(format!("… ({more} more warnings)"));
         }
+        let kept = r.log.len().saturating_sub(LOG_LINES_KEPT);
+        let log = r.log[kept..]
+            .iter()
+            .map(|l| LogLine {
+                level: l.level,
+                message: capped(&l.message, output::MESSAGE),
+            })
+            .collect();
         HookEntry {
+            log,
+            log_omitted: kept as u64,
             backend: r.backend.clone().into_owned(),
             containment: r.containment.map(|c| c.as_str().to_owned()),
             cpu_us: r.cpu_us,

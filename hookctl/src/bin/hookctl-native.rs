@@ -15,13 +15,14 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use hookctl::native_wire::{bounded, read_header, End, LoadKind, Report, REPORT_STATUS, UNUSABLE_STATUS};
-use virt_hooks_core::backend::{HookLoader, HookSettings};
+use virt_hooks_core::backend::{ConfigValue, HookLoader, HookSettings, PluginConfig};
 use virt_hooks_core::error::LoadErrorKind;
+use virt_hooks_core::outcome::LogLine;
 use virt_hooks_core::{Driver, EventArgs, Hook, HookStatus, Invocation, LoadError};
 
 /// Where the host's results go: its original stdout and stderr, kept aside before any
@@ -49,19 +50,24 @@ fn run() -> i32 {
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
         return unusable(&format!("cannot read stdin: {e}"));
     }
-    let (token, document_start) = match read_header(&input) {
+    let header = match read_header(&input) {
         Ok(header) => header,
         Err(e) => return unusable(&e.to_string()),
     };
-    let document = input.split_off(document_start);
+    let document = input.split_off(header.document_start);
+    let config = match PluginConfig::from_entries(header.config.into_iter().map(|(k, v)| (k, ConfigValue::String(v)))) {
+        Ok(config) => config,
+        Err(why) => return unusable(&format!("an unusable [config] on stdin: {why}")),
+    };
+    let token = header.token;
     let out = match set_aside() {
         Ok(out) => out,
         Err(e) => return unusable(&format!("cannot set up its output: {e}")),
     };
     let (end, plugin_out) = match args.first().and_then(|a| a.to_str()) {
-        Some("call") => call(&args[1..], document),
+        Some("call") => call(&args[1..], document, &config),
         Some(what @ ("check" | "inspect")) => match args.get(1) {
-            Some(plugin) => (examine(what, PathBuf::from(plugin)), None),
+            Some(plugin) => (examine(what, PathBuf::from(plugin), &config), None),
             None => return unusable("usage: hookctl-native check|inspect PLUGIN"),
         },
         _ => return unusable("usage: hookctl-native call|check|inspect ..."),
@@ -86,6 +92,7 @@ fn set_aside() -> std::io::Result<Out> {
 struct PluginOutput {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    log: Vec<LogLine>,
     warnings: Vec<String>,
     stdout_truncated: bool,
     stderr_truncated: bool,
@@ -98,17 +105,18 @@ fn finish(mut out: Out, token: &str, end: End, plugin: Option<PluginOutput>) -> 
         end,
         stdout_truncated: false,
         stderr_truncated: false,
+        log: Vec::new(),
+        warnings: Vec::new(),
     };
     let written = (|| -> std::io::Result<()> {
         if let Some(p) = plugin {
             out.stdout.write_all(&p.stdout)?;
             out.stdout.flush()?;
             out.stderr.write_all(&p.stderr)?;
-            for warning in &p.warnings {
-                writeln!(out.stderr, "hookctl-native: warning: {warning}")?;
-            }
             report.stdout_truncated = p.stdout_truncated;
             report.stderr_truncated = p.stderr_truncated;
+            report.log = p.log;
+            report.warnings = p.warnings.into_iter().map(bounded).collect();
         }
         // Its own line, whatever the plugin's stderr ended with.
         out.stderr.write_all(b"\n")?;
@@ -144,9 +152,10 @@ fn load_end(err: &LoadError) -> End {
 }
 
 /// `check` loads the plugin (running its constructors); `inspect` only reads its header.
-fn examine(what: &str, plugin: PathBuf) -> End {
+fn examine(what: &str, plugin: PathBuf, config: &PluginConfig) -> End {
     let loader = virt_hooks_dylib::DylibLoader;
-    let settings = HookSettings::default();
+    let mut settings = HookSettings::default();
+    settings.config = config.clone();
     let result = if what == "check" {
         loader.check(&plugin, &settings)
     } else {
@@ -158,7 +167,7 @@ fn examine(what: &str, plugin: PathBuf) -> End {
     }
 }
 
-fn call(args: &[OsString], document: Vec<u8>) -> (End, Option<PluginOutput>) {
+fn call(args: &[OsString], document: Vec<u8>, config: &PluginConfig) -> (End, Option<PluginOutput>) {
     let usage = || {
         let message =
             "usage: hookctl-native call [--no-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA";
@@ -191,11 +200,14 @@ fn call(args: &[OsString], document: Vec<u8>) -> (End, Option<PluginOutput>) {
         return usage();
     };
     let input: Option<Arc<[u8]>> = with_input.then(|| document.into());
-    let hook = match virt_hooks_dylib::DylibHook::load(&plugin) {
+    let hook = match virt_hooks_dylib::DylibHook::load_with_config(&plugin, config) {
         Ok(hook) => hook.with_max_output(max_output),
         Err(e) => return (load_end(&e), None),
     };
-    let inv = Invocation::new(driver, EventArgs::new([object, op, subop, extra]), input);
+    // hookctl names the state directory in this process's environment: a version 1
+    // plugin reads it there, a version 2 plugin gets it in its event.
+    let state_dir = std::env::var_os(virt_hooks_exec::STATE_ENV).map(|d| Arc::from(Path::new(&d)));
+    let inv = Invocation::new(driver, EventArgs::new([object, op, subop, extra]), input).with_state_dir(state_dir);
     let outcome = virt_hooks_core::block_on(hook.call(&inv));
     let end = match outcome.status {
         HookStatus::Exited(code) => End::Exited { code },
@@ -211,6 +223,7 @@ fn call(args: &[OsString], document: Vec<u8>) -> (End, Option<PluginOutput>) {
     let output = PluginOutput {
         stdout: outcome.stdout,
         stderr: outcome.stderr,
+        log: outcome.log,
         warnings: outcome.warnings,
         stdout_truncated: outcome.stdout_truncated,
         stderr_truncated: outcome.stderr_truncated,

@@ -316,7 +316,7 @@ pub(crate) fn libvirt_error_line(report: &Report) -> String {
     let failed: Vec<_> = report.hooks.iter().filter(|r| !r.success && !r.optional).collect();
     let mut out = String::new();
     for (shown, rec) in failed.iter().enumerate() {
-        let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
+        let stderr = output::said(rec);
         let sep = if stderr.is_empty() { "" } else { ": " };
         // `check` finds broken files and settings (the plugins' and hookctl.toml's).
         let hint = match (rec.failure, &*rec.backend) {
@@ -355,7 +355,7 @@ pub(crate) fn libvirt_error_line(report: &Report) -> String {
 /// for the operator (libvirt's log keeps our stderr), with what it said and why the guest
 /// still runs.
 fn spared_error(rec: &virt_hooks_core::HookRecord, notes: &mut Notes) {
-    let stderr = output::STDERR_LINES.apply(rec.stderr.trim_end());
+    let stderr = output::said(rec);
     let sep = if stderr.is_empty() { "" } else { ": " };
     notes.line(format!(
         "hookctl: error: {}: {}{sep}{stderr}",

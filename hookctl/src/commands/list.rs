@@ -128,6 +128,9 @@ struct Effective {
     /// In a plugins dir, for a driver with `reconnect`: what a failure there does.
     #[serde(skip_serializing_if = "Option::is_none")]
     on_reconnect_failure: Option<virt_hooks_core::OnReconnectFailure>,
+    /// The sidecar's `[config]`, as the plugin gets it.
+    #[serde(skip_serializing_if = "virt_hooks_core::backend::PluginConfig::is_empty")]
+    config: virt_hooks_core::backend::PluginConfig,
 }
 
 #[derive(Serialize)]
@@ -165,6 +168,7 @@ impl Effective {
             },
             sidecar: s.source.as_ref().map(|p| p.display().to_string()),
             on_reconnect_failure: None,
+            config: s.config.clone(),
         }
     }
 }

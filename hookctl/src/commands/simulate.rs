@@ -313,6 +313,20 @@ fn resolved(path: &Path) -> std::path::PathBuf {
 const NEWEST: (u32, u32) = (10, 5);
 
 /// `9.0`, `10.5.0`, `libvirtd (libvirt) 9.0.0` -> (major, minor).
+/// The most log lines shown per hook; the last ones, which explain.
+const LOG_LINES_SHOWN: usize = 20;
+
+/// A hook's log lines under its row: `            info: moved 2 interfaces`.
+fn render_log(out: &mut String, log: &[virt_hooks_core::outcome::LogLine]) {
+    let skipped = log.len().saturating_sub(LOG_LINES_SHOWN);
+    if skipped > 0 {
+        let _ = writeln!(out, "            … {skipped} earlier log line(s)");
+    }
+    for line in &log[skipped..] {
+        let _ = writeln!(out, "            {}: {}", line.level, output::message(&line.message));
+    }
+}
+
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let v = text.split_whitespace().last()?;
     let mut parts = v.split('.').map(str::parse::<u32>);
@@ -358,7 +372,8 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
                 };
                 let _ = writeln!(out, "    ok      {:<5} {name:<40} {time:>8}{rewrote}", rec.backend);
             } else {
-                let why = output::message(output::first_line(&rec.stderr));
+                let explaining = virt_hooks_core::outcome::explaining_line(&rec.log, rec.stderr.as_bytes());
+                let why = output::message(explaining.as_deref().unwrap_or_default());
                 let sep = if why.is_empty() { "" } else { ": " };
                 let _ = writeln!(
                     out,
@@ -377,6 +392,7 @@ fn render(seq: &Sequence, guest: &Guest, dir: &Path, temporary: bool) -> String 
                     let _ = writeln!(out, "            error logged; the guest keeps running ({reason})");
                 }
             }
+            render_log(&mut out, &rec.log);
         }
         for kept in &r.state_kept {
             let _ = writeln!(

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
+use virt_hooks_core::outcome::LogLevel;
 use virt_hooks_core::text;
 
 use super::filter::{Ctx, Failure};
@@ -84,9 +85,8 @@ impl Ctx<'_> {
         if failure == Failure::NotRun && h.status.starts_with("exit status") {
             text.push_str(" (could not be executed)");
         }
-        let first = output::first_line(&h.stderr);
-        if !first.is_empty() {
-            let _ = write!(text, ": {}", shown(first, DETAIL_WIDTH));
+        if let Some(line) = virt_hooks_core::outcome::explaining_line(&h.log, h.stderr.as_bytes()) {
+            let _ = write!(text, ": {}", shown(&line, DETAIL_WIDTH));
         }
         text
     }
@@ -120,6 +120,14 @@ impl Ctx<'_> {
             let ignored = r.failure(h).is_some_and(|(_, ignored)| ignored);
             let kind = if ignored { "ignored" } else { failure.as_str() };
             let _ = write!(text, "{kind}: {}: {}", name(&h.name), self.why(h, failure));
+        }
+        if pick.is_none() && r.result == "ok" {
+            // What went well, in the plugins' own words: the last line logged above debug.
+            let said = (r.hooks.iter().rev())
+                .find_map(|h| (h.log.iter().rev()).find(|l| l.level > LogLevel::Debug).map(|l| (h, l)));
+            if let Some((h, line)) = said {
+                let _ = write!(text, "{}: {}", name(&h.name), shown(&line.message, DETAIL_WIDTH));
+            }
         }
         if r.document_changed && r.result == "ok" {
             let by: Vec<_> = (r.hooks.iter())

@@ -1,0 +1,222 @@
+//! The plugin author's kit through the dispatcher: `[config]` reaching each backend,
+//! log lines reaching the audit log, `simulate`, `list` and `log`, init refusing a bad
+//! config in `check`, and a Rust plugin built with `panic = "abort"` dying with its
+//! message.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use predicates::str::contains;
+
+mod common;
+use common::*;
+
+/// The version 2 C plugin of the issue: refuses guests with more vCPUs than its config's
+/// `max_vcpus`, logging why.
+const VCPU_LIMIT: &str = r#"
+#include <stdlib.h>
+#include "virt_hook.h"
+static int32_t init(const virt_hook_init *in, void **instance) {
+    const char *max = virt_hook_config(in->config, in->config_len, "max_vcpus");
+    if (!max) { virt_hook_errorf(in->out, "max_vcpus is not set in [config]"); return 1; }
+    long *limit = malloc(sizeof *limit);
+    *limit = strtol(max, NULL, 10);
+    *instance = limit;
+    return 0;
+}
+static void fini(void *instance) { free(instance); }
+static int32_t call(const virt_hook_event *ev) {
+    long max = *(const long *)ev->instance;
+    const char *vcpu = ev->input ? strstr((const char *)ev->input, "<vcpu") : NULL;
+    const char *value = vcpu ? strchr(vcpu, '>') : NULL;
+    long n = value ? strtol(value + 1, NULL, 10) : 1;
+    virt_hook_logf(ev->out, VIRT_HOOK_DEBUG, "counted %ld vCPUs", n);
+    if (n > max) {
+        virt_hook_logf(ev->out, VIRT_HOOK_ERROR, "%s asks for %ld vCPUs, at most %ld", ev->object, n, max);
+        return 1;
+    }
+    virt_hook_logf(ev->out, VIRT_HOOK_INFO, "%s: %ld vCPUs allowed", ev->object, n);
+    return 0;
+}
+static const virt_hook_descriptor d = {
+    VIRT_HOOK_ABI_VERSION_2, sizeof(virt_hook_descriptor), "vcpu-limit", init, fini, call,
+};
+const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
+"#;
+
+fn compile_v2(scratch: &Path, dest: &Path, source: &str) {
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
+    let src = scratch.join("plugin.c");
+    fs::write(&src, source).unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Werror", "-o"])
+        .arg(dest)
+        .arg("-I")
+        .arg(&include)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(built.success());
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+fn domain(vcpus: u32) -> String {
+    format!("<domain type='kvm'><name>vm</name><vcpu placement='static'>{vcpus}</vcpu></domain>\n")
+}
+
+fn last_audit_row(tmp: &Path) -> serde_json::Value {
+    let audit = fs::read_to_string(tmp.join("audit.jsonl")).unwrap();
+    serde_json::from_str(audit.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn a_v2_c_plugin_is_configured_and_its_log_explains_the_refusal_everywhere() {
+    let (tmp, hooks, plugins) = installed();
+    let so = plugins.join("10-vcpu.so");
+    compile_v2(tmp.path(), &so, VCPU_LIMIT);
+    fs::write(plugins.join("10-vcpu.so.toml"), "[config]\nmax_vcpus = 8\n").unwrap();
+
+    let mut big = as_libvirt(&hooks, ["vm", "prepare", "begin", "-"]);
+    big.write_stdin(domain(12))
+        .assert()
+        .code(1)
+        .stderr(contains("vm asks for 12 vCPUs, at most 8"));
+    let row = last_audit_row(tmp.path());
+    let log = &row["hooks"][0]["log"];
+    assert_eq!(log[0]["level"], "debug", "{row}");
+    assert_eq!(
+        log[1],
+        serde_json::json!({"level": "error", "message": "vm asks for 12 vCPUs, at most 8"})
+    );
+
+    let mut small = as_libvirt(&hooks, ["vm", "prepare", "begin", "-"]);
+    small.write_stdin(domain(2)).assert().success();
+    // The table's row for a successful event says what the plugin said it did.
+    hookctl(
+        &hooks,
+        &["log", "--file", tmp.path().join("audit.jsonl").to_str().unwrap()],
+    )
+    .assert()
+    .success()
+    .stdout(contains("vm: 2 vCPUs allowed"))
+    .stdout(contains("vm asks for 12 vCPUs, at most 8"));
+
+    let input = tmp.path().join("big.xml");
+    fs::write(&input, domain(12)).unwrap();
+    hookctl(
+        &hooks,
+        &["simulate", "qemu", "start", "vm", "--input", input.to_str().unwrap()],
+    )
+    .assert()
+    .code(1)
+    .stdout(contains("debug: counted 12 vCPUs"))
+    .stdout(contains("error: vm asks for 12 vCPUs, at most 8"));
+
+    let listed = hookctl(&hooks, &["list", "qemu", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let text = v.to_string();
+    assert!(text.contains(r#""config":{"max_vcpus":8}"#), "{text}");
+}
+
+#[test]
+fn check_runs_init_with_the_config_and_names_what_it_refused() {
+    let (tmp, hooks, plugins) = installed();
+    let so = plugins.join("10-vcpu.so");
+    compile_v2(tmp.path(), &so, VCPU_LIMIT);
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stdout(contains("10-vcpu.so"))
+        .stdout(contains("max_vcpus is not set in [config]"));
+    fs::write(plugins.join("10-vcpu.so.toml"), "[config]\nmax_vcpus = 8\n").unwrap();
+    hookctl(&hooks, &["check", "qemu"]).assert().success();
+    // A value no backend could pass is the sidecar's mistake, with its line.
+    fs::write(plugins.join("10-vcpu.so.toml"), "[config]\nmax_vcpus = [8]\n").unwrap();
+    hookctl(&hooks, &["check", "qemu"])
+        .assert()
+        .code(1)
+        .stdout(contains("10-vcpu.so.toml:1: [config]: `max_vcpus` is a array"));
+}
+
+#[test]
+fn a_script_gets_its_config_in_the_environment_and_logs_with_syslog_prefixes() {
+    let (tmp, hooks, plugins) = installed();
+    script(
+        &plugins.join("10-bridge"),
+        "#!/bin/sh\necho \"<6>moving interfaces to $VIRT_HOOK_CONFIG_BRIDGE\" >&2\necho '<7>details' >&2\nexit 0\n",
+    );
+    fs::write(plugins.join("10-bridge.toml"), "[config]\nbridge = \"br0\"\n").unwrap();
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success();
+    let row = last_audit_row(tmp.path());
+    assert_eq!(
+        row["hooks"][0]["log"],
+        serde_json::json!([
+            {"level": "info", "message": "moving interfaces to br0"},
+            {"level": "debug", "message": "details"},
+        ]),
+        "{row}"
+    );
+}
+
+/// A cdylib crate using the plugin crate, built with `panic = "abort"` in its own
+/// target dir (the plugin crate has no dependencies: it builds offline in seconds).
+fn abort_plugin(scratch: &Path) -> PathBuf {
+    let krate = scratch.join("abort-plugin");
+    fs::create_dir_all(krate.join("src")).unwrap();
+    let plugin_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/plugin");
+    fs::write(
+        krate.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"abort-plugin\"\nversion = \"0.0.0\"\nedition = \"2021\"\n[lib]\ncrate-type = [\"cdylib\"]\n[dependencies]\nvirt-hooks-plugin = {{ path = \"{}\" }}\n[profile.dev]\npanic = \"abort\"\n[workspace]\n",
+            plugin_crate.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        krate.join("src/lib.rs"),
+        r#"use virt_hooks_plugin::{export_hook, Invocation, Plugin};
+struct Aborts;
+impl Plugin for Aborts {
+    const NAME: &'static std::ffi::CStr = c"aborts";
+    fn call(&self, inv: &Invocation<'_>) -> i32 {
+        inv.debug("about to look for the bridge");
+        let bridges: Vec<&str> = Vec::new();
+        let _ = bridges.first().expect("no bridge br0 in this guest");
+        0
+    }
+}
+export_hook!(Aborts);
+"#,
+    )
+    .unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(krate.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", scratch.join("target"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "building the panic = abort plugin");
+    scratch.join("target/debug/libabort_plugin.so")
+}
+
+#[test]
+fn a_rust_plugin_built_with_panic_abort_dies_with_its_message_and_the_signal_named() {
+    let (tmp, hooks, plugins) = installed();
+    let so = abort_plugin(tmp.path());
+    let dest = plugins.join("10-aborts.so");
+    fs::copy(&so, &dest).unwrap();
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o644)).unwrap();
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .code(1)
+        .stderr(contains("fatal signal 6 (SIGABRT)"))
+        .stderr(contains("plugin `aborts` panicked: no bridge br0 in this guest"));
+    let row = last_audit_row(tmp.path());
+    let stderr = row["hooks"][0]["stderr"].as_str().unwrap();
+    assert!(stderr.contains("plugin `aborts` panicked: no bridge br0"), "{row}");
+    assert_eq!(row["hooks"][0]["status"], "fatal signal 6 (SIGABRT)");
+}
