@@ -220,3 +220,139 @@ fn a_rust_plugin_built_with_panic_abort_dies_with_its_message_and_the_signal_nam
     assert!(stderr.contains("plugin `aborts` panicked: no bridge br0"), "{row}");
     assert_eq!(row["hooks"][0]["status"], "fatal signal 6 (SIGABRT)");
 }
+
+/// A cdylib that cargo builds beside the test binaries (a dev-dependency of hookctl).
+fn built_plugin(file: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    [dir.join(file), dir.join("deps").join(file)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{file}: cargo builds it as a dev-dependency"))
+}
+
+fn example(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// The three plugins, as the examples ship them with their sidecars: each is
+/// configured by `[config]` and says in `simulate` what it decided.
+#[test]
+fn the_three_example_plugins_run_with_their_config_and_simulate_shows_their_log() {
+    let (tmp, hooks, plugins) = installed();
+    let c = plugins.join("30-vcpu-limit.so");
+    compile_v2(
+        tmp.path(),
+        &c,
+        &fs::read_to_string(example("examples/plugins/c/vcpu_limit.c")).unwrap(),
+    );
+    fs::copy(
+        example("examples/plugins/c/vcpu_limit.so.toml"),
+        plugins.join("30-vcpu-limit.so.toml"),
+    )
+    .unwrap();
+    let rust = plugins.join("40-bridge-rewrite.so");
+    fs::copy(built_plugin("libbridge_rewrite_plugin.so"), &rust).unwrap();
+    fs::set_permissions(&rust, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(
+        plugins.join("40-bridge-rewrite.so.toml"),
+        "[config]\nfrom = \"br-legacy\"\nto = \"br0\"\n",
+    )
+    .unwrap();
+
+    let input = tmp.path().join("big.xml");
+    let domain = fs::read_to_string(example("examples/domain.xml")).unwrap();
+    fs::write(&input, domain.replace("<vcpu>1</vcpu>", "<vcpu>12</vcpu>")).unwrap();
+    hookctl(
+        &hooks,
+        &["simulate", "qemu", "start", "demo", "--input", input.to_str().unwrap()],
+    )
+    .assert()
+    .code(1)
+    .stdout(contains("error: guest 'demo' asks for 12 vCPUs; this host allows 8"));
+
+    let input = example("examples/domain.xml");
+    let out = hookctl(
+        &hooks,
+        &[
+            "simulate",
+            "qemu",
+            "restore",
+            "demo",
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    )
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("info: moved 1 interface(s) from br-legacy to br0"),
+        "{out}"
+    );
+    assert!(out.contains("<source bridge='br0'/>"), "{out}");
+    let out = hookctl(
+        &hooks,
+        &["simulate", "qemu", "start", "demo", "--input", input.to_str().unwrap()],
+    )
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    assert!(
+        String::from_utf8_lossy(&out).contains("info: guest 'demo': 1 vCPUs, within the limit of 8"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// The vCPU limit in C compiled to WASM with Debian's clang (CI installs it; elsewhere
+/// the test says it cannot run).
+#[test]
+fn the_c_to_wasm_example_is_configured_and_logs_through_stderr_prefixes() {
+    let toolchain = std::process::Command::new("clang").arg("--version").output().is_ok()
+        && Path::new("/usr/lib/wasm32-wasi/libc.a").exists();
+    if !toolchain {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have clang, lld, wasi-libc and libclang-rt-14-dev-wasm32 (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: no clang with wasi-libc here (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32)");
+        return;
+    }
+    let (tmp, hooks, plugins) = installed();
+    let module = plugins.join("30-vcpu-limit.wasm");
+    let built = std::process::Command::new("bash")
+        .arg(example("examples/wasm/build-c.sh"))
+        .arg(&module)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    fs::set_permissions(&module, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::copy(
+        example("examples/wasm/vcpu-limit.wasm.toml"),
+        plugins.join("30-vcpu-limit.wasm.toml"),
+    )
+    .unwrap();
+    let input = tmp.path().join("big.xml");
+    let domain = fs::read_to_string(example("examples/domain.xml")).unwrap();
+    fs::write(&input, domain.replace("<vcpu>1</vcpu>", "<vcpu>12</vcpu>")).unwrap();
+    hookctl(
+        &hooks,
+        &["simulate", "qemu", "start", "demo", "--input", input.to_str().unwrap()],
+    )
+    .assert()
+    .code(1)
+    .stdout(contains("error: guest 'demo' asks for 12 vCPUs; this host allows 8"));
+    let mut big = as_libvirt(&hooks, ["demo", "prepare", "begin", "-"]);
+    big.write_stdin(fs::read(&input).unwrap())
+        .assert()
+        .code(1)
+        .stderr(contains("guest 'demo' asks for 12 vCPUs; this host allows 8"));
+    let row = last_audit_row(tmp.path());
+    assert_eq!(row["hooks"][0]["log"][0]["level"], "error", "{row}");
+}
