@@ -188,7 +188,8 @@ pub struct HookRecord {
     #[serde(default)]
     pub replaced_document: bool,
     /// Why its output was refused although it exited 0: a filter stage's document that
-    /// is cut at the output cap, not well-formed, or has another root element.
+    /// is cut at the output cap, not well-formed, has another root element, or renames
+    /// the guest or changes its UUID (which libvirt would refuse later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_output: Option<String>,
     /// For a stage of a filter event that succeeded: what it did to the document.
