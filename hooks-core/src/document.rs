@@ -273,6 +273,24 @@ fn libvirt_uuid(text: &str) -> Option<[u8; 16]> {
     rest.iter().all(blank).then_some(uuid)
 }
 
+/// The warning for a hook that printed a document (its first byte past blanks and a
+/// BOM is `<`) at event `op`, where libvirt ignores a hook's stdout: an author who
+/// meant to rewrite the XML learns it went nowhere. Plain text (progress lines) and
+/// blank output get none.
+pub(crate) fn ignored_document(op: &str, stdout: &[u8], truncated: bool) -> Option<String> {
+    let start = stdout.iter().position(|b| !b.is_ascii_whitespace())?;
+    let text = &stdout[start..];
+    let text = text.strip_prefix("\u{feff}".as_bytes()).unwrap_or(text);
+    if !text.starts_with(b"<") {
+        return None;
+    }
+    let more = if truncated { "more than " } else { "" };
+    Some(format!(
+        "it printed a document ({more}{} bytes) at `{op}`, where libvirt ignores a hook's output: only `migrate` and `restore` take a new document",
+        stdout.len()
+    ))
+}
+
 /// The `encoding` of an XML declaration at the start of `text` (after a BOM), if any.
 fn declared_encoding(text: &str) -> Option<&str> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);

@@ -203,7 +203,8 @@ pub struct HookRecord {
     /// directory chose [`crate::OnReconnectFailure::Log`], or it could not be loaded.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spared: bool,
-    /// Anything unusual (background process kept the pipes open, output capped, ...).
+    /// Anything unusual (background process kept the pipes open, output capped, a
+    /// document printed where libvirt ignores a hook's output, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// What it logged: through its plugin's log channel, and the lines of its stderr

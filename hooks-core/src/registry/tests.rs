@@ -251,6 +251,54 @@ mod firing {
         );
     }
 
+    #[test]
+    fn a_document_printed_where_libvirt_ignores_output_is_a_warning() {
+        let registry = RegistryBuilder::new()
+            .hook(
+                Driver::Qemu,
+                printing("echoes", 0, "\n  <domain><name>vm2</name></domain>\n"),
+            )
+            .hook(Driver::Qemu, printing("progress", 0, "configuring vm1: done\n"))
+            .hook(Driver::Qemu, printing("quiet", 0, " \n"))
+            .hook(Driver::Qemu, printing("fails", 1, "<domain/>"))
+            .build();
+        let event = QemuEvent::Prepare {
+            name: "vm1".into(),
+            xml: GUEST.into(),
+        };
+        let report = registry.fire_blocking(&event).unwrap_err().into_report();
+        let warned = &report.hooks[0];
+        assert!(warned.success, "a warning, not a failure: {warned:?}");
+        assert_eq!(
+            warned.warnings,
+            ["it printed a document (37 bytes) at `prepare`, where libvirt ignores a hook's output: only `migrate` and `restore` take a new document"]
+        );
+        assert!(report.hooks[1].warnings.is_empty() && report.hooks[2].warnings.is_empty());
+        // Failed or not, what it printed went nowhere.
+        assert_eq!(report.hooks[3].warnings.len(), 1, "{:?}", report.hooks[3]);
+        assert_eq!(report.document, None);
+        // At a filter event the same output is the new document, with no such warning.
+        let event = QemuEvent::Migrate {
+            name: "vm1".into(),
+            xml: GUEST.into(),
+        };
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Qemu, rewriting("keeps", |xml| xml.replace("kvm", "qemu")))
+            .build();
+        let report = registry.fire_blocking(&event).unwrap();
+        assert!(report.hooks[0].replaced_document && report.hooks[0].warnings.is_empty());
+        // A daemon event takes no document either.
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Daemon, printing("d", 0, "<x/>"))
+            .build();
+        let report = registry.fire_blocking(&crate::DaemonEvent::Reload).unwrap();
+        assert!(
+            report.hooks[0].warnings[0].starts_with("it printed a document (4 bytes) at `reload`"),
+            "{:?}",
+            report.hooks[0]
+        );
+    }
+
     fn hangs(name: &str) -> MockHook {
         MockHook::from_fn(name, |_| std::future::pending())
     }
