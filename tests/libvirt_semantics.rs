@@ -183,23 +183,23 @@ fn saw(t: &HooksTree, name: &str) -> String {
 #[test]
 fn filter_output_chains_as_libvirt_does() {
     let t = HooksTree::new();
-    filter(&t, "qemu", "<domain id=\"main\"/>", 0);
+    filter(&t, "qemu", "<domain id=\"main\"><name>vm1</name></domain>", 0);
     filter(&t, "qemu.d/10", "", 0);
     filter(&t, "qemu.d/20", "  \n", 0);
-    filter(&t, "qemu.d/30", "<domain id=\"thirty\"/>", 0);
+    filter(&t, "qemu.d/30", "<domain id=\"thirty\"><name>vm1</name></domain>", 0);
     filter(&t, "qemu.d/40", "", 0);
     let report = t
         .registry()
         .fire_blocking(&qemu(|name, xml| QemuEvent::Migrate { name, xml }))
         .unwrap();
     assert_eq!(saw(&t, "qemu"), domain_xml("vm1"));
-    assert_eq!(saw(&t, "10"), "<domain id=\"main\"/>");
-    assert_eq!(saw(&t, "20"), "<domain id=\"main\"/>");
-    assert_eq!(saw(&t, "30"), "<domain id=\"main\"/>");
-    assert_eq!(saw(&t, "40"), "<domain id=\"thirty\"/>");
+    assert_eq!(saw(&t, "10"), "<domain id=\"main\"><name>vm1</name></domain>");
+    assert_eq!(saw(&t, "20"), "<domain id=\"main\"><name>vm1</name></domain>");
+    assert_eq!(saw(&t, "30"), "<domain id=\"main\"><name>vm1</name></domain>");
+    assert_eq!(saw(&t, "40"), "<domain id=\"thirty\"><name>vm1</name></domain>");
     assert_eq!(
         report.document.as_deref(),
-        Some(&b"<domain id=\"thirty\"/>"[..]),
+        Some(&b"<domain id=\"thirty\"><name>vm1</name></domain>"[..]),
         "a later empty output keeps the rewrite"
     );
     assert!(report.document_changed);
@@ -219,17 +219,45 @@ fn filter_output_chains_as_libvirt_does() {
 #[test]
 fn without_a_main_script_the_first_drop_in_gets_the_original_and_failures_reset_to_it() {
     let t = HooksTree::new();
-    filter(&t, "qemu.d/10", "<domain id=\"ten\"/>", 0);
-    filter(&t, "qemu.d/20", "<domain id=\"twenty\"/>", 1);
-    filter(&t, "qemu.d/30", "<domain id=\"thirty\"/>", 0);
+    filter(&t, "qemu.d/10", "<domain id=\"ten\"><name>vm1</name></domain>", 0);
+    filter(&t, "qemu.d/20", "<domain id=\"twenty\"><name>vm1</name></domain>", 1);
+    filter(&t, "qemu.d/30", "<domain id=\"thirty\"><name>vm1</name></domain>", 0);
     let err = t
         .registry()
         .fire_blocking(&qemu(|name, xml| QemuEvent::Restore { name, xml }))
         .unwrap_err();
     assert_eq!(saw(&t, "10"), domain_xml("vm1"));
-    assert_eq!(saw(&t, "20"), "<domain id=\"ten\"/>");
+    assert_eq!(saw(&t, "20"), "<domain id=\"ten\"><name>vm1</name></domain>");
     assert_eq!(saw(&t, "30"), domain_xml("vm1"), "after a failure, the original");
     assert_eq!(err.policy(), FailurePolicy::Abort);
+}
+
+/// libvirt itself refuses a renamed guest only after the hooks, naming none of them;
+/// here the drop-in that renamed it fails, in libvirt's words for a hook, and the next
+/// one reads the original.
+#[test]
+fn a_drop_in_that_renames_the_guest_fails_named() {
+    let t = HooksTree::new();
+    filter(
+        &t,
+        "qemu.d/10-rename",
+        "<domain type=\"qemu\"><name>vm2</name></domain>",
+        0,
+    );
+    filter(&t, "qemu.d/20", "", 0);
+    let err = t
+        .registry()
+        .fire_blocking(&qemu(|name, xml| QemuEvent::Migrate { name, xml }))
+        .unwrap_err();
+    let message = err.to_string();
+    let script = t.path().join("qemu.d/10-rename");
+    assert!(
+        message.starts_with("Hook script execution failed: internal error: Child process (")
+            && message.contains(&format!("{} vm1 migrate begin -) unexpected output: its output renames the domain `vm1` to `vm2`: libvirt refuses a migrate or restore document whose name or UUID changed", script.display())),
+        "{message}"
+    );
+    assert_eq!(saw(&t, "20"), domain_xml("vm1"));
+    assert_eq!(err.report().document, None);
 }
 
 #[test]

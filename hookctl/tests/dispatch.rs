@@ -579,8 +579,8 @@ fn install_refuses_a_binary_that_others_could_replace() {
 fn a_filter_plugin_that_prints_a_broken_document_is_named_with_line_and_column() {
     let (tmp, hooks, plugins) = installed();
     script(
-        &plugins.join("10-rename"),
-        "#!/bin/sh\nsed 's|<name>vm</name>|<name>vm2</name>|'\n",
+        &plugins.join("10-retype"),
+        "#!/bin/sh\nsed \"s|<domain>|<domain type='kvm'>|\"\n",
     );
     script(
         &plugins.join("20-broken"),

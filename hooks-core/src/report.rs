@@ -188,7 +188,8 @@ pub struct HookRecord {
     #[serde(default)]
     pub replaced_document: bool,
     /// Why its output was refused although it exited 0: a filter stage's document that
-    /// is cut at the output cap, not well-formed, or has another root element.
+    /// is cut at the output cap, not well-formed, has another root element, or renames
+    /// the guest or changes its UUID (which libvirt would refuse later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_output: Option<String>,
     /// For a stage of a filter event that succeeded: what it did to the document.
@@ -202,7 +203,8 @@ pub struct HookRecord {
     /// directory chose [`crate::OnReconnectFailure::Log`], or it could not be loaded.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spared: bool,
-    /// Anything unusual (background process kept the pipes open, output capped, ...).
+    /// Anything unusual (background process kept the pipes open, output capped, a
+    /// document printed where libvirt ignores a hook's output, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// What it logged: through its plugin's log channel, and the lines of its stderr

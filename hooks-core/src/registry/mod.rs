@@ -352,8 +352,13 @@ impl Registry {
             let unusable = matches!(outcome.status, HookStatus::Failed(HookError::Load(_)));
             let gone = matches!(outcome.status, HookStatus::Failed(HookError::Gone { .. }));
             let optional = entry.policy == crate::HookPolicy::Optional;
+            let ignored_document = match filters {
+                true => None,
+                false => document::ignored_document(event.op(), &outcome.stdout, outcome.stdout_truncated),
+            };
             let mut record = HookRecord::new(hook, event, outcome, input, filters, rejected, optional);
             record.document = change;
+            record.warnings.extend(ignored_document);
             if budget_cut {
                 record.failure = Some(crate::Failure::Budget);
                 record.warnings.push(format!(

@@ -160,6 +160,145 @@ mod firing {
         assert!(back.hooks[1].message.as_deref().unwrap().contains("timed out after 2s"));
     }
 
+    /// A guest's domain XML, as libvirt passes it to a `migrate` or `restore` hook.
+    const GUEST: &str =
+        "<domain type='kvm'>\n  <name>vm1</name>\n  <uuid>c7a5fdbd-cdaf-9455-926a-d65c16db1809</uuid>\n</domain>\n";
+
+    /// A filter that rewrites what it reads with `edit`.
+    fn rewriting(name: &str, edit: fn(&str) -> String) -> MockHook {
+        MockHook::from_fn(name, move |inv| {
+            let xml = String::from_utf8_lossy(inv.input().unwrap_or_default()).into_owned();
+            std::future::ready(HookOutcome::success().with_stdout(edit(&xml)))
+        })
+    }
+
+    #[test]
+    fn a_filter_that_renames_the_guest_fails_named_and_is_not_chained() {
+        let rec = Arc::new(RecordingHook::new("rec"));
+        let registry = RegistryBuilder::new()
+            .hook(
+                Driver::Qemu,
+                rewriting("10-upper-uuid", |xml| {
+                    xml.replace(
+                        "c7a5fdbd-cdaf-9455-926a-d65c16db1809",
+                        "C7A5FDBDCDAF9455926AD65C16DB1809",
+                    )
+                }),
+            )
+            .hook(Driver::Qemu, rewriting("20-rename", |xml| xml.replace("vm1", "vm2")))
+            .shared_hook(Some(Driver::Qemu), rec.clone())
+            .build();
+        for event in [
+            QemuEvent::Migrate {
+                name: "vm1".into(),
+                xml: GUEST.into(),
+            },
+            QemuEvent::Restore {
+                name: "vm1".into(),
+                xml: GUEST.into(),
+            },
+        ] {
+            let failure = registry.fire_blocking(&event).unwrap_err();
+            let report = failure.report();
+            // The UUID in another form libvirt reads is the same UUID: chained.
+            assert!(
+                report.hooks[0].success && report.hooks[0].replaced_document,
+                "{:?}",
+                report.hooks[0]
+            );
+            let renamed = &report.hooks[1];
+            assert!(!renamed.success && !renamed.replaced_document);
+            assert_eq!(renamed.failure, Some(crate::Failure::BadOutput));
+            let why = renamed.rejected_output.as_deref().unwrap_or_default();
+            assert!(
+                why.starts_with("its output renames the domain `vm1` to `vm2`: libvirt refuses a migrate or restore document whose name or UUID changed"),
+                "{why}"
+            );
+            assert_eq!(failure.failed_hook().name, "20-rename");
+            let op = event.op();
+            assert!(
+                failure.to_string().starts_with(&format!(
+                    "Hook `20-rename` (mock) failed at `vm1 {op} begin -`: output: its output renames the domain `vm1` to `vm2`"
+                )),
+                "{failure}"
+            );
+            // The next stage reads the original, as after any failure.
+            assert_eq!(inputs(&rec).last().map(String::as_str), Some(GUEST));
+            assert_eq!(report.document, None);
+        }
+    }
+
+    #[test]
+    fn a_filter_that_drops_the_uuid_fails() {
+        let registry = RegistryBuilder::new()
+            .hook(
+                Driver::Qemu,
+                rewriting("strip", |xml| {
+                    xml.replace("  <uuid>c7a5fdbd-cdaf-9455-926a-d65c16db1809</uuid>\n", "")
+                }),
+            )
+            .build();
+        let event = QemuEvent::Migrate {
+            name: "vm1".into(),
+            xml: GUEST.into(),
+        };
+        let failure = registry.fire_blocking(&event).unwrap_err();
+        assert!(
+            failure
+                .to_string()
+                .contains("its output has no <uuid> (the input's is `c7a5fdbd-cdaf-9455-926a-d65c16db1809`)"),
+            "{failure}"
+        );
+    }
+
+    #[test]
+    fn a_document_printed_where_libvirt_ignores_output_is_a_warning() {
+        let registry = RegistryBuilder::new()
+            .hook(
+                Driver::Qemu,
+                printing("echoes", 0, "\n  <domain><name>vm2</name></domain>\n"),
+            )
+            .hook(Driver::Qemu, printing("progress", 0, "configuring vm1: done\n"))
+            .hook(Driver::Qemu, printing("quiet", 0, " \n"))
+            .hook(Driver::Qemu, printing("fails", 1, "<domain/>"))
+            .build();
+        let event = QemuEvent::Prepare {
+            name: "vm1".into(),
+            xml: GUEST.into(),
+        };
+        let report = registry.fire_blocking(&event).unwrap_err().into_report();
+        let warned = &report.hooks[0];
+        assert!(warned.success, "a warning, not a failure: {warned:?}");
+        assert_eq!(
+            warned.warnings,
+            ["it printed a document (37 bytes) at `prepare`, where libvirt ignores a hook's output: only `migrate` and `restore` take a new document"]
+        );
+        assert!(report.hooks[1].warnings.is_empty() && report.hooks[2].warnings.is_empty());
+        // Failed or not, what it printed went nowhere.
+        assert_eq!(report.hooks[3].warnings.len(), 1, "{:?}", report.hooks[3]);
+        assert_eq!(report.document, None);
+        // At a filter event the same output is the new document, with no such warning.
+        let event = QemuEvent::Migrate {
+            name: "vm1".into(),
+            xml: GUEST.into(),
+        };
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Qemu, rewriting("keeps", |xml| xml.replace("kvm", "qemu")))
+            .build();
+        let report = registry.fire_blocking(&event).unwrap();
+        assert!(report.hooks[0].replaced_document && report.hooks[0].warnings.is_empty());
+        // A daemon event takes no document either.
+        let registry = RegistryBuilder::new()
+            .hook(Driver::Daemon, printing("d", 0, "<x/>"))
+            .build();
+        let report = registry.fire_blocking(&crate::DaemonEvent::Reload).unwrap();
+        assert!(
+            report.hooks[0].warnings[0].starts_with("it printed a document (4 bytes) at `reload`"),
+            "{:?}",
+            report.hooks[0]
+        );
+    }
+
     fn hangs(name: &str) -> MockHook {
         MockHook::from_fn(name, |_| std::future::pending())
     }
