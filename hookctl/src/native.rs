@@ -212,6 +212,7 @@ fn load_error(plugin: &Path, kind: LoadKind, source: Option<String>) -> LoadErro
             LoadErrorKind::Backend,
             Some(format!("its descriptor is invalid: {what}")),
         ),
+        LoadKind::InitFailed { code, message } => (LoadErrorKind::InitFailed { code, message }, None),
         LoadKind::Other { message } => (LoadErrorKind::Backend, Some(message)),
     };
     let err = LoadError::new(plugin, BACKEND, kind);

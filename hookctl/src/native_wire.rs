@@ -191,6 +191,13 @@ pub enum LoadKind {
         /// What is wrong with it.
         what: String,
     },
+    /// A version 2 plugin's `init` refused to start.
+    InitFailed {
+        /// The status it returned.
+        code: i32,
+        /// What it wrote or logged, at most [`MAX_MESSAGE`] bytes.
+        message: String,
+    },
     /// Any other reason, in words.
     Other {
         /// The reason.

@@ -97,7 +97,16 @@ pub(crate) fn short(path: &str, dir: &Path) -> String {
 /// What a failed plugin said: the first lines of its stderr, escaped; when its stderr
 /// is empty, the last line it logged as an error (a version 2 plugin's `log`).
 pub(crate) fn said(rec: &HookRecord) -> String {
-    let stderr = STDERR_LINES.apply(rec.stderr.trim_end());
+    // A script's `<3>` log prefixes are for us, not for virsh's error line.
+    let unprefixed: String = rec
+        .stderr
+        .split_inclusive('\n')
+        .map(|line| match line.as_bytes() {
+            [b'<', b'0'..=b'7', b'>', ..] => &line[3..],
+            _ => line,
+        })
+        .collect();
+    let stderr = STDERR_LINES.apply(unprefixed.trim_end());
     if !stderr.is_empty() {
         return stderr.into_owned();
     }

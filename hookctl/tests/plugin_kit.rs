@@ -352,7 +352,9 @@ fn the_c_to_wasm_example_is_configured_and_logs_through_stderr_prefixes() {
     big.write_stdin(fs::read(&input).unwrap())
         .assert()
         .code(1)
-        .stderr(contains("guest 'demo' asks for 12 vCPUs; this host allows 8"));
+        .stderr(contains(
+            "30-vcpu-limit.wasm: exit status 1: guest 'demo' asks for 12 vCPUs; this host allows 8",
+        ));
     let row = last_audit_row(tmp.path());
     assert_eq!(row["hooks"][0]["log"][0]["level"], "error", "{row}");
 }

@@ -29,8 +29,8 @@ static int32_t vcpu_limit_init(const virt_hook_init *init, void **instance)
     char *end = NULL;
     long value = max ? strtol(max, &end, 10) : 0;
     if (!max || *end != '\0' || value < 1) {
-        virt_hook_errorf(init->out, "%s: [config] max_vcpus must be a positive number (got %s)",
-                         init->path, max ? max : "nothing");
+        virt_hook_errorf(init->out, "[config] max_vcpus must be a positive number (got %s)",
+                         max ? max : "nothing");
         return 1;
     }
     struct limit *limit = malloc(sizeof *limit);

@@ -143,6 +143,10 @@ fn load_end(err: &LoadError) -> End {
         LoadErrorKind::InvalidDescriptor { what } => LoadKind::InvalidDescriptor {
             what: (*what).to_owned(),
         },
+        LoadErrorKind::InitFailed { code, message } => LoadKind::InitFailed {
+            code: *code,
+            message: bounded(message.clone()),
+        },
         other => LoadKind::Other {
             message: other.to_string(),
         },
