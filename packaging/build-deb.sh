@@ -29,9 +29,9 @@ gzip -9n "$generated"/man/*.1
 for doc in README.md DESIGN.md CHANGELOG.md; do
   gzip -9n < "$doc" > "$generated/$doc.gz"
 done
-mkdir "$generated/docs"
-for doc in docs/*.md; do
-  gzip -9n < "$doc" > "$generated/docs/$(basename "$doc").gz"
+mkdir -p "$generated/docs/plugins"
+for doc in docs/*.md docs/plugins/*.md; do
+  gzip -9n < "$doc" > "$generated/${doc}.gz"
 done
 # [profile.release] already drops the DWARF (`strip = "debuginfo"`) and keeps the symbol
 # table: a crash backtrace from the packaged binary still names each function, for a
