@@ -22,6 +22,10 @@ use virt_hooks_exec::{ExecHook, ExecOptions};
 use hookctl::native_wire::{bounded, header, End, LoadKind, Report, REPORT_ROOM, REPORT_STATUS, UNUSABLE_STATUS};
 
 const BACKEND: &str = "dylib";
+
+/// `simulate --strict`: every native plugin's input goes behind a guard page
+/// (`hookctl-native call --guard-input`; see `DylibHook::with_guarded_input`).
+pub(crate) static GUARD_INPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 const HOST_NAME: &str = "hookctl-native";
 /// How long `check` gives a plugin's constructors before it calls the plugin hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -257,6 +261,8 @@ impl Hook for NativeHook {
         let mut leading = vec![OsStr::new("call")];
         if document.is_none() {
             leading.push(OsStr::new("--no-input"));
+        } else if GUARD_INPUT.load(std::sync::atomic::Ordering::Relaxed) {
+            leading.push(OsStr::new("--guard-input"));
         }
         leading.extend([
             OsStr::new("--max-output"),

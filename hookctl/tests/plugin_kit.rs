@@ -358,3 +358,43 @@ fn the_c_to_wasm_example_is_configured_and_logs_through_stderr_prefixes() {
     let row = last_audit_row(tmp.path());
     assert_eq!(row["hooks"][0]["log"][0]["level"], "error", "{row}");
 }
+
+/// `simulate --strict`: a plugin that reads past its input (no NUL to stop `strlen`
+/// without the guard: here it scans for a byte that is not there) crashes in testing,
+/// where without `--strict` it reads on into memory that is not its input.
+#[test]
+fn simulate_strict_puts_a_native_plugins_input_before_a_guard_page() {
+    let (tmp, hooks, plugins) = installed();
+    let so = plugins.join("10-overread.so");
+    compile_v2(
+        tmp.path(),
+        &so,
+        r#"
+#include "virt_hook.h"
+static int32_t call(const virt_hook_event *ev) {
+    if (!ev->input) return 0;
+    /* A bug: looks for '\x01' past the end instead of stopping at input_len. */
+    const volatile uint8_t *p = ev->input;
+    while (*p != 1) p++;
+    return 0;
+}
+static const virt_hook_descriptor d = { VIRT_HOOK_ABI_VERSION_2, sizeof d, "overread", 0, 0, call };
+const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
+"#,
+    );
+    let input = example("examples/domain.xml");
+    let args = [
+        "simulate",
+        "qemu",
+        "start",
+        "demo",
+        "--strict",
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    hookctl(&hooks, &args)
+        .assert()
+        .code(1)
+        .stdout(contains("10-overread.so"))
+        .stdout(contains("fatal signal 11 (SIGSEGV)"));
+}

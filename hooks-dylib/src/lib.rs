@@ -43,6 +43,7 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
+mod guard;
 mod library;
 mod plugin;
 mod search_path;

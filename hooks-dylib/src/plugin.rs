@@ -31,6 +31,7 @@ pub struct DylibHook {
     name: String,
     timeout: Option<Duration>,
     max_output: usize,
+    guarded_input: bool,
 }
 
 impl DylibHook {
@@ -62,7 +63,19 @@ impl DylibHook {
             name: path.display().to_string(),
             timeout: None,
             max_output: 16 << 20,
+            guarded_input: false,
         })
+    }
+
+    /// A debug mode for testing plugins: the input is followed by its NUL byte and then
+    /// an unmapped page, so a read past the end crashes the call (`SIGSEGV`) instead of
+    /// reading the heap; after the call the input is made unreadable and never
+    /// reused, so a plugin that kept the pointer crashes when it reads it. Each call
+    /// leaves its input's pages mapped: not for production. `hookctl simulate --strict`
+    /// and `hookctl run --strict` turn it on.
+    pub fn with_guarded_input(mut self, guarded: bool) -> Self {
+        self.guarded_input = guarded;
+        self
     }
 
     /// A timeout. The call cannot be interrupted: past the timeout the hook is reported
@@ -441,6 +454,7 @@ struct Call {
     cap: usize,
     lib: Arc<Library>,
     instance: Option<Arc<Instance>>,
+    guarded_input: bool,
 }
 
 impl Call {
@@ -456,15 +470,21 @@ impl Call {
         let (activation, token) = unsafe { Activation::new(&mut capture) };
         let (buf, starts) = self.args.raw_parts();
         // The ABI promises a NUL byte after the input, not counted in its length.
-        let input = self.input.as_ref().map(|d| {
+        let guarded = self
+            .input
+            .as_ref()
+            .filter(|_| self.guarded_input)
+            .and_then(|d| crate::guard::GuardedInput::new(d));
+        let input = self.input.as_ref().filter(|_| guarded.is_none()).map(|d| {
             let mut with_nul = Vec::with_capacity(d.len() + 1);
             with_nul.extend_from_slice(d);
             with_nul.push(0);
             with_nul
         });
-        let (input, input_len) = match &input {
-            Some(d) => (d.as_ptr(), d.len() - 1),
-            None => (std::ptr::null(), 0),
+        let (input, input_len) = match (&guarded, &input) {
+            (Some(g), _) => (g.as_ptr(), g.len()),
+            (None, Some(d)) => (d.as_ptr(), d.len() - 1),
+            (None, None) => (std::ptr::null(), 0),
         };
         // The shared buffer already holds NUL-terminated arguments: no copy, no scan.
         let arg = |i: usize| buf[starts[i]..].as_ptr().cast::<std::ffi::c_char>();
@@ -574,6 +594,7 @@ impl Hook for DylibHook {
             cap: self.max_output,
             lib: Arc::clone(&self.lib),
             instance: self.instance.clone(),
+            guarded_input: self.guarded_input,
         };
         let timeout = inv.timeout_with(self.timeout);
         let mut result = match virt_hooks_core::backend::blocking_pool() {

@@ -7,7 +7,7 @@
 //! and a crash that fails only that plugin.
 //!
 //! ```text
-//! hookctl-native call [--no-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA
+//! hookctl-native call [--no-input] [--guard-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA
 //! hookctl-native check|inspect PLUGIN [ANYTHING...]
 //! ```
 //! with hookctl's header line first on stdin. Not meant to be run by hand.
@@ -174,7 +174,7 @@ fn examine(what: &str, plugin: PathBuf, config: &PluginConfig) -> End {
 fn call(args: &[OsString], document: Vec<u8>, config: &PluginConfig) -> (End, Option<PluginOutput>) {
     let usage = || {
         let message =
-            "usage: hookctl-native call [--no-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA";
+            "usage: hookctl-native call [--no-input] [--guard-input] [--max-output BYTES] PLUGIN DRIVER OBJECT OP SUBOP EXTRA";
         (
             End::Failed {
                 message: message.into(),
@@ -184,10 +184,12 @@ fn call(args: &[OsString], document: Vec<u8>, config: &PluginConfig) -> (End, Op
     };
     let mut args = args.iter();
     let mut with_input = true;
+    let mut guard_input = false;
     let mut max_output = virt_hooks_core::DEFAULT_MAX_OUTPUT;
     let plugin = loop {
         match args.next().map(|a| (a, a.to_str())) {
             Some((_, Some("--no-input"))) => with_input = false,
+            Some((_, Some("--guard-input"))) => guard_input = true,
             Some((_, Some("--max-output"))) => match args.next().and_then(|n| n.to_str()?.parse().ok()) {
                 Some(n) => max_output = n,
                 None => return usage(),
@@ -205,7 +207,7 @@ fn call(args: &[OsString], document: Vec<u8>, config: &PluginConfig) -> (End, Op
     };
     let input: Option<Arc<[u8]>> = with_input.then(|| document.into());
     let hook = match virt_hooks_dylib::DylibHook::load_with_config(&plugin, config) {
-        Ok(hook) => hook.with_max_output(max_output),
+        Ok(hook) => hook.with_max_output(max_output).with_guarded_input(guard_input),
         Err(e) => return (load_end(&e), None),
     };
     // hookctl names the state directory in this process's environment: a version 1

@@ -44,11 +44,20 @@ pub(crate) struct SimulateArgs {
     /// By default, and with `none`, simulated events are in no audit log.
     #[arg(long, value_name = "FILE|none", value_parser = parse_log)]
     pub(crate) log: Option<LogArg>,
+    /// Test native plugins strictly: each one's input is followed by its NUL byte and an
+    /// unmapped page, so reading past its end crashes the plugin (SIGSEGV) here rather
+    /// than reading garbage in production.
+    #[arg(long)]
+    pub(crate) strict: bool,
     #[command(flatten)]
     pub(crate) input: InputArgs,
 }
 
 pub(crate) fn exec(dir: &Path, args: SimulateArgs) -> Outcome {
+    #[cfg(feature = "dylib")]
+    if args.strict {
+        crate::native::GUARD_INPUT.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     require_dir(dir)?;
     let scenario = Scenario::parse_for(args.driver, &args.scenario).map_err(|e| UsageError(e.to_string()))?;
     let object = match (args.driver, args.object) {
