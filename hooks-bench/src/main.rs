@@ -70,6 +70,63 @@ fn interleaved_batches(
     (ta / batch_a as f64, tb / batch_b as f64)
 }
 
+/// The same do-nothing C plugin built for ABI version 1 and version 2 (with an init
+/// reading a config key): the cost per call of each through the registry, interleaved
+/// against an empty registry so that only the plugin calls differ.
+fn abi_versions(ev: &virt_hooks_core::events::QemuEvent, scale: usize) -> serde_json::Value {
+    let scripts = Scripts::new().expect("fixture dir");
+    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
+    let build = |name: &str, source: &str| {
+        let src = scripts.path().join(format!("{name}.c"));
+        let so = scripts.path().join(format!("{name}.so"));
+        std::fs::write(&src, source).expect("source");
+        let ok = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&so)
+            .arg("-I")
+            .arg(&include)
+            .arg(&src)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(so)
+    };
+    let v1 = build(
+        "v1",
+        "#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *i) { return i->input_len == 0; }\nstatic const virt_hook_plugin p = { VIRT_HOOK_ABI_VERSION, \"v1\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &p; }\n",
+    );
+    let v2 = build(
+        "v2",
+        "#include \"virt_hook.h\"\nstatic long limit;\nstatic int32_t init(const virt_hook_init *in, void **inst) { limit = virt_hook_config(in->config, in->config_len, \"k\") != 0; *inst = &limit; return 0; }\nstatic int32_t call(const virt_hook_event *e) { return e->input_len == 0 && *(long *)e->instance; }\nstatic const virt_hook_descriptor d = { VIRT_HOOK_ABI_VERSION_2, sizeof d, \"v2\", init, 0, call };\nconst virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }\n",
+    );
+    let (Some(v1), Some(v2)) = (v1, v2) else {
+        return json!({"skipped": "no C compiler (cc)"});
+    };
+    let n = 50;
+    let (r1, r2, none) = (
+        hooks_bench::dylib_registry(&v1, n).expect("v1 loads"),
+        hooks_bench::dylib_registry(&v2, n).expect("v2 loads"),
+        mock_registry(0),
+    );
+    let rounds = 2000 / scale;
+    let (t1, t0a) = interleaved(
+        rounds,
+        || r1.fire_blocking(ev).is_ok(),
+        || none.fire_blocking(ev).is_ok(),
+    );
+    let (t2, t0b) = interleaved(
+        rounds,
+        || r2.fire_blocking(ev).is_ok(),
+        || none.fire_blocking(ev).is_ok(),
+    );
+    let (v1_ns, v2_ns) = ((t1 - t0a) / n as f64 * 1e9, (t2 - t0b) / n as f64 * 1e9);
+    json!({
+        "v1_per_call_ns": v1_ns,
+        "v2_per_call_ns": v2_ns,
+        "v2_over_v1": v2_ns / v1_ns,
+        "input_bytes": domain_xml().len(),
+    })
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--dylib-loop") {
@@ -112,6 +169,12 @@ fn main() {
     let scale = if quick { 10 } else { 1 };
     let ev = prepare_event();
     let xml = domain_xml();
+    if std::env::args().any(|a| a == "--abi") {
+        // The two C ABI versions per call, in process: the same empty plugin as v1 and v2.
+        let report = json!({ "dylib_abi": abi_versions(&ev, scale) });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return;
+    }
     if std::env::args().any(|a| a == "--dispatcher") {
         // Only the whole-process section: what libvirt pays per event.
         let report = json!({ "dispatcher": dispatcher::measure(200 / scale.min(4), xml.as_bytes()) });
