@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::net::UnixDatagram;
-use std::process::Command as Std;
 use std::time::{Duration, Instant};
 
 use predicates::prelude::*;
@@ -14,62 +13,14 @@ mod common;
 use common::*;
 
 const SOCKET: &str = "/run/systemd/journal/socket";
-/// Set for the run of this binary inside the namespace: the test to run there.
-const INNER: &str = "HOOKCTL_JOURNAL_TEST_INNER";
-/// The mount namespace the run started in, which the inner run must not be in.
-const OUTER_NS: &str = "HOOKCTL_JOURNAL_TEST_OUTER_NS";
-
-fn mount_ns() -> String {
-    fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string()
-}
-
-/// Runs `body` as root in a private mount namespace with an empty tmpfs on /run: this
-/// test binary runs itself again under `unshare`, for this one test (libtest names the
-/// thread of a test after it).
+/// Runs `body` as root in a private mount namespace with empty tmpfs mounts on /run and
+/// /var/log ([`with_default_paths_private`]), with journald's socket directory made, so
+/// the real journald is never touched.
 fn in_private_namespace(body: impl FnOnce()) {
-    let thread = std::thread::current();
-    let name = thread.name().expect("a test's thread is named after the test");
-    if let Ok(inner) = std::env::var(INNER) {
-        assert_eq!(inner, name);
-        // Never bind journald's path in the namespace everyone else uses.
-        let outer = std::env::var(OUTER_NS).unwrap();
-        assert_ne!(mount_ns(), outer, "not in a private mount namespace");
-        let status = Std::new("mount")
-            .args(["-t", "tmpfs", "-o", "mode=0755", "hookctl-journal-test", "/run"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs on /run: {status}");
+    with_default_paths_private(|| {
         fs::create_dir_all("/run/systemd/journal").unwrap();
         body();
-        return;
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED {name}: needs root (a private mount namespace over journald's socket path)");
-        return;
-    }
-    let probe = Std::new("unshare")
-        .args(["--mount", "--propagation", "private", "true"])
-        .status();
-    if !matches!(&probe, Ok(s) if s.success()) {
-        eprintln!("SKIPPED {name}: `unshare --mount` is unavailable here ({probe:?})");
-        return;
-    }
-    let out = Std::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INNER, name)
-        .env(OUTER_NS, mount_ns())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "in the private namespace ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    eprint!("{stderr}");
+    });
 }
 
 /// One entry's fields in order, keys and raw values.

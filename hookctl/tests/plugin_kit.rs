@@ -46,19 +46,7 @@ const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
 "#;
 
 fn compile_v2(scratch: &Path, dest: &Path, source: &str) {
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
-    let src = scratch.join("plugin.c");
-    fs::write(&src, source).unwrap();
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Werror", "-o"])
-        .arg(dest)
-        .arg("-I")
-        .arg(&include)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) is needed for this test");
-    assert!(built.success());
-    fs::set_permissions(dest, fs::Permissions::from_mode(0o644)).unwrap();
+    c_source_plugin(scratch, dest, source, &["-std=c99", "-Wall", "-Werror"]);
 }
 
 fn domain(vcpus: u32) -> String {

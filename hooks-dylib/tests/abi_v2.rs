@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use virt_hooks_core::backend::{ConfigValue, PluginConfig};
@@ -13,23 +12,8 @@ use virt_hooks_core::outcome::{LogLevel, MAX_LOG_LINES};
 use virt_hooks_core::{Driver, Hook, HookOutcome, Invocation};
 use virt_hooks_dylib::DylibHook;
 
-fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let src = dir.join(format!("{name}.c"));
-    fs::write(&src, source).unwrap();
-    let out = dir.join(format!("{name}.so"));
-    let status = Command::new("cc")
-        .args([
-            "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pthread", "-o",
-        ])
-        .arg(&out)
-        .arg("-I")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) is needed for these tests");
-    assert!(status.success(), "cc failed for {name}");
-    out
-}
+mod common;
+use common::compile_c;
 
 fn inv(object: &str, op: &str, input: Option<&[u8]>) -> Invocation {
     Invocation::new(
@@ -105,7 +89,7 @@ const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &descriptor; }
 #[test]
 fn init_gets_the_config_and_call_its_instance_and_a_nul_terminated_input() {
     let tmp = tempfile::tempdir().unwrap();
-    let so = compile_c(tmp.path(), "vcpu-limit", VCPU_LIMIT);
+    let so = compile_c(tmp.path(), "vcpu-limit.so", VCPU_LIMIT);
     let marker = tmp.path().join("fini-ran");
     let hook = DylibHook::load_with_config(
         &so,
@@ -146,7 +130,7 @@ fn init_gets_the_config_and_call_its_instance_and_a_nul_terminated_input() {
 #[test]
 fn an_init_that_refuses_is_a_load_error_with_its_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let so = compile_c(tmp.path(), "vcpu-limit-unset", VCPU_LIMIT);
+    let so = compile_c(tmp.path(), "vcpu-limit-unset.so", VCPU_LIMIT);
     let err = DylibHook::load_with_config(&so, &PluginConfig::new()).unwrap_err();
     match &err.kind {
         LoadErrorKind::InitFailed { code, message } => {
@@ -171,7 +155,7 @@ static const virt_hook_plugin old = {{ VIRT_HOOK_ABI_VERSION, \"old\", old_call 
 const virt_hook_plugin *virt_hook_plugin_v1(void) {{ return &old; }}
 "
     );
-    let so = compile_c(tmp.path(), "both", &both);
+    let so = compile_c(tmp.path(), "both.so", &both);
     let hook = DylibHook::load_with_config(&so, &config(&[("max_vcpus", "1")])).unwrap();
     assert_eq!(hook.library().abi_version(), 2);
     assert!(call(&hook, &inv("vm", "prepare", None)).status.is_success());
@@ -182,7 +166,7 @@ fn version_1_plugins_keep_working_and_get_the_nul_too() {
     let tmp = tempfile::tempdir().unwrap();
     let so = compile_c(
         tmp.path(),
-        "v1-strlen",
+        "v1-strlen.so",
         r#"
 #include <stdio.h>
 #include <string.h>
@@ -206,7 +190,7 @@ const virt_hook_plugin *virt_hook_plugin_v1(void) { return &plugin; }
 fn descriptor_plugin(dir: &Path, name: &str, version: &str, size: &str) -> PathBuf {
     compile_c(
         dir,
-        name,
+        &format!("{name}.so"),
         &format!(
             r#"
 #include <virt_hook.h>
@@ -245,7 +229,7 @@ fn a_log_flood_is_capped_and_a_late_write_from_another_thread_is_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let so = compile_c(
         tmp.path(),
-        "flood",
+        "flood.so",
         r#"
 #include <pthread.h>
 #include <virt_hook.h>
@@ -302,7 +286,7 @@ fn a_version_2_plugin_gets_its_state_dir_in_the_event_even_in_the_callers_proces
     let tmp = tempfile::tempdir().unwrap();
     let so = compile_c(
         tmp.path(),
-        "stateful",
+        "stateful.so",
         r#"
 #include <stdio.h>
 #include <virt_hook.h>
@@ -332,9 +316,7 @@ const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
     assert_eq!(String::from_utf8_lossy(&out.stderr), "no state dir");
 
     // A version 1 plugin reads VIRT_HOOK_STATE from the environment: refused here.
-    let v1 = compile_c(
-        tmp.path(),
-        "stateful-v1",
+    let v1 = compile_c(tmp.path(), "stateful-v1.so",
         "#include <virt_hook.h>\nstatic int32_t call(const virt_hook_invocation *i) { (void)i; return 0; }\nstatic const virt_hook_plugin p = { VIRT_HOOK_ABI_VERSION, \"v1\", call };\nconst virt_hook_plugin *virt_hook_plugin_v1(void) { return &p; }\n",
     );
     let Err(err) = virt_hooks_dylib::DylibLoader.load(&v1, &settings) else {

@@ -4,7 +4,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,30 +12,12 @@ use virt_hooks_core::report::StatusRecord;
 use virt_hooks_core::{Driver, HookStatus, Invocation, RegistryBuilder};
 use virt_hooks_dylib::{DylibHook, Library};
 
+mod common;
+use common::compile_c;
+
 /// The fixture cdylib, built by cargo as a dev-dependency next to this test binary.
 fn fixture() -> PathBuf {
     fixture_plugin::shared_object().expect("libfixture_plugin.so: cargo builds it as a dev-dependency")
-}
-
-fn include_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("include")
-}
-
-/// Compiles C source into `dir/name` as a shared object with the system compiler.
-fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let src = dir.join(format!("{name}.c"));
-    fs::write(&src, source).unwrap();
-    let out = dir.join(name);
-    let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-std=c99", "-Wall", "-Werror", "-o"])
-        .arg(&out)
-        .arg("-I")
-        .arg(include_dir())
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) is needed for these tests");
-    assert!(status.success(), "cc failed for {name}");
-    out
 }
 
 fn inv(object: &str, op: &str, input: Option<&[u8]>) -> Invocation {

@@ -366,6 +366,21 @@ impl ExecHook {
         }
     }
 
+    /// A hook as its settings file asks: its `timeout` (or the default one),
+    /// `max_output`, `memory` (its cgroup's `memory.max`, where there is one) and
+    /// `[config]`; what [`ExecLoader`] loads.
+    pub fn with_settings(path: impl Into<PathBuf>, settings: &HookSettings) -> Self {
+        let mut options = ExecOptions {
+            timeout: settings.effective_timeout(None),
+            ..ExecOptions::default()
+        };
+        if let Some(cap) = settings.max_output {
+            options.max_output = usize::try_from(cap).unwrap_or(usize::MAX);
+        }
+        options.memory_max = settings.memory;
+        Self::with_options(path, options).with_config(&settings.config)
+    }
+
     /// The plugin's `[config]`, which the hook finds in its environment as
     /// `VIRT_HOOK_CONFIG_<KEY>` (the key upper-cased, `-` as `_`), the value as text:
     /// `max_vcpus = 8` is `VIRT_HOOK_CONFIG_MAX_VCPUS=8`. The only other variables than
@@ -661,18 +676,7 @@ impl HookLoader for ExecLoader {
     }
 
     fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
-        let mut options = ExecOptions {
-            timeout: settings.effective_timeout(None),
-            ..ExecOptions::default()
-        };
-        if let Some(cap) = settings.max_output {
-            options.max_output = usize::try_from(cap).unwrap_or(usize::MAX);
-        }
-        // `memory` becomes the hook cgroup's `memory.max` where there is one.
-        options.memory_max = settings.memory;
-        Ok(Arc::new(
-            ExecHook::with_options(path, options).with_config(&settings.config),
-        ))
+        Ok(Arc::new(ExecHook::with_settings(path, settings)))
     }
 
     fn check(&self, path: &Path, _settings: &HookSettings) -> Result<(), LoadError> {

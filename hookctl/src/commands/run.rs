@@ -140,7 +140,7 @@ mod told {
 
     use virt_hooks_core::backend::{HookLoader, HookSettings};
     use virt_hooks_core::{Hook, HooksDir, LoadError};
-    use virt_hooks_exec::{ExecHook, ExecOptions};
+    use virt_hooks_exec::ExecHook;
 
     use crate::commands::UsageError;
 
@@ -169,16 +169,8 @@ mod told {
         }
 
         fn load(&self, path: &Path, settings: &HookSettings) -> Result<Arc<dyn Hook>, LoadError> {
-            let mut options = ExecOptions {
-                timeout: settings.effective_timeout(None),
-                ..ExecOptions::default()
-            };
-            if let Some(cap) = settings.max_output {
-                options.max_output = usize::try_from(cap).unwrap_or(usize::MAX);
-            }
-            options.memory_max = settings.memory;
             Ok(Arc::new(
-                ExecHook::with_options(path, options).with_leading_args(&self.leading),
+                ExecHook::with_settings(path, settings).with_leading_args(&self.leading),
             ))
         }
 

@@ -174,15 +174,18 @@ pub fn c_plugin(scratch: &Path, dest: &Path, body: &str) {
 
 /// [`c_plugin`] with extra arguments for `cc` (linker flags).
 pub fn c_plugin_with(scratch: &Path, dest: &Path, body: &str, flags: &[&str]) {
+    let source = format!(
+        "#include <string.h>\n#include <unistd.h>\n#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) {{ (void)inv; {body} }}\nstatic const virt_hook_plugin plugin = {{ VIRT_HOOK_ABI_VERSION, \"c\", call }};\nconst virt_hook_plugin *virt_hook_plugin_v1(void) {{ return &plugin; }}\n"
+    );
+    c_source_plugin(scratch, dest, &source, flags);
+}
+
+/// Compiles a whole C plugin `source` (with `virt_hook.h` on the include path) into
+/// `dest` (mode 0644), its source file in `scratch`. Needs `cc`.
+pub fn c_source_plugin(scratch: &Path, dest: &Path, source: &str, flags: &[&str]) {
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks-dylib/include");
     let src = scratch.join(format!("{}.c", dest.file_name().unwrap().to_string_lossy()));
-    fs::write(
-        &src,
-        format!(
-            "#include <string.h>\n#include <unistd.h>\n#include \"virt_hook.h\"\nstatic int32_t call(const virt_hook_invocation *inv) {{ (void)inv; {body} }}\nstatic const virt_hook_plugin plugin = {{ VIRT_HOOK_ABI_VERSION, \"c\", call }};\nconst virt_hook_plugin *virt_hook_plugin_v1(void) {{ return &plugin; }}\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&src, source).unwrap();
     let built = std::process::Command::new("cc")
         .args(flags)
         .args(["-shared", "-fPIC", "-o"])
@@ -192,6 +195,6 @@ pub fn c_plugin_with(scratch: &Path, dest: &Path, body: &str, flags: &[&str]) {
         .arg(&src)
         .status()
         .expect("a C compiler (cc) is needed for this test");
-    assert!(built.success());
+    assert!(built.success(), "cc failed for {}", dest.display());
     fs::set_permissions(dest, fs::Permissions::from_mode(0o644)).unwrap();
 }
