@@ -98,14 +98,7 @@ pub(crate) fn short(path: &str, dir: &Path) -> String {
 /// is empty, the last line it logged as an error (a version 2 plugin's `log`).
 pub(crate) fn said(rec: &HookRecord) -> String {
     // A script's `<3>` log prefixes are for us, not for virsh's error line.
-    let unprefixed: String = rec
-        .stderr
-        .split_inclusive('\n')
-        .map(|line| match line.as_bytes() {
-            [b'<', b'0'..=b'7', b'>', ..] => &line[3..],
-            _ => line,
-        })
-        .collect();
+    let unprefixed = virt_hooks_core::outcome::without_log_prefixes(&rec.stderr);
     let stderr = STDERR_LINES.apply(unprefixed.trim_end());
     if !stderr.is_empty() {
         return stderr.into_owned();

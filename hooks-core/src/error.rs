@@ -133,6 +133,14 @@ pub enum LoadErrorKind {
         /// The backend that would load it.
         backend: &'static str,
     },
+    /// A WebAssembly module or native plugin whose backend is linked into this program
+    /// but not among the loaders its hooks dir was given ([`crate::HooksDir::with_loaders`]).
+    #[error("{}, but this hooks dir was given no loader for it (HooksDir::with_loaders without the `{backend}` loader)",
+        if *backend == "wasm" { "a WebAssembly module" } else { "a native plugin" })]
+    NoLoaderGiven {
+        /// The backend that would load it.
+        backend: &'static str,
+    },
     /// The hooks directory itself could not be read.
     #[error("cannot read directory")]
     UnreadableDir,
@@ -265,6 +273,12 @@ impl HookFailure {
     /// Whether libvirt would stop the operation (abort, or kill the object).
     pub fn is_fatal(&self) -> bool {
         self.report.policy.is_fatal()
+    }
+
+    /// Whether the event was cancelled ([`crate::Registry::fire_until`]) rather than
+    /// refused: the failed hook was the one stopped, not one that said no.
+    pub fn is_cancelled(&self) -> bool {
+        self.report.cancelled
     }
 
     /// The record of the failure libvirt reports (the last one).

@@ -297,7 +297,7 @@ impl Invocation {
     }
 
     /// The same invocation with the hook's state directory for this object (see
-    /// [`crate::StateRoot`]); the registry sets it for hooks whose settings ask for state.
+    /// [`StateRoot`](crate::state::StateRoot)); the registry sets it for hooks whose settings ask for state.
     pub fn with_state_dir(mut self, dir: Option<Arc<Path>>) -> Self {
         self.state_dir = dir;
         self
@@ -369,14 +369,14 @@ impl Invocation {
     /// assert_eq!(inv.timeout_with(None), Some(Duration::from_secs(5)));
     /// ```
     ///
-    /// It is at most [`crate::MAX_TIMEOUT`], so a backend can add it to an `Instant`
+    /// It is at most [`MAX_TIMEOUT`](crate::backend::MAX_TIMEOUT), so a backend can add it to an `Instant`
     /// without overflow whatever it was given.
     pub fn timeout_with(&self, own: Option<Duration>) -> Option<Duration> {
         let limit = match (own, self.timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        limit.map(|t| t.min(crate::MAX_TIMEOUT))
+        limit.map(|t| t.min(crate::backend::MAX_TIMEOUT))
     }
 }
 

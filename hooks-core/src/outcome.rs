@@ -311,6 +311,23 @@ pub fn explaining_line(log: &[LogLine], stderr: &[u8]) -> Option<String> {
         .find(|l| !l.is_empty())
 }
 
+/// `stderr` without the `<N>` log prefixes at the start of its lines: what a message for
+/// people shows (the levels are in the hook's log).
+pub fn without_log_prefixes(stderr: &str) -> std::borrow::Cow<'_, str> {
+    if !stderr.split('\n').any(|l| prefixed_level(l.as_bytes()).is_some()) {
+        return std::borrow::Cow::Borrowed(stderr);
+    }
+    let mut out = String::with_capacity(stderr.len());
+    for line in stderr.split_inclusive('\n') {
+        out.push_str(if prefixed_level(line.as_bytes()).is_some() {
+            &line[3..]
+        } else {
+            line
+        });
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn prefixed_level(line: &[u8]) -> Option<(LogLevel, &[u8])> {
     match line {
         [b'<', digit @ b'0'..=b'7', b'>', rest @ ..] => {
@@ -463,6 +480,19 @@ mod tests {
         for unnamed in [0, -1, 32, 64, i32::MIN, i32::MAX] {
             assert_eq!(describe_signal(unnamed), format!("fatal signal {unnamed}"));
         }
+    }
+
+    #[test]
+    fn log_prefixes_leave_the_text_for_people() {
+        assert_eq!(
+            without_log_prefixes("<3>disk full\nplain\n<6>ok"),
+            "disk full\nplain\nok"
+        );
+        assert!(matches!(
+            without_log_prefixes("no prefixes <3>\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(without_log_prefixes("<9>not a level\n<3>"), "<9>not a level\n");
     }
 
     #[test]

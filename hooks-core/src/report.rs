@@ -257,7 +257,7 @@ impl HookRecord {
             } else {
                 outcome.status.describe()
             };
-            let detail = match stderr.trim_end() {
+            let detail = match crate::outcome::without_log_prefixes(&stderr).trim_end() {
                 // What it logged as an error says why, when its stderr says nothing.
                 "" => explaining.map(|line| format!(": {line}")).unwrap_or_default(),
                 detail => format!(": {detail}"),
@@ -341,7 +341,7 @@ pub struct Report {
     /// asked: every hook that matches on it was then called (failing closed).
     pub unevaluated_document: Option<String>,
     /// After an object's last event: the state directories kept because their hook
-    /// failed it (see [`crate::StateRoot`]).
+    /// failed it (see [`StateRoot`](crate::state::StateRoot)).
     pub state_kept: Vec<std::path::PathBuf>,
     /// After an object's last event: state directories that could not be removed.
     pub state_errors: Vec<String>,

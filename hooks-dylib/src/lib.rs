@@ -1,9 +1,13 @@
 //! Native hook plugins: shared objects loaded through a versioned C ABI.
 //!
-//! A plugin exports `virt_hook_plugin_v1`, returning a descriptor
-//! `{abi_version, name, call}` (see `include/virt_hook.h`; Rust authors use the
-//! `hooks-plugin` crate's `export_hook!`). The loader checks the symbol, the ABI version
-//! and the `call` pointer before anything else, and reports every problem as a
+//! A plugin exports `virt_hook_plugin_v2`, returning a descriptor
+//! `{abi_version, size, name, init, fini, call}`, or (older plugins) `virt_hook_plugin_v1`
+//! returning `{abi_version, name, call}` (see `include/virt_hook.h`; Rust authors use the
+//! `virt-hooks-plugin` crate's `export_hook!`, which exports version 2). Version 2's
+//! `init` gets the sidecar's `[config]` ([`DylibHook::load_with_config`], or through
+//! [`DylibLoader`] from a hooks dir) and its events carry the state directory and a log
+//! channel. The loader checks the symbol, the ABI version, the descriptor's size and
+//! the `call` pointer before anything else, and reports every problem as a
 //! [`LoadError`] naming the file.
 //!
 //! - A library is never unloaded: unloading Rust code (thread-locals, registered

@@ -44,7 +44,10 @@ impl DylibHook {
     }
 
     /// Loads (or reuses) the plugin at `path`; a version 2 plugin's `init` gets `config`
-    /// (the sidecar's `[config]`) and makes the instance every call of this hook gets.
+    /// (the sidecar's `[config]`) and makes the instance every call of this hook (and
+    /// its clones) gets. The library is shared by every hook loaded from the same real
+    /// path, the instance is not: each load runs `init` with its own config, and `fini`
+    /// runs when the last clone of that hook is dropped.
     ///
     /// # Errors
     /// See [`Library::load`]; and `init` refusing (a non-zero status), with what it

@@ -948,3 +948,24 @@ fn config_reaches_the_module_as_its_only_variables_beside_lc_all() {
     let out = futures_lite_block_on(plain.call(&inv("vm1", "prepare", None)));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "LC_ALL=C\n");
 }
+
+/// A module in a hooks dir given loaders without the WASM one, in a program that links
+/// the WASM backend: the message says so, instead of telling it to call a `link()` it
+/// already called.
+#[test]
+fn a_dir_given_no_wasm_loader_says_so_not_to_link_the_backend() {
+    virt_hooks_wasm::link();
+    let tmp = tempfile::tempdir().unwrap();
+    write_module(&tmp.path().join("qemu.d"), "10-echo.wasm", &module(ECHO));
+    let dir = HooksDir::with_loaders(tmp.path(), Vec::new());
+    let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+    let failure = registry
+        .fire_blocking(&QemuEvent::Prepare {
+            name: "vm".into(),
+            xml: "<domain/>".into(),
+        })
+        .unwrap_err();
+    let text = virt_hooks_core::error::chain(&failure);
+    assert!(text.contains("was given no loader for it"), "{text}");
+    assert!(!text.contains("link()"), "{text}");
+}

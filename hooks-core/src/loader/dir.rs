@@ -132,8 +132,8 @@ impl HooksDir {
     }
 
     /// Where hooks whose settings say `state = true` keep a directory per object (see
-    /// [`crate::StateRoot`]). By default none, and such a hook fails with a message
-    /// saying so; hookctl uses [`crate::SYSTEM_STATE_ROOT`].
+    /// [`StateRoot`](crate::state::StateRoot)). By default none, and such a hook fails with a message
+    /// saying so; hookctl uses [`SYSTEM_STATE_ROOT`](crate::state::SYSTEM_STATE_ROOT).
     pub fn with_state_root(mut self, root: Option<crate::StateRoot>) -> Self {
         self.state_root = root.map(Arc::new);
         self
@@ -404,15 +404,23 @@ impl HooksDir {
         if path.extension().is_some_and(|e| e == "toml") {
             return skip(SkipReason::Settings);
         }
+        let module_backend = match path.extension().and_then(|e| e.to_str()) {
+            Some("wasm") => Some("wasm"),
+            Some("so") => Some("dylib"),
+            _ => None,
+        };
         if let Some(loader) = self.loaders.iter().find(|l| l.claims(path, meta)) {
-            return Disposition::Hook(Arc::clone(loader));
+            // A module or plugin with an execute bit (what `cc -shared` makes) is the
+            // exec backend's only by that bit: exec'ing it fails with a signal that
+            // names no missing backend.
+            if module_backend.is_none() || loader.backend() != "exec" {
+                return Disposition::Hook(Arc::clone(loader));
+            }
         }
         // Whoever put one here meant it to run: a program that forgot a backend's
         // `link()` must not skip it as "not executable".
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("wasm") => return skip(SkipReason::Unlinked("wasm")),
-            Some("so") => return skip(SkipReason::Unlinked("dylib")),
-            _ => {}
+        if let Some(backend) = module_backend {
+            return skip(SkipReason::Unlinked(backend));
         }
         if meta.permissions().mode() & 0o111 == 0 {
             skip(SkipReason::NotExecutable)

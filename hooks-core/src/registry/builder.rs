@@ -10,7 +10,7 @@ use super::*;
 /// use virt_hooks_core::{Driver, RegistryBuilder, testing::MockHook};
 /// let registry = RegistryBuilder::new()
 ///     .hook(Driver::Qemu, MockHook::succeeding("audit"))
-///     .hooks_dir("/etc/libvirt/hooks")
+///     .hooks_dir("/etc/myvmm/hooks")
 ///     .timeout(Some(Duration::from_secs(30)))
 ///     .event_timeout(Some(Duration::from_secs(60)))
 ///     .build();
@@ -112,7 +112,7 @@ impl RegistryBuilder {
     /// process group) gets its [`Hook::stop_grace`] to report before the call is dropped.
     /// Either way the hook is recorded as timed out. A backend's own shorter limit (a
     /// sidecar's `timeout`) wins. Larger values are capped at
-    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    /// [`MAX_TIMEOUT`](crate::backend::MAX_TIMEOUT).
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -165,8 +165,8 @@ impl RegistryBuilder {
                 has_dirs: sources.iter().any(|s| matches!(s, Source::Dir(_))),
                 timed: self.timeout.is_some() || self.event_timeout.is_some(),
                 sources,
-                timeout: self.timeout.map(|t| t.min(crate::MAX_TIMEOUT)),
-                event_timeout: self.event_timeout.map(|t| t.min(crate::MAX_TIMEOUT)),
+                timeout: self.timeout.map(|t| t.min(crate::backend::MAX_TIMEOUT)),
+                event_timeout: self.event_timeout.map(|t| t.min(crate::backend::MAX_TIMEOUT)),
                 max_output: self.max_output,
                 layers: stack,
                 state: ArcSwap::from_pointee(state),

@@ -21,7 +21,7 @@ impl Registry {
 
     /// After a failed `restore`/`migrate begin`, which libvirt follows with no
     /// `release`: the state directories made during it are abandoned
-    /// ([`crate::StateRoot::abandon`]) rather than left live for a release that never
+    /// ([`StateRoot::abandon`](crate::state::StateRoot::abandon)) rather than left live for a release that never
     /// comes.
     pub(super) fn abandon_state(
         &self,

@@ -221,6 +221,9 @@ impl Registry {
     /// assert_eq!(report.hooks.len(), 1);
     /// ```
     ///
+    /// At an event whose failure stops the operation (`prepare`), a cancelled event is an
+    /// `Err` like a refusal: tell them apart with [`HookFailure::is_cancelled`].
+    ///
     /// # Errors
     /// As [`Registry::fire`].
     pub async fn fire_until(&self, event: &dyn HookEvent, cancel: &crate::Cancel) -> Result<Report, HookFailure> {
@@ -427,8 +430,11 @@ impl Registry {
     /// (an exec hook's wait blocks it; nothing is handed to a thread pool). Needs no
     /// runtime. Inside a multi-thread runtime it may be called from an async task (the
     /// worker's other tasks move to another thread, as [`block_on`] says); inside a
-    /// `current_thread` runtime only from `spawn_blocking`. A custom hook that needs a
-    /// tokio runtime (`tokio::time`) must be fired inside one.
+    /// `current_thread` runtime only from `spawn_blocking`: called from one of its
+    /// tasks it blocks that runtime, and a custom hook awaiting the runtime (its timers)
+    /// waits until its own timeout (without one, for ever). tokio offers no way to tell
+    /// such a task from a `spawn_blocking` thread, so this cannot be refused. A custom
+    /// hook that needs a tokio runtime (`tokio::time`) must be fired inside one.
     ///
     /// # Errors
     /// As [`Registry::fire`].

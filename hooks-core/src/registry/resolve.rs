@@ -152,7 +152,16 @@ impl Inner {
                                     LoadError::new(&entry.path, "none", LoadErrorKind::NoBackend)
                                 }
                                 Disposition::Skipped(SkipReason::Unlinked(backend)) => {
-                                    LoadError::new(&entry.path, backend, LoadErrorKind::NotLinked { backend })
+                                    // Linked, but left out of this dir's loaders.
+                                    let kind = if crate::loader::registered_loaders()
+                                        .iter()
+                                        .any(|l| l.backend() == *backend)
+                                    {
+                                        LoadErrorKind::NoLoaderGiven { backend }
+                                    } else {
+                                        LoadErrorKind::NotLinked { backend }
+                                    };
+                                    LoadError::new(&entry.path, backend, kind)
                                 }
                                 Disposition::Skipped(why) if why.is_likely_mistake() => {
                                     skipped.push(crate::SkippedEntry {

@@ -602,6 +602,56 @@ mod compiled_tests {
             assert!(text.contains(file) && text.contains(link), "{file}: {text}");
         }
     }
+
+    /// What `cc -shared` makes has its execute bit: a program with only the exec backend
+    /// exec'd it, and the event failed with SIGSEGV, naming no backend to link.
+    #[test]
+    fn an_executable_module_or_plugin_is_not_taken_for_a_script() {
+        use std::os::unix::fs::PermissionsExt;
+        #[derive(Debug)]
+        struct ExecLike;
+        impl crate::backend::HookLoader for ExecLike {
+            fn backend(&self) -> &'static str {
+                "exec"
+            }
+            fn priority(&self) -> i32 {
+                100
+            }
+            fn claims(&self, _path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
+                meta.permissions().mode() & 0o111 != 0
+            }
+            fn load(
+                &self,
+                _path: &std::path::Path,
+                _settings: &crate::backend::HookSettings,
+            ) -> Result<std::sync::Arc<dyn crate::Hook>, crate::LoadError> {
+                Ok(std::sync::Arc::new(crate::testing::MockHook::succeeding("exec'd")))
+            }
+        }
+        for (file, link) in [
+            ("10-deny.so", "virt_hooks_dylib::link()"),
+            ("10-deny.wasm", "virt_hooks_wasm::link()"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::create_dir(tmp.path().join("qemu.d")).unwrap();
+            let path = tmp.path().join("qemu.d").join(file);
+            std::fs::write(&path, b"\x7fELF").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let dir = crate::HooksDir::with_loaders(tmp.path(), vec![std::sync::Arc::new(ExecLike)]);
+            let registry = RegistryBuilder::new().hooks_dir_with(dir).build();
+            let ev = crate::QemuEvent::Prepare {
+                name: "vm".into(),
+                xml: "<domain/>".into(),
+            };
+            let failure = registry.fire_blocking(&ev).unwrap_err();
+            let text = crate::error::chain(&failure);
+            assert!(text.contains(link), "{file}: {text}");
+            assert!(
+                !failure.report().hooks.iter().any(|h| h.name == "exec'd"),
+                "{file} was exec'd"
+            );
+        }
+    }
 }
 
 mod loading_tests {

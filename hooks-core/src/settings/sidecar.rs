@@ -120,10 +120,10 @@ pub struct HookSettings {
     pub on_reconnect_failure: Option<OnReconnectFailure>,
     /// Which events it wants.
     pub matcher: Matcher,
-    /// Whether it keeps a directory per object (`state = true`; see [`crate::StateRoot`]).
+    /// Whether it keeps a directory per object (`state = true`; see [`StateRoot`](crate::state::StateRoot)).
     pub state: bool,
     /// The cap on that directory's size in bytes where the backend can hold it (wasm);
-    /// `None` leaves [`crate::DEFAULT_STATE_MAX`].
+    /// `None` leaves [`DEFAULT_STATE_MAX`](crate::state::DEFAULT_STATE_MAX).
     pub state_max: Option<u64>,
     /// The plugin's own settings, its sidecar's `[config]` table: handed to it by every
     /// backend (see [`crate::backend::PluginConfig`]).

@@ -70,6 +70,8 @@ impl std::fmt::Debug for Sandbox {
 static GLOBAL: OnceLock<Result<Arc<Sandbox>, EngineError>> = OnceLock::new();
 /// Its configuration, if set before then ([`Sandbox::configure_global`]).
 static GLOBAL_CONFIG: OnceLock<EngineConfig> = OnceLock::new();
+/// The cache dir of [`Sandbox::global`] when the program chose one.
+static GLOBAL_CACHE: OnceLock<Option<PathBuf>> = OnceLock::new();
 /// How sandboxes built from now on compile ([`Sandbox::configure_compiler`]).
 static GLOBAL_COMPILER: OnceLock<Compiler> = OnceLock::new();
 
@@ -107,8 +109,10 @@ impl Sandbox {
         })
     }
 
-    /// The process-wide sandbox with the default configuration and cache dir
-    /// ([`default_cache_dir`]).
+    /// The process-wide sandbox (what [`crate::WasmLoader`] and [`crate::WasmHook::load`]
+    /// use), with the configuration and cache dir set by [`Sandbox::configure_global`]
+    /// and [`Sandbox::configure_global_cache`], else the defaults ([`default_cache_dir`]:
+    /// as root, `/var/cache/virt-hooks/wasm`).
     ///
     /// # Errors
     /// When the engine cannot be built (the error says why).
@@ -116,7 +120,8 @@ impl Sandbox {
         GLOBAL
             .get_or_init(|| {
                 let config = GLOBAL_CONFIG.get().copied().unwrap_or_default();
-                Sandbox::new(config, default_cache_dir())
+                let cache = GLOBAL_CACHE.get().cloned().unwrap_or_else(default_cache_dir);
+                Sandbox::new(config, cache)
                     .map(Arc::new)
                     .map_err(|e| EngineError(WasmError::from(e).0))
             })
@@ -143,6 +148,20 @@ impl Sandbox {
             return Err(config);
         }
         GLOBAL_CONFIG.set(config)
+    }
+
+    /// Sets the compiled-module cache dir of [`Sandbox::global`] before its first use:
+    /// a driver keeps its own (`Some(dir)`: an absolute path, created `0700` if missing,
+    /// that must pass the trust rule) or none (`None`), in place of
+    /// [`default_cache_dir`] (`$VIRT_HOOKS_WASM_CACHE`, else the system's as root).
+    ///
+    /// # Errors
+    /// Gives `dir` back when the global sandbox's cache was already chosen or it was built.
+    pub fn configure_global_cache(dir: Option<PathBuf>) -> Result<(), Option<PathBuf>> {
+        if GLOBAL.get().is_some() {
+            return Err(dir);
+        }
+        GLOBAL_CACHE.set(dir)
     }
 
     /// Sets how every sandbox built from now on compiles (the global one included),
