@@ -354,10 +354,14 @@ fn build_deb_writes_nothing_into_the_checkout() {
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         fs::copy(repo().join(file), &dest).unwrap();
     }
-    fs::create_dir(tree.join("docs")).unwrap();
-    for doc in fs::read_dir(repo().join("docs")).unwrap() {
-        let doc = doc.unwrap().path();
-        fs::copy(&doc, tree.join("docs").join(doc.file_name().unwrap())).unwrap();
+    for dir in ["docs", "docs/plugins"] {
+        fs::create_dir(tree.join(dir)).unwrap();
+        for doc in fs::read_dir(repo().join(dir)).unwrap() {
+            let doc = doc.unwrap().path();
+            if doc.is_file() {
+                fs::copy(&doc, tree.join(dir).join(doc.file_name().unwrap())).unwrap();
+            }
+        }
     }
     let target = tmp.path().join("build");
     let stubs = tmp.path().join("stubs");
@@ -372,7 +376,7 @@ echo "cargo $*" >> {calls}
 case "$1" in
   build|rustc) mkdir -p "$CARGO_TARGET_DIR/release" && cp {exe} "$CARGO_TARGET_DIR/release/hookctl" && touch "$CARGO_TARGET_DIR/release/hookctl-native" ;;
   deb)
-    for asset in man/hookctl.1.gz completions/hookctl.bash completions/_hookctl completions/hookctl.fish README.md.gz docs/settings.md.gz; do
+    for asset in man/hookctl.1.gz completions/hookctl.bash completions/_hookctl completions/hookctl.fish README.md.gz docs/settings.md.gz docs/plugins/c.md.gz; do
       [ -s "$CARGO_TARGET_DIR/release/deb-assets/$asset" ] || {{ echo "missing asset $asset" >&2; exit 1; }}
     done
     grep -q 'target/release/deb-assets/man/\*.1' hookctl/Cargo.toml || {{ echo "manifest does not take the assets from the target dir" >&2; exit 1; }}
