@@ -61,7 +61,8 @@ and what each one's [match] decided, running none.")]
     /// Load every hook and name each broken file and why.
     Check(commands::check::CheckArgs),
     /// Show the dispatcher's audit log: one row per hook event; a failed one names the
-    /// plugin and the first line of its stderr.
+    /// plugin and the line that explains it (the last it logged at error, else the first
+    /// line of its stderr).
     #[command(after_help = commands::log::HELP)]
     Log(commands::log::LogArgs),
     /// Run the plugins of a plugins dir for one event, as the installed dispatcher does.
@@ -87,6 +88,9 @@ pub(crate) fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if let Some(driver) = commands::dispatch::invoked_as_hook(&args) {
         let plugins = commands::dispatch::plugins_dir_for(Path::new(&args[0]), driver);
+        crate::config::choose_wasm_cache(
+            &commands::dispatch::hooks_dir_of(&plugins, driver).unwrap_or(plugins.clone()),
+        );
         let [_, object, op, subop, extra] =
             <[OsString; 5]>::try_from(args).unwrap_or_else(|_| unreachable!("checked: five arguments"));
         let settings = crate::config::Overrides::default();
@@ -98,6 +102,12 @@ pub(crate) fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let hooks_dir = std::path::absolute(&cli.hooks_dir).unwrap_or(cli.hooks_dir.clone());
+    match &cli.command {
+        Command::Dispatch(args) => crate::config::choose_wasm_cache(
+            &commands::dispatch::hooks_dir_of(&args.plugins, args.event.driver).unwrap_or(args.plugins.clone()),
+        ),
+        _ => crate::config::choose_wasm_cache(&hooks_dir),
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::exec(&hooks_dir, args),
         Command::Simulate(args) => commands::simulate::exec(&hooks_dir, args),

@@ -36,6 +36,24 @@ pub(crate) const SYSTEM_HOOKS_DIR: &str = "/etc/libvirt/hooks";
 /// no scan runs).
 pub(crate) const OWN_STATE_DIR: &str = ".state";
 
+/// Where a hooks dir outside the system one keeps its compiled WASM modules (a dotfile,
+/// which no scan runs), so that trying modules in a scratch dir leaves the system's
+/// cache (`/var/cache/virt-hooks/wasm`) alone.
+pub(crate) const OWN_WASM_CACHE: &str = ".wasm-cache";
+
+/// Gives this process's WASM sandbox the module cache of `hooks_dir`: the system's for
+/// the system hooks dir, `<hooks dir>/.wasm-cache` for any other; `VIRT_HOOKS_WASM_CACHE`,
+/// when set, wins over both.
+pub(crate) fn choose_wasm_cache(hooks_dir: &Path) {
+    #[cfg(feature = "wasm")]
+    if std::env::var_os("VIRT_HOOKS_WASM_CACHE").is_none() && !is_system_hooks_dir(hooks_dir) {
+        let dir = std::path::absolute(hooks_dir).unwrap_or_else(|_| hooks_dir.to_owned());
+        let _ = virt_hooks_wasm::Sandbox::configure_global_cache(Some(dir.join(OWN_WASM_CACHE)));
+    }
+    #[cfg(not(feature = "wasm"))]
+    let _ = hooks_dir;
+}
+
 /// The system hooks dir. Tests of debug builds may name another with
 /// `HOOKCTL_TEST_SYSTEM_HOOKS_DIR`, so that the system defaults can be tried (in a mount
 /// namespace of their own) without the host's `/etc/libvirt`.

@@ -94,18 +94,13 @@ pub(crate) fn short(path: &str, dir: &Path) -> String {
         .map_or_else(|_| path.to_owned(), |p| p.display().to_string())
 }
 
-/// What a failed plugin said: the first lines of its stderr, escaped; when its stderr
-/// is empty, the last line it logged as an error (a version 2 plugin's `log`).
+/// What a failed plugin said, escaped, in at most 10 lines: the last line it logged at
+/// error first (a plugin's log, a script's `<3>` line), then the rest of its stderr.
 pub(crate) fn said(rec: &HookRecord) -> String {
-    // A script's `<3>` log prefixes are for us, not for virsh's error line.
-    let unprefixed = virt_hooks_core::outcome::without_log_prefixes(&rec.stderr);
-    let stderr = STDERR_LINES.apply(unprefixed.trim_end());
-    if !stderr.is_empty() {
-        return stderr.into_owned();
-    }
-    virt_hooks_core::outcome::explaining_line(&rec.log, b"")
-        .map(|line| STDERR_LINES.apply(&line).into_owned())
-        .unwrap_or_default()
+    // The error it logged leads (not debug output before it); `<3>` prefixes are for
+    // the log, not for virsh's error line.
+    let text = virt_hooks_core::outcome::failure_text(&rec.log, &rec.stderr);
+    STDERR_LINES.apply(&text).into_owned()
 }
 
 /// `exit status 1`, `fatal signal 9`, `timed out after 2s`, ... (whole: each sink caps it)

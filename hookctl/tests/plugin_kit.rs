@@ -124,7 +124,7 @@ fn check_runs_init_with_the_config_and_names_what_it_refused() {
     hookctl(&hooks, &["check", "qemu"])
         .assert()
         .code(1)
-        .stdout(contains("10-vcpu.so.toml:1: [config]: `max_vcpus` is a array"));
+        .stdout(contains("10-vcpu.so.toml:2: [config]: `max_vcpus` is an array"));
 }
 
 #[test]
@@ -171,6 +171,7 @@ impl Plugin for Aborts {
     const NAME: &'static std::ffi::CStr = c"aborts";
     fn call(&self, inv: &Invocation<'_>) -> i32 {
         inv.debug("about to look for the bridge");
+        eprintln!("debug: {} bytes in", inv.input().map_or(0, <[u8]>::len));
         let bridges: Vec<&str> = Vec::new();
         let _ = bridges.first().expect("no bridge br0 in this guest");
         0
@@ -207,6 +208,49 @@ fn a_rust_plugin_built_with_panic_abort_dies_with_its_message_and_the_signal_nam
     let stderr = row["hooks"][0]["stderr"].as_str().unwrap();
     assert!(stderr.contains("plugin `aborts` panicked: no bridge br0"), "{row}");
     assert_eq!(row["hooks"][0]["status"], "fatal signal 6 (SIGABRT)");
+    // The panic, not the debug output printed before it, is what `log` shows.
+    hookctl(
+        &hooks,
+        &["log", "--file", tmp.path().join("audit.jsonl").to_str().unwrap()],
+    )
+    .assert()
+    .success()
+    .stdout(contains(
+        "fatal signal 6 (SIGABRT): plugin `aborts` panicked: no bridge br0",
+    ));
+}
+
+/// A plugin that keeps a copy of its output and writes through it from `fini`: the
+/// writes are lost, and the report says so.
+#[test]
+fn writes_after_the_call_returned_are_reported() {
+    let (tmp, hooks, plugins) = installed();
+    compile_v2(
+        tmp.path(),
+        &plugins.join("10-late.so"),
+        r#"
+#include "virt_hook.h"
+static virt_hook_output kept;
+static int32_t call(const virt_hook_event *ev) { kept = *ev->out; return 0; }
+static void fini(void *instance) {
+    (void)instance;
+    virt_hook_logf(&kept, VIRT_HOOK_INFO, "from fini");
+    virt_hook_errorf(&kept, "from fini");
+}
+static int32_t init(const virt_hook_init *in, void **instance) { (void)in; *instance = 0; return 0; }
+static const virt_hook_descriptor d = { VIRT_HOOK_ABI_VERSION_2, sizeof d, "late", init, fini, call };
+const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
+"#,
+    );
+    as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"])
+        .assert()
+        .success();
+    let row = last_audit_row(tmp.path());
+    let warnings = row["hooks"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("2 write(s) through its output callbacks after its call returned"),
+        "{row}"
+    );
 }
 
 /// A cdylib that cargo builds beside the test binaries (a dev-dependency of hookctl).
@@ -385,4 +429,34 @@ const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
         .code(1)
         .stdout(contains("10-overread.so"))
         .stdout(contains("fatal signal 11 (SIGSEGV)"));
+}
+
+/// Trying a WASM module in a scratch hooks dir compiles it into that dir's own cache
+/// (`.wasm-cache`), never the system's `/var/cache/virt-hooks`: run as root in a private
+/// mount namespace with an empty tmpfs on /var/cache, where a write there would show.
+#[test]
+fn a_scratch_dir_caches_its_wasm_modules_itself() {
+    with_default_paths_private(|| {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0755", "hookctl-cache-test", "/var/cache"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (tmp, hooks, plugins) = installed();
+        let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+        fs::write(plugins.join("10-noop.wasm"), module).unwrap();
+        let mut check = hookctl(&hooks, &["check", "qemu"]);
+        check.env_remove("VIRT_HOOKS_WASM_CACHE").assert().success();
+        let mut event = as_libvirt_xml(&hooks, ["vm", "prepare", "begin", "-"]);
+        event.env_remove("VIRT_HOOKS_WASM_CACHE").assert().success();
+        let cached = fs::read_dir(hooks.join(".wasm-cache")).map(|d| d.count()).unwrap_or(0);
+        assert!(cached > 0, "nothing cached in {}", hooks.join(".wasm-cache").display());
+        let system: Vec<_> = fs::read_dir("/var/cache")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(system.is_empty(), "wrote {system:?}");
+        drop(tmp);
+    });
 }

@@ -291,24 +291,54 @@ pub fn signal_name(signal: i32) -> Option<&'static str> {
 }
 
 /// The line that explains a failure, from a hook's log and stderr: see
-/// [`HookOutcome::explaining_line`].
+/// [`HookOutcome::explaining_line`]. The last line logged at error (through a log
+/// channel, or `<3>` on stderr); else the first plain line of stderr (one without a
+/// `<N>` prefix: lower levels are log lines, not the reason); else the last warning.
 pub fn explaining_line(log: &[LogLine], stderr: &[u8]) -> Option<String> {
+    logged_error(log, stderr).or_else(|| {
+        let plain = stderr
+            .split(|&b| b == b'\n')
+            .filter(|l| prefixed_level(l).is_none())
+            .map(|l| String::from_utf8_lossy(l).trim().to_owned())
+            .find(|l| !l.is_empty());
+        plain.or_else(|| {
+            let warned = log.iter().rev().find(|l| l.level == LogLevel::Warn);
+            warned.map(|l| l.message.clone())
+        })
+    })
+}
+
+/// The last line logged at error, through a log channel or as a `<3>` stderr line.
+fn logged_error(log: &[LogLine], stderr: &[u8]) -> Option<String> {
     if let Some(line) = log.iter().rev().find(|l| l.level == LogLevel::Error) {
         return Some(line.message.clone());
     }
-    if let Some((_, text)) = stderr
+    stderr
         .split(|&b| b == b'\n')
         .rev()
         .filter_map(prefixed_level)
         .find(|(level, _)| *level == LogLevel::Error)
-    {
-        return Some(String::from_utf8_lossy(text).trim().to_owned());
+        .map(|(_, text)| String::from_utf8_lossy(text).trim().to_owned())
+}
+
+/// What a failure message shows of a hook's words: the line it logged at error first,
+/// when it logged one (debug output printed before it must not lead), then its stderr
+/// without the `<N>` prefixes and without that line again.
+pub fn failure_text(log: &[LogLine], stderr: &str) -> String {
+    let unprefixed = without_log_prefixes(stderr);
+    let unprefixed = unprefixed.trim_end();
+    let Some(reason) = logged_error(log, stderr.as_bytes()) else {
+        return unprefixed.to_owned();
+    };
+    let rest: Vec<&str> = unprefixed
+        .lines()
+        .filter(|l| l.trim() != reason && !l.trim().is_empty())
+        .collect();
+    if rest.is_empty() {
+        reason
+    } else {
+        format!("{reason}\n{}", rest.join("\n"))
     }
-    stderr
-        .split(|&b| b == b'\n')
-        .map(|l| prefixed_level(l).map_or(l, |(_, text)| text))
-        .map(|l| String::from_utf8_lossy(l).trim().to_owned())
-        .find(|l| !l.is_empty())
 }
 
 /// `stderr` without the `<N>` log prefixes at the start of its lines: what a message for
@@ -467,8 +497,33 @@ mod tests {
         assert_eq!(HookOutcome::exited(1).explaining_line(), None);
         let prefixed = HookOutcome::exited(1).with_stderr("<7>looked\n<3>disk full\n<3>no room left\n<6>bye\n\n");
         assert_eq!(prefixed.explaining_line().as_deref(), Some("no room left"));
-        let plain = HookOutcome::exited(1).with_stderr("\n  <7>only debug\n");
-        assert_eq!(plain.explaining_line().as_deref(), Some("<7>only debug"));
+        // Lines at lower levels are log lines: the plain line is the reason.
+        let mixed = HookOutcome::exited(1).with_stderr("<7>debug first\n<6>info\nplain reason\n");
+        assert_eq!(mixed.explaining_line().as_deref(), Some("plain reason"));
+        let only_info = HookOutcome::exited(1).with_stderr("<6>alloc 0 -> 0x11110\n");
+        assert_eq!(only_info.explaining_line(), None);
+        let warned = HookOutcome::exited(1).with_stderr("<6>x\n<4>disk slow\n");
+        let mut warned = warned;
+        warned.take_stderr_log();
+        assert_eq!(warned.explaining_line().as_deref(), Some("disk slow"));
+    }
+
+    #[test]
+    fn a_failure_message_leads_with_the_error_logged_then_the_rest_of_stderr() {
+        let log = [LogLine {
+            level: LogLevel::Error,
+            message: "guest asks for 12 vCPUs".into(),
+        }];
+        assert_eq!(
+            failure_text(&log, "debug: input_len=477\nguest asks for 12 vCPUs\n"),
+            "guest asks for 12 vCPUs\ndebug: input_len=477"
+        );
+        assert_eq!(
+            failure_text(&[], "<7>debug first\n<3>script reason\n"),
+            "script reason\ndebug first"
+        );
+        assert_eq!(failure_text(&[], "plain\nlines\n"), "plain\nlines");
+        assert_eq!(failure_text(&log, ""), "guest asks for 12 vCPUs");
     }
 
     #[test]

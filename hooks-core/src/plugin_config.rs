@@ -96,11 +96,13 @@ impl PluginConfig {
                 .filter(|(k, _)| env_suffix(k) == pair[0])
                 .map(|(k, _)| k.as_str())
                 .collect();
-            return Err(format!(
-                "`{}` would all be {CONFIG_ENV_PREFIX}{}",
-                same.join("`, `"),
-                pair[0]
-            ));
+            let (last, others) = same.split_last().unwrap_or((&"", &[]));
+            let (named, verb) = if others.len() == 1 {
+                (format!("`{}` and `{last}`", others[0]), "both")
+            } else {
+                (format!("`{}` and `{last}`", others.join("`, `")), "all")
+            };
+            return Err(format!("{named} would {verb} be {CONFIG_ENV_PREFIX}{}", pair[0]));
         }
         Ok(PluginConfig { entries })
     }

@@ -257,8 +257,7 @@ impl HookRecord {
             } else {
                 outcome.status.describe()
             };
-            let detail = match crate::outcome::without_log_prefixes(&stderr).trim_end() {
-                // What it logged as an error says why, when its stderr says nothing.
+            let detail = match crate::outcome::failure_text(&outcome.log, &stderr).as_str() {
                 "" => explaining.map(|line| format!(": {line}")).unwrap_or_default(),
                 detail => format!(": {detail}"),
             };

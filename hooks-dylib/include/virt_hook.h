@@ -28,9 +28,11 @@
  * `io.write_stdout` replace the domain XML (write nothing to keep it); for other
  * events stdout is recorded and ignored.
  *
- * A native call cannot be interrupted: a host timeout reports the hook as timed
- * out, but the call keeps running. Native plugins are trusted code, running in the
- * host process with its privileges.
+ * Loaded into a driver's own process (hooks-dylib), a native call cannot be
+ * interrupted: a timeout reports the hook as timed out while the call keeps running.
+ * Under hookctl's dispatcher each call runs in a `hookctl-native` process of its own,
+ * which a timeout kills. Either way native plugins are trusted code, running with the
+ * host's privileges.
  *
  * Per-guest state: a plugin whose sidecar (`<plugin>.so.toml`) says `state = true`
  * gets a directory that lives from the guest's first event until after its
@@ -51,6 +53,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The environment variable naming the plugin's state directory (see above). */
@@ -118,8 +121,11 @@ const virt_hook_plugin *virt_hook_plugin_v1(void);
  * message libvirt shows on failure, `out->log` a line for the report, the audit log,
  * the journal and `hookctl simulate`. The last line logged at VIRT_HOOK_ERROR is the
  * line that explains a failure. The callbacks may be used only during the call that
- * received them and only on its thread; a late or foreign write is dropped and
- * reported as a warning.
+ * received them and only on its thread. `out` points into the host's call: never
+ * keep the pointer (using it after the call returned is undefined behaviour). A copy
+ * of the struct used later, or from another thread, has its writes dropped; the host
+ * reports them as a warning when it can tell (during a call, or from `fini` under
+ * hookctl).
  * ------------------------------------------------------------------------------- */
 
 #define VIRT_HOOK_ABI_VERSION_2 2
@@ -199,7 +205,8 @@ static inline const char *virt_hook_config(const virt_hook_config_item *config, 
     return NULL;
 }
 
-/* printf-style helpers. Output longer than 4 KiB per call is cut. */
+/* printf-style helpers, of any length (what does not fit 1 KiB is formatted on the
+ * heap; if that allocation fails, the first 1 KiB is written). */
 #if defined(__GNUC__) || defined(__clang__)
 #define VIRT_HOOK_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
@@ -208,17 +215,34 @@ static inline const char *virt_hook_config(const virt_hook_config_item *config, 
 
 static inline void virt_hook_vformat_(const virt_hook_output *out, int stream, int32_t level,
                                       const char *fmt, va_list ap) {
-    char buf[4096];
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    if (n < 0 || out == NULL)
+    char small[1024];
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n < 0 || out == NULL) {
+        va_end(again);
         return;
-    size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
+    }
+    char *buf = small;
+    size_t len = (size_t)n;
+    if (len >= sizeof small) {
+        char *big = (char *)malloc(len + 1);
+        if (big != NULL && vsnprintf(big, len + 1, fmt, again) >= 0)
+            buf = big;
+        else
+            len = sizeof small - 1;
+        if (buf != big)
+            free(big);
+    }
+    va_end(again);
     if (stream == 1 && out->write_stdout)
         out->write_stdout(out->ctx, (const uint8_t *)buf, len);
     else if (stream == 2 && out->write_stderr)
         out->write_stderr(out->ctx, (const uint8_t *)buf, len);
     else if (stream == 0 && VIRT_HOOK_HAS(out, virt_hook_output, log) && out->log)
         out->log(out->ctx, level, buf, len);
+    if (buf != small)
+        free(buf);
 }
 
 /* A log line: virt_hook_logf(event->out, VIRT_HOOK_INFO, "moved %d interfaces", n). */

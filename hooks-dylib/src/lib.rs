@@ -53,7 +53,7 @@ mod plugin;
 mod search_path;
 
 pub use library::Library;
-pub use plugin::{with_running_plugin, DylibHook};
+pub use plugin::{stray_writes, with_running_plugin, DylibHook};
 pub use virt_hooks_plugin::abi;
 
 use std::fs::Metadata;

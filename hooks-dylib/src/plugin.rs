@@ -170,6 +170,8 @@ pub(crate) struct Instance {
     lib: Arc<Library>,
     ptr: *mut c_void,
     config: ConfigTable,
+    /// What `init` logged, handed to the first call's outcome.
+    init_log: std::sync::Mutex<Vec<virt_hooks_core::outcome::LogLine>>,
 }
 
 // SAFETY: the ABI requires the instance to be safe to share between the threads that
@@ -196,6 +198,7 @@ impl Instance {
                 lib: Arc::clone(lib),
                 ptr: std::ptr::null_mut(),
                 config,
+                init_log: std::sync::Mutex::default(),
             });
         };
         use std::os::unix::ffi::OsStrExt;
@@ -251,6 +254,7 @@ impl Instance {
             lib: Arc::clone(lib),
             ptr,
             config,
+            init_log: std::sync::Mutex::new(std::mem::take(&mut capture.log.log)),
         })
     }
 }
@@ -332,6 +336,13 @@ pub fn with_running_plugin<R>(f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     // (the guard is not `Send`); RUNNING is thread-local, so nothing else changes it
     // meanwhile. The slice is only lent to `f`.
     Some(f(unsafe { std::slice::from_raw_parts(ptr, len) }))
+}
+
+/// How many writes through plugins' output callbacks were ignored in this process so
+/// far (after a call returned, or from another thread): a host that drops a hook (its
+/// `fini`) or ends takes the difference to report writes no call was there to count.
+pub fn stray_writes() -> u64 {
+    STRAY_WRITES.load(Ordering::Relaxed)
 }
 
 /// Tokens handed to plugins as `ctx`: never 0, never reused.
@@ -466,6 +477,13 @@ impl Call {
             cap: self.cap,
             ..Capture::default()
         };
+        // What `init` logged opens the first call's log.
+        if let Some(instance) = &self.instance {
+            let init_log = std::mem::take(&mut *instance.init_log.lock().unwrap_or_else(|p| p.into_inner()));
+            for line in init_log {
+                capture.log.push_log(line.level, &line.message);
+            }
+        }
         let strays_before = STRAY_WRITES.load(Ordering::Relaxed);
         // SAFETY: `capture` is a local that is not touched again until `activation` is
         // dropped, on this thread, below (or during unwinding, which drops `activation`

@@ -327,3 +327,40 @@ const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
         "{err}"
     );
 }
+
+#[test]
+fn printf_helpers_write_documents_of_any_length_and_init_logs_open_the_first_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let so = compile_c(
+        tmp.path(),
+        "echo-doc.so",
+        r#"
+#include <virt_hook.h>
+static int32_t init(const virt_hook_init *in, void **instance) {
+    virt_hook_logf(in->out, VIRT_HOOK_INFO, "ready with %zu config keys", in->config_len);
+    *instance = 0;
+    return 0;
+}
+static int32_t call(const virt_hook_event *ev) {
+    if (ev->input) virt_hook_printf(ev->out, "%s", (const char *)ev->input);
+    return 0;
+}
+static const virt_hook_descriptor d = { VIRT_HOOK_ABI_VERSION_2, sizeof d, "echo-doc", init, NULL, call };
+const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
+"#,
+    );
+    let hook = DylibHook::load(&so).unwrap();
+    let doc = format!("<domain>{}</domain>", "<x/>".repeat(5_000));
+    let first = call(&hook, &inv("vm", "migrate", Some(doc.as_bytes())));
+    assert_eq!(first.stdout.len(), doc.len(), "the document was cut");
+    assert_eq!(
+        first.log.first().map(|l| l.message.as_str()),
+        Some("ready with 0 config keys")
+    );
+    let second = call(&hook, &inv("vm", "migrate", Some(b"<domain/>")));
+    assert!(
+        second.log.is_empty(),
+        "init's lines go with the first call only: {:?}",
+        second.log
+    );
+}

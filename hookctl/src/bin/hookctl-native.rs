@@ -214,7 +214,17 @@ fn call(args: &[OsString], document: Vec<u8>, config: &PluginConfig) -> (End, Op
     // plugin reads it there, a version 2 plugin gets it in its event.
     let state_dir = std::env::var_os(virt_hooks_exec::STATE_ENV).map(|d| Arc::from(Path::new(&d)));
     let inv = Invocation::new(driver, EventArgs::new([object, op, subop, extra]), input).with_state_dir(state_dir);
-    let outcome = virt_hooks_core::block_on(hook.call(&inv));
+    let mut outcome = virt_hooks_core::block_on(hook.call(&inv));
+    // The plugin's fini runs now (the hook is done): what it, or a thread the call left
+    // running, writes through a kept output is ignored, and said so.
+    let strays = virt_hooks_dylib::stray_writes();
+    drop(hook);
+    let late = virt_hooks_dylib::stray_writes() - strays;
+    if late > 0 {
+        outcome.warnings.push(format!(
+            "{late} write(s) through its output callbacks after its call returned (from fini, or a thread it left running) were ignored"
+        ));
+    }
     let end = match outcome.status {
         HookStatus::Exited(code) => End::Exited { code },
         HookStatus::Crashed(message) => End::Crashed {

@@ -208,11 +208,16 @@ fn plugin_config(table: toml::Table) -> Result<PluginConfig, String> {
             toml::Value::Float(x) => ConfigValue::Float(x),
             toml::Value::Boolean(b) => ConfigValue::Boolean(b),
             other => {
+                let kind = other.type_str();
+                let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                };
                 return Err(format!(
-                    "`{}` is a {}: values are strings, numbers or booleans",
-                    key.escape_debug(),
-                    other.type_str()
-                ))
+                    "`{}` is {article} {kind}: values are strings, numbers or booleans",
+                    key.escape_debug()
+                ));
             }
         };
         entries.push((key, value));
@@ -432,8 +437,25 @@ impl HookSettings {
         let config = match file.config {
             None => PluginConfig::new(),
             Some(table) => {
-                let line = line_at(table.span());
-                plugin_config(table.into_inner()).map_err(|why| fail(line, format!("[config]: {why}")))?
+                let header = line_at(table.span());
+                plugin_config(table.into_inner()).map_err(|why| {
+                    // The line of the first key the message names, below the table's header.
+                    let key = why.split('`').nth(1).unwrap_or_default();
+                    let line = header.and_then(|from| {
+                        text.lines()
+                            .enumerate()
+                            .skip(from)
+                            .find(|(_, l)| {
+                                let l = l.trim_start();
+                                !key.is_empty()
+                                    && (l.starts_with(&format!("{key} "))
+                                        || l.starts_with(&format!("{key}="))
+                                        || l.starts_with(&format!("\"{key}\"")))
+                            })
+                            .map(|(i, _)| i + 1)
+                    });
+                    fail(line.or(header), format!("[config]: {why}"))
+                })?
             }
         };
         Ok(HookSettings {

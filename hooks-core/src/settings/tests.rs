@@ -66,7 +66,7 @@ fn config_that_no_backend_could_pass_is_refused_with_its_line() {
         .collect();
     let huge = format!("k = \"{}\"\n", "x".repeat(crate::backend::MAX_CONFIG_BYTES));
     for (body, want) in [
-        ("list = [1, 2]\n", "`list` is a array"),
+        ("list = [1, 2]\n", "`list` is an array"),
         ("[config.nested]\nk = 1\n", "`nested` is a table"),
         ("when = 1979-05-27\n", "`when` is a datetime"),
         ("\"a b\" = 1\n", "key `a b`"),
@@ -84,6 +84,12 @@ fn config_that_no_backend_could_pass_is_refused_with_its_line() {
         );
         assert!(e.line.is_some_and(|l| l >= 2), "{body:.60}: {e}");
     }
+    // The line is the key's, not the table's header.
+    let e = parse("[config]\na = 1\nb = \"x\"\nlist = [1]\n").unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    let e = parse("[config]\nmax-vcpus = 1\nmax_vcpus = 2\n").unwrap_err();
+    assert!(e.message.contains("`max-vcpus` and `max_vcpus` would both be"), "{e}");
+    assert_eq!(e.line, Some(2), "{e}");
     // A value is never taken for a setting of hookctl's own.
     let e = parse("[config]\nk = 1\n[other]\n").unwrap_err();
     assert!(e.message.contains("unknown field `other`"), "{e}");

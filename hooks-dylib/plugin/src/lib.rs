@@ -145,7 +145,9 @@ impl<'a> Init<'a> {
     pub fn config_entries(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         config_pairs(config_items(self.raw.config, self.raw.config_len))
     }
-    /// Logs a line at `level` (shown by `hookctl check`'s loading, traced by a host).
+    /// Logs a line at `level`: it goes with the first event's log lines (in hookctl,
+    /// with each event's, as each runs in a process of its own); a refusal's error line
+    /// is the message `hookctl check` shows.
     pub fn log(&self, level: Level, message: &str) {
         log_to(self.raw.out, level, message);
     }
@@ -371,7 +373,8 @@ fn install_quiet_panic_hook() {
                 use io::Write;
                 let name = CURRENT.with(Cell::get);
                 let name = name.map_or(Cow::Borrowed("?"), CStr::to_string_lossy);
-                let _ = writeln!(io::stderr(), "plugin `{name}` panicked: {message}");
+                // `<3>`: an error line, which hookctl shows as the failure's reason.
+                let _ = writeln!(io::stderr(), "<3>plugin `{name}` panicked: {message}");
             }
             PANIC_MESSAGE.with(|m| *m.borrow_mut() = Some(message));
         }));

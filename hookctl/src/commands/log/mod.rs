@@ -58,8 +58,8 @@ or --file does not exist.";
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
     /// The audit log to read (with its rotations PATH.1 … PATH.5). Default: the log each
-    /// <DIR>/<driver>.plugins/hookctl.toml names (`log = …`), else
-    /// /var/log/libvirt/hookctl.jsonl.
+    /// <DIR>/<driver>.plugins/hookctl.toml names (`log = …`), else, for /etc/libvirt/hooks
+    /// only, /var/log/libvirt/hookctl.jsonl (another hooks dir keeps none by default).
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
     /// Only events for this guest or network (its exact name; `-` for the daemon).

@@ -78,7 +78,7 @@ impl Ctx<'_> {
         rows
     }
 
-    /// `<plugin's status>: <first line of its stderr>`, and what kind of failure it was
+    /// `<plugin's status>: <the line that explains it>`, and what kind of failure it was
     /// when the status alone does not say (`exit status 127` is one that did not run).
     fn why(&self, h: &HookEntry, failure: Failure) -> String {
         let mut text = shown(&h.status, DETAIL_WIDTH);
@@ -92,7 +92,7 @@ impl Ctx<'_> {
     }
 
     /// Why an event failed, starting with what kind of failure (`refused:`, `not run:`,
-    /// `error:`): the plugin, how it ended, and the first line of its stderr; for an
+    /// `error:`): the plugin, how it ended, and the line that explains it; for an
     /// event that went through, a failure that was ignored (`ignored:`); and whether a
     /// filter rewrote the XML.
     fn detail(&self, r: &AuditLine) -> String {
