@@ -36,19 +36,18 @@ pub(crate) const SYSTEM_HOOKS_DIR: &str = "/etc/libvirt/hooks";
 /// no scan runs).
 pub(crate) const OWN_STATE_DIR: &str = ".state";
 
-/// Where a hooks dir outside the system one keeps its compiled WASM modules (a dotfile,
-/// which no scan runs), so that trying modules in a scratch dir leaves the system's
-/// cache (`/var/cache/virt-hooks/wasm`) alone.
-pub(crate) const OWN_WASM_CACHE: &str = ".wasm-cache";
-
-/// Gives this process's WASM sandbox the module cache of `hooks_dir`: the system's for
-/// the system hooks dir, `<hooks dir>/.wasm-cache` for any other; `VIRT_HOOKS_WASM_CACHE`,
-/// when set, wins over both.
+/// Gives this process's WASM sandbox no disk cache when root works on a hooks dir other
+/// than the system one: trying modules in a scratch dir must leave the system's cache
+/// (`/var/cache/virt-hooks/wasm`) alone, and writing a cache into that dir would write
+/// into whatever it is (a checkout, the package's examples). Other users keep theirs
+/// (`~/.cache/virt-hooks/wasm`); `VIRT_HOOKS_WASM_CACHE`, when set, wins.
 pub(crate) fn choose_wasm_cache(hooks_dir: &Path) {
     #[cfg(feature = "wasm")]
-    if std::env::var_os("VIRT_HOOKS_WASM_CACHE").is_none() && !is_system_hooks_dir(hooks_dir) {
-        let dir = std::path::absolute(hooks_dir).unwrap_or_else(|_| hooks_dir.to_owned());
-        let _ = virt_hooks_wasm::Sandbox::configure_global_cache(Some(dir.join(OWN_WASM_CACHE)));
+    if std::env::var_os("VIRT_HOOKS_WASM_CACHE").is_none()
+        && rustix::process::geteuid().is_root()
+        && !is_system_hooks_dir(hooks_dir)
+    {
+        let _ = virt_hooks_wasm::Sandbox::configure_global_cache(None);
     }
     #[cfg(not(feature = "wasm"))]
     let _ = hooks_dir;

@@ -192,7 +192,9 @@ fn examine(plugin: &Path, how: &str, config: &PluginConfig) -> Result<(), LoadEr
         HostEnd::Reported(report) => Err(host_failed(plugin, &format!("{:?}", report.end))),
         HostEnd::Unusable(why) => Err(host_unusable(plugin, host, &why)),
         HostEnd::Unreported => {
-            let stderr = bounded(String::from_utf8_lossy(&outcome.stderr).trim_end().to_owned());
+            // The reason first (a panic's `<3>` line), on one line.
+            let text = virt_hooks_core::outcome::failure_text(&[], &String::from_utf8_lossy(&outcome.stderr));
+            let stderr = bounded(text.replace('\n', "; "));
             let why = format!("{UNREPORTED} while it loaded ({}): {stderr}", outcome.status.describe());
             Err(host_failed(plugin, &why))
         }

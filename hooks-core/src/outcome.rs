@@ -321,13 +321,14 @@ fn logged_error(log: &[LogLine], stderr: &[u8]) -> Option<String> {
         .map(|(_, text)| String::from_utf8_lossy(text).trim().to_owned())
 }
 
-/// What a failure message shows of a hook's words: the line it logged at error first,
-/// when it logged one (debug output printed before it must not lead), then its stderr
-/// without the `<N>` prefixes and without that line again.
+/// What a failure message shows of a hook's words: the line that explains the failure
+/// first ([`explaining_line`]: what it logged at error, else its first plain stderr line;
+/// debug output printed before it must not lead), then the rest of its stderr without
+/// the `<N>` prefixes and without that line again.
 pub fn failure_text(log: &[LogLine], stderr: &str) -> String {
     let unprefixed = without_log_prefixes(stderr);
     let unprefixed = unprefixed.trim_end();
-    let Some(reason) = logged_error(log, stderr.as_bytes()) else {
+    let Some(reason) = explaining_line(log, stderr.as_bytes()) else {
         return unprefixed.to_owned();
     };
     let rest: Vec<&str> = unprefixed
@@ -523,6 +524,11 @@ mod tests {
             "script reason\ndebug first"
         );
         assert_eq!(failure_text(&[], "plain\nlines\n"), "plain\nlines");
+        // No error line: the first plain line leads, log lines below it follow.
+        assert_eq!(
+            failure_text(&[], "<7>debug: argv\n<6>reading\nplain reason\n"),
+            "plain reason\ndebug: argv\nreading"
+        );
         assert_eq!(failure_text(&log, ""), "guest asks for 12 vCPUs");
     }
 

@@ -68,8 +68,9 @@ extern "C" {
 /* Where the plugin writes its output. Pass `ctx` back unchanged.
  * The callbacks may be called only during `call` and only from the thread that runs
  * `call`. Do not keep this struct: a call after `call` has returned, or from another
- * thread, is ignored (the host reports it as a warning); it is never undefined
- * behaviour, but the bytes are lost. */
+ * thread, is ignored; it is never undefined behaviour, but the bytes are lost. The
+ * host reports such writes as a warning when it can tell: during a call of the
+ * plugin, not from a thread still writing after it returned. */
 typedef struct virt_hook_io {
     void *ctx; /* host-owned; pass back unchanged */
     void (*write_stdout)(void *ctx, const uint8_t *buf, size_t len);

@@ -61,11 +61,7 @@ impl Registry {
                 crate::StatusRecord::Crashed { message } => format!("crashed: {message}"),
                 crate::StatusRecord::Failed { message } => format!("could not run: {message}"),
             };
-            let said: String = r
-                .stderr
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
+            let said: String = crate::outcome::explaining_line(&r.log, r.stderr.as_bytes())
                 .unwrap_or_default()
                 .chars()
                 .take(200)
