@@ -331,9 +331,20 @@ pub fn failure_text(log: &[LogLine], stderr: &str) -> String {
     let Some(reason) = explaining_line(log, stderr.as_bytes()) else {
         return unprefixed.to_owned();
     };
+    let first = unprefixed.split('\n').map(str::trim).find(|l| !l.is_empty());
+    if first == Some(reason.as_str()) {
+        // Already first: the text as it was, byte for byte.
+        return unprefixed.to_owned();
+    }
+    // The reason's own line once (it leads now); a line repeated stays repeated.
+    let mut moved = false;
     let rest: Vec<&str> = unprefixed
-        .lines()
-        .filter(|l| l.trim() != reason && !l.trim().is_empty())
+        .split('\n')
+        .filter(|l| {
+            let this = !moved && l.trim() == reason;
+            moved |= this;
+            !this && !l.trim().is_empty()
+        })
         .collect();
     if rest.is_empty() {
         reason
@@ -530,6 +541,8 @@ mod tests {
             "plain reason\ndebug: argv\nreading"
         );
         assert_eq!(failure_text(&log, ""), "guest asks for 12 vCPUs");
+        // Only the reason's own line moves: a line printed over and over stays so.
+        assert_eq!(failure_text(&[], "again\nagain\nagain\n"), "again\nagain\nagain");
     }
 
     #[test]

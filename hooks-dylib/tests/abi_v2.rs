@@ -107,7 +107,10 @@ fn init_gets_the_config_and_call_its_instance_and_a_nul_terminated_input() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "strlen=72 input_len=72\n");
     let levels: Vec<LogLevel> = out.log.iter().map(|l| l.level).collect();
     // What init logged opens the first call's log.
-    assert_eq!(levels, [LogLevel::Debug, LogLevel::Debug, LogLevel::Error, LogLevel::Info]);
+    assert_eq!(
+        levels,
+        [LogLevel::Debug, LogLevel::Debug, LogLevel::Error, LogLevel::Info]
+    );
     assert_eq!(out.log[0].message, "limit 4");
     assert_eq!(
         out.explaining_line().as_deref(),
