@@ -88,9 +88,7 @@ pub(crate) fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if let Some(driver) = commands::dispatch::invoked_as_hook(&args) {
         let plugins = commands::dispatch::plugins_dir_for(Path::new(&args[0]), driver);
-        crate::config::choose_wasm_cache(
-            &commands::dispatch::hooks_dir_of(&plugins, driver).unwrap_or(plugins.clone()),
-        );
+        choose_wasm_cache(&commands::dispatch::hooks_dir_of(&plugins, driver).unwrap_or(plugins.clone()));
         let [_, object, op, subop, extra] =
             <[OsString; 5]>::try_from(args).unwrap_or_else(|_| unreachable!("checked: five arguments"));
         let settings = crate::config::Overrides::default();
@@ -103,10 +101,10 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let hooks_dir = std::path::absolute(&cli.hooks_dir).unwrap_or(cli.hooks_dir.clone());
     match &cli.command {
-        Command::Dispatch(args) => crate::config::choose_wasm_cache(
+        Command::Dispatch(args) => choose_wasm_cache(
             &commands::dispatch::hooks_dir_of(&args.plugins, args.event.driver).unwrap_or(args.plugins.clone()),
         ),
-        _ => crate::config::choose_wasm_cache(&hooks_dir),
+        _ => choose_wasm_cache(&hooks_dir),
     }
     let result = match cli.command {
         Command::Run(args) => commands::run::exec(&hooks_dir, args),
@@ -144,6 +142,23 @@ fn install_dir(user: bool, given: &Path, hooks_dir: PathBuf) -> Result<PathBuf, 
         (true, true) => commands::install::user_hooks_dir(),
         (false, _) => Ok(hooks_dir),
     }
+}
+
+/// Gives this process's WASM sandbox no disk cache when root works on a hooks dir other
+/// than the system one: trying modules in a scratch dir must leave the system's cache
+/// (`/var/cache/virt-hooks/wasm`) alone, and writing a cache into that dir would write
+/// into whatever it is (a checkout, the package's examples). Other users keep theirs
+/// (`~/.cache/virt-hooks/wasm`); `VIRT_HOOKS_WASM_CACHE`, when set, wins.
+fn choose_wasm_cache(hooks_dir: &Path) {
+    #[cfg(feature = "wasm")]
+    if std::env::var_os("VIRT_HOOKS_WASM_CACHE").is_none()
+        && rustix::process::geteuid().is_root()
+        && !crate::config::is_system_hooks_dir(hooks_dir)
+    {
+        let _ = virt_hooks_wasm::Sandbox::configure_global_cache(None);
+    }
+    #[cfg(not(feature = "wasm"))]
+    let _ = hooks_dir;
 }
 
 #[cfg(test)]

@@ -36,23 +36,6 @@ pub(crate) const SYSTEM_HOOKS_DIR: &str = "/etc/libvirt/hooks";
 /// no scan runs).
 pub(crate) const OWN_STATE_DIR: &str = ".state";
 
-/// Gives this process's WASM sandbox no disk cache when root works on a hooks dir other
-/// than the system one: trying modules in a scratch dir must leave the system's cache
-/// (`/var/cache/virt-hooks/wasm`) alone, and writing a cache into that dir would write
-/// into whatever it is (a checkout, the package's examples). Other users keep theirs
-/// (`~/.cache/virt-hooks/wasm`); `VIRT_HOOKS_WASM_CACHE`, when set, wins.
-pub(crate) fn choose_wasm_cache(hooks_dir: &Path) {
-    #[cfg(feature = "wasm")]
-    if std::env::var_os("VIRT_HOOKS_WASM_CACHE").is_none()
-        && rustix::process::geteuid().is_root()
-        && !is_system_hooks_dir(hooks_dir)
-    {
-        let _ = virt_hooks_wasm::Sandbox::configure_global_cache(None);
-    }
-    #[cfg(not(feature = "wasm"))]
-    let _ = hooks_dir;
-}
-
 /// The system hooks dir. Tests of debug builds may name another with
 /// `HOOKCTL_TEST_SYSTEM_HOOKS_DIR`, so that the system defaults can be tried (in a mount
 /// namespace of their own) without the host's `/etc/libvirt`.
