@@ -24,7 +24,7 @@ fn with_stateful_plugin() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     script(
         &plugins.join("10-reserve"),
         "#!/bin/sh\ncat >/dev/null\n[ -n \"${VIRT_HOOK_STATE-}\" ] || exit 0\necho \"$2\" >> \"$VIRT_HOOK_STATE/seen\"\n\
-         case \"$1 $2\" in bad*' release') echo 'could not free 512 hugepages' >&2; exit 1;; esac\nexit 0\n",
+         case \"$1 $2\" in bad*' release') echo 'debug: undoing' >&2; echo '<3>could not free 512 hugepages' >&2; exit 1;; esac\nexit 0\n",
     );
     fs::write(plugins.join("10-reserve.toml"), "state = true\n").unwrap();
     (tmp, hooks, plugins, state)

@@ -235,8 +235,9 @@ impl HookRecord {
         optional: bool,
     ) -> Self {
         let mut outcome = outcome;
-        outcome.take_stderr_log();
-        let explaining = outcome.explaining_line();
+        if !outcome.stderr.is_empty() {
+            outcome.take_stderr_log();
+        }
         let mut warnings = outcome.warnings;
         let cap_note = |stream: &str| format!("{stream} was cut at the output cap");
         if outcome.stdout_truncated {
@@ -258,7 +259,9 @@ impl HookRecord {
                 outcome.status.describe()
             };
             let detail = match crate::outcome::failure_text(&outcome.log, &stderr).as_str() {
-                "" => explaining.map(|line| format!(": {line}")).unwrap_or_default(),
+                "" => crate::outcome::explaining_line(&outcome.log, b"")
+                    .map(|line| format!(": {line}"))
+                    .unwrap_or_default(),
                 detail => format!(": {detail}"),
             };
             match &outcome.command {

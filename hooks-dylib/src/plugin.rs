@@ -231,16 +231,9 @@ impl Instance {
             code
         };
         if code != 0 {
-            let mut message = String::from_utf8_lossy(&capture.stderr).trim().to_owned();
-            if let Some(line) = capture.log.explaining_line() {
-                if !message.contains(&line) {
-                    message = if message.is_empty() {
-                        line
-                    } else {
-                        format!("{message}; {line}")
-                    };
-                }
-            }
+            // The reason first (what init logged at error), then the rest, on one line.
+            let stderr = String::from_utf8_lossy(&capture.stderr);
+            let message = virt_hooks_core::outcome::failure_text(&capture.log.log, &stderr).replace('\n', "; ");
             return Err(LoadError::new(
                 lib.path(),
                 "dylib",

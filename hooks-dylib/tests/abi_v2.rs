@@ -369,3 +369,29 @@ const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
         second.log
     );
 }
+
+#[test]
+fn an_init_refusal_leads_with_the_error_it_logged_not_debug_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let so = compile_c(
+        tmp.path(),
+        "noisy-init.so",
+        r#"
+#include <virt_hook.h>
+static int32_t init(const virt_hook_init *in, void **instance) {
+    (void)instance;
+    virt_hook_errorf(in->out, "debug: parsing config\n");
+    virt_hook_logf(in->out, VIRT_HOOK_ERROR, "[config] limit is missing");
+    return 1;
+}
+static int32_t call(const virt_hook_event *ev) { (void)ev; return 0; }
+static const virt_hook_descriptor d = { VIRT_HOOK_ABI_VERSION_2, sizeof d, "noisy", init, NULL, call };
+const virt_hook_descriptor *virt_hook_plugin_v2(void) { return &d; }
+"#,
+    );
+    let err = DylibHook::load(&so).unwrap_err();
+    let LoadErrorKind::InitFailed { message, .. } = &err.kind else {
+        panic!("{err}")
+    };
+    assert_eq!(message, "[config] limit is missing; debug: parsing config");
+}
