@@ -114,13 +114,15 @@ impl PluginConfig {
     /// What is wrong with it.
     pub fn check_key(key: &str) -> Result<(), String> {
         let mut chars = key.chars();
-        let shown = key.escape_debug().to_string();
         if key.len() > MAX_CONFIG_KEY {
+            // The start of it, whole characters only.
+            let start: String = key.chars().take(16).collect();
             return Err(format!(
                 "key `{}…` is longer than {MAX_CONFIG_KEY} bytes",
-                &shown[..shown.len().min(32)]
+                start.escape_debug()
             ));
         }
+        let shown = key.escape_debug().to_string();
         if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
             || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
@@ -205,6 +207,8 @@ mod tests {
 
     #[test]
     fn hostile_keys_and_values_are_refused() {
+        // A long key of characters of several bytes once cut its message mid-character.
+        let wide = "\u{fffd}".repeat(22);
         for key in [
             "",
             "1st",
@@ -214,6 +218,7 @@ mod tests {
             "a\nb",
             "PATH;x",
             &"k".repeat(MAX_CONFIG_KEY + 1),
+            &wide,
         ] {
             assert!(
                 entries(&[(key, ConfigValue::Boolean(true))]).is_err(),

@@ -65,6 +65,8 @@ fn config_that_no_backend_could_pass_is_refused_with_its_line() {
         .map(|i| format!("k{i} = 1\n"))
         .collect();
     let huge = format!("k = \"{}\"\n", "x".repeat(crate::backend::MAX_CONFIG_BYTES));
+    // A long key of three-byte characters panicked where its message was cut.
+    let wide = format!("\"{}\" = 1\n", "\u{fffd}".repeat(22));
     for (body, want) in [
         ("list = [1, 2]\n", "`list` is an array"),
         ("[config.nested]\nk = 1\n", "`nested` is a table"),
@@ -76,6 +78,7 @@ fn config_that_no_backend_could_pass_is_refused_with_its_line() {
         ("max-vcpus = 1\nmax_vcpus = 2\n", "VIRT_HOOK_CONFIG_MAX_VCPUS"),
         (many.as_str(), "keys, at most"),
         (huge.as_str(), "bytes of keys and values"),
+        (wide.as_str(), "is longer than 64 bytes"),
     ] {
         let e = parse(&format!("policy = \"required\"\n[config]\n{body}")).unwrap_err();
         assert!(
