@@ -48,13 +48,18 @@ pub(crate) fn send(enabled: bool, event: &RawEvent, report: &Report, start: Inst
     let began = Instant::now();
     let duration_us = start.elapsed().as_micros() as u64;
     let mut datagram = entry(event, report, duration_us, MAX_VALUE);
-    let mut sent = send_datagram(&datagram);
+    let socket = unbound_socket();
+    let send = |datagram: &[u8]| match &socket {
+        Ok(socket) => socket.send_to(datagram, SOCKET).map(drop),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    };
+    let mut sent = send(&datagram);
     if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE)) {
         datagram = entry(event, report, duration_us, SHRUNK_VALUE);
-        sent = send_datagram(&datagram);
+        sent = send(&datagram);
     }
     if sent.is_ok() {
-        send_log_lines(event, report);
+        send_log_lines(event, report, &send);
     }
     let micros = began.elapsed().as_micros() as u64;
     match sent {
@@ -101,11 +106,11 @@ const LOG_LINES_SENT: usize = crate::audit::line::LOG_LINES_KEPT;
 
 /// Each plugin's last log lines, one entry each, at journald's priority for its level
 /// (`journalctl -t hookctl HOOK_PLUGIN=…`). Best effort, as the event's entry.
-fn send_log_lines(event: &RawEvent, report: &Report) {
+fn send_log_lines(event: &RawEvent, report: &Report, send: &dyn Fn(&[u8]) -> io::Result<()>) {
     for rec in &report.hooks {
         let from = rec.log.len().saturating_sub(LOG_LINES_SENT);
         for line in &rec.log[from..] {
-            if send_datagram(&log_entry(event, rec, line)).is_err() {
+            if send(&log_entry(event, rec, line)).is_err() {
                 return;
             }
         }
@@ -138,10 +143,11 @@ fn log_entry(event: &RawEvent, rec: &HookRecord, line: &virt_hooks_core::outcome
     buf
 }
 
-fn send_datagram(entry: &[u8]) -> io::Result<()> {
+/// One socket for all of a dispatch's entries (the event's and its plugins' log lines).
+fn unbound_socket() -> io::Result<UnixDatagram> {
     let socket = UnixDatagram::unbound()?;
     socket.set_nonblocking(true)?;
-    socket.send_to(entry, SOCKET).map(drop)
+    Ok(socket)
 }
 
 /// The entry's fields, encoded; every value is cut to `cap` bytes.

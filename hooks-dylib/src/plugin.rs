@@ -172,6 +172,8 @@ pub(crate) struct Instance {
     config: ConfigTable,
     /// What `init` logged, handed to the first call's outcome.
     init_log: std::sync::Mutex<Vec<virt_hooks_core::outcome::LogLine>>,
+    /// Whether `init_log` still holds lines: calls after the first take no lock.
+    init_log_pending: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the ABI requires the instance to be safe to share between the threads that
@@ -199,6 +201,7 @@ impl Instance {
                 ptr: std::ptr::null_mut(),
                 config,
                 init_log: std::sync::Mutex::default(),
+                init_log_pending: std::sync::atomic::AtomicBool::new(false),
             });
         };
         use std::os::unix::ffi::OsStrExt;
@@ -247,6 +250,7 @@ impl Instance {
             lib: Arc::clone(lib),
             ptr,
             config,
+            init_log_pending: std::sync::atomic::AtomicBool::new(!capture.log.log.is_empty()),
             init_log: std::sync::Mutex::new(std::mem::take(&mut capture.log.log)),
         })
     }
@@ -471,7 +475,11 @@ impl Call {
             ..Capture::default()
         };
         // What `init` logged opens the first call's log.
-        if let Some(instance) = &self.instance {
+        if let Some(instance) = self
+            .instance
+            .as_ref()
+            .filter(|i| i.init_log_pending.swap(false, Ordering::Relaxed))
+        {
             let init_log = std::mem::take(&mut *instance.init_log.lock().unwrap_or_else(|p| p.into_inner()));
             for line in init_log {
                 capture.log.push_log(line.level, &line.message);

@@ -106,17 +106,6 @@ fn config_items<'a>(items: *const abi::virt_hook_config_item, len: usize) -> &'a
     unsafe { std::slice::from_raw_parts(items, len) }
 }
 
-fn config_value<'a>(items: &[abi::virt_hook_config_item], key: &str) -> Option<&'a str> {
-    items.iter().find_map(|item| {
-        // SAFETY: the ABI: NUL-terminated key and value, alive for the instance.
-        let k = unsafe { CStr::from_ptr(item.key) };
-        (k.to_bytes() == key.as_bytes())
-            // SAFETY: as above.
-            .then(|| unsafe { CStr::from_ptr(item.value) }.to_str().ok())
-            .flatten()
-    })
-}
-
 fn config_pairs<'a>(items: &'a [abi::virt_hook_config_item]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
     items.iter().filter_map(|item| {
         // SAFETY: the ABI: NUL-terminated key and value, alive for the instance.
@@ -139,7 +128,7 @@ impl<'a> Init<'a> {
     }
     /// The value of `key` in `[config]`, as text (`8`, `true`, `br0`).
     pub fn config(&self, key: &str) -> Option<&'a str> {
-        config_value(config_items(self.raw.config, self.raw.config_len), key)
+        config_pairs(config_items(self.raw.config, self.raw.config_len)).find_map(|(k, v)| (k == key).then_some(v))
     }
     /// Every `[config]` entry, sorted by key.
     pub fn config_entries(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
@@ -256,7 +245,7 @@ impl<'a> Invocation<'a> {
     }
     /// The value of `key` in the sidecar's `[config]`, as text.
     pub fn config(&self, key: &str) -> Option<&'a str> {
-        config_value(config_items(self.raw.config, self.raw.config_len), key)
+        config_pairs(config_items(self.raw.config, self.raw.config_len)).find_map(|(k, v)| (k == key).then_some(v))
     }
     /// Every `[config]` entry, sorted by key.
     pub fn config_entries(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
